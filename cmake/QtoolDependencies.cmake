@@ -1,0 +1,13 @@
+# Every dependency comes from a Debian 12 package (scripts/install_deps.sh).
+find_package(Threads REQUIRED)
+find_package(Protobuf REQUIRED)          # libprotobuf-dev: ONNX's protobuf classes link against it
+find_package(ONNX REQUIRED)              # libonnx-dev: ONNX 1.12 proto classes, checker, shape inference
+find_package(Eigen3 3.4 REQUIRED NO_MODULE)  # libeigen3-dev: GEMM and linear algebra (GPTQ Cholesky)
+find_package(CLI11 REQUIRED)             # libcli11-dev: command-line parsing
+find_package(spdlog REQUIRED)            # libspdlog-dev: logging to stderr
+find_package(fmt REQUIRED)               # libfmt-dev (spdlog's dependency): message formatting
+find_package(nlohmann_json 3 REQUIRED)   # nlohmann-json3-dev: JSON reports, ranges files, configs
+find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)  # libstb-dev: JPEG/PNG decoding for calibration images
+if(QTOOL_BUILD_TESTS)
+  find_package(GTest REQUIRED)           # libgtest-dev
+endif()

@@ -1,0 +1,52 @@
+// The reference CPU executor: runs an ir::Model in-process, float32 compute (Eigen for the
+// heavy math), frees intermediates after their last use, and streams every produced value
+// to an Observer (calibration) without copying.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "qtool/ir/graph.h"
+
+namespace qtool::runtime {
+
+/// Receives every value a node produces, in execution order. The tensor reference is only
+/// valid during the call; observers must not keep it.
+class Observer {
+ public:
+  virtual ~Observer() = default;
+  virtual void on_value(const ir::Value& value, const Tensor& tensor) = 0;
+};
+
+struct ExecutorOptions {
+  int threads = 1;  ///< intra-op threads (1 = run on the caller's thread only)
+};
+
+class Executor {
+ public:
+  /// Prepares `model` (which must outlive the executor): resolves a kernel for every node and
+  /// plans value lifetimes. Throws kUnsupported naming the node, its op type and opset if any
+  /// op has no kernel.
+  explicit Executor(const ir::Model& model, ExecutorOptions options = {});
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  /// Runs the main graph. `inputs` maps graph input names to tensors; inputs that are also
+  /// initializers may be omitted. Returns the graph outputs in order. Errors name the node.
+  std::vector<Tensor> run(const std::map<std::string, Tensor>& inputs, Observer* observer = nullptr);
+
+  /// Names of the graph outputs, in order.
+  std::vector<std::string> output_names() const;
+  /// Peak bytes of intermediate tensors alive at once during the last run().
+  size_t peak_bytes() const;
+  const ir::Model& model() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qtool::runtime

@@ -1,0 +1,18 @@
+// Sub-commands of the qtool CLI. Each lives in its own cmd_<name>.cc and adds itself to the
+// app through add_<name>_command(); main.cc holds the one list.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace qtool::cli {
+
+/// Options every command shares (set by main before a command's callback runs).
+struct GlobalOptions {
+  std::string log_level = "info";
+  bool quiet = false;
+};
+const GlobalOptions& global_options();
+
+void add_inspect_command(CLI::App& app);
+
+}  // namespace qtool::cli

@@ -24,7 +24,9 @@ constexpr NpyType kNpyTypes[] = {
 };
 
 std::string dict_value(std::string_view header, std::string_view key, const std::string& what) {
-  const std::string k = "'" + std::string(key) + "'";
+  std::string k(1, '\'');
+  k.append(key);
+  k.push_back('\'');
   size_t p = header.find(k);
   if (p == std::string_view::npos) fail(ErrorCode::kInvalidInput, "{}: .npy header lacks '{}'", what, key);
   p = header.find(':', p + k.size());

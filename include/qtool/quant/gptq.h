@@ -1,0 +1,54 @@
+// GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative
+// Pre-trained Transformers"), on a plain weight matrix and a Hessian.
+//
+// Math: for a layer Y = W X, quantize W row-wise minimizing ‖W X - Q X‖² = tr((W-Q) H (W-Q)ᵀ),
+// H = Σ x xᵀ over calibration inputs. Columns are quantized one at a time; the error of column j,
+// e = (w_j - q_j) / [H⁻¹]_jj, is spread onto the not-yet-quantized columns as w_k -= e·[H⁻¹]_jk,
+// using the upper Cholesky factor U of H⁻¹ (H⁻¹ = Uᵀ U) so the update is numerically stable.
+// Updates are applied lazily in blocks of `block_columns` (the reference's blocksize 128).
+// Dampening adds percdamp·mean(diag H) to the diagonal; dead inputs (H_jj = 0) get H_jj = 1 and
+// w_j = 0. With act_order, columns are processed by decreasing H_jj and block grids are computed
+// up front from the unmodified W ("static groups") so the stored layout stays in natural order.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "qtool/quant/weight_quant.h"
+
+namespace qtool::quant {
+
+/// Streaming H = Σ x xᵀ accumulator (double), fed with activation rows as they are produced.
+class HessianAccumulator {
+ public:
+  explicit HessianAccumulator(int64_t dim = 0);
+  /// Adds n rows x[i, 0..dim) (row-major).
+  void add(std::span<const float> x, int64_t n);
+  int64_t dim() const { return dim_; }
+  int64_t samples() const { return samples_; }
+  /// H / samples (the scale does not change GPTQ's result; kept well-conditioned), [dim, dim] row-major.
+  std::vector<double> hessian() const;
+  /// Mean of x_c² per channel (the diagonal of H / samples): activation energy for saliency.
+  std::vector<float> channel_energy() const;
+
+ private:
+  int64_t dim_ = 0;
+  int64_t samples_ = 0;
+  std::vector<double> h_;  // lower triangle used during accumulation; symmetrised on read
+};
+
+struct GptqOptions {
+  double percdamp = 0.01;       ///< dampening, fraction of mean(diag H)
+  bool act_order = false;       ///< process columns by decreasing H_jj
+  int64_t block_columns = 128;  ///< lazy-update block width
+};
+
+/// Quantizes W [rows, cols] with GPTQ under `spec` (per-block grids found on the updated weights
+/// at the start of each block, or statically with act_order). `hessian` is [cols, cols] row-major.
+/// Throws kInternal if the dampened Hessian is not positive definite even after retrying with more
+/// dampening.
+QuantizedMatrix quantize_gptq(std::span<const float> w, int64_t rows, int64_t cols, std::span<const double> hessian,
+                              const QuantSpec& spec, const GptqOptions& options = {});
+
+}  // namespace qtool::quant

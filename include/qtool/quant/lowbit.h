@@ -1,0 +1,111 @@
+// Weight-only low-bit quantization of a whole model (qtool quantize --bits 4|2|ternary|binary).
+//
+// Given: a model whose MatMul / Gemm / Conv nodes read constant weight initializers.
+// Execute: for each such node not excluded, quantize its weight under the format chosen for it
+//   (config default, mixed-precision first/last rule, --layer-bits overrides), with RTN, GPTQ or
+//   AWQ, and rewrite the graph:
+//   - kQdq: the weight initializer becomes a packed int4/uint4/int2/uint2/int8 initializer read by
+//     a DequantizeLinear (blocked: `block_size` attribute on the reduction axis; per channel: `axis`
+//     on the output-channel axis) whose output feeds the original op unchanged;
+//   - kMatMulNBits: a MatMul with a 2-D constant weight becomes com.microsoft.MatMulNBits
+//     (other ops in the same model fall back to kQdq);
+//   - outliers (outlier_fraction > 0, MatMul/Gemm): the most salient input channels are kept in
+//     int8 as a second small MatMul on Gather(X, channels, axis=-1), added to the low-bit output;
+//   - AWQ: the per-input-channel scale is folded into the producer of the input (a Mul by a
+//     constant, e.g. the RMSNorm weight; a MatMul's output channels; a Mul whose other operand is
+//     such a MatMul), else a Mul by 1/s is inserted before the consumers.
+//   The embedding table of a Gather (token ids -> rows) is quantized to int8 per row when
+//   `quantize_embedding` (it is a "first layer": bits_first_last applies, and below 8 bits it stays
+//   int8). The default-domain opset is raised to what the output needs (21 for int4/uint4 and
+//   blocked DQ, 25 for int2/uint2) when the model's ops allow it; otherwise kUnsupported names the op.
+// Result: a model that computes approximately the same function, with a report of what was done.
+// Deterministic: the same model and config give byte-identical output. Weights shared by several
+// nodes are quantized once.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "qtool/core/tensor.h"
+#include "qtool/ir/graph.h"
+#include "qtool/quant/awq.h"
+#include "qtool/quant/format.h"
+#include "qtool/quant/gptq.h"
+
+namespace qtool::quant {
+
+enum class WeightAlgorithm { kRtn, kGptq, kAwq };
+/// "rtn" | "gptq" | "awq"; throws kConfig otherwise.
+WeightAlgorithm parse_weight_algorithm(std::string_view s);
+std::string_view weight_algorithm_name(WeightAlgorithm a);
+
+/// One --layer-bits rule: nodes whose name or weight-initializer name matches the glob `pattern`
+/// ('*' any run, '?' one char) get `bits` ("8", "4", "2", "ternary", "binary", "float" = leave alone).
+struct LayerBitsRule {
+  std::string pattern;
+  std::string bits;
+};
+/// Parses 'lm_head=8,*.down_proj=4' (comma-separated pattern=bits); throws kConfig on a malformed item.
+std::vector<LayerBitsRule> parse_layer_bits(std::string_view spec);
+/// Glob match ('*', '?').
+bool glob_match(std::string_view pattern, std::string_view text);
+
+struct WeightOnlyConfig {
+  std::string bits = "4";            ///< "8", "4", "2", "ternary", "binary" (or int4/uint4/int2/uint2/int8)
+  int64_t block_size = 32;           ///< 0 = per output channel
+  bool symmetric = true;             ///< false: unsigned levels with zero points
+  WeightLayout format = WeightLayout::kQdq;
+  WeightAlgorithm algorithm = WeightAlgorithm::kRtn;
+  double outlier_fraction = 0.0;     ///< fraction of input channels kept in int8 beside the low-bit weights
+  /// Bits for the first and last layers (first Conv/MatMul/Gemm on the input path, the classifier or
+  /// lm_head producing a graph output, the embedding Gather). "" = same as `bits`.
+  std::string bits_first_last = "8";
+  std::vector<LayerBitsRule> layer_bits;   ///< later rules win
+  std::vector<std::string> exclude;        ///< node or weight names / globs left in float
+  bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)
+  int clip_steps = 20;                     ///< RTN clipping search steps (0 = plain min/max)
+  GptqOptions gptq;
+  AwqOptions awq;
+  int64_t max_calib_rows = 4096;           ///< activation rows kept per layer for AWQ / outlier search
+  int threads = 1;                         ///< executor threads for the calibration pass
+};
+
+/// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: one map (graph input name ->
+/// tensor) per sample, run through runtime::Executor with an observer on the weight layers' inputs.
+struct CalibrationInputs {
+  std::vector<std::map<std::string, Tensor>> samples;
+};
+
+/// What happened to one weight.
+struct WeightOnlyLayer {
+  std::string node;           ///< first node reading the weight
+  std::string op_type;
+  std::string weight;         ///< initializer name
+  std::string format;         ///< WeightFormat::name, or "float" when skipped
+  std::string algorithm;      ///< rtn / gptq / awq / optimal-ternary / binary
+  int64_t rows = 0, cols = 0; ///< N output channels, K reduction
+  int64_t outlier_columns = 0;
+  double bits_per_weight = 32.0;  ///< stored bits incl. scales, zero points and outlier columns
+  double weight_rel_mse = 0.0;    ///< ‖W - Q‖² / ‖W‖²
+  std::string note;               ///< why it was skipped / kept at 8 bits / folded where
+};
+
+struct WeightOnlyReport {
+  std::vector<WeightOnlyLayer> layers;
+  int64_t opset = 0;                  ///< default-domain opset of the output
+  int64_t float_weight_bytes = 0;     ///< bytes of the quantized weights before (fp32)
+  int64_t quant_weight_bytes = 0;     ///< bytes after (levels + scales + zero points + outliers)
+  /// Bits per weight over the layers at the main (non first/last) format, all storage included.
+  double main_bits_per_weight = 0.0;
+  std::vector<std::string> warnings;
+};
+
+/// Quantizes the model's weights in place (see the header comment). `calib` is required for
+/// kGptq and kAwq (kConfig otherwise) and used for activation-weighted outliers when given.
+WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& config,
+                                   const CalibrationInputs* calib = nullptr);
+
+}  // namespace qtool::quant

@@ -1,0 +1,86 @@
+// Weight quantizers on plain matrices (no graph): round-to-nearest with a clipping search,
+// optimal ternary, binary, and the per-block grid they share with GPTQ and AWQ.
+//
+// A weight matrix is W [rows = N output channels, cols = K reduction channels], row-major float.
+// Blocks run along K (see format.h). For a block with grid (scale s, zero point z, levels
+// [lo, hi]) an element dequantizes to (q - z)·s with q = clamp(round(w/s) + z, lo, hi).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "qtool/quant/format.h"
+
+namespace qtool::quant {
+
+/// The quantization grid of one block.
+struct BlockGrid {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+  int32_t lo = 0, hi = 0;
+  bool binary = false;  ///< levels {-1, +1} only (sign), zero never produced
+  /// Nearest level of w on this grid.
+  int32_t quantize(float w) const;
+  float dequantize(int32_t q) const { return static_cast<float>(q - zero_point) * scale; }
+};
+
+/// The quantizer settings that matter for the math (a WeightFormat minus its layout).
+struct QuantSpec {
+  WeightScheme scheme = WeightScheme::kInt;
+  int bits = 4;
+  bool is_signed = true;
+  bool symmetric = true;
+  int64_t block_size = 32;   ///< 0 = per output channel (one block per row)
+  /// Clipping search for kInt: candidate ratios r = 1 - i·(1 - min_clip)/clip_steps, i = 0..clip_steps;
+  /// the block range is shrunk to r·range and the ratio with the least squared error wins.
+  /// clip_steps = 0 disables the search (plain min/max RTN).
+  int clip_steps = 20;
+  float min_clip = 0.5f;
+  /// The spec of a table row.
+  static QuantSpec from_format(const WeightFormat& f);
+  void level_range(int32_t* lo, int32_t* hi) const;
+};
+
+/// A quantized W: integer levels plus one grid per (row, block).
+struct QuantizedMatrix {
+  int64_t rows = 0, cols = 0;
+  int64_t block_size = 0;           ///< effective block (cols when per channel)
+  std::vector<int32_t> levels;      ///< [rows, cols]
+  std::vector<BlockGrid> grids;     ///< [rows, k_blocks]
+  int64_t k_blocks() const { return block_size > 0 ? (cols + block_size - 1) / block_size : 1; }
+  const BlockGrid& grid(int64_t r, int64_t c) const { return grids[r * k_blocks() + c / block_size]; }
+  /// The float matrix this represents, [rows, cols].
+  std::vector<float> dequantize() const;
+};
+
+/// Effective block size of a spec for `cols` (cols when per channel).
+int64_t effective_block(const QuantSpec& spec, int64_t cols);
+
+/// The grid for one block of values x[0..n) (stride 1) under `spec`: kInt with the clipping
+/// search (least Σ(x - Q(x))²), ternary with the exact optimal threshold/α, binary with α = mean|x|.
+/// `weights` (optional, size n) weighs the squared error per element (AWQ/GPTQ use activation
+/// energy); empty means uniform.
+BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::span<const float> weights = {});
+
+/// Round-to-nearest quantization of W [rows, cols] with per-block grids from find_block_grid.
+QuantizedMatrix quantize_rtn(std::span<const float> w, int64_t rows, int64_t cols, const QuantSpec& spec);
+
+/// Ternary with the common fixed rule: threshold Δ = 0.7·mean|w|, α = mean of |w| above Δ
+/// (TWN). Kept as the baseline that the optimal search is tested against.
+QuantizedMatrix quantize_ternary_twn(std::span<const float> w, int64_t rows, int64_t cols, int64_t block_size);
+
+/// Σ (a - b)² over two equal-length arrays.
+double squared_error(std::span<const float> a, std::span<const float> b);
+
+/// Output error ‖W X - Q X‖²_F where X is given as samples x [n, cols] (row-major, one sample per row).
+double output_error(std::span<const float> w, std::span<const float> q, int64_t rows, int64_t cols,
+                    std::span<const float> x, int64_t n);
+
+/// Input channels (columns of W) to keep in higher precision: the ceil(fraction·cols) columns with the
+/// largest saliency Σ_r w[r,c]²·e[c], where e is the per-channel activation energy E[x_c²]
+/// (all ones when `act_energy` is empty: pure weight magnitude). Sorted ascending.
+std::vector<int64_t> select_outlier_columns(std::span<const float> w, int64_t rows, int64_t cols, double fraction,
+                                            std::span<const float> act_energy = {});
+
+}  // namespace qtool::quant

@@ -1,0 +1,179 @@
+// Output and per-layer drift of a quantized model against its FP32 original (`qtool compare`, and
+// the held-out check at the end of `qtool quantize`).
+//
+// Both models run on qtool's executor on the same samples, one sample at a time; metrics are
+// accumulated in running sums, so memory holds one sample's tensors, never all outputs.
+//
+// Metrics, for a reference r (FP32) and a test t (quantized), summed over every element of every
+// sample (not averaged per sample, so one bad sample cannot hide in a mean of dB values):
+//   SQNR (dB)  = 10 * log10( sum r^2 / sum (r - t)^2 )        (+inf when t == r exactly)
+//   cosine     = sum r*t / sqrt( sum r^2 * sum t^2 )
+//   max / mean absolute error = max |r - t|, sum |r - t| / count
+// For classifier-like outputs ([N,C] or [N,C,1,1], C >= 2), each row is one prediction:
+//   top-1 agreement = fraction of rows where argmax t == argmax r
+//   top-5 agreement = fraction of rows where argmax r is among the 5 largest entries of t
+//                     (the quantized model's top-5 accuracy with the FP32 prediction as the label)
+// With labels: accuracy of each model (argmax == label) and the drop in points (FP32 - quantized).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "qtool/core/tensor.h"
+#include "qtool/ir/graph.h"
+#include "qtool/report/report.h"
+
+namespace qtool::report {
+
+/// Version of the `qtool compare --json` document ("major.minor"; minor bumps only add fields).
+inline constexpr const char* kCompareSchemaVersion = "1.0";
+
+/// Running sums for SQNR, cosine and absolute errors of one tensor stream (reference vs test).
+/// O(1) memory; add() may be called any number of times with tensors of any (equal) size.
+class ErrorAccumulator {
+ public:
+  /// Adds n element pairs. ref and test must have n elements each.
+  void add(const float* ref, const float* test, int64_t n);
+  /// Adds two float tensors of the same element count (other dtypes are converted to float).
+  /// Throws kInvalidInput naming `what` if the element counts differ.
+  void add(const Tensor& ref, const Tensor& test, const std::string& what);
+  /// Merges another accumulator's sums into this one.
+  void merge(const ErrorAccumulator& other);
+
+  int64_t count() const { return count_; }
+  /// 10*log10(sum r^2 / sum e^2); +inf if sum e^2 == 0; NaN if nothing was added.
+  double sqnr_db() const;
+  /// sum r*t / sqrt(sum r^2 sum t^2); 1 when both are all zero; NaN if nothing was added.
+  double cosine() const;
+  double max_abs() const { return max_abs_; }
+  double mean_abs() const { return count_ ? sum_abs_ / static_cast<double>(count_) : 0.0; }
+  /// True if any element pair held a NaN or infinity (the sums then exclude that pair).
+  int64_t non_finite() const { return non_finite_; }
+
+ private:
+  int64_t count_ = 0;
+  int64_t non_finite_ = 0;
+  double sum_rr_ = 0.0, sum_tt_ = 0.0, sum_rt_ = 0.0, sum_ee_ = 0.0, sum_abs_ = 0.0, max_abs_ = 0.0;
+};
+
+/// Top-k agreement and label accuracy of classifier rows.
+class ClassifierAccumulator {
+ public:
+  /// Adds `rows` predictions of `classes` scores each (row-major). `labels` is empty or holds one
+  /// label per row (a negative label means "unknown": the row counts for agreement only).
+  void add(const float* ref, const float* test, int64_t rows, int64_t classes, const std::vector<int64_t>& labels);
+
+  int64_t rows() const { return rows_; }
+  double top1_agreement() const;  ///< NaN when no rows
+  double top5_agreement() const;  ///< NaN when no rows (k = min(5, classes))
+  int64_t labeled_rows() const { return labeled_; }
+  double accuracy_ref() const;    ///< NaN when no labeled rows
+  double accuracy_test() const;   ///< NaN when no labeled rows
+
+ private:
+  int64_t rows_ = 0, top1_ = 0, top5_ = 0, labeled_ = 0, correct_ref_ = 0, correct_test_ = 0;
+};
+
+/// True for [N,C] or [N,C,1,1] with C >= 2 (one score vector per row).
+bool is_classifier_shape(const Shape& shape);
+
+/// One sample: input tensors by name, a display name (file), and its labels (one per batch row, may
+/// be empty). The provider returns false when there are no more samples.
+struct CompareSample {
+  std::map<std::string, Tensor> inputs;
+  std::string name;
+  std::vector<int64_t> labels;
+};
+using SampleProvider = std::function<bool(CompareSample& sample)>;
+
+struct CompareOptions {
+  int64_t max_samples = 0;   ///< 0: all the provider gives
+  bool per_layer = true;     ///< match intermediate tensors by name and rank them
+  int worst_layers = 10;     ///< how many layers the text report lists
+  int threads = 1;           ///< executor threads
+};
+
+/// Metrics of one graph output.
+struct OutputComparison {
+  std::string name;
+  Shape shape;               ///< of the last sample
+  ErrorAccumulator error;
+  bool classifier = false;
+  ClassifierAccumulator classes;
+};
+
+/// Drift of one intermediate tensor present in both models under the same name.
+struct LayerDrift {
+  std::string tensor;        ///< value name
+  std::string node;          ///< producing node in the quantized model
+  std::string op_type;
+  ErrorAccumulator error;
+  /// dB lost at this layer: (lowest SQNR among its matched inputs; +inf for model inputs and
+  /// weights) minus its own SQNR. Large values show where error enters.
+  double sqnr_loss_db = 0.0;
+};
+
+struct CompareResult {
+  int64_t samples = 0;
+  std::vector<OutputComparison> outputs;
+  /// Sorted by sqnr_loss_db, largest first (empty when per_layer is off or nothing matched).
+  std::vector<LayerDrift> layers;
+  int64_t matched_tensors = 0;
+};
+
+/// Runs `fp32` and `quantized` on each sample from `next` and accumulates the metrics above.
+/// Outputs are matched by position; both models must have the same number of outputs (else
+/// kInvalidInput). Errors name the sample.
+CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, const SampleProvider& next,
+                             const CompareOptions& options = {});
+
+/// Quality gates; a field left empty is not checked.
+struct Gates {
+  std::optional<double> max_drop_points;  ///< accuracy drop (FP32 - quantized, points) <= this
+  std::optional<double> min_sqnr_db;      ///< every output's SQNR >= this
+  std::optional<double> min_agreement;    ///< every classifier output's top-1 agreement >= this (0..1)
+};
+/// One gate's verdict.
+struct GateResult {
+  std::string gate;      ///< "max-drop", "min-sqnr", "min-agreement"
+  std::string output;    ///< which output it was checked on
+  double threshold = 0.0;
+  double value = 0.0;
+  bool passed = true;
+  std::string message;   ///< "top-1 agreement 0.952 < 0.990 on 'logits'"
+};
+/// Evaluates the gates. A gate that cannot be evaluated (max-drop without labels, min-agreement
+/// without a classifier output) throws kConfig: a CI gate that silently passes would be worse.
+std::vector<GateResult> check_gates(const CompareResult& result, const Gates& gates);
+
+/// The human-readable report (ends with a newline).
+std::string format_compare_text(const CompareResult& result, const std::vector<GateResult>& gates,
+                                int worst_layers = 10);
+
+/// The `--json` document: schema "qtool.compare", version kCompareSchemaVersion (docs/README_SECTIONS.md).
+nlohmann::json compare_to_json(const CompareResult& result, const std::vector<GateResult>& gates,
+                               const std::string& fp32_path, const std::string& quantized_path);
+
+/// The held-out summary that QuantizeReport::outputs takes.
+std::vector<OutputQuality> to_output_quality(const CompareResult& result);
+
+/// Reads a labels file for `qtool compare --labels`:
+///  - .npy of integers: labels in sample order;
+///  - text/CSV: one label per line in sample order, or "name,label" lines; with a header row, the
+///    key column is the first named file/filename/image/name/path and the label column the first
+///    named class_index/label/class/target whose values are all integers.
+/// Returns (key -> label) with keys being file names without folder and extension, or "#<i>" for
+/// order-based files. Throws kIo / kInvalidInput naming the file and line.
+std::map<std::string, int64_t> read_labels(const std::string& path);
+
+/// The label of sample `index` named `name` (file name; folder and extension are ignored), or -1.
+int64_t lookup_label(const std::map<std::string, int64_t>& labels, const std::string& name, int64_t index);
+
+}  // namespace qtool::report

@@ -33,6 +33,9 @@ struct SaveOptions {
   /// File name (relative, beside the model) for external data; default "<model file name>.data".
   std::string external_file;
   size_t external_threshold = 1024;
+  /// kAuto switches to external data when the tensor bytes exceed this (protobuf's 2 GB limit minus
+  /// room for the graph). Lower it only in tests.
+  size_t auto_external_limit = (size_t{1} << 31) - (size_t{1} << 28);
 };
 
 /// Saves atomically (temporary file + rename; the external data file likewise). Refuses to write

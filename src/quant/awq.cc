@@ -1,0 +1,57 @@
+// AWQ scale search on plain matrices (see awq.h). Follows the reference (mit-han-lab/llm-awq
+// auto_scale): s = s_x^α normalised by sqrt(max·min), α on a grid, least output error wins.
+#include <algorithm>
+#include <cmath>
+
+#include "qtool/core/error.h"
+#include "qtool/quant/awq.h"
+
+namespace qtool::quant {
+
+void scale_columns(std::span<float> w, int64_t rows, int64_t cols, std::span<const float> s) {
+  QTOOL_CHECK(static_cast<int64_t>(w.size()) == rows * cols && static_cast<int64_t>(s.size()) == cols,
+              ErrorCode::kInternal, "scale_columns: sizes");
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) w[r * cols + c] *= s[c];
+}
+
+AwqResult awq_search(std::span<const AwqMatrix> group, int64_t cols, std::span<const float> x, int64_t n,
+                     std::span<const float> act_mean_abs, const QuantSpec& spec, const AwqOptions& options) {
+  QTOOL_CHECK(static_cast<int64_t>(act_mean_abs.size()) == cols, ErrorCode::kInternal, "awq: act size");
+  QTOOL_CHECK(static_cast<int64_t>(x.size()) == n * cols, ErrorCode::kInternal, "awq: x size");
+  const int grid = std::max(1, options.grid);
+  AwqResult best;
+  best.error = -1;
+  std::vector<float> s(cols), ws, deq;
+  for (int i = 0; i <= grid; ++i) {
+    const double alpha = static_cast<double>(i) / grid;
+    double mx = 0, mn = INFINITY;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double v = std::max(1e-4, std::pow(std::max(static_cast<double>(act_mean_abs[c]), 0.0), alpha));
+      s[c] = static_cast<float>(v);
+      mx = std::max(mx, v);
+      mn = std::min(mn, v);
+    }
+    const double norm = std::sqrt(mx * mn);
+    for (auto& v : s) v = static_cast<float>(v / norm);
+    double err = 0;
+    for (const AwqMatrix& m : group) {
+      QTOOL_CHECK(static_cast<int64_t>(m.w.size()) == m.rows * cols, ErrorCode::kInternal, "awq: W size");
+      ws.assign(m.w.begin(), m.w.end());
+      scale_columns(ws, m.rows, cols, s);
+      deq = quantize_rtn(ws, m.rows, cols, spec).dequantize();
+      for (int64_t r = 0; r < m.rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) deq[r * cols + c] /= s[c];
+      err += output_error(m.w, deq, m.rows, cols, x, n);
+    }
+    if (i == 0) best.rtn_error = err;
+    if (best.error < 0 || err < best.error) {
+      best.error = err;
+      best.alpha = alpha;
+      best.scales = s;
+    }
+  }
+  return best;
+}
+
+}  // namespace qtool::quant

@@ -1,0 +1,164 @@
+// GPTQ on a plain weight matrix (see gptq.h for the math). Follows the reference implementation
+// (IST-DASLab/gptq, fasterquant): dead-input handling, dampening, Cholesky of H⁻¹ (upper), lazy
+// block updates, static groups with act_order.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include "qtool/core/error.h"
+#include "qtool/quant/gptq.h"
+
+namespace qtool::quant {
+
+HessianAccumulator::HessianAccumulator(int64_t dim) : dim_(dim), h_(dim * dim, 0.0) {}
+
+void HessianAccumulator::add(std::span<const float> x, int64_t n) {
+  QTOOL_CHECK(static_cast<int64_t>(x.size()) == n * dim_, ErrorCode::kInternal, "Hessian: {} values for {} rows of {}",
+              x.size(), n, dim_);
+  if (n == 0) return;
+  // H += Xᵀ X via Eigen (rank-n update of the lower triangle).
+  Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> xm(x.data(), n, dim_);
+  const Eigen::MatrixXd xd = xm.cast<double>();
+  Eigen::Map<Eigen::MatrixXd> h(h_.data(), dim_, dim_);
+  h.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+  samples_ += n;
+}
+
+std::vector<double> HessianAccumulator::hessian() const {
+  std::vector<double> out(dim_ * dim_);
+  const double inv = samples_ > 0 ? 1.0 / static_cast<double>(samples_) : 1.0;
+  for (int64_t i = 0; i < dim_; ++i)
+    for (int64_t j = 0; j <= i; ++j) {
+      // h_ is column-major in the Eigen map; the lower triangle holds (row i, col j) with i >= j.
+      const double v = h_[j * dim_ + i] * inv;
+      out[i * dim_ + j] = v;
+      out[j * dim_ + i] = v;
+    }
+  return out;
+}
+
+std::vector<float> HessianAccumulator::channel_energy() const {
+  std::vector<float> e(dim_);
+  const double inv = samples_ > 0 ? 1.0 / static_cast<double>(samples_) : 1.0;
+  for (int64_t i = 0; i < dim_; ++i) e[i] = static_cast<float>(h_[i * dim_ + i] * inv);
+  return e;
+}
+
+QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
+                              const QuantSpec& spec, const GptqOptions& options) {
+  QTOOL_CHECK(static_cast<int64_t>(w_in.size()) == rows * cols, ErrorCode::kInternal, "gptq: W size");
+  QTOOL_CHECK(static_cast<int64_t>(hessian.size()) == cols * cols, ErrorCode::kInternal, "gptq: H size");
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMat W = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w_in.data(), rows,
+                                                                                                       cols)
+                 .cast<double>();
+  Eigen::MatrixXd H = Eigen::Map<const RowMat>(hessian.data(), cols, cols);
+
+  for (int64_t j = 0; j < cols; ++j)
+    if (H(j, j) == 0.0) {  // dead input: never active, its weight cannot matter
+      H(j, j) = 1.0;
+      W.col(j).setZero();
+    }
+
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.block_size = spec.block_size > 0 ? spec.block_size : cols;
+  const int64_t group = q.block_size;
+  const int64_t kb = q.k_blocks();
+  q.levels.assign(rows * cols, 0);
+  q.grids.assign(rows * kb, BlockGrid{});
+
+  std::vector<float> diag(cols);
+  for (int64_t j = 0; j < cols; ++j) diag[j] = static_cast<float>(H(j, j));
+
+  // Grid of (row r, block b) from the current values of W's block columns, error weighted by diag(H).
+  std::vector<float> buf;
+  auto compute_grid = [&](const RowMat& src, int64_t r, int64_t b) {
+    const int64_t c0 = b * group, c1 = std::min(cols, c0 + group);
+    buf.resize(c1 - c0);
+    for (int64_t c = c0; c < c1; ++c) buf[c - c0] = static_cast<float>(src(r, c));
+    q.grids[r * kb + b] = find_block_grid(buf, spec, std::span<const float>(diag).subspan(c0, c1 - c0));
+  };
+
+  // Static grids: per channel (one group), or act_order (groups fixed before the column permutation).
+  const bool static_groups = options.act_order || kb == 1;
+  if (static_groups)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < kb; ++b) compute_grid(W, r, b);
+
+  std::vector<int64_t> perm(cols);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (options.act_order)
+    std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
+  RowMat Wp(rows, cols);
+  Eigen::MatrixXd Hp(cols, cols);
+  for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
+
+  // Upper Cholesky factor of (H + damp·I)⁻¹, retrying with more dampening if H is not positive definite.
+  const double mean_diag = Hp.diagonal().mean();
+  double damp = options.percdamp * mean_diag;
+  Eigen::MatrixXd U;
+  for (int attempt = 0;; ++attempt) {
+    Eigen::MatrixXd Hd = Hp;
+    Hd.diagonal().array() += damp;
+    Eigen::LLT<Eigen::MatrixXd> llt(Hd);
+    if (llt.info() == Eigen::Success) {
+      const Eigen::MatrixXd Hinv = llt.solve(Eigen::MatrixXd::Identity(cols, cols));
+      Eigen::LLT<Eigen::MatrixXd> llt2(Hinv);
+      if (llt2.info() == Eigen::Success) {
+        U = llt2.matrixU();
+        break;
+      }
+    }
+    QTOOL_CHECK(attempt < 6, ErrorCode::kInternal, "GPTQ: Hessian not positive definite even with dampening {}",
+                damp);
+    damp = damp > 0 ? damp * 10.0 : 1e-6 * std::max(1.0, mean_diag);
+  }
+
+  // Lazy-update block width: a multiple of the group so that a group's grid is taken from W1.
+  int64_t bc = std::max<int64_t>(1, options.block_columns);
+  if (!static_groups) bc = std::max<int64_t>(group, bc / group * group);
+
+  for (int64_t i1 = 0; i1 < cols; i1 += bc) {
+    const int64_t i2 = std::min(cols, i1 + bc), count = i2 - i1;
+    RowMat W1 = Wp.middleCols(i1, count);
+    RowMat Err1 = RowMat::Zero(rows, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = perm[i1 + i];  // original column index
+      const int64_t b = col / group;
+      if (!static_groups && col % group == 0) {
+        // Group starting here (natural order): grids from the updated values of its columns.
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t c1 = std::min(cols, col + group);
+          buf.resize(c1 - col);
+          for (int64_t c = col; c < c1; ++c) {
+            const int64_t local = c - i1;
+            buf[c - col] = static_cast<float>(local < count ? W1(r, local) : Wp(r, c));
+          }
+          q.grids[r * kb + b] = find_block_grid(buf, spec, std::span<const float>(diag).subspan(col, c1 - col));
+        }
+      }
+      const double d = U(i1 + i, i1 + i);
+      for (int64_t r = 0; r < rows; ++r) {
+        const BlockGrid& g = q.grids[r * kb + b];
+        const float wv = static_cast<float>(W1(r, i));
+        const int32_t lv = g.quantize(wv);
+        q.levels[r * cols + col] = lv;
+        const double err = (W1(r, i) - g.dequantize(lv)) / d;
+        Err1(r, i) = err;
+      }
+      if (i + 1 < count)
+        W1.rightCols(count - i - 1).noalias() -= Err1.col(i) * U.row(i1 + i).segment(i1 + i + 1, count - i - 1);
+    }
+    if (i2 < cols) Wp.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
+  }
+  return q;
+}
+
+}  // namespace qtool::quant

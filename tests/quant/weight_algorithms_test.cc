@@ -1,0 +1,215 @@
+// RTN clipping search, optimal ternary, binary, GPTQ and AWQ on synthetic matrices. Each test
+// compares against the simpler method the algorithm claims to beat.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "qtool/quant/awq.h"
+#include "qtool/quant/gptq.h"
+#include "qtool/quant/weight_quant.h"
+
+namespace qtool::quant {
+namespace {
+
+std::vector<float> gaussian(int64_t n, uint32_t seed, float sigma = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, sigma);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+/// Student-t(3) entries: heavy tails, where clipping the range pays off.
+std::vector<float> heavy_tailed(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::student_t_distribution<float> d(3.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+QuantSpec spec(int bits, int64_t block, bool symmetric = true, WeightScheme scheme = WeightScheme::kInt) {
+  QuantSpec s;
+  s.scheme = scheme;
+  s.bits = bits;
+  s.block_size = block;
+  s.symmetric = symmetric;
+  s.is_signed = symmetric;
+  return s;
+}
+
+TEST(WeightRtn, LevelsStayInRangeAndDequantizeWithinHalfStep) {
+  const int64_t rows = 8, cols = 172;  // the stories260K FFN width: a short last block
+  const auto w = gaussian(rows * cols, 3);
+  for (bool sym : {true, false}) {
+    QuantSpec s = spec(4, 32, sym);
+    s.clip_steps = 0;
+    const QuantizedMatrix q = quantize_rtn(w, rows, cols, s);
+    ASSERT_EQ(q.k_blocks(), 6);
+    const auto d = q.dequantize();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const BlockGrid& g = q.grid(r, c);
+        const int32_t l = q.levels[r * cols + c];
+        ASSERT_GE(l, g.lo);
+        ASSERT_LE(l, g.hi);
+        // Without clipping every weight is inside the grid's range: error at most half a step
+        // (plus the rounding of the zero point for asymmetric grids).
+        EXPECT_LE(std::fabs(d[r * cols + c] - w[r * cols + c]), (sym ? 0.5f : 1.0f) * g.scale + 1e-6f)
+            << "r " << r << " c " << c << " scale " << g.scale << " zp " << g.zero_point;
+      }
+  }
+}
+
+TEST(WeightRtn, ClippingSearchReducesMseOnHeavyTails) {
+  const int64_t rows = 32, cols = 256;
+  const auto w = heavy_tailed(rows * cols, 7);
+  for (int bits : {4, 2}) {
+    for (int64_t block : {int64_t{0}, int64_t{32}}) {
+      QuantSpec plain = spec(bits, block);
+      plain.clip_steps = 0;
+      const QuantSpec clipped = spec(bits, block);
+      const double e0 = squared_error(w, quantize_rtn(w, rows, cols, plain).dequantize());
+      const double e1 = squared_error(w, quantize_rtn(w, rows, cols, clipped).dequantize());
+      // Per channel the tails dominate the range; in blocks of 32 fewer blocks hold an outlier.
+      EXPECT_LT(e1, (block == 0 ? 0.7 : 0.97) * e0) << "bits " << bits << " block " << block << ": " << e1 << " vs " << e0;
+    }
+  }
+}
+
+TEST(WeightTernary, OptimalBeatsTwnRuleAndIsExactOptimumOnSmallBlock) {
+  const int64_t rows = 16, cols = 128;
+  for (uint32_t seed : {1u, 2u}) {
+    const auto w = seed == 1 ? gaussian(rows * cols, seed) : heavy_tailed(rows * cols, seed);
+    const auto opt = quantize_rtn(w, rows, cols, spec(2, 64, true, WeightScheme::kTernary)).dequantize();
+    const auto twn = quantize_ternary_twn(w, rows, cols, 64).dequantize();
+    const double eo = squared_error(w, opt), et = squared_error(w, twn);
+    EXPECT_LT(eo, et) << "seed " << seed;
+    for (float v : opt) EXPECT_LE(std::fabs(v), 1e3f);
+  }
+  // Brute force over all supports of a 6-element block: the search finds the optimum.
+  const std::vector<float> x = {0.9f, -0.1f, 0.5f, -1.4f, 0.05f, 0.6f};
+  double best = 1e30;
+  for (int mask = 1; mask < 64; ++mask) {
+    double sa = 0;
+    int cnt = 0;
+    for (int i = 0; i < 6; ++i)
+      if (mask >> i & 1) sa += std::fabs(x[i]), ++cnt;
+    const double a = sa / cnt;
+    double e = 0;
+    for (int i = 0; i < 6; ++i) {
+      const double q = (mask >> i & 1) ? (x[i] > 0 ? a : -a) : 0.0;
+      e += (x[i] - q) * (x[i] - q);
+    }
+    best = std::min(best, e);
+  }
+  const auto q = quantize_rtn(x, 1, 6, spec(2, 0, true, WeightScheme::kTernary)).dequantize();
+  EXPECT_NEAR(squared_error(x, q), best, 1e-6);
+}
+
+TEST(WeightBinary, AlphaIsMeanAbsAndSignsKept) {
+  const std::vector<float> x = {0.5f, -1.5f, 2.0f, -0.0f};
+  const auto q = quantize_rtn(x, 1, 4, spec(2, 0, true, WeightScheme::kBinary));
+  EXPECT_FLOAT_EQ(q.grids[0].scale, 1.0f);
+  EXPECT_EQ(q.levels, (std::vector<int32_t>{1, -1, 1, 1}));
+}
+
+/// X with strongly correlated channels (x = z·M, M mixes a few latent factors), rows = samples.
+std::vector<float> correlated_inputs(int64_t n, int64_t cols, uint32_t seed) {
+  const int64_t latent = 8;
+  const auto z = gaussian(n * latent, seed);
+  const auto m = gaussian(latent * cols, seed + 1);
+  const auto noise = gaussian(n * cols, seed + 2, 0.05f);
+  std::vector<float> x(n * cols);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) {
+      double s = noise[i * cols + c];
+      for (int64_t l = 0; l < latent; ++l) s += z[i * latent + l] * m[l * cols + c];
+      x[i * cols + c] = static_cast<float>(s);
+    }
+  return x;
+}
+
+TEST(WeightGptq, LowerOutputErrorThanRtnOnCorrelatedInputs) {
+  const int64_t rows = 48, cols = 96, n = 512;
+  const auto w = gaussian(rows * cols, 11);
+  const auto x = correlated_inputs(n, cols, 12);
+  HessianAccumulator acc(cols);
+  acc.add(std::span<const float>(x).subspan(0, 200 * cols), 200);  // streamed in two parts
+  acc.add(std::span<const float>(x).subspan(200 * cols), n - 200);
+  EXPECT_EQ(acc.samples(), n);
+  const auto h = acc.hessian();
+  for (int bits : {4, 2}) {
+    for (bool act_order : {false, true}) {
+      const QuantSpec s = spec(bits, 32);
+      GptqOptions o;
+      o.act_order = act_order;
+      o.block_columns = 64;
+      const auto rtn = quantize_rtn(w, rows, cols, s).dequantize();
+      const auto gq = quantize_gptq(w, rows, cols, h, s, o);
+      const auto g = gq.dequantize();
+      const double er = output_error(w, rtn, rows, cols, x, n), eg = output_error(w, g, rows, cols, x, n);
+      EXPECT_LT(eg, 0.7 * er) << "bits " << bits << " act_order " << act_order;
+      for (size_t i = 0; i < gq.levels.size(); ++i) {
+        ASSERT_GE(gq.levels[i], -(1 << (bits - 1)));
+        ASSERT_LE(gq.levels[i], (1 << (bits - 1)) - 1);
+      }
+    }
+  }
+}
+
+TEST(WeightGptq, HessianMatchesDirectSum) {
+  const int64_t cols = 5, n = 7;
+  const auto x = gaussian(n * cols, 5);
+  HessianAccumulator acc(cols);
+  acc.add(x, n);
+  const auto h = acc.hessian();
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < n; ++k) s += static_cast<double>(x[k * cols + i]) * x[k * cols + j];
+      EXPECT_NEAR(h[i * cols + j], s / n, 1e-9);
+    }
+  EXPECT_NEAR(acc.channel_energy()[2], h[2 * cols + 2], 1e-6);
+}
+
+TEST(WeightAwq, LowerOutputErrorThanRtnWithLargeChannels) {
+  const int64_t rows = 64, cols = 128, n = 256;
+  const auto w = gaussian(rows * cols, 21, 0.1f);
+  auto x = gaussian(n * cols, 22);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c : {3, 40, 77, 100}) x[i * cols + c] *= 30.0f;  // a few large-magnitude channels
+  std::vector<float> mean_abs(cols, 0.0f);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) mean_abs[c] += std::fabs(x[i * cols + c]) / n;
+  const QuantSpec s = spec(4, 32);
+  const AwqMatrix m{w, rows};
+  const AwqResult res = awq_search(std::span<const AwqMatrix>(&m, 1), cols, x, n, mean_abs, s);
+  const double rtn = output_error(w, quantize_rtn(w, rows, cols, s).dequantize(), rows, cols, x, n);
+  EXPECT_NEAR(res.rtn_error, rtn, 1e-6 * rtn);
+  EXPECT_GT(res.alpha, 0.0);
+  EXPECT_LT(res.error, 0.8 * rtn);
+  // Folding check: Q(W·diag(s))·diag(1/s) is what the rewritten graph computes.
+  auto ws = w;
+  scale_columns(ws, rows, cols, res.scales);
+  auto d = quantize_rtn(ws, rows, cols, s).dequantize();
+  std::vector<float> inv(cols);
+  for (int64_t c = 0; c < cols; ++c) inv[c] = 1.0f / res.scales[c];
+  scale_columns(d, rows, cols, inv);
+  EXPECT_NEAR(output_error(w, d, rows, cols, x, n), res.error, 1e-4 * res.error);
+}
+
+TEST(WeightOutliers, SelectsSalientColumns) {
+  const int64_t rows = 4, cols = 10;
+  auto w = gaussian(rows * cols, 31, 0.1f);
+  for (int64_t r = 0; r < rows; ++r) w[r * cols + 6] = 5.0f;
+  EXPECT_EQ(select_outlier_columns(w, rows, cols, 0.1), (std::vector<int64_t>{6}));
+  std::vector<float> energy(cols, 1.0f);
+  energy[2] = 1e6f;
+  EXPECT_EQ(select_outlier_columns(w, rows, cols, 0.2, energy), (std::vector<int64_t>{2, 6}));
+  EXPECT_TRUE(select_outlier_columns(w, rows, cols, 0.0).empty());
+}
+
+}  // namespace
+}  // namespace qtool::quant

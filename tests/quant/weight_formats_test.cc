@@ -1,0 +1,124 @@
+// Format table, packing (bit for bit against the scalar references) and bits per weight.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "qtool/core/error.h"
+#include "qtool/quant/format.h"
+#include "qtool/quant/weight_quant.h"
+
+namespace qtool::quant {
+namespace {
+
+std::vector<int32_t> random_levels(int64_t n, int lo, int hi, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(lo, hi);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+TEST(WeightFormats, TableIsConsistentAndNamesUnique) {
+  std::set<std::string_view> names;
+  for (const auto& f : weight_formats()) {
+    EXPECT_TRUE(names.insert(f.name).second) << f.name;
+    EXPECT_TRUE(f.bits == 2 || f.bits == 4 || f.bits == 8) << f.name;
+    if (f.layout == WeightLayout::kMatMulNBits) {
+      EXPECT_GE(f.block_size, 16) << f.name;
+      EXPECT_EQ(f.block_size & (f.block_size - 1), 0) << f.name;
+    }
+    if (f.scheme != WeightScheme::kInt) {
+      EXPECT_EQ(f.bits, 2) << f.name;
+    }
+    EXPECT_EQ(find_weight_format(f.name), &f);
+    EXPECT_NE(weight_formats_help().find(std::string(f.name)), std::string::npos);
+  }
+  EXPECT_EQ(find_weight_format("int3"), nullptr);
+}
+
+TEST(WeightFormats, SelectMapsCliChoices) {
+  EXPECT_EQ(select_weight_format("4", 32, true, WeightLayout::kQdq).name, "int4_b32");
+  EXPECT_EQ(select_weight_format("4", 32, false, WeightLayout::kQdq).name, "uint4_b32");
+  EXPECT_EQ(select_weight_format("4", 0, true, WeightLayout::kQdq).name, "int4");
+  EXPECT_EQ(select_weight_format("2", 64, false, WeightLayout::kQdq).name, "uint2_b64");
+  EXPECT_EQ(select_weight_format("ternary", 0, true, WeightLayout::kQdq).name, "ternary");
+  EXPECT_EQ(select_weight_format("8", 32, true, WeightLayout::kQdq).name, "int8");
+  EXPECT_EQ(select_weight_format("4", 32, true, WeightLayout::kMatMulNBits).name, "mnb4_b32");
+  EXPECT_EQ(select_weight_format("4", 128, false, WeightLayout::kMatMulNBits).name, "mnb4z_b128");
+  EXPECT_THROW(select_weight_format("3", 32, true, WeightLayout::kQdq), Error);
+  EXPECT_THROW(select_weight_format("4", 0, true, WeightLayout::kMatMulNBits), Error);
+  EXPECT_THROW(select_weight_format("4", 48, true, WeightLayout::kQdq), Error);
+}
+
+// Every format: pack its levels (odd sizes included) with the fast path and the scalar reference,
+// compare bit for bit, and unpack back to the same levels.
+TEST(WeightFormats, EveryFormatPacksBitExactAgainstReference) {
+  uint32_t seed = 1;
+  for (const auto& f : weight_formats()) {
+    int lo, hi;
+    f.level_range(&lo, &hi);
+    for (int64_t cols : {int64_t{172}, int64_t{64}, int64_t{7}}) {
+      const int64_t rows = 3;
+      if (f.layout == WeightLayout::kQdq) {
+        const auto lv = random_levels(rows * cols, lo, hi, seed++);
+        const auto ref = pack_onnx_reference(lv, f.bits);
+        const auto fast = pack_onnx(lv, f.bits);
+        ASSERT_EQ(ref, fast) << f.name << " cols " << cols;
+        EXPECT_EQ(static_cast<int64_t>(ref.size()), (rows * cols * f.bits + 7) / 8);
+        EXPECT_EQ(unpack_onnx(fast, rows * cols, f.bits, f.is_signed), lv) << f.name;
+      } else {
+        // MatMulNBits codes are unsigned: the symmetric levels shifted by 2^(bits-1).
+        const int off = f.is_signed ? (1 << (f.bits - 1)) : 0;
+        auto lv = random_levels(rows * cols, lo + off, hi + off, seed++);
+        const auto ref = pack_matmulnbits_reference(lv, rows, cols, f.bits, f.block_size, off);
+        const auto fast = pack_matmulnbits(lv, rows, cols, f.bits, f.block_size, off);
+        ASSERT_EQ(ref, fast) << f.name << " cols " << cols;
+        const int64_t kb = (cols + f.block_size - 1) / f.block_size;
+        EXPECT_EQ(static_cast<int64_t>(fast.size()), rows * kb * f.block_size * f.bits / 8);
+        EXPECT_EQ(unpack_matmulnbits(fast, rows, cols, f.bits, f.block_size), lv) << f.name;
+      }
+    }
+  }
+}
+
+TEST(WeightFormats, OnnxPackingPutsFirstElementInLowBits) {
+  EXPECT_EQ(pack_onnx(std::vector<int32_t>{1, -2}, 4), (std::vector<uint8_t>{0xE1}));
+  EXPECT_EQ(pack_onnx(std::vector<int32_t>{1, 2, 3}, 4), (std::vector<uint8_t>{0x21, 0x03}));
+  EXPECT_EQ(pack_onnx(std::vector<int32_t>{1, -1, 0, -2, 1}, 2), (std::vector<uint8_t>{0x8D, 0x01}));
+}
+
+TEST(WeightFormats, MatMulNBitsLayoutMatchesOrtDocs) {
+  // N=2, K=20, block 16, 4 bits: B is [2, 2 blocks, 8 bytes]; row 1's second block holds codes 4..7
+  // for k=16..19 and the pad code for k=20..31.
+  std::vector<int32_t> lv(2 * 20);
+  for (int k = 0; k < 20; ++k) {
+    lv[k] = k % 16;
+    lv[20 + k] = (k + 1) % 16;
+  }
+  const auto b = pack_matmulnbits(lv, 2, 20, 4, 16, 8);
+  ASSERT_EQ(b.size(), 2u * 2 * 8);
+  EXPECT_EQ(b[0], 0x10);        // k=0 low nibble 0, k=1 high nibble 1
+  EXPECT_EQ(b[8], 0x10);        // block 1 of row 0: k=16 -> 0, k=17 -> 1
+  EXPECT_EQ(b[16 + 8 + 1], 0x43);  // row 1, block 1, byte 1: k=18 -> 3, k=19 -> 4
+  EXPECT_EQ(b[16 + 8 + 2], 0x88);  // padding with the zero point 8
+  const auto zp = pack_matmulnbits_zero_points(std::vector<int32_t>{1, 2, 3, 4, 5, 6}, 2, 3, 4);
+  EXPECT_EQ(zp, (std::vector<uint8_t>{0x21, 0x03, 0x54, 0x06}));  // each row padded to whole bytes
+}
+
+TEST(WeightFormats, BitsPerWeightWithinBars) {
+  // 4-bit blocks of 32 on K = 64..4096: 4 + 32/32 = 5.0 bits (fp32 scales); ternary block 64: 2.5.
+  for (int64_t k : {64, 256, 4096}) {
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("int4_b32"), 64, k), 5.0 + 1e-12);
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("mnb4_b32"), 64, k), 5.0 + 1e-12);
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("ternary_b64"), 64, k), 2.6);
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("ternary"), 64, k), 2.6);
+  }
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 256), 5.0, 1e-12);
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("uint4_b32"), 64, 256), 5.125, 1e-12);
+  // K = 172 with blocks of 32: 6 blocks, the last one short.
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 172), 4.0 + 6 * 32.0 / 172, 1e-9);
+}
+
+}  // namespace
+}  // namespace qtool::quant

@@ -35,6 +35,10 @@
 #include "qtool/quant/format.h"
 #include "qtool/quant/gptq.h"
 
+namespace qtool::data {
+class SampleSource;  // qtool/data/sample_source.h
+}  // namespace qtool::data
+
 namespace qtool::quant {
 
 enum class WeightAlgorithm { kRtn, kGptq, kAwq };
@@ -73,10 +77,13 @@ struct WeightOnlyConfig {
   int threads = 1;                         ///< executor threads for the calibration pass
 };
 
-/// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: one map (graph input name ->
-/// tensor) per sample, run through runtime::Executor with an observer on the weight layers' inputs.
+/// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: samples (graph input name ->
+/// tensor) run through runtime::Executor with an observer on the weight layers' inputs. Activations
+/// are streamed: per layer only H (K×K), mean |x| and at most max_calib_rows rows are kept.
 struct CalibrationInputs {
-  std::vector<std::map<std::string, Tensor>> samples;
+  std::vector<std::map<std::string, Tensor>> samples;  ///< in-memory samples (used when source is null)
+  data::SampleSource* source = nullptr;                ///< or samples loaded one at a time from here
+  size_t max_samples = 0;                              ///< 0 = all of them
 };
 
 /// What happened to one weight.

@@ -1,0 +1,409 @@
+// The reference executor.
+//
+// Construction plans every graph (the main graph and every If/Loop/Scan body, recursively):
+//   - nodes in topological order, each with its kernel resolved for the opset of its domain;
+//   - every value a node of graph G reads is given a slot: (depth, index) where depth counts
+//     how many scopes up the owning graph is (0 = G itself, 1 = the graph enclosing G, ...);
+//   - a use count per slot of G: direct inputs of G's nodes plus the outer-scope values that a
+//     node's subgraphs read (the If/Loop node is the user that keeps them alive).
+// A run walks the plan with a chain of frames (one vector<Tensor> per active graph scope). After
+// each node, the slots whose use count drops to zero are released, unless they are graph
+// outputs, graph inputs or initializers. Current and peak intermediate bytes are counted per
+// distinct buffer, so views (Reshape, Identity) are not counted twice.
+#include "qtool/runtime/executor.h"
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "qtool/runtime/kernel.h"
+
+namespace qtool::runtime {
+
+namespace {
+
+/// Where a value lives at run time: `depth` frames up the scope chain, slot `index`.
+struct SlotRef {
+  int depth = 0;
+  int index = -1;
+};
+
+struct GraphPlan;
+
+struct NodeStep {
+  const ir::Node* node = nullptr;
+  KernelFn kernel = nullptr;
+  int64_t opset = 0;
+  std::vector<SlotRef> inputs;   // -1 index = omitted optional input
+  std::vector<int> outputs;      // slot in this frame, -1 = omitted
+  std::vector<int> release;      // local slots whose last use is this node
+  std::string context;           // "in node 'X' (Op, opset N)"
+};
+
+struct GraphPlan {
+  const ir::Graph* graph = nullptr;
+  int num_slots = 0;
+  std::unordered_map<const ir::Value*, int> slot_of;
+  std::vector<std::pair<int, const Tensor*>> constants;  // initializers
+  std::vector<int> input_slots;                          // graph inputs, in order
+  std::vector<SlotRef> output_refs;                      // graph outputs, in order
+  std::vector<NodeStep> steps;
+  std::vector<int> produced;  // slots written by nodes (freed when a body frame ends)
+};
+
+/// Node name for messages: its name, else its first output's name.
+std::string node_label(const ir::Node& n) {
+  if (!n.name().empty()) return n.name();
+  for (const ir::Value* v : n.outputs()) {
+    if (v) return v->name();
+  }
+  return "<unnamed>";
+}
+
+/// Every value read by the nodes of `g` and of its nested subgraphs that `g` does not own
+/// (and none of its nested graphs own): the outer-scope reads of g.
+void collect_outer_reads(const ir::Graph& g, std::unordered_set<const ir::Graph*>& inner,
+                         std::vector<const ir::Value*>& out) {
+  inner.insert(&g);
+  for (const auto& n : g.nodes()) {
+    for (const ir::Graph* sg : n->subgraphs()) collect_outer_reads(*sg, inner, out);
+  }
+  for (const auto& n : g.nodes()) {
+    for (const ir::Value* v : n->inputs()) {
+      if (v && !inner.count(v->owner())) out.push_back(v);
+    }
+  }
+  for (const ir::Value* v : g.outputs()) {
+    if (v && !inner.count(v->owner())) out.push_back(v);
+  }
+}
+
+}  // namespace
+
+struct Executor::Impl : public SubgraphRunner {
+  const ir::Model& model;
+  ExecutorOptions options;
+  ThreadPool pool;
+  std::unordered_map<const ir::Graph*, std::unique_ptr<GraphPlan>> plans;
+
+  // Run state.
+  struct Frame {
+    const GraphPlan* plan;
+    std::vector<Tensor> slots;
+    Frame* parent;
+  };
+  Frame* current = nullptr;
+  Observer* observer = nullptr;
+  std::unordered_map<const Buffer*, int> live_buffers;
+  size_t current_bytes = 0, peak = 0;
+
+  Impl(const ir::Model& m, ExecutorOptions o) : model(m), options(o), pool(o.threads) {
+    std::vector<const ir::Graph*> chain;
+    plan_graph(*model.graph, chain);
+  }
+
+  int64_t opset_for(const std::string& domain) const {
+    int64_t v = model.opset(domain);
+    if (v == 0 && domain.empty()) v = 1;
+    if (v == 0) v = 1;  // custom domains used without an import: treat as version 1
+    return v;
+  }
+
+  void plan_graph(const ir::Graph& g, std::vector<const ir::Graph*>& chain) {
+    auto owned = std::make_unique<GraphPlan>();
+    GraphPlan* plan = owned.get();
+    plan->graph = &g;
+    chain.push_back(&g);
+    auto local_slot = [plan](const ir::Value* v) {
+      auto [it, inserted] = plan->slot_of.emplace(v, plan->num_slots);
+      if (inserted) ++plan->num_slots;
+      return it->second;
+    };
+    auto resolve = [&](const ir::Value* v, const ir::Node* reader) -> SlotRef {
+      for (int d = 0; d < static_cast<int>(chain.size()); ++d) {
+        const ir::Graph* owner = chain[chain.size() - 1 - d];
+        if (v->owner() == owner) {
+          if (d == 0) {
+            auto it = plan->slot_of.find(v);
+            if (it == plan->slot_of.end()) break;
+            return {0, it->second};
+          }
+          const GraphPlan& outer = *plans.at(owner);
+          auto it = outer.slot_of.find(v);
+          if (it == outer.slot_of.end()) break;
+          return {d, it->second};
+        }
+      }
+      fail(ErrorCode::kInvalidModel, "{}reads '{}', which no node produces and is not an input or initializer in scope",
+           reader ? "node " + reader->describe() + " " : std::string("graph output "), v->name());
+    };
+
+    for (const ir::Value* v : g.initializers()) {
+      plan->constants.emplace_back(local_slot(v), v->initializer());
+    }
+    for (const ir::Value* v : g.inputs()) plan->input_slots.push_back(local_slot(v));
+
+    const std::vector<ir::Node*> order = g.topo_order();
+    // Slots for every node output first, so that outer reads from subgraphs resolve.
+    for (const ir::Node* n : order) {
+      for (const ir::Value* v : n->outputs()) {
+        if (v) local_slot(v);
+      }
+    }
+    plans[&g] = std::move(owned);
+    GraphPlan& p = *plan;
+
+    std::vector<int> last_use(p.num_slots, -1);
+    for (const ir::Node* n : order) {
+      NodeStep step;
+      step.node = n;
+      step.opset = opset_for(n->domain());
+      step.kernel = KernelRegistry::global().find(n->domain(), n->op_type(), step.opset);
+      step.context = fmt::format("in node '{}' ({}, opset {})", node_label(*n), n->op_type(), step.opset);
+      if (!step.kernel) {
+        fail(ErrorCode::kUnsupported, "no kernel for node '{}': op type '{}' in domain '{}' at opset {}",
+             node_label(*n), n->op_type(), n->domain().empty() ? "ai.onnx" : n->domain(), step.opset);
+      }
+      const int step_index = static_cast<int>(p.steps.size());
+      for (const ir::Value* v : n->inputs()) {
+        if (!v) {
+          step.inputs.push_back({0, -1});
+          continue;
+        }
+        SlotRef r = resolve(v, n);
+        step.inputs.push_back(r);
+        if (r.depth == 0) last_use[r.index] = step_index;
+      }
+      // Plan the bodies; their outer reads of this graph's values keep those alive until here.
+      for (const ir::Graph* sg : n->subgraphs()) {
+        plan_graph(*sg, chain);
+        std::unordered_set<const ir::Graph*> inner;
+        std::vector<const ir::Value*> outer;
+        collect_outer_reads(*sg, inner, outer);
+        for (const ir::Value* v : outer) {
+          if (v->owner() == &g) last_use[resolve(v, n).index] = step_index;
+        }
+      }
+      for (const ir::Value* v : n->outputs()) {
+        step.outputs.push_back(v ? p.slot_of.at(v) : -1);
+        if (v) p.produced.push_back(p.slot_of.at(v));
+      }
+      p.steps.push_back(std::move(step));
+    }
+    for (const ir::Value* v : g.outputs()) p.output_refs.push_back(resolve(v, nullptr));
+
+    // Values never released: graph outputs, graph inputs and initializers.
+    std::vector<char> keep(p.num_slots, 0);
+    for (const SlotRef& r : p.output_refs) {
+      if (r.depth == 0) keep[r.index] = 1;
+    }
+    for (int s : p.input_slots) keep[s] = 1;
+    for (const auto& c : p.constants) keep[c.first] = 1;
+    for (int s = 0; s < p.num_slots; ++s) {
+      if (!keep[s] && last_use[s] >= 0) p.steps[last_use[s]].release.push_back(s);
+    }
+    // Outputs nobody reads are released right after their producer.
+    for (size_t i = 0; i < p.steps.size(); ++i) {
+      for (int s : p.steps[i].outputs) {
+        if (s >= 0 && !keep[s] && last_use[s] < 0) p.steps[i].release.push_back(s);
+      }
+    }
+    chain.pop_back();
+  }
+
+  // ---- memory accounting ----
+  void track_alloc(const Tensor& t) {
+    if (!t.buffer()) return;
+    if (live_buffers[t.buffer().get()]++ == 0) {
+      current_bytes += t.buffer()->size();
+      peak = std::max(peak, current_bytes);
+    }
+  }
+  void track_free(const Tensor& t) {
+    if (!t.buffer()) return;
+    auto it = live_buffers.find(t.buffer().get());
+    if (it == live_buffers.end()) return;
+    if (--it->second == 0) {
+      current_bytes -= t.buffer()->size();
+      live_buffers.erase(it);
+    }
+  }
+
+  const Tensor* lookup(Frame& f, const SlotRef& r) const {
+    Frame* fr = &f;
+    for (int d = 0; d < r.depth; ++d) fr = fr->parent;
+    return &fr->slots[r.index];
+  }
+
+  /// Runs the plan's nodes in `frame`.
+  void run_frame(Frame& frame) {
+    Frame* saved = current;
+    current = &frame;
+    const GraphPlan& p = *frame.plan;
+    const bool top = frame.parent == nullptr;
+    std::vector<const Tensor*> ins;
+    std::vector<Tensor> outs;
+    for (const NodeStep& step : p.steps) {
+      ins.clear();
+      for (const SlotRef& r : step.inputs) ins.push_back(r.index < 0 ? nullptr : lookup(frame, r));
+      outs.assign(step.outputs.size(), Tensor());
+      KernelContext ctx(*step.node, step.opset, ins, &outs, &pool, this);
+      try {
+        step.kernel(ctx);
+        for (size_t i = 0; i < step.outputs.size(); ++i) {
+          if (step.outputs[i] >= 0 && !outs[i].defined()) {
+            fail(ErrorCode::kInternal, "kernel did not produce output {} ('{}')", i, step.node->outputs()[i]->name());
+          }
+        }
+      } catch (Error& e) {
+        current = saved;
+        e.add_context(step.context);
+        throw;
+      } catch (const std::bad_alloc&) {
+        current = saved;
+        Error e(ErrorCode::kInternal, "out of memory");
+        e.add_context(step.context);
+        throw e;
+      } catch (const std::exception& ex) {
+        current = saved;
+        Error e(ErrorCode::kInternal, ex.what());
+        e.add_context(step.context);
+        throw e;
+      }
+      for (size_t i = 0; i < step.outputs.size(); ++i) {
+        const int s = step.outputs[i];
+        if (s < 0) continue;
+        frame.slots[s] = std::move(outs[i]);
+        track_alloc(frame.slots[s]);
+        if (top && observer) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
+      }
+      for (int s : step.release) {
+        track_free(frame.slots[s]);
+        frame.slots[s] = Tensor();
+      }
+    }
+    current = saved;
+  }
+
+  std::vector<Tensor> run_subgraph(const ir::Graph& g, const std::vector<Tensor>& inputs) override {
+    auto it = plans.find(&g);
+    QTOOL_CHECK(it != plans.end(), ErrorCode::kInternal, "subgraph '{}' was not planned", g.name());
+    const GraphPlan& p = *it->second;
+    QTOOL_CHECK(current != nullptr, ErrorCode::kInternal, "run_subgraph outside of a run");
+    if (inputs.size() != p.input_slots.size()) {
+      fail(ErrorCode::kInvalidModel, "subgraph '{}' takes {} inputs but was given {}", g.name(),
+           p.input_slots.size(), inputs.size());
+    }
+    Frame frame{&p, std::vector<Tensor>(p.num_slots), current};
+    for (const auto& [slot, t] : p.constants) frame.slots[slot] = *t;
+    for (size_t i = 0; i < inputs.size(); ++i) frame.slots[p.input_slots[i]] = inputs[i];
+    run_frame(frame);
+    std::vector<Tensor> outs;
+    outs.reserve(p.output_refs.size());
+    for (const SlotRef& r : p.output_refs) {
+      const Tensor* t = lookup(frame, r);
+      if (!t->defined()) fail(ErrorCode::kInvalidModel, "subgraph '{}' did not compute an output", g.name());
+      outs.push_back(*t);
+    }
+    // Intermediates of the body die with the frame.
+    for (int s : p.produced) track_free(frame.slots[s]);
+    return outs;
+  }
+
+  void check_input(const ir::Value& v, const Tensor& t) const {
+    const ir::TypeInfo& ty = v.type();
+    if (ty.elem_type != DataType::kUndefined && ty.elem_type != t.dtype()) {
+      fail(ErrorCode::kInvalidInput, "input '{}' must be {} but is {}", v.name(), dtype_name(ty.elem_type),
+           dtype_name(t.dtype()));
+    }
+    if (!ty.has_shape) return;
+    if (ty.dims.size() != t.rank()) {
+      fail(ErrorCode::kInvalidInput, "input '{}' must have rank {} but has shape {}", v.name(), ty.dims.size(),
+           shape_str(t.shape()));
+    }
+    for (size_t d = 0; d < ty.dims.size(); ++d) {
+      if (ty.dims[d].known() && ty.dims[d].value != t.shape()[d]) {
+        std::string want = "[";
+        for (size_t k = 0; k < ty.dims.size(); ++k) {
+          if (k) want += ",";
+          want += ty.dims[k].known() ? std::to_string(ty.dims[k].value)
+                                     : (ty.dims[k].param.empty() ? "?" : ty.dims[k].param);
+        }
+        want += "]";
+        fail(ErrorCode::kInvalidInput, "input '{}' has shape {} but the model expects {} (dimension {})", v.name(),
+             shape_str(t.shape()), want, d);
+      }
+    }
+  }
+
+  std::vector<Tensor> run(const std::map<std::string, Tensor>& inputs, Observer* obs) {
+    const ir::Graph& g = *model.graph;
+    const GraphPlan& p = *plans.at(&g);
+    for (const auto& [name, t] : inputs) {
+      const ir::Value* v = g.find_value(name);
+      if (!v || !v->is_graph_input()) {
+        std::string names;
+        for (const ir::Value* in : g.runtime_inputs()) names += (names.empty() ? "'" : ", '") + in->name() + "'";
+        fail(ErrorCode::kInvalidInput, "the model has no input named '{}' (inputs: {})", name,
+             names.empty() ? "none" : names);
+      }
+    }
+    Frame frame{&p, std::vector<Tensor>(p.num_slots), nullptr};
+    for (const auto& [slot, t] : p.constants) frame.slots[slot] = *t;
+    for (size_t i = 0; i < g.inputs().size(); ++i) {
+      const ir::Value* v = g.inputs()[i];
+      auto it = inputs.find(v->name());
+      if (it == inputs.end()) {
+        if (v->is_initializer()) continue;
+        fail(ErrorCode::kInvalidInput, "missing input '{}'", v->name());
+      }
+      check_input(*v, it->second);
+      frame.slots[p.input_slots[i]] = it->second;
+    }
+    observer = obs;
+    live_buffers.clear();
+    current_bytes = 0;
+    peak = 0;
+    try {
+      run_frame(frame);
+    } catch (...) {
+      observer = nullptr;
+      current = nullptr;
+      throw;
+    }
+    observer = nullptr;
+    std::vector<Tensor> outs;
+    outs.reserve(p.output_refs.size());
+    for (size_t i = 0; i < p.output_refs.size(); ++i) {
+      const Tensor* t = lookup(frame, p.output_refs[i]);
+      if (!t->defined()) {
+        fail(ErrorCode::kInvalidModel, "graph output '{}' was not computed", g.outputs()[i]->name());
+      }
+      outs.push_back(*t);
+    }
+    live_buffers.clear();
+    current_bytes = 0;
+    return outs;
+  }
+};
+
+Executor::Executor(const ir::Model& model, ExecutorOptions options)
+    : impl_(std::make_unique<Impl>(model, options)) {}
+
+Executor::~Executor() = default;
+
+std::vector<Tensor> Executor::run(const std::map<std::string, Tensor>& inputs, Observer* observer) {
+  return impl_->run(inputs, observer);
+}
+
+std::vector<std::string> Executor::output_names() const {
+  std::vector<std::string> names;
+  for (const ir::Value* v : impl_->model.graph->outputs()) names.push_back(v->name());
+  return names;
+}
+
+size_t Executor::peak_bytes() const { return impl_->peak; }
+
+const ir::Model& Executor::model() const { return impl_->model; }
+
+}  // namespace qtool::runtime

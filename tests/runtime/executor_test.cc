@@ -1,0 +1,205 @@
+// Executor: values, lifetimes (peak memory), observers, input checks and error context,
+// on graphs built in memory.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "qtool/runtime/executor.h"
+#include "qtool/runtime/kernel.h"
+
+namespace qtool::runtime {
+namespace {
+
+ir::TypeInfo float_type(std::vector<int64_t> dims) {
+  ir::TypeInfo t;
+  t.elem_type = DataType::kFloat;
+  t.has_shape = true;
+  for (int64_t d : dims) t.dims.push_back(ir::Dim{d, d < 0 ? "N" : ""});
+  return t;
+}
+
+std::vector<float> values(const Tensor& t) {
+  const float* p = t.data<float>();
+  return std::vector<float>(p, p + t.numel());
+}
+
+TEST(Executor, ReluThenAddComputesValues) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({2, 3}));
+  ir::Value* b = g.add_initializer("b", Tensor::from_vector<float>({3}, {10, 20, 30}));
+  ir::Node* relu = g.add_node("Relu", {x}, {"r"}, "relu");
+  ir::Node* add = g.add_node("Add", {relu->output(0), b}, {"y"}, "add");
+  g.add_output(add->output(0));
+
+  Executor ex(m);
+  auto out = ex.run({{"x", Tensor::from_vector<float>({2, 3}, {-1, 2, -3, 4, -5, 6})}});
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].shape(), (Shape{2, 3}));
+  EXPECT_EQ(values(out[0]), (std::vector<float>{10, 22, 30, 14, 20, 36}));
+  EXPECT_EQ(ex.output_names(), std::vector<std::string>{"y"});
+}
+
+/// A chain x -> Relu -> Neg -> Relu -> ... of `len` nodes on an [n] tensor.
+ir::Model chain_model(int len, int64_t n) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* v = g.add_input("x", float_type({n}));
+  for (int i = 0; i < len; ++i) {
+    v = g.add_node(i % 2 ? "Neg" : "Abs", {v}, {"v" + std::to_string(i)}, "n" + std::to_string(i))->output(0);
+  }
+  g.add_output(v);
+  return m;
+}
+
+TEST(Executor, FreesIntermediatesAfterLastUse) {
+  const int64_t n = 1000;
+  ir::Model m = chain_model(10, n);
+  Executor ex(m);
+  auto out = ex.run({{"x", Tensor::from_vector<float>({n}, std::vector<float>(n, -2.0f))}});
+  // Abs, Neg alternate: 10 nodes end on Neg -> -2.
+  EXPECT_EQ(out[0].data<float>()[0], -2.0f);
+  const size_t one = n * sizeof(float);
+  // At most two buffers alive at once (a node's input and its output), not ten.
+  EXPECT_GE(ex.peak_bytes(), one);
+  EXPECT_LE(ex.peak_bytes(), 2 * one + 128);
+  EXPECT_LT(ex.peak_bytes(), 10 * one);
+}
+
+class CountingObserver : public Observer {
+ public:
+  void on_value(const ir::Value& v, const Tensor& t) override {
+    ++seen[v.name()];
+    numel[v.name()] = t.numel();
+  }
+  std::map<std::string, int> seen;
+  std::map<std::string, int64_t> numel;
+};
+
+TEST(Executor, ObserverSeesEveryProducedValueOnce) {
+  ir::Model m = chain_model(5, 7);
+  Executor ex(m);
+  CountingObserver obs;
+  ex.run({{"x", Tensor::from_vector<float>({7}, std::vector<float>(7, 1.0f))}}, &obs);
+  ASSERT_EQ(obs.seen.size(), 5u);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(obs.seen["v" + std::to_string(i)], 1);
+    EXPECT_EQ(obs.numel["v" + std::to_string(i)], 7);
+  }
+  EXPECT_EQ(obs.seen.count("x"), 0u);  // inputs are not produced by nodes
+}
+
+TEST(Executor, UnsupportedOpNamesNodeTypeDomainAndOpset) {
+  ir::Model m;
+  m.set_opset("", 13);
+  ir::Value* x = m.graph->add_input("x", float_type({1}));
+  m.graph->add_output(m.graph->add_node("FancyOp", {x}, {"y"}, "my_node")->output(0));
+  try {
+    Executor ex(m);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("my_node"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("FancyOp"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("opset 13"), std::string::npos) << msg;
+  }
+}
+
+TEST(Executor, KernelErrorsCarryNodeContext) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* a = g.add_input("a", float_type({2, 3}));
+  ir::Value* b = g.add_input("b", float_type({4}));
+  g.add_output(g.add_node("Add", {a, b}, {"y"}, "bad_add")->output(0));
+  Executor ex(m);
+  try {
+    ex.run({{"a", Tensor(DataType::kFloat, {2, 3})}, {"b", Tensor(DataType::kFloat, {4})}});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("in node 'bad_add' (Add, opset 17)"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("[2,3]"), std::string::npos) << msg;
+  }
+}
+
+TEST(Executor, ChecksInputs) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({-1, 3}));
+  g.add_output(g.add_node("Relu", {x}, {"y"})->output(0));
+  Executor ex(m);
+  // Dynamic batch is fine.
+  EXPECT_EQ(ex.run({{"x", Tensor(DataType::kFloat, {5, 3})}})[0].shape(), (Shape{5, 3}));
+  auto expect_error = [&](const std::map<std::string, Tensor>& in, const std::string& needle) {
+    try {
+      ex.run(in);
+      ADD_FAILURE() << "expected an error containing " << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({}, "missing input 'x'");
+  expect_error({{"x", Tensor(DataType::kFloat, {5, 4})}}, "input 'x' has shape [5,4] but the model expects [N,3]");
+  expect_error({{"x", Tensor(DataType::kInt64, {5, 3})}}, "input 'x' must be float32 but is int64");
+  expect_error({{"x", Tensor(DataType::kFloat, {3})}}, "input 'x' must have rank 2");
+  expect_error({{"x", Tensor(DataType::kFloat, {1, 3})}, {"z", Tensor(DataType::kFloat, {1})}},
+               "no input named 'z'");
+}
+
+TEST(Executor, ThreadedElementwiseMatchesSingleThread) {
+  const int64_t n = 300000;  // above the parallel grain
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* a = g.add_input("a", float_type({n}));
+  ir::Value* b = g.add_input("b", float_type({1}));
+  ir::Node* mul = g.add_node("Mul", {a, b}, {"m"});
+  g.add_output(g.add_node("Sigmoid", {mul->output(0)}, {"y"})->output(0));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> dist;
+  std::vector<float> av(n);
+  for (auto& v : av) v = dist(rng);
+  std::map<std::string, Tensor> in{{"a", Tensor::from_vector<float>({n}, av)},
+                                   {"b", Tensor::from_vector<float>({1}, {0.5f})}};
+  Executor one(m, {1}), four(m, {4});
+  Tensor r1 = one.run(in)[0], r4 = four.run(in)[0];
+  ASSERT_TRUE(tensors_equal(r1, r4));
+  EXPECT_NEAR(r1.data<float>()[123], 1.0f / (1.0f + std::exp(-0.5f * av[123])), 1e-6f);
+}
+
+TEST(ThreadPool, CoversRangeExactlyOnce) {
+  ThreadPool pool(3);
+  std::vector<int> hits(100000, 0);
+  pool.parallel_for(static_cast<int64_t>(hits.size()), 1000, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) ++hits[i];
+  });
+  for (int h : hits) ASSERT_EQ(h, 1);
+  // Exceptions in a chunk reach the caller.
+  EXPECT_THROW(pool.parallel_for(10000, 10, [](int64_t b, int64_t) {
+    if (b == 0) throw Error(ErrorCode::kInternal, "boom");
+  }),
+               Error);
+}
+
+TEST(KernelRegistry, PicksGreatestVersionNotAboveOpset) {
+  KernelRegistry r;
+  KernelFn f1 = [](KernelContext&) {};
+  KernelFn f7 = [](KernelContext&) {};
+  r.add("", "Op", 1, f1);
+  r.add("", "Op", 7, f7);
+  EXPECT_EQ(r.find("", "Op", 6), f1);
+  EXPECT_EQ(r.find("", "Op", 7), f7);
+  EXPECT_EQ(r.find("ai.onnx", "Op", 13), f7);
+  EXPECT_EQ(r.find("", "Other", 13), nullptr);
+  EXPECT_NE(KernelRegistry::global().find("", "Relu", 14), nullptr);
+}
+
+}  // namespace
+}  // namespace qtool::runtime

@@ -1,0 +1,272 @@
+// Image decoding (stb_image) and torchvision/PIL-compatible preprocessing.
+#include "qtool/data/image.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "qtool/core/npy.h"
+
+// The one translation unit that compiles stb_image's implementation. Only the decoders that
+// calibration folders hold are compiled in.
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_NO_STDIO
+#define STBI_FAILURE_USERMSG
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#endif
+#include <stb/stb_image.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace qtool::data {
+
+ImagePreprocess image_preset(const std::string& name) {
+  ImagePreprocess p;
+  p.preset = name;
+  if (name == "imagenet" || name == "mobilenetv2-244") {
+    p.resize = 256;
+    p.crop = name == "imagenet" ? 224 : 244;
+    p.scale = 1.0f / 255.0f;
+    p.mean = {0.485f, 0.456f, 0.406f};
+    p.std = {0.229f, 0.224f, 0.225f};
+  } else if (name == "caffe-bgr") {
+    p.resize = 256;
+    p.crop = 224;
+    p.bgr = true;
+    p.mean = {104.0f, 117.0f, 123.0f};  // B, G, R
+  } else if (name == "mnist-raw" || name == "mnist-pytorch") {
+    p.channels = 1;
+    p.resize = 28;
+    p.crop = 28;
+    p.mean = {0.0f};
+    p.std = {1.0f};
+    if (name == "mnist-pytorch") {
+      p.scale = 1.0f / 255.0f;
+      p.mean = {0.1307f};
+      p.std = {0.3081f};
+    }
+  } else if (name == "none") {
+    // defaults
+  } else {
+    std::string known;
+    for (const auto& n : image_preset_names()) known += (known.empty() ? "" : ", ") + n;
+    fail(ErrorCode::kConfig, "unknown preprocessing preset '{}' (known: {})", name, known);
+  }
+  return p;
+}
+
+std::vector<std::string> image_preset_names() {
+  return {"imagenet", "mobilenetv2-244", "caffe-bgr", "mnist-raw", "mnist-pytorch", "none"};
+}
+
+Image decode_image_memory(const std::string& bytes, const std::string& what, int channels) {
+  QTOOL_CHECK(channels == 1 || channels == 3, ErrorCode::kConfig, "images decode to 1 or 3 channels, not {}",
+              channels);
+  int w = 0, h = 0, c = 0;
+  // Decode to RGB first: gray conversion follows PIL's convert("L") (ITU-R 601-2 luma), not stb's.
+  const int want = channels == 1 ? 0 : 3;
+  stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
+                                      &w, &h, &c, want);
+  if (!px) fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
+  Image img;
+  img.width = w;
+  img.height = h;
+  img.channels = channels;
+  const size_t n = static_cast<size_t>(w) * h;
+  img.pixels.resize(n * channels);
+  if (channels == 3) {
+    std::memcpy(img.pixels.data(), px, n * 3);
+  } else if (c == 1 || c == 2) {  // gray or gray+alpha: take the gray plane
+    for (size_t i = 0; i < n; ++i) img.pixels[i] = px[i * c];
+  } else {  // RGB(A) -> L, PIL's fixed point: (R*19595 + G*38470 + B*7471 + 0x8000) >> 16
+    for (size_t i = 0; i < n; ++i) {
+      const stbi_uc* p = px + i * c;
+      img.pixels[i] = static_cast<uint8_t>((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
+    }
+  }
+  stbi_image_free(px);
+  return img;
+}
+
+Image decode_image(const std::string& path, int channels) {
+  return decode_image_memory(read_file(path), path, channels);
+}
+
+namespace {
+
+// PIL's Resample.c, bilinear filter, 8 bits per channel.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+struct Coeffs {
+  int ksize = 0;
+  std::vector<int> bounds;   // xmin, count per output pixel
+  std::vector<int32_t> kk;   // fixed-point weights, ksize per output pixel
+};
+
+double bilinear_filter(double x) {
+  if (x < 0.0) x = -x;
+  return x < 1.0 ? 1.0 - x : 0.0;
+}
+
+// precompute_coeffs + normalize_coeffs_8bpc from PIL (support 1 for bilinear).
+Coeffs precompute_coeffs(int in_size, int out_size) {
+  const double scale = static_cast<double>(in_size) / out_size;
+  const double filterscale = std::max(scale, 1.0);
+  const double support = 1.0 * filterscale;
+  Coeffs c;
+  c.ksize = static_cast<int>(std::ceil(support)) * 2 + 1;
+  c.bounds.resize(2 * static_cast<size_t>(out_size));
+  c.kk.assign(static_cast<size_t>(out_size) * c.ksize, 0);
+  std::vector<double> k(c.ksize);
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int xmin = static_cast<int>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = static_cast<int>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int x = 0; x < xmax; ++x) {
+      k[x] = bilinear_filter((x + xmin - center + 0.5) * ss);
+      ww += k[x];
+    }
+    for (int x = 0; x < xmax; ++x) {
+      const double w = ww != 0.0 ? k[x] / ww : k[x];
+      const double f = w * (1 << kPrecisionBits);
+      c.kk[static_cast<size_t>(xx) * c.ksize + x] = static_cast<int32_t>(w < 0 ? -0.5 + f : 0.5 + f);
+    }
+    c.bounds[2 * xx] = xmin;
+    c.bounds[2 * xx + 1] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int64_t v) {
+  v >>= kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+Image resample_horizontal(const Image& in, int out_w) {
+  const Coeffs c = precompute_coeffs(in.width, out_w);
+  Image out;
+  out.width = out_w;
+  out.height = in.height;
+  out.channels = in.channels;
+  out.pixels.resize(static_cast<size_t>(out_w) * in.height * in.channels);
+  const int ch = in.channels;
+  for (int y = 0; y < in.height; ++y) {
+    const uint8_t* row = in.pixels.data() + static_cast<size_t>(y) * in.width * ch;
+    uint8_t* orow = out.pixels.data() + static_cast<size_t>(y) * out_w * ch;
+    for (int xx = 0; xx < out_w; ++xx) {
+      const int xmin = c.bounds[2 * xx], xcnt = c.bounds[2 * xx + 1];
+      const int32_t* k = &c.kk[static_cast<size_t>(xx) * c.ksize];
+      for (int b = 0; b < ch; ++b) {
+        int64_t ss = 1 << (kPrecisionBits - 1);
+        for (int x = 0; x < xcnt; ++x) ss += static_cast<int64_t>(row[(x + xmin) * ch + b]) * k[x];
+        orow[xx * ch + b] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+Image resample_vertical(const Image& in, int out_h) {
+  const Coeffs c = precompute_coeffs(in.height, out_h);
+  Image out;
+  out.width = in.width;
+  out.height = out_h;
+  out.channels = in.channels;
+  const size_t stride = static_cast<size_t>(in.width) * in.channels;
+  out.pixels.resize(stride * out_h);
+  for (int yy = 0; yy < out_h; ++yy) {
+    const int ymin = c.bounds[2 * yy], ycnt = c.bounds[2 * yy + 1];
+    const int32_t* k = &c.kk[static_cast<size_t>(yy) * c.ksize];
+    uint8_t* orow = out.pixels.data() + yy * stride;
+    for (size_t i = 0; i < stride; ++i) {
+      int64_t ss = 1 << (kPrecisionBits - 1);
+      for (int y = 0; y < ycnt; ++y) ss += static_cast<int64_t>(in.pixels[(y + ymin) * stride + i]) * k[y];
+      orow[i] = clip8(ss);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Image resize_bilinear(const Image& in, int out_w, int out_h) {
+  QTOOL_CHECK(out_w > 0 && out_h > 0 && in.width > 0 && in.height > 0, ErrorCode::kInvalidInput,
+              "cannot resize a {}x{} image to {}x{}", in.width, in.height, out_w, out_h);
+  // PIL: horizontal pass first, then vertical, each only when the size changes.
+  Image tmp = out_w != in.width ? resample_horizontal(in, out_w) : in;
+  return out_h != in.height ? resample_vertical(tmp, out_h) : tmp;
+}
+
+Image crop_image(const Image& in, int x0, int y0, int w, int h) {
+  QTOOL_CHECK(x0 >= 0 && y0 >= 0 && w > 0 && h > 0 && x0 + w <= in.width && y0 + h <= in.height,
+              ErrorCode::kInvalidInput, "crop {}x{} at ({},{}) does not fit in a {}x{} image", w, h, x0, y0,
+              in.width, in.height);
+  Image out;
+  out.width = w;
+  out.height = h;
+  out.channels = in.channels;
+  out.pixels.resize(static_cast<size_t>(w) * h * in.channels);
+  const size_t row_bytes = static_cast<size_t>(w) * in.channels;
+  for (int y = 0; y < h; ++y) {
+    std::memcpy(out.pixels.data() + y * row_bytes,
+                in.pixels.data() + (static_cast<size_t>(y0 + y) * in.width + x0) * in.channels, row_bytes);
+  }
+  return out;
+}
+
+Tensor preprocess_image(const Image& src, const ImagePreprocess& p, const std::string& what) {
+  return with_context(fmt::format("while preprocessing image '{}'", what), [&] {
+    QTOOL_CHECK(src.channels == p.channels, ErrorCode::kInternal, "image has {} channels, preprocessing wants {}",
+                src.channels, p.channels);
+    QTOOL_CHECK(p.mean.size() == static_cast<size_t>(p.channels) && p.std.size() == static_cast<size_t>(p.channels),
+                ErrorCode::kConfig, "mean and std need {} values each (got {} and {})", p.channels, p.mean.size(),
+                p.std.size());
+    Image img = src;
+    if (p.resize > 0) {
+      // torchvision Resize(int): short side -> resize, long side = int(resize * long / short).
+      const bool wide = img.width >= img.height;
+      const int s = wide ? img.height : img.width;
+      const int l = wide ? img.width : img.height;
+      const int new_l = static_cast<int>(static_cast<int64_t>(p.resize) * l / s);
+      const int nw = wide ? new_l : p.resize, nh = wide ? p.resize : new_l;
+      if (nw != img.width || nh != img.height) img = resize_bilinear(img, nw, nh);
+    }
+    if (p.crop > 0) {
+      QTOOL_CHECK(p.crop <= img.width && p.crop <= img.height, ErrorCode::kInvalidInput,
+                  "center crop {} is larger than the {}x{} image (after resizing)", p.crop, img.width, img.height);
+      // torchvision CenterCrop: int(round((size - crop) / 2.0)), Python rounds half to even.
+      const int x0 = static_cast<int>(std::nearbyint((img.width - p.crop) / 2.0));
+      const int y0 = static_cast<int>(std::nearbyint((img.height - p.crop) / 2.0));
+      img = crop_image(img, x0, y0, p.crop, p.crop);
+    }
+    const int C = img.channels, H = img.height, W = img.width;
+    Tensor t(DataType::kFloat, p.nhwc ? Shape{1, H, W, C} : Shape{1, C, H, W});
+    float* out = t.mutable_data<float>();
+    for (int c = 0; c < C; ++c) {
+      const int src_c = p.bgr && C == 3 ? 2 - c : c;
+      const float scale = p.scale, mean = p.mean[c], sd = p.std[c];
+      for (int y = 0; y < H; ++y) {
+        for (int x = 0; x < W; ++x) {
+          const float v = static_cast<float>(img.pixels[(static_cast<size_t>(y) * W + x) * C + src_c]);
+          const size_t o = p.nhwc ? (static_cast<size_t>(y) * W + x) * C + c : (static_cast<size_t>(c) * H + y) * W + x;
+          out[o] = (v * scale - mean) / sd;
+        }
+      }
+    }
+    return t;
+  });
+}
+
+}  // namespace qtool::data

@@ -14,6 +14,7 @@ PKGS=(
   libgtest-dev                                     # unit tests
   libonnx-testdata                                 # ONNX's own backend conformance tests
   python3-onnx python3-numpy                       # ../shared/tools/make_llama_onnx.py (benchmarks, external-data tests)
+  time                                             # /usr/bin/time -v: peak RSS in tools/bench/calibrate_bench.sh
   python3-sklearn                                  # digits data set for tools/make_example/make_digits_example.py (bundled example)
   chromium                                         # headless check that the HTML report renders its charts (tests/report)
   nodejs npm                                       # ONNX Runtime oracle (onnxruntime-node)

@@ -1,0 +1,345 @@
+// Conv and ConvTranspose (float32). Conv: a direct kernel for depthwise convolutions and
+// im2col tiles + GEMM for the rest; ConvTranspose: GEMM + col2im.
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+#include <vector>
+
+#include "kernels.h"
+#include "nn_util.h"
+
+namespace qtool::runtime {
+namespace nn {
+namespace {
+
+/// [lo, hi) of output positions o whose input index o*s - p + kk*d lies in [0, in).
+inline void valid_range(int64_t out, int64_t in, int64_t s, int64_t p, int64_t kd, int64_t* lo, int64_t* hi) {
+  // o*s >= p - kd  and  o*s <= in - 1 + p - kd
+  const int64_t a = p - kd;
+  *lo = a <= 0 ? 0 : (a + s - 1) / s;
+  const int64_t b = in - 1 + p - kd;
+  *hi = b < 0 ? 0 : std::min(out, b / s + 1);
+  if (*lo > *hi) *lo = *hi;
+}
+
+/// Writes columns [j0, j1) of the im2col matrix of one group (rows = cin_g * kernel_size,
+/// row stride j1 - j0) into `col`.
+template <typename T>
+void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col) {
+  const int64_t ld = j1 - j0;
+  const int64_t hw = g.in[1] * g.in[2];
+  const int64_t ohw = g.out[1] * g.out[2];
+  int64_t row = 0;
+  for (int64_t ci = 0; ci < cin_g; ++ci) {
+    const T* xc = x + ci * g.in_size();
+    for (int64_t ka = 0; ka < g.kernel[0]; ++ka) {
+      for (int64_t kb = 0; kb < g.kernel[1]; ++kb) {
+        for (int64_t kc = 0; kc < g.kernel[2]; ++kc, ++row) {
+          T* dst = col + row * ld;
+          int64_t lo, hi;
+          valid_range(g.out[2], g.in[2], g.stride[2], g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
+          const int64_t xoff = kc * g.dilation[2] - g.pad_begin[2];
+          int64_t j = j0;
+          while (j < j1) {
+            const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
+            const int64_t seg = std::min(g.out[2] - ow, j1 - j);
+            T* d = dst + (j - j0);
+            const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
+            const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
+            if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) {
+              std::fill(d, d + seg, T(0));
+            } else {
+              const T* src = xc + id * hw + ih * g.in[2];
+              const int64_t e = ow + seg;
+              const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
+              std::fill(d, d + (a - ow), T(0));
+              if (g.stride[2] == 1) {
+                std::memcpy(d + (a - ow), src + a + xoff, sizeof(T) * (b - a));
+              } else {
+                const int64_t s = g.stride[2];
+                for (int64_t o = a; o < b; ++o) d[o - ow] = src[o * s + xoff];
+              }
+              std::fill(d + (b - ow), d + seg, T(0));
+            }
+            j += seg;
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Direct depthwise convolution of one output channel plane (input channel plane `x`).
+template <typename T>
+void depthwise_plane(const T* x, const T* w, T bias, const WindowGeometry& g, T* y) {
+  const int64_t hw = g.in[1] * g.in[2];
+  const int64_t ow_n = g.out[2];
+  for (int64_t od = 0; od < g.out[0]; ++od) {
+    for (int64_t oh = 0; oh < g.out[1]; ++oh) {
+      T* yrow = y + (od * g.out[1] + oh) * ow_n;
+      std::fill(yrow, yrow + ow_n, bias);
+      for (int64_t ka = 0; ka < g.kernel[0]; ++ka) {
+        const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
+        if (id < 0 || id >= g.in[0]) continue;
+        for (int64_t kb = 0; kb < g.kernel[1]; ++kb) {
+          const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
+          if (ih < 0 || ih >= g.in[1]) continue;
+          const T* xrow = x + id * hw + ih * g.in[2];
+          const T* wk = w + (ka * g.kernel[1] + kb) * g.kernel[2];
+          for (int64_t kc = 0; kc < g.kernel[2]; ++kc) {
+            int64_t lo, hi;
+            const int64_t kd = kc * g.dilation[2];
+            valid_range(ow_n, g.in[2], g.stride[2], g.pad_begin[2], kd, &lo, &hi);
+            const T wv = wk[kc];
+            const T* src = xrow + kd - g.pad_begin[2];
+            if (g.stride[2] == 1) {
+              for (int64_t o = lo; o < hi; ++o) yrow[o] += wv * src[o];
+            } else if (g.stride[2] == 2) {
+              for (int64_t o = lo; o < hi; ++o) yrow[o] += wv * src[2 * o];
+            } else {
+              const int64_t s = g.stride[2];
+              for (int64_t o = lo; o < hi; ++o) yrow[o] += wv * src[o * s];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void gemm_t(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+            ThreadPool* pool) {
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm(false, false, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, pool);
+  } else {
+    (void)pool;
+    dgemm(false, false, m, n, k, a, lda, b, ldb, c, ldc);
+  }
+}
+
+template <typename T>
+std::vector<T>& scratch() {
+  thread_local std::vector<T> buf;
+  return buf;
+}
+
+}  // namespace
+
+template <typename T>
+void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, const T* bias, int64_t group,
+                  const WindowGeometry& g, T* y, ThreadPool* pool) {
+  const int64_t n_batch = xs[0], c_in = xs[1], m_out = ws[0];
+  const int64_t cin_g = c_in / group, cout_g = m_out / group;
+  const int64_t in_sz = g.in_size(), out_sz = g.out_size(), ks = g.kernel_size();
+  const int threads = pool ? pool->threads() : 1;
+  auto run = [&](int64_t n, int64_t b, const std::function<void(int64_t, int64_t)>& fn) {
+    if (pool && threads > 1) pool->parallel_for(n, b, fn);
+    else fn(0, n);
+  };
+  if (cin_g == 1) {
+    // Depthwise (or channel-multiplier) convolution: one output plane per work item.
+    run(n_batch * m_out, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n = p / m_out, oc = p % m_out, ic = oc / cout_g;
+        depthwise_plane<T>(x + (n * c_in + ic) * in_sz, w + oc * ks, bias ? bias[oc] : T(0), g, y + p * out_sz);
+      }
+    });
+    return;
+  }
+  const int64_t kdim = cin_g * ks;
+  bool pointwise = ks == 1;
+  for (int i = 0; i < 3; ++i) {
+    pointwise = pointwise && g.stride[i] == 1 && g.pad_begin[i] == 0 && g.pad_end[i] == 0;
+  }
+  // Column tiles sized so that a tile of the im2col matrix stays in L2 (~256 KB).
+  int64_t tile = pointwise ? out_sz : std::clamp<int64_t>((65536 / std::max<int64_t>(kdim, 1)) / 16 * 16, 64, out_sz);
+  int64_t tiles = (out_sz + tile - 1) / tile;
+  if (n_batch * group * tiles < threads && out_sz >= 32 * threads && !pointwise) {
+    tile = ((out_sz + threads - 1) / threads + 15) / 16 * 16;
+    tiles = (out_sz + tile - 1) / tile;
+  }
+  const int64_t items = n_batch * group * tiles;
+  auto do_item = [&](int64_t it, ThreadPool* gemm_pool) {
+    const int64_t t = it % tiles, ng = it / tiles, grp = ng % group, n = ng / group;
+    const int64_t j0 = t * tile, j1 = std::min(out_sz, j0 + tile);
+    const T* xg = x + (n * c_in + grp * cin_g) * in_sz;
+    const T* wg = w + grp * cout_g * kdim;
+    T* yg = y + (n * m_out + grp * cout_g) * out_sz;
+    if (pointwise) {
+      gemm_t<T>(cout_g, j1 - j0, kdim, wg, kdim, xg + j0, in_sz, yg + j0, out_sz, gemm_pool);
+    } else {
+      std::vector<T>& col = scratch<T>();
+      if (col.size() < static_cast<size_t>(kdim * (j1 - j0))) col.resize(kdim * (j1 - j0));
+      im2col_tile<T>(xg, g, cin_g, j0, j1, col.data());
+      gemm_t<T>(cout_g, j1 - j0, kdim, wg, kdim, col.data(), j1 - j0, yg + j0, out_sz, gemm_pool);
+    }
+    if (bias) {
+      for (int64_t oc = 0; oc < cout_g; ++oc) {
+        const T bv = bias[grp * cout_g + oc];
+        T* row = yg + oc * out_sz;
+        for (int64_t j = j0; j < j1; ++j) row[j] += bv;
+      }
+    }
+  };
+  if (items >= threads || !pool) {
+    run(items, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) do_item(i, nullptr);
+    });
+  } else {
+    for (int64_t i = 0; i < items; ++i) do_item(i, pool);  // few big items: split each GEMM instead
+  }
+}
+
+template void conv_forward<float>(const float*, const Shape&, const float*, const Shape&, const float*, int64_t,
+                                  const WindowGeometry&, float*, ThreadPool*);
+template void conv_forward<double>(const double*, const Shape&, const double*, const Shape&, const double*, int64_t,
+                                   const WindowGeometry&, double*, ThreadPool*);
+
+}  // namespace nn
+
+namespace {
+
+/// Validates X/W shapes of a Conv-like node and returns the geometry (kernel from W when the
+/// kernel_shape attribute is absent).
+nn::WindowGeometry conv_geometry(const KernelContext& ctx, const Shape& xs, const Shape& ws, int64_t group) {
+  if (xs.size() < 3) nn::bad_node(ctx, "X {} must be [N, C, spatial...]", shape_str(xs));
+  if (ws.size() != xs.size()) nn::bad_node(ctx, "W {} and X {} ranks differ", shape_str(ws), shape_str(xs));
+  if (group <= 0 || xs[1] % group != 0 || ws[0] % group != 0 || ws[1] * group != xs[1]) {
+    nn::bad_node(ctx, "channels do not match: X {} W {} group {}", shape_str(xs), shape_str(ws), group);
+  }
+  return nn::window_geometry(ctx, xs, std::vector<int64_t>(ws.begin() + 2, ws.end()), false);
+}
+
+/// Conv (1, 11): y = conv(X, W) + B with groups, strides, dilations, pads/auto_pad.
+void conv_kernel(KernelContext& ctx) {
+  Tensor x = nn::float_input(ctx, 0), w = nn::float_input(ctx, 1);
+  const int64_t group = ctx.node().attr_int("group", 1);
+  const nn::WindowGeometry g = conv_geometry(ctx, x.shape(), w.shape(), group);
+  Tensor b;
+  if (ctx.has_input(2)) {
+    b = nn::float_input(ctx, 2);
+    if (b.numel() != w.dim(0)) nn::bad_node(ctx, "bias {} does not match {} output channels", shape_str(b.shape()), w.dim(0));
+  }
+  Shape ys = {x.dim(0), w.dim(0)};
+  for (int64_t d : g.out_shape()) ys.push_back(d);
+  Tensor y = Tensor::empty(DataType::kFloat, ys);
+  nn::conv_forward<float>(x.data<float>(), x.shape(), w.data<float>(), w.shape(), b.defined() ? b.data<float>() : nullptr,
+                          group, g, y.mutable_data<float>(), &ctx.pool());
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
+}
+
+/// ConvTranspose (1, 11): the gradient of Conv. col[M/g*k, HW] = W_g^T X_g, then col2im
+/// scatters into the output; out = s*(in-1) + output_padding + (k-1)*d + 1 - pads, or
+/// output_shape with pads derived from it (SAME_UPPER puts the smaller half first).
+void conv_transpose_kernel(KernelContext& ctx) {
+  const ir::Node& node = ctx.node();
+  Tensor x = nn::float_input(ctx, 0), w = nn::float_input(ctx, 1);
+  const Shape& xs = x.shape();
+  const Shape& ws = w.shape();
+  const int64_t group = node.attr_int("group", 1);
+  if (xs.size() < 3 || xs.size() > 5 || ws.size() != xs.size()) {
+    nn::bad_node(ctx, "X {} / W {} must be [N, C, spatial(1..3)...]", shape_str(xs), shape_str(ws));
+  }
+  if (group <= 0 || ws[0] != xs[1] || xs[1] % group != 0) {
+    nn::bad_node(ctx, "channels do not match: X {} W {} group {}", shape_str(xs), shape_str(ws), group);
+  }
+  const int sp = static_cast<int>(xs.size()) - 2, off = 3 - sp;
+  const int64_t cin_g = xs[1] / group, cout_g = ws[1], m_out = cout_g * group;
+  std::vector<int64_t> ks = node.attr_ints("kernel_shape", std::vector<int64_t>(ws.begin() + 2, ws.end()));
+  std::vector<int64_t> strides = node.attr_ints("strides", std::vector<int64_t>(sp, 1));
+  std::vector<int64_t> dil = node.attr_ints("dilations", std::vector<int64_t>(sp, 1));
+  std::vector<int64_t> pads = node.attr_ints("pads", std::vector<int64_t>(2 * sp, 0));
+  std::vector<int64_t> opad = node.attr_ints("output_padding", std::vector<int64_t>(sp, 0));
+  std::vector<int64_t> oshape = node.attr_ints("output_shape");
+  const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
+  if (static_cast<int>(ks.size()) != sp || static_cast<int>(strides.size()) != sp ||
+      static_cast<int>(dil.size()) != sp || static_cast<int>(pads.size()) != 2 * sp ||
+      static_cast<int>(opad.size()) != sp) {
+    nn::bad_node(ctx, "kernel_shape/strides/dilations/pads/output_padding do not match {} spatial dims", sp);
+  }
+  if (!oshape.empty() && static_cast<int>(oshape.size()) > sp) oshape.erase(oshape.begin(), oshape.end() - sp);
+  nn::WindowGeometry g;  // in = ConvTranspose output (the "image"), out = its input (the "columns")
+  g.spatial = sp;
+  for (int i = 0; i < sp; ++i) {
+    const int j = off + i;
+    g.kernel[j] = ks[i];
+    g.stride[j] = strides[i];
+    g.dilation[j] = dil[i];
+    g.out[j] = xs[2 + i];
+    const int64_t ek = (ks[i] - 1) * dil[i] + 1;
+    const int64_t full = strides[i] * (xs[2 + i] - 1) + opad[i] + ek;
+    if (!oshape.empty() || auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      const int64_t target = !oshape.empty() ? oshape[i] : xs[2 + i] * strides[i];
+      const int64_t total = full - target;
+      if (total < 0 && oshape.empty()) nn::bad_node(ctx, "negative total padding");
+      g.in[j] = target;
+      // ONNX spec: SAME_UPPER puts the smaller half first; SAME_LOWER and explicit output_shape the larger.
+      g.pad_begin[j] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      g.pad_end[j] = total - g.pad_begin[j];
+    } else {
+      g.pad_begin[j] = auto_pad == "VALID" ? 0 : pads[i];
+      g.pad_end[j] = auto_pad == "VALID" ? 0 : pads[sp + i];
+      g.in[j] = full - g.pad_begin[j] - g.pad_end[j];
+    }
+    if (g.in[j] <= 0) nn::bad_node(ctx, "non-positive output size {}", g.in[j]);
+  }
+  Tensor b;
+  if (ctx.has_input(2)) {
+    b = nn::float_input(ctx, 2);
+    if (b.numel() != m_out) nn::bad_node(ctx, "bias {} does not match {} output channels", shape_str(b.shape()), m_out);
+  }
+  Shape ys = {xs[0], m_out};
+  for (int i = 0; i < sp; ++i) ys.push_back(g.in[off + i]);
+  Tensor y = Tensor::empty(DataType::kFloat, ys);
+  float* yp = y.mutable_data<float>();
+  const float* xp = x.data<float>();
+  const float* wp = w.data<float>();
+  const int64_t img = g.in_size(), cols = g.out_size(), ksz = g.kernel_size();
+  std::vector<float> col(static_cast<size_t>(cout_g * ksz * cols));
+  const int64_t hw = g.in[1] * g.in[2];
+  for (int64_t n = 0; n < xs[0]; ++n) {
+    for (int64_t grp = 0; grp < group; ++grp) {
+      nn::sgemm(true, false, cout_g * ksz, cols, cin_g, 1.0f, wp + grp * cin_g * cout_g * ksz, cout_g * ksz,
+                xp + (n * xs[1] + grp * cin_g) * cols, cols, 0.0f, col.data(), cols, &ctx.pool());
+      ctx.pool().parallel_for(cout_g, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t oc = c0; oc < c1; ++oc) {
+          float* out = yp + (n * m_out + grp * cout_g + oc) * img;
+          std::fill(out, out + img, b.defined() ? b.data<float>()[grp * cout_g + oc] : 0.0f);
+          for (int64_t ka = 0; ka < g.kernel[0]; ++ka)
+            for (int64_t kb = 0; kb < g.kernel[1]; ++kb)
+              for (int64_t kc = 0; kc < g.kernel[2]; ++kc) {
+                const float* src = col.data() + ((oc * g.kernel[0] + ka) * g.kernel[1] + kb) * g.kernel[2] * cols +
+                                   kc * cols;
+                for (int64_t id = 0; id < g.out[0]; ++id) {
+                  const int64_t od = id * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
+                  if (od < 0 || od >= g.in[0]) continue;
+                  for (int64_t ih = 0; ih < g.out[1]; ++ih) {
+                    const int64_t oh = ih * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
+                    if (oh < 0 || oh >= g.in[1]) continue;
+                    const float* s = src + (id * g.out[1] + ih) * g.out[2];
+                    float* drow = out + od * hw + oh * g.in[2];
+                    for (int64_t iw = 0; iw < g.out[2]; ++iw) {
+                      const int64_t ow = iw * g.stride[2] - g.pad_begin[2] + kc * g.dilation[2];
+                      if (ow >= 0 && ow < g.in[2]) drow[ow] += s[iw];
+                    }
+                  }
+                }
+              }
+        }
+      });
+    }
+  }
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
+}
+
+}  // namespace
+
+/// Registers Conv and ConvTranspose (semantics unchanged across opsets 1 and 11 for float).
+void kernels::register_conv_kernels(KernelRegistry& r) {
+  r.add("", "Conv", 1, conv_kernel);
+  r.add("", "ConvTranspose", 1, conv_transpose_kernel);
+}
+
+}  // namespace qtool::runtime

@@ -1,0 +1,84 @@
+// Private helpers shared by the NN kernel families (conv, gemm, pool, norm, rnn, resize,
+// quantized): float input access, axis normalisation, convolution/pooling geometry and the
+// multithreaded row-major SGEMM every heavy kernel goes through.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qtool/core/error.h"
+#include "qtool/core/tensor.h"
+#include "qtool/runtime/kernel.h"
+
+namespace qtool::runtime::nn {
+
+/// Throws kInvalidModel with the node named first.
+template <typename... Args>
+[[noreturn]] void bad_node(const KernelContext& ctx, fmt::format_string<Args...> f, Args&&... args) {
+  fail(ErrorCode::kInvalidModel, "{}: {}", ctx.node().describe(), fmt::format(f, std::forward<Args>(args)...));
+}
+
+/// Input i as float32: shared storage when it already is float32, else converted
+/// (float16/bfloat16/double/ints), so kernels compute in float32 whatever the model stores.
+Tensor float_input(const KernelContext& ctx, size_t i);
+
+/// Returns the output dtype matching a float input's dtype: float results are converted back
+/// to float16/bfloat16/double when the node's first input had that type.
+Tensor to_dtype_like(Tensor t, DataType like);
+
+/// axis in [-rank, rank) -> [0, rank); throws naming the node otherwise.
+int64_t normalize_axis(const KernelContext& ctx, int64_t axis, int64_t rank);
+
+/// Geometry of a convolution or pooling window over N spatial dims (1..3), padded to 3-D with
+/// leading unit dims so that one loop nest serves Conv1d/2d/3d.
+struct WindowGeometry {
+  int spatial = 0;                ///< number of spatial dims in the model (1..3)
+  int64_t in[3] = {1, 1, 1};      ///< input spatial size (D, H, W)
+  int64_t out[3] = {1, 1, 1};     ///< output spatial size
+  int64_t kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1};
+  int64_t dilation[3] = {1, 1, 1};
+  int64_t pad_begin[3] = {0, 0, 0};
+  int64_t pad_end[3] = {0, 0, 0};
+  int64_t in_size() const { return in[0] * in[1] * in[2]; }
+  int64_t out_size() const { return out[0] * out[1] * out[2]; }
+  int64_t kernel_size() const { return kernel[0] * kernel[1] * kernel[2]; }
+  /// Output spatial shape as the model sees it (spatial dims only).
+  Shape out_shape() const;
+};
+
+/// Computes the window geometry from the node's attributes (kernel_shape, strides, dilations,
+/// pads, auto_pad, ceil_mode when `allow_ceil`) for an input of shape [N, C, spatial...].
+/// `kernel` gives the kernel shape when the attribute is absent (Conv infers it from W).
+/// Output size per dim: floor_or_ceil((in + pb + pe - ((k-1)*d + 1)) / s) + 1; SAME_* pads
+/// so that out = ceil(in / s) with the odd pad at the end (UPPER) or the beginning (LOWER).
+WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, const std::vector<int64_t>& kernel,
+                               bool allow_ceil);
+
+/// Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C (beta == 0 overwrites C, so C
+/// may be uninitialised). lda/ldb/ldc are row strides of the stored matrices. Runs on
+/// `pool` (split over the larger of M and N) when the product is big enough, else inline.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool);
+
+/// Numpy-style broadcast of two shapes; throws naming the node if incompatible.
+Shape broadcast_shapes(const KernelContext& ctx, const Shape& a, const Shape& b);
+
+}  // namespace qtool::runtime::nn
+
+namespace qtool::runtime::nn {
+
+/// Row-major double GEMM (serial), used by the integer kernels whose int32 accumulators must be
+/// exact: every int8/int16 product sum below 2^53 is exact in double.
+void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+           int64_t ldb, double* c, int64_t ldc);
+
+/// Convolution forward over N-D NCHW data: y[N, M, out...] = conv(x[N, C, in...], w[M, C/group, k...]) + bias[M]
+/// (bias may be null). Depthwise (C/group == 1) runs a direct kernel; everything else runs
+/// im2col tiles + GEMM, split across `pool`. T is float (model compute) or double (exact integer convs).
+template <typename T>
+void conv_forward(const T* x, const Shape& x_shape, const T* w, const Shape& w_shape, const T* bias, int64_t group,
+                  const WindowGeometry& g, T* y, ThreadPool* pool);
+
+}  // namespace qtool::runtime::nn

@@ -1,0 +1,458 @@
+// Quantized ops: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; 8/16/32-bit
+// and packed 4/2-bit), DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul,
+// QLinearConv and com.microsoft MatMulNBits.
+//
+// Integer products are accumulated exactly (double GEMM: every int8/int16 product sum below
+// 2^53 is exact), then requantized like ONNX Runtime: y = sat(nearbyint(acc * (s_a s_b / s_y)) + zp_y)
+// with the multiplier computed in float and ties rounded to even.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels.h"
+#include "nn_util.h"
+
+namespace qtool::runtime {
+namespace {
+
+/// Reads element i of any integer tensor (packed 4/2-bit types unpacked) as int32.
+template <typename T>
+inline int32_t rd(const uint8_t* p, int64_t i) {
+  return static_cast<int32_t>(reinterpret_cast<const T*>(p)[i]);
+}
+
+/// Converts the integer tensor `t` to int32 values (any supported integer type).
+std::vector<int32_t> int_values(const KernelContext& ctx, const Tensor& t, const char* what) {
+  std::vector<int32_t> v(static_cast<size_t>(t.numel()));
+  const uint8_t* p = t.raw();
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DataType::kInt8: for (int64_t i = 0; i < n; ++i) v[i] = rd<int8_t>(p, i); break;
+    case DataType::kUint8: for (int64_t i = 0; i < n; ++i) v[i] = rd<uint8_t>(p, i); break;
+    case DataType::kInt16: for (int64_t i = 0; i < n; ++i) v[i] = rd<int16_t>(p, i); break;
+    case DataType::kUint16: for (int64_t i = 0; i < n; ++i) v[i] = rd<uint16_t>(p, i); break;
+    case DataType::kInt32: for (int64_t i = 0; i < n; ++i) v[i] = rd<int32_t>(p, i); break;
+    case DataType::kInt4: case DataType::kUint4: case DataType::kInt2: case DataType::kUint2: {
+      const int bits = dtype_bits(t.dtype());
+      const bool sgn = dtype_is_signed(t.dtype());
+      for (int64_t i = 0; i < n; ++i) v[i] = packed_get(p, i, bits, sgn);
+      break;
+    }
+    default: nn::bad_node(ctx, "{} has unsupported dtype {}", what, dtype_name(t.dtype()));
+  }
+  return v;
+}
+
+/// How a scale/zero-point tensor maps onto the elements of x: per-tensor, per-axis or blocked.
+struct QuantLayout {
+  int64_t outer = 1, len = 1, inner = 1;  ///< x viewed as [outer, len, inner] around the axis
+  int64_t block = 0;                      ///< 0: per-axis (or per-tensor when `per_tensor`)
+  bool per_tensor = true;
+  int64_t nblk = 1;
+  /// Index into the scale tensor of element i of x.
+  inline int64_t index(int64_t i) const {
+    if (per_tensor) return 0;
+    const int64_t in = i % inner, a = (i / inner) % len;
+    if (block == 0) return a;
+    const int64_t o = i / (inner * len);
+    return (o * nblk + a / block) * inner + in;
+  }
+};
+
+QuantLayout quant_layout(const KernelContext& ctx, const Shape& xs, const Tensor& scale) {
+  QuantLayout l;
+  const int64_t rank = static_cast<int64_t>(xs.size());
+  const int64_t block = ctx.node().attr_int("block_size", 0);
+  if (scale.numel() == 1 && block == 0) return l;
+  if (rank == 0) nn::bad_node(ctx, "scale {} for a scalar input", shape_str(scale.shape()));
+  const int64_t axis = nn::normalize_axis(ctx, ctx.node().attr_int("axis", 1), rank);
+  l.per_tensor = false;
+  for (int64_t i = 0; i < axis; ++i) l.outer *= xs[i];
+  l.len = xs[axis];
+  for (int64_t i = axis + 1; i < rank; ++i) l.inner *= xs[i];
+  if (block > 0) {
+    l.block = block;
+    l.nblk = (l.len + block - 1) / block;
+    Shape want = xs;
+    want[axis] = l.nblk;
+    if (scale.shape() != want) {
+      nn::bad_node(ctx, "blocked scale {} must be {} for block_size {}", shape_str(scale.shape()), shape_str(want), block);
+    }
+  } else if (scale.rank() != 1 || scale.numel() != l.len) {
+    nn::bad_node(ctx, "per-axis scale {} must have {} values (axis {})", shape_str(scale.shape()), l.len, axis);
+  }
+  return l;
+}
+
+/// DequantizeLinear (10 per-tensor, 13 axis, 19 float16 scales, 21 block_size + int4/int16,
+/// 23+ int2 and output_dtype): y = (x - zp) * scale, y typed like the scale (or output_dtype).
+void dequantize_linear_kernel(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor scale = nn::float_input(ctx, 1);
+  const QuantLayout l = quant_layout(ctx, x.shape(), scale);
+  std::vector<int32_t> zp;
+  if (ctx.has_input(2)) {
+    const Tensor& z = ctx.input(2);
+    if (z.dtype() != x.dtype()) nn::bad_node(ctx, "zero point dtype {} differs from x {}", dtype_name(z.dtype()), dtype_name(x.dtype()));
+    if (z.numel() != scale.numel()) nn::bad_node(ctx, "zero point {} and scale {} differ", shape_str(z.shape()), shape_str(scale.shape()));
+    zp = int_values(ctx, z, "zero point");
+  }
+  const std::vector<int32_t> xv = int_values(ctx, x, "x");
+  const float* sp = scale.data<float>();
+  Tensor y = Tensor::empty(DataType::kFloat, x.shape());
+  float* yp = y.mutable_data<float>();
+  const int64_t n = x.numel();
+  ctx.pool().parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t s = l.index(i);
+      yp[i] = static_cast<float>(xv[i] - (zp.empty() ? 0 : zp[s])) * sp[s];
+    }
+  });
+  DataType out = ctx.input(1).dtype();
+  const int64_t od = ctx.node().attr_int("output_dtype", 0);
+  if (od != 0) out = static_cast<DataType>(od);
+  ctx.set_output(0, out == DataType::kFloat ? std::move(y) : y.cast(out));
+}
+
+/// Writes saturated integer v into element i of y (any integer dtype, packed included).
+inline void write_int(uint8_t* p, DataType t, int64_t i, int32_t v) {
+  switch (t) {
+    case DataType::kInt8: reinterpret_cast<int8_t*>(p)[i] = static_cast<int8_t>(v); break;
+    case DataType::kUint8: p[i] = static_cast<uint8_t>(v); break;
+    case DataType::kInt16: reinterpret_cast<int16_t*>(p)[i] = static_cast<int16_t>(v); break;
+    case DataType::kUint16: reinterpret_cast<uint16_t*>(p)[i] = static_cast<uint16_t>(v); break;
+    case DataType::kInt32: reinterpret_cast<int32_t*>(p)[i] = v; break;
+    default: packed_set(p, i, dtype_bits(t), v); break;
+  }
+}
+
+/// Quantizes float values: y = saturate(nearbyint(x / scale) + zp) into dtype `t`.
+inline int32_t quantize_one(float x, float scale, int32_t zp, int64_t lo, int64_t hi) {
+  const float q = std::nearbyint(x / scale) + static_cast<float>(zp);
+  if (std::isnan(q)) return static_cast<int32_t>(std::clamp<int64_t>(0, lo, hi));
+  return static_cast<int32_t>(std::clamp<double>(q, static_cast<double>(lo), static_cast<double>(hi)));
+}
+
+/// QuantizeLinear (10, 13 axis, 19, 21 block_size/output_dtype/int4, 23+ int2): output dtype
+/// is the zero point's, else output_dtype, else uint8.
+void quantize_linear_kernel(KernelContext& ctx) {
+  Tensor x = nn::float_input(ctx, 0), scale = nn::float_input(ctx, 1);
+  const QuantLayout l = quant_layout(ctx, x.shape(), scale);
+  DataType out = DataType::kUint8;
+  std::vector<int32_t> zp;
+  const int64_t od = ctx.node().attr_int("output_dtype", 0);
+  if (ctx.has_input(2)) {
+    const Tensor& z = ctx.input(2);
+    out = z.dtype();
+    if (od != 0 && od != static_cast<int64_t>(out)) nn::bad_node(ctx, "output_dtype {} differs from zero point dtype {}", od, dtype_name(out));
+    if (z.numel() != scale.numel()) nn::bad_node(ctx, "zero point {} and scale {} differ", shape_str(z.shape()), shape_str(scale.shape()));
+    zp = int_values(ctx, z, "zero point");
+  } else if (od != 0) {
+    out = static_cast<DataType>(od);
+  }
+  if (!dtype_is_integer(out) || dtype_bits(out) > 16) nn::bad_node(ctx, "unsupported output dtype {}", dtype_name(out));
+  int64_t lo, hi;
+  dtype_int_range(out, &lo, &hi);
+  Tensor y(out, x.shape());  // zero-filled so packed writes start clean
+  uint8_t* yp = y.mutable_raw();
+  const float* xp = x.data<float>();
+  const float* sp = scale.data<float>();
+  const int64_t n = x.numel();
+  auto run = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t s = l.index(i);
+      write_int(yp, out, i, quantize_one(xp[i], sp[s], zp.empty() ? 0 : zp[s], lo, hi));
+    }
+  };
+  // Packed types share bytes between neighbours, so they are written on one thread.
+  if (dtype_is_packed(out)) run(0, n);
+  else ctx.pool().parallel_for(n, 65536, run);
+  ctx.set_output(0, std::move(y));
+}
+
+/// DynamicQuantizeLinear (11): uint8 with scale = (max(0, max x) - min(0, min x)) / 255 and
+/// zp = sat(nearbyint(-min / scale)).
+void dynamic_quantize_linear_kernel(KernelContext& ctx) {
+  Tensor x = nn::float_input(ctx, 0);
+  const float* xp = x.data<float>();
+  float mn = 0.0f, mx = 0.0f;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    mn = std::min(mn, xp[i]);
+    mx = std::max(mx, xp[i]);
+  }
+  const float scale = (mx - mn) / 255.0f;
+  const int32_t zp = scale == 0.0f ? 0 : static_cast<int32_t>(std::clamp(std::nearbyint(0.0f - mn / scale), 0.0f, 255.0f));
+  Tensor y = Tensor::empty(DataType::kUint8, x.shape());
+  uint8_t* yp = y.mutable_data<uint8_t>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    yp[i] = scale == 0.0f ? static_cast<uint8_t>(zp) : static_cast<uint8_t>(quantize_one(xp[i], scale, zp, 0, 255));
+  }
+  ctx.set_output(0, std::move(y));
+  ctx.set_output(1, Tensor::scalar<float>(scale));
+  if (ctx.wants_output(2)) ctx.set_output(2, Tensor::from_vector<uint8_t>({}, {static_cast<uint8_t>(zp)}));
+}
+
+/// (x - zp) as doubles; zp per-tensor, or per-slice along `axis` of x when it has dim(axis) values.
+std::vector<double> centered(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
+                             const char* what) {
+  std::vector<int32_t> v = int_values(ctx, x, what);
+  std::vector<double> out(v.begin(), v.end());
+  if (!ctx.has_input(zp_input)) return out;
+  std::vector<int32_t> z = int_values(ctx, ctx.input(zp_input), "zero point");
+  if (z.size() == 1) {
+    for (double& d : out) d -= z[0];
+    return out;
+  }
+  const int64_t rank = static_cast<int64_t>(x.rank());
+  const int64_t ax = axis < 0 ? axis + rank : axis;
+  if (ax < 0 || ax >= rank || static_cast<int64_t>(z.size()) != x.dim(static_cast<int>(ax))) {
+    // Batched zero points ([.., M, 1] / [.., 1, N]) with a matching element count per batch.
+    nn::bad_node(ctx, "{} zero point with {} values does not match {}", what, z.size(), shape_str(x.shape()));
+  }
+  int64_t inner = 1;
+  for (int64_t i = ax + 1; i < rank; ++i) inner *= x.dim(static_cast<int>(i));
+  const int64_t len = x.dim(static_cast<int>(ax));
+  for (int64_t i = 0; i < x.numel(); ++i) out[i] -= z[(i / inner) % len];
+  return out;
+}
+
+/// Batched numpy matmul of doubles (A [.., M, K], B [.., K, N], 1-D operands promoted).
+std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const std::vector<double>& a, const Shape& bs0,
+                            const std::vector<double>& b, Shape* out_shape, int64_t* m_out, int64_t* n_out) {
+  Shape as = as0, bs = bs0;
+  const bool a_vec = as.size() == 1, b_vec = bs.size() == 1;
+  if (as.empty() || bs.empty()) nn::bad_node(ctx, "operands must have rank >= 1");
+  if (a_vec) as.insert(as.begin(), 1);
+  if (b_vec) bs.push_back(1);
+  const int64_t m = as[as.size() - 2], k = as.back(), n = bs.back();
+  if (bs[bs.size() - 2] != k) nn::bad_node(ctx, "inner dimensions differ: A {} B {}", shape_str(as0), shape_str(bs0));
+  Shape abatch(as.begin(), as.end() - 2), bbatch(bs.begin(), bs.end() - 2);
+  Shape batch = nn::broadcast_shapes(ctx, abatch, bbatch);
+  *out_shape = batch;
+  if (!a_vec) out_shape->push_back(m);
+  if (!b_vec) out_shape->push_back(n);
+  *m_out = m;
+  *n_out = n;
+  const int64_t nb = shape_numel(batch);
+  std::vector<double> y(static_cast<size_t>(nb * m * n));
+  const size_t r = batch.size();
+  auto strides_for = [&](const Shape& s) {
+    std::vector<int64_t> st(r, 0);
+    int64_t acc = 1;
+    for (size_t i = 0; i < s.size(); ++i) {
+      const size_t d = s.size() - 1 - i, o = r - 1 - i;
+      st[o] = s[d] == 1 ? 0 : acc;
+      acc *= s[d];
+    }
+    return st;
+  };
+  const std::vector<int64_t> sa = strides_for(abatch), sb = strides_for(bbatch);
+  for (int64_t idx = 0; idx < nb; ++idx) {
+    int64_t rem = idx, oa = 0, ob = 0;
+    for (size_t i = r; i-- > 0;) {
+      const int64_t c = rem % batch[i];
+      rem /= batch[i];
+      oa += c * sa[i];
+      ob += c * sb[i];
+    }
+    nn::dgemm(false, false, m, n, k, a.data() + oa * m * k, k, b.data() + ob * k * n, n, y.data() + idx * m * n, n);
+  }
+  return y;
+}
+
+/// MatMulInteger (10): int32 (A - a_zp)(B - b_zp); a_zp per-tensor or per-row, b_zp per-tensor or per-column.
+void matmul_integer_kernel(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  std::vector<double> av = centered(ctx, a, 2, -2, "A"), bv = centered(ctx, b, 3, -1, "B");
+  Shape ys;
+  int64_t m, n;
+  std::vector<double> y = dmatmul(ctx, a.shape(), av, b.shape(), bv, &ys, &m, &n);
+  Tensor out = Tensor::empty(DataType::kInt32, ys);
+  int32_t* op = out.mutable_data<int32_t>();
+  for (size_t i = 0; i < y.size(); ++i) op[i] = static_cast<int32_t>(static_cast<int64_t>(y[i]));
+  ctx.set_output(0, std::move(out));
+}
+
+/// Float values of a per-tensor or per-channel scale input.
+std::vector<float> scale_values(const KernelContext& ctx, size_t i) {
+  Tensor s = nn::float_input(ctx, i);
+  return std::vector<float>(s.data<float>(), s.data<float>() + s.numel());
+}
+
+/// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = channel(i).
+template <typename ChannelOf>
+Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, const Shape& shape,
+                  const std::vector<float>& mult, size_t y_zp_input, ChannelOf channel_of) {
+  DataType out = DataType::kUint8;
+  int32_t zp = 0;
+  if (ctx.has_input(y_zp_input)) {
+    const Tensor& z = ctx.input(y_zp_input);
+    out = z.dtype();
+    zp = int_values(ctx, z, "y zero point").at(0);
+  }
+  int64_t lo, hi;
+  dtype_int_range(out, &lo, &hi);
+  Tensor y(out, shape);
+  uint8_t* yp = y.mutable_raw();
+  for (size_t i = 0; i < acc.size(); ++i) {
+    const float m = mult.size() == 1 ? mult[0] : mult[channel_of(static_cast<int64_t>(i))];
+    float q = std::nearbyint(static_cast<float>(acc[i]) * m) + static_cast<float>(zp);
+    q = std::clamp(q, static_cast<float>(lo), static_cast<float>(hi));
+    write_int(yp, out, static_cast<int64_t>(i), static_cast<int32_t>(q));
+  }
+  return y;
+}
+
+/// QLinearMatMul (10, 21): a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp; b's scale and
+/// zero point may be per output column.
+void qlinear_matmul_kernel(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(3);
+  std::vector<double> av = centered(ctx, a, 2, -2, "A"), bv = centered(ctx, b, 5, -1, "B");
+  Shape ys;
+  int64_t m, n;
+  std::vector<double> acc = dmatmul(ctx, a.shape(), av, b.shape(), bv, &ys, &m, &n);
+  const std::vector<float> sa = scale_values(ctx, 1), sb = scale_values(ctx, 4), sy = scale_values(ctx, 6);
+  std::vector<float> mult(sb.size());
+  for (size_t j = 0; j < sb.size(); ++j) mult[j] = sa[0] * sb[j] / sy[0];
+  if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != n) nn::bad_node(ctx, "b_scale has {} values for N={}", mult.size(), n);
+  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, [n](int64_t i) { return i % n; }));
+}
+
+/// Exact integer convolution of (x - x_zp) with (w - w_zp[m]) (w_zp per-tensor or per output channel).
+std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp_in, size_t w_in, size_t wzp_in,
+                                     const std::vector<double>* bias, Shape* ys) {
+  const Tensor& x = ctx.input(x_in);
+  const Tensor& w = ctx.input(w_in);
+  const int64_t group = ctx.node().attr_int("group", 1);
+  if (x.rank() < 3 || w.rank() != x.rank()) nn::bad_node(ctx, "x {} / w {} must be [N, C, spatial...]", shape_str(x.shape()), shape_str(w.shape()));
+  if (group <= 0 || w.dim(1) * group != x.dim(1) || w.dim(0) % group != 0) {
+    nn::bad_node(ctx, "channels do not match: x {} w {} group {}", shape_str(x.shape()), shape_str(w.shape()), group);
+  }
+  std::vector<double> xv = centered(ctx, x, xzp_in, 1, "x");
+  std::vector<double> wv = centered(ctx, w, wzp_in, 0, "w");
+  const nn::WindowGeometry g = nn::window_geometry(ctx, x.shape(), std::vector<int64_t>(w.shape().begin() + 2, w.shape().end()), false);
+  *ys = {x.dim(0), w.dim(0)};
+  for (int64_t d : g.out_shape()) ys->push_back(d);
+  std::vector<double> y(static_cast<size_t>(shape_numel(*ys)));
+  nn::conv_forward<double>(xv.data(), x.shape(), wv.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
+                           &ctx.pool());
+  return y;
+}
+
+/// ConvInteger (10): int32 conv of (x - x_zp) and (w - w_zp).
+void conv_integer_kernel(KernelContext& ctx) {
+  Shape ys;
+  std::vector<double> acc = conv_integer_acc(ctx, 0, 2, 1, 3, nullptr, &ys);
+  Tensor out = Tensor::empty(DataType::kInt32, ys);
+  int32_t* op = out.mutable_data<int32_t>();
+  for (size_t i = 0; i < acc.size(); ++i) op[i] = static_cast<int32_t>(static_cast<int64_t>(acc[i]));
+  ctx.set_output(0, std::move(out));
+}
+
+/// QLinearConv (10): x, x_scale, x_zp, w, w_scale (per-tensor or per output channel), w_zp,
+/// y_scale, y_zp, optional int32 bias B.
+void qlinear_conv_kernel(KernelContext& ctx) {
+  std::vector<double> bias;
+  if (ctx.has_input(8)) {
+    std::vector<int32_t> b = int_values(ctx, ctx.input(8), "B");
+    bias.assign(b.begin(), b.end());
+  }
+  Shape ys;
+  std::vector<double> acc = conv_integer_acc(ctx, 0, 2, 3, 5, bias.empty() ? nullptr : &bias, &ys);
+  const std::vector<float> sx = scale_values(ctx, 1), sw = scale_values(ctx, 4), sy = scale_values(ctx, 6);
+  std::vector<float> mult(sw.size());
+  for (size_t j = 0; j < sw.size(); ++j) mult[j] = sx[0] * sw[j] / sy[0];
+  const int64_t m = ys[1];
+  if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != m) nn::bad_node(ctx, "w_scale has {} values for {} channels", mult.size(), m);
+  int64_t plane = 1;
+  for (size_t i = 2; i < ys.size(); ++i) plane *= ys[i];
+  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, [m, plane](int64_t i) { return (i / plane) % m; }));
+}
+
+/// com.microsoft MatMulNBits: Y = A @ dequant(B)^T (+ bias). B [N, n_blocks, blob] holds `bits`-bit
+/// codes packed low-first along K; scales [N * n_blocks]; zero_points either packed uint8
+/// ([N * ceil(n_blocks * bits / 8)]) or float ([N * n_blocks]); default zero point 2^(bits-1).
+void matmul_nbits_kernel(KernelContext& ctx) {
+  const ir::Node& node = ctx.node();
+  const int64_t k = node.required_attr("K").i, n = node.required_attr("N").i;
+  const int64_t bits = node.attr_int("bits", 4), block = node.required_attr("block_size").i;
+  if (bits != 2 && bits != 4 && bits != 8) nn::bad_node(ctx, "bits={} not supported (2, 4, 8)", bits);
+  if (block < 16 || (block & (block - 1)) != 0) nn::bad_node(ctx, "block_size {} must be a power of two >= 16", block);
+  Tensor a = nn::float_input(ctx, 0);
+  const Tensor& b = ctx.input(1);
+  if (a.rank() < 1 || a.dim(-1) != k) nn::bad_node(ctx, "A {} must end in K={}", shape_str(a.shape()), k);
+  const int64_t nblk = (k + block - 1) / block, blob = block * bits / 8;
+  if (b.dtype() != DataType::kUint8 || b.numel() != n * nblk * blob) {
+    nn::bad_node(ctx, "B {} ({}) must be uint8 [{}, {}, {}]", shape_str(b.shape()), dtype_name(b.dtype()), n, nblk, blob);
+  }
+  Tensor scales = nn::float_input(ctx, 2);
+  if (scales.numel() != n * nblk) nn::bad_node(ctx, "scales has {} values, expected {}", scales.numel(), n * nblk);
+  const float* sp = scales.data<float>();
+  const uint8_t* bp = b.data<uint8_t>();
+  // Zero points: packed codes, float values or the default midpoint.
+  std::vector<float> zpf(static_cast<size_t>(n * nblk), static_cast<float>(1 << (bits - 1)));
+  if (ctx.has_input(3)) {
+    const Tensor& z = ctx.input(3);
+    if (z.dtype() == DataType::kUint8) {
+      const int64_t zrow = (nblk * bits + 7) / 8;
+      if (z.numel() != n * zrow) nn::bad_node(ctx, "packed zero_points has {} bytes, expected {}", z.numel(), n * zrow);
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t j = 0; j < nblk; ++j)
+          zpf[r * nblk + j] = static_cast<float>(
+              bits == 8 ? z.data<uint8_t>()[r * zrow + j] : packed_get(z.data<uint8_t>() + r * zrow, j, static_cast<int>(bits), false));
+    } else {
+      Tensor zf = nn::float_input(ctx, 3);
+      if (zf.numel() != n * nblk) nn::bad_node(ctx, "zero_points has {} values, expected {}", zf.numel(), n * nblk);
+      std::copy(zf.data<float>(), zf.data<float>() + zf.numel(), zpf.begin());
+    }
+  }
+  if (ctx.has_input(4) && ctx.input(4).numel() > 0) nn::bad_node(ctx, "g_idx is not supported");
+  // Dequantize B to [N, K] (rows are output channels), in parallel over rows.
+  std::vector<float> wdq(static_cast<size_t>(n * k));
+  ctx.pool().parallel_for(n, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t j = 0; j < nblk; ++j) {
+        const uint8_t* blk = bp + (r * nblk + j) * blob;
+        const float s = sp[r * nblk + j], z = zpf[r * nblk + j];
+        const int64_t kk0 = j * block, kk1 = std::min(k, kk0 + block);
+        float* dst = wdq.data() + r * k;
+        for (int64_t kk = kk0; kk < kk1; ++kk) {
+          const int32_t q = bits == 8 ? blk[kk - kk0] : packed_get(blk, kk - kk0, static_cast<int>(bits), false);
+          dst[kk] = (static_cast<float>(q) - z) * s;
+        }
+      }
+    }
+  });
+  Shape ys = a.shape();
+  ys.back() = n;
+  const int64_t rows = a.numel() / std::max<int64_t>(k, 1);
+  Tensor y = Tensor::empty(DataType::kFloat, ys);
+  float* yp = y.mutable_data<float>();
+  nn::sgemm(false, true, rows, n, k, 1.0f, a.data<float>(), k, wdq.data(), k, 0.0f, yp, n, &ctx.pool());
+  if (ctx.has_input(5)) {
+    Tensor bias = nn::float_input(ctx, 5);
+    if (bias.numel() != n) nn::bad_node(ctx, "bias has {} values, expected {}", bias.numel(), n);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j) yp[r * n + j] += bias.data<float>()[j];
+  }
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
+}
+
+}  // namespace
+
+/// Registers the quantized family (ai.onnx and com.microsoft MatMulNBits).
+void kernels::register_quantized_kernels(KernelRegistry& r) {
+  r.add("", "QuantizeLinear", 10, quantize_linear_kernel);
+  r.add("", "DequantizeLinear", 10, dequantize_linear_kernel);
+  r.add("", "DynamicQuantizeLinear", 11, dynamic_quantize_linear_kernel);
+  r.add("", "MatMulInteger", 10, matmul_integer_kernel);
+  r.add("", "ConvInteger", 10, conv_integer_kernel);
+  r.add("", "QLinearMatMul", 10, qlinear_matmul_kernel);
+  r.add("", "QLinearConv", 10, qlinear_conv_kernel);
+  r.add("com.microsoft", "MatMulNBits", 1, matmul_nbits_kernel);
+}
+
+}  // namespace qtool::runtime

@@ -1,0 +1,127 @@
+// Softmax, LogSoftmax, Hardmax (opset < 13: the input is coerced to 2-D at `axis`; 13+: one
+// axis) and Gelu (opset 20, exact erf or tanh approximation).
+#include <algorithm>
+#include <cmath>
+
+#include "kernels.h"
+#include "nn_util.h"
+
+namespace qtool::runtime {
+namespace {
+
+enum class SoftKind { kSoftmax, kLogSoftmax, kHardmax };
+
+/// Splits the shape into [outer, len, inner] for the node's axis semantics.
+void softmax_layout(const KernelContext& ctx, const Shape& s, int64_t* outer, int64_t* len, int64_t* inner) {
+  const int64_t rank = static_cast<int64_t>(s.size());
+  const bool per_axis = ctx.opset() >= 13;
+  int64_t axis = ctx.node().attr_int("axis", per_axis ? -1 : 1);
+  if (rank == 0) {
+    *outer = *len = *inner = 1;
+    return;
+  }
+  axis = nn::normalize_axis(ctx, axis, rank);
+  *outer = 1;
+  for (int64_t i = 0; i < axis; ++i) *outer *= s[i];
+  if (per_axis) {
+    *len = s[axis];
+    *inner = 1;
+    for (int64_t i = axis + 1; i < rank; ++i) *inner *= s[i];
+  } else {
+    *len = 1;
+    for (int64_t i = axis; i < rank; ++i) *len *= s[i];
+    *inner = 1;
+  }
+}
+
+void soft_kernel(KernelContext& ctx, SoftKind kind) {
+  Tensor x = nn::float_input(ctx, 0);
+  int64_t outer, len, inner;
+  softmax_layout(ctx, x.shape(), &outer, &len, &inner);
+  Tensor y = Tensor::empty(DataType::kFloat, x.shape());
+  const float* xp = x.data<float>();
+  float* yp = y.mutable_data<float>();
+  const int64_t slices = outer * inner;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(len, 1));
+  ctx.pool().parallel_for(slices, grain, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t o = s / inner, in = s % inner;
+      const float* src = xp + o * len * inner + in;
+      float* dst = yp + o * len * inner + in;
+      float mx = -INFINITY;
+      int64_t arg = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        if (src[i * inner] > mx) {
+          mx = src[i * inner];
+          arg = i;
+        }
+      }
+      if (kind == SoftKind::kHardmax) {
+        for (int64_t i = 0; i < len; ++i) dst[i * inner] = i == arg ? 1.0f : 0.0f;
+        continue;
+      }
+      if (std::isinf(mx) && mx < 0) mx = 0.0f;  // all -inf: avoid inf - inf
+      float sum = 0.0f;
+      if (inner == 1) {
+        for (int64_t i = 0; i < len; ++i) {
+          const float e = std::exp(src[i] - mx);
+          dst[i] = e;
+          sum += e;
+        }
+      } else {
+        for (int64_t i = 0; i < len; ++i) {
+          const float e = std::exp(src[i * inner] - mx);
+          dst[i * inner] = e;
+          sum += e;
+        }
+      }
+      if (kind == SoftKind::kSoftmax) {
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < len; ++i) dst[i * inner] *= inv;
+      } else {
+        const float lse = std::log(sum);
+        for (int64_t i = 0; i < len; ++i) dst[i * inner] = src[i * inner] - mx - lse;
+      }
+    }
+  });
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
+}
+
+void softmax_kernel(KernelContext& ctx) { soft_kernel(ctx, SoftKind::kSoftmax); }
+void log_softmax_kernel(KernelContext& ctx) { soft_kernel(ctx, SoftKind::kLogSoftmax); }
+void hardmax_kernel(KernelContext& ctx) { soft_kernel(ctx, SoftKind::kHardmax); }
+
+/// Gelu (20): 0.5 x (1 + erf(x / sqrt 2)), or with approximate="tanh"
+/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_kernel(KernelContext& ctx) {
+  Tensor x = nn::float_input(ctx, 0);
+  const std::string approx = ctx.node().attr_string("approximate", "none");
+  if (approx != "none" && approx != "tanh") nn::bad_node(ctx, "unknown approximate '{}'", approx);
+  const bool use_tanh = approx == "tanh";
+  Tensor y = Tensor::empty(DataType::kFloat, x.shape());
+  const float* xp = x.data<float>();
+  float* yp = y.mutable_data<float>();
+  ctx.pool().parallel_for(x.numel(), 16384, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float v = xp[i];
+      if (use_tanh) {
+        yp[i] = 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+      } else {
+        yp[i] = 0.5f * v * (1.0f + std::erf(v * 0.7071067811865476f));
+      }
+    }
+  });
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
+}
+
+}  // namespace
+
+/// Registers Softmax/LogSoftmax/Hardmax (1: 2-D coercion, 13: single axis) and Gelu (20).
+void kernels::register_softmax_kernels(KernelRegistry& r) {
+  r.add("", "Softmax", 1, softmax_kernel);
+  r.add("", "LogSoftmax", 1, log_softmax_kernel);
+  r.add("", "Hardmax", 1, hardmax_kernel);
+  r.add("", "Gelu", 20, gelu_kernel);
+}
+
+}  // namespace qtool::runtime

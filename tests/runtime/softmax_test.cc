@@ -1,0 +1,44 @@
+// Softmax family and Gelu against hand-computed values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "nn_test_util.h"
+
+namespace qtool::testing {
+namespace {
+
+TEST(SoftmaxKernel, Opset11CoercesTo2dOpset13UsesOneAxis) {
+  Tensor x = ft({1, 2, 2}, {1, 2, 3, 4});
+  const double s = std::exp(1) + std::exp(2) + std::exp(3) + std::exp(4);
+  auto y11 = run_node({.op = "Softmax", .inputs = {x}, .attrs = {ai("axis", 1)}, .opset = 11});
+  EXPECT_VALUES_NEAR(y11[0], (std::vector<float>{float(std::exp(1) / s), float(std::exp(2) / s), float(std::exp(3) / s),
+                                                  float(std::exp(4) / s)}), 1e-6);
+  auto y13 = run_node({.op = "Softmax", .inputs = {x}, .attrs = {ai("axis", 1)}, .opset = 13});
+  const float lo = float(1 / (1 + std::exp(2.0))), hi = float(std::exp(2.0) / (1 + std::exp(2.0)));
+  EXPECT_VALUES_NEAR(y13[0], (std::vector<float>{lo, lo, hi, hi}), 1e-6);
+  // Default axis: 1 before 13 (whole row here), -1 from 13.
+  auto d13 = run_node({.op = "Softmax", .inputs = {ft({2, 2}, {0, 0, 1, 1})}, .opset = 13});
+  EXPECT_VALUES_NEAR(d13[0], (std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f}), 1e-6);
+}
+
+TEST(SoftmaxKernel, LogSoftmaxAndHardmax) {
+  auto l = run_node({.op = "LogSoftmax", .inputs = {ft({1, 2}, {0, 0})}, .opset = 13});
+  EXPECT_VALUES_NEAR(l[0], (std::vector<float>{float(-std::log(2.0)), float(-std::log(2.0))}), 1e-6);
+  auto big = run_node({.op = "LogSoftmax", .inputs = {ft({1, 2}, {1000, 0})}, .opset = 13});
+  EXPECT_VALUES_NEAR(big[0], (std::vector<float>{0, -1000}), 1e-3);
+  auto h = run_node({.op = "Hardmax", .inputs = {ft({1, 4}, {1, 3, 3, 2})}, .opset = 13});
+  EXPECT_VALUES_NEAR(h[0], (std::vector<float>{0, 1, 0, 0}), 0);
+  auto h11 = run_node({.op = "Hardmax", .inputs = {ft({2, 2}, {1, 2, 5, 0})}, .attrs = {ai("axis", 0)}, .opset = 11});
+  EXPECT_VALUES_NEAR(h11[0], (std::vector<float>{0, 0, 1, 0}), 0);
+}
+
+TEST(GeluKernel, ExactAndTanh) {
+  auto e = run_node({.op = "Gelu", .inputs = {ft({3}, {-1, 0, 1})}, .opset = 20});
+  EXPECT_VALUES_NEAR(e[0], (std::vector<float>{-0.15865525f, 0.0f, 0.84134475f}), 1e-6);
+  auto t = run_node({.op = "Gelu", .inputs = {ft({1}, {1})}, .attrs = {as("approximate", "tanh")}, .opset = 20});
+  EXPECT_VALUES_NEAR(t[0], (std::vector<float>{0.84119199f}), 1e-6);
+}
+
+}  // namespace
+}  // namespace qtool::testing

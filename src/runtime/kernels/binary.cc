@@ -120,6 +120,10 @@ struct PowOp {
     }
   }
 };
+/// PRelu: x < 0 ? slope * x : x, slope broadcast to x.
+struct PReluOp {
+  template <typename T> T operator()(T x, T slope) const { return x < T(0) ? static_cast<T>(slope * x) : x; }
+};
 struct SquareOp {  // Pow with exponent 2
   template <typename T> T operator()(T a, T) const { return a * a; }
 };
@@ -213,6 +217,21 @@ void pow_kernel(KernelContext& ctx) {
   } else {
     ctx.set_output(0, arith(ctx, a, b, PowOp{}));
   }
+}
+
+void prelu_kernel(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  Tensor slope = ctx.input(1);
+  // Opset < 7 (and some exporters): a [C] slope for an [N, C, ...] input means per channel.
+  if (slope.rank() == 1 && x.rank() > 2 && slope.dim(0) == x.dim(1) && slope.dim(0) != x.dim(-1)) {
+    Shape s{slope.dim(0)};
+    for (size_t d = 2; d < x.rank(); ++d) s.push_back(1);
+    slope = slope.reshaped(s);
+  }
+  Tensor out = arith(ctx, x, slope, PReluOp{});
+  QTOOL_CHECK(out.shape() == x.shape(), ErrorCode::kInvalidModel, "{} (PRelu): slope {} does not broadcast to {}",
+              ctx.node().describe(), shape_str(ctx.input(1).shape()), shape_str(x.shape()));
+  ctx.set_output(0, std::move(out));
 }
 
 void mod_kernel(KernelContext& ctx) {
@@ -357,6 +376,7 @@ void register_binary_kernels(KernelRegistry& r) {
     r.add("", "Pow", v, pow_kernel);
   }
   r.add("", "Mod", 10, mod_kernel);
+  r.add("", "PRelu", 1, prelu_kernel);
   r.add("", "BitShift", 11, bitshift_kernel);
   r.add("", "Max", 1, variadic_kernel<MaxOp>);
   r.add("", "Min", 1, variadic_kernel<MinOp>);

@@ -158,6 +158,18 @@ struct HardSigmoidOp {
   }
 };
 
+struct ShrinkOp {
+  static constexpr bool kInts = true;
+  float lambd, bias;
+  explicit ShrinkOp(const ir::Node& n) : lambd(n.attr_float("lambd", 0.5f)), bias(n.attr_float("bias", 0.0f)) {}
+  template <typename T> T operator()(T x) const {
+    const double v = static_cast<double>(x);
+    if (v < -lambd) return static_cast<T>(v + bias);
+    if (v > lambd) return static_cast<T>(v - bias);
+    return T(0);
+  }
+};
+
 /// out[i] = op(in[i]) over a contiguous range, through block() when the functor has one.
 template <typename T, typename Op>
 void unary_range(const Op& op, const T* in, T* out, int64_t n) {
@@ -294,6 +306,7 @@ void register_elementwise_kernels(KernelRegistry& r) {
   r.add("", "Selu", 1, unary_kernel<SeluOp>);
   r.add("", "ThresholdedRelu", 10, unary_kernel<ThresholdedReluOp>);
   r.add("", "HardSigmoid", 1, unary_kernel<HardSigmoidOp>);
+  r.add("", "Shrink", 9, unary_kernel<ShrinkOp>);
   r.add("", "Clip", 1, clip_kernel);
   r.add("", "IsNaN", 9, float_class_kernel<true>);
   r.add("", "IsInf", 10, float_class_kernel<false>);

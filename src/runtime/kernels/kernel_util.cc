@@ -72,3 +72,83 @@ std::vector<int64_t> axes_from(const KernelContext& ctx, bool from_input, size_t
 }
 
 }  // namespace qtool::runtime::kernels
+
+namespace qtool::runtime::kernels {
+
+Tensor strided_copy(const Tensor& in, const Shape& out_shape, const std::vector<int64_t>& strides, int64_t offset,
+                    ThreadPool* pool, const ir::Node& node) {
+  Tensor out = Tensor::empty(in.dtype(), out_shape);
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  // Collapse: drop size-1 dims; merge i into i+1 when stride[i] == stride[i+1] * dim[i+1].
+  std::vector<int64_t> d, s;
+  for (size_t i = 0; i < out_shape.size(); ++i) {
+    if (out_shape[i] == 1) continue;
+    if (!d.empty() && s.back() == strides[i] * out_shape[i]) {
+      d.back() *= out_shape[i];
+      s.back() = strides[i];
+    } else {
+      d.push_back(out_shape[i]);
+      s.push_back(strides[i]);
+    }
+  }
+  if (d.empty()) {
+    d.push_back(1);
+    s.push_back(1);
+  }
+  if (in.dtype() == DataType::kString) {
+    auto& o = out.mutable_strings();
+    std::vector<int64_t> idx(d.size(), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t off = offset;
+      for (size_t k = 0; k < d.size(); ++k) off += idx[k] * s[k];
+      o[i] = in.strings()[off];
+      for (size_t k = d.size(); k-- > 0;) {
+        if (++idx[k] < d[k]) break;
+        idx[k] = 0;
+      }
+    }
+    return out;
+  }
+  const size_t r = d.size();
+  const int64_t inner = d.back(), inner_stride = s.back();
+  const int64_t rows = n / inner;
+  visit_by_size(in.dtype(), node, [&]<typename U>() {
+    const U* src = raw_as<U>(in);
+    U* dst = mutable_raw_as<U>(out);
+    auto run_rows = [&](int64_t rb, int64_t re) {
+      if (r == 0) __builtin_unreachable();  // d has at least one dim; silences -Wstringop-overflow
+      std::vector<int64_t> idx(r, 0);
+      int64_t rem = rb;
+      for (size_t k = r - 1; k-- > 0;) {
+        idx[k] = rem % d[k];
+        rem /= d[k];
+      }
+      int64_t off = offset;
+      for (size_t k = 0; k + 1 < r; ++k) off += idx[k] * s[k];
+      for (int64_t row = rb; row < re; ++row) {
+        U* o = dst + row * inner;
+        const U* p = src + off;
+        if (inner_stride == 1) {
+          std::memcpy(o, p, inner * sizeof(U));
+        } else {
+          for (int64_t j = 0; j < inner; ++j) o[j] = p[j * inner_stride];
+        }
+        for (size_t k = r - 1; k-- > 0;) {
+          off += s[k];
+          if (++idx[k] < d[k]) break;
+          off -= s[k] * d[k];
+          idx[k] = 0;
+        }
+      }
+    };
+    if (pool && n >= kParallelGrain) {
+      pool->parallel_for(rows, std::max<int64_t>(1, kParallelGrain / inner), run_rows);
+    } else {
+      run_rows(0, rows);
+    }
+  });
+  return out;
+}
+
+}  // namespace qtool::runtime::kernels

@@ -175,3 +175,13 @@ struct BroadcastPlan {
 inline constexpr int64_t kParallelGrain = 1 << 15;
 
 }  // namespace qtool::runtime::kernels
+
+namespace qtool::runtime::kernels {
+
+/// out[i0..ik] = in[offset + sum_j ij * strides[j]] for an output of `out_shape`: the one strided
+/// copy behind Transpose, Slice, Expand, Tile-free broadcasting and DepthToSpace. Dimensions are
+/// collapsed where the strides allow, and contiguous rows are copied with memcpy.
+Tensor strided_copy(const Tensor& in, const Shape& out_shape, const std::vector<int64_t>& strides, int64_t offset,
+                    ThreadPool* pool, const ir::Node& node);
+
+}  // namespace qtool::runtime::kernels

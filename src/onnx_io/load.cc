@@ -256,6 +256,17 @@ void sort_all(ir::Graph& g) {
   }
 }
 
+// libonnx 1.12 only knows "" as the default domain: spell "ai.onnx" that way in the inference copy.
+void normalize_domains(onnx::GraphProto* gp) {
+  for (auto& n : *gp->mutable_node()) {
+    if (n.domain() == "ai.onnx") n.clear_domain();
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_g()) normalize_domains(a.mutable_g());
+      for (auto& g : *a.mutable_graphs()) normalize_domains(&g);
+    }
+  }
+}
+
 // Runs libonnx shape inference on a copy of `mp` without its large raw_data buffers.
 std::unique_ptr<onnx::ModelProto> inferred_copy(onnx::ModelProto& mp, const std::string& what) {
   constexpr size_t kSetAside = 4096;
@@ -268,6 +279,10 @@ std::unique_ptr<onnx::ModelProto> inferred_copy(onnx::ModelProto& mp, const std:
   }
   auto copy = std::make_unique<onnx::ModelProto>(mp);
   for (auto& [tp, s] : aside) tp->mutable_raw_data()->swap(s);
+  normalize_domains(copy->mutable_graph());
+  for (auto& o : *copy->mutable_opset_import()) {
+    if (o.domain() == "ai.onnx") o.clear_domain();
+  }
   try {
     onnx::shape_inference::InferShapes(*copy);
   } catch (const std::exception& e) {
@@ -357,8 +372,8 @@ ir::Model parse_model(std::string_view bytes, const std::string& what, const std
     google::protobuf::io::CodedInputStream cis(&ais);
     cis.SetTotalBytesLimit(INT_MAX);
     if (bytes.empty() || !mp.ParseFromCodedStream(&cis) || !cis.ConsumedEntireMessage()) {
-      fail(ErrorCode::kInvalidModel, "'{}' is not a valid ONNX model (protobuf parsing failed: {})", what,
-           bytes.empty() ? "empty file" : "truncated or corrupt");
+      fail(ErrorCode::kInvalidModel, "not a valid ONNX model (protobuf parsing failed: {})",
+           bytes.empty() ? "empty file" : "truncated, corrupt or not a protobuf");
     }
     return model_from_proto(mp, what, base_dir, options);
   });

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <random>
 
+#include <spdlog/spdlog.h>
+
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "test_util.h"
@@ -175,6 +177,134 @@ TEST(SharedModels, RoundTripRunsIdenticallyInOrt) {
     }
   }
   EXPECT_GE(runs, 10u);
+}
+
+}  // namespace
+}  // namespace qtool::onnx_io
+
+namespace qtool::onnx_io {
+namespace {
+
+// Loads `bytes` as a model; returns true if loaded, false if refused with a qtool::Error. Any other
+// exception fails the test (it would reach the user as an internal error).
+bool loads_or_refuses(std::string_view bytes, const std::string& what, const std::string& base_dir) {
+  try {
+    ir::Model m = parse_model(bytes, what, base_dir);
+    m.graph->validate();
+    return true;
+  } catch (const Error& e) {
+    EXPECT_FALSE(std::string(e.what()).empty());
+    EXPECT_NE(e.code(), ErrorCode::kInternal) << what << ": " << e.what();
+    return false;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << what << ": non-qtool exception " << e.what();
+    return false;
+  }
+}
+
+// (d) truncations and seeded byte flips of every shared model: loaded or refused, never a crash.
+TEST(SharedModels, CorruptedFilesAreRefusedCleanly) {
+  QTOOL_REQUIRE_SHARED();
+  std::mt19937_64 rng(20261126);
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::err);  // shape-inference warnings on mutated files are expected
+  size_t loaded = 0, refused = 0;
+  for (const auto& path : shared_models()) {
+    SCOPED_TRACE(path);
+    const std::string bytes = read_file(path);
+    const std::string base = fs::path(path).parent_path().string();
+    const int truncations = 64;
+    const int flips = 200;
+    for (int k = 0; k < truncations; ++k) {
+      const size_t cut = static_cast<size_t>((static_cast<double>(k) / truncations) * static_cast<double>(bytes.size()));
+      const bool ok = loads_or_refuses(std::string_view(bytes).substr(0, cut), fmt::format("{}[:{}]", path, cut), base);
+      (ok ? loaded : refused)++;
+    }
+    for (int k = 0; k < flips; ++k) {
+      std::string mutated = bytes;
+      const int n = 1 + static_cast<int>(rng() % 8);
+      for (int j = 0; j < n; ++j) {
+        // Half of the flips hit the first 4 KiB, where the graph structure of most models lives.
+        const size_t range = (j % 2 == 0) ? std::min<size_t>(bytes.size(), 4096) : bytes.size();
+        mutated[rng() % range] ^= static_cast<char>(1 + rng() % 255);
+      }
+      const bool ok = loads_or_refuses(mutated, fmt::format("{} flip variant {}", path, k), base);
+      (ok ? loaded : refused)++;
+    }
+  }
+  // Both outcomes occur: truncation at 0 is always refused, flips in weights usually load.
+  EXPECT_GT(refused, 100u);
+  EXPECT_GT(loaded, 10u);
+  spdlog::set_level(level);
+  std::printf("corruption: %zu variants loaded, %zu refused with an error\n", loaded, refused);
+}
+
+std::string python() { return fs::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3"; }
+
+// (c) a generated Llama (125m preset) with external data: loads mapped, round-trips inline and external
+// with identical initializer bytes, and ONNX Runtime runs the re-saved external model identically.
+TEST(SharedModels, LlamaExternalDataRoundTrip) {
+  QTOOL_REQUIRE_SHARED();
+  TempDir dir;
+  const std::string src = dir.file("llama.onnx");
+  auto gen = qtool::testing::run_command(fmt::format("{} '{}' --preset 125m --external-data --seed 1 '{}'", python(),
+                                                     qtool::testing::shared_path("tools/make_llama_onnx.py"), src));
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  ASSERT_TRUE(fs::exists(src + ".data"));
+
+  ir::Model m = load_model(src);
+  size_t mapped = 0, bytes = 0;
+  for (const ir::Value* v : m.graph->initializers()) {
+    mapped += v->initializer()->is_mapped();
+    bytes += v->initializer()->nbytes();
+  }
+  EXPECT_GT(mapped, 80u);  // 12 layers x 7 projections + embedding + lm_head
+  EXPECT_GT(bytes, 500u << 20);
+
+  auto same_initializers = [&](const ir::Model& other) {
+    ASSERT_EQ(other.graph->initializers().size(), m.graph->initializers().size());
+    for (const ir::Value* v : m.graph->initializers()) {
+      const ir::Value* w = other.graph->find_value(v->name());
+      ASSERT_TRUE(w && w->is_initializer()) << v->name();
+      ASSERT_TRUE(tensors_equal(*v->initializer(), *w->initializer())) << v->name();
+    }
+  };
+
+  // Inline: one 538 MB protobuf, no data file.
+  const std::string inl = dir.file("inline.onnx");
+  SaveOptions never;
+  never.external_data = SaveOptions::ExternalData::kNever;
+  save_model(m, inl, never);
+  EXPECT_FALSE(fs::exists(inl + ".data"));
+  EXPECT_GT(fs::file_size(inl), 500u << 20);
+  {
+    ir::Model back = load_model(inl);
+    same_initializers(back);
+  }
+
+  // External: tensors >= 1 KiB in "ext.onnx.data" at aligned offsets.
+  const std::string ext = dir.file("ext.onnx");
+  SaveOptions always;
+  always.external_data = SaveOptions::ExternalData::kAlways;
+  save_model(m, ext, always);
+  ASSERT_TRUE(fs::exists(ext + ".data"));
+  EXPECT_LT(fs::file_size(ext), 1u << 20);
+  {
+    ir::Model back = load_model(ext);
+    same_initializers(back);
+    size_t back_mapped = 0;
+    for (const ir::Value* v : back.graph->initializers()) back_mapped += v->initializer()->is_mapped();
+    EXPECT_EQ(back_mapped, mapped);
+  }
+
+  QTOOL_REQUIRE_ORT();
+  std::map<std::string, Tensor> feeds{
+      {"input_ids", Tensor::from_vector<int64_t>({1, 6}, {1, 345, 7, 2901, 13, 88})}};
+  auto a = qtool::testing::ort_run(src, feeds);
+  auto b = qtool::testing::ort_run(ext, feeds);
+  ASSERT_TRUE(a.count("logits") && b.count("logits"));
+  EXPECT_EQ(a.at("logits").shape(), (Shape{1, 6, 32000}));
+  EXPECT_TRUE(tensors_equal(a.at("logits"), b.at("logits")));
 }
 
 }  // namespace

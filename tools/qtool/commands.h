@@ -14,5 +14,6 @@ struct GlobalOptions {
 const GlobalOptions& global_options();
 
 void add_inspect_command(CLI::App& app);
+void add_run_command(CLI::App& app);
 
 }  // namespace qtool::cli

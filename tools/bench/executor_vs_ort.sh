@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# qtool executor vs ONNX Runtime (onnxruntime-node), same inputs, same thread count, in one go.
+#
+#   tools/bench/executor_vs_ort.sh [BUILD_DIR] [REPEAT]
+#
+# BUILD_DIR must hold bench/executor_bench (cmake --build BUILD_DIR --target executor_bench).
+# For each model and thread count (1, 2) it runs WARMUP untimed + REPEAT timed runs in qtool
+# (bench/executor_bench) and in ORT (tools/ort/run.js), then prints a markdown table of the
+# medians and the qtool/ORT ratio. The random 125m Llama is generated once with
+# ../shared/tools/make_llama_onnx.py into BUILD_DIR/bench_models (needs python3-onnx, python3-numpy).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${1:-build}
+REPEAT=${2:-10}
+WARMUP=${WARMUP:-2}
+PY=${PYTHON:-/usr/bin/python3}
+SHARED=${QTOOL_SHARED:-../shared}
+BENCH="$BUILD/bench/executor_bench"
+[ -x "$BENCH" ] || { echo "missing $BENCH (cmake --build $BUILD --target executor_bench)" >&2; exit 2; }
+MODELS="$BUILD/bench_models"
+mkdir -p "$MODELS"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+"$PY" tools/bench/make_inputs.py "$WORK"
+LLAMA="$MODELS/llama125m.onnx"
+if [ ! -f "$LLAMA.done" ]; then
+  "$PY" "$SHARED/tools/make_llama_onnx.py" --preset 125m --seed 1 "$LLAMA" >&2
+  touch "$LLAMA.done"
+fi
+VOCAB=$("$PY" -c "import onnx,sys; m=onnx.load('$LLAMA', load_external_data=False); print([i for i in m.graph.initializer if len(i.dims)==2 and i.dims[0]>=1000][0].dims[0])")
+"$PY" -c "import numpy as np; r=np.random.default_rng(1); np.save('$WORK/llama_tokens.npy', np.concatenate([[1], r.integers(2, $VOCAB, 127)]).astype(np.int64).reshape(1,128))"
+
+# name | model | input name | input file | repeat
+ROWS=(
+  "MobileNetV2 b1|$SHARED/models/mobilenetv2/mobilenetv2_dequant_fp32.onnx|image|$WORK/image244_b1.npy|$REPEAT"
+  "MobileNetV2 b8|$SHARED/models/mobilenetv2/mobilenetv2_dequant_fp32.onnx|image|$WORK/image244_b8.npy|$REPEAT"
+  "SqueezeNet 1.1 b1|$SHARED/models/squeezenet1.1/squeezenet1.1_fp32.onnx|data_0|$WORK/image224_b1.npy|$REPEAT"
+  "SqueezeNet 1.1 b8|$SHARED/models/squeezenet1.1/squeezenet1.1_fp32.onnx|data_0|$WORK/image224_b8.npy|$REPEAT"
+  "stories260K seq 256|$SHARED/models/stories260K/stories260K.onnx|input_ids|$WORK/tokens512_s256.npy|$REPEAT"
+  "Llama 125m (random) seq 128|$LLAMA|input_ids|$WORK/llama_tokens.npy|$(( (REPEAT + 1) / 2 ))"
+)
+
+median() { "$PY" -c "import json,sys,statistics; d=json.load(open(sys.argv[1])); print('%.2f' % statistics.median(d['run_ms']))" "$1"; }
+
+echo "| model | threads | qtool median ms | ORT median ms | qtool/ORT |"
+echo "|---|---:|---:|---:|---:|"
+for threads in 1 2; do
+  for row in "${ROWS[@]}"; do
+    IFS='|' read -r name model input file rep <<<"$row"
+    "$BENCH" "$model" --threads "$threads" --repeat "$rep" --warmup "$WARMUP" "$input=$file" >"$WORK/q.json"
+    node tools/ort/run.js "$model" "$WORK/ort" --threads "$threads" --repeat "$rep" --warmup "$WARMUP" "$input=$file" >/dev/null
+    q=$(median "$WORK/q.json")
+    o=$(median "$WORK/ort/manifest.json")
+    r=$("$PY" -c "print('%.2f' % ($q / $o))")
+    echo "| $name | $threads | $q | $o | $r |"
+  done
+done

@@ -1,0 +1,337 @@
+// The calibration driver: samples -> executor -> observers -> ranges.
+#include "qtool/calib/calibrate.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+namespace qtool::calib {
+
+// ---------------------------------------------------------------------------------------------
+// Ctrl-C
+
+namespace {
+volatile std::sig_atomic_t g_interrupted = 0;
+int g_guard_depth = 0;
+struct sigaction g_old_action;
+
+extern "C" void on_sigint(int) {
+  if (g_interrupted) {  // second Ctrl-C: stop now
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+    return;
+  }
+  g_interrupted = 1;
+}
+}  // namespace
+
+InterruptGuard::InterruptGuard() {
+  if (g_guard_depth++ > 0) return;
+  g_interrupted = 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, &g_old_action);
+}
+
+InterruptGuard::~InterruptGuard() {
+  if (--g_guard_depth > 0) return;
+  sigaction(SIGINT, &g_old_action, nullptr);
+}
+
+bool interrupt_requested() { return g_interrupted != 0; }
+void request_interrupt(bool value) { g_interrupted = value ? 1 : 0; }
+
+// ---------------------------------------------------------------------------------------------
+// Progress
+
+namespace {
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}:{:02}:{:02}", t / 3600, (t / 60) % 60, t % 60);
+  return fmt::format("{}:{:02}", t / 60, t % 60);
+}
+}  // namespace
+
+Progress::Progress(std::string label, size_t total, bool enabled)
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled),
+      tty_(enabled && ::isatty(::fileno(stderr)) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
+
+Progress::~Progress() {
+  if (tty_ && !finished_) std::fputs("\r\033[K", stderr);
+}
+
+void Progress::update(size_t done) {
+  if (!enabled_ || total_ == 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  const double eta = rate > 0 ? static_cast<double>(total_ - std::min(done, total_)) / rate : -1.0;
+  if (tty_) {
+    if (done < total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+    last_draw_ = now;
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * std::min(done, total_) / total_);
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
+    std::fprintf(stderr, "\r\033[K%s [%s] %zu/%zu  %.1f samples/s  ETA %s", label_.c_str(), bar.c_str(), done, total_,
+                 rate, format_duration(eta).c_str());
+    std::fflush(stderr);
+  } else {
+    const size_t decile = done * 10 / total_;
+    const bool slow = now - last_draw_ > std::chrono::seconds(30);
+    if (decile > last_logged_decile_ || (slow && done < total_)) {
+      last_logged_decile_ = decile;
+      last_draw_ = now;
+      if (done < total_) {
+        spdlog::info("{}: {}/{} samples, {:.1f} samples/s, ETA {}", label_, done, total_, rate,
+                     format_duration(eta));
+      }
+    }
+  }
+}
+
+void Progress::finish(size_t done) {
+  if (!enabled_ || finished_) return;
+  finished_ = true;
+  if (tty_) std::fputs("\r\033[K", stderr);
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  spdlog::info("{}: {} samples in {}, {:.1f} samples/s", label_, done, format_duration(elapsed),
+               elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample-set checks
+
+namespace {
+
+uint64_t fnv1a(const uint8_t* p, size_t n, uint64_t h) {
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+struct SampleChecker {
+  std::unordered_set<uint64_t> hashes;
+  size_t duplicates = 0, constant = 0;
+  std::vector<std::pair<double, double>> moments;  // (mean, std) of distinct samples' first float input
+
+  void add(const data::Sample& s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    bool is_const = false;
+    bool first_float = true;
+    for (const auto& [name, t] : s) {
+      h = fnv1a(reinterpret_cast<const uint8_t*>(name.data()), name.size(), h);
+      if (t.raw()) h = fnv1a(t.raw(), t.nbytes(), h);
+      if (t.numel() > 1 && t.dtype() != DataType::kString) {
+        const Tensor f = t.to_float();
+        const float* d = f.data<float>();
+        const auto [mn, mx] = std::minmax_element(d, d + f.numel());
+        if (*mn == *mx) is_const = true;
+        if (first_float && dtype_is_float(t.dtype())) {
+          first_float = false;
+          double sum = 0, sq = 0;
+          for (int64_t i = 0; i < f.numel(); ++i) sum += d[i], sq += static_cast<double>(d[i]) * d[i];
+          const double m = sum / static_cast<double>(f.numel());
+          moments_pending = {m, std::sqrt(std::max(0.0, sq / static_cast<double>(f.numel()) - m * m))};
+          has_pending = true;
+        }
+      }
+    }
+    constant += is_const;
+    if (!hashes.insert(h).second) {
+      ++duplicates;
+    } else if (has_pending) {
+      moments.push_back(moments_pending);
+    }
+    has_pending = false;
+  }
+
+  // True when the distinct samples' means and standard deviations hardly differ.
+  bool near_identical() const {
+    if (moments.size() < 2) return false;
+    double mlo = moments[0].first, mhi = mlo, slo = moments[0].second, shi = slo;
+    for (const auto& [m, s] : moments) {
+      mlo = std::min(mlo, m), mhi = std::max(mhi, m), slo = std::min(slo, s), shi = std::max(shi, s);
+    }
+    const double scale = std::max({std::fabs(mlo), std::fabs(mhi), shi, 1e-12});
+    return (mhi - mlo) < 1e-4 * scale && (shi - slo) < 1e-4 * scale;
+  }
+
+  std::pair<double, double> moments_pending{};
+  bool has_pending = false;
+};
+
+Tensor concat_batch(const std::vector<data::Sample>& samples, const std::string& name) {
+  const Tensor& first = samples[0].at(name);
+  Shape shape = first.shape();
+  int64_t rows = 0;
+  for (const auto& s : samples) {
+    const Tensor& t = s.at(name);
+    Shape a = t.shape(), b = shape;
+    a.erase(a.begin());
+    b.erase(b.begin());
+    QTOOL_CHECK(a == b && t.dtype() == first.dtype(), ErrorCode::kInvalidInput,
+                "input '{}': samples of shapes {} and {} cannot form a batch (use --batch-size 1)", name,
+                shape_str(first.shape()), shape_str(t.shape()));
+    rows += t.dim(0);
+  }
+  shape[0] = rows;
+  Tensor out = Tensor::empty(first.dtype(), shape);
+  uint8_t* dst = out.mutable_raw();
+  for (const auto& s : samples) {
+    const Tensor& t = s.at(name);
+    std::memcpy(dst, t.raw(), t.nbytes());
+    dst += t.nbytes();
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// run_samples
+
+RunSummary run_samples(runtime::Executor& executor, data::SampleSource& source, runtime::Observer& observer,
+                       const RunOptions& options) {
+  const ir::Model& model = executor.model();
+  const std::vector<data::InputSpec> specs = data::input_specs(model);
+  size_t batch = std::max<size_t>(options.batch_size, 1);
+  if (batch > 1) {
+    const bool dynamic = !specs.empty() && std::all_of(specs.begin(), specs.end(),
+                                                       [](const data::InputSpec& s) { return s.batch_dynamic(); });
+    if (!dynamic) {
+      spdlog::info("the model's batch dimension is fixed: running one sample at a time");
+      batch = 1;
+    }
+  }
+  std::vector<const ir::Value*> input_values;
+  for (const auto& s : specs) input_values.push_back(model.graph->find_value(s.name));
+
+  auto* batch_observer = dynamic_cast<BatchObserver*>(&observer);
+  const size_t n = source.size();
+  RunSummary summary;
+  SampleChecker checker;
+  InterruptGuard guard;
+  Progress progress(options.label, n, options.progress && spdlog::should_log(spdlog::level::info));
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < n; i += batch) {
+    if (interrupt_requested()) {
+      progress.finish(i);
+      fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", i, n);
+    }
+    const size_t k = std::min(batch, n - i);
+    std::vector<data::Sample> samples;
+    for (size_t j = i; j < i + k; ++j) {
+      samples.push_back(with_context(fmt::format("while loading sample '{}'", source.describe(j)),
+                                     [&] { return source.load(j); }));
+      if (options.check_samples) checker.add(samples.back());
+    }
+    data::Sample in;
+    if (k == 1) {
+      in = std::move(samples[0]);
+    } else {
+      for (const auto& s : specs) in[s.name] = concat_batch(samples, s.name);
+    }
+    samples.clear();
+    if (batch_observer) batch_observer->begin_batch(k);
+    if (options.observe_inputs) {
+      for (size_t q = 0; q < specs.size(); ++q) {
+        if (input_values[q]) observer.on_value(*input_values[q], in.at(specs[q].name));
+      }
+    }
+    const std::string what = k == 1 ? fmt::format("sample '{}'", source.describe(i))
+                                    : fmt::format("samples '{}' .. '{}'", source.describe(i), source.describe(i + k - 1));
+    with_context("while running " + what, [&] { executor.run(in, &observer); });
+    if (batch_observer) batch_observer->end_batch();
+    summary.samples += k;
+    ++summary.batches;
+    progress.update(summary.samples);
+  }
+  progress.finish(summary.samples);
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  summary.duplicates = checker.duplicates;
+  summary.constant = checker.constant;
+  if (options.check_samples) {
+    const size_t distinct = summary.samples - checker.duplicates;
+    if (checker.duplicates > 0) {
+      spdlog::warn("{} of {} samples repeat an earlier sample exactly", checker.duplicates, summary.samples);
+    }
+    if (checker.constant > 0) {
+      spdlog::warn("{} samples have a constant input tensor (every element equal): check the data and preprocessing",
+                   checker.constant);
+    }
+    if (checker.near_identical()) {
+      spdlog::warn("the {} distinct samples have nearly identical statistics (mean and std within 0.01%): the set looks "
+                   "degenerate",
+                   distinct);
+    }
+    if (distinct < data::kRecommendedMinSamples) {
+      spdlog::warn("calibrating on {} distinct samples; 500-1000 diverse samples are recommended", distinct);
+    }
+  }
+  return summary;
+}
+
+// ---------------------------------------------------------------------------------------------
+// calibrate
+
+RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model, const std::string& method,
+                             const RangeConfig& config, uint64_t samples) {
+  find_method(method);  // fail early on an unknown name
+  RangesFile f;
+  f.method = method;
+  f.config = config;
+  f.samples = samples;
+  f.bins = stats.options().bins;
+  f.channel_axis = stats.options().channel_axis;
+  if (!model.source_path.empty()) {
+    f.model_name = std::filesystem::path(model.source_path).filename().string();
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(model.source_path, ec)) f.model_fingerprint = file_fingerprint(model.source_path);
+  } else {
+    f.model_name = model.graph->name();
+  }
+  size_t with_nonfinite = 0;
+  for (const auto& s : stats.stats()) {
+    const Range r = with_context(fmt::format("while computing the {} range of tensor '{}'", method, s->name),
+                                 [&] { return compute_range(method, *s, config); });
+    f.tensors.push_back(make_tensor_range(*s, r));
+    with_nonfinite += s->hist.nonfinite() > 0;
+  }
+  if (with_nonfinite > 0) {
+    spdlog::warn("{} tensors held NaN or infinite values during calibration (ignored for their ranges)",
+                 with_nonfinite);
+  }
+  return f;
+}
+
+CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, const CalibConfig& config) {
+  find_method(config.method);
+  runtime::ExecutorOptions eo;
+  eo.threads = std::max(config.threads, 1);
+  runtime::Executor executor(model, eo);
+  CalibrationResult res;
+  res.stats = std::make_unique<StatsObserver>(config.observe);
+  res.run = run_samples(executor, source, *res.stats, config.run);
+  res.ranges = ranges_from_stats(*res.stats, model, config.method, config.range, res.run.samples);
+  res.ranges.source = config.source;
+  res.ranges.preprocess = config.preprocess;
+  return res;
+}
+
+}  // namespace qtool::calib

@@ -1,0 +1,178 @@
+// Streaming power-of-two histogram (see histogram.h for why the bins nest).
+#include "qtool/calib/histogram.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "qtool/core/error.h"
+
+namespace qtool::calib {
+
+namespace {
+// Lowest exponent used (a constant tensor never widens past it): far below float's smallest
+// subnormal (2^-149), so that any non-zero float still gets its own bin.
+constexpr int kMinExp = -200;
+constexpr double kMaxIndex = 4503599627370496.0;  // 2^52
+
+int64_t shift_floor(int64_t k, int d) {
+  if (d <= 0) return k;
+  if (d >= 63) return k < 0 ? -1 : 0;
+  return k >> d;  // arithmetic shift == floor division by 2^d (C++20)
+}
+}  // namespace
+
+int64_t histogram_bin(double x, int e) { return static_cast<int64_t>(std::floor(std::ldexp(x, -e))); }
+
+Histogram::Histogram(int max_bins) : max_bins_(max_bins) {
+  QTOOL_CHECK(max_bins >= 16, ErrorCode::kConfig, "a histogram needs at least 16 bins, not {}", max_bins);
+}
+
+double Histogram::bin_width() const { return std::ldexp(1.0, exp_); }
+double Histogram::lo() const { return std::ldexp(static_cast<double>(first_), exp_); }
+double Histogram::hi() const {
+  return std::ldexp(static_cast<double>(first_ + static_cast<int64_t>(counts_.size())), exp_);
+}
+double Histogram::Abs::bin_width() const { return std::ldexp(1.0, exponent); }
+
+int Histogram::fit_exponent(double vmin, double vmax, int from) const {
+  const double amax = std::max(std::fabs(vmin), std::fabs(vmax));
+  int e = std::max(from, kMinExp);
+  if (vmax > vmin) e = std::max(e, static_cast<int>(std::floor(std::log2((vmax - vmin) / max_bins_))) - 1);
+  if (amax > 0) e = std::max(e, static_cast<int>(std::floor(std::log2(amax))) - 53);
+  for (;; ++e) {
+    if (std::ldexp(amax, -e) >= kMaxIndex) continue;
+    if (histogram_bin(vmax, e) - histogram_bin(vmin, e) + 1 <= max_bins_) return e;
+  }
+}
+
+void Histogram::rebin(int new_exp) {
+  const int d = new_exp - exp_;
+  if (d <= 0) return;
+  const int64_t last = first_ + static_cast<int64_t>(counts_.size()) - 1;
+  const int64_t nf = shift_floor(first_, d), nl = shift_floor(last, d);
+  std::vector<uint64_t> nc(static_cast<size_t>(nl - nf + 1), 0);
+  for (size_t i = 0; i < counts_.size(); ++i) nc[shift_floor(first_ + static_cast<int64_t>(i), d) - nf] += counts_[i];
+  counts_ = std::move(nc);
+  first_ = nf;
+  exp_ = new_exp;
+}
+
+void Histogram::add(const float* x, size_t n) {
+  float bmin = INFINITY, bmax = -INFINITY;
+  size_t finite = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (!std::isfinite(v)) continue;
+    ++finite;
+    bmin = std::min(bmin, v);
+    bmax = std::max(bmax, v);
+  }
+  nonfinite_ += n - finite;
+  if (finite == 0) return;
+  if (counts_.empty()) {
+    vmin_ = bmin;
+    vmax_ = bmax;
+    exp_ = fit_exponent(vmin_, vmax_, kMinExp);
+    first_ = histogram_bin(vmin_, exp_);
+    counts_.assign(static_cast<size_t>(histogram_bin(vmax_, exp_) - first_ + 1), 0);
+  } else if (bmin < vmin_ || bmax > vmax_) {
+    vmin_ = std::min<double>(vmin_, bmin);
+    vmax_ = std::max<double>(vmax_, bmax);
+    rebin(fit_exponent(vmin_, vmax_, exp_));
+    const int64_t kmin = histogram_bin(vmin_, exp_), kmax = histogram_bin(vmax_, exp_);
+    const int64_t last = first_ + static_cast<int64_t>(counts_.size()) - 1;
+    if (kmin < first_) {
+      counts_.insert(counts_.begin(), static_cast<size_t>(first_ - kmin), 0);
+      first_ = kmin;
+    }
+    if (kmax > last) counts_.resize(counts_.size() + static_cast<size_t>(kmax - last), 0);
+  }
+  const double scale = std::ldexp(1.0, -exp_);
+  uint64_t* c = counts_.data();
+  const int64_t f = first_;
+  for (size_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    if (!std::isfinite(v)) continue;
+    c[static_cast<int64_t>(std::floor(v * scale)) - f] += 1;
+  }
+  total_ += finite;
+}
+
+void Histogram::merge(const Histogram& o) {
+  QTOOL_CHECK(o.max_bins_ == max_bins_, ErrorCode::kInternal, "merging histograms of {} and {} bins", max_bins_,
+              o.max_bins_);
+  nonfinite_ += o.nonfinite_;
+  if (o.counts_.empty()) return;
+  if (counts_.empty()) {
+    *this = o;
+    return;
+  }
+  vmin_ = std::min(vmin_, o.vmin_);
+  vmax_ = std::max(vmax_, o.vmax_);
+  const int e = fit_exponent(vmin_, vmax_, std::max(exp_, o.exp_));
+  rebin(e);
+  Histogram other = o;
+  other.rebin(e);
+  const int64_t nf = std::min(first_, other.first_);
+  const int64_t nl = std::max(first_ + static_cast<int64_t>(counts_.size()),
+                              other.first_ + static_cast<int64_t>(other.counts_.size())) - 1;
+  std::vector<uint64_t> nc(static_cast<size_t>(nl - nf + 1), 0);
+  for (size_t i = 0; i < counts_.size(); ++i) nc[first_ - nf + static_cast<int64_t>(i)] += counts_[i];
+  for (size_t i = 0; i < other.counts_.size(); ++i) nc[other.first_ - nf + static_cast<int64_t>(i)] += other.counts_[i];
+  counts_ = std::move(nc);
+  first_ = nf;
+  total_ += o.total_;
+}
+
+Histogram::Abs Histogram::abs_histogram(int max_bins) const {
+  if (max_bins <= 0) max_bins = max_bins_;
+  Abs a;
+  a.exponent = exp_;
+  if (counts_.empty()) return a;
+  const int64_t last = first_ + static_cast<int64_t>(counts_.size()) - 1;
+  const int64_t top = std::max(last >= 0 ? last : -1, first_ < 0 ? -first_ - 1 : -1);  // highest |x| bin
+  // Coarsen so that bins 0..top fit in max_bins.
+  int d = 0;
+  while (shift_floor(top, d) + 1 > max_bins) ++d;
+  a.exponent = exp_ + d;
+  a.counts.assign(static_cast<size_t>(shift_floor(top, d) + 1), 0);
+  for (size_t i = 0; i < counts_.size(); ++i) {
+    const int64_t k = first_ + static_cast<int64_t>(i);
+    const int64_t ak = k >= 0 ? k : -k - 1;
+    a.counts[static_cast<size_t>(shift_floor(ak, d))] += counts_[i];
+  }
+  return a;
+}
+
+namespace {
+double quantile_of(const std::vector<uint64_t>& counts, int64_t first, double w, uint64_t total, double q) {
+  if (counts.empty() || total == 0) return 0.0;
+  q = std::clamp(q, 0.0, 1.0);
+  const double target = q * static_cast<double>(total);
+  double cum = 0.0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    const double c = static_cast<double>(counts[i]);
+    if (c > 0 && cum + c >= target) {
+      const double frac = std::clamp((target - cum) / c, 0.0, 1.0);
+      return (static_cast<double>(first + static_cast<int64_t>(i)) + frac) * w;
+    }
+    cum += c;
+  }
+  return (static_cast<double>(first + static_cast<int64_t>(counts.size()))) * w;
+}
+}  // namespace
+
+double Histogram::quantile(double q) const {
+  return std::clamp(quantile_of(counts_, first_, bin_width(), total_, q), vmin_, vmax_);
+}
+
+double Histogram::abs_quantile(double q) const {
+  const Abs a = abs_histogram();
+  const double amax = std::max(std::fabs(vmin_), std::fabs(vmax_));
+  double amin = 0.0;
+  if (vmin_ > 0) amin = vmin_;
+  if (vmax_ < 0) amin = -vmax_;
+  return std::clamp(quantile_of(a.counts, 0, a.bin_width(), total_, q), amin, amax);
+}
+
+}  // namespace qtool::calib

@@ -1,0 +1,179 @@
+// Streaming per-tensor statistics (see observers.h).
+#include "qtool/calib/observers.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace qtool::calib {
+
+int resolve_channel_axis(int option, size_t rank) {
+  if (option >= 0) return static_cast<size_t>(option) < rank ? option : -1;
+  if (rank == 4 || rank == 5) return 1;
+  if (rank == 2 || rank == 3) return static_cast<int>(rank) - 1;
+  return -1;
+}
+
+double TensorStats::stddev() const { return count > 0 ? std::sqrt(m2 / static_cast<double>(count)) : 0.0; }
+double TensorStats::absmax() const { return std::max(std::fabs(min), std::fabs(max)); }
+
+namespace {
+
+struct BlockStats {
+  float mn = std::numeric_limits<float>::infinity();
+  float mx = -std::numeric_limits<float>::infinity();
+  double sum = 0.0;
+  uint64_t n = 0;
+};
+
+template <bool kCheckFinite>
+void scan_block(const float* p, int64_t len, BlockStats& b) {
+  float mn = b.mn, mx = b.mx;
+  double sum = 0.0;
+  uint64_t n = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const float v = p[i];
+    if constexpr (kCheckFinite) {
+      if (!std::isfinite(v)) continue;
+    }
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+    sum += v;
+    ++n;
+  }
+  b.mn = mn;
+  b.mx = mx;
+  b.sum += sum;
+  b.n += kCheckFinite ? n : static_cast<uint64_t>(len);
+}
+
+}  // namespace
+
+void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
+  const Tensor t = in.dtype() == DataType::kFloat ? in : in.to_float();
+  const float* data = t.data<float>();
+  const int64_t n = t.numel();
+  shape = t.shape();
+  ++observations;
+  if (n == 0) return;
+
+  // Per-channel layout: outer x C x inner.
+  int axis = o.per_channel ? resolve_channel_axis(o.channel_axis, t.rank()) : -1;
+  if (axis >= 0 && t.dim(axis) > o.max_channels) axis = -1;
+  if (axis >= 0 && channel_axis >= 0 && (axis != channel_axis || t.dim(axis) != static_cast<int64_t>(channel_min.size()))) {
+    axis = -1;  // shape changed between observations: per-channel statistics no longer line up
+    channel_axis = -1;
+    channel_min.clear();
+    channel_max.clear();
+  } else if (axis >= 0 && observations > 1 && channel_axis < 0) {
+    axis = -1;  // dropped earlier; stays dropped
+  }
+  const int64_t C = axis >= 0 ? t.dim(axis) : 1;
+  int64_t outer = 1, inner = 1;
+  if (axis >= 0) {
+    for (int i = 0; i < axis; ++i) outer *= t.dim(i);
+    for (size_t i = static_cast<size_t>(axis) + 1; i < t.rank(); ++i) inner *= t.dim(static_cast<int>(i));
+  } else {
+    inner = n;
+  }
+  if (axis >= 0 && channel_axis < 0) {
+    channel_axis = axis;
+    channel_min.assign(static_cast<size_t>(C), std::numeric_limits<float>::infinity());
+    channel_max.assign(static_cast<size_t>(C), -std::numeric_limits<float>::infinity());
+  }
+
+  // Pass 1: per-channel min/max, sum. Fast path assumes finite data and checks the sum.
+  BlockStats total;
+  auto pass1 = [&]<bool kCheck>() {
+    total = BlockStats{};
+    for (int64_t ob = 0; ob < outer; ++ob) {
+      for (int64_t c = 0; c < C; ++c) {
+        BlockStats b;
+        scan_block<kCheck>(data + (ob * C + c) * inner, inner, b);
+        if (axis >= 0 && b.n > 0) {
+          channel_min[static_cast<size_t>(c)] = std::min(channel_min[static_cast<size_t>(c)], b.mn);
+          channel_max[static_cast<size_t>(c)] = std::max(channel_max[static_cast<size_t>(c)], b.mx);
+        }
+        total.mn = std::min(total.mn, b.mn);
+        total.mx = std::max(total.mx, b.mx);
+        total.sum += b.sum;
+        total.n += b.n;
+      }
+    }
+  };
+  const std::vector<float> saved_min = channel_min, saved_max = channel_max;
+  pass1.template operator()<false>();
+  const bool all_finite = std::isfinite(total.sum) && std::isfinite(total.mn) && std::isfinite(total.mx);
+  if (!all_finite) {  // NaN/inf present: redo, skipping them
+    channel_min = saved_min;
+    channel_max = saved_max;
+    pass1.template operator()<true>();
+  }
+  if (total.n == 0) {
+    if (o.histogram) hist.add(data, static_cast<size_t>(n));  // counts the non-finite values
+    return;
+  }
+
+  // Pass 2: squared deviations from the batch mean, then Chan's merge.
+  const double bmean = total.sum / static_cast<double>(total.n);
+  double bm2 = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = data[i];
+    if (!all_finite && !std::isfinite(v)) continue;
+    bm2 += (v - bmean) * (v - bmean);
+  }
+  if (count == 0) {
+    min = total.mn;
+    max = total.mx;
+    mean = bmean;
+    m2 = bm2;
+  } else {
+    min = std::min<double>(min, total.mn);
+    max = std::max<double>(max, total.mx);
+    const double na = static_cast<double>(count), nb = static_cast<double>(total.n), nn = na + nb;
+    const double d = bmean - mean;
+    mean += d * nb / nn;
+    m2 += bm2 + d * d * na * nb / nn;
+  }
+  count += total.n;
+  if (o.histogram) hist.add(data, static_cast<size_t>(n));
+}
+
+void StatsObserver::begin_batch(size_t) { ++batch_; }
+
+void StatsObserver::on_value(const ir::Value& value, const Tensor& tensor) {
+  const DataType dt = tensor.dtype();
+  if (dt != DataType::kFloat && dt != DataType::kFloat16 && dt != DataType::kBFloat16 && dt != DataType::kDouble) return;
+  if (value.is_initializer()) return;
+  if (value.is_graph_input() && !options_.observe_inputs) return;
+  auto [it, fresh] = last_batch_.try_emplace(&value, batch_);
+  if (!fresh) {
+    if (it->second == batch_) return;  // already counted in this batch
+    it->second = batch_;
+  }
+  TensorStats*& s = by_value_[&value];
+  if (!s) {
+    order_.push_back(std::make_unique<TensorStats>(options_.bins));
+    s = order_.back().get();
+    s->value = &value;
+    s->name = value.name();
+    s->dtype = dt;
+  }
+  s->observe(tensor, options_);
+}
+
+const TensorStats* StatsObserver::find(const ir::Value* value) const {
+  auto it = by_value_.find(value);
+  return it == by_value_.end() ? nullptr : it->second;
+}
+
+size_t StatsObserver::memory_bytes() const {
+  size_t b = 0;
+  for (const auto& s : order_) {
+    b += sizeof(TensorStats) + s->name.size() + s->hist.counts().capacity() * sizeof(uint64_t) +
+         (s->channel_min.capacity() + s->channel_max.capacity()) * sizeof(float);
+  }
+  return b;
+}
+
+}  // namespace qtool::calib

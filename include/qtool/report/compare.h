@@ -115,15 +115,22 @@ struct LayerDrift {
   std::string node;          ///< producing node in the quantized model
   std::string op_type;
   ErrorAccumulator error;
-  /// dB lost at this layer: (lowest SQNR among its matched inputs; +inf for model inputs and
-  /// weights) minus its own SQNR. Large values show where error enters.
+  /// dB lost at this layer: (lowest SQNR among its matched inputs, capped at 120 dB; model inputs
+  /// and weights count as exact) minus its own SQNR (capped likewise).
   double sqnr_loss_db = 0.0;
+  /// The noise this layer adds, as an SQNR: -10*log10(NSR_out - NSR_in) with NSR = 10^(-SQNR/10)
+  /// (relative noise power; NSR_in of its noisiest matched input). It is the SQNR the layer would
+  /// have if it were the only source of error; layers are ranked by it, lowest first, because
+  /// relative noise adds up through a network while dB differences saturate near exact layers.
+  /// +inf when the layer adds no noise.
+  double added_noise_db = std::numeric_limits<double>::infinity();
 };
 
 struct CompareResult {
   int64_t samples = 0;
   std::vector<OutputComparison> outputs;
-  /// Sorted by sqnr_loss_db, largest first (empty when per_layer is off or nothing matched).
+  /// Sorted by added_noise_db, lowest (most noise added) first; empty when per_layer is off or
+  /// nothing matched.
   std::vector<LayerDrift> layers;
   int64_t matched_tensors = 0;
 };

@@ -1,0 +1,626 @@
+// Output and per-layer drift of a quantized model against its FP32 original (see compare.h).
+#include "qtool/report/compare.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <sstream>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "qtool/core/npy.h"
+#include "qtool/runtime/executor.h"
+
+namespace qtool::report {
+
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+/// SQNRs above this are treated as "exact" when ranking layers: float32 rounding alone sits near
+/// 140 dB, so differences above 120 dB say nothing about quantization.
+constexpr double kSqnrCapDb = 120.0;
+
+/// A float32 view of `t`: the tensor itself when it already is float32, else a converted copy.
+Tensor as_float(const Tensor& t) { return t.dtype() == DataType::kFloat ? t : t.to_float(); }
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// ErrorAccumulator
+
+void ErrorAccumulator::add(const float* ref, const float* test, int64_t n) {
+  // Per-call partial sums in double keep rounding error far below any SQNR of interest.
+  double rr = 0, tt = 0, rt = 0, ee = 0, ab = 0, mx = max_abs_;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double r = ref[i], t = test[i];
+    if (!std::isfinite(r) || !std::isfinite(t)) {
+      ++bad;
+      continue;
+    }
+    const double e = r - t;
+    rr += r * r;
+    tt += t * t;
+    rt += r * t;
+    ee += e * e;
+    const double a = std::fabs(e);
+    ab += a;
+    mx = std::max(mx, a);
+  }
+  sum_rr_ += rr;
+  sum_tt_ += tt;
+  sum_rt_ += rt;
+  sum_ee_ += ee;
+  sum_abs_ += ab;
+  max_abs_ = mx;
+  count_ += n - bad;
+  non_finite_ += bad;
+}
+
+void ErrorAccumulator::add(const Tensor& ref, const Tensor& test, const std::string& what) {
+  QTOOL_CHECK(ref.numel() == test.numel(), ErrorCode::kInvalidInput,
+              "{}: the FP32 model gives shape {} but the quantized model {}", what, shape_str(ref.shape()),
+              shape_str(test.shape()));
+  const Tensor r = as_float(ref), t = as_float(test);
+  add(r.data<float>(), t.data<float>(), r.numel());
+}
+
+void ErrorAccumulator::merge(const ErrorAccumulator& o) {
+  count_ += o.count_;
+  non_finite_ += o.non_finite_;
+  sum_rr_ += o.sum_rr_;
+  sum_tt_ += o.sum_tt_;
+  sum_rt_ += o.sum_rt_;
+  sum_ee_ += o.sum_ee_;
+  sum_abs_ += o.sum_abs_;
+  max_abs_ = std::max(max_abs_, o.max_abs_);
+}
+
+double ErrorAccumulator::sqnr_db() const {
+  if (count_ == 0) return kNaN;
+  if (sum_ee_ == 0.0) return kInf;
+  if (sum_rr_ == 0.0) return -kInf;  // a zero reference with any error: no signal at all
+  return 10.0 * std::log10(sum_rr_ / sum_ee_);
+}
+
+double ErrorAccumulator::cosine() const {
+  if (count_ == 0) return kNaN;
+  if (sum_rr_ == 0.0 && sum_tt_ == 0.0) return 1.0;
+  if (sum_rr_ == 0.0 || sum_tt_ == 0.0) return 0.0;
+  return sum_rt_ / std::sqrt(sum_rr_ * sum_tt_);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ClassifierAccumulator
+
+namespace {
+int64_t argmax(const float* v, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (v[i] > v[best]) best = i;  // first maximum wins, as numpy.argmax
+  return best;
+}
+/// True if class `c` is among the k largest entries of v (ties broken toward lower indices, as a
+/// stable descending sort would).
+bool in_top_k(const float* v, int64_t n, int64_t c, int64_t k) {
+  int64_t above = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (v[i] > v[c] || (v[i] == v[c] && i < c)) ++above;
+  return above < k;
+}
+}  // namespace
+
+void ClassifierAccumulator::add(const float* ref, const float* test, int64_t rows, int64_t classes,
+                                const std::vector<int64_t>& labels) {
+  const int64_t k = std::min<int64_t>(5, classes);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* a = ref + r * classes;
+    const float* b = test + r * classes;
+    const int64_t ra = argmax(a, classes), tb = argmax(b, classes);
+    top1_ += ra == tb;
+    top5_ += in_top_k(b, classes, ra, k);
+    if (r < static_cast<int64_t>(labels.size()) && labels[r] >= 0) {
+      ++labeled_;
+      correct_ref_ += ra == labels[r];
+      correct_test_ += tb == labels[r];
+    }
+  }
+  rows_ += rows;
+}
+
+double ClassifierAccumulator::top1_agreement() const {
+  return rows_ ? static_cast<double>(top1_) / static_cast<double>(rows_) : kNaN;
+}
+double ClassifierAccumulator::top5_agreement() const {
+  return rows_ ? static_cast<double>(top5_) / static_cast<double>(rows_) : kNaN;
+}
+double ClassifierAccumulator::accuracy_ref() const {
+  return labeled_ ? static_cast<double>(correct_ref_) / static_cast<double>(labeled_) : kNaN;
+}
+double ClassifierAccumulator::accuracy_test() const {
+  return labeled_ ? static_cast<double>(correct_test_) / static_cast<double>(labeled_) : kNaN;
+}
+
+bool is_classifier_shape(const Shape& s) {
+  if (s.size() == 2) return s[1] >= 2;
+  if (s.size() == 4) return s[1] >= 2 && s[2] == 1 && s[3] == 1;
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// compare_models
+
+namespace {
+
+/// FP32 run: keeps a float copy of every matched intermediate tensor of the current sample.
+class CaptureObserver final : public runtime::Observer {
+ public:
+  explicit CaptureObserver(const std::unordered_set<std::string>& names) : names_(names) {}
+  void on_value(const ir::Value& value, const Tensor& tensor) override {
+    if (!is_float_type(tensor.dtype()) || !names_.count(value.name())) return;
+    captured_[value.name()] = tensor.dtype() == DataType::kFloat ? tensor.clone() : tensor.to_float();
+  }
+  std::unordered_map<std::string, Tensor>& captured() { return captured_; }
+
+  static bool is_float_type(DataType t) {
+    return t == DataType::kFloat || t == DataType::kFloat16 || t == DataType::kBFloat16 || t == DataType::kDouble;
+  }
+
+ private:
+  const std::unordered_set<std::string>& names_;
+  std::unordered_map<std::string, Tensor> captured_;
+};
+
+/// Quantized run: compares each matched tensor with the FP32 capture as it is produced.
+class DriftObserver final : public runtime::Observer {
+ public:
+  DriftObserver(std::unordered_map<std::string, Tensor>& reference,
+                const std::unordered_map<std::string, size_t>& index, std::vector<LayerDrift>& layers)
+      : reference_(reference), index_(index), layers_(layers) {}
+  void on_value(const ir::Value& value, const Tensor& tensor) override {
+    auto it = index_.find(value.name());
+    if (it == index_.end() || !CaptureObserver::is_float_type(tensor.dtype())) return;
+    auto ref = reference_.find(value.name());
+    if (ref == reference_.end() || ref->second.numel() != tensor.numel()) return;  // shapes differ: not comparable
+    const Tensor t = as_float(tensor);
+    layers_[it->second].error.add(ref->second.data<float>(), t.data<float>(), t.numel());
+    reference_.erase(ref);  // free it as soon as it is compared
+  }
+
+ private:
+  std::unordered_map<std::string, Tensor>& reference_;
+  const std::unordered_map<std::string, size_t>& index_;
+  std::vector<LayerDrift>& layers_;
+};
+
+double capped(double db) { return std::isnan(db) ? db : std::min(db, kSqnrCapDb); }
+
+}  // namespace
+
+CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, const SampleProvider& next,
+                             const CompareOptions& options) {
+  runtime::ExecutorOptions exec_options;
+  exec_options.threads = std::max(1, options.threads);
+  runtime::Executor ref_exec(fp32, exec_options);
+  runtime::Executor test_exec(quantized, exec_options);
+  const auto ref_names = ref_exec.output_names();
+  const auto test_names = test_exec.output_names();
+  QTOOL_CHECK(ref_names.size() == test_names.size(), ErrorCode::kInvalidInput,
+              "the FP32 model has {} outputs but the quantized model {}", ref_names.size(), test_names.size());
+
+  CompareResult result;
+  for (size_t i = 0; i < ref_names.size(); ++i) {
+    OutputComparison oc;
+    oc.name = ref_names[i] == test_names[i] ? ref_names[i] : ref_names[i] + " / " + test_names[i];
+    result.outputs.push_back(std::move(oc));
+  }
+
+  // Intermediate tensors present (computed, not constant) in both graphs under the same name.
+  std::unordered_set<std::string> matched;
+  std::unordered_map<std::string, size_t> layer_index;
+  const ir::Graph& qg = *quantized.graph;
+  const ir::Graph& fg = *fp32.graph;
+  if (options.per_layer) {
+    for (const auto& node : qg.nodes()) {
+      for (ir::Value* v : node->outputs()) {
+        if (!v) continue;
+        const ir::Value* f = fg.find_value(v->name());
+        if (!f || !f->producer() || matched.count(v->name())) continue;
+        matched.insert(v->name());
+        layer_index[v->name()] = result.layers.size();
+        LayerDrift d;
+        d.tensor = v->name();
+        d.node = node->name();
+        d.op_type = node->op_type();
+        result.layers.push_back(std::move(d));
+      }
+    }
+  }
+
+  CaptureObserver capture(matched);
+  DriftObserver drift(capture.captured(), layer_index, result.layers);
+  CompareSample sample;
+  while (options.max_samples <= 0 || result.samples < options.max_samples) {
+    sample = CompareSample{};
+    if (!next(sample)) break;
+    with_context(fmt::format("on sample '{}'", sample.name), [&] {
+      capture.captured().clear();
+      std::vector<Tensor> ref_out =
+          with_context("while running the FP32 model", [&] { return ref_exec.run(sample.inputs, matched.empty() ? nullptr : &capture); });
+      std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
+        return test_exec.run(sample.inputs, matched.empty() ? nullptr : &drift);
+      });
+      capture.captured().clear();
+      for (size_t i = 0; i < ref_out.size(); ++i) {
+        OutputComparison& oc = result.outputs[i];
+        const Tensor r = as_float(ref_out[i]);
+        const Tensor t = as_float(test_out[i]);
+        oc.error.add(r, t, fmt::format("output '{}'", oc.name));
+        oc.shape = r.shape();
+        if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
+          // Every sample must be classifier-shaped for the output to count as a classifier.
+          if (result.samples == 0) oc.classifier = true;
+          if (oc.classifier) oc.classes.add(r.data<float>(), t.data<float>(), r.dim(0), r.dim(1), sample.labels);
+        } else {
+          oc.classifier = false;
+        }
+      }
+      return 0;
+    });
+    ++result.samples;
+  }
+  QTOOL_CHECK(result.samples > 0, ErrorCode::kInvalidInput, "no samples to compare the models on");
+
+  // Where error enters: each layer's noise relative to its noisiest input, in the FP32 wiring.
+  std::erase_if(result.layers, [](const LayerDrift& d) { return d.error.count() == 0; });
+  result.matched_tensors = static_cast<int64_t>(result.layers.size());
+  std::unordered_map<std::string, double> sqnr_of;
+  for (const auto& d : result.layers) sqnr_of[d.tensor] = d.error.sqnr_db();
+  auto nsr = [](double db) { return std::isnan(db) ? 0.0 : std::pow(10.0, -db / 10.0); };  // inf dB -> 0
+  for (auto& d : result.layers) {
+    double upstream = kInf;
+    const ir::Value* f = fg.find_value(d.tensor);
+    if (f && f->producer()) {
+      for (const ir::Value* in : f->producer()->inputs()) {
+        if (!in) continue;
+        auto it = sqnr_of.find(in->name());
+        if (it != sqnr_of.end() && !std::isnan(it->second)) upstream = std::min(upstream, it->second);
+      }
+    }
+    const double own = d.error.sqnr_db();
+    d.sqnr_loss_db = std::isnan(own) ? 0.0 : capped(upstream) - capped(own);
+    const double added = nsr(own) - nsr(upstream);
+    d.added_noise_db = added > 0.0 ? -10.0 * std::log10(added) : kInf;
+  }
+  std::stable_sort(result.layers.begin(), result.layers.end(),
+                   [](const LayerDrift& a, const LayerDrift& b) { return a.added_noise_db < b.added_noise_db; });
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gates
+
+std::vector<GateResult> check_gates(const CompareResult& result, const Gates& gates) {
+  std::vector<GateResult> out;
+  if (gates.max_drop_points) {
+    bool any = false;
+    for (const auto& o : result.outputs) {
+      if (!o.classifier || o.classes.labeled_rows() == 0) continue;
+      any = true;
+      GateResult g{"max-drop", o.name, *gates.max_drop_points,
+                   100.0 * (o.classes.accuracy_ref() - o.classes.accuracy_test()), true, ""};
+      g.passed = g.value <= g.threshold + 1e-9;
+      g.message = fmt::format("accuracy drop {:.2f} points {} {:.2f} on '{}'", g.value, g.passed ? "<=" : ">",
+                              g.threshold, o.name);
+      out.push_back(g);
+    }
+    QTOOL_CHECK(any, ErrorCode::kConfig,
+                "--max-drop needs labels (--labels FILE) matching the samples and a classifier-like output "
+                "([N,C] or [N,C,1,1])");
+  }
+  if (gates.min_sqnr_db) {
+    for (const auto& o : result.outputs) {
+      GateResult g{"min-sqnr", o.name, *gates.min_sqnr_db, o.error.sqnr_db(), true, ""};
+      g.passed = !std::isnan(g.value) && g.value >= g.threshold;
+      g.message = fmt::format("SQNR {:.2f} dB {} {:.2f} dB on '{}'", g.value, g.passed ? ">=" : "<", g.threshold,
+                              o.name);
+      out.push_back(g);
+    }
+  }
+  if (gates.min_agreement) {
+    QTOOL_CHECK(*gates.min_agreement >= 0.0 && *gates.min_agreement <= 1.0, ErrorCode::kConfig,
+                "--min-agreement is a fraction in [0, 1], got {}", *gates.min_agreement);
+    bool any = false;
+    for (const auto& o : result.outputs) {
+      if (!o.classifier) continue;
+      any = true;
+      GateResult g{"min-agreement", o.name, *gates.min_agreement, o.classes.top1_agreement(), true, ""};
+      g.passed = !std::isnan(g.value) && g.value >= g.threshold - 1e-12;
+      g.message = fmt::format("top-1 agreement {:.4f} {} {:.4f} on '{}'", g.value, g.passed ? ">=" : "<",
+                              g.threshold, o.name);
+      out.push_back(g);
+    }
+    QTOOL_CHECK(any, ErrorCode::kConfig,
+                "--min-agreement needs a classifier-like output ([N,C] or [N,C,1,1]); use --min-sqnr instead");
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text and JSON
+
+namespace {
+std::string db_str(double db) {
+  if (std::isnan(db)) return "-";
+  if (std::isinf(db)) return db > 0 ? "inf (identical)" : "-inf";
+  return fmt::format("{:.2f} dB", db);
+}
+std::string pct(double f) { return std::isnan(f) ? "-" : fmt::format("{:.2f}%", 100.0 * f); }
+/// NaN -> null; +-inf -> null (JSON has no infinity; "identical" says it).
+nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+}  // namespace
+
+std::string format_compare_text(const CompareResult& r, const std::vector<GateResult>& gates, int worst_layers) {
+  std::string s = fmt::format("compared on {} sample{}\n", r.samples, r.samples == 1 ? "" : "s");
+  for (const auto& o : r.outputs) {
+    s += fmt::format("\noutput '{}' {}{}\n", o.name, shape_str(o.shape), o.classifier ? " (classifier)" : "");
+    s += fmt::format("  SQNR              {}\n", db_str(o.error.sqnr_db()));
+    s += fmt::format("  cosine similarity {:.6f}\n", o.error.cosine());
+    s += fmt::format("  max abs error     {:.6g}\n", o.error.max_abs());
+    s += fmt::format("  mean abs error    {:.6g}\n", o.error.mean_abs());
+    if (o.error.non_finite())
+      s += fmt::format("  non-finite values {} (left out of the figures above)\n", o.error.non_finite());
+    if (o.classifier) {
+      s += fmt::format("  top-1 agreement   {} of {} rows\n", pct(o.classes.top1_agreement()), o.classes.rows());
+      s += fmt::format("  top-5 agreement   {}\n", pct(o.classes.top5_agreement()));
+      if (o.classes.labeled_rows() > 0) {
+        s += fmt::format("  accuracy          FP32 {}   quantized {}   drop {:.2f} points ({} labelled)\n",
+                         pct(o.classes.accuracy_ref()), pct(o.classes.accuracy_test()),
+                         100.0 * (o.classes.accuracy_ref() - o.classes.accuracy_test()), o.classes.labeled_rows());
+      }
+    }
+  }
+  if (!r.layers.empty() && worst_layers > 0) {
+    const size_t n = std::min<size_t>(worst_layers, r.layers.size());
+    s += fmt::format(
+        "\nwhere error enters ({} of {} tensors matched by name; ranked by the noise each layer adds, as an "
+        "SQNR):\n",
+        n, r.layers.size());
+    size_t w = 6;
+    for (size_t i = 0; i < n; ++i) w = std::max(w, r.layers[i].tensor.size());
+    w = std::min<size_t>(w, 48);
+    s += fmt::format("  {:<{}}  {:<14}  {:>10}  {:>10}  {:>9}  {:>9}\n", "tensor", w, "op", "SQNR dB", "added dB",
+                     "lost dB", "cosine");
+    for (size_t i = 0; i < n; ++i) {
+      const auto& d = r.layers[i];
+      const double db = d.error.sqnr_db();
+      auto dbs = [](double v) { return std::isinf(v) ? std::string("inf") : fmt::format("{:.2f}", v); };
+      s += fmt::format("  {:<{}}  {:<14}  {:>10}  {:>10}  {:>9.2f}  {:>9.6f}\n", d.tensor, w, d.op_type, dbs(db),
+                       dbs(d.added_noise_db), d.sqnr_loss_db, d.error.cosine());
+    }
+  }
+  if (!gates.empty()) {
+    s += "\ngates:\n";
+    for (const auto& g : gates) s += fmt::format("  {}  {}: {}\n", g.passed ? "PASS" : "FAIL", g.gate, g.message);
+  }
+  return s;
+}
+
+nlohmann::json compare_to_json(const CompareResult& r, const std::vector<GateResult>& gates,
+                               const std::string& fp32_path, const std::string& quantized_path) {
+  nlohmann::json j;
+  j["schema"] = "qtool.compare";
+  j["schema_version"] = kCompareSchemaVersion;
+  j["fp32_model"] = fp32_path;
+  j["quantized_model"] = quantized_path;
+  j["samples"] = r.samples;
+  j["outputs"] = nlohmann::json::array();
+  for (const auto& o : r.outputs) {
+    nlohmann::json e;
+    e["name"] = o.name;
+    e["shape"] = o.shape;
+    e["elements"] = o.error.count();
+    const double db = o.error.sqnr_db();
+    e["sqnr_db"] = num(db);
+    e["identical"] = std::isinf(db) && db > 0;
+    e["cosine"] = num(o.error.cosine());
+    e["max_abs_error"] = o.error.max_abs();
+    e["mean_abs_error"] = o.error.mean_abs();
+    e["non_finite"] = o.error.non_finite();
+    e["classifier"] = o.classifier;
+    if (o.classifier) {
+      e["rows"] = o.classes.rows();
+      e["top1_agreement"] = num(o.classes.top1_agreement());
+      e["top5_agreement"] = num(o.classes.top5_agreement());
+    } else {
+      e["rows"] = nullptr;
+      e["top1_agreement"] = nullptr;
+      e["top5_agreement"] = nullptr;
+    }
+    if (o.classifier && o.classes.labeled_rows() > 0) {
+      e["accuracy"] = {{"labelled", o.classes.labeled_rows()},
+                       {"fp32", o.classes.accuracy_ref()},
+                       {"quantized", o.classes.accuracy_test()},
+                       {"drop_points", 100.0 * (o.classes.accuracy_ref() - o.classes.accuracy_test())}};
+    } else {
+      e["accuracy"] = nullptr;
+    }
+    j["outputs"].push_back(std::move(e));
+  }
+  j["matched_tensors"] = r.matched_tensors;
+  j["layers"] = nlohmann::json::array();
+  for (const auto& d : r.layers) {
+    const double db = d.error.sqnr_db();
+    j["layers"].push_back({{"tensor", d.tensor},
+                           {"node", d.node},
+                           {"op_type", d.op_type},
+                           {"sqnr_db", num(db)},
+                           {"identical", std::isinf(db) && db > 0},
+                           {"sqnr_loss_db", num(d.sqnr_loss_db)},
+                           {"added_noise_db", num(d.added_noise_db)},
+                           {"cosine", num(d.error.cosine())},
+                           {"max_abs_error", d.error.max_abs()},
+                           {"mean_abs_error", d.error.mean_abs()}});
+  }
+  j["gates"] = nlohmann::json::array();
+  bool passed = true;
+  for (const auto& g : gates) {
+    passed = passed && g.passed;
+    j["gates"].push_back({{"gate", g.gate},
+                          {"output", g.output},
+                          {"threshold", g.threshold},
+                          {"value", num(g.value)},
+                          {"passed", g.passed},
+                          {"message", g.message}});
+  }
+  j["passed"] = passed;
+  return j;
+}
+
+std::vector<OutputQuality> to_output_quality(const CompareResult& r) {
+  std::vector<OutputQuality> q;
+  for (const auto& o : r.outputs) {
+    OutputQuality e;
+    e.name = o.name;
+    e.samples = r.samples;
+    e.sqnr_db = o.error.sqnr_db();
+    e.cosine = o.error.cosine();
+    if (o.classifier) {
+      e.top1_agreement = o.classes.top1_agreement();
+      e.top5_agreement = o.classes.top5_agreement();
+    }
+    q.push_back(e);
+  }
+  return q;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Labels
+
+namespace {
+std::string stem_of(const std::string& name) {
+  std::filesystem::path p(name);
+  return p.stem().string();
+}
+std::string trim(std::string s) {
+  const auto b = s.find_first_not_of(" \t\r\n\"");
+  const auto e = s.find_last_not_of(" \t\r\n\"");
+  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
+}
+bool parse_int(const std::string& s, int64_t* v) {
+  if (s.empty()) return false;
+  size_t pos = 0;
+  try {
+    *v = std::stoll(s, &pos);
+  } catch (...) {
+    return false;
+  }
+  return pos == s.size();
+}
+/// Splits a CSV line (double-quoted fields may contain commas and "" escapes).
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> f(1);
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        f.back() += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        f.back() += c;
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',' || c == '\t') {
+      f.emplace_back();
+    } else {
+      f.back() += c;
+    }
+  }
+  for (auto& s : f) s = trim(s);
+  return f;
+}
+}  // namespace
+
+std::map<std::string, int64_t> read_labels(const std::string& path) {
+  std::map<std::string, int64_t> labels;
+  if (path.size() > 4 && path.substr(path.size() - 4) == ".npy") {
+    const Tensor t = with_context(fmt::format("while reading labels '{}'", path), [&] { return read_npy(path); });
+    QTOOL_CHECK(t.dtype() != DataType::kFloat && t.dtype() != DataType::kDouble && t.dtype() != DataType::kFloat16,
+                ErrorCode::kInvalidInput, "labels '{}': expected integer labels, got {}", path, dtype_name(t.dtype()));
+    for (int64_t i = 0; i < t.numel(); ++i) labels[fmt::format("#{}", i)] = static_cast<int64_t>(t.get_as_double(i));
+    return labels;
+  }
+  const std::string text = read_file(path);
+  std::istringstream in(text);
+  std::string line;
+  std::vector<std::vector<std::string>> rows;
+  while (std::getline(in, line)) {
+    if (trim(line).empty() || trim(line)[0] == '#') continue;
+    rows.push_back(split_csv(line));
+  }
+  QTOOL_CHECK(!rows.empty(), ErrorCode::kInvalidInput, "labels '{}' is empty", path);
+  // Header: a first row whose cells are not all integers (and that is not "name,int").
+  size_t key_col = 0, label_col = 0;
+  size_t first = 0;
+  int64_t v = 0;
+  const auto& h = rows[0];
+  const bool single_column = h.size() == 1;
+  bool header = single_column ? !parse_int(h[0], &v) : !parse_int(h.back(), &v);
+  if (header) {
+    first = 1;
+    auto lower = [](std::string s) {
+      std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+      return s;
+    };
+    bool key_found = false, label_found = false;
+    for (const char* kn : {"file", "filename", "image", "name", "path"}) {
+      for (size_t c = 0; c < h.size() && !key_found; ++c)
+        if (lower(h[c]) == kn) key_col = c, key_found = true;
+    }
+    for (const char* ln : {"class_index", "label", "class", "target"}) {
+      for (size_t c = 0; c < h.size() && !label_found; ++c) {
+        if (lower(h[c]) != ln) continue;
+        bool all_int = true;
+        for (size_t r = 1; r < rows.size() && all_int; ++r) all_int = c < rows[r].size() && parse_int(rows[r][c], &v);
+        if (all_int) label_col = c, label_found = true;
+      }
+    }
+    QTOOL_CHECK(label_found || single_column, ErrorCode::kInvalidInput,
+                "labels '{}': no integer column named class_index, label, class or target in the header", path);
+    if (single_column) label_col = 0;
+    if (!key_found && !single_column) key_col = label_col == 0 ? 1 : 0;
+    if (single_column) key_found = false;
+    for (size_t r = first; r < rows.size(); ++r) {
+      QTOOL_CHECK(label_col < rows[r].size() && parse_int(rows[r][label_col], &v), ErrorCode::kInvalidInput,
+                  "labels '{}' line {}: no integer label", path, r + 1);
+      const std::string key =
+          (single_column ? fmt::format("#{}", r - first) : stem_of(rows[r].at(std::min(key_col, rows[r].size() - 1))));
+      labels[key] = v;
+    }
+    return labels;
+  }
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const auto& row = rows[r];
+    QTOOL_CHECK(parse_int(row.back(), &v), ErrorCode::kInvalidInput, "labels '{}' line {}: '{}' is not an integer label",
+                path, r + 1, row.back());
+    labels[row.size() == 1 ? fmt::format("#{}", r) : stem_of(row[0])] = v;
+  }
+  return labels;
+}
+
+int64_t lookup_label(const std::map<std::string, int64_t>& labels, const std::string& name, int64_t index) {
+  auto it = labels.find(stem_of(name));
+  if (it != labels.end()) return it->second;
+  it = labels.find(fmt::format("#{}", index));
+  return it != labels.end() ? it->second : -1;
+}
+
+}  // namespace qtool::report

@@ -1,0 +1,125 @@
+// compare_models on the bundled digits CNN against a QDQ copy built here: output metrics,
+// label accuracy, and per-layer drift that finds the layer where error was planted.
+#include <cmath>
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "qtool/core/npy.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "qtool/report/compare.h"
+#include "test_util.h"
+
+namespace qtool::report {
+namespace {
+
+std::string example_model() { return testing::source_path("calibration_samples/digits/digits_cnn.onnx"); }
+std::string eval_dir() { return testing::source_path("calibration_samples/digits_eval"); }
+
+/// Replaces each Conv/Gemm weight W by DequantizeLinear(int8 Q, scale) with a per-tensor scale of
+/// max|W| / levels[node] (127 by default): a QDQ weight-only model whose activations keep their names.
+ir::Model make_qdq(const std::string& path, const std::map<std::string, float>& levels) {
+  ir::Model m = onnx_io::load_model(path);
+  ir::Graph& g = *m.graph;
+  std::vector<ir::Node*> targets;
+  for (const auto& n : g.nodes())
+    if (n->op_type() == "Conv" || n->op_type() == "Gemm") targets.push_back(n.get());
+  for (ir::Node* n : targets) {
+    ir::Value* wv = n->input(1);
+    const Tensor w = wv->initializer()->to_float();
+    float amax = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) amax = std::max(amax, std::fabs(w.data<float>()[i]));
+    const float lv = levels.count(n->name()) ? levels.at(n->name()) : 127.f;
+    const float scale = amax / lv;
+    std::vector<int8_t> q(static_cast<size_t>(w.numel()));
+    for (int64_t i = 0; i < w.numel(); ++i)
+      q[static_cast<size_t>(i)] = static_cast<int8_t>(std::clamp(std::nearbyint(w.data<float>()[i] / scale), -127.f, 127.f));
+    ir::Value* qv = g.add_initializer(wv->name() + "_quantized", Tensor::from_vector<int8_t>(w.shape(), q));
+    ir::Value* sv = g.add_initializer(wv->name() + "_scale", Tensor::scalar<float>(scale));
+    ir::Node* dq = g.insert_node_before(n, "DequantizeLinear", {qv, sv}, {wv->name() + "_dq"}, n->name() + "_dq");
+    n->set_input(1, dq->output(0));
+    g.remove_initializer(wv);
+  }
+  return m;
+}
+
+SampleProvider eval_provider(size_t count, bool with_labels) {
+  auto labels = std::make_shared<std::map<std::string, int64_t>>(read_labels(eval_dir() + "/labels.csv"));
+  auto i = std::make_shared<size_t>(0);
+  return [=](CompareSample& s) {
+    if (*i >= count) return false;
+    const std::string name = fmt::format("eval_{:04d}.npy", *i);
+    s.inputs["image"] = read_npy(eval_dir() + "/" + name);
+    s.name = name;
+    if (with_labels) s.labels = {lookup_label(*labels, name, static_cast<int64_t>(*i))};
+    ++*i;
+    return true;
+  };
+}
+
+TEST(CompareModels, IdenticalModelsAreExactAndAccuracyMatchesTheExample) {
+  const ir::Model a = onnx_io::load_model(example_model());
+  const ir::Model b = onnx_io::load_model(example_model());
+  const CompareResult r = compare_models(a, b, eval_provider(500, true));
+  EXPECT_EQ(r.samples, 500);
+  ASSERT_EQ(r.outputs.size(), 1u);
+  const auto& o = r.outputs[0];
+  EXPECT_TRUE(o.classifier);
+  EXPECT_TRUE(std::isinf(o.error.sqnr_db()));
+  EXPECT_DOUBLE_EQ(o.classes.top1_agreement(), 1.0);
+  // The example's documented FP32 accuracy (calibration_samples/README.md, also ONNX Runtime's).
+  EXPECT_NEAR(o.classes.accuracy_ref(), 0.972, 1e-9);
+  EXPECT_EQ(r.matched_tensors, 10);  // conv1..3, relu1..4, flatten, fc1, logits
+}
+
+TEST(CompareModels, PerLayerDriftFindsThePlantedLayer) {
+  const ir::Model fp32 = onnx_io::load_model(example_model());
+  // conv2 gets 4-bit-like weights (15 levels); every other layer int8.
+  const ir::Model qdq = make_qdq(example_model(), {{"conv2", 7.f}});
+  const CompareResult r = compare_models(fp32, qdq, eval_provider(100, true));
+  ASSERT_FALSE(r.layers.empty());
+  EXPECT_EQ(r.layers[0].tensor, "conv2");
+  EXPECT_EQ(r.layers[0].op_type, "Conv");
+  // Error enters at conv2: it adds far more noise than any other layer.
+  EXPECT_LT(r.layers[0].added_noise_db, 20.0);
+  EXPECT_GT(r.layers[0].sqnr_loss_db, 10.0);
+  for (size_t i = 1; i < r.layers.size(); ++i) {
+    EXPECT_GT(r.layers[i].added_noise_db, r.layers[0].added_noise_db + 5) << r.layers[i].tensor;
+  }
+  const auto& o = r.outputs[0];
+  EXPECT_LT(o.error.sqnr_db(), 30.0);
+  EXPECT_GT(o.error.sqnr_db(), 0.0);
+  EXPECT_LT(o.error.cosine(), 1.0);
+  EXPECT_GT(o.error.max_abs(), 0.0);
+
+  // Plain int8 everywhere stays close to FP32.
+  const ir::Model int8 = make_qdq(example_model(), {});
+  const CompareResult r8 = compare_models(fp32, int8, eval_provider(100, true));
+  EXPECT_GT(r8.outputs[0].error.sqnr_db(), 30.0);
+  EXPECT_GE(r8.outputs[0].classes.top1_agreement(), 0.98);
+  EXPECT_GT(r8.outputs[0].error.sqnr_db(), o.error.sqnr_db() + 10);
+}
+
+TEST(CompareModels, MaxSamplesAndNoPerLayer) {
+  const ir::Model a = onnx_io::load_model(example_model());
+  CompareOptions opt;
+  opt.max_samples = 7;
+  opt.per_layer = false;
+  const CompareResult r = compare_models(a, a, eval_provider(500, false), opt);
+  EXPECT_EQ(r.samples, 7);
+  EXPECT_TRUE(r.layers.empty());
+  EXPECT_EQ(r.outputs[0].classes.labeled_rows(), 0);
+}
+
+TEST(CompareModels, NoSamplesIsBadInput) {
+  const ir::Model a = onnx_io::load_model(example_model());
+  try {
+    compare_models(a, a, [](CompareSample&) { return false; });
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidInput);
+  }
+}
+
+}  // namespace
+}  // namespace qtool::report

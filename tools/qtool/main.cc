@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
 
   // The one list of sub-commands.
   cli::add_inspect_command(app);
+  cli::add_calibrate_command(app);
   cli::add_run_command(app);
-  cli::add_compare_command(app);
 
   try {
     app.parse(argc, argv);

@@ -16,5 +16,6 @@ const GlobalOptions& global_options();
 void add_inspect_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
 void add_run_command(CLI::App& app);
+void add_compare_command(CLI::App& app);
 
 }  // namespace qtool::cli

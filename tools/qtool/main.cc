@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   cli::add_inspect_command(app);
   cli::add_calibrate_command(app);
   cli::add_run_command(app);
+  cli::add_compare_command(app);
 
   try {
     app.parse(argc, argv);

@@ -14,6 +14,7 @@ void register_shape_kernels(KernelRegistry& r);        ///< Reshape, Transpose, 
 void register_tensor_kernels(KernelRegistry& r);       ///< Cast, Gather*, Scatter*, TopK, Constant, Identity, ...
 void register_reduce_kernels(KernelRegistry& r);       ///< Reduce*, ArgMax/ArgMin
 void register_control_flow_kernels(KernelRegistry& r); ///< If, Loop, Scan
+void register_loss_kernels(KernelRegistry& r);         ///< NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
 
 // ---- rtnn families ----
 void register_conv_kernels(KernelRegistry& r);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <type_traits>
 
 #include "kernel_util.h"
 #include "kernels.h"
@@ -48,7 +49,59 @@ void dropout_kernel(KernelContext& ctx) {
   }
 }
 
-/// Cast with the common float<->int paths done directly (Tensor::cast handles the rest).
+/// d[i] = s[i] with ONNX Cast semantics: float -> int truncates toward zero (NaN -> 0), any -> bool is != 0.
+template <typename S, typename D>
+void cast_loop(const S* s, D* d, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<D, bool>) {
+      d[i] = s[i] != S(0);
+    } else if constexpr (std::is_floating_point_v<S> && std::is_integral_v<D>) {
+      const S v = s[i];
+      if constexpr (std::is_same_v<D, uint64_t>) {
+        d[i] = std::isfinite(v) ? static_cast<uint64_t>(v) : 0;
+      } else {
+        d[i] = std::isfinite(v) ? static_cast<D>(static_cast<int64_t>(v)) : D(0);
+      }
+    } else {
+      d[i] = static_cast<D>(s[i]);
+    }
+  }
+}
+
+/// Calls f.template operator()<T>() for the plain C++ numeric/bool dtypes; false for the others.
+template <typename F>
+bool visit_plain(DataType t, F&& f) {
+  switch (t) {
+    case DataType::kFloat: f.template operator()<float>(); return true;
+    case DataType::kDouble: f.template operator()<double>(); return true;
+    case DataType::kInt8: f.template operator()<int8_t>(); return true;
+    case DataType::kUint8: f.template operator()<uint8_t>(); return true;
+    case DataType::kInt16: f.template operator()<int16_t>(); return true;
+    case DataType::kUint16: f.template operator()<uint16_t>(); return true;
+    case DataType::kInt32: f.template operator()<int32_t>(); return true;
+    case DataType::kUint32: f.template operator()<uint32_t>(); return true;
+    case DataType::kInt64: f.template operator()<int64_t>(); return true;
+    case DataType::kUint64: f.template operator()<uint64_t>(); return true;
+    case DataType::kBool: f.template operator()<bool>(); return true;
+    default: return false;
+  }
+}
+
+/// float16/bfloat16 <-> float32 element loops.
+Tensor half_to_float_tensor(const Tensor& x) {
+  Tensor out = Tensor::empty(DataType::kFloat, x.shape());
+  const uint16_t* s = x.data<uint16_t>();
+  float* d = out.mutable_data<float>();
+  if (x.dtype() == DataType::kFloat16) {
+    for (int64_t i = 0; i < x.numel(); ++i) d[i] = half_to_float(s[i]);
+  } else {
+    for (int64_t i = 0; i < x.numel(); ++i) d[i] = bf16_to_float(s[i]);
+  }
+  return out;
+}
+
+/// Cast: direct typed loops between the plain types and float16/bfloat16 (via float32);
+/// Tensor::cast for the rest (packed int4/int2, float8), strtod for string -> float.
 Tensor cast_tensor(const Tensor& x, DataType to) {
   if (x.dtype() == to) return x;
   if (x.dtype() == DataType::kString || to == DataType::kString) {
@@ -59,6 +112,26 @@ Tensor cast_tensor(const Tensor& x, DataType to) {
     for (int64_t i = 0; i < x.numel(); ++i) o[i] = std::strtod(x.strings()[i].c_str(), nullptr);
     return out.cast(to);
   }
+  const bool half_in = x.dtype() == DataType::kFloat16 || x.dtype() == DataType::kBFloat16;
+  const bool half_out = to == DataType::kFloat16 || to == DataType::kBFloat16;
+  if (half_in) return cast_tensor(half_to_float_tensor(x), to);
+  if (half_out) {
+    const Tensor f = cast_tensor(x, DataType::kFloat);
+    if (!f.defined() || f.dtype() != DataType::kFloat) return x.cast(to);
+    Tensor out = Tensor::empty(to, x.shape());
+    const float* s = f.data<float>();
+    uint16_t* d = out.mutable_data<uint16_t>();
+    for (int64_t i = 0; i < x.numel(); ++i) d[i] = to == DataType::kFloat16 ? float_to_half(s[i]) : float_to_bf16(s[i]);
+    return out;
+  }
+  Tensor out;
+  const bool done = visit_plain(x.dtype(), [&]<typename S>() {
+    visit_plain(to, [&]<typename D>() {
+      out = Tensor::empty(to, x.shape());
+      cast_loop(reinterpret_cast<const S*>(x.raw()), reinterpret_cast<D*>(out.mutable_raw()), x.numel());
+    });
+  });
+  if (done && out.defined()) return out;
   return x.cast(to);
 }
 

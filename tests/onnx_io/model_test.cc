@@ -203,6 +203,45 @@ TEST(LoadModel, UnsortedGraphWithIfSubgraphReadingLaterOuterValue) {
   EXPECT_EQ(back.graph->nodes()[1]->subgraphs().size(), 2u);
 }
 
+TEST(LoadModel, LoopBodyWithCarriedAndOuterValues) {
+  auto mp = base_model();
+  auto* g = mp.mutable_graph();
+  add_io(g->add_input(), "N", DataType::kInt64, {});
+  add_io(g->add_input(), "X", DataType::kFloat, {2});
+  add_node(g, "Relu", {"X"}, {"step"}, "relu");
+  auto* loop = add_node(g, "Loop", {"N", "", "X"}, {"acc"}, "loop");
+  auto* a = loop->add_attribute();
+  a->set_name("body");
+  a->set_type(onnx::AttributeProto::GRAPH);
+  auto* body = a->mutable_g();
+  body->set_name("loop_body");
+  add_io(body->add_input(), "i", DataType::kInt64, {});
+  add_io(body->add_input(), "cond_in", DataType::kBool, {});
+  add_io(body->add_input(), "carried", DataType::kFloat, {2});
+  add_node(body, "Identity", {"cond_in"}, {"cond_out"});
+  add_node(body, "Add", {"carried", "step"}, {"carried_out"});  // "step" is outer scope
+  add_io(body->add_output(), "cond_out", DataType::kBool, {});
+  add_io(body->add_output(), "carried_out", DataType::kFloat, {2});
+  add_io(g->add_output(), "acc", DataType::kFloat, {2});
+  ir::Model m = parse(mp);
+  const ir::Node* ln = m.graph->find_value("acc")->producer();
+  ASSERT_EQ(ln->op_type(), "Loop");
+  EXPECT_EQ(ln->input(1), nullptr);  // omitted optional input kept as a hole
+  ASSERT_EQ(ln->subgraphs().size(), 1u);
+  const ir::Graph* b = ln->subgraphs()[0];
+  EXPECT_EQ(b->inputs().size(), 3u);
+  EXPECT_EQ(b->outputs().size(), 2u);
+  const ir::Node* add = b->find_value("carried_out")->producer();
+  EXPECT_EQ(add->input(1), m.graph->find_value("step"));
+  EXPECT_EQ(add->input(0), b->find_value("carried"));
+  onnx::ModelProto out;
+  ASSERT_TRUE(out.ParseFromString(serialize_model(m)));
+  const auto& lp = out.graph().node(1);
+  EXPECT_EQ(lp.input(1), "");
+  EXPECT_EQ(lp.attribute(0).g().input_size(), 3);
+  EXPECT_EQ(lp.attribute(0).g().name(), "loop_body");
+}
+
 TEST(LoadModel, CycleAndDanglingInputAreNamed) {
   auto cyc = base_model();
   auto* g = cyc.mutable_graph();

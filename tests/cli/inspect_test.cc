@@ -115,6 +115,7 @@ TEST(InspectCli, QdqModelQuantizationSummary) {
   EXPECT_EQ(q["dequantized_weights"], 106);
   EXPECT_EQ(q["weight_bits"], (json{{"int32", 53}, {"int8", 53}}));  // biases int32, weights int8
   EXPECT_EQ(q["qdq_bits"]["uint8"], 142);
+  EXPECT_EQ(q["qdq_bit_widths"], (json{{"8", 195}, {"32", 53}}));
 }
 
 TEST(InspectCli, SileroSubgraphsListed) {

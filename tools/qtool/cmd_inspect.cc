@@ -33,6 +33,7 @@
 //     "qdq_pairs": 10,                       // QuantizeLinear outputs read by a DequantizeLinear
 //                                            // (directly or through Cast/Identity)
 //     "qdq_bits": {"uint8": 20, "int8": 2},  // Q/DQ nodes by quantized dtype (zero point / input dtype)
+//     "qdq_bit_widths": {"8": 22},           // the same nodes by bit width of that dtype
 //     "dequantized_weights": 2,              // DequantizeLinear reading an initializer
 //     "weight_bits": {"int8": 2},            // dtype of those initializers
 //     "matmul_nbits": [{"bits": 4, "block_size": 32, "count": 36}],
@@ -273,6 +274,13 @@ ordered_json inspect_json(const ir::Model& m, const std::string& path) {
   q["dequantize_linear"] = s.dq;
   q["qdq_pairs"] = s.pairs;
   q["qdq_bits"] = s.qdq_bits;
+  std::map<std::string, int64_t> widths;
+  for (const auto& [dt, c] : s.qdq_bits) {
+    for (int v = 0; v <= 26; ++v) {
+      if (dtype_name(static_cast<DataType>(v)) == dt) widths[std::to_string(dtype_bits(static_cast<DataType>(v)))] += c;
+    }
+  }
+  q["qdq_bit_widths"] = widths;
   q["dequantized_weights"] = s.dq_weights;
   q["weight_bits"] = s.weight_bits;
   q["matmul_nbits"] = ordered_json::array();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 
@@ -215,8 +216,11 @@ TEST(SharedModels, CorruptedFilesAreRefusedCleanly) {
     const std::string base = fs::path(path).parent_path().string();
     // Files over 2 MB (SqueezeNet, MobileNet) get fewer variants to keep the ASan run well under a minute.
     const bool big = bytes.size() > (2u << 20);
+    // QTOOL_CORRUPTION_SCALE=N multiplies the byte-flip variants for longer local fuzzing runs.
+    const char* scale_env = std::getenv("QTOOL_CORRUPTION_SCALE");
+    const int scale = scale_env ? std::max(1, std::atoi(scale_env)) : 1;
     const int truncations = big ? 32 : 64;
-    const int flips = big ? 80 : 200;
+    const int flips = (big ? 80 : 200) * scale;
     for (int k = 0; k < truncations; ++k) {
       const size_t cut = static_cast<size_t>((static_cast<double>(k) / truncations) * static_cast<double>(bytes.size()));
       const bool ok = loads_or_refuses(std::string_view(bytes).substr(0, cut), fmt::format("{}[:{}]", path, cut), base);

@@ -19,7 +19,7 @@ std::string key_of(std::string_view domain, std::string_view op_type) {
 
 const Tensor& KernelContext::input(size_t i) const {
   if (!has_input(i)) {
-    fail(ErrorCode::kInvalidModel, "node {} ({}) is missing its required input {}", node_.describe(), node_.op_type(),
+    fail(ErrorCode::kInvalidModel, "node {} is missing its required input {}", node_.describe(),
          i);
   }
   return *inputs_[i];

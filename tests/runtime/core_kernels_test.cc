@@ -190,6 +190,33 @@ TEST(Elementwise, ClipBoundsByOpset) {
   EXPECT_EQ(vals<float>(c13.run()[0]), (std::vector<float>{-5, 0.5f, 2}));
 }
 
+TEST(TensorOps, EinsumCastGatherTopK) {
+  // Batched matmul with ellipsis: [1,2,3] x [3,2] -> [1,2,2].
+  OneNode e("Einsum", 12, {{"a", f({1, 2, 3}, iota_f(6))}, {"b", f({3, 2}, {1, 0, 0, 1, 1, 1})}});
+  e.node->set_attr(ir::Attribute::make_string("equation", "...ij,jk->...ik"));
+  Tensor eo = e.run()[0];
+  ASSERT_EQ(eo.shape(), (Shape{1, 2, 2}));
+  EXPECT_EQ(vals<float>(eo), (std::vector<float>{2, 3, 8, 9}));
+  // Cast float -> int32 truncates toward zero; -> float16 -> float round-trips exactly representable values.
+  OneNode c("Cast", 13, {{"x", f({3}, {-1.7f, 2.9f, 0.5f})}});
+  c.node->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kInt32)));
+  EXPECT_EQ(vals<int32_t>(c.run()[0]), (std::vector<int32_t>{-1, 2, 0}));
+  OneNode h("Cast", 13, {{"x", f({2}, {0.5f, -2.25f})}});
+  h.node->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat16)));
+  Tensor ho = h.run()[0];
+  ASSERT_EQ(ho.dtype(), DataType::kFloat16);
+  EXPECT_EQ(vals<float>(ho.to_float()), (std::vector<float>{0.5f, -2.25f}));
+  // Gather with negative indices along axis 1.
+  OneNode g("Gather", 13, {{"x", f({2, 3}, iota_f(6))}, {"i", i64({2}, {-1, 0})}});
+  g.node->set_attr(ir::Attribute::make_int("axis", 1));
+  EXPECT_EQ(vals<float>(g.run()[0]), (std::vector<float>{2, 0, 5, 3}));
+  // TopK: largest 2 with indices; ties keep the lower index first.
+  OneNode t("TopK", 11, {{"x", f({5}, {3, 9, 1, 9, 4})}, {"k", i64({1}, {2})}}, 2);
+  auto to = t.run();
+  EXPECT_EQ(vals<float>(to[0]), (std::vector<float>{9, 9}));
+  EXPECT_EQ(vals<int64_t>(to[1]), (std::vector<int64_t>{1, 3}));
+}
+
 /// Graph helper for subgraph bodies.
 ir::TypeInfo scalar_type(DataType t) {
   ir::TypeInfo ti;

@@ -191,8 +191,7 @@ Tensor legacy_align(const KernelContext& ctx, const Tensor& a, const Tensor& b) 
 template <typename Op>
 Tensor arith(const KernelContext& ctx, const Tensor& a, const Tensor& b, const Op& op) {
   if (a.dtype() != b.dtype()) {
-    fail(ErrorCode::kInvalidModel, "{} ({}): input types differ ({} and {})", ctx.node().describe(),
-         ctx.node().op_type(), dtype_name(a.dtype()), dtype_name(b.dtype()));
+    fail(ErrorCode::kInvalidModel, "{}: input types differ ({} and {})", ctx.node().describe(), dtype_name(a.dtype()), dtype_name(b.dtype()));
   }
   if (is_half(a.dtype())) {
     return arith(ctx, a.to_float(), b.to_float(), op).cast(a.dtype());
@@ -229,7 +228,7 @@ void prelu_kernel(KernelContext& ctx) {
     slope = slope.reshaped(s);
   }
   Tensor out = arith(ctx, x, slope, PReluOp{});
-  QTOOL_CHECK(out.shape() == x.shape(), ErrorCode::kInvalidModel, "{} (PRelu): slope {} does not broadcast to {}",
+  QTOOL_CHECK(out.shape() == x.shape(), ErrorCode::kInvalidModel, "{}: slope {} does not broadcast to {}",
               ctx.node().describe(), shape_str(ctx.input(1).shape()), shape_str(x.shape()));
   ctx.set_output(0, std::move(out));
 }
@@ -283,7 +282,7 @@ void logic_kernel(KernelContext& ctx) {
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
   QTOOL_CHECK(a.dtype() == DataType::kBool && b.dtype() == DataType::kBool, ErrorCode::kInvalidModel,
-              "{} ({}) needs bool inputs, got {} and {}", ctx.node().describe(), ctx.node().op_type(),
+              "{} needs bool inputs, got {} and {}", ctx.node().describe(),
               dtype_name(a.dtype()), dtype_name(b.dtype()));
   ctx.set_output(0, broadcast_binary<bool, bool>(a, b, ctx.node(), ctx.pool(), Op{}));
 }
@@ -293,8 +292,7 @@ void compare_kernel(KernelContext& ctx) {
   Tensor a = ctx.input(0);
   Tensor b = ctx.input(1);
   if (a.dtype() != b.dtype()) {
-    fail(ErrorCode::kInvalidModel, "{} ({}): input types differ ({} and {})", ctx.node().describe(),
-         ctx.node().op_type(), dtype_name(a.dtype()), dtype_name(b.dtype()));
+    fail(ErrorCode::kInvalidModel, "{}: input types differ ({} and {})", ctx.node().describe(), dtype_name(a.dtype()), dtype_name(b.dtype()));
   }
   if (a.dtype() == DataType::kString) {  // Equal on strings
     const Shape out_shape = broadcast_shapes(a.shape(), b.shape(), ctx.node());
@@ -323,9 +321,9 @@ void where_kernel(KernelContext& ctx) {
   const Tensor& c = ctx.input(0);
   const Tensor& x = ctx.input(1);
   const Tensor& y = ctx.input(2);
-  QTOOL_CHECK(c.dtype() == DataType::kBool, ErrorCode::kInvalidModel, "{} (Where): condition must be bool, got {}",
+  QTOOL_CHECK(c.dtype() == DataType::kBool, ErrorCode::kInvalidModel, "{}: condition must be bool, got {}",
               ctx.node().describe(), dtype_name(c.dtype()));
-  QTOOL_CHECK(x.dtype() == y.dtype(), ErrorCode::kInvalidModel, "{} (Where): X is {} but Y is {}",
+  QTOOL_CHECK(x.dtype() == y.dtype(), ErrorCode::kInvalidModel, "{}: X is {} but Y is {}",
               ctx.node().describe(), dtype_name(x.dtype()), dtype_name(y.dtype()));
   const Shape out_shape =
       broadcast_shapes(broadcast_shapes(c.shape(), x.shape(), ctx.node()), y.shape(), ctx.node());

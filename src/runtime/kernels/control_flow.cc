@@ -18,8 +18,8 @@ namespace {
 
 const ir::Graph& graph_attr(const ir::Node& n, const char* name) {
   const ir::Attribute& a = n.required_attr(name);
-  QTOOL_CHECK(!a.graphs.empty() && a.graphs[0], ErrorCode::kInvalidModel, "{} ({}): attribute '{}' holds no graph",
-              n.describe(), n.op_type(), name);
+  QTOOL_CHECK(!a.graphs.empty() && a.graphs[0], ErrorCode::kInvalidModel, "{}: attribute '{}' holds no graph",
+              n.describe(), name);
   return *a.graphs[0];
 }
 
@@ -27,7 +27,7 @@ void if_kernel(KernelContext& ctx) {
   const bool cond = scalar_value(ctx.input(0), ctx.node(), "cond") != 0.0;
   const ir::Graph& body = graph_attr(ctx.node(), cond ? "then_branch" : "else_branch");
   std::vector<Tensor> outs = ctx.subgraphs().run_subgraph(body, {});
-  QTOOL_CHECK(outs.size() == ctx.num_outputs(), ErrorCode::kInvalidModel, "{} (If): branch returns {} values for {} outputs",
+  QTOOL_CHECK(outs.size() == ctx.num_outputs(), ErrorCode::kInvalidModel, "{}: branch returns {} values for {} outputs",
               ctx.node().describe(), outs.size(), ctx.num_outputs());
   for (size_t i = 0; i < outs.size(); ++i) ctx.set_output(i, std::move(outs[i]));
 }
@@ -48,7 +48,7 @@ Tensor stack(const std::vector<Tensor>& parts, const ir::Node& n, DataType empty
   const size_t bytes = first.nbytes();
   for (size_t i = 0; i < parts.size(); ++i) {
     QTOOL_CHECK(parts[i].shape() == first.shape() && parts[i].dtype() == first.dtype(), ErrorCode::kInvalidModel,
-                "{} ({}): scan output changes shape from {} to {} between iterations", n.describe(), n.op_type(),
+                "{}: scan output changes shape from {} to {} between iterations", n.describe(),
                 shape_str(first.shape()), shape_str(parts[i].shape()));
     std::memcpy(out.mutable_raw() + i * bytes, parts[i].raw(), bytes);
   }
@@ -87,7 +87,7 @@ void loop_kernel(KernelContext& ctx) {
   bool cond = ctx.has_input(1) ? scalar_value(ctx.input(1), n, "cond") != 0.0 : true;
   const size_t num_carried = ctx.num_inputs() - 2;
   QTOOL_CHECK(body.outputs().size() >= 1 + num_carried, ErrorCode::kInvalidModel,
-              "{} (Loop): body has {} outputs for {} loop-carried values", n.describe(), body.outputs().size(),
+              "{}: body has {} outputs for {} loop-carried values", n.describe(), body.outputs().size(),
               num_carried);
   const size_t num_scan = body.outputs().size() - 1 - num_carried;
   std::vector<Tensor> carried;
@@ -117,7 +117,7 @@ void scan_kernel(KernelContext& ctx) {
   const int64_t m = n.required_attr("num_scan_inputs").i;
   const int64_t num_in = static_cast<int64_t>(ctx.num_inputs());
   const int64_t num_state = num_in - m;
-  QTOOL_CHECK(m >= 1 && num_state >= 0, ErrorCode::kInvalidModel, "{} (Scan): bad num_scan_inputs {}", n.describe(), m);
+  QTOOL_CHECK(m >= 1 && num_state >= 0, ErrorCode::kInvalidModel, "{}: bad num_scan_inputs {}", n.describe(), m);
   const int64_t num_scan_out = static_cast<int64_t>(body.outputs().size()) - num_state;
   const std::vector<int64_t> in_axes = n.attr_ints("scan_input_axes", std::vector<int64_t>(m, 0));
   const std::vector<int64_t> in_dirs = n.attr_ints("scan_input_directions", std::vector<int64_t>(m, 0));
@@ -132,7 +132,7 @@ void scan_kernel(KernelContext& ctx) {
     const Tensor& x = ctx.input(num_state + j);
     const int64_t a = normalize_axis(in_axes[j], static_cast<int64_t>(x.rank()), n);
     QTOOL_CHECK(steps < 0 || steps == x.shape()[a], ErrorCode::kInvalidModel,
-                "{} (Scan): scan inputs have different sequence lengths", n.describe());
+                "{}: scan inputs have different sequence lengths", n.describe());
     steps = x.shape()[a];
     scan_in.push_back(&x);
     axes.push_back(a);

@@ -205,8 +205,7 @@ void unary_kernel(KernelContext& ctx) {
       ctx.set_output(0, visit_numeric(t, ctx.node(), [&]<typename T>() { return unary_apply<T>(x, op, ctx.pool()); }));
     }
   } else {
-    fail(ErrorCode::kUnsupported, "{} ({}) does not support element type {}", ctx.node().describe(),
-         ctx.node().op_type(), dtype_name(t));
+    fail(ErrorCode::kUnsupported, "{} does not support element type {}", ctx.node().describe(), dtype_name(t));
   }
 }
 
@@ -259,7 +258,7 @@ void float_class_kernel(KernelContext& ctx) {
 
 void not_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.dtype() == DataType::kBool, ErrorCode::kInvalidModel, "{} (Not) needs a bool input, got {}",
+  QTOOL_CHECK(x.dtype() == DataType::kBool, ErrorCode::kInvalidModel, "{} needs a bool input, got {}",
               ctx.node().describe(), dtype_name(x.dtype()));
   Tensor out = Tensor::empty(DataType::kBool, x.shape());
   const bool* in = x.data<bool>();

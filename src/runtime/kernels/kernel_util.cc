@@ -23,15 +23,15 @@ std::vector<double> double_values(const Tensor& t) {
 }
 
 double scalar_value(const Tensor& t, const ir::Node& node, const char* what) {
-  QTOOL_CHECK(t.numel() == 1, ErrorCode::kInvalidModel, "{} ({}): {} must be a scalar but has shape {}",
-              node.describe(), node.op_type(), what, shape_str(t.shape()));
+  QTOOL_CHECK(t.numel() == 1, ErrorCode::kInvalidModel, "{}: {} must be a scalar but has shape {}",
+              node.describe(), what, shape_str(t.shape()));
   return t.get_as_double(0);
 }
 
 int64_t normalize_axis(int64_t axis, int64_t rank, const ir::Node& node) {
   const int64_t a = axis < 0 ? axis + rank : axis;
   if (a < 0 || a >= std::max<int64_t>(rank, 1)) {
-    fail(ErrorCode::kInvalidModel, "{} ({}): axis {} is out of range for rank {}", node.describe(), node.op_type(),
+    fail(ErrorCode::kInvalidModel, "{}: axis {} is out of range for rank {}", node.describe(),
          axis, rank);
   }
   return a;
@@ -54,8 +54,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const ir::Node& node) {
     } else if (da == 1) {
       out[i] = db;
     } else {
-      fail(ErrorCode::kInvalidModel, "{} ({}): shapes {} and {} cannot be broadcast together", node.describe(),
-           node.op_type(), shape_str(a), shape_str(b));
+      fail(ErrorCode::kInvalidModel, "{}: shapes {} and {} cannot be broadcast together", node.describe(), shape_str(a), shape_str(b));
     }
   }
   return out;

@@ -28,7 +28,7 @@ decltype(auto) visit_numeric(DataType t, const ir::Node& node, F&& f) {
     case DataType::kInt64: return f.template operator()<int64_t>();
     case DataType::kUint64: return f.template operator()<uint64_t>();
     default:
-      fail(ErrorCode::kUnsupported, "{} ({}) does not support element type {}", node.describe(), node.op_type(),
+      fail(ErrorCode::kUnsupported, "{} does not support element type {}", node.describe(),
            dtype_name(t));
   }
 }
@@ -38,7 +38,7 @@ decltype(auto) visit_numeric(DataType t, const ir::Node& node, F&& f) {
 template <typename F>
 decltype(auto) visit_by_size(DataType t, const ir::Node& node, F&& f) {
   if (dtype_is_packed(t) || t == DataType::kString || t == DataType::kUndefined) {
-    fail(ErrorCode::kUnsupported, "{} ({}) does not support element type {}", node.describe(), node.op_type(),
+    fail(ErrorCode::kUnsupported, "{} does not support element type {}", node.describe(),
          dtype_name(t));
   }
   switch (dtype_bits(t)) {
@@ -47,7 +47,7 @@ decltype(auto) visit_by_size(DataType t, const ir::Node& node, F&& f) {
     case 32: return f.template operator()<uint32_t>();
     case 64: return f.template operator()<uint64_t>();
     default:
-      fail(ErrorCode::kUnsupported, "{} ({}) does not support element type {}", node.describe(), node.op_type(),
+      fail(ErrorCode::kUnsupported, "{} does not support element type {}", node.describe(),
            dtype_name(t));
   }
 }

@@ -15,6 +15,7 @@ void register_tensor_kernels(KernelRegistry& r);       ///< Cast, Gather*, Scatt
 void register_reduce_kernels(KernelRegistry& r);       ///< Reduce*, ArgMax/ArgMin
 void register_control_flow_kernels(KernelRegistry& r); ///< If, Loop, Scan
 void register_loss_kernels(KernelRegistry& r);         ///< NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss
+void register_misc_kernels(KernelRegistry& r);         ///< Einsum, Unique, window functions, MVN
 
 // ---- rtnn families ----
 void register_conv_kernels(KernelRegistry& r);

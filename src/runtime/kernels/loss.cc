@@ -21,7 +21,7 @@ Tensor nll(const KernelContext& ctx, const std::vector<double>& input, const Sha
   const ir::Node& n = ctx.node();
   const Tensor& target = ctx.input(1);
   QTOOL_CHECK(in_shape.size() >= 2 && target.rank() + 1 == in_shape.size(), ErrorCode::kInvalidModel,
-              "{} ({}): input {} and target {} do not match", n.describe(), n.op_type(), shape_str(in_shape),
+              "{}: input {} and target {} do not match", n.describe(), shape_str(in_shape),
               shape_str(target.shape()));
   const int64_t N = in_shape[0], C = in_shape[1];
   const int64_t D = N == 0 ? 0 : shape_numel(in_shape) / (N * C);
@@ -37,8 +37,8 @@ Tensor nll(const KernelContext& ctx, const std::vector<double>& input, const Sha
     for (int64_t d = 0; d < D; ++d) {
       const int64_t c = t[i * D + d];
       if (ignore && c == *ignore) continue;
-      QTOOL_CHECK(c >= 0 && c < C, ErrorCode::kInvalidInput, "{} ({}): target {} is out of range [0, {})",
-                  n.describe(), n.op_type(), c, C);
+      QTOOL_CHECK(c >= 0 && c < C, ErrorCode::kInvalidInput, "{}: target {} is out of range [0, {})",
+                  n.describe(), c, C);
       const double w = weight.empty() ? 1.0 : weight[c];
       loss[i * D + d] = -w * input[(i * C + c) * D + d];
       wsum += w;
@@ -53,7 +53,7 @@ Tensor nll(const KernelContext& ctx, const std::vector<double>& input, const Sha
   if (reduction == "mean") {
     sum = (weight.empty() && !ignore) ? sum / static_cast<double>(loss.size()) : sum / wsum;
   } else if (reduction != "sum") {
-    fail(ErrorCode::kInvalidModel, "{} ({}): unknown reduction '{}'", n.describe(), n.op_type(), reduction);
+    fail(ErrorCode::kInvalidModel, "{}: unknown reduction '{}'", n.describe(), reduction);
   }
   return Tensor::scalar<double>(sum).cast(out_type);
 }
@@ -65,7 +65,7 @@ void nll_loss_kernel(KernelContext& ctx) {
 
 void softmax_cross_entropy_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.rank() >= 2, ErrorCode::kInvalidModel, "{} (SoftmaxCrossEntropyLoss) needs rank >= 2",
+  QTOOL_CHECK(x.rank() >= 2, ErrorCode::kInvalidModel, "{} needs rank >= 2",
               ctx.node().describe());
   std::vector<double> v = double_values(x);
   const int64_t N = x.dim(0), C = x.dim(1);

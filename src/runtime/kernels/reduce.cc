@@ -157,7 +157,7 @@ void arg_kernel(KernelContext& ctx) {
   const bool last = n.attr_int("select_last_index", 0) != 0;
   const Tensor x = (in.dtype() == DataType::kFloat16 || in.dtype() == DataType::kBFloat16) ? in.to_float() : in;
   const int64_t dim = x.shape()[axis];
-  QTOOL_CHECK(dim > 0, ErrorCode::kInvalidModel, "{} ({}): cannot reduce an empty axis", n.describe(), n.op_type());
+  QTOOL_CHECK(dim > 0, ErrorCode::kInvalidModel, "{}: cannot reduce an empty axis", n.describe());
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= x.shape()[d];
   for (int64_t d = axis + 1; d < r; ++d) inner *= x.shape()[d];

@@ -11,6 +11,7 @@ void register_all_kernels(KernelRegistry& r) {
   kernels::register_reduce_kernels(r);
   kernels::register_control_flow_kernels(r);
   kernels::register_loss_kernels(r);
+  kernels::register_misc_kernels(r);
   kernels::register_conv_kernels(r);
   kernels::register_gemm_kernels(r);
   kernels::register_norm_kernels(r);

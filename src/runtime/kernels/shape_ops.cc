@@ -28,25 +28,25 @@ void reshape_kernel(KernelContext& ctx) {
   int64_t known = 1;
   for (size_t i = 0; i < spec.size(); ++i) {
     if (spec[i] == 0 && !allowzero) {
-      QTOOL_CHECK(i < x.rank(), ErrorCode::kInvalidModel, "{} (Reshape): 0 at index {} but the input {} has rank {}",
+      QTOOL_CHECK(i < x.rank(), ErrorCode::kInvalidModel, "{}: 0 at index {} but the input {} has rank {}",
                   n.describe(), i, shape_str(x.shape()), x.rank());
       out[i] = x.shape()[i];
     } else if (spec[i] == -1) {
-      QTOOL_CHECK(infer < 0, ErrorCode::kInvalidModel, "{} (Reshape): more than one -1 in shape", n.describe());
+      QTOOL_CHECK(infer < 0, ErrorCode::kInvalidModel, "{}: more than one -1 in shape", n.describe());
       infer = static_cast<int>(i);
       out[i] = 1;
     } else {
-      QTOOL_CHECK(spec[i] >= 0, ErrorCode::kInvalidModel, "{} (Reshape): invalid dimension {}", n.describe(), spec[i]);
+      QTOOL_CHECK(spec[i] >= 0, ErrorCode::kInvalidModel, "{}: invalid dimension {}", n.describe(), spec[i]);
       out[i] = spec[i];
     }
     if (static_cast<int>(i) != infer) known *= out[i];
   }
   if (infer >= 0) {
     QTOOL_CHECK(known != 0 && x.numel() % known == 0, ErrorCode::kInvalidModel,
-                "{} (Reshape): cannot reshape {} to {}", n.describe(), shape_str(x.shape()), shape_str(spec));
+                "{}: cannot reshape {} to {}", n.describe(), shape_str(x.shape()), shape_str(spec));
     out[infer] = x.numel() / known;
   }
-  QTOOL_CHECK(shape_numel(out) == x.numel(), ErrorCode::kInvalidModel, "{} (Reshape): cannot reshape {} ({} elements) to {}",
+  QTOOL_CHECK(shape_numel(out) == x.numel(), ErrorCode::kInvalidModel, "{}: cannot reshape {} ({} elements) to {}",
               n.describe(), shape_str(x.shape()), x.numel(), shape_str(out));
   ctx.set_output(0, x.reshaped(out));
 }
@@ -55,7 +55,7 @@ void flatten_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   int64_t axis = ctx.node().attr_int("axis", 1);
   if (axis < 0) axis += rank_of(x);
-  QTOOL_CHECK(axis >= 0 && axis <= rank_of(x), ErrorCode::kInvalidModel, "{} (Flatten): axis {} out of range for rank {}",
+  QTOOL_CHECK(axis >= 0 && axis <= rank_of(x), ErrorCode::kInvalidModel, "{}: axis {} out of range for rank {}",
               ctx.node().describe(), ctx.node().attr_int("axis", 1), x.rank());
   int64_t outer = 1;
   for (int64_t i = 0; i < axis; ++i) outer *= x.shape()[i];
@@ -72,7 +72,7 @@ void squeeze_kernel(KernelContext& ctx) {
   } else {
     for (int64_t a : axes) {
       const int64_t ax = normalize_axis(a, rank_of(x), ctx.node());
-      QTOOL_CHECK(x.shape()[ax] == 1, ErrorCode::kInvalidModel, "{} (Squeeze): dimension {} of {} is not 1",
+      QTOOL_CHECK(x.shape()[ax] == 1, ErrorCode::kInvalidModel, "{}: dimension {} of {} is not 1",
                   ctx.node().describe(), ax, shape_str(x.shape()));
       drop[ax] = 1;
     }
@@ -92,7 +92,7 @@ void unsqueeze_kernel(KernelContext& ctx) {
   std::vector<char> ins(r, 0);
   for (int64_t a : axes) {
     const int64_t ax = normalize_axis(a, r, ctx.node());
-    QTOOL_CHECK(!ins[ax], ErrorCode::kInvalidModel, "{} (Unsqueeze): axis {} repeated", ctx.node().describe(), a);
+    QTOOL_CHECK(!ins[ax], ErrorCode::kInvalidModel, "{}: axis {} repeated", ctx.node().describe(), a);
     ins[ax] = 1;
   }
   Shape out;
@@ -109,14 +109,14 @@ void transpose_kernel(KernelContext& ctx) {
     for (int64_t i = r - 1; i >= 0; --i) perm.push_back(i);
   }
   QTOOL_CHECK(static_cast<int64_t>(perm.size()) == r, ErrorCode::kInvalidModel,
-              "{} (Transpose): perm has {} entries for rank {}", ctx.node().describe(), perm.size(), r);
+              "{}: perm has {} entries for rank {}", ctx.node().describe(), perm.size(), r);
   const std::vector<int64_t> st = strides_of(x.shape());
   Shape out(r);
   std::vector<int64_t> strides(r);
   std::vector<char> seen(r, 0);
   for (int64_t i = 0; i < r; ++i) {
     const int64_t p = normalize_axis(perm[i], r, ctx.node());
-    QTOOL_CHECK(!seen[p], ErrorCode::kInvalidModel, "{} (Transpose): perm repeats axis {}", ctx.node().describe(), p);
+    QTOOL_CHECK(!seen[p], ErrorCode::kInvalidModel, "{}: perm repeats axis {}", ctx.node().describe(), p);
     seen[p] = 1;
     out[i] = x.shape()[p];
     strides[i] = st[p];
@@ -130,7 +130,7 @@ void concat_kernel(KernelContext& ctx) {
   for (size_t i = 0; i < ctx.num_inputs(); ++i) {
     if (ctx.has_input(i)) ins.push_back(&ctx.input(i));
   }
-  QTOOL_CHECK(!ins.empty(), ErrorCode::kInvalidModel, "{} (Concat) has no inputs", n.describe());
+  QTOOL_CHECK(!ins.empty(), ErrorCode::kInvalidModel, "{} has no inputs", n.describe());
   const Tensor& first = *ins[0];
   const int64_t r = rank_of(first);
   const int64_t axis = normalize_axis(n.attr_int("axis", ctx.opset() < 4 ? 1 : 0), r, n);
@@ -140,7 +140,7 @@ void concat_kernel(KernelContext& ctx) {
     bool ok = t->dtype() == first.dtype() && rank_of(*t) == r;
     for (int64_t d = 0; ok && d < r; ++d) ok = d == axis || t->shape()[d] == first.shape()[d];
     if (!ok) {
-      fail(ErrorCode::kInvalidModel, "{} (Concat): cannot concatenate {} {} with {} {} along axis {}", n.describe(),
+      fail(ErrorCode::kInvalidModel, "{}: cannot concatenate {} {} with {} {} along axis {}", n.describe(),
            dtype_name(first.dtype()), shape_str(first.shape()), dtype_name(t->dtype()), shape_str(t->shape()), axis);
     }
     out[axis] += t->shape()[axis];
@@ -202,7 +202,7 @@ void split_kernel(KernelContext& ctx) {
       const int64_t each = (dim + k - 1) / k;
       for (int64_t i = 0; i < k; ++i) sizes.push_back(std::max<int64_t>(0, std::min(each, dim - i * each)));
     } else {
-      QTOOL_CHECK(dim % outs == 0, ErrorCode::kInvalidModel, "{} (Split): dimension {} is not divisible into {} parts",
+      QTOOL_CHECK(dim % outs == 0, ErrorCode::kInvalidModel, "{}: dimension {} is not divisible into {} parts",
                   n.describe(), dim, outs);
       sizes.assign(outs, dim / outs);
     }
@@ -210,7 +210,7 @@ void split_kernel(KernelContext& ctx) {
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   QTOOL_CHECK(static_cast<int64_t>(sizes.size()) == outs && total == dim, ErrorCode::kInvalidModel,
-              "{} (Split): split sizes {} do not match dimension {} and {} outputs", n.describe(), shape_str(sizes), dim,
+              "{}: split sizes {} do not match dimension {} and {} outputs", n.describe(), shape_str(sizes), dim,
               outs);
   int64_t start = 0;
   for (int64_t i = 0; i < outs; ++i) {
@@ -234,14 +234,14 @@ void slice_kernel(KernelContext& ctx) {
     if (ctx.has_input(3)) axes = int_values(ctx.input(3));
     if (ctx.has_input(4)) steps = int_values(ctx.input(4));
   }
-  QTOOL_CHECK(starts.size() == ends.size(), ErrorCode::kInvalidModel, "{} (Slice): {} starts but {} ends", n.describe(),
+  QTOOL_CHECK(starts.size() == ends.size(), ErrorCode::kInvalidModel, "{}: {} starts but {} ends", n.describe(),
               starts.size(), ends.size());
   if (axes.empty()) {
     for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
   }
   if (steps.empty()) steps.assign(starts.size(), 1);
   QTOOL_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), ErrorCode::kInvalidModel,
-              "{} (Slice): starts, ends, axes and steps differ in length", n.describe());
+              "{}: starts, ends, axes and steps differ in length", n.describe());
   const std::vector<int64_t> st = strides_of(x.shape());
   Shape out = x.shape();
   std::vector<int64_t> strides = st;
@@ -249,11 +249,11 @@ void slice_kernel(KernelContext& ctx) {
   std::vector<char> seen(r, 0);
   for (size_t i = 0; i < starts.size(); ++i) {
     const int64_t a = normalize_axis(axes[i], r, n);
-    QTOOL_CHECK(!seen[a], ErrorCode::kInvalidModel, "{} (Slice): axis {} repeated", n.describe(), a);
+    QTOOL_CHECK(!seen[a], ErrorCode::kInvalidModel, "{}: axis {} repeated", n.describe(), a);
     seen[a] = 1;
     const int64_t dim = x.shape()[a];
     const int64_t step = steps[i];
-    QTOOL_CHECK(step != 0, ErrorCode::kInvalidModel, "{} (Slice): step is 0", n.describe());
+    QTOOL_CHECK(step != 0, ErrorCode::kInvalidModel, "{}: step is 0", n.describe());
     int64_t s = starts[i], e = ends[i];
     // Clamp as numpy does: negative indices count from the end; then into [0, dim] (step > 0)
     // or [-1, dim-1] (step < 0).
@@ -292,13 +292,13 @@ void expand_kernel(KernelContext& ctx) {
 void tile_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const std::vector<int64_t> reps = int_values(ctx.input(1));
-  QTOOL_CHECK(reps.size() == x.rank(), ErrorCode::kInvalidModel, "{} (Tile): {} repeats for rank {}",
+  QTOOL_CHECK(reps.size() == x.rank(), ErrorCode::kInvalidModel, "{}: {} repeats for rank {}",
               ctx.node().describe(), reps.size(), x.rank());
   const std::vector<int64_t> st = strides_of(x.shape());
   Shape view, out;
   std::vector<int64_t> strides;
   for (size_t i = 0; i < x.rank(); ++i) {
-    QTOOL_CHECK(reps[i] >= 0, ErrorCode::kInvalidModel, "{} (Tile): negative repeat", ctx.node().describe());
+    QTOOL_CHECK(reps[i] >= 0, ErrorCode::kInvalidModel, "{}: negative repeat", ctx.node().describe());
     view.push_back(reps[i]);
     strides.push_back(0);
     view.push_back(x.shape()[i]);
@@ -329,7 +329,7 @@ void pad_kernel(KernelContext& ctx) {
   } else {
     for (int64_t a = 0; a < r; ++a) axes.push_back(a);
   }
-  QTOOL_CHECK(pads.size() == 2 * axes.size(), ErrorCode::kInvalidModel, "{} (Pad): {} pads for {} axes", n.describe(),
+  QTOOL_CHECK(pads.size() == 2 * axes.size(), ErrorCode::kInvalidModel, "{}: {} pads for {} axes", n.describe(),
               pads.size(), axes.size());
   std::vector<int64_t> begin(r, 0), end(r, 0);
   for (size_t i = 0; i < axes.size(); ++i) {
@@ -341,7 +341,7 @@ void pad_kernel(KernelContext& ctx) {
   for (int64_t d = 0; d < r; ++d) {
     const int64_t dim = x.shape()[d];
     out[d] = dim + begin[d] + end[d];
-    QTOOL_CHECK(out[d] >= 0, ErrorCode::kInvalidModel, "{} (Pad): pads make dimension {} negative", n.describe(), d);
+    QTOOL_CHECK(out[d] >= 0, ErrorCode::kInvalidModel, "{}: pads make dimension {} negative", n.describe(), d);
     map[d].resize(out[d]);
     for (int64_t o = 0; o < out[d]; ++o) {
       int64_t i = o - begin[d];
@@ -361,7 +361,7 @@ void pad_kernel(KernelContext& ctx) {
         } else if (mode == "wrap") {
           i = ((i % dim) + dim) % dim;
         } else {
-          fail(ErrorCode::kUnsupported, "{} (Pad): mode '{}' is not supported", n.describe(), mode);
+          fail(ErrorCode::kUnsupported, "{}: mode '{}' is not supported", n.describe(), mode);
         }
       }
       map[d][o] = i;
@@ -429,7 +429,7 @@ void constant_of_shape_kernel(KernelContext& ctx) {
   const std::vector<int64_t> shape = int_values(ctx.input(0));
   Tensor value = Tensor::scalar<float>(0.0f);
   if (const ir::Attribute* a = ctx.node().find_attr("value"); a && !a->tensors.empty()) value = a->tensors[0];
-  QTOOL_CHECK(value.numel() == 1, ErrorCode::kInvalidModel, "{} (ConstantOfShape): value must have one element",
+  QTOOL_CHECK(value.numel() == 1, ErrorCode::kInvalidModel, "{}: value must have one element",
               ctx.node().describe());
   Tensor out = Tensor::empty(value.dtype(), shape);
   visit_by_size(value.dtype(), ctx.node(), [&]<typename U>() {
@@ -446,7 +446,7 @@ void range_kernel(KernelContext& ctx) {
     const T s = static_cast<T>(scalar_value(start, ctx.node(), "start"));
     const T l = static_cast<T>(scalar_value(ctx.input(1), ctx.node(), "limit"));
     const T d = static_cast<T>(scalar_value(ctx.input(2), ctx.node(), "delta"));
-    QTOOL_CHECK(d != T(0), ErrorCode::kInvalidModel, "{} (Range): delta is 0", ctx.node().describe());
+    QTOOL_CHECK(d != T(0), ErrorCode::kInvalidModel, "{}: delta is 0", ctx.node().describe());
     const int64_t count = std::max<int64_t>(
         0, static_cast<int64_t>(std::ceil((static_cast<double>(l) - static_cast<double>(s)) / static_cast<double>(d))));
     Tensor o = Tensor::empty(dtype_of<T>(), {count});
@@ -460,11 +460,11 @@ void range_kernel(KernelContext& ctx) {
 /// DepthToSpace: [N, C, H, W] -> [N, C/b², H*b, W*b]; DCR reads depth as (b1, b2, C'), CRD as (C', b1, b2).
 void depth_to_space_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.rank() == 4, ErrorCode::kInvalidModel, "{} (DepthToSpace) needs a 4-D input", ctx.node().describe());
+  QTOOL_CHECK(x.rank() == 4, ErrorCode::kInvalidModel, "{} needs a 4-D input", ctx.node().describe());
   const int64_t b = ctx.node().required_attr("blocksize").i;
   const bool crd = ctx.node().attr_string("mode", "DCR") == "CRD";
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
-  QTOOL_CHECK(b > 0 && C % (b * b) == 0, ErrorCode::kInvalidModel, "{} (DepthToSpace): channels {} not divisible by {}",
+  QTOOL_CHECK(b > 0 && C % (b * b) == 0, ErrorCode::kInvalidModel, "{}: channels {} not divisible by {}",
               ctx.node().describe(), C, b * b);
   const int64_t c = C / (b * b);
   // Output viewed as [N, c, H, b1, W, b2].
@@ -482,11 +482,11 @@ void depth_to_space_kernel(KernelContext& ctx) {
 /// SpaceToDepth: [N, C, H, W] -> [N, C*b², H/b, W/b], output channel = (b1 * b + b2) * C + c.
 void space_to_depth_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.rank() == 4, ErrorCode::kInvalidModel, "{} (SpaceToDepth) needs a 4-D input", ctx.node().describe());
+  QTOOL_CHECK(x.rank() == 4, ErrorCode::kInvalidModel, "{} needs a 4-D input", ctx.node().describe());
   const int64_t b = ctx.node().required_attr("blocksize").i;
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   QTOOL_CHECK(b > 0 && H % b == 0 && W % b == 0, ErrorCode::kInvalidModel,
-              "{} (SpaceToDepth): spatial size {}x{} not divisible by {}", ctx.node().describe(), H, W, b);
+              "{}: spatial size {}x{} not divisible by {}", ctx.node().describe(), H, W, b);
   // Output viewed as [N, b1, b2, C, H/b, W/b].
   const Shape view{N, b, b, C, H / b, W / b};
   const std::vector<int64_t> strides{C * H * W, W, 1, H * W, b * W, b};

@@ -16,7 +16,7 @@ namespace {
 void constant_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   if (const ir::Attribute* a = n.find_attr("value")) {
-    QTOOL_CHECK(!a->tensors.empty(), ErrorCode::kInvalidModel, "{} (Constant): 'value' holds no tensor", n.describe());
+    QTOOL_CHECK(!a->tensors.empty(), ErrorCode::kInvalidModel, "{}: 'value' holds no tensor", n.describe());
     ctx.set_output(0, a->tensors[0]);
   } else if (const ir::Attribute* a = n.find_attr("value_float")) {
     ctx.set_output(0, Tensor::scalar<float>(a->f));
@@ -31,7 +31,7 @@ void constant_kernel(KernelContext& ctx) {
   } else if (const ir::Attribute* a = n.find_attr("value_strings")) {
     ctx.set_output(0, Tensor::from_strings({static_cast<int64_t>(a->strings.size())}, a->strings));
   } else {
-    fail(ErrorCode::kUnsupported, "{} (Constant): no supported value attribute (sparse_value is not supported)",
+    fail(ErrorCode::kUnsupported, "{}: no supported value attribute (sparse_value is not supported)",
          n.describe());
   }
 }
@@ -137,7 +137,7 @@ Tensor cast_tensor(const Tensor& x, DataType to) {
 
 void cast_kernel(KernelContext& ctx) {
   const int64_t to = ctx.node().required_attr("to").i;
-  QTOOL_CHECK(dtype_is_known(static_cast<int32_t>(to)), ErrorCode::kUnsupported, "{} (Cast): unknown target type {}",
+  QTOOL_CHECK(dtype_is_known(static_cast<int32_t>(to)), ErrorCode::kUnsupported, "{}: unknown target type {}",
               ctx.node().describe(), to);
   ctx.set_output(0, cast_tensor(ctx.input(0), static_cast<DataType>(to)));
 }
@@ -150,8 +150,7 @@ std::vector<int64_t> checked_indices(const Tensor& t, int64_t dim, const ir::Nod
   for (int64_t& i : idx) {
     if (i < 0) i += dim;
     if (i < 0 || i >= dim) {
-      fail(ErrorCode::kInvalidInput, "{} ({}): index {} is out of range for a dimension of size {}", n.describe(),
-           n.op_type(), i < 0 ? i - dim : i, dim);
+      fail(ErrorCode::kInvalidInput, "{}: index {} is out of range for a dimension of size {}", n.describe(), i < 0 ? i - dim : i, dim);
     }
   }
   return idx;
@@ -181,7 +180,7 @@ void gather_kernel(KernelContext& ctx) {
         for (int64_t l = 0; l < inner; ++l) o[(i * k + j) * inner + l] = x.strings()[(i * dim + idx[j]) * inner + l];
   } else {
     const size_t es = static_cast<size_t>(dtype_bits(x.dtype()) / 8);
-    QTOOL_CHECK(es > 0, ErrorCode::kUnsupported, "{} (Gather) does not support {}", n.describe(), dtype_name(x.dtype()));
+    QTOOL_CHECK(es > 0, ErrorCode::kUnsupported, "{} does not support {}", n.describe(), dtype_name(x.dtype()));
     const uint8_t* src = x.raw();
     uint8_t* dst = result.mutable_raw();
     const size_t block = static_cast<size_t>(inner) * es;
@@ -210,7 +209,7 @@ void gather_elements_kernel(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const Tensor& ind = ctx.input(1);
   const int64_t axis = normalize_axis(n.attr_int("axis", 0), static_cast<int64_t>(x.rank()), n);
-  QTOOL_CHECK(ind.rank() == x.rank(), ErrorCode::kInvalidModel, "{} (GatherElements): indices rank differs from data",
+  QTOOL_CHECK(ind.rank() == x.rank(), ErrorCode::kInvalidModel, "{}: indices rank differs from data",
               n.describe());
   const std::vector<int64_t> idx = checked_indices(ind, x.shape()[axis], n);
   const std::vector<int64_t> st = strides_of(x.shape());
@@ -260,9 +259,9 @@ void gather_nd_kernel(KernelContext& ctx) {
   const Tensor& ind = ctx.input(1);
   const int64_t b = n.attr_int("batch_dims", 0);
   const int64_t r = static_cast<int64_t>(x.rank()), q = static_cast<int64_t>(ind.rank());
-  QTOOL_CHECK(q >= 1 && b < q && b < r, ErrorCode::kInvalidModel, "{} (GatherND): bad ranks", n.describe());
+  QTOOL_CHECK(q >= 1 && b < q && b < r, ErrorCode::kInvalidModel, "{}: bad ranks", n.describe());
   const int64_t k = ind.shape().back();
-  QTOOL_CHECK(k >= 1 && b + k <= r, ErrorCode::kInvalidModel, "{} (GatherND): index depth {} too large", n.describe(), k);
+  QTOOL_CHECK(k >= 1 && b + k <= r, ErrorCode::kInvalidModel, "{}: index depth {} too large", n.describe(), k);
   Shape out(ind.shape().begin(), ind.shape().end() - 1);
   for (int64_t d = b + k; d < r; ++d) out.push_back(x.shape()[d]);
   int64_t batch = 1, slice = 1;
@@ -281,7 +280,7 @@ void gather_nd_kernel(KernelContext& ctx) {
       int64_t i = iv[t * k + j];
       const int64_t dim = x.shape()[b + j];
       if (i < 0) i += dim;
-      QTOOL_CHECK(i >= 0 && i < dim, ErrorCode::kInvalidInput, "{} (GatherND): index out of range", n.describe());
+      QTOOL_CHECK(i >= 0 && i < dim, ErrorCode::kInvalidInput, "{}: index out of range", n.describe());
       off += i * st[b + j];
     }
     std::memcpy(result.mutable_raw() + t * slice * es, x.raw() + off * es, slice * es);
@@ -311,7 +310,7 @@ void scatter_nd_kernel(KernelContext& ctx) {
       for (int64_t j = 0; j < k; ++j) {
         int64_t i = iv[t * k + j];
         if (i < 0) i += x.shape()[j];
-        QTOOL_CHECK(i >= 0 && i < x.shape()[j], ErrorCode::kInvalidInput, "{} (ScatterND): index out of range",
+        QTOOL_CHECK(i >= 0 && i < x.shape()[j], ErrorCode::kInvalidInput, "{}: index out of range",
                     n.describe());
         off += i * st[j];
       }
@@ -335,7 +334,7 @@ void one_hot_kernel(KernelContext& ctx) {
   const Tensor& ind = ctx.input(0);
   const int64_t depth = static_cast<int64_t>(scalar_value(ctx.input(1), n, "depth"));
   const Tensor& vals = ctx.input(2);
-  QTOOL_CHECK(vals.numel() == 2, ErrorCode::kInvalidModel, "{} (OneHot): values must have 2 elements", n.describe());
+  QTOOL_CHECK(vals.numel() == 2, ErrorCode::kInvalidModel, "{}: values must have 2 elements", n.describe());
   const int64_t r = static_cast<int64_t>(ind.rank()) + 1;
   const int64_t axis = normalize_axis(n.attr_int("axis", -1), r, n);
   Shape out(ind.shape());
@@ -385,7 +384,7 @@ void top_k_kernel(KernelContext& ctx) {
   const int64_t k = ctx.opset() < 10 ? n.attr_int("k", 1) : static_cast<int64_t>(scalar_value(ctx.input(1), n, "K"));
   const bool largest = n.attr_int("largest", 1) != 0;
   const int64_t dim = x.shape()[axis];
-  QTOOL_CHECK(k >= 0 && k <= dim, ErrorCode::kInvalidModel, "{} (TopK): k={} for a dimension of {}", n.describe(), k,
+  QTOOL_CHECK(k >= 0 && k <= dim, ErrorCode::kInvalidModel, "{}: k={} for a dimension of {}", n.describe(), k,
               dim);
   Shape out = x.shape();
   out[axis] = k;
@@ -462,7 +461,7 @@ void cum_sum_kernel(KernelContext& ctx) {
 void trilu_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.rank() >= 2, ErrorCode::kInvalidModel, "{} (Trilu) needs rank >= 2", n.describe());
+  QTOOL_CHECK(x.rank() >= 2, ErrorCode::kInvalidModel, "{} needs rank >= 2", n.describe());
   const int64_t k = ctx.has_input(1) ? static_cast<int64_t>(scalar_value(ctx.input(1), n, "k")) : 0;
   const bool upper = n.attr_int("upper", 1) != 0;
   const int64_t rows = x.dim(-2), cols = x.dim(-1);
@@ -483,7 +482,7 @@ void trilu_kernel(KernelContext& ctx) {
 void eye_like_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(x.rank() == 2, ErrorCode::kInvalidModel, "{} (EyeLike) needs a 2-D input", n.describe());
+  QTOOL_CHECK(x.rank() == 2, ErrorCode::kInvalidModel, "{} needs a 2-D input", n.describe());
   const DataType dt = n.has_attr("dtype") ? static_cast<DataType>(n.attr_int("dtype", 1)) : x.dtype();
   const int64_t k = n.attr_int("k", 0);
   Tensor out(DataType::kDouble, x.shape());

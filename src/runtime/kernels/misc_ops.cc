@@ -1,0 +1,233 @@
+// Less common ops: Einsum (any equation, with ellipsis), Unique, window functions
+// (Hann/Hamming/Blackman) and MeanVarianceNormalization.
+//
+// Einsum is the reference form, not a GEMM: every label gets one size and, per operand, one
+// stride (repeated labels add their strides, which reads diagonals; size-1 ellipsis dims get
+// stride 0, which broadcasts); an odometer walks every label combination and accumulates
+// prod(operands) into the output element. O(product of all label sizes), accumulating in double.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numbers>
+
+#include "kernel_util.h"
+#include "kernels.h"
+
+namespace qtool::runtime::kernels {
+
+namespace {
+
+std::string strip_spaces(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c != ' ') out.push_back(c);
+  }
+  return out;
+}
+
+void einsum_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const std::string eq = strip_spaces(n.required_attr("equation").s);
+  const size_t arrow = eq.find("->");
+  const std::string lhs = eq.substr(0, arrow);
+  std::vector<std::string> terms;
+  for (size_t p = 0;;) {
+    const size_t c = lhs.find(',', p);
+    terms.push_back(lhs.substr(p, c == std::string::npos ? std::string::npos : c - p));
+    if (c == std::string::npos) break;
+    p = c + 1;
+  }
+  QTOOL_CHECK(terms.size() == ctx.num_inputs(), ErrorCode::kInvalidModel, "{}: equation '{}' has {} operands but the node has {} inputs",
+              n.describe(), eq, terms.size(), ctx.num_inputs());
+  // Ellipsis dims become labels '\x01', '\x02', ... aligned from the right.
+  int ell_rank = 0;
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const size_t e = terms[k].find("...");
+    if (e != std::string::npos) {
+      ell_rank = std::max<int>(ell_rank, static_cast<int>(ctx.input(k).rank()) - static_cast<int>(terms[k].size() - 3));
+    }
+  }
+  std::string ell;
+  for (int i = 0; i < ell_rank; ++i) ell.push_back(static_cast<char>(1 + i));
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const size_t e = terms[k].find("...");
+    if (e == std::string::npos) continue;
+    const int r = static_cast<int>(ctx.input(k).rank()) - static_cast<int>(terms[k].size() - 3);
+    terms[k] = terms[k].substr(0, e) + ell.substr(ell_rank - r) + terms[k].substr(e + 3);
+  }
+  std::string out_labels;
+  if (arrow != std::string::npos) {
+    out_labels = eq.substr(arrow + 2);
+    const size_t e = out_labels.find("...");
+    if (e != std::string::npos) out_labels = out_labels.substr(0, e) + ell + out_labels.substr(e + 3);
+  } else {  // implicit: ellipsis dims, then labels seen once, alphabetically
+    std::map<char, int> count;
+    for (const auto& t : terms)
+      for (char c : t) ++count[c];
+    out_labels = ell;
+    for (const auto& [c, k] : count) {
+      if (k == 1 && c > 26) out_labels.push_back(c);
+    }
+  }
+  // Label sizes.
+  std::map<char, int64_t> size;
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const Tensor& t = ctx.input(k);
+    QTOOL_CHECK(terms[k].size() == t.rank(), ErrorCode::kInvalidModel, "{}: term '{}' does not match input {} of shape {}",
+                n.describe(), terms[k], k, shape_str(t.shape()));
+    for (size_t d = 0; d < t.rank(); ++d) {
+      int64_t& s = size[terms[k][d]];
+      if (s <= 1) s = t.shape()[d];
+      QTOOL_CHECK(t.shape()[d] == s || t.shape()[d] == 1, ErrorCode::kInvalidModel,
+                  "{}: label '{}' has sizes {} and {}", n.describe(), terms[k][d], s, t.shape()[d]);
+    }
+  }
+  std::vector<char> labels;
+  for (const auto& [c, s] : size) labels.push_back(c);
+  const size_t L = labels.size();
+  auto label_index = [&](char c) { return static_cast<size_t>(std::find(labels.begin(), labels.end(), c) - labels.begin()); };
+  // Per-operand and output strides per label.
+  std::vector<std::vector<int64_t>> strides(terms.size() + 1, std::vector<int64_t>(L, 0));
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const Tensor& t = ctx.input(k);
+    const std::vector<int64_t> st = strides_of(t.shape());
+    for (size_t d = 0; d < t.rank(); ++d) {
+      if (t.shape()[d] != 1) strides[k][label_index(terms[k][d])] += st[d];
+    }
+  }
+  Shape out_shape;
+  for (char c : out_labels) {
+    QTOOL_CHECK(size.count(c), ErrorCode::kInvalidModel, "{}: output label '{}' is not an input label",
+                n.describe(), c);
+    out_shape.push_back(size[c]);
+  }
+  const std::vector<int64_t> ost = strides_of(out_shape);
+  for (size_t d = 0; d < out_labels.size(); ++d) strides.back()[label_index(out_labels[d])] = ost[d];
+  std::vector<std::vector<double>> in;
+  for (size_t k = 0; k < terms.size(); ++k) in.push_back(double_values(ctx.input(k)));
+  std::vector<double> out(static_cast<size_t>(shape_numel(out_shape)), 0.0);
+  std::vector<int64_t> dims(L);
+  int64_t total = 1;
+  for (size_t l = 0; l < L; ++l) total *= (dims[l] = size[labels[l]]);
+  std::vector<int64_t> idx(L, 0), off(terms.size() + 1, 0);
+  for (int64_t it = 0; it < total; ++it) {
+    double p = 1.0;
+    for (size_t k = 0; k < terms.size(); ++k) p *= in[k][off[k]];
+    out[off.back()] += p;
+    for (size_t l = L; l-- > 0;) {
+      for (size_t k = 0; k < off.size(); ++k) off[k] += strides[k][l];
+      if (++idx[l] < dims[l]) break;
+      for (size_t k = 0; k < off.size(); ++k) off[k] -= strides[k][l] * dims[l];
+      idx[l] = 0;
+    }
+  }
+  ctx.set_output(0, Tensor::from_vector<double>(out_shape, out).cast(ctx.input(0).dtype()));
+}
+
+/// Unique: sorted (default) or first-occurrence order; outputs Y, indices, inverse_indices, counts.
+void unique_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor& x = ctx.input(0);
+  QTOOL_CHECK(!n.has_attr("axis"), ErrorCode::kUnsupported, "{}: the axis attribute is not supported",
+              n.describe());
+  const bool sorted = n.attr_int("sorted", 1) != 0;
+  const std::vector<double> v = double_values(x);
+  std::vector<int64_t> first;  // index of the first occurrence of each unique value
+  std::map<double, int64_t> seen;
+  std::vector<int64_t> which(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    auto [it, inserted] = seen.emplace(v[i], static_cast<int64_t>(first.size()));
+    if (inserted) first.push_back(static_cast<int64_t>(i));
+    which[i] = it->second;
+  }
+  std::vector<int64_t> order(first.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+  if (sorted) std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[first[a]] < v[first[b]]; });
+  std::vector<int64_t> rank(order.size());
+  for (size_t i = 0; i < order.size(); ++i) rank[order[i]] = static_cast<int64_t>(i);
+  const int64_t u = static_cast<int64_t>(order.size());
+  std::vector<double> y(u);
+  std::vector<int64_t> idx(u), counts(u, 0), inverse(v.size());
+  for (int64_t i = 0; i < u; ++i) {
+    y[i] = v[first[order[i]]];
+    idx[i] = first[order[i]];
+  }
+  for (size_t i = 0; i < v.size(); ++i) {
+    inverse[i] = rank[which[i]];
+    ++counts[inverse[i]];
+  }
+  ctx.set_output(0, Tensor::from_vector<double>({u}, y).cast(x.dtype()));
+  if (ctx.wants_output(1)) ctx.set_output(1, Tensor::from_vector<int64_t>({u}, idx));
+  if (ctx.wants_output(2)) ctx.set_output(2, Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, inverse));
+  if (ctx.wants_output(3)) ctx.set_output(3, Tensor::from_vector<int64_t>({u}, counts));
+}
+
+/// Generalised cosine windows: w[i] = a0 - a1 cos(2πi/N) + a2 cos(4πi/N), N = size (periodic) or size-1.
+template <int kKind>
+void window_kernel(KernelContext& ctx) {
+  const int64_t size = static_cast<int64_t>(scalar_value(ctx.input(0), ctx.node(), "size"));
+  const bool periodic = ctx.node().attr_int("periodic", 1) != 0;
+  const DataType dt = static_cast<DataType>(ctx.node().attr_int("output_datatype", 1));
+  double a0, a1, a2 = 0.0;
+  if constexpr (kKind == 0) {  // Hann
+    a0 = 0.5, a1 = 0.5;
+  } else if constexpr (kKind == 1) {  // Hamming
+    a0 = 25.0 / 46.0, a1 = 1.0 - 25.0 / 46.0;
+  } else {  // Blackman
+    a0 = 0.42, a1 = 0.5, a2 = 0.08;
+  }
+  const double N = static_cast<double>(periodic ? size : size - 1);
+  std::vector<double> w(std::max<int64_t>(size, 0));
+  for (int64_t i = 0; i < size; ++i) {
+    const double t = 2.0 * std::numbers::pi * static_cast<double>(i) / N;
+    w[i] = a0 - a1 * std::cos(t) + a2 * std::cos(2.0 * t);
+  }
+  ctx.set_output(0, Tensor::from_vector<double>({size}, w).cast(dt));
+}
+
+/// MeanVarianceNormalization: (x - mean) / sqrt(var) over `axes` (default [0, 2, 3]).
+void mvn_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor& x = ctx.input(0);
+  const int64_t r = static_cast<int64_t>(x.rank());
+  std::vector<char> reduce(r, 0);
+  for (int64_t a : n.attr_ints("axes", {0, 2, 3})) reduce[normalize_axis(a, r, n)] = 1;
+  Shape keep = x.shape();
+  for (int64_t d = 0; d < r; ++d) {
+    if (reduce[d]) keep[d] = 1;
+  }
+  const std::vector<double> v = double_values(x);
+  const int64_t groups = shape_numel(keep);
+  std::vector<double> sum(groups, 0.0), sq(groups, 0.0);
+  std::vector<int64_t> where(v.size());
+  const BroadcastPlan<1> plan({&keep}, x.shape());
+  plan.for_rows(0, x.numel(), [&](int64_t pos, const std::array<int64_t, 1>& off, int64_t len,
+                                  const std::array<int64_t, 1>& st) {
+    for (int64_t i = 0; i < len; ++i) where[pos + i] = off[0] + i * st[0];
+  });
+  for (size_t i = 0; i < v.size(); ++i) {
+    sum[where[i]] += v[i];
+    sq[where[i]] += v[i] * v[i];
+  }
+  const double count = static_cast<double>(x.numel()) / static_cast<double>(std::max<int64_t>(groups, 1));
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double mean = sum[where[i]] / count;
+    const double var = std::max(0.0, sq[where[i]] / count - mean * mean);
+    out[i] = (v[i] - mean) / (std::sqrt(var) + 1e-9);
+  }
+  ctx.set_output(0, Tensor::from_vector<double>(x.shape(), out).cast(x.dtype()));
+}
+
+}  // namespace
+
+void register_misc_kernels(KernelRegistry& r) {
+  r.add("", "Einsum", 12, einsum_kernel);
+  r.add("", "Unique", 11, unique_kernel);
+  r.add("", "HannWindow", 17, window_kernel<0>);
+  r.add("", "HammingWindow", 17, window_kernel<1>);
+  r.add("", "BlackmanWindow", 17, window_kernel<2>);
+  r.add("", "MeanVarianceNormalization", 9, mvn_kernel);
+}
+
+}  // namespace qtool::runtime::kernels

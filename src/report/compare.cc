@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <sstream>
@@ -281,15 +282,28 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   std::unordered_map<std::string, double> sqnr_of;
   for (const auto& d : result.layers) sqnr_of[d.tensor] = d.error.sqnr_db();
   auto nsr = [](double db) { return std::isnan(db) ? 0.0 : std::pow(10.0, -db / 10.0); };  // inf dB -> 0
+  // Lowest SQNR among the nearest matched ancestors of a tensor (unmatched tensors in between,
+  // such as activations a QDQ model renamed, are walked through). Memoised per tensor.
+  std::unordered_map<const ir::Value*, double> ancestor_memo;
+  std::function<double(const ir::Value*)> nearest = [&](const ir::Value* v) -> double {
+    auto it = sqnr_of.find(v->name());
+    if (it != sqnr_of.end()) return std::isnan(it->second) ? kInf : it->second;
+    if (!v->producer()) return kInf;  // model input or weight: exact
+    auto m = ancestor_memo.find(v);
+    if (m != ancestor_memo.end()) return m->second;
+    ancestor_memo[v] = kInf;  // guards against cycles in a malformed graph
+    double worst = kInf;
+    for (const ir::Value* in : v->producer()->inputs())
+      if (in) worst = std::min(worst, nearest(in));
+    ancestor_memo[v] = worst;
+    return worst;
+  };
   for (auto& d : result.layers) {
     double upstream = kInf;
     const ir::Value* f = fg.find_value(d.tensor);
     if (f && f->producer()) {
-      for (const ir::Value* in : f->producer()->inputs()) {
-        if (!in) continue;
-        auto it = sqnr_of.find(in->name());
-        if (it != sqnr_of.end() && !std::isnan(it->second)) upstream = std::min(upstream, it->second);
-      }
+      for (const ir::Value* in : f->producer()->inputs())
+        if (in) upstream = std::min(upstream, nearest(in));
     }
     const double own = d.error.sqnr_db();
     d.sqnr_loss_db = std::isnan(own) ? 0.0 : capped(upstream) - capped(own);

@@ -2,7 +2,10 @@
 """Writes the benchmark inputs (.npy) for tools/bench/executor_vs_ort.sh.
 
 Deterministic pseudo-random data of the right shapes: latency does not depend on values.
-Usage: make_inputs.py OUTDIR
+Usage: make_inputs.py OUTDIR [SQUEEZENET_IN SQUEEZENET_OUT]
+
+With the two model paths it also writes a copy of SqueezeNet 1.1 whose batch dimension is
+symbolic ("N"): the shared model declares batch 1, and both runtimes reject batch 8 otherwise.
 """
 import os
 import sys
@@ -23,5 +26,17 @@ def main():
         [[1], rng.integers(2, 32000, 127)]).astype(np.int64).reshape(1, 128))
 
 
+def dynamic_batch(src, dst):
+    import onnx
+    m = onnx.load(src)
+    for v in list(m.graph.input) + list(m.graph.output):
+        if v.type.tensor_type.shape.dim:
+            v.type.tensor_type.shape.dim[0].dim_param = "N"
+    del m.graph.value_info[:]
+    onnx.save(m, dst)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4:
+        dynamic_batch(sys.argv[2], sys.argv[3])
     main()

@@ -68,12 +68,50 @@ void max_pool_typed(KernelContext& ctx, const Tensor& x, const nn::WindowGeometr
   Tensor idx;
   if (want_idx) idx = Tensor::empty(DataType::kInt64, ys);
   const bool col_major = ctx.node().attr_int("storage_order", 0) != 0;
+  const bool fast2d = g.in[0] == 1 && g.kernel[0] == 1 && g.dilation[1] == 1 && g.dilation[2] == 1;
   const T* xp = x.data<T>();
   T* yp = y.mutable_data<T>();
   int64_t* ip = want_idx ? idx.mutable_data<int64_t>() : nullptr;
   ctx.pool().parallel_for(planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const T* xs = xp + p * in_sz;
+      if (fast2d) {
+        // 1-D/2-D, no dilation: clamp the window to the input once per output.
+        for (int64_t oh = 0, o = 0; oh < g.out[1]; ++oh) {
+          const int64_t hs = oh * g.stride[1] - g.pad_begin[1];
+          const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kernel[1], g.in[1]);
+          for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
+            const int64_t ws = ow * g.stride[2] - g.pad_begin[2];
+            const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kernel[2], g.in[2]);
+            T best = std::numeric_limits<T>::lowest();
+            int64_t bi = -1;
+            if (!ip) {
+              // Values only: branch-free max (a data-dependent branch mispredicts on real activations).
+              for (int64_t h = h0; h < h1; ++h) {
+                const T* row = xs + h * g.in[2];
+                for (int64_t w = w0; w < w1; ++w) best = std::max(best, row[w]);
+              }
+              yp[p * out_sz + o] = best;
+              continue;
+            }
+            for (int64_t h = h0; h < h1; ++h) {
+              const T* row = xs + h * g.in[2];
+              for (int64_t w = w0; w < w1; ++w) {
+                if (bi < 0 || row[w] > best) {
+                  best = row[w];
+                  bi = h * g.in[2] + w;
+                }
+              }
+            }
+            yp[p * out_sz + o] = best;
+            if (ip) {
+              const int64_t local = bi < 0 ? 0 : col_major ? (bi % g.in[2]) * g.in[1] + bi / g.in[2] : bi;
+              ip[p * out_sz + o] = bi < 0 ? -1 : p * in_sz + local;
+            }
+          }
+        }
+        continue;
+      }
       for (int64_t od = 0, o = 0; od < g.out[0]; ++od)
         for (int64_t oh = 0; oh < g.out[1]; ++oh)
           for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
@@ -119,11 +157,31 @@ void avg_lp_pool(KernelContext& ctx, PoolKind kind) {
   Shape ys = {x.dim(0), x.dim(1)};
   for (int64_t d : g.out_shape()) ys.push_back(d);
   Tensor y = Tensor::empty(DataType::kFloat, ys);
+  const bool fast2d = kind == PoolKind::kAverage && g.in[0] == 1 && g.kernel[0] == 1 && g.dilation[1] == 1 &&
+                      g.dilation[2] == 1;
   const float* xp = x.data<float>();
   float* yp = y.mutable_data<float>();
   ctx.pool().parallel_for(planes, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const float* xs = xp + p * in_sz;
+      if (fast2d) {
+        for (int64_t oh = 0, o = 0; oh < g.out[1]; ++oh) {
+          const int64_t hs = oh * g.stride[1] - g.pad_begin[1];
+          const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min(hs + g.kernel[1], g.in[1]);
+          const int64_t hp = std::min(hs + g.kernel[1], g.in[1] + g.pad_end[1]) - hs;
+          for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {
+            const int64_t ws = ow * g.stride[2] - g.pad_begin[2];
+            const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min(ws + g.kernel[2], g.in[2]);
+            const int64_t wp = std::min(ws + g.kernel[2], g.in[2] + g.pad_end[2]) - ws;
+            float acc = 0.0f;
+            for (int64_t h = h0; h < h1; ++h)
+              for (int64_t w = w0; w < w1; ++w) acc += xs[h * g.in[2] + w];
+            const int64_t cnt = include_pad ? hp * wp : std::max<int64_t>(h1 - h0, 0) * std::max<int64_t>(w1 - w0, 0);
+            yp[p * out_sz + o] = cnt > 0 ? acc / static_cast<float>(cnt) : 0.0f;
+          }
+        }
+        continue;
+      }
       for (int64_t od = 0, o = 0; od < g.out[0]; ++od)
         for (int64_t oh = 0; oh < g.out[1]; ++oh)
           for (int64_t ow = 0; ow < g.out[2]; ++ow, ++o) {

@@ -3,6 +3,11 @@
 #include <algorithm>
 #include <cmath>
 
+// GCC 12 false positive inside its AVX-512 intrinsics when Eigen is built with -march=native.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+#include <vector>
+
 #include "kernels.h"
 #include "nn_util.h"
 
@@ -44,43 +49,40 @@ void soft_kernel(KernelContext& ctx, SoftKind kind) {
   const int64_t slices = outer * inner;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(len, 1));
   ctx.pool().parallel_for(slices, grain, [&](int64_t s0, int64_t s1) {
+    // Strided slices (axis not last) are gathered into a contiguous row so that one vectorized
+    // path (Eigen's packet exp, which also maps -inf to ~0 without glibc's slow underflow path)
+    // serves every layout.
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(len));
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t o = s / inner, in = s % inner;
       const float* src = xp + o * len * inner + in;
       float* dst = yp + o * len * inner + in;
-      float mx = -INFINITY;
-      int64_t arg = 0;
-      for (int64_t i = 0; i < len; ++i) {
-        if (src[i * inner] > mx) {
-          mx = src[i * inner];
-          arg = i;
-        }
+      float* r = inner == 1 ? dst : row.data();
+      Eigen::Map<Eigen::ArrayXf> a(r, len);
+      if (inner == 1) {
+        a = Eigen::Map<const Eigen::ArrayXf>(src, len);
+      } else {
+        for (int64_t i = 0; i < len; ++i) r[i] = src[i * inner];
       }
       if (kind == SoftKind::kHardmax) {
-        for (int64_t i = 0; i < len; ++i) dst[i * inner] = i == arg ? 1.0f : 0.0f;
-        continue;
-      }
-      if (std::isinf(mx) && mx < 0) mx = 0.0f;  // all -inf: avoid inf - inf
-      float sum = 0.0f;
-      if (inner == 1) {
-        for (int64_t i = 0; i < len; ++i) {
-          const float e = std::exp(src[i] - mx);
-          dst[i] = e;
-          sum += e;
-        }
+        Eigen::Index arg = 0;
+        a.maxCoeff(&arg);  // first maximum, like ONNX
+        a.setZero();
+        a[arg] = 1.0f;
       } else {
-        for (int64_t i = 0; i < len; ++i) {
-          const float e = std::exp(src[i * inner] - mx);
-          dst[i * inner] = e;
-          sum += e;
+        float mx = a.maxCoeff();
+        if (std::isinf(mx) && mx < 0) mx = 0.0f;  // all -inf: avoid inf - inf
+        if (kind == SoftKind::kSoftmax) {
+          a = (a - mx).exp();
+          a *= 1.0f / a.sum();
+        } else {
+          const float lse = std::log((a - mx).exp().sum());
+          a = a - (mx + lse);
         }
       }
-      if (kind == SoftKind::kSoftmax) {
-        const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < len; ++i) dst[i * inner] *= inv;
-      } else {
-        const float lse = std::log(sum);
-        for (int64_t i = 0; i < len; ++i) dst[i * inner] = src[i * inner] - mx - lse;
+      if (inner != 1) {
+        for (int64_t i = 0; i < len; ++i) dst[i * inner] = r[i];
       }
     }
   });

@@ -329,6 +329,8 @@ void conv_transpose_kernel(KernelContext& ctx) {
       g.in[j] = target;
       // ONNX spec: SAME_UPPER puts the smaller half first; SAME_LOWER and explicit output_shape the larger.
       g.pad_begin[j] = auto_pad == "SAME_UPPER" ? total / 2 : total - total / 2;
+      // output_shape larger than the natural size: the extra rows/cols go at the end (like output_padding).
+      if (total < 0) g.pad_begin[j] = 0;
       g.pad_end[j] = total - g.pad_begin[j];
     } else {
       g.pad_begin[j] = auto_pad == "VALID" ? 0 : pads[i];

@@ -27,23 +27,26 @@ struct ResizeParams {
   bool legacy = false;  ///< Upsample / Resize-10: asymmetric, "simple" nearest rounding
 };
 
-float original_coord(const ResizeParams& p, float x, float scale, int64_t in, int64_t out, float roi_start,
+/// Maps output coordinate x back to the input. `out` is the resized length as ONNX defines it for
+/// the transform: in * scale (not floored) when scales are given, so align_corners and friends
+/// use e.g. 2.4 for a length-4 axis scaled by 0.6.
+float original_coord(const ResizeParams& p, float x, float scale, int64_t in, float out, float roi_start,
                      float roi_end) {
   const std::string& m = p.ctm;
   if (p.legacy || m == "asymmetric") return x / scale;
   if (m == "half_pixel") return (x + 0.5f) / scale - 0.5f;
   if (m == "half_pixel_symmetric") {
-    const float adjustment = static_cast<float>(out) / (scale * static_cast<float>(in));
+    const float adjustment = out / (scale * static_cast<float>(in));
     const float center = static_cast<float>(in) / 2.0f;
     const float offset = center * (1.0f - adjustment);
     return offset + (x + 0.5f) / scale - 0.5f;
   }
   if (m == "pytorch_half_pixel") return out > 1 ? (x + 0.5f) / scale - 0.5f : 0.0f;
-  if (m == "align_corners") return out == 1 ? 0.0f : x * static_cast<float>(in - 1) / static_cast<float>(out - 1);
+  if (m == "align_corners") return out == 1 ? 0.0f : x * static_cast<float>(in - 1) / (out - 1);
   if (m == "tf_half_pixel_for_nn") return (x + 0.5f) / scale;
   if (m == "tf_crop_and_resize") {
     return out > 1 ? roi_start * static_cast<float>(in - 1) +
-                         x * (roi_end - roi_start) * static_cast<float>(in - 1) / static_cast<float>(out - 1)
+                         x * (roi_end - roi_start) * static_cast<float>(in - 1) / (out - 1)
                    : 0.5f * (roi_start + roi_end) * static_cast<float>(in - 1);
   }
   return x / scale;
@@ -70,7 +73,8 @@ Taps make_taps(const ResizeParams& p, int64_t in, int64_t out, float scale, floa
       t.w.push_back(1.0f);
       continue;
     }
-    float x = original_coord(p, static_cast<float>(o), scale, in, out, roi_start, roi_end);
+    const float out_len = p.ctm == "tf_crop_and_resize" ? static_cast<float>(out) : static_cast<float>(in) * scale;
+    float x = original_coord(p, static_cast<float>(o), scale, in, out_len, roi_start, roi_end);
     if (p.ctm == "tf_crop_and_resize" && (x < 0 || x > static_cast<float>(in - 1))) t.outside[o] = 1;
     if (p.mode == "nearest") {
       t.idx.push_back(std::clamp<int64_t>(nearest_index(p, x, scale < 1.0f), 0, in - 1));

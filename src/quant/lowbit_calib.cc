@@ -1,0 +1,101 @@
+// Calibration statistics for GPTQ / AWQ / activation-weighted outliers, streamed through an
+// executor observer: nothing but H, per-channel sums and a bounded sample of rows is kept.
+#include <algorithm>
+#include <cmath>
+
+#include <spdlog/spdlog.h>
+
+#include "lowbit_internal.h"
+#include "qtool/core/error.h"
+#include "qtool/data/sample_source.h"
+#include "qtool/runtime/executor.h"
+
+namespace qtool::quant::detail {
+
+std::vector<float> InputStats::mean_abs() const {
+  std::vector<float> m(k, 0.0f);
+  if (rows > 0)
+    for (int64_t c = 0; c < k; ++c) m[c] = static_cast<float>(sum_abs[c] / static_cast<double>(rows));
+  return m;
+}
+
+std::vector<float> InputStats::energy() const {
+  std::vector<float> m(k, 0.0f);
+  if (rows > 0)
+    for (int64_t c = 0; c < k; ++c) m[c] = static_cast<float>(sum_sq[c] / static_cast<double>(rows));
+  return m;
+}
+
+namespace {
+
+class StatsObserver : public runtime::Observer {
+ public:
+  StatsObserver(std::unordered_map<const ir::Value*, InputStats>& stats, int64_t rows_per_sample)
+      : stats_(stats), rows_per_sample_(rows_per_sample) {}
+
+  void on_value(const ir::Value& value, const Tensor& tensor) override {
+    auto it = stats_.find(&value);
+    if (it != stats_.end()) add(it->second, value, tensor);
+  }
+
+  void add(InputStats& s, const ir::Value& value, const Tensor& tensor) {
+    if (!dtype_is_float(tensor.dtype())) return;
+    const Tensor f = tensor.dtype() == DataType::kFloat ? tensor : tensor.to_float();
+    QTOOL_CHECK(f.rank() >= 1 && f.dim(-1) == s.k, ErrorCode::kInvalidInput,
+                "calibration: '{}' has shape {}, but its weight layer expects {} input channels", value.name(),
+                shape_str(f.shape()), s.k);
+    if (s.sum_abs.empty()) {
+      s.sum_abs.assign(s.k, 0.0);
+      s.sum_sq.assign(s.k, 0.0);
+      if (s.want_hessian) s.hessian = HessianAccumulator(s.k);
+    }
+    const int64_t n = f.numel() / s.k;
+    const float* x = f.data<float>();
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < s.k; ++c) {
+        const double v = x[r * s.k + c];
+        s.sum_abs[c] += std::fabs(v);
+        s.sum_sq[c] += v * v;
+      }
+    s.rows += n;
+    if (s.want_hessian) s.hessian.add(std::span<const float>(x, n * s.k), n);
+    // Keep evenly spaced rows of this sample (deterministic), up to the per-sample budget.
+    const int64_t take = std::min(n, rows_per_sample_);
+    for (int64_t i = 0; i < take; ++i) {
+      const int64_t r = take == n ? i : (i * n) / take;
+      s.kept.insert(s.kept.end(), x + r * s.k, x + (r + 1) * s.k);
+      ++s.kept_rows;
+    }
+  }
+
+ private:
+  std::unordered_map<const ir::Value*, InputStats>& stats_;
+  int64_t rows_per_sample_;
+};
+
+}  // namespace
+
+void collect_input_stats(const ir::Model& model, const CalibrationInputs& calib, int threads, int64_t max_rows,
+                         std::unordered_map<const ir::Value*, InputStats>& stats) {
+  size_t count = calib.source ? calib.source->size() : calib.samples.size();
+  if (calib.max_samples > 0) count = std::min(count, calib.max_samples);
+  QTOOL_CHECK(count > 0, ErrorCode::kConfig, "weight-only calibration: no calibration samples");
+  runtime::ExecutorOptions opts;
+  opts.threads = std::max(1, threads);
+  runtime::Executor exec(model, opts);
+  const int64_t per_sample = std::max<int64_t>(1, max_rows / static_cast<int64_t>(count));
+  StatsObserver obs(stats, per_sample);
+  for (size_t i = 0; i < count; ++i) {
+    std::map<std::string, Tensor> sample = calib.source ? calib.source->load(i) : calib.samples[i];
+    // Graph inputs read directly by a weight layer are not "produced": feed them to the observer here.
+    for (const auto& [name, t] : sample) {
+      const ir::Value* v = model.graph->find_value(name);
+      if (v) obs.on_value(*v, t);
+    }
+    with_context(fmt::format("while running calibration sample {} of {}", i + 1, count),
+                 [&] { exec.run(sample, &obs); });
+  }
+  spdlog::debug("weight-only calibration: {} samples, {} layer inputs observed", count, stats.size());
+}
+
+}  // namespace qtool::quant::detail

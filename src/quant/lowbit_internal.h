@@ -1,0 +1,33 @@
+// Internal pieces of the weight-only rewrite shared by src/quant/lowbit_*.cc (not a public header).
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "qtool/ir/graph.h"
+#include "qtool/quant/gptq.h"
+#include "qtool/quant/lowbit.h"
+
+namespace qtool::quant::detail {
+
+/// Streaming statistics of one weight layer's input X (last dimension = K channels).
+struct InputStats {
+  int64_t k = 0;
+  bool want_hessian = false;
+  HessianAccumulator hessian;
+  std::vector<double> sum_abs;   ///< Σ |x_c|
+  std::vector<double> sum_sq;    ///< Σ x_c²
+  int64_t rows = 0;              ///< rows seen
+  std::vector<float> kept;       ///< up to max rows of X, [kept_rows, k]
+  int64_t kept_rows = 0;
+  std::vector<float> mean_abs() const;
+  std::vector<float> energy() const;
+};
+
+/// Runs the calibration samples through the executor and fills `stats` (keyed by the input
+/// value of the weight layers; each entry's k and want_hessian set by the caller).
+void collect_input_stats(const ir::Model& model, const CalibrationInputs& calib, int threads, int64_t max_rows,
+                         std::unordered_map<const ir::Value*, InputStats>& stats);
+
+}  // namespace qtool::quant::detail

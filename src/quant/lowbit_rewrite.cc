@@ -1,0 +1,649 @@
+// apply_weight_only: the low-bit weight rewrite of a whole model (see lowbit.h).
+//
+// Phases, each over the weight layers in node order (deterministic):
+//   1. find the weight layers (MatMul, Gemm, Conv with a constant float weight; Gather tables) and
+//      view each weight as W [N output channels, K reduction channels];
+//   2. choose each one's format (default, first/last rule, --layer-bits, exclusions);
+//   3. calibration statistics of the layers' inputs (GPTQ Hessians, AWQ samples, saliency);
+//   4. AWQ: search the per-input-channel scales of each group of layers sharing an input and
+//      fold 1/s into the input's producer (or an inserted Mul);
+//   5. quantize (RTN / GPTQ, outlier columns split off) and rewrite (DequantizeLinear or
+//      MatMulNBits, plus the int8 outlier branch), raising the opset to what the output needs.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "lowbit_internal.h"
+#include "qtool/core/error.h"
+#include "qtool/passes/upgrade_opset.h"
+#include "qtool/quant/lowbit.h"
+
+namespace qtool::quant {
+namespace {
+
+using detail::InputStats;
+
+enum class Kind { kMatMul, kGemm, kConv, kGather };
+
+/// One weight initializer and how the layers reading it see it.
+struct Target {
+  ir::Value* weight = nullptr;           ///< removed from the graph once rewritten
+  std::string weight_name;
+  ir::Node* node = nullptr;             ///< first consumer in node order
+  std::vector<ir::Node*> consumers;     ///< every weight-layer consumer
+  Kind kind = Kind::kMatMul;
+  bool trans_b = false;                 ///< Gemm: B stored as [N, K]
+  Shape shape;                          ///< original weight shape
+  int64_t rows = 0, cols = 0;           ///< matrix view W [rows, cols]
+  int64_t out_channels = 0;             ///< N (conv: M)
+  int64_t taps = 1;                     ///< conv kernel elements (kh·kw...)
+  bool conv_blocked = false;            ///< conv rows are (m, tap), blocks along input channels
+  bool first_last = false;
+  const WeightFormat* format = nullptr; ///< nullptr: stays float
+  std::string note;
+  ir::Value* input = nullptr;           ///< activation input (MatMul/Gemm with transA = 0)
+  std::vector<float> w;                 ///< W [rows, cols] (AWQ scales applied in place)
+};
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kMatMul: return "MatMul";
+    case Kind::kGemm: return "Gemm";
+    case Kind::kConv: return "Conv";
+    case Kind::kGather: return "Gather";
+  }
+  return "?";
+}
+
+bool is_float_init(const ir::Value* v) {
+  return v && v->initializer() && v->initializer()->dtype() == DataType::kFloat;
+}
+
+/// W [rows, cols] from the initializer in the target's layout.
+void extract_matrix(Target& t) {
+  const Tensor f = t.weight->initializer()->to_float();
+  const float* b = f.data<float>();
+  t.w.assign(t.rows * t.cols, 0.0f);
+  switch (t.kind) {
+    case Kind::kMatMul:
+    case Kind::kGemm:
+      if (t.trans_b) {
+        std::memcpy(t.w.data(), b, t.w.size() * sizeof(float));
+      } else {  // B [K, N] -> W [N, K]
+        for (int64_t k = 0; k < t.cols; ++k)
+          for (int64_t n = 0; n < t.rows; ++n) t.w[n * t.cols + k] = b[k * t.rows + n];
+      }
+      break;
+    case Kind::kGather: std::memcpy(t.w.data(), b, t.w.size() * sizeof(float)); break;
+    case Kind::kConv:
+      if (!t.conv_blocked) {
+        std::memcpy(t.w.data(), b, t.w.size() * sizeof(float));
+      } else {  // [M, C, taps] -> rows (m, tap), cols c
+        const int64_t c_in = t.cols;
+        for (int64_t m = 0; m < t.out_channels; ++m)
+          for (int64_t c = 0; c < c_in; ++c)
+            for (int64_t tp = 0; tp < t.taps; ++tp)
+              t.w[(m * t.taps + tp) * c_in + c] = b[(m * c_in + c) * t.taps + tp];
+      }
+      break;
+  }
+}
+
+/// Finds the weight layers of the main graph, in node order.
+std::vector<Target> find_targets(ir::Graph& g, int64_t block_size) {
+  std::vector<Target> targets;
+  std::unordered_map<const ir::Value*, size_t> by_weight;
+  for (ir::Node* n : g.topo_order()) {
+    if (!n->domain().empty()) continue;
+    const std::string& op = n->op_type();
+    Target t;
+    t.node = n;
+    if (op == "MatMul" || op == "Gemm") {
+      ir::Value* b = n->input(1);
+      if (!is_float_init(b) || b->initializer()->rank() != 2) continue;
+      t.kind = op == "MatMul" ? Kind::kMatMul : Kind::kGemm;
+      t.trans_b = op == "Gemm" && n->attr_int("transB", 0) != 0;
+      t.weight = b;
+      t.shape = b->initializer()->shape();
+      t.rows = t.trans_b ? t.shape[0] : t.shape[1];
+      t.cols = t.trans_b ? t.shape[1] : t.shape[0];
+      t.out_channels = t.rows;
+      if (op == "MatMul" || n->attr_int("transA", 0) == 0) t.input = n->input(0);
+    } else if (op == "Conv") {
+      ir::Value* w = n->input(1);
+      if (!is_float_init(w) || w->initializer()->rank() < 3) continue;
+      t.kind = Kind::kConv;
+      t.weight = w;
+      t.shape = w->initializer()->shape();
+      t.out_channels = t.shape[0];
+      t.taps = 1;
+      for (size_t i = 2; i < t.shape.size(); ++i) t.taps *= t.shape[i];
+      t.conv_blocked = block_size > 0 && t.shape[1] >= block_size;
+      t.rows = t.conv_blocked ? t.shape[0] * t.taps : t.shape[0];
+      t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
+    } else if (op == "Gather") {
+      ir::Value* w = n->input(0);
+      const int64_t axis = n->attr_int("axis", 0);
+      if (!is_float_init(w) || w->initializer()->rank() != 2 || (axis != 0 && axis != -2)) continue;
+      if (n->input(1) && n->input(1)->initializer()) continue;  // constant indices: not an embedding lookup
+      t.kind = Kind::kGather;
+      t.weight = w;
+      t.shape = w->initializer()->shape();
+      t.rows = t.shape[0];
+      t.cols = t.shape[1];
+      t.out_channels = t.rows;
+    } else {
+      continue;
+    }
+    if (t.rows <= 0 || t.cols <= 0) continue;
+    auto it = by_weight.find(t.weight);
+    if (it != by_weight.end()) {
+      targets[it->second].consumers.push_back(n);  // shared weight: quantized once, for its first layer
+      continue;
+    }
+    t.consumers.push_back(n);
+    t.weight_name = t.weight->name();
+    by_weight[t.weight] = targets.size();
+    targets.push_back(std::move(t));
+  }
+  return targets;
+}
+
+bool is_eight_bits(const std::string& bits) { return bits == "8" || bits == "int8"; }
+
+/// Chooses each target's format (phase 2).
+void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
+  // First and last weight layers in node order (embeddings are always "first").
+  int64_t first = -1, last = -1;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (targets[i].kind == Kind::kGather) continue;
+    if (first < 0) first = static_cast<int64_t>(i);
+    last = static_cast<int64_t>(i);
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    Target& t = targets[i];
+    t.first_last = t.kind == Kind::kGather || static_cast<int64_t>(i) == first || static_cast<int64_t>(i) == last;
+    std::string bits = cfg.bits;
+    if (t.first_last && !cfg.bits_first_last.empty()) {
+      bits = cfg.bits_first_last;
+      t.note = "first/last layer";
+    }
+    for (const LayerBitsRule& r : cfg.layer_bits)
+      if (glob_match(r.pattern, t.node->name()) || glob_match(r.pattern, t.weight->name())) {
+        bits = r.bits;
+        t.note = "--layer-bits " + r.pattern;
+      }
+    for (const std::string& ex : cfg.exclude)
+      if (glob_match(ex, t.node->name()) || glob_match(ex, t.weight->name())) {
+        bits = "float";
+        t.note = "excluded";
+      }
+    if (t.kind == Kind::kGather) {
+      if (!cfg.quantize_embedding) bits = "float";
+      else if (bits != "float") {
+        bits = "8";
+        t.note = "embedding table: int8 per row";
+      }
+    }
+    if (bits == "float") continue;
+    WeightLayout layout = cfg.format;
+    int64_t block = cfg.block_size;
+    if (is_eight_bits(bits)) layout = WeightLayout::kQdq;
+    if (layout == WeightLayout::kMatMulNBits &&
+        (t.kind != Kind::kMatMul || t.consumers.size() > 1 || bits == "ternary" || bits == "binary")) {
+      layout = WeightLayout::kQdq;
+      t.note += t.note.empty() ? "" : "; ";
+      t.note += t.kind != Kind::kMatMul ? "MatMulNBits applies to MatMul only: DequantizeLinear"
+                : t.consumers.size() > 1 ? "shared weight: DequantizeLinear"
+                                         : "ternary/binary: int2 DequantizeLinear";
+    }
+    if (t.kind == Kind::kGather || (t.kind == Kind::kConv && !t.conv_blocked)) block = 0;
+    t.format = &select_weight_format(bits, block, cfg.symmetric, layout);
+  }
+}
+
+/// The input value that AWQ may rescale for a group of layers, and where 1/s goes.
+void fold_awq_scales(ir::Graph& g, ir::Value* x, const std::vector<Target*>& group, std::span<const float> s,
+                     std::vector<Target>& targets, std::string* where) {
+  const int64_t k = static_cast<int64_t>(s.size());
+  std::unordered_set<const ir::Node*> members;
+  for (const Target* t : group)
+    for (const ir::Node* n : t->consumers) members.insert(n);
+  bool exclusive = !x->is_graph_output() && !x->is_graph_input();
+  for (const ir::Use& u : x->uses()) exclusive = exclusive && members.count(u.node) > 0;
+  ir::Node* p = x->producer();
+  if (exclusive && p && p->op_type() == "Mul" && p->domain().empty()) {
+    // (a) Mul by a constant per-channel vector (the RMSNorm / LayerNorm weight).
+    for (int i = 0; i < 2; ++i) {
+      ir::Value* c = p->input(i);
+      if (!is_float_init(c) || c->uses().size() != 1 || c->initializer()->numel() != k) continue;
+      const Tensor& ct = *c->initializer();
+      if (ct.rank() == 0 || ct.dim(-1) != k) continue;
+      Tensor nt = ct.clone();
+      float* d = nt.mutable_data<float>();
+      for (int64_t j = 0; j < k; ++j) d[j] /= s[j];
+      c->set_initializer(std::move(nt));
+      *where = fmt::format("folded into '{}' of {}", c->name(), p->describe());
+      return;
+    }
+  }
+  // (b) The output channels of a previous MatMul (directly, or through an elementwise Mul).
+  auto prev_matmul = [&](ir::Value* v) -> Target* {
+    if (!v || !v->producer() || v->uses().size() != 1) return nullptr;
+    for (Target& t : targets)
+      if (t.kind == Kind::kMatMul && t.consumers.size() == 1 && t.consumers[0] == v->producer() && t.format &&
+          t.rows == k && t.weight->uses().size() == 1)
+        return &t;
+    return nullptr;
+  };
+  Target* prev = nullptr;
+  if (exclusive && p) {
+    if (p->op_type() == "MatMul") prev = prev_matmul(x);
+    else if (p->op_type() == "Mul" && p->domain().empty())
+      for (int i = 0; i < 2 && !prev; ++i) {
+        Target* cand = prev_matmul(p->input(i));
+        // The other operand must not depend on the same MatMul output (silu(gate) · up is fine).
+        if (cand) prev = cand;
+      }
+  }
+  if (prev) {
+    for (int64_t n = 0; n < prev->rows; ++n)
+      for (int64_t c = 0; c < prev->cols; ++c) prev->w[n * prev->cols + c] /= s[n];
+    *where = fmt::format("folded into the output channels of {}", prev->node->describe());
+    return;
+  }
+  // (c) An explicit Mul by 1/s before the group.
+  std::vector<float> inv(k);
+  for (int64_t j = 0; j < k; ++j) inv[j] = 1.0f / s[j];
+  ir::Value* c = g.add_initializer(g.unique_name(x->name() + "_awq_inv_scale"), Tensor::from_vector<float>({k}, inv));
+  ir::Node* first = group.front()->consumers.front();
+  ir::Node* mul = g.insert_node_before(first, "Mul", {x, c}, {g.unique_name(x->name() + "_awq")},
+                                       g.unique_name(x->name() + "_awq_mul"));
+  for (const Target* t : group)
+    for (ir::Node* n : t->consumers)
+      if (n->input(0) == x) n->set_input(0, mul->output(0));
+  *where = fmt::format("inserted Mul '{}'", mul->name());
+}
+
+/// Storage element index of matrix element (r, c) for a target, and scale index of (r, block b).
+struct Layout {
+  Shape levels_shape, scale_shape;
+  int64_t axis = 0;
+  int64_t block_size = 0;  ///< 0: per-channel DQ
+};
+
+Layout qdq_layout(const Target& t, const QuantizedMatrix& q) {
+  Layout l;
+  l.levels_shape = t.shape;
+  const int64_t kb = q.k_blocks();
+  const bool blocked = t.format->block_size > 0;
+  l.block_size = blocked ? t.format->block_size : 0;
+  switch (t.kind) {
+    case Kind::kMatMul:
+    case Kind::kGemm:
+      if (t.trans_b) {
+        l.axis = blocked ? 1 : 0;
+        l.scale_shape = blocked ? Shape{t.rows, kb} : Shape{t.rows};
+      } else {
+        l.axis = blocked ? 0 : 1;
+        l.scale_shape = blocked ? Shape{kb, t.rows} : Shape{t.rows};
+      }
+      break;
+    case Kind::kGather: l.axis = 0; l.scale_shape = {t.rows}; break;
+    case Kind::kConv:
+      if (t.conv_blocked) {
+        l.axis = 1;
+        l.scale_shape = t.shape;
+        l.scale_shape[1] = kb;
+      } else {
+        l.axis = 0;
+        l.scale_shape = {t.out_channels};
+      }
+      break;
+  }
+  return l;
+}
+
+/// Storage (original layout) index of W element (r, c).
+int64_t storage_index(const Target& t, int64_t r, int64_t c) {
+  switch (t.kind) {
+    case Kind::kMatMul:
+    case Kind::kGemm: return t.trans_b ? r * t.cols + c : c * t.rows + r;
+    case Kind::kGather: return r * t.cols + c;
+    case Kind::kConv:
+      if (!t.conv_blocked) return r * t.cols + c;
+      return ((r / t.taps) * t.cols + c) * t.taps + r % t.taps;
+  }
+  return 0;
+}
+
+/// Scale-tensor index of grid (r, b).
+int64_t scale_index(const Target& t, const QuantizedMatrix& q, int64_t r, int64_t b) {
+  const int64_t kb = q.k_blocks();
+  const bool blocked = t.format->block_size > 0;
+  switch (t.kind) {
+    case Kind::kMatMul:
+    case Kind::kGemm:
+      if (!blocked) return r;
+      return t.trans_b ? r * kb + b : b * t.rows + r;
+    case Kind::kGather: return r;
+    case Kind::kConv:
+      if (!t.conv_blocked) return r;
+      return ((r / t.taps) * kb + b) * t.taps + r % t.taps;
+  }
+  return 0;
+}
+
+Tensor packed_tensor(DataType dt, const Shape& shape, std::span<const int32_t> levels) {
+  Tensor out = Tensor::empty(dt, shape);
+  const int bits = dtype_bits(dt);
+  const std::vector<uint8_t> bytes = pack_onnx(levels, bits);
+  QTOOL_ASSERT(bytes.size() == out.nbytes());
+  std::memcpy(out.mutable_raw(), bytes.data(), bytes.size());
+  return out;
+}
+
+/// Opset the emitted DequantizeLinear of `f` needs.
+int64_t required_opset(const WeightFormat& f) {
+  if (f.layout == WeightLayout::kMatMulNBits) return 0;
+  if (f.bits == 2) return 25;
+  if (f.bits == 4 || f.block_size > 0) return 21;
+  return 13;
+}
+
+struct Emitted {
+  int64_t bytes = 0;
+};
+
+/// Rewrites target t as DequantizeLinear -> consumers. Returns the stored bytes.
+int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q) {
+  const Layout l = qdq_layout(t, q);
+  const DataType dt = t.format->storage_type();
+  std::vector<int32_t> levels(t.rows * t.cols);
+  for (int64_t r = 0; r < t.rows; ++r)
+    for (int64_t c = 0; c < t.cols; ++c) levels[storage_index(t, r, c)] = q.levels[r * t.cols + c];
+  const int64_t n_scales = shape_numel(l.scale_shape);
+  std::vector<float> scales(n_scales);
+  std::vector<int32_t> zps(n_scales);
+  for (int64_t r = 0; r < t.rows; ++r)
+    for (int64_t b = 0; b < q.k_blocks(); ++b) {
+      const BlockGrid& gr = q.grids[r * q.k_blocks() + b];
+      scales[scale_index(t, q, r, b)] = gr.scale;
+      zps[scale_index(t, q, r, b)] = gr.zero_point;
+    }
+  const std::string& wn = t.weight->name();
+  ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, l.levels_shape, levels));
+  ir::Value* sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>(l.scale_shape, scales));
+  std::vector<ir::Value*> inputs = {lv, sv};
+  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes() + sv->initializer()->nbytes());
+  if (!t.format->symmetric) {
+    ir::Value* zv = g.add_initializer(g.unique_name(wn + "_zero_point"), packed_tensor(dt, l.scale_shape, zps));
+    inputs.push_back(zv);
+    bytes += static_cast<int64_t>(zv->initializer()->nbytes());
+  }
+  ir::Node* first = t.consumers.front();
+  ir::Node* dq = g.insert_node_before(first, "DequantizeLinear", inputs, {g.unique_name(wn + "_dequantized")},
+                                      g.unique_name(wn + "_DequantizeLinear"));
+  const bool per_tensor = n_scales == 1 && l.block_size == 0;
+  if (!per_tensor) dq->set_attr(ir::Attribute::make_int("axis", l.axis));
+  if (l.block_size > 0) dq->set_attr(ir::Attribute::make_int("block_size", l.block_size));
+  g.replace_all_uses(t.weight, dq->output(0));
+  g.remove_initializer(t.weight);
+  return bytes;
+}
+
+/// Rewrites a MatMul with weight t as com.microsoft.MatMulNBits (in place: the node keeps its output).
+int64_t emit_matmulnbits(ir::Graph& g, const Target& t, const QuantizedMatrix& q) {
+  const WeightFormat& f = *t.format;
+  const int64_t n = t.rows, k = t.cols, bs = f.block_size, kb = q.k_blocks();
+  const int32_t offset = f.symmetric ? (1 << (f.bits - 1)) : 0;
+  std::vector<int32_t> codes(q.levels.size());
+  for (size_t i = 0; i < codes.size(); ++i) codes[i] = q.levels[i] + offset;
+  const std::vector<uint8_t> blob = pack_matmulnbits(codes, n, k, f.bits, bs, f.symmetric ? offset : 0);
+  std::vector<float> scales(n * kb);
+  std::vector<int32_t> zps(n * kb);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t b = 0; b < kb; ++b) {
+      scales[r * kb + b] = q.grids[r * kb + b].scale;
+      zps[r * kb + b] = q.grids[r * kb + b].zero_point;
+    }
+  const std::string& wn = t.weight->name();
+  Tensor bt = Tensor::empty(DataType::kUint8, {n, kb, bs * f.bits / 8});
+  std::memcpy(bt.mutable_raw(), blob.data(), blob.size());
+  ir::Value* bv = g.add_initializer(g.unique_name(wn + "_nbits"), std::move(bt));
+  ir::Value* sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>({n * kb}, scales));
+  int64_t bytes = static_cast<int64_t>(blob.size() + scales.size() * 4);
+  ir::Node* node = t.node;
+  node->set_input(1, bv);
+  node->add_input(sv);
+  if (!f.symmetric) {
+    const std::vector<uint8_t> zp = pack_matmulnbits_zero_points(zps, n, kb, f.bits);
+    ir::Value* zv = g.add_initializer(g.unique_name(wn + "_zero_point"),
+                                      Tensor::from_vector<uint8_t>({static_cast<int64_t>(zp.size())}, zp));
+    node->add_input(zv);
+    bytes += static_cast<int64_t>(zp.size());
+  }
+  node->set_op_type("MatMulNBits");
+  node->set_domain("com.microsoft");
+  node->set_attr(ir::Attribute::make_int("K", k));
+  node->set_attr(ir::Attribute::make_int("N", n));
+  node->set_attr(ir::Attribute::make_int("bits", f.bits));
+  node->set_attr(ir::Attribute::make_int("block_size", bs));
+  g.remove_initializer(t.weight);
+  return bytes;
+}
+
+/// Adds Y += MatMul(Gather(X, cols, axis=-1), DQ(int8 outlier rows)) after the layer. Returns bytes.
+int64_t emit_outliers(ir::Graph& g, const Target& t, const std::vector<int64_t>& cols,
+                      const std::vector<float>& w_orig) {
+  const int64_t c = static_cast<int64_t>(cols.size()), n = t.rows;
+  // B_out [c, N] int8, symmetric per output column (axis 1).
+  std::vector<float> scales(n, 1.0f);
+  std::vector<int8_t> q(c * n);
+  float alpha = t.kind == Kind::kGemm ? t.node->attr_float("alpha", 1.0f) : 1.0f;
+  for (int64_t r = 0; r < n; ++r) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < c; ++j) amax = std::max(amax, std::fabs(w_orig[r * t.cols + cols[j]]));
+    const float s = amax > 0 ? amax / 127.0f : 1.0f;
+    scales[r] = s * alpha;
+    for (int64_t j = 0; j < c; ++j)
+      q[j * n + r] = static_cast<int8_t>(std::clamp(std::nearbyint(w_orig[r * t.cols + cols[j]] / s), -127.0f, 127.0f));
+  }
+  const std::string& wn = t.weight_name;
+  ir::Node* node = t.node;
+  ir::Value* y = node->output(0);
+  ir::Value* idx = g.add_initializer(g.unique_name(wn + "_outlier_channels"), Tensor::from_vector<int64_t>({c}, cols));
+  ir::Value* qv = g.add_initializer(g.unique_name(wn + "_outlier_quantized"), Tensor::from_vector<int8_t>({c, n}, q));
+  ir::Value* sv = g.add_initializer(g.unique_name(wn + "_outlier_scale"), Tensor::from_vector<float>({n}, scales));
+  ir::Node* gather = g.add_node("Gather", {node->input(0), idx}, {g.unique_name(wn + "_outlier_x")},
+                                g.unique_name(wn + "_outlier_Gather"));
+  gather->set_attr(ir::Attribute::make_int("axis", -1));
+  ir::Node* dq = g.add_node("DequantizeLinear", {qv, sv}, {g.unique_name(wn + "_outlier_w")},
+                            g.unique_name(wn + "_outlier_DequantizeLinear"));
+  dq->set_attr(ir::Attribute::make_int("axis", 1));
+  ir::Node* mm = g.add_node("MatMul", {gather->output(0), dq->output(0)}, {g.unique_name(wn + "_outlier_y")},
+                            g.unique_name(wn + "_outlier_MatMul"));
+  ir::Node* add = g.add_node("Add", {mm->output(0), mm->output(0)}, {g.unique_name(y->name() + "_with_outliers")},
+                             g.unique_name(wn + "_outlier_Add"));
+  g.replace_all_uses(y, add->output(0));
+  add->set_input(0, y);
+  return c * n + n * 4 + c * 8;
+}
+
+}  // namespace
+
+WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg, const CalibrationInputs* calib) {
+  WeightOnlyReport report;
+  ir::Graph& g = *model.graph;
+  QTOOL_CHECK(cfg.outlier_fraction >= 0.0 && cfg.outlier_fraction < 0.5, ErrorCode::kConfig,
+              "--outlier-fraction {} must be in [0, 0.5)", cfg.outlier_fraction);
+  if (cfg.format == WeightLayout::kMatMulNBits && cfg.block_size <= 0)
+    fail(ErrorCode::kConfig, "--format matmulnbits needs --block-size 16, 32, 64 or 128");
+  const bool needs_calib = cfg.algorithm != WeightAlgorithm::kRtn;
+  QTOOL_CHECK(!needs_calib || (calib && (calib->source || !calib->samples.empty())), ErrorCode::kConfig,
+              "--algorithm {} needs calibration data (--calib)", weight_algorithm_name(cfg.algorithm));
+
+  std::vector<Target> targets = find_targets(g, cfg.block_size);
+  choose_formats(targets, cfg);
+  for (Target& t : targets)
+    if (t.format) with_context("while reading weight '" + t.weight->name() + "'", [&] { extract_matrix(t); });
+
+  // Phase 3: calibration statistics of the inputs of quantized MatMul/Gemm layers.
+  std::unordered_map<const ir::Value*, InputStats> stats;
+  const bool want_stats = calib && (calib->source || !calib->samples.empty()) &&
+                          (needs_calib || cfg.outlier_fraction > 0.0);
+  if (want_stats) {
+    for (const Target& t : targets)
+      if (t.format && t.input && t.kind != Kind::kConv && t.kind != Kind::kGather) {
+        InputStats& s = stats[t.input];
+        s.k = t.cols;
+        s.want_hessian = s.want_hessian || cfg.algorithm == WeightAlgorithm::kGptq;
+      }
+    detail::collect_input_stats(model, *calib, cfg.threads, cfg.max_calib_rows, stats);
+  }
+
+  // Phase 4: AWQ scales, searched per group of low-bit layers sharing one input, folded.
+  std::unordered_map<const ir::Value*, std::vector<float>> awq_scales;
+  std::unordered_map<const Target*, std::string> awq_where;
+  if (cfg.algorithm == WeightAlgorithm::kAwq) {
+    std::vector<ir::Value*> inputs_in_order;
+    std::unordered_map<ir::Value*, std::vector<Target*>> groups;
+    for (Target& t : targets) {
+      if (!t.format || !t.input || t.format->bits >= 8 || !stats.count(t.input)) continue;
+      if (!groups.count(t.input)) inputs_in_order.push_back(t.input);
+      groups[t.input].push_back(&t);
+    }
+    for (ir::Value* x : inputs_in_order) {
+      const std::vector<Target*>& grp = groups[x];
+      const InputStats& st = stats.at(x);
+      if (st.kept_rows == 0) continue;
+      std::vector<AwqMatrix> mats;
+      for (Target* t : grp) mats.push_back({t->w, t->rows});
+      QuantSpec spec = QuantSpec::from_format(*grp.front()->format);
+      spec.clip_steps = cfg.clip_steps;
+      const AwqResult res = awq_search(mats, st.k, st.kept, st.kept_rows, st.mean_abs(), spec, cfg.awq);
+      if (res.alpha == 0.0) continue;  // plain RTN was best: nothing to fold
+      for (Target* t : grp) scale_columns(t->w, t->rows, t->cols, res.scales);
+      std::string where;
+      fold_awq_scales(g, x, grp, res.scales, targets, &where);
+      for (Target* t : grp) awq_where[t] = fmt::format("AWQ alpha {:.2f} ({})", res.alpha, where);
+      awq_scales[x] = res.scales;
+    }
+  }
+
+  // Opset the output needs.
+  int64_t need = 0;
+  bool nbits = false;
+  for (const Target& t : targets)
+    if (t.format) {
+      need = std::max(need, required_opset(*t.format));
+      nbits = nbits || t.format->layout == WeightLayout::kMatMulNBits;
+    }
+  const int64_t have = model.opset("");
+  if (need > have) {
+    passes::PassOptions po;
+    po.target_opset = need;
+    with_context(fmt::format("while raising the model's opset from {} to {} for the low-bit weights", have, need),
+                 [&] { passes::upgrade_opset(model, po); });
+  }
+  if (need >= 25) model.ir_version = std::max<int64_t>(model.ir_version, 11);
+  if (nbits && model.opset("com.microsoft") == 0) model.set_opset("com.microsoft", 1);
+  report.opset = model.opset("");
+
+  // Phase 5: quantize and rewrite.
+  double main_bits = 0, main_weights = 0;
+  const WeightFormat& main_format = select_weight_format(
+      cfg.bits, cfg.block_size,
+      cfg.symmetric, is_eight_bits(cfg.bits) ? WeightLayout::kQdq : cfg.format);
+  for (Target& t : targets) {
+    WeightOnlyLayer L;
+    L.node = t.node->name().empty() ? t.node->describe() : t.node->name();
+    L.op_type = kind_name(t.kind);
+    L.weight = t.weight->name();
+    L.rows = t.rows;
+    L.cols = t.cols;
+    L.note = t.note;
+    const int64_t float_bytes = shape_numel(t.shape) * 4;
+    if (!t.format) {
+      L.format = "float";
+      L.bits_per_weight = 32.0;
+      report.layers.push_back(std::move(L));
+      continue;
+    }
+    with_context("while quantizing weight '" + t.weight->name() + "' of " + t.node->describe(), [&] {
+      const std::vector<float> w_before = t.w;  // after AWQ scaling
+      QuantSpec spec = QuantSpec::from_format(*t.format);
+      spec.clip_steps = cfg.clip_steps;
+      const InputStats* st = t.input && stats.count(t.input) ? &stats.at(t.input) : nullptr;
+      // Outlier input channels (low-bit MatMul/Gemm whose output is not a graph output).
+      std::vector<int64_t> out_cols;
+      if (cfg.outlier_fraction > 0 && t.format->bits < 8 && t.input && t.kind != Kind::kConv &&
+          !t.node->output(0)->is_graph_output() && t.consumers.size() == 1) {
+        std::vector<float> energy;
+        if (st && st->rows > 0) {
+          energy = st->energy();
+          if (awq_scales.count(t.input))
+            for (int64_t c = 0; c < t.cols; ++c) energy[c] /= awq_scales[t.input][c] * awq_scales[t.input][c];
+        }
+        out_cols = select_outlier_columns(t.w, t.rows, t.cols, cfg.outlier_fraction, energy);
+        for (int64_t r = 0; r < t.rows; ++r)
+          for (int64_t c : out_cols) t.w[r * t.cols + c] = 0.0f;
+      }
+      QuantizedMatrix q;
+      const bool gptq = cfg.algorithm == WeightAlgorithm::kGptq && st && st->want_hessian && st->hessian.samples() > 0 &&
+                        t.kind != Kind::kConv && t.kind != Kind::kGather;
+      if (gptq) {
+        std::vector<double> h = st->hessian.hessian();
+        q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
+        L.algorithm = "gptq";
+      } else {
+        q = quantize_rtn(t.w, t.rows, t.cols, spec);
+        L.algorithm = t.format->scheme == WeightScheme::kTernary ? "optimal-ternary"
+                      : t.format->scheme == WeightScheme::kBinary ? "binary"
+                                                                  : "rtn";
+      }
+      if (awq_where.count(&t)) {
+        L.algorithm = "awq+" + L.algorithm;
+        L.note += (L.note.empty() ? "" : "; ") + awq_where[&t];
+      }
+      // Relative weight error (outlier columns count as int8-exact here; their error is tiny).
+      const std::vector<float> d = q.dequantize();
+      double num = 0, den = 0;
+      std::unordered_set<int64_t> oc(out_cols.begin(), out_cols.end());
+      for (int64_t r = 0; r < t.rows; ++r)
+        for (int64_t c = 0; c < t.cols; ++c) {
+          const double wv = w_before[r * t.cols + c];
+          const double e = oc.count(c) ? 0.0 : wv - d[r * t.cols + c];
+          num += e * e;
+          den += wv * wv;
+        }
+      L.weight_rel_mse = den > 0 ? num / den : 0.0;
+      int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q) : emit_qdq(g, t, q);
+      if (!out_cols.empty()) {
+        bytes += emit_outliers(g, t, out_cols, w_before);
+        L.outlier_columns = static_cast<int64_t>(out_cols.size());
+      }
+      L.format = std::string(t.format->name);
+      L.bits_per_weight = static_cast<double>(bytes) * 8.0 / static_cast<double>(t.rows * t.cols);
+      report.float_weight_bytes += float_bytes;
+      report.quant_weight_bytes += bytes;
+      if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {
+        main_bits += static_cast<double>(bytes) * 8.0;
+        main_weights += static_cast<double>(t.rows * t.cols);
+      }
+    });
+    report.layers.push_back(std::move(L));
+  }
+  report.main_bits_per_weight = main_weights > 0 ? main_bits / main_weights : 0.0;
+  g.topo_sort();
+  spdlog::info("weight-only: {} weights quantized, {:.1f} MB -> {:.1f} MB, {:.3f} bits per weight at {}",
+               report.layers.size(), report.float_weight_bytes / 1e6, report.quant_weight_bytes / 1e6,
+               report.main_bits_per_weight, main_format.name);
+  return report;
+}
+
+}  // namespace qtool::quant

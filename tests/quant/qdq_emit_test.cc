@@ -1,0 +1,221 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "qtool/quant/qdq.h"
+#include "qtool/runtime/executor.h"
+#include "test_util.h"
+
+namespace qtool::quant {
+namespace {
+
+TEST(QdqParams, AsymmetricUint8) {
+  const QParams p = compute_qparams({-1.0f, 3.0f}, DataType::kUint8, false);
+  EXPECT_FLOAT_EQ(p.scale, 4.0f / 255.0f);
+  EXPECT_EQ(p.zero_point, 64);  // round(0 - (-1) / (4/255)) = round(63.75)
+  // Ranges that exclude 0 are widened to contain it: [2, 5] -> [0, 5].
+  const QParams q = compute_qparams({2.0f, 5.0f}, DataType::kUint8, false);
+  EXPECT_FLOAT_EQ(q.scale, 5.0f / 255.0f);
+  EXPECT_EQ(q.zero_point, 0);
+}
+
+TEST(QdqParams, SymmetricAndDegenerate) {
+  const QParams p = compute_qparams({-1.0f, 3.0f}, DataType::kInt8, true);
+  EXPECT_FLOAT_EQ(p.scale, 3.0f / 127.5f);
+  EXPECT_EQ(p.zero_point, 0);
+  const QParams u16 = compute_qparams({0.0f, 65535.0f}, DataType::kUint16, false);
+  EXPECT_FLOAT_EQ(u16.scale, 1.0f);
+  const QParams z = compute_qparams({0.0f, 0.0f}, DataType::kUint8, false);
+  EXPECT_FLOAT_EQ(z.scale, 1.0f);
+  EXPECT_EQ(z.zero_point, 0);
+  EXPECT_EQ(quantize_value(2.5f, {1.0f, 0}, DataType::kUint8), 2);  // half to even
+  EXPECT_EQ(quantize_value(-3.0f, {1.0f, 0}, DataType::kUint8), 0);  // saturates
+}
+
+TEST(QdqParams, WeightPerChannelAndBias) {
+  const Tensor w = Tensor::from_vector<float>({2, 3}, {1.27f, -0.5f, 0.2f, 0.5f, -0.25f, 0.0f});
+  const QuantizedWeight q = quantize_weight(w, true, 0);
+  ASSERT_EQ(q.scales.size(), 2u);
+  EXPECT_FLOAT_EQ(q.scales[0], 0.01f);
+  EXPECT_FLOAT_EQ(q.scales[1], 0.5f / 127.0f);
+  EXPECT_EQ(q.values.data<int8_t>()[0], 127);
+  EXPECT_EQ(q.values.data<int8_t>()[1], -50);
+  EXPECT_EQ(q.values.data<int8_t>()[3], 127);
+  EXPECT_EQ(q.values.data<int8_t>()[4], -64);  // -0.25 / (0.5/127) = -63.5 -> -64 (half to even)
+  const QuantizedWeight t = quantize_weight(w, true, 1);  // along columns (Gemm without transB)
+  ASSERT_EQ(t.scales.size(), 3u);
+  EXPECT_FLOAT_EQ(t.scales[2], 0.2f / 127.0f);
+  const Tensor b = quantize_bias(Tensor::from_vector<float>({2}, {1.0f, -0.3f}), 0.1f, {0.02f, 0.01f});
+  EXPECT_EQ(b.data<int32_t>()[0], 500);
+  EXPECT_EQ(b.data<int32_t>()[1], -300);
+}
+
+class MinMax : public runtime::Observer {
+ public:
+  void on_value(const ir::Value& v, const Tensor& t) override {
+    if (t.dtype() != DataType::kFloat) return;
+    Range& r = ranges[&v];
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      r.min = std::min(r.min, t.data<float>()[i]);
+      r.max = std::max(r.max, t.data<float>()[i]);
+    }
+  }
+  RangeMap ranges;
+};
+
+Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo, float hi) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(shape_numel(shape));
+  for (float& x : v) x = d(rng);
+  return Tensor::from_vector<float>(shape, v);
+}
+
+// x -> Conv1 -> Relu -> MaxPool -> {Conv2 -> Relu, identity} -> Concat -> GlobalAveragePool ->
+// Flatten -> Gemm(transB) -> y
+struct Net {
+  ir::Model model;
+  Tensor input;
+  RangeMap ranges;
+};
+
+Net make_net() {
+  Net n;
+  std::mt19937 rng(5);
+  ir::Model& m = n.model;
+  m.set_opset("", 13);
+  ir::Graph& g = *m.graph;
+  ir::TypeInfo t;
+  t.elem_type = DataType::kFloat;
+  ir::Value* x = g.add_input("x", t);
+  auto conv = [&](ir::Value* in, int cin, int cout, const std::string& name) {
+    ir::Node* c = g.add_node("Conv", {in, g.add_initializer(name + ".W", random_tensor({cout, cin, 3, 3}, rng, -0.5f, 0.5f)),
+                                      g.add_initializer(name + ".b", random_tensor({cout}, rng, -0.2f, 0.2f))},
+                             {name + ".out"}, name);
+    c->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+    c->output(0)->type().elem_type = DataType::kFloat;
+    ir::Node* r = g.add_node("Relu", {c->output(0)}, {name + ".relu"}, name + "_relu");
+    r->output(0)->type().elem_type = DataType::kFloat;
+    return r->output(0);
+  };
+  ir::Value* a = conv(x, 2, 4, "conv1");
+  ir::Node* mp = g.add_node("MaxPool", {a}, {"pool"}, "pool");
+  mp->set_attr(ir::Attribute::make_ints("kernel_shape", {2, 2}));
+  mp->set_attr(ir::Attribute::make_ints("strides", {2, 2}));
+  ir::Value* b = conv(mp->output(0), 4, 4, "conv2");
+  ir::Node* cat = g.add_node("Concat", {b, mp->output(0)}, {"cat"}, "cat");
+  cat->set_attr(ir::Attribute::make_int("axis", 1));
+  ir::Node* gap = g.add_node("GlobalAveragePool", {cat->output(0)}, {"gap"}, "gap");
+  ir::Node* fl = g.add_node("Flatten", {gap->output(0)}, {"flat"}, "flat");
+  ir::Node* gemm = g.add_node("Gemm", {fl->output(0), g.add_initializer("fc.W", random_tensor({3, 8}, rng, -1, 1)),
+                                       g.add_initializer("fc.b", random_tensor({3}, rng, -1, 1))},
+                              {"y"}, "fc");
+  gemm->set_attr(ir::Attribute::make_int("transB", 1));
+  g.add_output(gemm->output(0));
+  for (ir::Value* v : {mp->output(0), cat->output(0), gap->output(0), fl->output(0)}) v->type().elem_type = DataType::kFloat;
+  n.input = random_tensor({1, 2, 8, 8}, rng, -2, 2);
+  MinMax obs;
+  runtime::Executor ex(m);
+  obs.on_value(*x, n.input);
+  ex.run({{"x", n.input}}, &obs);
+  n.ranges = obs.ranges;
+  return n;
+}
+
+const ir::Node* producer_of(const ir::Graph& g, const std::string& value) {
+  const ir::Value* v = g.find_value(value);
+  return v ? v->producer() : nullptr;
+}
+
+float dq_scale(const ir::Value* dq_out) {
+  return dq_out->producer()->input(1)->initializer()->data<float>()[0];
+}
+
+TEST(QdqEmit, PlacementForOrtFusion) {
+  Net n = make_net();
+  const Tensor ref = runtime::Executor(n.model).run({{"x", n.input}})[0];
+  QdqOptions o;
+  const QdqSummary s = emit_qdq(n.model, n.ranges, o);
+  const ir::Graph& g = *n.model.graph;
+  EXPECT_EQ(s.folded_activations, 2u);  // both Relus are redundant under uint8 with zero point 0
+  for (const auto& node : g.nodes()) EXPECT_NE(node->op_type(), "Relu");
+  // Conv1 -> Q directly (no DQ/Q between the conv and where the Relu was).
+  const ir::Value* c1 = g.find_value("conv1.out");
+  ASSERT_EQ(c1->uses().size(), 1u);
+  EXPECT_EQ(c1->uses()[0].node->op_type(), "QuantizeLinear");
+  // Its zero point is 0 and its range is the Relu's.
+  EXPECT_EQ(c1->uses()[0].node->input(2)->initializer()->data<uint8_t>()[0], 0);
+  // Weight: int8 per channel on axis 0; bias int32 with scale s_x * s_w.
+  const ir::Node* conv1 = producer_of(g, "conv1.out");
+  const ir::Node* wdq = conv1->input(1)->producer();
+  ASSERT_EQ(wdq->op_type(), "DequantizeLinear");
+  EXPECT_EQ(wdq->attr_int("axis", -1), 0);
+  EXPECT_EQ(wdq->input(0)->initializer()->dtype(), DataType::kInt8);
+  const ir::Node* bdq = conv1->input(2)->producer();
+  ASSERT_EQ(bdq->op_type(), "DequantizeLinear");
+  EXPECT_EQ(bdq->input(0)->initializer()->dtype(), DataType::kInt32);
+  const float sx = dq_scale(conv1->input(0));
+  const Tensor* ws = wdq->input(1)->initializer();
+  const Tensor* bs = bdq->input(1)->initializer();
+  for (int64_t c = 0; c < 4; ++c) EXPECT_FLOAT_EQ(bs->data<float>()[c], sx * ws->data<float>()[c]);
+  // MaxPool: output Q shares the input's scale and zero point.
+  const ir::Node* mp = producer_of(g, "pool");
+  const ir::Node* mp_q = g.find_value("pool")->uses()[0].node;
+  ASSERT_EQ(mp_q->op_type(), "QuantizeLinear");
+  EXPECT_FLOAT_EQ(mp_q->input(1)->initializer()->data<float>()[0], dq_scale(mp->input(0)));
+  // Concat: both inputs and the output share one scale.
+  const ir::Node* cat = producer_of(g, "cat");
+  const float s0 = dq_scale(cat->input(0)), s1 = dq_scale(cat->input(1));
+  EXPECT_FLOAT_EQ(s0, s1);
+  EXPECT_FLOAT_EQ(g.find_value("cat")->uses()[0].node->input(1)->initializer()->data<float>()[0], s0);
+  // Gemm: weight per output channel on axis 0 (transB = 1); the graph output stays float, same name.
+  const ir::Node* fc = producer_of(g, "y");
+  EXPECT_EQ(fc->op_type(), "Gemm");
+  EXPECT_EQ(fc->input(1)->producer()->attr_int("axis", -1), 0);
+  EXPECT_EQ(g.outputs()[0]->name(), "y");
+  EXPECT_GE(n.model.opset(""), 13);
+  // Quantized output close to float: within a few steps of the Gemm input scale times |W| rows.
+  const Tensor got = runtime::Executor(n.model).run({{"x", n.input}})[0];
+  EXPECT_LE(testing::max_abs_error(got, ref), 0.05) << "quantized vs float";
+  EXPECT_GT(testing::max_abs_error(got, ref), 0.0);  // it really is quantized
+}
+
+TEST(QdqEmit, Int8ActivationsKeepRelu) {
+  Net n = make_net();
+  QdqOptions o;
+  o.activation_type = DataType::kInt8;
+  o.activation_symmetric = true;
+  const QdqSummary s = emit_qdq(n.model, n.ranges, o);
+  EXPECT_EQ(s.folded_activations, 0u);  // symmetric int8: Q does not clamp at 0, the Relu stays
+  int relus = 0;
+  for (const auto& node : n.model.graph->nodes()) relus += node->op_type() == "Relu";
+  EXPECT_EQ(relus, 2);
+}
+
+TEST(QdqEmit, ExclusionsAndPerTensor) {
+  Net n = make_net();
+  QdqOptions o;
+  o.exclude_nodes = {"fc"};
+  o.per_channel = false;
+  emit_qdq(n.model, n.ranges, o);
+  const ir::Graph& g = *n.model.graph;
+  const ir::Node* fc = producer_of(g, "y");
+  EXPECT_TRUE(fc->input(1)->is_initializer());  // float weight kept
+  EXPECT_EQ(fc->input(1)->initializer()->dtype(), DataType::kFloat);
+  const ir::Node* wdq = producer_of(g, "conv1.out")->input(1)->producer();
+  EXPECT_FALSE(wdq->has_attr("axis"));
+  EXPECT_EQ(wdq->input(1)->initializer()->numel(), 1);
+}
+
+TEST(QdqEmit, Activation16Bit) {
+  Net n = make_net();
+  QdqOptions o;
+  o.activation_type = DataType::kUint16;
+  emit_qdq(n.model, n.ranges, o);
+  EXPECT_EQ(n.model.opset(""), 21);
+  const ir::Node* q = n.model.graph->find_value("conv1.out")->uses()[0].node;
+  EXPECT_EQ(q->input(2)->initializer()->dtype(), DataType::kUint16);
+}
+
+}  // namespace
+}  // namespace qtool::quant

@@ -105,5 +105,20 @@ TEST_F(CalibrateCli, BadInputsAreExitCode2WithClearMessages) {
   EXPECT_FALSE(std::filesystem::exists(dir_.file("r.json")));
 }
 
+// Ctrl-C stops between samples: exit status 130, no ranges file written.
+TEST(CalibrateCliShared, SigintStopsCleanlyWithExit130) {
+  QTOOL_REQUIRE_SHARED();
+  TempDir d;
+  const std::string cmd = fmt::format(
+      "'{}' calibrate '{}' --calib '{}' --preprocess mobilenetv2-244 --samples 400 --no-progress -o '{}' & pid=$!; "
+      "sleep 3; kill -INT $pid; wait $pid; echo rc=$?",
+      testing::qtool_bin(), testing::shared_path("models/mobilenetv2/mobilenetv2_dequant_fp32.onnx"),
+      testing::shared_path("data/imagenet-sample/images"), d.file("r.json"));
+  auto r = run_command(cmd);
+  EXPECT_NE(r.out.find("rc=130"), std::string::npos) << r.out << r.err;
+  EXPECT_NE(r.err.find("interrupted after"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("r.json")));
+}
+
 }  // namespace
 }  // namespace qtool

@@ -1,5 +1,5 @@
 // Less common ops: Einsum (any equation, with ellipsis), Unique, window functions
-// (Hann/Hamming/Blackman) and MeanVarianceNormalization.
+// (Hann/Hamming/Blackman), MeanVarianceNormalization and NonMaxSuppression.
 //
 // Einsum is the reference form, not a GEMM: every label gets one size and, per operand, one
 // stride (repeated labels add their strides, which reads diagonals; size-1 ellipsis dims get
@@ -219,6 +219,72 @@ void mvn_kernel(KernelContext& ctx) {
   ctx.set_output(0, Tensor::from_vector<double>(x.shape(), out).cast(x.dtype()));
 }
 
+/// NonMaxSuppression: per (batch, class), greedily keeps the highest-scoring boxes whose IoU with
+/// every kept box is <= iou_threshold, among scores > score_threshold, at most
+/// max_output_boxes_per_class of them. Output rows are (batch, class, box).
+void nms_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor boxes = ctx.input(0).to_float();
+  const Tensor scores = ctx.input(1).to_float();
+  QTOOL_CHECK(boxes.rank() == 3 && boxes.dim(2) == 4 && scores.rank() == 3 && scores.dim(0) == boxes.dim(0) &&
+                  scores.dim(2) == boxes.dim(1),
+              ErrorCode::kInvalidModel, "{}: boxes {} and scores {} do not match", n.describe(),
+              shape_str(boxes.shape()), shape_str(scores.shape()));
+  const int64_t max_out = ctx.has_input(2) && ctx.input(2).numel() ? static_cast<int64_t>(ctx.input(2).get_as_double(0)) : 0;
+  const float iou_thr = ctx.has_input(3) && ctx.input(3).numel() ? static_cast<float>(ctx.input(3).get_as_double(0)) : 0.0f;
+  const bool has_score_thr = ctx.has_input(4) && ctx.input(4).numel();
+  const float score_thr = has_score_thr ? static_cast<float>(ctx.input(4).get_as_double(0)) : 0.0f;
+  const bool center = n.attr_int("center_point_box", 0) != 0;
+  const int64_t B = boxes.dim(0), S = boxes.dim(1), C = scores.dim(1);
+  const float* bx = boxes.data<float>();
+  const float* sc = scores.data<float>();
+  // Corners (y1, x1, y2, x2) with y1 <= y2, x1 <= x2.
+  auto corners = [&](int64_t b, int64_t i) {
+    const float* p = bx + (b * S + i) * 4;
+    std::array<float, 4> c;
+    if (center) {
+      c = {p[1] - p[3] / 2, p[0] - p[2] / 2, p[1] + p[3] / 2, p[0] + p[2] / 2};
+    } else {
+      c = {std::min(p[0], p[2]), std::min(p[1], p[3]), std::max(p[0], p[2]), std::max(p[1], p[3])};
+    }
+    return c;
+  };
+  auto iou = [](const std::array<float, 4>& a, const std::array<float, 4>& b) {
+    const float ih = std::max(0.0f, std::min(a[2], b[2]) - std::max(a[0], b[0]));
+    const float iw = std::max(0.0f, std::min(a[3], b[3]) - std::max(a[1], b[1]));
+    const float inter = ih * iw;
+    const float uni = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    return uni > 0 ? inter / uni : 0.0f;
+  };
+  std::vector<int64_t> out;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      const float* s = sc + (b * C + c) * S;
+      std::vector<int64_t> cand;
+      for (int64_t i = 0; i < S; ++i) {
+        if (!has_score_thr || s[i] > score_thr) cand.push_back(i);
+      }
+      std::stable_sort(cand.begin(), cand.end(), [&](int64_t x, int64_t y) { return s[x] > s[y]; });
+      std::vector<std::array<float, 4>> kept;
+      for (int64_t i : cand) {
+        if (static_cast<int64_t>(kept.size()) >= max_out) break;
+        const auto box = corners(b, i);
+        bool keep = true;
+        for (const auto& k : kept) {
+          if (iou(box, k) > iou_thr) {
+            keep = false;
+            break;
+          }
+        }
+        if (!keep) continue;
+        kept.push_back(box);
+        out.insert(out.end(), {b, c, i});
+      }
+    }
+  }
+  ctx.set_output(0, Tensor::from_vector<int64_t>({static_cast<int64_t>(out.size() / 3), 3}, out));
+}
+
 }  // namespace
 
 void register_misc_kernels(KernelRegistry& r) {
@@ -228,6 +294,7 @@ void register_misc_kernels(KernelRegistry& r) {
   r.add("", "HammingWindow", 17, window_kernel<1>);
   r.add("", "BlackmanWindow", 17, window_kernel<2>);
   r.add("", "MeanVarianceNormalization", 9, mvn_kernel);
+  r.add("", "NonMaxSuppression", 10, nms_kernel);
 }
 
 }  // namespace qtool::runtime::kernels

@@ -12,8 +12,10 @@
 
 namespace qtool::runtime {
 
-/// Receives every value a node produces, in execution order. The tensor reference is only
-/// valid during the call; observers must not keep it.
+/// Receives every value a node of the main graph produces, in execution order, exactly once per
+/// run(). Values computed inside If/Loop/Scan bodies are not reported (a body runs once per
+/// iteration); the control-flow node's own outputs are. The tensor reference is only valid during
+/// the call; observers must not keep it (copying the Tensor object, which shares storage, is fine).
 class Observer {
  public:
   virtual ~Observer() = default;
@@ -24,6 +26,8 @@ struct ExecutorOptions {
   int threads = 1;  ///< intra-op threads (1 = run on the caller's thread only)
 };
 
+/// Not thread-safe: run() keeps per-run state, so use one Executor per thread (they may share
+/// the Model). Kernels are resolved once, at construction, for the opset of each node's domain.
 class Executor {
  public:
   /// Prepares `model` (which must outlive the executor): resolves a kernel for every node and

@@ -1,5 +1,5 @@
 // Less common ops: Einsum (any equation, with ellipsis), Unique, window functions
-// (Hann/Hamming/Blackman), MeanVarianceNormalization and NonMaxSuppression.
+// (Hann/Hamming/Blackman), MeanVarianceNormalization, NonMaxSuppression and GridSample.
 //
 // Einsum is the reference form, not a GEMM: every label gets one size and, per operand, one
 // stride (repeated labels add their strides, which reads diagonals; size-1 ellipsis dims get
@@ -285,6 +285,105 @@ void nms_kernel(KernelContext& ctx) {
   ctx.set_output(0, Tensor::from_vector<int64_t>({static_cast<int64_t>(out.size() / 3), 3}, out));
 }
 
+/// PyTorch's reflect_coordinates: reflects x into [twice_low/2, twice_high/2].
+double reflect_coord(double x, double twice_low, double twice_high) {
+  if (twice_low == twice_high) return 0.0;
+  const double lo = twice_low / 2, span = (twice_high - twice_low) / 2;
+  x = std::fabs(x - lo);
+  const double extra = std::fmod(x, span);
+  const int64_t flips = static_cast<int64_t>(std::floor(x / span));
+  return flips % 2 == 0 ? extra + lo : span - extra + lo;
+}
+
+/// GridSample (opset 16, 4-D): samples X at the normalised grid positions (x, y in [-1, 1]),
+/// bilinear / nearest / bicubic (A = -0.75), with zeros / border / reflection padding, following
+/// the ONNX reference (which mirrors PyTorch's grid_sample).
+void grid_sample_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor x = ctx.input(0).to_float();
+  const Tensor grid = ctx.input(1).to_float();
+  QTOOL_CHECK(x.rank() == 4 && grid.rank() == 4 && grid.dim(3) == 2 && grid.dim(0) == x.dim(0),
+              ErrorCode::kUnsupported, "{}: only 4-D inputs with an [N, H, W, 2] grid are supported (got {} and {})",
+              n.describe(), shape_str(x.shape()), shape_str(grid.shape()));
+  const bool align = n.attr_int("align_corners", 0) != 0;
+  const std::string mode = n.attr_string("mode", "bilinear");
+  const std::string pad = n.attr_string("padding_mode", "zeros");
+  QTOOL_CHECK(mode == "bilinear" || mode == "linear" || mode == "nearest" || mode == "bicubic" || mode == "cubic",
+              ErrorCode::kUnsupported, "{}: mode '{}' is not supported", n.describe(), mode);
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), Ho = grid.dim(1), Wo = grid.dim(2);
+  const float* px = x.data<float>();
+  const float* pg = grid.data<float>();
+  Tensor out = Tensor::empty(DataType::kFloat, {N, C, Ho, Wo});
+  float* po = out.mutable_data<float>();
+  auto unnormalize = [&](double g, int64_t size) {
+    return align ? (g + 1) / 2 * static_cast<double>(size - 1) : ((g + 1) * static_cast<double>(size) - 1) / 2;
+  };
+  // Padding applied to a coordinate (bilinear/nearest source positions and bicubic taps).
+  auto pad_coord = [&](double c, int64_t size) {
+    if (pad == "border") return std::clamp(c, 0.0, static_cast<double>(size - 1));
+    if (pad == "reflection") {
+      c = align ? reflect_coord(c, 0, 2.0 * static_cast<double>(size - 1))
+                : reflect_coord(c, -1, 2.0 * static_cast<double>(size) - 1);
+      return std::clamp(c, 0.0, static_cast<double>(size - 1));
+    }
+    return c;
+  };
+  auto at = [&](const float* plane, int64_t yy, int64_t xx) -> double {
+    return (yy < 0 || yy >= H || xx < 0 || xx >= W) ? 0.0 : plane[yy * W + xx];
+  };
+  auto tap = [&](const float* plane, int64_t yy, int64_t xx) -> double {  // bicubic taps, padded
+    if (pad != "zeros") {
+      yy = static_cast<int64_t>(pad_coord(static_cast<double>(yy), H));
+      xx = static_cast<int64_t>(pad_coord(static_cast<double>(xx), W));
+    }
+    return at(plane, yy, xx);
+  };
+  auto cubic = [](double t) {
+    const double A = -0.75;
+    auto c1 = [&](double v) { return ((A + 2) * v - (A + 3)) * v * v + 1; };
+    auto c2 = [&](double v) { return ((A * v - 5 * A) * v + 8 * A) * v - 4 * A; };
+    return std::array<double, 4>{c2(t + 1), c1(t), c1(1 - t), c2(2 - t)};
+  };
+  for (int64_t b = 0; b < N; ++b) {
+    for (int64_t i = 0; i < Ho; ++i) {
+      for (int64_t j = 0; j < Wo; ++j) {
+        const float* g = pg + ((b * Ho + i) * Wo + j) * 2;
+        double sx = unnormalize(g[0], W), sy = unnormalize(g[1], H);
+        const bool is_cubic = mode == "bicubic" || mode == "cubic";
+        if (!is_cubic) {
+          sx = pad_coord(sx, W);
+          sy = pad_coord(sy, H);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const float* plane = px + (b * C + c) * H * W;
+          double v;
+          if (mode == "nearest") {
+            v = at(plane, static_cast<int64_t>(std::nearbyint(sy)), static_cast<int64_t>(std::nearbyint(sx)));
+          } else if (!is_cubic) {
+            const double x0 = std::floor(sx), y0 = std::floor(sy);
+            const double fx = sx - x0, fy = sy - y0;
+            const int64_t ix = static_cast<int64_t>(x0), iy = static_cast<int64_t>(y0);
+            v = (1 - fy) * ((1 - fx) * at(plane, iy, ix) + fx * at(plane, iy, ix + 1)) +
+                fy * ((1 - fx) * at(plane, iy + 1, ix) + fx * at(plane, iy + 1, ix + 1));
+          } else {
+            const double x0 = std::floor(sx), y0 = std::floor(sy);
+            const auto wx = cubic(sx - x0), wy = cubic(sy - y0);
+            const int64_t ix = static_cast<int64_t>(x0), iy = static_cast<int64_t>(y0);
+            v = 0;
+            for (int r = 0; r < 4; ++r) {
+              double row = 0;
+              for (int k = 0; k < 4; ++k) row += wx[k] * tap(plane, iy - 1 + r, ix - 1 + k);
+              v += wy[r] * row;
+            }
+          }
+          po[((b * C + c) * Ho + i) * Wo + j] = static_cast<float>(v);
+        }
+      }
+    }
+  }
+  ctx.set_output(0, ctx.input(0).dtype() == DataType::kFloat ? std::move(out) : out.cast(ctx.input(0).dtype()));
+}
+
 }  // namespace
 
 void register_misc_kernels(KernelRegistry& r) {
@@ -295,6 +394,7 @@ void register_misc_kernels(KernelRegistry& r) {
   r.add("", "BlackmanWindow", 17, window_kernel<2>);
   r.add("", "MeanVarianceNormalization", 9, mvn_kernel);
   r.add("", "NonMaxSuppression", 10, nms_kernel);
+  r.add("", "GridSample", 16, grid_sample_kernel);
 }
 
 }  // namespace qtool::runtime::kernels

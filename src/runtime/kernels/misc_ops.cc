@@ -1,5 +1,5 @@
 // Less common ops: Einsum (any equation, with ellipsis), Unique, window functions
-// (Hann/Hamming/Blackman), MeanVarianceNormalization, NonMaxSuppression and GridSample.
+// (Hann/Hamming/Blackman), MeanVarianceNormalization, NonMaxSuppression, GridSample, LRN and Det.
 //
 // Einsum is the reference form, not a GEMM: every label gets one size and, per operand, one
 // stride (repeated labels add their strides, which reads diagonals; size-1 ellipsis dims get
@@ -124,42 +124,128 @@ void einsum_kernel(KernelContext& ctx) {
   ctx.set_output(0, Tensor::from_vector<double>(out_shape, out).cast(ctx.input(0).dtype()));
 }
 
-/// Unique: sorted (default) or first-occurrence order; outputs Y, indices, inverse_indices, counts.
+/// Unique: unique elements (no axis: of the flattened input) or unique slices along `axis`,
+/// sorted (lexicographically for slices, the default) or in order of first occurrence; outputs
+/// Y, the first index of each, the inverse indices and the counts.
 void unique_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
-  QTOOL_CHECK(!n.has_attr("axis"), ErrorCode::kUnsupported, "{}: the axis attribute is not supported",
-              n.describe());
   const bool sorted = n.attr_int("sorted", 1) != 0;
+  const bool has_axis = n.has_attr("axis");
+  const int64_t r = static_cast<int64_t>(x.rank());
+  const int64_t axis = has_axis ? normalize_axis(n.attr_int("axis", 0), r, n) : 0;
+  int64_t outer = 1, dim = x.numel(), inner = 1;
+  if (has_axis) {
+    dim = x.shape()[axis];
+    for (int64_t d = 0; d < axis; ++d) outer *= x.shape()[d];
+    for (int64_t d = axis + 1; d < r; ++d) inner *= x.shape()[d];
+  }
   const std::vector<double> v = double_values(x);
-  std::vector<int64_t> first;  // index of the first occurrence of each unique value
-  std::map<double, int64_t> seen;
-  std::vector<int64_t> which(v.size());
-  for (size_t i = 0; i < v.size(); ++i) {
-    auto [it, inserted] = seen.emplace(v[i], static_cast<int64_t>(first.size()));
-    if (inserted) first.push_back(static_cast<int64_t>(i));
+  std::vector<std::vector<double>> slices(dim);
+  for (int64_t i = 0; i < dim; ++i)
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t k = 0; k < inner; ++k) slices[i].push_back(v[(o * dim + i) * inner + k]);
+  std::vector<int64_t> first;  // index of the first occurrence of each unique slice
+  std::map<std::vector<double>, int64_t> seen;
+  std::vector<int64_t> which(dim);
+  for (int64_t i = 0; i < dim; ++i) {
+    auto [it, inserted] = seen.emplace(slices[i], static_cast<int64_t>(first.size()));
+    if (inserted) first.push_back(i);
     which[i] = it->second;
   }
   std::vector<int64_t> order(first.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
-  if (sorted) std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[first[a]] < v[first[b]]; });
+  if (sorted) {
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return slices[first[a]] < slices[first[b]]; });
+  }
   std::vector<int64_t> rank(order.size());
   for (size_t i = 0; i < order.size(); ++i) rank[order[i]] = static_cast<int64_t>(i);
   const int64_t u = static_cast<int64_t>(order.size());
-  std::vector<double> y(u);
-  std::vector<int64_t> idx(u), counts(u, 0), inverse(v.size());
-  for (int64_t i = 0; i < u; ++i) {
-    y[i] = v[first[order[i]]];
-    idx[i] = first[order[i]];
-  }
-  for (size_t i = 0; i < v.size(); ++i) {
+  std::vector<int64_t> idx(u), counts(u, 0), inverse(dim);
+  for (int64_t i = 0; i < u; ++i) idx[i] = first[order[i]];
+  for (int64_t i = 0; i < dim; ++i) {
     inverse[i] = rank[which[i]];
     ++counts[inverse[i]];
   }
-  ctx.set_output(0, Tensor::from_vector<double>({u}, y).cast(x.dtype()));
+  Shape y_shape{u};
+  if (has_axis) {
+    y_shape = x.shape();
+    y_shape[axis] = u;
+  }
+  std::vector<double> y(static_cast<size_t>(outer * u * inner));
+  for (int64_t j = 0; j < u; ++j) {
+    const std::vector<double>& sl = slices[idx[j]];
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t k = 0; k < inner; ++k) y[(o * u + j) * inner + k] = sl[o * inner + k];
+  }
+  ctx.set_output(0, Tensor::from_vector<double>(y_shape, y).cast(x.dtype()));
   if (ctx.wants_output(1)) ctx.set_output(1, Tensor::from_vector<int64_t>({u}, idx));
-  if (ctx.wants_output(2)) ctx.set_output(2, Tensor::from_vector<int64_t>({static_cast<int64_t>(v.size())}, inverse));
+  if (ctx.wants_output(2)) ctx.set_output(2, Tensor::from_vector<int64_t>({dim}, inverse));
   if (ctx.wants_output(3)) ctx.set_output(3, Tensor::from_vector<int64_t>({u}, counts));
+}
+
+/// LRN: y = x / (bias + alpha/size * sum of x² over the `size` channels around c)^beta.
+void lrn_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor x = ctx.input(0).to_float();
+  QTOOL_CHECK(x.rank() >= 2, ErrorCode::kInvalidModel, "{}: input must have rank >= 2", n.describe());
+  const int64_t size = n.required_attr("size").i;
+  const double alpha = n.attr_float("alpha", 1e-4f), beta = n.attr_float("beta", 0.75f), bias = n.attr_float("bias", 1.0f);
+  const int64_t N = x.dim(0), C = x.dim(1), S = x.numel() / std::max<int64_t>(N * C, 1);
+  const int64_t lo = (size - 1) / 2, hi = size - 1 - lo;
+  const float* p = x.data<float>();
+  Tensor out = Tensor::empty(DataType::kFloat, x.shape());
+  float* o = out.mutable_data<float>();
+  for (int64_t b = 0; b < N; ++b)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t s = 0; s < S; ++s) {
+        double sq = 0;
+        for (int64_t k = std::max<int64_t>(0, c - lo); k <= std::min(C - 1, c + hi); ++k) {
+          const double v = p[(b * C + k) * S + s];
+          sq += v * v;
+        }
+        const int64_t i = (b * C + c) * S + s;
+        o[i] = static_cast<float>(p[i] / std::pow(bias + alpha / static_cast<double>(size) * sq, beta));
+      }
+  ctx.set_output(0, ctx.input(0).dtype() == DataType::kFloat ? std::move(out) : out.cast(ctx.input(0).dtype()));
+}
+
+/// Det over the last two dims: LU decomposition with partial pivoting, in double.
+void det_kernel(KernelContext& ctx) {
+  const ir::Node& n = ctx.node();
+  const Tensor& x = ctx.input(0);
+  QTOOL_CHECK(x.rank() >= 2 && x.dim(-1) == x.dim(-2), ErrorCode::kInvalidModel, "{}: input {} is not square",
+              n.describe(), shape_str(x.shape()));
+  const int64_t m = x.dim(-1);
+  const int64_t mats = x.numel() / std::max<int64_t>(m * m, 1);
+  const std::vector<double> v = double_values(x);
+  std::vector<double> dets(mats);
+  for (int64_t t = 0; t < mats; ++t) {
+    std::vector<double> a(v.begin() + t * m * m, v.begin() + (t + 1) * m * m);
+    double det = 1.0;
+    for (int64_t c = 0; c < m; ++c) {
+      int64_t piv = c;
+      for (int64_t r = c + 1; r < m; ++r) {
+        if (std::fabs(a[r * m + c]) > std::fabs(a[piv * m + c])) piv = r;
+      }
+      if (a[piv * m + c] == 0.0) {
+        det = 0.0;
+        break;
+      }
+      if (piv != c) {
+        for (int64_t k = 0; k < m; ++k) std::swap(a[c * m + k], a[piv * m + k]);
+        det = -det;
+      }
+      det *= a[c * m + c];
+      for (int64_t r = c + 1; r < m; ++r) {
+        const double f = a[r * m + c] / a[c * m + c];
+        for (int64_t k = c; k < m; ++k) a[r * m + k] -= f * a[c * m + k];
+      }
+    }
+    dets[t] = det;
+  }
+  const Shape out_shape(x.shape().begin(), x.shape().end() - 2);
+  ctx.set_output(0, Tensor::from_vector<double>(out_shape, dets).cast(x.dtype()));
 }
 
 /// Generalised cosine windows: w[i] = a0 - a1 cos(2πi/N) + a2 cos(4πi/N), N = size (periodic) or size-1.
@@ -395,6 +481,8 @@ void register_misc_kernels(KernelRegistry& r) {
   r.add("", "MeanVarianceNormalization", 9, mvn_kernel);
   r.add("", "NonMaxSuppression", 10, nms_kernel);
   r.add("", "GridSample", 16, grid_sample_kernel);
+  r.add("", "LRN", 1, lrn_kernel);
+  r.add("", "Det", 11, det_kernel);
 }
 
 }  // namespace qtool::runtime::kernels

@@ -6,6 +6,7 @@
 // report is printed; bad input exits with kBadInput (2).
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
@@ -13,6 +14,7 @@
 
 #include "commands.h"
 #include "qtool/core/error.h"
+#include "qtool/core/npy.h"
 #include "qtool/data/sample_source.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/report/compare.h"
@@ -24,6 +26,7 @@ struct CompareArgs {
   std::string fp32_path, quant_path, data_path, labels_path;
   std::string split = "all";
   std::string preprocess;
+  std::string dump_inputs;
   size_t samples = 0;
   bool json = false;
   bool no_layers = false;
@@ -31,6 +34,21 @@ struct CompareArgs {
   int threads = 1;
   std::optional<double> max_drop, min_sqnr, min_agreement;
 };
+
+/// Writes a sample's (preprocessed) inputs as .npy: DIR/<sample stem>.npy for single-input models,
+/// DIR/<input name>/<sample stem>.npy otherwise, so another runtime can be checked on exactly the
+/// tensors qtool compared on.
+void dump_sample(const std::string& dir, const report::CompareSample& s) {
+  namespace fs = std::filesystem;
+  const std::string stem = fs::path(s.name).stem().string();
+  for (const auto& [name, tensor] : s.inputs) {
+    fs::path folder = s.inputs.size() == 1 ? fs::path(dir) : fs::path(dir) / name;
+    std::error_code ec;
+    fs::create_directories(folder, ec);
+    QTOOL_CHECK(!ec, ErrorCode::kIo, "cannot create '{}': {}", folder.string(), ec.message());
+    write_npy((folder / (stem + ".npy")).string(), tensor);
+  }
+}
 
 void run_compare(const CompareArgs& a) {
   using namespace std::chrono;
@@ -64,6 +82,7 @@ void run_compare(const CompareArgs& a) {
     const size_t i = next_index++;
     s.inputs = selected->load(i);
     s.name = selected->describe(i);
+    if (!a.dump_inputs.empty()) dump_sample(a.dump_inputs, s);
     int64_t rows = 1;
     if (!s.inputs.empty()) {
       const Tensor& first = s.inputs.begin()->second;
@@ -139,6 +158,9 @@ void add_compare_command(CLI::App& app) {
       ->check(CLI::IsMember({"all", "even", "odd"}));
   cmd->add_option("--preprocess", a->preprocess, "image preprocessing preset for image folders (e.g. imagenet)");
   cmd->add_option("--threads", a->threads, "executor threads")->check(CLI::Range(1, 256));
+  cmd->add_option("--dump-inputs", a->dump_inputs,
+                  "also write each sample's model inputs (after preprocessing) as .npy into this folder, to "
+                  "check another runtime on the same tensors");
   cmd->add_flag("--json", a->json, "print one JSON document (schema qtool.compare) on stdout");
   cmd->add_flag("--no-layers", a->no_layers, "skip per-layer drift (faster, less memory)");
   cmd->add_option("--worst", a->worst, "how many layers the text report lists")->check(CLI::Range(0, 100000));

@@ -40,14 +40,22 @@ ROWS=(
   "Llama 125m (random) seq 128|$LLAMA|input_ids|$WORK/llama_tokens.npy|$(( (REPEAT + 1) / 2 ))"
 )
 
+# CPU milliseconds per run (user + sys, all threads) measured as the difference between a
+# process doing 1 + REP runs and one doing 1 run, so model loading, warm-up and process start
+# cancel out. On a shared, loaded machine this is far steadier than wall-clock latency.
+cpu_ms() { perf stat -x, -e task-clock -o "$WORK/ps.txt" -- "$@" >/dev/null 2>&1; awk -F, '/task-clock/{print $1}' "$WORK/ps.txt"; }
+per_run() { "$PY" -c "print('%.2f' % (($2 - $1) / $3))"; }
+HAVE_PERF=0
+command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
+
 median() { "$PY" -c "import json,sys,statistics; d=json.load(open(sys.argv[1])); print('%.2f' % statistics.median(d['run_ms']))" "$1"; }
 
 # glibc returns large freed blocks to the OS (mmap/munmap), so every run page-faults its
 # intermediates in again; the second qtool column keeps them in the heap (GLIBC_TUNABLES) to
 # show what an allocation cache in the executor would buy.
 TUNED="glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483648"
-echo "| model | threads | qtool median ms | qtool, malloc kept ms | ORT median ms | qtool/ORT | kept/ORT |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| model | threads | qtool median ms | qtool, malloc kept ms | ORT median ms | qtool/ORT | kept/ORT | qtool CPU ms/run | ORT CPU ms/run | CPU ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for threads in 1 2; do
   for row in "${ROWS[@]}"; do
     IFS='|' read -r name model input file rep <<<"$row"
@@ -59,6 +67,16 @@ for threads in 1 2; do
     k=$(median "$WORK/k.json")
     r=$("$PY" -c "print('%.2f' % ($q / $o))")
     rk=$("$PY" -c "print('%.2f' % ($k / $o))")
-    echo "| $name | $threads | $q | $k | $o | $r | $rk |"
+    cq="-"; co="-"; cr="-"
+    if [ "$HAVE_PERF" = 1 ] && [ "$threads" = 1 ]; then
+      a=$(cpu_ms "$BENCH" "$model" --threads 1 --repeat 1 --warmup "$WARMUP" "$input=$file")
+      b=$(cpu_ms "$BENCH" "$model" --threads 1 --repeat $((rep + 1)) --warmup "$WARMUP" "$input=$file")
+      cq=$(per_run "$a" "$b" "$rep")
+      a=$(cpu_ms node tools/ort/run.js "$model" "$WORK/ort" --threads 1 --repeat 1 --warmup "$WARMUP" "$input=$file")
+      b=$(cpu_ms node tools/ort/run.js "$model" "$WORK/ort" --threads 1 --repeat $((rep + 1)) --warmup "$WARMUP" "$input=$file")
+      co=$(per_run "$a" "$b" "$rep")
+      cr=$("$PY" -c "print('%.2f' % ($cq / $co))")
+    fi
+    echo "| $name | $threads | $q | $k | $o | $r | $rk | $cq | $co | $cr |"
   done
 done

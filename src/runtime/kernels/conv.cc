@@ -121,8 +121,17 @@ void depthwise_plane_2d(const T* __restrict x, const T* __restrict w, T bias, co
   const T* p = x;
   int64_t ld = iw;
   if (pt || pl || g.pad_end[1] || g.pad_end[2]) {
-    padded.assign(static_cast<size_t>(ph * pw), T(0));
-    for (int64_t r = 0; r < ih; ++r) std::memcpy(padded.data() + (r + pt) * pw + pl, x + r * iw, sizeof(T) * iw);
+    // Only the border is zeroed; the interior is overwritten row by row.
+    padded.resize(static_cast<size_t>(ph * pw));
+    T* d = padded.data();
+    std::fill(d, d + pt * pw, T(0));
+    std::fill(d + (pt + ih) * pw, d + ph * pw, T(0));
+    for (int64_t r = 0; r < ih; ++r) {
+      T* row = d + (r + pt) * pw;
+      std::fill(row, row + pl, T(0));
+      std::memcpy(row + pl, x + r * iw, sizeof(T) * iw);
+      std::fill(row + pl + iw, row + pw, T(0));
+    }
     p = padded.data();
     ld = pw;
   }

@@ -362,9 +362,13 @@ class Emitter {
     ir::Value* qv = add_init(w->name() + "_quantized", qw.values);
     const Shape sshape = per_channel ? Shape{static_cast<int64_t>(qw.scales.size())} : Shape{};
     ir::Value* scale = add_init(w->name() + "_scale", Tensor::from_vector<float>(sshape, qw.scales));
-    ir::Value* zp = add_init(w->name() + "_zero_point",
-                             make_int_tensor(opt_.weight_type, sshape, std::vector<int32_t>(qw.scales.size(), 0)));
-    ir::Node* dq = g_.add_node("DequantizeLinear", {qv, scale, zp}, {g_.unique_name(w->name() + "_DequantizeLinear_Output")},
+    ir::Value* zp = opt_.omit_zero_points
+                        ? nullptr
+                        : add_init(w->name() + "_zero_point", make_int_tensor(opt_.weight_type, sshape,
+                                                                               std::vector<int32_t>(qw.scales.size(), 0)));
+    std::vector<ir::Value*> dq_in = {qv, scale};
+    if (zp) dq_in.push_back(zp);
+    ir::Node* dq = g_.add_node("DequantizeLinear", dq_in, {g_.unique_name(w->name() + "_DequantizeLinear_Output")},
                                g_.unique_name(w->name() + "_DequantizeLinear"));
     if (per_channel) dq->set_attr(ir::Attribute::make_int("axis", qw.axis));
     set_type(dq->output(0), DataType::kFloat, w);
@@ -442,9 +446,13 @@ class Emitter {
           const std::string base = b->name() + "_" + (n->name().empty() ? n->output(0)->name() : n->name());
           ir::Value* qv = add_init(base + "_quantized", std::move(qb));
           ir::Value* scale = add_init(base + "_scale", Tensor::from_vector<float>(sshape, bscales));
-          ir::Value* zp = add_init(base + "_zero_point",
-                                   make_int_tensor(DataType::kInt32, sshape, std::vector<int32_t>(bscales.size(), 0)));
-          ir::Node* dq = g_.add_node("DequantizeLinear", {qv, scale, zp}, {g_.unique_name(base + "_DequantizeLinear_Output")},
+          ir::Value* zp = opt_.omit_zero_points
+                              ? nullptr
+                              : add_init(base + "_zero_point", make_int_tensor(DataType::kInt32, sshape,
+                                                                               std::vector<int32_t>(bscales.size(), 0)));
+          std::vector<ir::Value*> dq_in = {qv, scale};
+          if (zp) dq_in.push_back(zp);
+          ir::Node* dq = g_.add_node("DequantizeLinear", dq_in, {g_.unique_name(base + "_DequantizeLinear_Output")},
                                      g_.unique_name(base + "_DequantizeLinear"));
           if (per_channel) dq->set_attr(ir::Attribute::make_int("axis", 0));
           set_type(dq->output(0), DataType::kFloat, b);

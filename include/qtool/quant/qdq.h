@@ -92,6 +92,9 @@ struct QdqOptions {
   std::set<const ir::Value*> keep_float;
   /// Same, by tensor name (for decisions made on another copy of the model).
   std::set<std::string> keep_float_names;
+  /// Leave out the all-zero zero-point inputs of weight (int8) and bias (int32) DequantizeLinear
+  /// nodes: optional in ONNX (zero of x's type is assumed) and 18 KB + 72 KB on MobileNetV2.
+  bool omit_zero_points = true;
   /// Remove Relu/Clip made redundant by the output quantization (see the header comment).
   bool fold_activations = true;
 };

@@ -98,6 +98,14 @@ using MutMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
 void sgemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#if QTOOL_HAVE_AVX2_GEMM
+  // Portable build on an AVX2 machine: the AVX2 + FMA kernel is about twice as fast.
+  static const bool use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (use_avx2) {
+    sgemm_avx2_serial(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+#endif
   MutMap C(c, m, n, Eigen::OuterStride<>(ldc));
   if (k == 0) {
     if (beta == 0.0f) C.setZero();

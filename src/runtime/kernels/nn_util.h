@@ -62,6 +62,15 @@ WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, c
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool);
 
+#if defined(__x86_64__) && !defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
+#define QTOOL_HAVE_AVX2_GEMM 1
+/// sgemm's serial core compiled for AVX2 + FMA (gemm_avx2.cc); only called when the CPU has both.
+void sgemm_avx2_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                       int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+#else
+#define QTOOL_HAVE_AVX2_GEMM 0
+#endif
+
 /// Numpy-style broadcast of two shapes; throws naming the node if incompatible.
 Shape broadcast_shapes(const KernelContext& ctx, const Shape& a, const Shape& b);
 

@@ -16,6 +16,7 @@ PKGS=(
   python3-onnx python3-numpy                       # ../shared/tools/make_llama_onnx.py (benchmarks, external-data tests)
   time                                             # /usr/bin/time -v: peak RSS in tools/bench/calibrate_bench.sh
   python3-sklearn                                  # digits data set for tools/make_example/make_digits_example.py (bundled example)
+  libyaml-cpp-dev                                  # YAML experiment configs for qtool quantize --config (optional)
   chromium                                         # headless check that the HTML report renders its charts (tests/report)
   nodejs npm                                       # ONNX Runtime oracle (onnxruntime-node)
 )

@@ -10,6 +10,10 @@
 #include "qtool/core/error.h"
 #include "qtool/core/npy.h"
 
+#ifdef QTOOL_HAVE_YAML
+#include <yaml-cpp/yaml.h>
+#endif
+
 namespace qtool::report {
 
 namespace fs = std::filesystem;
@@ -53,7 +57,54 @@ nlohmann::json normalize_options(const nlohmann::json& obj, const std::string& w
   return out;
 }
 
+#ifdef QTOOL_HAVE_YAML
+/// YAML -> JSON with YAML 1.2 core-schema typing of plain scalars: integers, floats, true/false,
+/// null; quoted scalars stay strings.
+nlohmann::json yaml_to_json(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return nullptr;
+    case YAML::NodeType::Sequence: {
+      nlohmann::json a = nlohmann::json::array();
+      for (const auto& e : n) a.push_back(yaml_to_json(e));
+      return a;
+    }
+    case YAML::NodeType::Map: {
+      nlohmann::json o = nlohmann::json::object();
+      for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+      return o;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string v = n.Scalar();
+      if (n.Tag() == "!") return v;  // quoted
+      if (v == "true" || v == "True" || v == "TRUE") return true;
+      if (v == "false" || v == "False" || v == "FALSE") return false;
+      if (v == "null" || v == "~" || v.empty()) return nullptr;
+      try {
+        size_t pos = 0;
+        const long long i = std::stoll(v, &pos);
+        if (pos == v.size()) return static_cast<int64_t>(i);
+        const double d = std::stod(v, &pos);
+        if (pos == v.size()) return d;
+      } catch (...) {
+      }
+      return v;
+    }
+  }
+  return nullptr;
+}
+#endif
+
 }  // namespace
+
+bool yaml_supported() {
+#ifdef QTOOL_HAVE_YAML
+  return true;
+#else
+  return false;
+#endif
+}
 
 std::vector<std::string> ExperimentSetting::to_args() const {
   std::vector<std::string> args;
@@ -79,13 +130,24 @@ std::vector<std::string> ExperimentSetting::to_args() const {
 
 ExperimentConfig parse_experiment_config(const std::string& text, const std::string& what, const std::string& base_dir,
                                          bool yaml) {
-  QTOOL_CHECK(!yaml, ErrorCode::kUnsupported,
-              "{}: YAML configs are not supported by this build; write the same keys as JSON", what);
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text, nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(ErrorCode::kConfig, "{}: not valid JSON: {}", what, e.what());
+  if (yaml) {
+#ifdef QTOOL_HAVE_YAML
+    try {
+      j = yaml_to_json(YAML::Load(text));
+    } catch (const YAML::Exception& e) {
+      fail(ErrorCode::kConfig, "{}: not valid YAML: {}", what, e.what());
+    }
+#else
+    fail(ErrorCode::kUnsupported,
+         "{}: this qtool was built without yaml-cpp (libyaml-cpp-dev); write the same keys as JSON", what);
+#endif
+  } else {
+    try {
+      j = nlohmann::json::parse(text, nullptr, true, /*ignore_comments=*/true);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail(ErrorCode::kConfig, "{}: not valid JSON: {}", what, e.what());
+    }
   }
   QTOOL_CHECK(j.is_object(), ErrorCode::kConfig, "{}: the top level must be an object with \"settings\" and/or \"sweep\"",
               what);

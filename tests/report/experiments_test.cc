@@ -98,3 +98,41 @@ TEST(Experiments, RunWritesOneRowPerSettingAndKeepsGoingAfterAFailure) {
 
 }  // namespace
 }  // namespace qtool::report
+
+namespace qtool::report {
+namespace {
+
+TEST(Experiments, YamlConfigMatchesJson) {
+  if (!yaml_supported()) GTEST_SKIP() << "built without yaml-cpp (libyaml-cpp-dev)";
+  const auto y = parse_experiment_config(R"(
+# a sweep in YAML
+output_dir: out
+defaults:
+  calib: calibration_samples/digits
+  cle: true
+settings:
+  - name: int8
+    bits: 8
+  - name: w4
+    bits: 4
+    percentile: 99.99
+    keep-fp: "007"
+sweep:
+  block_size: [32, 64]
+)",
+                                         "exp.yaml", "/b", /*yaml=*/true);
+  ASSERT_EQ(y.settings.size(), 4u);
+  EXPECT_EQ(y.settings[0].name, "int8_block-size=32");
+  EXPECT_EQ(y.settings[0].options["bits"], 8);  // typed, not "8"
+  EXPECT_EQ(y.settings[0].options["cle"], true);
+  EXPECT_DOUBLE_EQ(y.settings[3].options["percentile"].get<double>(), 99.99);
+  EXPECT_EQ(y.settings[3].options["keep-fp"], "007");  // quoted stays a string
+  EXPECT_EQ(y.settings[3].to_args(),
+            (std::vector<std::string>{"--bits", "4", "--block-size", "64", "--calib", "calibration_samples/digits",
+                                      "--cle", "--keep-fp", "007", "--percentile", "99.99"}));
+  EXPECT_EQ(y.output_dir, "/b/out");
+  EXPECT_THROW(parse_experiment_config("a: [1, 2", "bad.yaml", "", true), Error);
+}
+
+}  // namespace
+}  // namespace qtool::report

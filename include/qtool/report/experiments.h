@@ -45,6 +45,9 @@ struct ExperimentConfig {
   std::vector<ExperimentSetting> settings;
 };
 
+/// True when this build reads YAML configs (built with yaml-cpp, Debian's libyaml-cpp-dev).
+bool yaml_supported();
+
 /// Parses and expands a config file. Throws kIo (unreadable) or kConfig (bad JSON/YAML, unknown
 /// top-level key, empty setting list, duplicate names) naming the file.
 ExperimentConfig load_experiment_config(const std::string& path);

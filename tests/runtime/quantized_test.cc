@@ -165,5 +165,39 @@ TEST(MatMulNBitsKernel, TwoAndEightBitsWithFloatZeroPointsAndBias) {
   EXPECT_VALUES_NEAR(y8[0], (std::vector<float>{-7, 1}), 1e-5);
 }
 
+TEST(QLinearAddKernel, BroadcastAndRequantize) {
+  // A = (10,20) -> (0, 5); B = 4 broadcast; C scale 0.25: (0 + 4) / 0.25 = 16, (5 + 4) / 0.25 = 36.
+  auto y = run_node({.op = "QLinearAdd",
+                     .inputs = {Tensor::from_vector<uint8_t>({2}, {10, 20}), Tensor::scalar<float>(0.5f), Tensor::scalar<uint8_t>(10),
+                                Tensor::from_vector<uint8_t>({1}, {4}), Tensor::scalar<float>(1.0f), Tensor::scalar<uint8_t>(0),
+                                Tensor::scalar<float>(0.25f), Tensor::scalar<uint8_t>(0)},
+                     .domain = "com.microsoft"});
+  EXPECT_EQ(y[0].dtype(), DataType::kUint8);
+  EXPECT_EQ(iv(y[0]), (std::vector<int32_t>{16, 36}));
+}
+
+TEST(QLinearConcatKernel, RequantizesInputsToOutputParams) {
+  auto y = run_node({.op = "QLinearConcat",
+                     .inputs = {Tensor::scalar<float>(1.0f), Tensor::scalar<uint8_t>(0),
+                                Tensor::from_vector<uint8_t>({1, 2}, {1, 2}), Tensor::scalar<float>(1.0f), Tensor::scalar<uint8_t>(0),
+                                Tensor::from_vector<uint8_t>({1, 1}, {10}), Tensor::scalar<float>(0.5f), Tensor::scalar<uint8_t>(4)},
+                     .attrs = {ai("axis", 1)}, .domain = "com.microsoft"});
+  EXPECT_EQ(y[0].shape(), (Shape{1, 3}));
+  EXPECT_EQ(iv(y[0]), (std::vector<int32_t>{1, 2, 3}));
+}
+
+TEST(QGemmKernel, Int32BiasRequantizedAndFloatOutput) {
+  // (A - 1) = [2, 4]; B = [[1,2],[3,4]]; acc = [14, 20] + C [1, -1] = [15, 19]; * 0.5 -> 7.5, 9.5
+  std::vector<Tensor> in = {Tensor::from_vector<uint8_t>({1, 2}, {3, 5}), Tensor::scalar<float>(0.5f), Tensor::scalar<uint8_t>(1),
+                            Tensor::from_vector<int8_t>({2, 2}, {1, 2, 3, 4}), Tensor::scalar<float>(1.0f), Tensor::scalar<int8_t>(0),
+                            Tensor::from_vector<int32_t>({2}, {1, -1})};
+  auto f = run_node({.op = "QGemm", .inputs = in, .domain = "com.microsoft"});
+  EXPECT_VALUES_NEAR(f[0], (std::vector<float>{7.5f, 9.5f}), 1e-6);
+  in.push_back(Tensor::scalar<float>(1.0f));
+  in.push_back(Tensor::scalar<uint8_t>(0));
+  auto q = run_node({.op = "QGemm", .inputs = in, .domain = "com.microsoft"});
+  EXPECT_EQ(iv(q[0]), (std::vector<int32_t>{8, 10}));  // ties to even
+}
+
 }  // namespace
 }  // namespace qtool::testing

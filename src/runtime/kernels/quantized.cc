@@ -1,6 +1,7 @@
 // Quantized ops: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; 8/16/32-bit
 // and packed 4/2-bit), DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul,
-// QLinearConv and com.microsoft MatMulNBits.
+// QLinearConv, com.microsoft MatMulNBits and the com.microsoft QOperator helpers QLinearAdd,
+// QLinearConcat and QGemm.
 //
 // Integer products are accumulated exactly (double GEMM: every int8/int16 product sum below
 // 2^53 is exact), then requantized like ONNX Runtime: y = sat(nearbyint(acc * (s_a s_b / s_y)) + zp_y)
@@ -441,6 +442,162 @@ void matmul_nbits_kernel(KernelContext& ctx) {
   ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
 }
 
+/// Per-tensor scale and zero point of a (value, scale, zero point) triple starting at input i.
+void scalar_qparams(const KernelContext& ctx, size_t scale_in, size_t zp_in, float* scale, int32_t* zp) {
+  Tensor s = nn::float_input(ctx, scale_in);
+  if (s.numel() != 1) nn::bad_node(ctx, "input {} must be a per-tensor scale, got {}", scale_in, shape_str(s.shape()));
+  *scale = s.data<float>()[0];
+  *zp = ctx.has_input(zp_in) ? int_values(ctx, ctx.input(zp_in), "zero point").at(0) : 0;
+}
+
+/// Output dtype of a QLinear* op: its zero point's, else the first input's.
+DataType qoutput_dtype(const KernelContext& ctx, size_t zp_in, DataType fallback) {
+  return ctx.has_input(zp_in) ? ctx.input(zp_in).dtype() : fallback;
+}
+
+/// com.microsoft QLinearAdd: C = quantize(dequantize(A) + dequantize(B)) with numpy broadcasting;
+/// inputs A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp (per-tensor).
+void qlinear_add_kernel(KernelContext& ctx) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(3);
+  float sa, sb, sc;
+  int32_t za, zb, zc;
+  scalar_qparams(ctx, 1, 2, &sa, &za);
+  scalar_qparams(ctx, 4, 5, &sb, &zb);
+  scalar_qparams(ctx, 6, 7, &sc, &zc);
+  const std::vector<int32_t> av = int_values(ctx, a, "A"), bv = int_values(ctx, b, "B");
+  const Shape ys = nn::broadcast_shapes(ctx, a.shape(), b.shape());
+  const DataType out = qoutput_dtype(ctx, 7, a.dtype());
+  int64_t lo, hi;
+  dtype_int_range(out, &lo, &hi);
+  const size_t r = ys.size();
+  auto strides_for = [&](const Shape& s) {
+    std::vector<int64_t> st(r, 0);
+    int64_t acc = 1;
+    for (size_t i = 0; i < s.size(); ++i) {
+      const size_t d = s.size() - 1 - i, o = r - 1 - i;
+      st[o] = s[d] == 1 ? 0 : acc;
+      acc *= s[d];
+    }
+    return st;
+  };
+  const std::vector<int64_t> sta = strides_for(a.shape()), stb = strides_for(b.shape());
+  Tensor y(out, ys);
+  uint8_t* yp = y.mutable_raw();
+  const int64_t n = y.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t rem = i, ia = 0, ib = 0;
+    for (size_t d = r; d-- > 0;) {
+      const int64_t c = rem % ys[d];
+      rem /= ys[d];
+      ia += c * sta[d];
+      ib += c * stb[d];
+    }
+    const float v = static_cast<float>(av[ia] - za) * sa + static_cast<float>(bv[ib] - zb) * sb;
+    write_int(yp, out, i, quantize_one(v, sc, zc, lo, hi));
+  }
+  ctx.set_output(0, std::move(y));
+}
+
+/// com.microsoft QLinearConcat: inputs Y_scale, Y_zp, then (X, X_scale, X_zp) per tensor; each
+/// input is requantized to Y's parameters and concatenated along `axis`.
+void qlinear_concat_kernel(KernelContext& ctx) {
+  float sy;
+  int32_t zy;
+  scalar_qparams(ctx, 0, 1, &sy, &zy);
+  const size_t count = (ctx.num_inputs() - 2) / 3;
+  if (count == 0 || (ctx.num_inputs() - 2) % 3 != 0) nn::bad_node(ctx, "expects Y_scale, Y_zp and (X, scale, zp) triples");
+  const Tensor& first = ctx.input(2);
+  const int64_t rank = static_cast<int64_t>(first.rank());
+  const int64_t axis = nn::normalize_axis(ctx, ctx.node().required_attr("axis").i, rank);
+  Shape ys = first.shape();
+  ys[axis] = 0;
+  for (size_t t = 0; t < count; ++t) {
+    const Tensor& x = ctx.input(2 + 3 * t);
+    if (static_cast<int64_t>(x.rank()) != rank) nn::bad_node(ctx, "input {} has rank {}, expected {}", t, x.rank(), rank);
+    for (int64_t d = 0; d < rank; ++d) {
+      if (d != axis && x.dim(static_cast<int>(d)) != ys[d]) nn::bad_node(ctx, "input {} shape {} does not match", t, shape_str(x.shape()));
+    }
+    ys[axis] += x.dim(static_cast<int>(axis));
+  }
+  const DataType out = qoutput_dtype(ctx, 1, first.dtype());
+  int64_t lo, hi;
+  dtype_int_range(out, &lo, &hi);
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= ys[d];
+  for (int64_t d = axis + 1; d < rank; ++d) inner *= ys[d];
+  Tensor y(out, ys);
+  uint8_t* yp = y.mutable_raw();
+  int64_t offset = 0;
+  for (size_t t = 0; t < count; ++t) {
+    const Tensor& x = ctx.input(2 + 3 * t);
+    float sx;
+    int32_t zx;
+    scalar_qparams(ctx, 3 + 3 * t, 4 + 3 * t, &sx, &zx);
+    const std::vector<int32_t> xv = int_values(ctx, x, "X");
+    const int64_t len = x.dim(static_cast<int>(axis)) * inner;
+    const bool same = sx == sy && zx == zy;
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t i = 0; i < len; ++i) {
+        const int32_t q = xv[o * len + i];
+        const int64_t dst = o * ys[axis] * inner + offset + i;
+        write_int(yp, out, dst, same ? q : quantize_one(static_cast<float>(q - zx) * sx, sy, zy, lo, hi));
+      }
+    }
+    offset += len;
+  }
+  ctx.set_output(0, std::move(y));
+}
+
+/// com.microsoft QGemm: acc = (A - a_zp) op(B - b_zp) (+ int32 C), then
+/// y = sat(nearbyint(acc * alpha * a_scale * b_scale / y_scale) + y_zp), or float
+/// alpha * a_scale * b_scale * acc when y_scale is absent. b_scale/b_zp may be per column.
+void qgemm_kernel(KernelContext& ctx) {
+  const ir::Node& node = ctx.node();
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(3);
+  if (a.rank() != 2 || b.rank() != 2) nn::bad_node(ctx, "A {} and B {} must be 2-D", shape_str(a.shape()), shape_str(b.shape()));
+  const bool ta = node.attr_int("transA", 0) != 0, tb = node.attr_int("transB", 0) != 0;
+  const float alpha = node.attr_float("alpha", 1.0f);
+  const int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
+  const int64_t n = tb ? b.dim(0) : b.dim(1);
+  if ((tb ? b.dim(1) : b.dim(0)) != k) nn::bad_node(ctx, "inner dimensions differ: A {} B {}", shape_str(a.shape()), shape_str(b.shape()));
+  float sa;
+  int32_t za;
+  scalar_qparams(ctx, 1, 2, &sa, &za);
+  const std::vector<float> sb = scale_values(ctx, 4);
+  std::vector<int32_t> zb = ctx.has_input(5) ? int_values(ctx, ctx.input(5), "b zero point") : std::vector<int32_t>{0};
+  if (sb.size() != 1 && static_cast<int64_t>(sb.size()) != n) nn::bad_node(ctx, "b_scale has {} values for N={}", sb.size(), n);
+  const std::vector<int32_t> av = int_values(ctx, a, "A"), bv = int_values(ctx, b, "B");
+  std::vector<double> ad(av.size()), bd(bv.size());
+  for (size_t i = 0; i < av.size(); ++i) ad[i] = av[i] - za;
+  for (size_t i = 0; i < bv.size(); ++i) {
+    const int64_t col = tb ? static_cast<int64_t>(i) / k : static_cast<int64_t>(i) % n;
+    bd[i] = bv[i] - (zb.size() == 1 ? zb[0] : zb[col]);
+  }
+  std::vector<double> acc(static_cast<size_t>(m * n));
+  nn::dgemm(ta, tb, m, n, k, ad.data(), a.dim(1), bd.data(), b.dim(1), acc.data(), n);
+  if (ctx.has_input(6)) {
+    const Tensor& c = ctx.input(6);
+    const std::vector<int32_t> cv = int_values(ctx, c, "C");
+    const int64_t cr = c.rank() == 2 ? c.dim(0) : 1, cc = c.rank() >= 1 ? c.dim(-1) : 1;
+    if ((cr != 1 && cr != m) || (cc != 1 && cc != n)) nn::bad_node(ctx, "C {} cannot be broadcast to [{},{}]", shape_str(c.shape()), m, n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) acc[i * n + j] += cv[(cr == 1 ? 0 : i) * cc + (cc == 1 ? 0 : j)];
+  }
+  if (!ctx.has_input(7)) {
+    Tensor y = Tensor::empty(DataType::kFloat, {m, n});
+    float* yp = y.mutable_data<float>();
+    for (int64_t i = 0; i < m * n; ++i) yp[i] = static_cast<float>(acc[i]) * (alpha * sa * sb[sb.size() == 1 ? 0 : i % n]);
+    ctx.set_output(0, std::move(y));
+    return;
+  }
+  const std::vector<float> sy = scale_values(ctx, 7);
+  std::vector<float> mult(sb.size());
+  for (size_t j = 0; j < sb.size(); ++j) mult[j] = alpha * sa * sb[j] / sy.at(0);
+  ctx.set_output(0, requantize(ctx, acc, {m, n}, mult, 8, [n](int64_t i) { return i % n; }));
+}
+
 }  // namespace
 
 /// Registers the quantized family (ai.onnx and com.microsoft MatMulNBits).
@@ -453,6 +610,9 @@ void kernels::register_quantized_kernels(KernelRegistry& r) {
   r.add("", "QLinearMatMul", 10, qlinear_matmul_kernel);
   r.add("", "QLinearConv", 10, qlinear_conv_kernel);
   r.add("com.microsoft", "MatMulNBits", 1, matmul_nbits_kernel);
+  r.add("com.microsoft", "QLinearAdd", 1, qlinear_add_kernel);
+  r.add("com.microsoft", "QLinearConcat", 1, qlinear_concat_kernel);
+  r.add("com.microsoft", "QGemm", 1, qgemm_kernel);
 }
 
 }  // namespace qtool::runtime

@@ -69,6 +69,20 @@ void Histogram::add(const float* x, size_t n) {
   }
   nonfinite_ += n - finite;
   if (finite == 0) return;
+  if (finite == n) {
+    add_finite(x, n, bmin, bmax);
+    return;
+  }
+  std::vector<float> kept;
+  kept.reserve(finite);
+  for (size_t i = 0; i < n; ++i) {
+    if (std::isfinite(x[i])) kept.push_back(x[i]);
+  }
+  add_finite(kept.data(), kept.size(), bmin, bmax);
+}
+
+void Histogram::add_finite(const float* x, size_t n, float bmin, float bmax) {
+  if (n == 0) return;
   if (counts_.empty()) {
     vmin_ = bmin;
     vmax_ = bmax;
@@ -87,15 +101,23 @@ void Histogram::add(const float* x, size_t n) {
     }
     if (kmax > last) counts_.resize(counts_.size() + static_cast<size_t>(kmax - last), 0);
   }
+  // floor(v * 2^-e) - first, exact in double. Unrolled by 4 so the conversions overlap.
   const double scale = std::ldexp(1.0, -exp_);
+  const double off = static_cast<double>(first_);
   uint64_t* c = counts_.data();
-  const int64_t f = first_;
-  for (size_t i = 0; i < n; ++i) {
-    const double v = x[i];
-    if (!std::isfinite(v)) continue;
-    c[static_cast<int64_t>(std::floor(v * scale)) - f] += 1;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const auto k0 = static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
+    const auto k1 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 1]) * scale) - off);
+    const auto k2 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 2]) * scale) - off);
+    const auto k3 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 3]) * scale) - off);
+    ++c[k0];
+    ++c[k1];
+    ++c[k2];
+    ++c[k3];
   }
-  total_ += finite;
+  for (; i < n; ++i) ++c[static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off)];
+  total_ += n;
 }
 
 void Histogram::merge(const Histogram& o) {

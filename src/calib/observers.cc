@@ -22,28 +22,47 @@ namespace {
 struct BlockStats {
   float mn = std::numeric_limits<float>::infinity();
   float mx = -std::numeric_limits<float>::infinity();
-  double sum = 0.0;
+  double s1 = 0.0;  // sum of (x - shift)
+  double s2 = 0.0;  // sum of (x - shift)^2
   uint64_t n = 0;
 };
 
+// One pass: min, max and shifted first/second moments (shift = a value near the mean, so that
+// M2 = s2 - s1^2/n loses no precision in double).
 template <bool kCheckFinite>
-void scan_block(const float* p, int64_t len, BlockStats& b) {
+void scan_block(const float* p, int64_t len, double shift, BlockStats& b) {
   float mn = b.mn, mx = b.mx;
-  double sum = 0.0;
+  double a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
   uint64_t n = 0;
-  for (int64_t i = 0; i < len; ++i) {
+  int64_t i = 0;
+  if constexpr (!kCheckFinite) {
+    for (; i + 4 <= len; i += 4) {
+      for (int k = 0; k < 4; ++k) {
+        const float v = p[i + k];
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        const double d = static_cast<double>(v) - shift;
+        a1[k] += d;
+        a2[k] += d * d;
+      }
+    }
+  }
+  for (; i < len; ++i) {
     const float v = p[i];
     if constexpr (kCheckFinite) {
       if (!std::isfinite(v)) continue;
     }
     mn = v < mn ? v : mn;
     mx = v > mx ? v : mx;
-    sum += v;
+    const double d = static_cast<double>(v) - shift;
+    a1[0] += d;
+    a2[0] += d * d;
     ++n;
   }
   b.mn = mn;
   b.mx = mx;
-  b.sum += sum;
+  b.s1 += (a1[0] + a1[1]) + (a1[2] + a1[3]);
+  b.s2 += (a2[0] + a2[1]) + (a2[2] + a2[3]);
   b.n += kCheckFinite ? n : static_cast<uint64_t>(len);
 }
 
@@ -82,28 +101,32 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
     channel_max.assign(static_cast<size_t>(C), -std::numeric_limits<float>::infinity());
   }
 
-  // Pass 1: per-channel min/max, sum. Fast path assumes finite data and checks the sum.
+  // One pass: per-channel min/max and shifted moments. The fast path assumes finite data and
+  // checks the sums afterwards.
+  double shift = count > 0 ? mean : static_cast<double>(data[0]);
+  if (!std::isfinite(shift)) shift = 0.0;
   BlockStats total;
   auto pass1 = [&]<bool kCheck>() {
     total = BlockStats{};
     for (int64_t ob = 0; ob < outer; ++ob) {
       for (int64_t c = 0; c < C; ++c) {
         BlockStats b;
-        scan_block<kCheck>(data + (ob * C + c) * inner, inner, b);
+        scan_block<kCheck>(data + (ob * C + c) * inner, inner, shift, b);
         if (axis >= 0 && b.n > 0) {
           channel_min[static_cast<size_t>(c)] = std::min(channel_min[static_cast<size_t>(c)], b.mn);
           channel_max[static_cast<size_t>(c)] = std::max(channel_max[static_cast<size_t>(c)], b.mx);
         }
         total.mn = std::min(total.mn, b.mn);
         total.mx = std::max(total.mx, b.mx);
-        total.sum += b.sum;
+        total.s1 += b.s1;
+        total.s2 += b.s2;
         total.n += b.n;
       }
     }
   };
   const std::vector<float> saved_min = channel_min, saved_max = channel_max;
   pass1.template operator()<false>();
-  const bool all_finite = std::isfinite(total.sum) && std::isfinite(total.mn) && std::isfinite(total.mx);
+  const bool all_finite = std::isfinite(total.s2) && std::isfinite(total.mn) && std::isfinite(total.mx);
   if (!all_finite) {  // NaN/inf present: redo, skipping them
     channel_min = saved_min;
     channel_max = saved_max;
@@ -114,14 +137,10 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
     return;
   }
 
-  // Pass 2: squared deviations from the batch mean, then Chan's merge.
-  const double bmean = total.sum / static_cast<double>(total.n);
-  double bm2 = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double v = data[i];
-    if (!all_finite && !std::isfinite(v)) continue;
-    bm2 += (v - bmean) * (v - bmean);
-  }
+  // Batch mean and M2 from the shifted sums, then Chan's merge.
+  const double nb_d = static_cast<double>(total.n);
+  const double bmean = shift + total.s1 / nb_d;
+  const double bm2 = std::max(0.0, total.s2 - total.s1 * total.s1 / nb_d);
   if (count == 0) {
     min = total.mn;
     max = total.mx;
@@ -136,7 +155,10 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
     m2 += bm2 + d * d * na * nb / nn;
   }
   count += total.n;
-  if (o.histogram) hist.add(data, static_cast<size_t>(n));
+  if (o.histogram) {
+    if (all_finite) hist.add_finite(data, static_cast<size_t>(n), total.mn, total.mx);
+    else hist.add(data, static_cast<size_t>(n));
+  }
 }
 
 void StatsObserver::begin_batch(size_t) { ++batch_; }

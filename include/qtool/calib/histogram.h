@@ -30,6 +30,9 @@ class Histogram {
 
   /// Adds n values; NaN and +-inf are skipped and counted in nonfinite().
   void add(const float* x, size_t n);
+  /// The same when the caller already knows that all n values are finite and lie in [lo, hi]
+  /// (saves a pass over the data; the observer computes min/max anyway).
+  void add_finite(const float* x, size_t n, float lo, float hi);
   /// Adds every count of `other` (which must have the same max_bins): the result equals adding
   /// the other's values directly.
   void merge(const Histogram& other);

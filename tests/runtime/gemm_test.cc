@@ -76,6 +76,16 @@ TEST(MatMulKernel, LargeThreadedMatchesNaive) {
   }
 }
 
+TEST(MatMulKernel, IntegerAndFloat16KeepTheirType) {
+  auto yi = run_node({.op = "MatMul", .inputs = {Tensor::from_vector<int64_t>({1, 2}, {3, -4}), Tensor::from_vector<int64_t>({2, 1}, {5, 6})}});
+  EXPECT_EQ(yi[0].dtype(), DataType::kInt64);
+  EXPECT_EQ(yi[0].data<int64_t>()[0], -9);
+  Tensor h = ft({1, 2}, {1.5f, 2.0f}).cast(DataType::kFloat16);
+  auto yh = run_node({.op = "MatMul", .inputs = {h, ft({2, 1}, {2, 1}).cast(DataType::kFloat16)}});
+  EXPECT_EQ(yh[0].dtype(), DataType::kFloat16);
+  EXPECT_VALUES_NEAR(yh[0], (std::vector<float>{5.0f}), 0);
+}
+
 TEST(GemmKernel, RejectsMismatchedInnerDims) {
   EXPECT_THROW(run_node({.op = "Gemm", .inputs = {ft({2, 3}, rnd(6, 1)), ft({2, 2}, rnd(4, 1))}}), Error);
 }

@@ -19,8 +19,9 @@ Tensor float_input(const KernelContext& ctx, size_t i) {
 }
 
 Tensor to_dtype_like(Tensor t, DataType like) {
-  if (like == DataType::kFloat || !dtype_is_float(like) || t.dtype() == like) return t;
-  return t.cast(like);
+  if (like == DataType::kFloat || t.dtype() == like) return t;
+  if (dtype_is_float(like) || (dtype_is_integer(like) && !dtype_is_packed(like))) return t.cast(like);
+  return t;
 }
 
 int64_t normalize_axis(const KernelContext& ctx, int64_t axis, int64_t rank) {

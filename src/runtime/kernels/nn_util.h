@@ -23,8 +23,8 @@ template <typename... Args>
 /// (float16/bfloat16/double/ints), so kernels compute in float32 whatever the model stores.
 Tensor float_input(const KernelContext& ctx, size_t i);
 
-/// Returns the output dtype matching a float input's dtype: float results are converted back
-/// to float16/bfloat16/double when the node's first input had that type.
+/// Converts a float32 result back to the node's input type: float16/bfloat16/double, or an
+/// integer type for ops like MatMul/Gemm on int32/int64 (exact while |values| < 2^24).
 Tensor to_dtype_like(Tensor t, DataType like);
 
 /// axis in [-rank, rank) -> [0, rank); throws naming the node otherwise.

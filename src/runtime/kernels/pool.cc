@@ -133,7 +133,7 @@ void max_pool_typed(KernelContext& ctx, const Tensor& x, const nn::WindowGeometr
           }
     }
   });
-  ctx.set_output(0, std::move(y));
+  ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
   if (want_idx) ctx.set_output(1, std::move(idx));
 }
 

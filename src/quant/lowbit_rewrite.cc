@@ -15,6 +15,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <spdlog/spdlog.h>
 
 #include "lowbit_internal.h"
@@ -63,8 +66,20 @@ bool is_float_init(const ir::Value* v) {
   return v && v->initializer() && v->initializer()->dtype() == DataType::kFloat;
 }
 
+/// Drops the resident pages of a tensor that maps external data read-only (they are re-read from
+/// the file if touched again), so that streaming a model larger than memory layer by layer keeps
+/// the resident set to about one layer.
+void release_mapped_pages(const Tensor& t) {
+  if (!t.is_mapped() || t.nbytes() == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.raw()) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(t.raw()) + t.nbytes();
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 /// W [rows, cols] from the initializer in the target's layout.
 void extract_matrix(Target& t) {
+  if (!t.w.empty()) return;
   const Tensor f = t.weight->initializer()->to_float();
   const float* b = f.data<float>();
   t.w.assign(t.rows * t.cols, 0.0f);
@@ -91,6 +106,7 @@ void extract_matrix(Target& t) {
       }
       break;
   }
+  release_mapped_pages(*t.weight->initializer());
 }
 
 /// Finds the weight layers of the main graph, in node order.
@@ -489,8 +505,10 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
 
   std::vector<Target> targets = find_targets(g, cfg.block_size);
   choose_formats(targets, cfg);
-  for (Target& t : targets)
-    if (t.format) with_context("while reading weight '" + t.weight->name() + "'", [&] { extract_matrix(t); });
+  // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
+  if (cfg.algorithm == WeightAlgorithm::kAwq)
+    for (Target& t : targets)
+      if (t.format) with_context("while reading weight '" + t.weight->name() + "'", [&] { extract_matrix(t); });
 
   // Phase 3: calibration statistics of the inputs of quantized MatMul/Gemm layers.
   std::unordered_map<const ir::Value*, InputStats> stats;
@@ -575,6 +593,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       continue;
     }
     with_context("while quantizing weight '" + t.weight->name() + "' of " + t.node->describe(), [&] {
+      extract_matrix(t);
       const std::vector<float> w_before = t.w;  // after AWQ scaling
       QuantSpec spec = QuantSpec::from_format(*t.format);
       spec.clip_steps = cfg.clip_steps;
@@ -631,6 +650,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       L.bits_per_weight = static_cast<double>(bytes) * 8.0 / static_cast<double>(t.rows * t.cols);
       report.float_weight_bytes += float_bytes;
       report.quant_weight_bytes += bytes;
+      std::vector<float>().swap(t.w);  // keep one layer's float copy at a time
       if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {
         main_bits += static_cast<double>(bytes) * 8.0;
         main_weights += static_cast<double>(t.rows * t.cols);

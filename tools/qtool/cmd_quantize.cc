@@ -44,6 +44,7 @@ struct QuantizeArgs {
   bool shuffle = false;
   int threads = 1;
   int64_t block_size = 32;
+  int64_t seq_len = 0;
   std::string weight_algorithm = "rtn";
 };
 
@@ -59,6 +60,7 @@ std::vector<std::string> split_list(const std::string& s) {
 std::shared_ptr<data::SelectedSource> open_samples(const QuantizeArgs& a, const ir::Model& model) {
   data::SourceOptions so;
   if (!a.preprocess.empty()) so.image = data::image_preset(a.preprocess);
+  so.seq_len = a.seq_len;
   auto source = data::open_sample_source(a.calib_path, data::input_specs(model), so);
   data::SelectOptions sel;
   sel.split = a.split;
@@ -220,6 +222,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--samples", a->samples, "number of calibration samples (default all, capped at 1000)");
   cmd->add_option("--calib-split", a->split, "all, even or odd positions of the sorted samples");
   cmd->add_option("--preprocess", a->preprocess, "image preprocessing preset (imagenet, caffe-bgr, mnist-raw, ...)");
+  cmd->add_option("--seq-len", a->seq_len, "token streams (.i32): tokens per calibration sequence");
   cmd->add_option("--seed", a->seed, "seed for shuffling the samples");
   cmd->add_flag("--shuffle", a->shuffle, "shuffle the samples (seeded) before taking --samples");
   cmd->add_option("--threads", a->threads, "executor threads");

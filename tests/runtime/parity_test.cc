@@ -31,7 +31,7 @@ double parity_error(const Tensor& got, const Tensor& ref) {
 }
 
 /// Runs every test_data_set_* matching `prefix` of model `rel` and checks each output.
-void check_test_data(const std::string& rel, const std::string& set_prefix, int threads = 1) {
+void check_test_data(const std::string& rel, const std::string& set_prefix, int threads = 1, bool exact = false) {
   const std::string path = shared_path("models/" + rel);
   ir::Model model = onnx_io::load_model(path);
   runtime::Executor ex(model, {.threads = threads});
@@ -39,7 +39,7 @@ void check_test_data(const std::string& rel, const std::string& set_prefix, int 
   int sets = 0;
   for (const auto& entry : fs::directory_iterator(fs::path(path).parent_path())) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind(set_prefix, 0) != 0) continue;
+    if (!entry.is_directory() || name.rfind(set_prefix, 0) != 0 || (exact && name != set_prefix)) continue;
     if (set_prefix == "test_data_set_" && name.find("fp32") != std::string::npos) continue;
     std::map<std::string, Tensor> feeds;
     for (size_t k = 0;; ++k) {
@@ -85,11 +85,43 @@ TEST(ModelParity, MobileNetV2Fp32) {
   check_test_data("mobilenetv2/mobilenetv2_dequant_fp32.onnx", "test_data_set_fp32", 2);
 }
 
+TEST(ModelParity, MobileNetV2QdqMatchesUnfusedOrt) {
+  // The pre-quantized QDQ model exercises QuantizeLinear/DequantizeLinear on real activations.
+  // Its stored outputs come from ORT with graph optimizations, which fuses Q/DQ pairs into
+  // integer QLinearConv kernels that round differently (0.29 apart from ORT's own unfused run);
+  // ONNX semantics are the unfused float simulation, so the oracle is ORT with --opt disabled.
+  // Even then the two runtimes sum convolutions in different orders, and a 1e-6 difference that
+  // lands on a .5 rounding boundary moves that activation by one quantization step, which later
+  // layers carry on (the quantized activations of the first layers agree exactly). Tolerance: same
+  // top-1 class and logits within 3% of the largest logit (measured: 1.9%).
+  QTOOL_REQUIRE_SHARED();
+  QTOOL_REQUIRE_ORT();
+  const std::string path = shared_path("models/mobilenetv2/pytorch_mobilenet_v3_qdq.onnx");
+  Tensor x = onnx_io::load_tensor_pb(shared_path("models/mobilenetv2/test_data_set_0/input_0.pb"));
+  TempDir dir;
+  write_npy(dir.file("x.npy"), x);
+  CommandResult r = run_command("node " + source_path("tools/ort/run.js") + " " + path + " " + dir.file("ort") +
+                                " --opt disabled image=" + dir.file("x.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Tensor ref = read_npy(dir.file("ort/0.npy"));
+  ir::Model model = onnx_io::load_model(path);
+  runtime::Executor ex(model, {.threads = 2});
+  std::vector<Tensor> out = ex.run({{"image", x}});
+  ASSERT_EQ(out[0].shape(), ref.shape());
+  const float* q = out[0].data<float>();
+  const float* o = ref.data<float>();
+  const int64_t n = ref.numel();
+  double mx = 0;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(double(o[i])));
+  EXPECT_LE(max_abs_error(out[0], ref), 0.03 * mx);
+  EXPECT_EQ(std::max_element(q, q + n) - q, std::max_element(o, o + n) - o);
+}
+
 TEST(ModelParity, SileroVadExports) {
   QTOOL_REQUIRE_SHARED();
-  check_test_data("silero-vad/silero_vad.onnx", "test_data_set_silero_vad");
-  check_test_data("silero-vad/silero_vad_16k_op15.onnx", "test_data_set_silero_vad_16k_op15");
-  check_test_data("silero-vad/silero_vad_op18_ifless.onnx", "test_data_set_silero_vad_op18_ifless");
+  check_test_data("silero-vad/silero_vad.onnx", "test_data_set_silero_vad", 1, true);
+  check_test_data("silero-vad/silero_vad_16k_op15.onnx", "test_data_set_silero_vad_16k_op15", 1, true);
+  check_test_data("silero-vad/silero_vad_op18_ifless.onnx", "test_data_set_silero_vad_op18_ifless", 1, true);
 }
 
 TEST(ModelParity, Stories260KLogits) {

@@ -37,6 +37,7 @@ struct NodeStep {
   std::vector<SlotRef> inputs;   // -1 index = omitted optional input
   std::vector<int> outputs;      // slot in this frame, -1 = omitted
   std::vector<int> release;      // local slots whose last use is this node
+  std::vector<char> reusable;    // per input: its slot dies here (kernels may write in place)
   std::string context;           // "in node 'X' (Op, opset N)"
 };
 
@@ -202,6 +203,21 @@ struct Executor::Impl : public SubgraphRunner {
     for (int s = 0; s < p.num_slots; ++s) {
       if (!keep[s] && last_use[s] >= 0) p.steps[last_use[s]].release.push_back(s);
     }
+    // An input whose slot dies at this node, read once by it, may be taken by the kernel. Values
+    // read by the node's subgraphs never die at the node itself before the bodies ran, but the
+    // kernel could still be running a body that reads them, so nodes with subgraphs reuse nothing.
+    for (NodeStep& step : p.steps) {
+      step.reusable.assign(step.inputs.size(), 0);
+      if (!step.node->subgraphs().empty()) continue;
+      for (size_t i = 0; i < step.inputs.size(); ++i) {
+        const SlotRef& r = step.inputs[i];
+        if (r.depth != 0 || r.index < 0) continue;
+        if (std::find(step.release.begin(), step.release.end(), r.index) == step.release.end()) continue;
+        int reads = 0;
+        for (const SlotRef& o : step.inputs) reads += (o.depth == 0 && o.index == r.index);
+        step.reusable[i] = reads == 1;
+      }
+    }
     // Outputs nobody reads are released right after their producer.
     for (size_t i = 0; i < p.steps.size(); ++i) {
       for (int s : p.steps[i].outputs) {
@@ -220,11 +236,13 @@ struct Executor::Impl : public SubgraphRunner {
     }
   }
   void track_free(const Tensor& t) {
-    if (!t.buffer()) return;
-    auto it = live_buffers.find(t.buffer().get());
+    if (t.buffer()) track_free_buffer(t.buffer().get());
+  }
+  void track_free_buffer(const Buffer* b) {
+    auto it = live_buffers.find(b);
     if (it == live_buffers.end()) return;
     if (--it->second == 0) {
-      current_bytes -= t.buffer()->size();
+      current_bytes -= b->size();
       live_buffers.erase(it);
     }
   }
@@ -243,11 +261,27 @@ struct Executor::Impl : public SubgraphRunner {
     const bool top = frame.parent == nullptr;
     std::vector<const Tensor*> ins;
     std::vector<Tensor> outs;
+    std::vector<Tensor*> reuse;
+    std::vector<const Buffer*> reuse_buffers;
     for (const NodeStep& step : p.steps) {
       ins.clear();
       for (const SlotRef& r : step.inputs) ins.push_back(r.index < 0 ? nullptr : lookup(frame, r));
       outs.assign(step.outputs.size(), Tensor());
       KernelContext ctx(*step.node, step.opset, ins, &outs, &pool, this);
+      // Inputs that die here and whose storage nobody else holds may be written in place.
+      reuse.assign(step.inputs.size(), nullptr);
+      reuse_buffers.assign(step.inputs.size(), nullptr);
+      bool any_reuse = false;
+      for (size_t i = 0; i < step.inputs.size(); ++i) {
+        if (!step.reusable[i]) continue;
+        Tensor& t = frame.slots[step.inputs[i].index];
+        if (t.defined() && t.buffer() && t.buffer().use_count() == 1 && !t.is_mapped()) {
+          reuse[i] = &t;
+          reuse_buffers[i] = t.buffer().get();
+          any_reuse = true;
+        }
+      }
+      if (any_reuse) ctx.set_reusable_inputs(reuse);
       try {
         step.kernel(ctx);
         for (size_t i = 0; i < step.outputs.size(); ++i) {
@@ -269,6 +303,10 @@ struct Executor::Impl : public SubgraphRunner {
         Error e(ErrorCode::kInternal, ex.what());
         e.add_context(step.context);
         throw e;
+      }
+      // A taken input's buffer now belongs to an output: drop the input's share of the count.
+      for (size_t i = 0; i < reuse_buffers.size(); ++i) {
+        if (reuse_buffers[i] && !frame.slots[step.inputs[i].index].buffer()) track_free_buffer(reuse_buffers[i]);
       }
       for (size_t i = 0; i < step.outputs.size(); ++i) {
         const int s = step.outputs[i];

@@ -25,6 +25,16 @@ const Tensor& KernelContext::input(size_t i) const {
   return *inputs_[i];
 }
 
+Tensor KernelContext::take_input(size_t i) {
+  QTOOL_CHECK(can_reuse_input(i), ErrorCode::kInternal, "kernel {} took input {} that is not reusable",
+              node_.op_type(), i);
+  Tensor t = std::move(*reusable_[i]);
+  *reusable_[i] = Tensor();
+  inputs_[i] = nullptr;
+  reusable_[i] = nullptr;
+  return t;
+}
+
 void KernelContext::set_output(size_t i, Tensor t) {
   QTOOL_CHECK(i < outputs_->size(), ErrorCode::kInternal, "kernel {} set output {} but the node has {} outputs",
               node_.op_type(), i, outputs_->size());

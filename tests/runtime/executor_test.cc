@@ -174,6 +174,39 @@ TEST(Executor, ThreadedElementwiseMatchesSingleThread) {
   EXPECT_NEAR(r1.data<float>()[123], 1.0f / (1.0f + std::exp(-0.5f * av[123])), 1e-6f);
 }
 
+TEST(Executor, InPlaceReuseNeverTouchesInputsInitializersOrSharedValues) {
+  // a = Neg(x); b = Abs(a) (a dies: may be reused); c = Add(b, b) (b read twice: must not be
+  // overwritten while read); d = Mul(c, three) (c dies; `three` is an initializer); e = Relu(x).
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({2}));
+  ir::Value* three = g.add_initializer("three", Tensor::from_vector<float>({2}, {3, 3}));
+  ir::Value* a = g.add_node("Neg", {x}, {"a"})->output(0);
+  ir::Value* b = g.add_node("Abs", {a}, {"b"})->output(0);
+  ir::Value* c = g.add_node("Add", {b, b}, {"c"})->output(0);
+  g.add_output(g.add_node("Mul", {c, three}, {"d"})->output(0));
+  g.add_output(g.add_node("Relu", {x}, {"e"})->output(0));
+  Executor ex(m);
+  const Tensor in = Tensor::from_vector<float>({2}, {-1, 2});
+  for (int run = 0; run < 2; ++run) {
+    auto out = ex.run({{"x", in}});
+    EXPECT_EQ(values(out[0]), (std::vector<float>{6, 12}));
+    EXPECT_EQ(values(out[1]), (std::vector<float>{0, 2}));
+    EXPECT_EQ(values(in), (std::vector<float>{-1, 2}));  // the caller's tensor is untouched
+  }
+  EXPECT_EQ(values(*g.find_value("three")->initializer()), (std::vector<float>{3, 3}));
+}
+
+TEST(Executor, ElementwiseChainRunsInPlace) {
+  const int64_t n = 1000;
+  ir::Model m = chain_model(10, n);
+  Executor ex(m);
+  ex.run({{"x", Tensor::from_vector<float>({n}, std::vector<float>(n, -2.0f))}});
+  // Each node takes its dying input's buffer: one intermediate buffer alive at a time.
+  EXPECT_LE(ex.peak_bytes(), n * sizeof(float) + 128);
+}
+
 TEST(ThreadPool, CoversRangeExactlyOnce) {
   ThreadPool pool(3);
   std::vector<int> hits(100000, 0);

@@ -61,6 +61,16 @@ class KernelContext {
   ThreadPool& pool() const { return *pool_; }
   SubgraphRunner& subgraphs() const { return *runner_; }
 
+  /// True if input i's storage dies after this node and nothing else shares it, so a kernel may
+  /// take it (take_input) and write its output in place (element-wise ops: out[k] = f(in[k])).
+  bool can_reuse_input(size_t i) const { return i < reusable_.size() && reusable_[i] != nullptr && has_input(i); }
+  /// Moves input i out of the executor (only when can_reuse_input(i)); afterwards has_input(i) is
+  /// false, so read everything needed from the returned tensor. Its buffer is uniquely owned, so
+  /// mutable_raw() does not copy.
+  Tensor take_input(size_t i);
+  /// Set by the executor before the kernel runs: per input, its slot if reusable, else nullptr.
+  void set_reusable_inputs(std::vector<Tensor*> slots) { reusable_ = std::move(slots); }
+
  private:
   const ir::Node& node_;
   int64_t opset_;
@@ -68,6 +78,7 @@ class KernelContext {
   std::vector<Tensor>* outputs_;
   ThreadPool* pool_;
   SubgraphRunner* runner_;
+  std::vector<Tensor*> reusable_;
 };
 
 using KernelFn = void (*)(KernelContext&);

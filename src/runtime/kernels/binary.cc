@@ -34,22 +34,33 @@ inline void binary_row(const T* a, int64_t sa, const T* b, int64_t sb, R* o, int
 }
 
 /// out = op(a, b) broadcast; T is the input storage type, R the output's.
+/// `storage`, when given, is a uniquely owned input (a or b itself) whose buffer becomes the
+/// output if its shape and dtype fit: element k of the output only reads element k of a
+/// same-shaped input, so writing in place is safe.
 template <typename T, typename R, typename Op>
 Tensor broadcast_binary(const Tensor& a, const Tensor& b, const ir::Node& node, ThreadPool& pool, const Op& op,
-                        DataType out_dtype = dtype_of<R>()) {
-  Shape out_shape = a.shape() == b.shape() ? a.shape() : broadcast_shapes(a.shape(), b.shape(), node);
-  Tensor out = Tensor::empty(out_dtype, std::move(out_shape));
-  const int64_t n = out.numel();
-  if (n == 0) return out;
+                        DataType out_dtype = dtype_of<R>(), Tensor* storage = nullptr) {
+  // Copies: `storage` may be a or b, and is moved from below.
+  const Shape a_shape = a.shape(), b_shape = b.shape();
+  const int64_t na = a.numel(), nb = b.numel();
   const T* pa = reinterpret_cast<const T*>(a.raw());
   const T* pb = reinterpret_cast<const T*>(b.raw());
+  Shape out_shape = a_shape == b_shape ? a_shape : broadcast_shapes(a_shape, b_shape, node);
+  Tensor out;
+  if (storage && storage->dtype() == out_dtype && storage->shape() == out_shape) {
+    out = std::move(*storage);
+  } else {
+    out = Tensor::empty(out_dtype, std::move(out_shape));
+  }
+  const int64_t n = out.numel();
+  if (n == 0) return out;
   R* po = reinterpret_cast<R*>(out.mutable_raw());
   int64_t sa = -1, sb = -1;
-  if (a.numel() == n && b.numel() == n) {
+  if (na == n && nb == n) {
     sa = 1, sb = 1;
-  } else if (a.numel() == n && b.numel() == 1) {
+  } else if (na == n && nb == 1) {
     sa = 1, sb = 0;
-  } else if (a.numel() == 1 && b.numel() == n) {
+  } else if (na == 1 && nb == n) {
     sa = 0, sb = 1;
   }
   if (sa >= 0) {
@@ -58,7 +69,7 @@ Tensor broadcast_binary(const Tensor& a, const Tensor& b, const ir::Node& node, 
     });
     return out;
   }
-  const BroadcastPlan<2> plan({&a.shape(), &b.shape()}, out.shape());
+  const BroadcastPlan<2> plan({&a_shape, &b_shape}, out.shape());
   pool.parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
     plan.for_rows(begin, end, [&](int64_t o, const std::array<int64_t, 2>& off, int64_t len,
                                   const std::array<int64_t, 2>& st) {
@@ -189,7 +200,7 @@ Tensor legacy_align(const KernelContext& ctx, const Tensor& a, const Tensor& b) 
 
 /// Arithmetic op: same-type inputs, result of the same type.
 template <typename Op>
-Tensor arith(const KernelContext& ctx, const Tensor& a, const Tensor& b, const Op& op) {
+Tensor arith(const KernelContext& ctx, const Tensor& a, const Tensor& b, const Op& op, Tensor* storage = nullptr) {
   if (a.dtype() != b.dtype()) {
     fail(ErrorCode::kInvalidModel, "{}: input types differ ({} and {})", ctx.node().describe(), dtype_name(a.dtype()), dtype_name(b.dtype()));
   }
@@ -197,12 +208,24 @@ Tensor arith(const KernelContext& ctx, const Tensor& a, const Tensor& b, const O
     return arith(ctx, a.to_float(), b.to_float(), op).cast(a.dtype());
   }
   return visit_numeric(a.dtype(), ctx.node(), [&]<typename T>() {
-    return broadcast_binary<T, T>(a, b, ctx.node(), ctx.pool(), op);
+    return broadcast_binary<T, T>(a, b, ctx.node(), ctx.pool(), op, dtype_of<T>(), storage);
   });
 }
 
+/// Add/Sub/Mul/Div: when an input of the output's size dies here, its buffer holds the result.
 template <typename Op>
 void arith_kernel(KernelContext& ctx) {
+  const DataType t = ctx.input(0).dtype();
+  if (ctx.opset() >= 7 && t == ctx.input(1).dtype() && !is_half(t)) {
+    const int64_t n = std::max(ctx.input(0).numel(), ctx.input(1).numel());
+    for (size_t i : {size_t{0}, size_t{1}}) {
+      if (!ctx.can_reuse_input(i) || ctx.input(i).numel() != n) continue;
+      Tensor own = ctx.take_input(i);
+      const Tensor& other = ctx.input(1 - i);
+      ctx.set_output(0, i == 0 ? arith(ctx, own, other, Op{}, &own) : arith(ctx, other, own, Op{}, &own));
+      return;
+    }
+  }
   const Tensor& a = ctx.input(0);
   ctx.set_output(0, arith(ctx, a, legacy_align(ctx, a, ctx.input(1)), Op{}));
 }

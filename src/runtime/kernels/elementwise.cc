@@ -180,20 +180,27 @@ void unary_range(const Op& op, const T* in, T* out, int64_t n) {
   }
 }
 
+/// out = op(x); with `in_place` the result overwrites x's (uniquely owned) storage.
 template <typename T, typename Op>
-Tensor unary_apply(const Tensor& x, const Op& op, ThreadPool& pool) {
-  Tensor out = Tensor::empty(x.dtype(), x.shape());
-  const T* in = x.data<T>();
+Tensor unary_apply(const Tensor& x, const Op& op, ThreadPool& pool, Tensor* in_place = nullptr) {
+  Tensor out = in_place ? std::move(*in_place) : Tensor::empty(x.dtype(), x.shape());
   T* o = out.mutable_data<T>();
-  pool.parallel_for(x.numel(), kParallelGrain, [&](int64_t b, int64_t e) { unary_range(op, in + b, o + b, e - b); });
+  const T* in = in_place ? o : x.data<T>();
+  pool.parallel_for(out.numel(), kParallelGrain, [&](int64_t b, int64_t e) { unary_range(op, in + b, o + b, e - b); });
   return out;
 }
 
 template <typename Op>
 void unary_kernel(KernelContext& ctx) {
-  const Tensor& x = ctx.input(0);
   const Op op(ctx.node());
-  const DataType t = x.dtype();
+  const DataType t = ctx.input(0).dtype();
+  if ((t == DataType::kFloat || t == DataType::kDouble) && ctx.can_reuse_input(0)) {
+    Tensor x = ctx.take_input(0);
+    ctx.set_output(0, t == DataType::kFloat ? unary_apply<float>(x, op, ctx.pool(), &x)
+                                            : unary_apply<double>(x, op, ctx.pool(), &x));
+    return;
+  }
+  const Tensor& x = ctx.input(0);
   if (t == DataType::kFloat) {
     ctx.set_output(0, unary_apply<float>(x, op, ctx.pool()));
   } else if (t == DataType::kDouble) {
@@ -211,8 +218,10 @@ void unary_kernel(KernelContext& ctx) {
 
 /// Clip: bounds are attributes min/max before opset 11, optional scalar inputs from 11 on.
 void clip_kernel(KernelContext& ctx) {
-  const Tensor& x = ctx.input(0);
-  Tensor work = (x.dtype() == DataType::kFloat16 || x.dtype() == DataType::kBFloat16) ? x.to_float() : x;
+  const DataType in_type = ctx.input(0).dtype();
+  const bool half = in_type == DataType::kFloat16 || in_type == DataType::kBFloat16;
+  const bool in_place = !half && ctx.can_reuse_input(0);
+  Tensor work = in_place ? ctx.take_input(0) : (half ? ctx.input(0).to_float() : ctx.input(0));
   Tensor out = visit_numeric(work.dtype(), ctx.node(), [&]<typename T>() {
     T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
     if (ctx.opset() < 11) {
@@ -226,15 +235,15 @@ void clip_kernel(KernelContext& ctx) {
       if (ctx.has_input(1) && ctx.input(1).numel() > 0) lo = static_cast<T>(scalar_value(ctx.input(1), ctx.node(), "min"));
       if (ctx.has_input(2) && ctx.input(2).numel() > 0) hi = static_cast<T>(scalar_value(ctx.input(2), ctx.node(), "max"));
     }
-    Tensor o = Tensor::empty(work.dtype(), work.shape());
-    const T* in = work.data<T>();
+    Tensor o = in_place ? std::move(work) : Tensor::empty(work.dtype(), work.shape());
     T* po = o.mutable_data<T>();
-    ctx.pool().parallel_for(work.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
+    const T* in = in_place ? po : work.data<T>();
+    ctx.pool().parallel_for(o.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) po[i] = std::min(std::max(in[i], lo), hi);
     });
     return o;
   });
-  ctx.set_output(0, work.dtype() == x.dtype() ? std::move(out) : out.cast(x.dtype()));
+  ctx.set_output(0, half ? out.cast(in_type) : std::move(out));
 }
 
 /// IsNaN / IsInf: float in, bool out.

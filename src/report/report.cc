@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -202,6 +203,21 @@ std::vector<LayerReport> analyze_quantized_weights(const ir::Model& model, int64
     }
   }
   return out;
+}
+
+QuantizeReport make_quantize_report(const std::string& input_path, const std::string& output_path,
+                                    const ir::Model& quantized, const std::string& precision) {
+  QuantizeReport r;
+  r.input_model = input_path;
+  r.output_model = output_path;
+  r.precision = precision;
+  std::error_code ec;
+  const auto in_size = std::filesystem::file_size(input_path, ec);
+  r.fp32_file_bytes = ec ? 0 : static_cast<int64_t>(in_size);
+  const auto out_size = std::filesystem::file_size(output_path, ec);
+  r.output_file_bytes = ec ? 0 : static_cast<int64_t>(out_size);
+  r.layers = analyze_quantized_weights(quantized);
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 // The README's quick start, run as written on the bundled example (calibration_samples/): quantize
 // to 4 bits, compare against FP32 on the held-out digits with labels, and check what the README
 // shows (size, accuracy before/after). Runs from the source folder, writing only into a temp dir.
+#include <cstdio>
 #include <filesystem>
 
 #include <gtest/gtest.h>
 
 #include "qtool/core/error.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "qtool/report/report.h"
 #include "test_util.h"
 
 namespace qtool {
@@ -48,6 +51,14 @@ TEST(QuickStart, QuantizeToFourBitsThenCompare) {
   const auto fp32_size = std::filesystem::file_size(testing::source_path("calibration_samples/digits/digits_cnn.onnx"));
   const auto q4_size = std::filesystem::file_size(out);
   EXPECT_LT(q4_size * 100, fp32_size * 25) << q4_size << " of " << fp32_size;  // well under a quarter
+  // What the emitted file stores: 4-bit middle layers, 8-bit first and last layers (mixed precision).
+  const auto rep = report::make_quantize_report(testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                out, onnx_io::load_model(out), "W4");
+  EXPECT_EQ(rep.total_params(), 144 + 4608 + 9216 + 32768 + 640);  // every Conv/Gemm weight, none lost
+  EXPECT_LT(rep.bits_per_weight(), 6.0);
+  EXPECT_GT(rep.bits_per_weight(), 4.0);
+  EXPECT_EQ(rep.output_file_bytes, static_cast<int64_t>(q4_size));
+  std::printf("%s", report::format_summary_table(rep).c_str());
   // Step 2: compare with labels and a CI gate.
   const auto c = qtool_in_source("compare calibration_samples/digits/digits_cnn.onnx " + out +
                                  " --data calibration_samples/digits_eval"

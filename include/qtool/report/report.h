@@ -115,6 +115,12 @@ struct QuantizeReport {
 /// unusual graphs: what it cannot classify it leaves out.
 std::vector<LayerReport> analyze_quantized_weights(const ir::Model& quantized, int64_t min_float_params = 16);
 
+/// Starts the report of a finished run: paths, file sizes (read from disk; 0 for a missing file),
+/// the headline precision, and `layers` from analyze_quantized_weights(quantized). The caller adds
+/// settings, per-layer errors, held-out quality (to_output_quality in compare.h), timings, warnings.
+QuantizeReport make_quantize_report(const std::string& input_path, const std::string& output_path,
+                                    const ir::Model& quantized, const std::string& precision);
+
 /// The plain-text summary table printed at the end of `qtool quantize` (ends with a newline):
 ///
 ///     precision        size                bits/weight  output SQNR  top-1 agree  samples

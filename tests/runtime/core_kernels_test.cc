@@ -83,6 +83,26 @@ TEST(Broadcast, ComparisonAndWhere) {
   EXPECT_EQ(vals<float>(where.run()[0]), (std::vector<float>{-1, 20, -2, 20}));
 }
 
+TEST(Broadcast, WhereAndMulWriteIntoDyingIntermediates) {
+  // t = Neg(x) dies at Where (reused as its output); u = Where(c, t, y) dies at Mul with a
+  // broadcast [1] operand: results must equal the out-of-place values.
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* c = g.add_input("c");
+  ir::Value* x = g.add_input("x");
+  ir::Value* y = g.add_input("y");
+  ir::Value* k = g.add_initializer("k", f({1}, {10}));
+  ir::Value* t = g.add_node("Neg", {x}, {"t"})->output(0);
+  ir::Value* u = g.add_node("Where", {c, t, y}, {"u"})->output(0);
+  g.add_output(g.add_node("Mul", {k, u}, {"v"})->output(0));
+  Executor ex(m);
+  auto out = ex.run({{"c", Tensor::from_vector<bool>({2, 2}, {true, false, false, true})},
+                     {"x", f({2, 2}, {1, 2, 3, 4})},
+                     {"y", f({2}, {7, 8})}});
+  EXPECT_EQ(vals<float>(out[0]), (std::vector<float>{-10, 80, 70, -40}));
+}
+
 TEST(Broadcast, IncompatibleShapesNameTheNode) {
   OneNode t("Add", 17, {{"x", f({2, 3}, iota_f(6))}, {"y", f({2}, {1, 2})}});
   try {

@@ -350,15 +350,46 @@ void where_kernel(KernelContext& ctx) {
               ctx.node().describe(), dtype_name(x.dtype()), dtype_name(y.dtype()));
   const Shape out_shape =
       broadcast_shapes(broadcast_shapes(c.shape(), x.shape(), ctx.node()), y.shape(), ctx.node());
-  Tensor out = Tensor::empty(x.dtype(), out_shape);
-  const int64_t n = out.numel();
+  const int64_t n = shape_numel(out_shape);
   if (n == 0) {
-    ctx.set_output(0, std::move(out));
+    ctx.set_output(0, Tensor::empty(x.dtype(), out_shape));
     return;
   }
   const BroadcastPlan<3> plan({&c.shape(), &x.shape(), &y.shape()}, out_shape);
   const bool* pc = c.data<bool>();
-  if (x.dtype() == DataType::kString) {
+  if (x.dtype() != DataType::kString) {
+    const DataType dtype = x.dtype();
+    const uint8_t* raw_x = x.raw();
+    const uint8_t* raw_y = y.raw();
+    // Output element k reads only element k of a same-shaped X or Y, so a dying one can hold the
+    // result (x and y are not used after the take; the raw pointers stay valid).
+    Tensor out;
+    for (size_t i : {size_t{1}, size_t{2}}) {
+      if (ctx.can_reuse_input(i) && ctx.input(i).shape() == out_shape) {
+        out = ctx.take_input(i);
+        break;
+      }
+    }
+    if (!out.defined()) out = Tensor::empty(dtype, out_shape);
+    visit_by_size(dtype, ctx.node(), [&]<typename U>() {
+      const U* px = reinterpret_cast<const U*>(raw_x);
+      const U* py = reinterpret_cast<const U*>(raw_y);
+      U* po = mutable_raw_as<U>(out);
+      ctx.pool().parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
+        plan.for_rows(begin, end, [&](int64_t o, const std::array<int64_t, 3>& off, int64_t len,
+                                      const std::array<int64_t, 3>& st) {
+          const bool* cc = pc + off[0];
+          const U* xx = px + off[1];
+          const U* yy = py + off[2];
+          for (int64_t i = 0; i < len; ++i) po[o + i] = cc[i * st[0]] ? xx[i * st[1]] : yy[i * st[2]];
+        });
+      });
+    });
+    ctx.set_output(0, std::move(out));
+    return;
+  }
+  Tensor out = Tensor::empty(x.dtype(), out_shape);
+  {
     auto& os = out.mutable_strings();
     plan.for_rows(0, n, [&](int64_t o, const std::array<int64_t, 3>& off, int64_t len,
                             const std::array<int64_t, 3>& st) {
@@ -366,23 +397,7 @@ void where_kernel(KernelContext& ctx) {
         os[o + i] = pc[off[0] + i * st[0]] ? x.strings()[off[1] + i * st[1]] : y.strings()[off[2] + i * st[2]];
       }
     });
-    ctx.set_output(0, std::move(out));
-    return;
   }
-  visit_by_size(x.dtype(), ctx.node(), [&]<typename U>() {
-    const U* px = raw_as<U>(x);
-    const U* py = raw_as<U>(y);
-    U* po = mutable_raw_as<U>(out);
-    ctx.pool().parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
-      plan.for_rows(begin, end, [&](int64_t o, const std::array<int64_t, 3>& off, int64_t len,
-                                    const std::array<int64_t, 3>& st) {
-        const bool* cc = pc + off[0];
-        const U* xx = px + off[1];
-        const U* yy = py + off[2];
-        for (int64_t i = 0; i < len; ++i) po[o + i] = cc[i * st[0]] ? xx[i * st[1]] : yy[i * st[2]];
-      });
-    });
-  });
   ctx.set_output(0, std::move(out));
 }
 

@@ -139,6 +139,8 @@ std::vector<OutputAgreement> compare_models(const ir::Model& reference, const ir
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {
   StaticQuantResult result;
+  QTOOL_CHECK(!config.cle && !config.bias_correction, ErrorCode::kUnsupported,
+              "cross-layer equalization and bias correction are not implemented yet");
   const size_t n = samples.size();
   QTOOL_CHECK(n > 0 || config.ranges != nullptr, ErrorCode::kConfig, "no calibration samples");
   // Split: the last part is held out for the guard.

@@ -7,8 +7,8 @@
 //  2. calibration on the prepared model (calib::calibrate with the chosen method, asymmetric
 //     ranges for uint8/uint16 activations, symmetric for int8/int16), or ranges from a file
 //     matched by tensor name;
-//  3. optional cross-layer equalization before calibration (see cle.h) and bias correction after
-//     placement (see bias_correction.h);
+//  3. (planned, not implemented yet: cross-layer equalization before calibration and bias
+//     correction after placement; the CLI refuses --cle / --bias-correction);
 //  4. emit_qdq (qdq.h);
 //  5. the quality guard: the prepared FP32 model and the quantized model run on held-out samples
 //     with qtool's executor; per output SQNR and top-1 agreement (classifier-like outputs: the
@@ -46,8 +46,8 @@ struct StaticQuantConfig {
   double min_sqnr_db = 15.0;
   /// Largest number of activation groups the guard may keep in float.
   size_t max_float_groups = 8;
-  bool cle = false;                  ///< cross-layer equalization before calibration
-  bool bias_correction = false;      ///< correct per-channel output mean shifts after placement
+  bool cle = false;                  ///< reserved: cross-layer equalization (not implemented yet)
+  bool bias_correction = false;      ///< reserved: bias correction (not implemented yet)
   int threads = 1;
 };
 

@@ -219,6 +219,11 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
     }
     if (t.kind == Kind::kGather || (t.kind == Kind::kConv && !t.conv_blocked)) block = 0;
     t.format = &select_weight_format(bits, block, cfg.symmetric, layout);
+    if (t.kind == Kind::kConv) {  // int8 (first/last) convs are per channel even when the rest is blocked
+      t.conv_blocked = t.format->block_size > 0;
+      t.rows = t.conv_blocked ? t.out_channels * t.taps : t.out_channels;
+      t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
+    }
   }
 }
 

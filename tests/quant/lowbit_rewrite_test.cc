@@ -292,6 +292,38 @@ TEST(LowbitRewrite, ConvWeightsBlockedAndPerChannelRunInOrt) {
   }
 }
 
+TEST(LowbitRewrite, EightBitFirstLastConvIsPerChannelWhenRestIsBlocked) {
+  QTOOL_REQUIRE_ORT();
+  ir::Model fp = make_convnet(11);
+  // A third conv with 40 input channels so that the last layer would be blocked at 4 bits.
+  {
+    ir::Graph& g = *fp.graph;
+    ir::Value* y = g.find_value("y");
+    std::mt19937 rng(12);
+    auto* w3 = g.add_initializer("conv3.weight", Tensor::from_vector<float>({40, 4, 1, 1}, gaussian(160, rng, 0.3f)));
+    auto* y2 = g.add_node("Conv", {y, w3}, {"y40"}, "conv3")->output(0);
+    auto* w4 = g.add_initializer("conv4.weight", Tensor::from_vector<float>({3, 40, 1, 1}, gaussian(120, rng, 0.3f)));
+    auto* y3 = g.add_node("Conv", {y2, w4}, {"z"}, "conv4")->output(0);
+    y3->type() = float_type({1, 3, 5, 5});
+    g.set_output(0, y3);
+  }
+  ir::Model m = fp.clone();
+  WeightOnlyConfig cfg;
+  cfg.bits = "4";
+  cfg.block_size = 32;
+  const WeightOnlyReport rep = apply_weight_only(m, cfg);
+  ASSERT_EQ(rep.layers.size(), 4u);
+  EXPECT_EQ(rep.layers[0].format, "int8");
+  EXPECT_EQ(rep.layers[3].format, "int8");
+  TempDir dir;
+  onnx_io::save_model(fp, dir.file("fp.onnx"));
+  onnx_io::save_model(m, dir.file("q.onnx"));
+  const auto in = input_for(fp, 13);
+  const Tensor ref = ort_output(dir.file("fp.onnx"), in.at("x"), "basic");
+  const Tensor q = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+  EXPECT_LT(rel_l2(q, ref), 0.25);  // two 4-bit layers in between
+}
+
 TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
   QTOOL_REQUIRE_ORT();
   if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks MatMul/DequantizeLinear kernels (calibration needs it)";

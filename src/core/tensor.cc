@@ -51,7 +51,22 @@ class HeapBuffer final : public Buffer {
 };
 }  // namespace
 
+namespace {
+thread_local BufferSource* t_buffer_source = nullptr;
+}  // namespace
+
+ScopedBufferSource::ScopedBufferSource(BufferSource* source) : previous_(t_buffer_source) {
+  t_buffer_source = source;
+}
+ScopedBufferSource::~ScopedBufferSource() { t_buffer_source = previous_; }
+
 std::shared_ptr<Buffer> make_heap_buffer(size_t bytes, bool zero_fill) {
+  if (BufferSource* source = t_buffer_source) {
+    if (auto buffer = source->allocate(bytes)) {
+      if (zero_fill && bytes > 0) std::memset(buffer->mutable_data(), 0, bytes);
+      return buffer;
+    }
+  }
   return std::make_shared<HeapBuffer>(bytes, zero_fill);
 }
 

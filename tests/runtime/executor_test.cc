@@ -2,7 +2,10 @@
 // on graphs built in memory.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
+#include <memory>
+#include <set>
 #include <random>
 
 #include "qtool/runtime/executor.h"
@@ -196,6 +199,136 @@ TEST(Executor, InPlaceReuseNeverTouchesInputsInitializersOrSharedValues) {
     EXPECT_EQ(values(in), (std::vector<float>{-1, 2}));  // the caller's tensor is untouched
   }
   EXPECT_EQ(values(*g.find_value("three")->initializer()), (std::vector<float>{3, 3}));
+}
+
+TEST(Executor, RecycledBuffersNeverTouchOutputsTheCallerHolds) {
+  // Buffers >= 16 KB are recycled across runs. y = Add(Abs(Neg(x)), x), z = Neg(x) (also read by
+  // Abs): outputs of an earlier run that the caller still holds must keep their values while
+  // later runs recycle freed intermediates; released outputs are recycled.
+  const int64_t n = 8192;
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({n}));
+  ir::Value* z = g.add_node("Neg", {x}, {"z"})->output(0);
+  ir::Value* a = g.add_node("Abs", {z}, {"a"})->output(0);
+  g.add_output(g.add_node("Add", {a, x}, {"y"})->output(0));
+  g.add_output(z);
+  auto input = [&](float base) {
+    std::vector<float> v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = base + static_cast<float>(i % 97) - 48.0f;
+    return Tensor::from_vector<float>({n}, v);
+  };
+  auto expect_outputs = [&](const std::vector<Tensor>& out, float base) {
+    ASSERT_EQ(out.size(), 2u);
+    for (int64_t i = 0; i < n; ++i) {
+      const float xi = base + static_cast<float>(i % 97) - 48.0f;
+      ASSERT_EQ(out[0].data<float>()[i], std::fabs(xi) + xi) << i;
+      ASSERT_EQ(out[1].data<float>()[i], -xi) << i;
+    }
+  };
+  auto ex = std::make_unique<Executor>(m);
+  auto first = ex->run({{"x", input(1.5f)}});
+  std::vector<Tensor> second;
+  for (int run = 0; run < 3; ++run) second = ex->run({{"x", input(-7.25f + run)}});
+  expect_outputs(first, 1.5f);  // still intact after three more runs
+  expect_outputs(second, -5.25f);
+  EXPECT_NE(first[0].data<float>(), second[0].data<float>());
+  const std::set<const float*> held = {first[0].data<float>(), first[1].data<float>(), second[0].data<float>(),
+                                       second[1].data<float>()};
+  first.clear();
+  second.clear();
+  auto third = ex->run({{"x", input(3.0f)}});
+  expect_outputs(third, 3.0f);
+  // Released buffers came back: this run's outputs live in blocks of earlier runs.
+  EXPECT_TRUE(held.count(third[0].data<float>()) || held.count(third[1].data<float>()));
+  // Outputs outlive the executor (each recycled buffer keeps its pool alive).
+  ex.reset();
+  expect_outputs(third, 3.0f);
+}
+
+/// Conv(x, w, b) [pads 1, optional group] -> `act` (with attributes / Clip bound inputs), a
+/// second output `tail` = Neg(act) so the activation is not itself a graph output.
+ir::Model conv_act_model(const std::string& act, int64_t group, int opset) {
+  ir::Model m;
+  m.set_opset("", opset);
+  ir::Graph& g = *m.graph;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto rand_tensor = [&](Shape shape) {
+    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+    for (float& f : v) f = u(rng);
+    return Tensor::from_vector<float>(shape, v);
+  };
+  ir::Value* x = g.add_input("x", float_type({2, 8, 9, 11}));
+  ir::Value* w = g.add_initializer("w", rand_tensor({8, 8 / group, 3, 3}));
+  ir::Value* b = g.add_initializer("b", rand_tensor({8}));
+  ir::Node* conv = g.add_node("Conv", {x, w, b}, {"c"}, "conv");
+  conv->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+  conv->set_attr(ir::Attribute::make_int("group", group));
+  conv->output(0)->type() = float_type({2, 8, 9, 11});
+  std::vector<ir::Value*> act_in = {conv->output(0)};
+  if (act == "Clip" && opset >= 11) {
+    act_in.push_back(g.add_initializer("lo", Tensor::from_vector<float>({}, {-0.25f})));
+    act_in.push_back(g.add_initializer("hi", Tensor::from_vector<float>({}, {0.5f})));
+  }
+  ir::Node* a = g.add_node(act, act_in, {"a"}, "act");
+  if (act == "LeakyRelu") a->set_attr(ir::Attribute::make_float("alpha", 0.3f));
+  if (act == "HardSigmoid") a->set_attr(ir::Attribute::make_float("alpha", 0.7f));
+  if (act == "Clip" && opset < 11) a->set_attr(ir::Attribute::make_float("max", 0.3f));
+  g.add_output(g.add_node("Neg", {a->output(0)}, {"tail"}, "neg")->output(0));
+  return m;
+}
+
+TEST(Executor, FusedConvActivationEqualsUnfused) {
+  // Fused when no observer is attached; an observer turns fusion off (it must see the raw Conv
+  // output), which gives the unfused reference.
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<float> xv(2 * 8 * 9 * 11);
+  for (float& f : xv) f = u(rng);
+  const Tensor x = Tensor::from_vector<float>({2, 8, 9, 11}, xv);
+  struct Case {
+    std::string act;
+    int64_t group;
+    int opset;
+  };
+  for (const Case& c : std::vector<Case>{{"Relu", 1, 17},
+                                         {"Relu", 8, 17},
+                                         {"Clip", 1, 17},
+                                         {"Clip", 8, 17},
+                                         {"Clip", 1, 6},
+                                         {"LeakyRelu", 2, 17},
+                                         {"HardSigmoid", 1, 17}}) {
+    SCOPED_TRACE(c.act + " group " + std::to_string(c.group) + " opset " + std::to_string(c.opset));
+    ir::Model m = conv_act_model(c.act, c.group, c.opset);
+    Executor ex(m);
+    const auto fused = ex.run({{"x", x}});
+    const auto fused_again = ex.run({{"x", x}});
+    CountingObserver obs;
+    const auto unfused = ex.run({{"x", x}}, &obs);
+    EXPECT_EQ(obs.seen["c"], 1);
+    EXPECT_EQ(obs.seen["a"], 1);
+    ASSERT_EQ(fused[0].numel(), unfused[0].numel());
+    int nonzero = 0, zero = 0;
+    for (int64_t i = 0; i < fused[0].numel(); ++i) {
+      ASSERT_EQ(fused[0].data<float>()[i], unfused[0].data<float>()[i]) << i;
+      ASSERT_EQ(fused_again[0].data<float>()[i], unfused[0].data<float>()[i]) << i;
+      nonzero += fused[0].data<float>()[i] != 0.0f;
+      zero += fused[0].data<float>()[i] == 0.0f;
+      // tail = -act: Relu and HardSigmoid leave nothing below 0, Clip nothing above its max.
+      if (c.act == "Relu" || c.act == "HardSigmoid") {
+        ASSERT_LE(fused[0].data<float>()[i], 0.0f);
+      }
+      if (c.act == "Clip") {
+        ASSERT_GE(fused[0].data<float>()[i], c.opset < 11 ? -0.3f : -0.5f);
+      }
+    }
+    EXPECT_GT(nonzero, 100);
+    if (c.act == "Relu") {
+      EXPECT_GT(zero, 100);  // the activation really ran
+    }
+  }
 }
 
 TEST(Executor, ElementwiseChainRunsInPlace) {

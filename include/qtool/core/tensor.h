@@ -40,6 +40,32 @@ class Buffer {
 /// A 64-byte aligned heap allocation. zero_fill=false leaves it uninitialised.
 std::shared_ptr<Buffer> make_heap_buffer(size_t bytes, bool zero_fill = true);
 
+/// A source of heap buffers that make_heap_buffer uses on the current thread while installed
+/// (see ScopedBufferSource). The executor installs one that recycles the buffers of dead
+/// intermediates across runs, so large blocks are not returned to the OS and page-faulted (and
+/// zeroed by the kernel) in again on every run. allocate() returns a buffer of at least `bytes`
+/// bytes (size() == bytes), 64-byte aligned, uninitialised; it may return nullptr to fall back to
+/// a plain heap allocation. A buffer it hands out must stay valid for as long as anyone holds it,
+/// independently of the source's own lifetime.
+class BufferSource {
+ public:
+  virtual ~BufferSource() = default;
+  virtual std::shared_ptr<Buffer> allocate(size_t bytes) = 0;
+};
+
+/// RAII: makes `source` the current thread's BufferSource for make_heap_buffer until destroyed,
+/// then restores the previous one (nesting is fine). nullptr uninstalls for the scope.
+class ScopedBufferSource {
+ public:
+  explicit ScopedBufferSource(BufferSource* source);
+  ~ScopedBufferSource();
+  ScopedBufferSource(const ScopedBufferSource&) = delete;
+  ScopedBufferSource& operator=(const ScopedBufferSource&) = delete;
+
+ private:
+  BufferSource* previous_;
+};
+
 /// Maps the C++ storage type of each DataType (float16/bfloat16 as uint16_t, bool as uint8_t or bool).
 template <typename T>
 bool storage_type_matches(DataType t) {

@@ -39,6 +39,19 @@ class SubgraphRunner {
   virtual std::vector<Tensor> run_subgraph(const ir::Graph& g, const std::vector<Tensor>& inputs) = 0;
 };
 
+/// An element-wise activation that the executor fused into the node producing its input (Conv):
+/// the kernel applies it to its output while the data is in cache, and the executor then skips
+/// the activation node (planned only when the activation is the output's only reader, the output
+/// is no graph output and no observer is attached). alpha/beta: Clip's min/max, LeakyRelu's alpha,
+/// HardSigmoid's alpha/beta (y = max(0, min(1, alpha*x + beta))).
+struct FusedActivation {
+  enum class Kind { kNone, kRelu, kClip, kLeakyRelu, kHardSigmoid };
+  Kind kind = Kind::kNone;
+  float alpha = 0.0f, beta = 0.0f;
+  /// Applies the activation to v[0, n) in place.
+  void apply(float* v, int64_t n) const;
+};
+
 /// What a kernel sees: its node, inputs and output slots.
 class KernelContext {
  public:
@@ -70,6 +83,10 @@ class KernelContext {
   Tensor take_input(size_t i);
   /// Set by the executor before the kernel runs: per input, its slot if reusable, else nullptr.
   void set_reusable_inputs(std::vector<Tensor*> slots) { reusable_ = std::move(slots); }
+  /// The activation to apply to output 0 (kNone unless the executor fused one into this node;
+  /// only kernels that handle it, Conv, are ever given one).
+  const FusedActivation& fused_activation() const { return fused_; }
+  void set_fused_activation(const FusedActivation& act) { fused_ = act; }
 
  private:
   const ir::Node& node_;
@@ -79,6 +96,7 @@ class KernelContext {
   ThreadPool* pool_;
   SubgraphRunner* runner_;
   std::vector<Tensor*> reusable_;
+  FusedActivation fused_;
 };
 
 using KernelFn = void (*)(KernelContext&);

@@ -7,6 +7,7 @@
 // the collapsed BroadcastPlan row by row with the innermost stride pattern specialised
 // ((1,1), (1,0), (0,1)), so the inner loops vectorise. Large outputs are split across the pool.
 // float16/bfloat16 inputs are computed in float32 and converted back.
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -339,6 +340,32 @@ void compare_kernel(KernelContext& ctx) {
                  }));
 }
 
+/// One innermost Where row with strides known to be 0 or 1 at compile time (vectorises).
+template <typename U, int kC, int kX, int kY>
+void where_row_fixed(const bool* c, const U* x, const U* y, U* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = c[i * kC] ? x[i * kX] : y[i * kY];
+}
+
+/// o[i] = c[i*sc] ? x[i*sx] : y[i*sy], with the 0/1 stride patterns (same shape, a scalar or a
+/// broadcast row/column such as an attention mask) specialised.
+template <typename U>
+void where_row(const bool* c, int64_t sc, const U* x, int64_t sx, const U* y, int64_t sy, U* o, int64_t n) {
+  if ((sc | sx | sy) & ~int64_t{1}) {
+    for (int64_t i = 0; i < n; ++i) o[i] = c[i * sc] ? x[i * sx] : y[i * sy];
+    return;
+  }
+  switch (sc * 4 + sx * 2 + sy) {
+    case 0: std::fill(o, o + n, *c ? *x : *y); return;
+    case 1: where_row_fixed<U, 0, 0, 1>(c, x, y, o, n); return;
+    case 2: where_row_fixed<U, 0, 1, 0>(c, x, y, o, n); return;
+    case 3: where_row_fixed<U, 0, 1, 1>(c, x, y, o, n); return;
+    case 4: where_row_fixed<U, 1, 0, 0>(c, x, y, o, n); return;
+    case 5: where_row_fixed<U, 1, 0, 1>(c, x, y, o, n); return;
+    case 6: where_row_fixed<U, 1, 1, 0>(c, x, y, o, n); return;
+    default: where_row_fixed<U, 1, 1, 1>(c, x, y, o, n); return;
+  }
+}
+
 /// Where(cond, x, y): three-way broadcast; moves elements by size, so any dtype works.
 void where_kernel(KernelContext& ctx) {
   const Tensor& c = ctx.input(0);
@@ -378,10 +405,7 @@ void where_kernel(KernelContext& ctx) {
       ctx.pool().parallel_for(n, kParallelGrain, [&](int64_t begin, int64_t end) {
         plan.for_rows(begin, end, [&](int64_t o, const std::array<int64_t, 3>& off, int64_t len,
                                       const std::array<int64_t, 3>& st) {
-          const bool* cc = pc + off[0];
-          const U* xx = px + off[1];
-          const U* yy = py + off[2];
-          for (int64_t i = 0; i < len; ++i) po[o + i] = cc[i * st[0]] ? xx[i * st[1]] : yy[i * st[2]];
+          where_row<U>(pc + off[0], st[0], px + off[1], st[1], py + off[2], st[2], po + o, len);
         });
       });
     });

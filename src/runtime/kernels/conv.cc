@@ -185,7 +185,17 @@ std::vector<T>& scratch() {
 
 template <typename T>
 void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, const T* bias, int64_t group,
-                  const WindowGeometry& g, T* y, ThreadPool* pool) {
+                  const WindowGeometry& g, T* y, ThreadPool* pool, const FusedActivation* act) {
+  if (act && act->kind == FusedActivation::Kind::kNone) act = nullptr;
+  // Applies the fused activation to n values (float outputs only; callers pass none otherwise).
+  auto activate = [act](T* v, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (act) act->apply(v, n);
+    } else {
+      (void)v;
+      (void)n;
+    }
+  };
   const int64_t n_batch = xs[0], c_in = xs[1], m_out = ws[0];
   const int64_t cin_g = c_in / group, cout_g = m_out / group;
   const int64_t in_sz = g.in_size(), out_sz = g.out_size(), ks = g.kernel_size();
@@ -205,6 +215,7 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
         else if (g.stride[2] == 1) depthwise_plane_2d<T, 1>(xp, w + oc * ks, b, g, y + p * out_sz);
         else if (g.stride[2] == 2) depthwise_plane_2d<T, 2>(xp, w + oc * ks, b, g, y + p * out_sz);
         else depthwise_plane_2d<T, 0>(xp, w + oc * ks, b, g, y + p * out_sz);
+        activate(y + p * out_sz, out_sz);
       }
     });
     return;
@@ -243,6 +254,9 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
         for (int64_t j = j0; j < j1; ++j) row[j] += bv;
       }
     }
+    if (act) {
+      for (int64_t oc = 0; oc < cout_g; ++oc) activate(yg + oc * out_sz + j0, j1 - j0);
+    }
   };
   if (items >= threads || !pool) {
     run(items, 1, [&](int64_t i0, int64_t i1) {
@@ -254,9 +268,9 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
 }
 
 template void conv_forward<float>(const float*, const Shape&, const float*, const Shape&, const float*, int64_t,
-                                  const WindowGeometry&, float*, ThreadPool*);
+                                  const WindowGeometry&, float*, ThreadPool*, const FusedActivation*);
 template void conv_forward<double>(const double*, const Shape&, const double*, const Shape&, const double*, int64_t,
-                                   const WindowGeometry&, double*, ThreadPool*);
+                                   const WindowGeometry&, double*, ThreadPool*, const FusedActivation*);
 
 }  // namespace nn
 
@@ -287,7 +301,7 @@ void conv_kernel(KernelContext& ctx) {
   for (int64_t d : g.out_shape()) ys.push_back(d);
   Tensor y = Tensor::empty(DataType::kFloat, ys);
   nn::conv_forward<float>(x.data<float>(), x.shape(), w.data<float>(), w.shape(), b.defined() ? b.data<float>() : nullptr,
-                          group, g, y.mutable_data<float>(), &ctx.pool());
+                          group, g, y.mutable_data<float>(), &ctx.pool(), &ctx.fused_activation());
   ctx.set_output(0, nn::to_dtype_like(std::move(y), ctx.input(0).dtype()));
 }
 
@@ -400,6 +414,31 @@ void conv_transpose_kernel(KernelContext& ctx) {
 }  // namespace
 
 /// Registers Conv and ConvTranspose (semantics unchanged across opsets 1 and 11 for float).
+void FusedActivation::apply(float* v, int64_t n) const {
+  switch (kind) {
+    case Kind::kNone:
+      return;
+    case Kind::kRelu:
+      for (int64_t i = 0; i < n; ++i) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+      return;
+    case Kind::kClip: {
+      const float lo = alpha, hi = beta;
+      for (int64_t i = 0; i < n; ++i) v[i] = std::min(std::max(v[i], lo), hi);
+      return;
+    }
+    case Kind::kLeakyRelu: {
+      const float a = alpha;
+      for (int64_t i = 0; i < n; ++i) v[i] = v[i] < 0.0f ? a * v[i] : v[i];
+      return;
+    }
+    case Kind::kHardSigmoid: {
+      const float a = alpha, b = beta;
+      for (int64_t i = 0; i < n; ++i) v[i] = std::max(0.0f, std::min(1.0f, a * v[i] + b));
+      return;
+    }
+  }
+}
+
 void kernels::register_conv_kernels(KernelRegistry& r) {
   r.add("", "Conv", 1, conv_kernel);
   r.add("", "ConvTranspose", 1, conv_transpose_kernel);

@@ -86,8 +86,10 @@ void dgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const do
 /// Convolution forward over N-D NCHW data: y[N, M, out...] = conv(x[N, C, in...], w[M, C/group, k...]) + bias[M]
 /// (bias may be null). Depthwise (C/group == 1) runs a direct kernel; everything else runs
 /// im2col tiles + GEMM, split across `pool`. T is float (model compute) or double (exact integer convs).
+/// `act` (float only; may be null) is applied to each output tile right after its bias, while the
+/// tile is still in cache (Conv + activation fusion).
 template <typename T>
 void conv_forward(const T* x, const Shape& x_shape, const T* w, const Shape& w_shape, const T* bias, int64_t group,
-                  const WindowGeometry& g, T* y, ThreadPool* pool);
+                  const WindowGeometry& g, T* y, ThreadPool* pool, const FusedActivation* act = nullptr);
 
 }  // namespace qtool::runtime::nn

@@ -199,18 +199,43 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
     result.outputs = compare_models(reference, qmodel, hold_src, config.threads);
     spdlog::info("quality guard: {}", describe_outputs(result.outputs));
     if (is_poor(result.outputs, config)) {
-      // Sensitivity: each activation alone quantized; the worst ones are kept in float.
-      std::vector<std::string> names;
-      for (const auto& [name, p] : summary.activation_params) names.push_back(name);
-      std::sort(names.begin(), names.end());
-      std::set<std::string> all(names.begin(), names.end());
+      // Sensitivity: each suspect activation alone quantized (the rest float) on a few held-out
+      // samples, against FP32 outputs computed once. Suspects: the widest ranges (a -1e9 mask, mixed
+      // scales), at most kMaxSuspects of them, so the search costs a bounded number of runs.
+      constexpr size_t kMaxSuspects = 24, kProbeSamples = 4;
+      std::vector<std::pair<double, std::string>> by_width;
+      for (const auto& [v, rg] : ranges)
+        if (summary.activation_params.count(v->name()))
+          by_width.emplace_back(-(static_cast<double>(rg.max) - rg.min), v->name());
+      std::sort(by_width.begin(), by_width.end());
+      if (by_width.size() > kMaxSuspects) by_width.resize(kMaxSuspects);
+      std::set<std::string> all;
+      for (const auto& [name, p] : summary.activation_params) all.insert(name);
+      std::vector<size_t> probe_idx(hold_idx.begin(), hold_idx.begin() + std::min(kProbeSamples, hold_idx.size()));
+      data::SelectedSource probe(base, probe_idx);
+      std::vector<std::vector<Tensor>> ref_out;
+      {
+        runtime::ExecutorOptions eo;
+        eo.threads = config.threads;
+        runtime::Executor ref(reference, eo);
+        for (size_t i = 0; i < probe.size(); ++i) ref_out.push_back(ref.run(probe.load(i)));
+      }
       std::vector<std::pair<double, std::string>> scored;
-      for (const std::string& name : names) {
+      for (const auto& [neg_width, name] : by_width) {
         std::set<std::string> others = all;
         others.erase(name);
         auto [m1, s1] = emit(others);
-        const double q = quality_score(compare_models(reference, m1, hold_src, config.threads));
-        scored.emplace_back(q, name);
+        runtime::ExecutorOptions eo;
+        eo.threads = config.threads;
+        runtime::Executor ex(m1, eo);
+        double worst = std::numeric_limits<double>::infinity();
+        std::vector<Accum> acc(ref_out.empty() ? 0 : ref_out[0].size());
+        for (size_t i = 0; i < probe.size(); ++i) {
+          const std::vector<Tensor> got = ex.run(probe.load(i));
+          for (size_t k = 0; k < acc.size() && k < got.size(); ++k) accumulate(acc[k], ref_out[i][k], got[k]);
+        }
+        for (const Accum& a : acc) worst = std::min(worst, sqnr_db(a.signal, a.noise));
+        scored.emplace_back(worst, name);
       }
       std::sort(scored.begin(), scored.end());
       const double target = quality_score(result.outputs);
@@ -222,6 +247,11 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
         result.actions.push_back(fmt::format("kept '{}' in float: quantized alone it gives output SQNR {:.1f} dB",
                                              name, score));
       }
+      if (kept.empty())
+        result.actions.push_back(fmt::format(
+            "sensitivity: no single activation among the {} widest-range ones explains the loss (worst alone: "
+            "{:.1f} dB); the error is spread over many tensors: try --method percentile or --exclude-op-types",
+            scored.size(), scored.empty() ? 0.0 : scored.front().first));
       if (!kept.empty()) {
         auto [m2, s2] = emit(kept);
         auto outs = compare_models(reference, m2, hold_src, config.threads);

@@ -1,5 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <memory>
+#include <vector>
+
 #include "qtool/core/dtype.h"
 #include "qtool/core/error.h"
 #include "qtool/core/npy.h"
@@ -104,6 +108,46 @@ TEST(Npy, RoundTripAndErrors) {
     EXPECT_NE(std::string(e.what()).find("b.npy"), std::string::npos) << e.what();
   }
   EXPECT_THROW(read_npy(dir.file("missing.npy")), Error);
+}
+
+/// Hands out buffers from make_heap_buffer of its own (outside any source) and counts them.
+class CountingSource : public BufferSource {
+ public:
+  std::shared_ptr<Buffer> allocate(size_t bytes) override {
+    ++calls;
+    if (bytes < 100) return nullptr;  // falls back to the plain heap
+    ScopedBufferSource none(nullptr);
+    auto b = make_heap_buffer(bytes, false);
+    std::memset(b->mutable_data(), 0xAB, bytes);  // garbage that zero_fill must clear
+    handed.push_back(b->data());
+    return b;
+  }
+  int calls = 0;
+  std::vector<const uint8_t*> handed;
+};
+
+TEST(BufferSource, ScopedSourceServesMakeHeapBufferAndRestores) {
+  CountingSource outer, inner;
+  {
+    ScopedBufferSource a(&outer);
+    auto b1 = make_heap_buffer(400, true);
+    ASSERT_EQ(outer.calls, 1);
+    ASSERT_EQ(outer.handed.size(), 1u);
+    EXPECT_EQ(b1->data(), outer.handed[0]);
+    for (size_t i = 0; i < 400; ++i) ASSERT_EQ(b1->data()[i], 0) << i;  // zero_fill honoured
+    {
+      ScopedBufferSource b(&inner);
+      Tensor t(DataType::kFloat, {50});  // 200 bytes, through make_heap_buffer
+      EXPECT_EQ(inner.calls, 1);
+      EXPECT_EQ(t.data<float>()[49], 0.0f);
+    }
+    make_heap_buffer(10, true);  // the source declines small blocks: plain heap
+    EXPECT_EQ(outer.calls, 2);
+    EXPECT_EQ(outer.handed.size(), 1u);
+  }
+  make_heap_buffer(400, true);  // uninstalled
+  EXPECT_EQ(outer.calls, 2);
+  EXPECT_EQ(inner.calls, 1);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "nn_test_util.h"
 
@@ -20,6 +21,24 @@ TEST(SoftmaxKernel, Opset11CoercesTo2dOpset13UsesOneAxis) {
   // Default axis: 1 before 13 (whole row here), -1 from 13.
   auto d13 = run_node({.op = "Softmax", .inputs = {ft({2, 2}, {0, 0, 1, 1})}, .opset = 13});
   EXPECT_VALUES_NEAR(d13[0], (std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f}), 1e-6);
+}
+
+TEST(SoftmaxKernel, MaskedEntriesAreExactZerosAndSmallOnesSurvive) {
+  // -inf (masked attention) and entries > 87 below the maximum give exact 0 (no denormals); an
+  // entry 80 below the maximum still gets its tiny normal weight; the row still sums to 1.
+  const float inf = std::numeric_limits<float>::infinity();
+  auto y = run_node({.op = "Softmax", .inputs = {ft({1, 5}, {1, -inf, -100, -79, 0})}, .opset = 13});
+  const double s = std::exp(1.0) + std::exp(-79.0) + 1.0;
+  const float* p = y[0].data<float>();
+  EXPECT_NEAR(p[0], std::exp(1.0) / s, 1e-6);
+  EXPECT_EQ(p[1], 0.0f);
+  EXPECT_EQ(p[2], 0.0f);
+  EXPECT_GT(p[3], 0.0f);
+  EXPECT_NEAR(p[3] / (std::exp(-79.0) / s), 1.0, 1e-3);
+  EXPECT_NEAR(p[4], 1.0 / s, 1e-6);
+  // A fully masked row stays uniform, as before.
+  auto m = run_node({.op = "Softmax", .inputs = {ft({1, 2}, {-inf, -inf})}, .opset = 13});
+  EXPECT_VALUES_NEAR(m[0], (std::vector<float>{0.5f, 0.5f}), 0);
 }
 
 TEST(SoftmaxKernel, LogSoftmaxAndHardmax) {

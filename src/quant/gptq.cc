@@ -101,7 +101,11 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
     for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
 
   // Upper Cholesky factor of (H + damp·I)⁻¹, retrying with more dampening if H is not positive definite.
-  const double mean_diag = Hp.diagonal().mean();
+  // Mean of the diagonal, summed by hand: Eigen's redux on a Diagonal view of a dynamic matrix
+  // trips GCC's -Wmaybe-uninitialized in Release builds (it cannot see that cols > 0 here).
+  double diag_sum = 0.0;
+  for (int64_t i = 0; i < cols; ++i) diag_sum += Hp(i, i);
+  const double mean_diag = cols > 0 ? diag_sum / static_cast<double>(cols) : 0.0;
   double damp = options.percdamp * mean_diag;
   Eigen::MatrixXd U;
   for (int attempt = 0;; ++attempt) {

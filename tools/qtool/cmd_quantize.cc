@@ -5,10 +5,18 @@
 // guard on held-out calibration samples. --bits below 8: weight-only low-bit quantization
 // (quant/lowbit.h apply_weight_only). Results go to stdout, logs to stderr; a violated --max-drop
 // exits with exit_code::kQualityGate (3) after the report is printed.
+//
+// Every run ends with the summary table of report/report.h on stdout (or, with --json, the report
+// JSON); --report FILE writes the same report as JSON or HTML. --config experiment.json runs a list
+// of settings (report/experiments.h): each setting's options are parsed by the same option
+// definitions (add_quantize_options on a fresh CLI::App) and run by the same quantize_once().
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <limits>
+#include <map>
 #include <optional>
 #include <sstream>
 
@@ -22,6 +30,8 @@
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/static_quant.h"
+#include "qtool/report/experiments.h"
+#include "qtool/report/report.h"
 
 namespace qtool::cli {
 namespace {
@@ -46,6 +56,46 @@ struct QuantizeArgs {
   int64_t block_size = 32;
   int64_t seq_len = 0;
   std::string weight_algorithm = "rtn";
+  std::string report_path;  ///< --report: .json or .html
+  std::string config_path;  ///< --config: batch experiments
+  bool json = false;        ///< --json: print the report JSON instead of the table
+};
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+/// The options of a run as given, for QuantizeReport::settings.
+std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
+  std::map<std::string, std::string> m{{"bits", a.bits}};
+  if (!a.calib_path.empty()) m["calib"] = a.calib_path;
+  if (!a.ranges_path.empty()) m["ranges"] = a.ranges_path;
+  if (a.bits == "8" || a.bits == "int8") {
+    m["method"] = a.method;
+    m["activation-type"] = a.activation_type;
+    m["activation-bits"] = std::to_string(a.activation_bits);
+    m["per-channel"] = a.per_tensor ? "false" : "true";
+    m["guard"] = a.no_guard ? "false" : "true";
+  } else {
+    m["block-size"] = std::to_string(a.block_size);
+    m["weight-algorithm"] = a.weight_algorithm;
+  }
+  if (a.samples > 0) m["samples"] = std::to_string(a.samples);
+  if (!a.preprocess.empty()) m["preprocess"] = a.preprocess;
+  if (!a.exclude_nodes.empty()) m["exclude-nodes"] = a.exclude_nodes;
+  if (!a.exclude_op_types.empty()) m["exclude-op-types"] = a.exclude_op_types;
+  if (!a.op_types.empty()) m["op-types"] = a.op_types;
+  if (!a.keep_fp.empty()) m["keep-fp"] = a.keep_fp;
+  return m;
+}
+
+/// What one quantize run produced: the report, and the quality-gate failure (if any) that the
+/// caller raises after the report is shown.
+struct QuantizeOutcome {
+  report::QuantizeReport report;
+  std::optional<Error> gate_failure;
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -70,46 +120,113 @@ std::shared_ptr<data::SelectedSource> open_samples(const QuantizeArgs& a, const 
   return data::select_samples(source, sel);
 }
 
+/// Fewest held-out samples for the weight-only evaluation (as the static pipeline's guard).
+constexpr size_t kMinHoldout = 8;
+/// Larger models are not evaluated after weight-only quantization (it would hold two copies).
+constexpr int64_t kMaxEvalModelBytes = int64_t{256} << 20;
+
 int64_t file_size(const std::string& p) {
   std::error_code ec;
   const auto s = std::filesystem::file_size(p, ec);
   return ec ? 0 : static_cast<int64_t>(s);
 }
 
-void run_weight_only(const QuantizeArgs& a, ir::Model& model) {
+/// The guard's per-output agreement as the report's OutputQuality (SQNR, top-1 agreement).
+std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgreement>& agreement) {
+  std::vector<report::OutputQuality> out;
+  for (const auto& o : agreement) {
+    report::OutputQuality q;
+    q.name = o.name;
+    q.samples = o.samples;
+    q.sqnr_db = o.sqnr_db;
+    q.top1_agreement = o.top1_agreement >= 0 ? o.top1_agreement : report::kNotMeasured;
+    out.push_back(q);
+  }
+  return out;
+}
+
+/// Weight SQNR in dB from a relative MSE ‖W - Q‖² / ‖W‖² (10·log10(1 / rel_mse)).
+double sqnr_from_rel_mse(double rel_mse) {
+  if (!(rel_mse >= 0.0)) return report::kNotMeasured;
+  return rel_mse > 0.0 ? -10.0 * std::log10(rel_mse) : std::numeric_limits<double>::infinity();
+}
+
+QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::vector<report::Timing>& timings) {
   quant::WeightOnlyConfig cfg;
   cfg.bits = a.bits;
   cfg.block_size = a.block_size;
   cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
   cfg.exclude = split_list(a.exclude_nodes);
   cfg.threads = a.threads;
-  std::shared_ptr<data::SelectedSource> samples;
+  std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
+  std::optional<ir::Model> fp32;
+  std::string eval_note;
   if (!a.calib_path.empty()) {
+    const auto t = clock_type::now();
     samples = open_samples(a, model);
-    calib.source = samples.get();
+    // Hold out the last fifth (at least kMinHoldout) of the samples to measure the result on data
+    // GPTQ/AWQ did not fit to; with too few samples, all serve both roles (and the report says so).
+    const size_t n = samples->size();
+    const size_t holdout = std::max(kMinHoldout, n / 5);
+    std::vector<size_t> fit_idx, eval_idx;
+    for (size_t i = 0; i < n; ++i) (n >= 2 * kMinHoldout && i >= n - holdout ? eval_idx : fit_idx).push_back(i);
+    if (eval_idx.empty()) {
+      eval_idx = fit_idx;
+      eval_note = fmt::format("only {} calibration samples: the output quality is measured on the same samples", n);
+    }
+    fit_part = std::make_shared<data::SelectedSource>(samples, fit_idx);
+    held_out = std::make_shared<data::SelectedSource>(samples, eval_idx);
+    calib.source = fit_part.get();
+    timings.push_back({"calibrate", seconds_since(t)});
+    // Evaluating needs the FP32 model beside the quantized one; skipped for big models.
+    if (!a.no_guard && file_size(a.model_path) <= kMaxEvalModelBytes) fp32.emplace(model.clone());
   }
+  auto t = clock_type::now();
   const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, a.calib_path.empty() ? nullptr : &calib);
+  timings.push_back({"quantize", seconds_since(t)});
+  std::vector<quant::OutputAgreement> agreement;
+  if (fp32) {
+    t = clock_type::now();
+    agreement = quant::compare_models(*fp32, model, *held_out, a.threads);
+    timings.push_back({"evaluate", seconds_since(t)});
+    fp32.reset();
+  }
   for (const auto& w : rep.warnings) spdlog::warn("{}", w);
-  std::cout << fmt::format("weight-only {}: {} layers, weights {} -> {} bytes\n", a.bits, rep.layers.size(),
-                           rep.float_weight_bytes, rep.quant_weight_bytes);
+  spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", a.bits, rep.layers.size(), rep.float_weight_bytes,
+               rep.quant_weight_bytes);
+  t = clock_type::now();
+  model.source_path.clear();
+  onnx_io::save_model(model, a.out_path);
+  timings.push_back({"save", seconds_since(t)});
+
+  std::string headline = a.bits == "ternary" || a.bits == "binary" ? a.bits : "W" + a.bits;
+  if (a.block_size > 0 && a.bits != "ternary" && a.bits != "binary")
+    headline += fmt::format(" (block {})", a.block_size);
+  headline += " A32";
+  QuantizeOutcome out{report::make_quantize_report(a.model_path, a.out_path, model, headline), std::nullopt};
+  // Per-layer errors and methods from the quantizer, matched by weight name (the emitted model
+  // renames weights, e.g. "conv1.weight_quantized", so a prefix match counts) or consuming node.
+  for (auto& l : out.report.layers) {
+    for (const auto& w : rep.layers) {
+      const bool same_weight = !w.weight.empty() && l.weight.rfind(w.weight, 0) == 0;
+      if (!same_weight && (w.node.empty() || w.node != l.node)) continue;
+      if (w.format != "float") l.weight_sqnr_db = sqnr_from_rel_mse(w.weight_rel_mse);
+      l.method = w.algorithm;
+      l.note = w.note;
+      break;
+    }
+  }
+  out.report.warnings = rep.warnings;
+  if (!agreement.empty()) {
+    out.report.outputs = to_quality(agreement);
+    out.report.eval_samples = static_cast<int64_t>(held_out->size());
+    if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
+  }
+  return out;
 }
 
-int run_quantize(const QuantizeArgs& a) {
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  ir::Model model = onnx_io::load_model(a.model_path);
-  const std::string source_path = model.source_path;
-
-  if (a.bits != "8" && a.bits != "int8") {
-    run_weight_only(a, model);
-    onnx_io::save_model(model, a.out_path);
-    std::cout << fmt::format("wrote {} ({} bytes, {:.1f}% of {})\n", a.out_path, file_size(a.out_path),
-                             100.0 * file_size(a.out_path) / std::max<int64_t>(1, file_size(a.model_path)),
-                             a.model_path);
-    return exit_code::kOk;
-  }
-
+QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<report::Timing>& timings) {
   QTOOL_CHECK(a.format == "qdq", ErrorCode::kUnsupported,
               "--format {} is not implemented yet (only qdq); ONNX Runtime fuses QDQ into the same QLinear kernels",
               a.format);
@@ -139,6 +256,7 @@ int run_quantize(const QuantizeArgs& a) {
   cfg.bias_correction = a.bias_correction;
   cfg.threads = a.threads;
 
+  auto t = clock_type::now();
   const int64_t target_opset = a.activation_bits == 16 ? 21 : 13;
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", a.model_path, rewrites, model.opset(""));
@@ -164,37 +282,177 @@ int run_quantize(const QuantizeArgs& a) {
     empty = std::make_unique<data::SelectedSource>(nullptr, std::vector<size_t>{});
   }
   data::SampleSource& src = samples ? static_cast<data::SampleSource&>(*samples) : *empty;
+  // quantize_static runs calibration, Q/DQ placement and the quality guard (the held-out
+  // evaluation) in one call, so they are timed together as "quantize".
   const quant::StaticQuantResult res = quant::quantize_static(model, src, cfg);
+  timings.push_back({"quantize", seconds_since(t)});
+  t = clock_type::now();
   model.source_path.clear();
   onnx_io::save_model(model, a.out_path);
+  timings.push_back({"save", seconds_since(t)});
 
-  const int64_t in_bytes = file_size(a.model_path), out_bytes = file_size(a.out_path);
-  std::cout << fmt::format("quantized {} -> {}: W8A{} QDQ ({}, {} activations), {} nodes quantized, "
-                           "{} weights, {} biases, {} Relu/Clip folded\n",
-                           a.model_path, a.out_path, a.activation_bits, a.method,
-                           dtype_name(cfg.qdq.activation_type), res.qdq.quantized_nodes, res.qdq.quantized_weights,
-                           res.qdq.quantized_biases, res.qdq.folded_activations);
-  std::cout << fmt::format("size: {} -> {} bytes ({:.1f}%)\n", in_bytes, out_bytes,
-                           in_bytes > 0 ? 100.0 * out_bytes / in_bytes : 0.0);
-  for (const auto& o : res.outputs) {
-    std::cout << fmt::format("output '{}': SQNR {:.1f} dB", o.name, o.sqnr_db);
-    if (o.top1_agreement >= 0) std::cout << fmt::format(", top-1 agreement with FP32 {:.2f}%", 100.0 * o.top1_agreement);
-    std::cout << fmt::format(" ({} held-out samples, calibrated on {})\n", o.samples, res.calib_samples);
+  spdlog::info("quantized {} -> {}: W8A{} QDQ ({}, {} activations), {} nodes quantized, {} weights, {} biases, "
+               "{} Relu/Clip folded",
+               a.model_path, a.out_path, a.activation_bits, a.method, dtype_name(cfg.qdq.activation_type),
+               res.qdq.quantized_nodes, res.qdq.quantized_weights, res.qdq.quantized_biases,
+               res.qdq.folded_activations);
+  const std::string headline = fmt::format("W8A{} QDQ", a.activation_bits);
+  QuantizeOutcome out{report::make_quantize_report(a.model_path, a.out_path, model, headline), std::nullopt};
+  for (auto& l : out.report.layers)
+    if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = a.method;
+  out.report.outputs = to_quality(res.outputs);
+  out.report.eval_samples = res.holdout_samples;
+  for (const auto& s : res.actions) out.report.warnings.push_back("guard: " + s);
+  for (const auto& w : res.warnings) {
+    spdlog::warn("{}", w);
+    out.report.warnings.push_back(w);
   }
-  for (const auto& s : res.actions) std::cout << "guard: " << s << "\n";
-  for (const auto& w : res.warnings) spdlog::warn("{}", w);
-  spdlog::info("done in {:.1f} s", std::chrono::duration<double>(clock::now() - t0).count());
   if (a.max_drop) {
     const double agree = res.min_top1_agreement();
     QTOOL_CHECK(agree >= 0 || !res.outputs.empty(), ErrorCode::kConfig,
                 "--max-drop needs the quality guard (calibration data) to measure agreement");
     const double drop = agree >= 0 ? 100.0 * (1.0 - agree) : 0.0;
     if (drop > *a.max_drop || res.looks_broken) {
-      throw Error(ErrorCode::kQualityGate,
-                  fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop {:.2f}){}", drop,
-                              *a.max_drop, res.looks_broken ? "; the model looks broken" : ""));
+      out.gate_failure.emplace(
+          ErrorCode::kQualityGate,
+          fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop {:.2f}){}", drop,
+                      *a.max_drop, res.looks_broken ? "; the model looks broken" : ""));
     }
   }
+  return out;
+}
+
+/// One quantize run with parsed options: load, quantize, save, build the report and write
+/// --report. Prints nothing to stdout (the caller decides how to show the report). A failed
+/// quality gate is returned, not thrown, so the report is still shown and written first.
+QuantizeOutcome quantize_once(const QuantizeArgs& a) {
+  QTOOL_CHECK(!a.out_path.empty(), ErrorCode::kConfig, "quantize needs an output path (-o OUT)");
+  const auto t0 = clock_type::now();
+  std::vector<report::Timing> timings;
+  auto t = clock_type::now();
+  ir::Model model = onnx_io::load_model(a.model_path);
+  timings.push_back({"load", seconds_since(t)});
+  QuantizeOutcome out =
+      a.bits != "8" && a.bits != "int8" ? run_weight_only(a, model, timings) : run_static(a, model, timings);
+  out.report.settings = settings_of(a);
+  out.report.timings = std::move(timings);
+  if (!a.report_path.empty()) report::write_report(out.report, a.report_path);
+  spdlog::info("done in {:.1f} s", seconds_since(t0));
+  return out;
+}
+
+void print_outcome(const QuantizeArgs& a, const QuantizeOutcome& out) {
+  if (a.json)
+    std::cout << report::report_to_json(out.report).dump(2) << "\n";
+  else
+    std::cout << report::format_summary_table(out.report);
+  std::cout.flush();
+}
+
+/// Defines every `qtool quantize` option on `cmd`, writing into `a`. Used for the command itself
+/// and for each setting of a --config sweep, so both accept exactly the same options.
+void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
+  cmd.add_option("model", a.model_path, "FP32 ONNX model")->required()->check(CLI::ExistingFile);
+  cmd.add_option("-o,--output", a.out_path, "output model path (required unless --config)");
+  cmd.add_option("--bits", a.bits, "weight bits: 8 (static W8A8), or 4, 2, ternary, binary (weight-only)");
+  cmd.add_option("--calib", a.calib_path, "calibration data (folder or file, see qtool calibrate)");
+  cmd.add_option("--method", a.method, "range method: minmax, percentile, entropy, mse");
+  cmd.add_option("--percentile", a.percentile, "percentile kept by --method percentile");
+  cmd.add_option("--ranges", a.ranges_path, "ranges.json from qtool calibrate (skips calibration)");
+  cmd.add_flag("--per-tensor", a.per_tensor, "one weight scale per tensor instead of per output channel");
+  cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
+  cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
+  cmd.add_option("--format", a.format, "qdq (default) or qoperator");
+  cmd.add_option("--exclude-nodes", a.exclude_nodes, "comma-separated node names left in float");
+  cmd.add_option("--exclude-op-types", a.exclude_op_types, "comma-separated op types left in float");
+  cmd.add_option("--op-types", a.op_types, "quantize only these op types (e.g. MatMul)");
+  cmd.add_option("--keep-fp", a.keep_fp, "comma-separated tensor names kept in float");
+  cmd.add_flag("--cle", a.cle, "cross-layer equalization (not implemented yet)");
+  cmd.add_flag("--bias-correction", a.bias_correction, "bias correction (not implemented yet)");
+  cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
+  cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
+  cmd.add_option("--samples", a.samples, "number of calibration samples (default all, capped at 1000)");
+  cmd.add_option("--calib-split", a.split, "all, even or odd positions of the sorted samples");
+  cmd.add_option("--preprocess", a.preprocess, "image preprocessing preset (imagenet, caffe-bgr, mnist-raw, ...)");
+  cmd.add_option("--seq-len", a.seq_len, "token streams (.i32): tokens per calibration sequence");
+  cmd.add_option("--seed", a.seed, "seed for shuffling the samples");
+  cmd.add_flag("--shuffle", a.shuffle, "shuffle the samples (seeded) before taking --samples");
+  cmd.add_option("--threads", a.threads, "executor threads");
+  cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)");
+  cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm, "weight-only: rtn, gptq or awq");
+  cmd.add_option("--report", a.report_path, "write the run's report: FILE.json or FILE.html");
+  cmd.add_flag("--json", a.json, "print the report JSON instead of the summary table");
+  cmd.add_option("--config", a.config_path,
+                 "batch experiments: run every setting of this JSON/YAML file (see docs) against MODEL");
+}
+
+/// Parses one sweep setting's options with the same definitions as the command.
+QuantizeArgs parse_setting(const QuantizeArgs& base, const report::ExperimentSetting& setting) {
+  QuantizeArgs a;
+  CLI::App app{"qtool quantize (experiment setting)", "quantize"};
+  add_quantize_options(app, a);
+  std::vector<std::string> args{base.model_path, "-o", setting.output_model};
+  for (auto& s : setting.to_args()) args.push_back(std::move(s));
+  QTOOL_CHECK(std::find(args.begin(), args.end(), "--config") == args.end(), ErrorCode::kConfig,
+              "setting '{}': --config is not allowed inside an experiment", setting.name);
+  std::reverse(args.begin(), args.end());  // CLI11 takes the vector in reverse order
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    throw Error(ErrorCode::kConfig, fmt::format("setting '{}': {}", setting.name, e.what()));
+  }
+  if (a.threads == 1 && base.threads != 1) a.threads = base.threads;
+  return a;
+}
+
+/// Metrics of one setting for the results table.
+nlohmann::json metrics_of(const report::QuantizeReport& r) {
+  nlohmann::json m;
+  m["precision"] = r.precision;
+  m["size_bytes"] = r.output_file_bytes;
+  const double pct = r.size_percent();
+  if (std::isfinite(pct)) m["size_percent"] = std::round(pct * 100.0) / 100.0;
+  m["bits_per_weight"] = std::round(r.bits_per_weight() * 1000.0) / 1000.0;
+  double sqnr = std::numeric_limits<double>::infinity(), agree = 2.0;
+  for (const auto& o : r.outputs) {
+    if (!std::isnan(o.sqnr_db)) sqnr = std::min(sqnr, o.sqnr_db);
+    if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+  }
+  if (!r.outputs.empty() && std::isfinite(sqnr)) m["sqnr_db"] = std::round(sqnr * 100.0) / 100.0;
+  if (agree <= 1.0) m["top1_agreement"] = agree;
+  return m;
+}
+
+int run_config(const QuantizeArgs& base) {
+  const report::ExperimentConfig config = report::load_experiment_config(base.config_path);
+  spdlog::info("experiments: {} settings from '{}' -> {}", config.settings.size(), config.path, config.output_dir);
+  const report::ExperimentOutcome outcome =
+      report::run_experiments(config, [&](const report::ExperimentSetting& setting) {
+        spdlog::info("setting '{}'", setting.name);
+        const QuantizeArgs a = parse_setting(base, setting);
+        QuantizeOutcome out = quantize_once(a);
+        if (!base.json) std::cout << fmt::format("== {} ==\n{}", setting.name, report::format_summary_table(out.report));
+        if (out.gate_failure) throw *out.gate_failure;
+        return metrics_of(out.report);
+      });
+  if (base.json) {
+    std::cout << outcome.rows.dump(2) << "\n";
+  } else {
+    std::cout << fmt::format("{} settings, {} failed; results: {} and {}\n", outcome.rows.size(), outcome.failed,
+                             outcome.csv_path, outcome.json_path);
+  }
+  std::cout.flush();
+  if (outcome.failed > 0)
+    throw Error(ErrorCode::kConfig, fmt::format("{} of {} experiment settings failed (see {})", outcome.failed,
+                                                outcome.rows.size(), outcome.csv_path));
+  return exit_code::kOk;
+}
+
+int run_quantize(const QuantizeArgs& a) {
+  if (!a.config_path.empty()) return run_config(a);
+  QuantizeOutcome out = quantize_once(a);
+  print_outcome(a, out);
+  if (out.gate_failure) throw *out.gate_failure;
   return exit_code::kOk;
 }
 
@@ -203,34 +461,7 @@ int run_quantize(const QuantizeArgs& a) {
 void add_quantize_command(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("quantize", "post-training quantization (static INT8 QDQ, or low-bit weights)");
-  cmd->add_option("model", a->model_path, "FP32 ONNX model")->required()->check(CLI::ExistingFile);
-  cmd->add_option("-o,--output", a->out_path, "output model path")->required();
-  cmd->add_option("--bits", a->bits, "weight bits: 8 (static W8A8), or 4, 2, ternary, binary (weight-only)");
-  cmd->add_option("--calib", a->calib_path, "calibration data (folder or file, see qtool calibrate)");
-  cmd->add_option("--method", a->method, "range method: minmax, percentile, entropy, mse");
-  cmd->add_option("--percentile", a->percentile, "percentile kept by --method percentile");
-  cmd->add_option("--ranges", a->ranges_path, "ranges.json from qtool calibrate (skips calibration)");
-  cmd->add_flag("--per-tensor", a->per_tensor, "one weight scale per tensor instead of per output channel");
-  cmd->add_option("--activation-type", a->activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
-  cmd->add_option("--activation-bits", a->activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
-  cmd->add_option("--format", a->format, "qdq (default) or qoperator");
-  cmd->add_option("--exclude-nodes", a->exclude_nodes, "comma-separated node names left in float");
-  cmd->add_option("--exclude-op-types", a->exclude_op_types, "comma-separated op types left in float");
-  cmd->add_option("--op-types", a->op_types, "quantize only these op types (e.g. MatMul)");
-  cmd->add_option("--keep-fp", a->keep_fp, "comma-separated tensor names kept in float");
-  cmd->add_flag("--cle", a->cle, "cross-layer equalization (not implemented yet)");
-  cmd->add_flag("--bias-correction", a->bias_correction, "bias correction (not implemented yet)");
-  cmd->add_flag("--no-guard", a->no_guard, "skip the quality guard on held-out samples");
-  cmd->add_option("--max-drop", a->max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
-  cmd->add_option("--samples", a->samples, "number of calibration samples (default all, capped at 1000)");
-  cmd->add_option("--calib-split", a->split, "all, even or odd positions of the sorted samples");
-  cmd->add_option("--preprocess", a->preprocess, "image preprocessing preset (imagenet, caffe-bgr, mnist-raw, ...)");
-  cmd->add_option("--seq-len", a->seq_len, "token streams (.i32): tokens per calibration sequence");
-  cmd->add_option("--seed", a->seed, "seed for shuffling the samples");
-  cmd->add_flag("--shuffle", a->shuffle, "shuffle the samples (seeded) before taking --samples");
-  cmd->add_option("--threads", a->threads, "executor threads");
-  cmd->add_option("--block-size", a->block_size, "weight-only: block size (0 = per channel)");
-  cmd->add_option("--weight-algorithm", a->weight_algorithm, "weight-only: rtn, gptq or awq");
+  add_quantize_options(*cmd, *a);
   cmd->callback([a] { run_quantize(*a); });
 }
 

@@ -34,6 +34,8 @@ std::string slurp(const std::string& path) {
   return ss.str();
 }
 
+nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(slurp(path)); }
+
 /// The size cell the summary table shows for `out` relative to the bundled FP32 model.
 std::string size_percent_cell(const std::string& out) {
   const double pct = 100.0 * static_cast<double>(fs::file_size(out)) /
@@ -103,6 +105,32 @@ TEST(CliQuantizeReport, JsonReportHasSchemaAndLayers) {
   EXPECT_EQ(printed["layers"].size(), 5u);
 }
 
+TEST(CliQuantizeReport, JsonReportWithCalibrationHasPerLayerOutputError) {
+  testing::TempDir dir;
+  for (const std::string bits : {"8", "4"}) {
+    const std::string rep = dir.file("report" + bits + ".json");
+    const auto r = quantize(fmt::format("{} --bits {} --calib calibration_samples/digits/ --samples 48 -o {} --report {}",
+                                        kModel, bits, dir.file("q" + bits + ".onnx"), rep));
+    ASSERT_EQ(r.exit_code, exit_code::kOk) << r.out << r.err;
+    const auto j = read_json(rep);
+    ASSERT_EQ(j["layers"].size(), 5u) << bits;
+    for (const auto& l : j["layers"]) {
+      ASSERT_TRUE(l["output_sqnr_db"].is_number()) << bits << " " << l.dump();
+      EXPECT_GT(l["output_sqnr_db"].get<double>(), bits == "8" ? 30.0 : 15.0) << bits << " " << l.dump();
+    }
+    ASSERT_EQ(j["evaluation"]["outputs"].size(), 1u);
+    const auto& o = j["evaluation"]["outputs"][0];
+    EXPECT_EQ(o["name"], "logits");
+    EXPECT_GT(o["sqnr_db"].get<double>(), bits == "8" ? 30.0 : 15.0) << o.dump();
+    EXPECT_GT(o["top1_agreement"].get<double>(), 0.9) << o.dump();
+    EXPECT_GT(o["cosine"].get<double>(), 0.99) << o.dump();
+    EXPECT_GT(j["evaluation"]["samples"].get<int64_t>(), 0);
+    bool evaluated = false;
+    for (const auto& t : j["timings"]) evaluated |= t["phase"] == "evaluate";
+    EXPECT_TRUE(evaluated) << j["timings"].dump();
+  }
+}
+
 TEST(CliQuantizeReport, HtmlReportHasCharts) {
   testing::TempDir dir;
   const std::string rep = dir.file("report.html");
@@ -114,8 +142,6 @@ TEST(CliQuantizeReport, HtmlReportHasCharts) {
   EXPECT_NE(html.find("conv2"), std::string::npos);  // a layer of the model is named
   EXPECT_EQ(html.find("<script"), std::string::npos);  // self-contained, no scripts
 }
-
-nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(slurp(path)); }
 
 size_t csv_data_rows(const std::string& path) {
   std::istringstream in(slurp(path));

@@ -59,6 +59,7 @@ TEST(CliQuantize, QualityGateAndBadOptions) {
   const auto gate = testing::run_command(mnist_cmd(dir.file("g.onnx"), "--max-drop -1"));
   EXPECT_EQ(gate.exit_code, 3) << gate.err;
   EXPECT_NE(gate.err.find("quality gate"), std::string::npos) << gate.err;
+  EXPECT_NE(gate.out.find("top-1 agree"), std::string::npos) << gate.out;  // the summary table came first
   const auto bad = testing::run_command(mnist_cmd(dir.file("b.onnx"), "--activation-bits 12"));
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--activation-bits"), std::string::npos) << bad.err;

@@ -30,6 +30,7 @@
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/static_quant.h"
+#include "qtool/report/compare.h"
 #include "qtool/report/experiments.h"
 #include "qtool/report/report.h"
 
@@ -145,6 +146,29 @@ std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgr
   return out;
 }
 
+/// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
+/// puts the result into the report: outputs (to_output_quality), eval_samples, and each layer's
+/// output SQNR (matched by the node that produces the layer's output in the quantized model).
+void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                   data::SampleSource& held_out, int threads) {
+  size_t next = 0;
+  const report::SampleProvider provider = [&](report::CompareSample& s) {
+    if (next >= held_out.size()) return false;
+    s.inputs = held_out.load(next);
+    s.name = held_out.describe(next);
+    ++next;
+    return true;
+  };
+  report::CompareOptions options;
+  options.threads = threads;
+  const report::CompareResult result = report::compare_models(fp32, quantized, provider, options);
+  rep.outputs = report::to_output_quality(result);
+  rep.eval_samples = result.samples;
+  for (auto& l : rep.layers)
+    for (const auto& d : result.layers)
+      if (d.node == l.node) l.output_sqnr_db = d.error.sqnr_db();
+}
+
 /// Weight SQNR in dB from a relative MSE ‖W - Q‖² / ‖W‖² (10·log10(1 / rel_mse)).
 double sqnr_from_rel_mse(double rel_mse) {
   if (!(rel_mse >= 0.0)) return report::kNotMeasured;
@@ -185,13 +209,6 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   auto t = clock_type::now();
   const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, a.calib_path.empty() ? nullptr : &calib);
   timings.push_back({"quantize", seconds_since(t)});
-  std::vector<quant::OutputAgreement> agreement;
-  if (fp32) {
-    t = clock_type::now();
-    agreement = quant::compare_models(*fp32, model, *held_out, a.threads);
-    timings.push_back({"evaluate", seconds_since(t)});
-    fp32.reset();
-  }
   for (const auto& w : rep.warnings) spdlog::warn("{}", w);
   spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", a.bits, rep.layers.size(), rep.float_weight_bytes,
                rep.quant_weight_bytes);
@@ -218,9 +235,10 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     }
   }
   out.report.warnings = rep.warnings;
-  if (!agreement.empty()) {
-    out.report.outputs = to_quality(agreement);
-    out.report.eval_samples = static_cast<int64_t>(held_out->size());
+  if (fp32) {
+    t = clock_type::now();
+    evaluate_into(out.report, *fp32, model, *held_out, a.threads);
+    timings.push_back({"evaluate", seconds_since(t)});
     if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
   }
   return out;
@@ -282,6 +300,11 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
     empty = std::make_unique<data::SelectedSource>(nullptr, std::vector<size_t>{});
   }
   data::SampleSource& src = samples ? static_cast<data::SampleSource&>(*samples) : *empty;
+  // Per-layer output SQNR is only shown in --report/--json, so the extra held-out run (and the
+  // FP32 copy it needs) is only paid for then.
+  std::optional<ir::Model> fp32;
+  if (samples && cfg.guard && (a.json || !a.report_path.empty()) && file_size(a.model_path) <= kMaxEvalModelBytes)
+    fp32.emplace(model.clone());
   // quantize_static runs calibration, Q/DQ placement and the quality guard (the held-out
   // evaluation) in one call, so they are timed together as "quantize".
   const quant::StaticQuantResult res = quant::quantize_static(model, src, cfg);
@@ -302,6 +325,16 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = a.method;
   out.report.outputs = to_quality(res.outputs);
   out.report.eval_samples = res.holdout_samples;
+  if (fp32 && res.holdout_samples > 0 && static_cast<size_t>(res.holdout_samples) <= samples->size()) {
+    // The guard held out the last holdout_samples samples; evaluate per layer on the same ones.
+    t = clock_type::now();
+    std::vector<size_t> idx;
+    for (size_t i = samples->size() - static_cast<size_t>(res.holdout_samples); i < samples->size(); ++i)
+      idx.push_back(i);
+    data::SelectedSource held_out(samples, idx);
+    evaluate_into(out.report, *fp32, model, held_out, a.threads);
+    timings.push_back({"evaluate", seconds_since(t)});
+  }
   for (const auto& s : res.actions) out.report.warnings.push_back("guard: " + s);
   for (const auto& w : res.warnings) {
     spdlog::warn("{}", w);

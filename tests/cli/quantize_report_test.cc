@@ -117,6 +117,10 @@ TEST(CliQuantizeReport, JsonReportWithCalibrationHasPerLayerOutputError) {
     for (const auto& l : j["layers"]) {
       ASSERT_TRUE(l["output_sqnr_db"].is_number()) << bits << " " << l.dump();
       EXPECT_GT(l["output_sqnr_db"].get<double>(), bits == "8" ? 30.0 : 15.0) << bits << " " << l.dump();
+      // Weight error of the stored weights: 8-bit per-channel keeps > 35 dB, 4-bit blocks > 10 dB.
+      ASSERT_TRUE(l["weight_sqnr_db"].is_number()) << bits << " " << l.dump();
+      EXPECT_GT(l["weight_sqnr_db"].get<double>(), l["bits"].get<int>() == 8 ? 35.0 : 10.0) << l.dump();
+      EXPECT_LT(l["weight_sqnr_db"].get<double>(), l["bits"].get<int>() == 8 ? 60.0 : 35.0) << l.dump();
     }
     ASSERT_EQ(j["evaluation"]["outputs"].size(), 1u);
     const auto& o = j["evaluation"]["outputs"][0];

@@ -516,6 +516,9 @@ nlohmann::json metrics_of(const report::QuantizeReport& r) {
 
 int run_config(const QuantizeArgs& base) {
   const report::ExperimentConfig config = report::load_experiment_config(base.config_path);
+  if (!base.out_path.empty() || !base.report_path.empty())
+    spdlog::warn("--config: -o and --report are ignored; each setting writes <output_dir>/<name>.onnx (a setting "
+                 "may set its own \"report\")");
   spdlog::info("experiments: {} settings from '{}' -> {}", config.settings.size(), config.path, config.output_dir);
   const report::ExperimentOutcome outcome =
       report::run_experiments(config, [&](const report::ExperimentSetting& setting) {

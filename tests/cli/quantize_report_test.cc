@@ -59,6 +59,11 @@ TEST(CliQuantizeReport, SummaryTableWeightOnly) {
   // Held-out quality: the last 8 of the 32 samples are kept out of calibration and evaluated.
   EXPECT_NE(r.out.find(" dB"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("%       8\n"), std::string::npos) << r.out;
+  // --no-guard: no evaluation, nothing measured.
+  const auto ng = quantize(fmt::format("{} --bits 4 --calib calibration_samples/digits/ --samples 32 --no-guard -o {}",
+                                       kModel, dir.file("ng.onnx")));
+  ASSERT_EQ(ng.exit_code, exit_code::kOk) << ng.out << ng.err;
+  EXPECT_EQ(ng.out.find(" dB"), std::string::npos) << ng.out;
 }
 
 TEST(CliQuantizeReport, SummaryTableStaticShowsHeldOutQuality) {

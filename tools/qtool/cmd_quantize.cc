@@ -250,7 +250,10 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     const size_t n = samples->size();
     const size_t holdout = std::max(kMinHoldout, n / 5);
     std::vector<size_t> fit_idx, eval_idx;
-    for (size_t i = 0; i < n; ++i) (n >= 2 * kMinHoldout && i >= n - holdout ? eval_idx : fit_idx).push_back(i);
+    // Evaluating needs the FP32 model beside the quantized one: skipped (and nothing held out) for big models.
+    const bool evaluate = !a.no_guard && file_size(a.model_path) <= kMaxEvalModelBytes;
+    for (size_t i = 0; i < n; ++i)
+      (evaluate && n >= 2 * kMinHoldout && i >= n - holdout ? eval_idx : fit_idx).push_back(i);
     if (eval_idx.empty()) {
       eval_idx = fit_idx;
       eval_note = fmt::format("only {} calibration samples: the output quality is measured on the same samples", n);
@@ -259,8 +262,7 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     held_out = std::make_shared<data::SelectedSource>(samples, eval_idx);
     calib.source = fit_part.get();
     timings.push_back({"calibrate", seconds_since(t)});
-    // Evaluating needs the FP32 model beside the quantized one; skipped for big models.
-    if (!a.no_guard && file_size(a.model_path) <= kMaxEvalModelBytes) fp32.emplace(model.clone());
+    if (evaluate) fp32.emplace(model.clone());
   }
   auto t = clock_type::now();
   const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, a.calib_path.empty() ? nullptr : &calib);

@@ -124,7 +124,7 @@ void imagenet_case(const std::string& name, const std::string& model, const std:
     labels.push_back(by_file[f]);
   }
   run_case({name, model, "data/imagenet-sample/images", preset,
-            env_or("QTOOL_INT8_ARGS", "--calib-split even --threads 2")},
+            env_or("QTOOL_INT8_ARGS", "--calib-split even --threads 2"), "data/imagenet-sample/images"},
            *eval, labels);
 }
 
@@ -151,7 +151,7 @@ TEST(Int8Accuracy, DISABLED_Mnist8) {
   }
   data::SelectedSource eval(src, idx);
   run_case({"mnist-8", "models/mnist-8/mnist-8.onnx", "data/mnist/t10k-images-idx3-ubyte.gz", "mnist-raw",
-            env_or("QTOOL_INT8_ARGS", "--samples 1000")},
+            env_or("QTOOL_INT8_ARGS", "--samples 1000"), "data/mnist/t10k-images-idx3-ubyte.gz"},
            eval, labels);
 }
 

@@ -52,7 +52,8 @@ ir::Model chain_model(int len, int64_t n) {
   ir::Graph& g = *m.graph;
   ir::Value* v = g.add_input("x", float_type({n}));
   for (int i = 0; i < len; ++i) {
-    v = g.add_node(i % 2 ? "Neg" : "Abs", {v}, {"v" + std::to_string(i)}, "n" + std::to_string(i))->output(0);
+    const std::string idx = std::to_string(i);
+    v = g.add_node(i % 2 ? "Neg" : "Abs", {v}, {fmt::format("v{}", idx)}, fmt::format("n{}", idx))->output(0);
   }
   g.add_output(v);
   return m;

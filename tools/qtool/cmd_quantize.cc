@@ -57,6 +57,10 @@ struct QuantizeArgs {
   int64_t block_size = 32;
   int64_t seq_len = 0;
   std::string weight_algorithm = "rtn";
+  bool asymmetric = false;                ///< weight-only: unsigned levels with zero points
+  double outlier_fraction = 0.0;          ///< weight-only: input channels kept at int8
+  std::string bits_first_last = "8";      ///< weight-only: first/last layers
+  std::string layer_bits;                 ///< weight-only: 'pattern=bits,...'
   std::string report_path;  ///< --report: .json or .html
   std::string config_path;  ///< --config: batch experiments
   bool json = false;        ///< --json: print the report JSON instead of the table
@@ -82,6 +86,11 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   } else {
     m["block-size"] = std::to_string(a.block_size);
     m["weight-algorithm"] = a.weight_algorithm;
+    m["format"] = a.format;
+    if (a.asymmetric) m["asymmetric"] = "true";
+    if (a.outlier_fraction > 0) m["outlier-fraction"] = fmt::format("{}", a.outlier_fraction);
+    m["bits-first-last"] = a.bits_first_last;
+    if (!a.layer_bits.empty()) m["layer-bits"] = a.layer_bits;
   }
   if (a.samples > 0) m["samples"] = std::to_string(a.samples);
   if (!a.preprocess.empty()) m["preprocess"] = a.preprocess;
@@ -238,6 +247,15 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
   cfg.exclude = split_list(a.exclude_nodes);
   cfg.threads = a.threads;
+  QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits", ErrorCode::kConfig,
+              "--format {} is not valid with --bits {}: use qdq (DequantizeLinear) or matmulnbits", a.format, a.bits);
+  cfg.format = a.format == "matmulnbits" ? quant::WeightLayout::kMatMulNBits : quant::WeightLayout::kQdq;
+  cfg.symmetric = !a.asymmetric;
+  QTOOL_CHECK(a.outlier_fraction >= 0.0 && a.outlier_fraction < 0.5, ErrorCode::kConfig,
+              "--outlier-fraction {} is out of range [0, 0.5)", a.outlier_fraction);
+  cfg.outlier_fraction = a.outlier_fraction;
+  cfg.bits_first_last = a.bits_first_last == "same" ? "" : a.bits_first_last;
+  if (!a.layer_bits.empty()) cfg.layer_bits = quant::parse_layer_bits(a.layer_bits);
   std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
   std::optional<ir::Model> fp32;
@@ -455,7 +473,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--per-tensor", a.per_tensor, "one weight scale per tensor instead of per output channel");
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
-  cmd.add_option("--format", a.format, "qdq (default) or qoperator");
+  cmd.add_option("--format", a.format,
+                 "qdq (default); with --bits < 8 also matmulnbits (com.microsoft MatMulNBits for MatMul weights)");
   cmd.add_option("--exclude-nodes", a.exclude_nodes, "comma-separated node names left in float");
   cmd.add_option("--exclude-op-types", a.exclude_op_types, "comma-separated op types left in float");
   cmd.add_option("--op-types", a.op_types, "quantize only these op types (e.g. MatMul)");
@@ -473,6 +492,12 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--threads", a.threads, "executor threads");
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)");
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm, "weight-only: rtn, gptq or awq");
+  cmd.add_flag("--asymmetric", a.asymmetric, "weight-only: unsigned levels with zero points (default symmetric)");
+  cmd.add_option("--outlier-fraction", a.outlier_fraction,
+                 "weight-only: fraction of the most salient input channels kept at int8 beside the low-bit weights");
+  cmd.add_option("--bits-first-last", a.bits_first_last,
+                 "weight-only: bits of the first and last layers (default 8; 'same' = like --bits)");
+  cmd.add_option("--layer-bits", a.layer_bits, "weight-only: per-layer bits by node/weight name glob, e.g. 'lm_head=8,*.down_proj=4'");
   cmd.add_option("--report", a.report_path, "write the run's report: FILE.json or FILE.html");
   cmd.add_flag("--json", a.json, "print the report JSON instead of the summary table");
   cmd.add_option("--config", a.config_path,

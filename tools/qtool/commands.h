@@ -14,9 +14,9 @@ struct GlobalOptions {
 const GlobalOptions& global_options();
 
 void add_inspect_command(CLI::App& app);
-void add_quantize_command(CLI::App& app);
-void add_calibrate_command(CLI::App& app);
 void add_run_command(CLI::App& app);
+void add_calibrate_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
 
 }  // namespace qtool::cli

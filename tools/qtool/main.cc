@@ -43,9 +43,9 @@ int main(int argc, char** argv) {
 
   // The one list of sub-commands.
   cli::add_inspect_command(app);
-  cli::add_quantize_command(app);
-  cli::add_calibrate_command(app);
   cli::add_run_command(app);
+  cli::add_calibrate_command(app);
+  cli::add_quantize_command(app);
   cli::add_compare_command(app);
 
   try {

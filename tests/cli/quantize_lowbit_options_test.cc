@@ -1,0 +1,82 @@
+// qtool quantize --bits < 8: the weight-only options reach the emitted model (checked with inspect --json).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+using testing::qtool_bin;
+using testing::run_command;
+using testing::source_path;
+
+const std::string kModel = source_path("calibration_samples/digits/digits_cnn.onnx");
+const std::string kCalib = source_path("calibration_samples/digits/");
+
+/// Quantizes the bundled example with `opts` and returns inspect's "weight_bits" histogram.
+nlohmann::json quantize_and_inspect(const std::string& opts, const testing::TempDir& dir) {
+  const std::string out = dir.file("q.onnx");
+  auto q = run_command(fmt::format("{} -q quantize {} --calib {} --samples 64 {} -o {}", qtool_bin(), kModel, kCalib,
+                                   opts, out));
+  EXPECT_EQ(q.exit_code, 0) << q.err;
+  auto r = run_command(fmt::format("{} inspect --json {}", qtool_bin(), out));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return nlohmann::json::parse(r.out)["quantization"];
+}
+
+TEST(QuantizeLowbitOptions, FirstLastAtEightByDefaultAndSameOnRequest) {
+  testing::TempDir dir;
+  auto dflt = quantize_and_inspect("--bits 4", dir);
+  EXPECT_EQ(dflt["weight_bits"]["int4"], 3);
+  EXPECT_EQ(dflt["weight_bits"]["int8"], 2);
+  auto same = quantize_and_inspect("--bits 4 --bits-first-last same", dir);
+  EXPECT_EQ(same["weight_bits"]["int4"], 5);
+  EXPECT_FALSE(same["weight_bits"].contains("int8"));
+}
+
+TEST(QuantizeLowbitOptions, LayerBitsAsymmetricAndOutliers) {
+  testing::TempDir dir;
+  auto lb = quantize_and_inspect("--bits 4 --layer-bits conv2=8", dir);
+  EXPECT_EQ(lb["weight_bits"]["int4"], 2);
+  EXPECT_EQ(lb["weight_bits"]["int8"], 3);
+  auto asym = quantize_and_inspect("--bits 4 --asymmetric", dir);
+  EXPECT_EQ(asym["weight_bits"]["uint4"], 3);
+  auto outl = quantize_and_inspect("--bits 2 --outlier-fraction 0.1", dir);
+  EXPECT_EQ(outl["weight_bits"]["int2"], 3);
+  EXPECT_EQ(outl["weight_bits"]["int8"], 3);  // first, last, and one outlier-channel branch
+}
+
+TEST(QuantizeLowbitOptions, BadValuesExitTwo) {
+  testing::TempDir dir;
+  for (const char* bad : {"--bits 4 --format qoperator", "--bits 4 --outlier-fraction 0.7",
+                          "--bits 4 --layer-bits conv2"}) {
+    auto r = run_command(fmt::format("{} quantize {} --calib {} {} -o {}", qtool_bin(), kModel, kCalib, bad,
+                                     dir.file("x.onnx")));
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.file("x.onnx"))) << bad;
+  }
+}
+
+TEST(QuantizeLowbitOptions, MatMulNBitsOnStories260K) {
+  QTOOL_REQUIRE_SHARED();
+  testing::TempDir dir;
+  const std::string out = dir.file("s.onnx");
+  auto q = run_command(fmt::format(
+      "{} -q quantize {} --bits 4 --format matmulnbits --calib {} --seq-len 64 --samples 16 -o {}", qtool_bin(),
+      testing::shared_path("models/stories260K/stories260K.onnx"),
+      testing::shared_path("data/stories260K-text/runc_samples_t1.0_p0.9_seed1-600.tok512.i32"), out));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  auto r = run_command(fmt::format("{} inspect --json {}", qtool_bin(), out));
+  auto mnb = nlohmann::json::parse(r.out)["quantization"]["matmul_nbits"];
+  ASSERT_EQ(mnb.size(), 1u);
+  EXPECT_EQ(mnb[0]["bits"], 4);
+  EXPECT_EQ(mnb[0]["block_size"], 32);
+  EXPECT_EQ(mnb[0]["count"], 34);  // 36 weight MatMuls, first and last stay at int8
+}
+
+}  // namespace
+}  // namespace qtool

@@ -50,6 +50,15 @@ TEST(QuantizeLowbitOptions, LayerBitsAsymmetricAndOutliers) {
   EXPECT_EQ(outl["weight_bits"]["int8"], 3);  // first, last, and one outlier-channel branch
 }
 
+TEST(QuantizeLowbitOptions, SplitIsAnAliasOfCalibSplit) {
+  testing::TempDir dir;
+  // 600 calibration files: --split even keeps 300, of which a fifth (60) is held out for the evaluation.
+  auto r = run_command(fmt::format("{} -q quantize {} --calib {} --bits 4 --split even -o {}", qtool_bin(), kModel,
+                                   kCalib, dir.file("q.onnx")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("100.0%       60"), std::string::npos) << r.out;
+}
+
 TEST(QuantizeLowbitOptions, BadValuesExitTwo) {
   testing::TempDir dir;
   for (const char* bad : {"--bits 4 --format qoperator", "--bits 4 --outlier-fraction 0.7",

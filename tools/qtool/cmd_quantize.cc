@@ -484,7 +484,7 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
   cmd.add_option("--samples", a.samples, "number of calibration samples (default all, capped at 1000)");
-  cmd.add_option("--calib-split", a.split, "all, even or odd positions of the sorted samples");
+  cmd.add_option("--calib-split,--split", a.split, "all, even or odd positions of the sorted samples (same as calibrate/compare --split)");
   cmd.add_option("--preprocess", a.preprocess, "image preprocessing preset (imagenet, caffe-bgr, mnist-raw, ...)");
   cmd.add_option("--seq-len", a.seq_len, "token streams (.i32): tokens per calibration sequence");
   cmd.add_option("--seed", a.seed, "seed for shuffling the samples");

@@ -164,7 +164,7 @@ std::vector<GateResult> check_gates(const CompareResult& result, const Gates& ga
 std::string format_compare_text(const CompareResult& result, const std::vector<GateResult>& gates,
                                 int worst_layers = 10);
 
-/// The `--json` document: schema "qtool.compare", version kCompareSchemaVersion (docs/README_SECTIONS.md).
+/// The `--json` document: schema "qtool.compare", version kCompareSchemaVersion (README.md, "qtool compare --json schema").
 nlohmann::json compare_to_json(const CompareResult& result, const std::vector<GateResult>& gates,
                                const std::string& fp32_path, const std::string& quantized_path);
 

@@ -7,7 +7,7 @@
 // itself, so the numbers in the report are what the file really stores (scales and zero points
 // included), not what the quantizer intended.
 //
-// JSON schema: see docs/README_SECTIONS.md ("Report JSON schema"); `schema` is
+// JSON schema: see README.md ("Report JSON schema"); `schema` is
 // "qtool.quantize_report" and `schema_version` is kQuantizeReportSchemaVersion. Fields are only
 // ever added within one major version.
 #pragma once

@@ -80,17 +80,7 @@ void matmul_kernel(KernelContext& ctx) {
   }
   // Offsets of each broadcast batch into A and B (row-major strides with 0 for broadcast dims).
   const size_t r = batch.size();
-  auto strides_for = [&](const Shape& s) {
-    std::vector<int64_t> st(r, 0);
-    int64_t acc = 1;
-    for (size_t i = 0; i < s.size(); ++i) {
-      const size_t d = s.size() - 1 - i, o = r - 1 - i;
-      st[o] = s[d] == 1 ? 0 : acc;
-      acc *= s[d];
-    }
-    return st;
-  };
-  const std::vector<int64_t> sa = strides_for(abatch), sb = strides_for(bbatch);
+  const std::vector<int64_t> sa = nn::broadcast_strides(abatch, r), sb = nn::broadcast_strides(bbatch, r);
   auto offsets = [&](int64_t idx, int64_t* oa, int64_t* ob) {
     int64_t rem = idx;
     *oa = *ob = 0;

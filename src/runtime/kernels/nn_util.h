@@ -74,6 +74,19 @@ void sgemm_avx2_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t
 /// Numpy-style broadcast of two shapes; throws naming the node if incompatible.
 Shape broadcast_shapes(const KernelContext& ctx, const Shape& a, const Shape& b);
 
+/// Element strides of a batch shape `s` right-aligned into `rank` broadcast dimensions: row-major
+/// strides, 0 for dimensions of size 1 (broadcast) and for the missing leading ones.
+inline std::vector<int64_t> broadcast_strides(const Shape& s, size_t rank) {
+  std::vector<int64_t> st(rank, 0);
+  int64_t acc = 1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const size_t d = s.size() - 1 - i, o = rank - 1 - i;
+    st[o] = s[d] == 1 ? 0 : acc;
+    acc *= s[d];
+  }
+  return st;
+}
+
 }  // namespace qtool::runtime::nn
 
 namespace qtool::runtime::nn {

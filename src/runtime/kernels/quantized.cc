@@ -238,17 +238,7 @@ std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const st
   const int64_t nb = shape_numel(batch);
   std::vector<double> y(static_cast<size_t>(nb * m * n));
   const size_t r = batch.size();
-  auto strides_for = [&](const Shape& s) {
-    std::vector<int64_t> st(r, 0);
-    int64_t acc = 1;
-    for (size_t i = 0; i < s.size(); ++i) {
-      const size_t d = s.size() - 1 - i, o = r - 1 - i;
-      st[o] = s[d] == 1 ? 0 : acc;
-      acc *= s[d];
-    }
-    return st;
-  };
-  const std::vector<int64_t> sa = strides_for(abatch), sb = strides_for(bbatch);
+  const std::vector<int64_t> sa = nn::broadcast_strides(abatch, r), sb = nn::broadcast_strides(bbatch, r);
   for (int64_t idx = 0; idx < nb; ++idx) {
     int64_t rem = idx, oa = 0, ob = 0;
     for (size_t i = r; i-- > 0;) {

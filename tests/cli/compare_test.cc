@@ -7,6 +7,7 @@
 
 #include "qtool/core/error.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "qdq_fixture.h"
 #include "test_util.h"
 
 namespace qtool {
@@ -19,31 +20,9 @@ std::string example() { return source_path("calibration_samples/digits/digits_cn
 std::string eval_dir() { return source_path("calibration_samples/digits_eval"); }
 std::string labels() { return eval_dir() + "/labels.csv"; }
 
-/// The example with every Conv/Gemm weight behind an int8 DequantizeLinear (per-tensor scale
-/// max|W| / levels): a QDQ model with the FP32 activation names.
+/// The example with every Conv/Gemm weight behind an int8 DequantizeLinear; conv2 with `conv2_levels`.
 void write_qdq(const std::string& out, float conv2_levels) {
-  ir::Model m = onnx_io::load_model(example());
-  ir::Graph& g = *m.graph;
-  std::vector<ir::Node*> targets;
-  for (const auto& n : g.nodes())
-    if (n->op_type() == "Conv" || n->op_type() == "Gemm") targets.push_back(n.get());
-  for (ir::Node* n : targets) {
-    ir::Value* wv = n->input(1);
-    const Tensor w = wv->initializer()->to_float();
-    float amax = 0;
-    for (int64_t i = 0; i < w.numel(); ++i) amax = std::max(amax, std::fabs(w.data<float>()[i]));
-    const float scale = amax / (n->name() == "conv2" ? conv2_levels : 127.f);
-    std::vector<int8_t> q(static_cast<size_t>(w.numel()));
-    for (int64_t i = 0; i < w.numel(); ++i)
-      q[static_cast<size_t>(i)] =
-          static_cast<int8_t>(std::clamp(std::nearbyint(w.data<float>()[i] / scale), -127.f, 127.f));
-    ir::Value* qv = g.add_initializer(wv->name() + "_quantized", Tensor::from_vector<int8_t>(w.shape(), q));
-    ir::Value* sv = g.add_initializer(wv->name() + "_scale", Tensor::scalar<float>(scale));
-    ir::Node* dq = g.insert_node_before(n, "DequantizeLinear", {qv, sv}, {wv->name() + "_dq"}, n->name() + "_dq");
-    n->set_input(1, dq->output(0));
-    g.remove_initializer(wv);
-  }
-  onnx_io::save_model(m, out);
+  onnx_io::save_model(testing::make_weight_qdq(example(), {{"conv2", conv2_levels}}), out);
 }
 
 class CompareCli : public ::testing::Test {

@@ -59,6 +59,14 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
   return c;
 }
 
+/// With LOWBIT_LAYERS=1, one line per quantized weight on stderr (format, algorithm, bits, error, note).
+void print_layers(const quant::WeightOnlyReport& rep) {
+  if (!std::getenv("LOWBIT_LAYERS")) return;
+  for (const auto& l : rep.layers)
+    std::fprintf(stderr, "  %-40s %-10s %-14s %6.3f bits  rel_mse %.5f  %s\n", l.weight.c_str(), l.format.c_str(),
+                 l.algorithm.c_str(), l.bits_per_weight, l.weight_rel_mse, l.note.c_str());
+}
+
 std::vector<std::vector<int32_t>> documents(const std::vector<int32_t>& toks) {
   std::vector<std::vector<int32_t>> docs;
   for (int32_t t : toks) {
@@ -136,6 +144,7 @@ int stories(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     const quant::WeightOnlyReport rep = quant::apply_weight_only(m, parse_config(spec), &calib);
     const double qsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    print_layers(rep);
     const std::string out = out_dir + "/stories260K_" + safe(spec) + ".onnx";
     onnx_io::save_model(m, out);
     runtime::Executor ex(m);

@@ -380,8 +380,14 @@ struct Emitted {
   int64_t bytes = 0;
 };
 
-/// Rewrites target t as DequantizeLinear -> consumers. Returns the stored bytes.
-int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q) {
+/// Whether layers of format `f` store float16 scales under `cfg` (DequantizeLinear below 8 bits).
+bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
+  return cfg.fp16_scales && f.layout == WeightLayout::kQdq && f.bits < 8;
+}
+
+/// Rewrites target t as DequantizeLinear -> consumers (scales as float16 -> Cast when
+/// `fp16_scales`). Returns the stored bytes.
+int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales) {
   const Layout l = qdq_layout(t, q);
   const DataType dt = t.format->storage_type();
   std::vector<int32_t> levels(t.rows * t.cols);
@@ -398,15 +404,33 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q) {
     }
   const std::string& wn = t.weight->name();
   ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, l.levels_shape, levels));
-  ir::Value* sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>(l.scale_shape, scales));
+  ir::Node* first = t.consumers.front();
+  ir::Value* sv = nullptr;
+  int64_t scale_bytes = 0;
+  if (fp16_scales) {
+    // float16 initializer -> Cast(to=float) -> scale: the weight still dequantizes to float32 exactly
+    // (every float16 is a float32), and ONNX Runtime folds the Cast of a constant when it loads the model.
+    std::vector<uint16_t> half(scales.size());
+    for (size_t i = 0; i < scales.size(); ++i) half[i] = float_to_half(scales[i]);
+    Tensor ht = Tensor::empty(DataType::kFloat16, l.scale_shape);
+    std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+    scale_bytes = static_cast<int64_t>(ht.nbytes());
+    ir::Value* hv = g.add_initializer(g.unique_name(wn + "_scale_fp16"), std::move(ht));
+    ir::Node* cast = g.insert_node_before(first, "Cast", {hv}, {g.unique_name(wn + "_scale")},
+                                          g.unique_name(wn + "_scale_Cast"));
+    cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    sv = cast->output(0);
+  } else {
+    sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>(l.scale_shape, scales));
+    scale_bytes = static_cast<int64_t>(sv->initializer()->nbytes());
+  }
   std::vector<ir::Value*> inputs = {lv, sv};
-  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes() + sv->initializer()->nbytes());
+  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes()) + scale_bytes;
   if (!t.format->symmetric) {
     ir::Value* zv = g.add_initializer(g.unique_name(wn + "_zero_point"), packed_tensor(dt, l.scale_shape, zps));
     inputs.push_back(zv);
     bytes += static_cast<int64_t>(zv->initializer()->nbytes());
   }
-  ir::Node* first = t.consumers.front();
   ir::Node* dq = g.insert_node_before(first, "DequantizeLinear", inputs, {g.unique_name(wn + "_dequantized")},
                                       g.unique_name(wn + "_DequantizeLinear"));
   const bool per_tensor = n_scales == 1 && l.block_size == 0;
@@ -548,6 +572,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       for (Target* t : grp) mats.push_back({t->w, t->rows});
       QuantSpec spec = QuantSpec::from_format(*grp.front()->format);
       spec.clip_steps = cfg.clip_steps;
+      spec.fp16_scale = wants_fp16_scales(cfg, *grp.front()->format);
       const AwqResult res = awq_search(mats, st.k, st.kept, st.kept_rows, st.mean_abs(), spec, cfg.awq);
       if (res.alpha == 0.0) continue;  // plain RTN was best: nothing to fold
       for (Target* t : grp) scale_columns(t->w, t->rows, t->cols, res.scales);
@@ -602,6 +627,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       const std::vector<float> w_before = t.w;  // after AWQ scaling
       QuantSpec spec = QuantSpec::from_format(*t.format);
       spec.clip_steps = cfg.clip_steps;
+      spec.fp16_scale = wants_fp16_scales(cfg, *t.format);
       const InputStats* st = t.input && stats.count(t.input) ? &stats.at(t.input) : nullptr;
       // Outlier input channels (low-bit MatMul/Gemm whose output is not a graph output).
       std::vector<int64_t> out_cols;
@@ -620,16 +646,24 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       QuantizedMatrix q;
       const bool gptq = cfg.algorithm == WeightAlgorithm::kGptq && st && st->want_hessian && st->hessian.samples() > 0 &&
                         t.kind != Kind::kConv && t.kind != Kind::kGather;
-      if (gptq) {
-        std::vector<double> h = st->hessian.hessian();
-        q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
-        L.algorithm = "gptq";
-      } else {
-        q = quantize_rtn(t.w, t.rows, t.cols, spec);
-        L.algorithm = t.format->scheme == WeightScheme::kTernary ? "optimal-ternary"
-                      : t.format->scheme == WeightScheme::kBinary ? "binary"
-                                                                  : "rtn";
+      auto quantize = [&] {
+        if (gptq) {
+          q = quantize_gptq(t.w, t.rows, t.cols, st->hessian.hessian(), spec, cfg.gptq);
+          L.algorithm = "gptq";
+        } else {
+          q = quantize_rtn(t.w, t.rows, t.cols, spec);
+          L.algorithm = t.format->scheme == WeightScheme::kTernary ? "optimal-ternary"
+                        : t.format->scheme == WeightScheme::kBinary ? "binary"
+                                                                    : "rtn";
+        }
+      };
+      quantize();
+      if (spec.fp16_scale && !scales_fit_fp16(q)) {
+        spec.fp16_scale = false;  // a scale below float16's normal range (or above it): keep float32
+        quantize();
+        L.note += (L.note.empty() ? "" : "; ") + std::string("scales outside float16's normal range: float32 scales");
       }
+      L.scale_type = spec.fp16_scale ? "float16" : "float";
       if (awq_where.count(&t)) {
         L.algorithm = "awq+" + L.algorithm;
         L.note += (L.note.empty() ? "" : "; ") + awq_where[&t];
@@ -646,7 +680,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
           den += wv * wv;
         }
       L.weight_rel_mse = den > 0 ? num / den : 0.0;
-      int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q) : emit_qdq(g, t, q);
+      int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q) : emit_qdq(g, t, q, spec.fp16_scale);
       if (!out_cols.empty()) {
         bytes += emit_outliers(g, t, out_cols, w_before);
         L.outlier_columns = static_cast<int64_t>(out_cols.size());

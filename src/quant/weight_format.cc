@@ -153,7 +153,7 @@ std::string weight_formats_help() {
   return s;
 }
 
-double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols) {
+double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols, int scale_bits) {
   QTOOL_CHECK(rows > 0 && cols > 0, ErrorCode::kInternal, "bits per weight of an empty matrix");
   const int64_t kb = format.block_size > 0 ? (cols + format.block_size - 1) / format.block_size : 1;
   double bits = 0;
@@ -163,7 +163,7 @@ double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t 
     if (!format.symmetric) bits += static_cast<double>(rows * ((kb * format.bits + 7) / 8) * 8);
   } else {
     bits += static_cast<double>((rows * cols * format.bits + 7) / 8 * 8);
-    bits += static_cast<double>(rows * kb * 32);
+    bits += static_cast<double>(rows * kb * scale_bits);
     if (!format.symmetric) bits += static_cast<double>((rows * kb * format.bits + 7) / 8 * 8);
   }
   return bits / static_cast<double>(rows * cols);

@@ -37,6 +37,17 @@ void QuantSpec::level_range(int32_t* lo, int32_t* hi) const {
   }
 }
 
+float QuantSpec::stored_scale(float s) const { return fp16_scale ? half_to_float(float_to_half(s)) : s; }
+
+bool scales_fit_fp16(const QuantizedMatrix& q) {
+  constexpr float kMinNormal = 6.103515625e-05f;  // 2^-14
+  for (const BlockGrid& g : q.grids) {
+    const float a = std::fabs(g.scale);
+    if (!(a >= kMinNormal && a <= 65504.0f)) return false;
+  }
+  return true;
+}
+
 int64_t effective_block(const QuantSpec& spec, int64_t cols) { return spec.block_size > 0 ? spec.block_size : cols; }
 
 namespace {
@@ -80,10 +91,10 @@ BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const Qua
         break;
       }
       // Two symmetric grids: the extreme maps to hi (±hi used) or to |lo| (the extra negative level used).
-      c.scale = amax / static_cast<float>(g.hi);
+      c.scale = spec.stored_scale(amax / static_cast<float>(g.hi));
       consider(c);
       if (steps > 0 && g.lo < -g.hi) {
-        c.scale = amax / static_cast<float>(-g.lo);
+        c.scale = spec.stored_scale(amax / static_cast<float>(-g.lo));
         consider(c);
       }
     } else {
@@ -94,7 +105,7 @@ BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const Qua
         consider(c);
         break;
       }
-      c.scale = (hi_v - lo_v) / static_cast<float>(g.hi - g.lo);
+      c.scale = spec.stored_scale((hi_v - lo_v) / static_cast<float>(g.hi - g.lo));
       c.zero_point = std::clamp(static_cast<int32_t>(std::nearbyint(g.lo - lo_v / c.scale)), g.lo, g.hi);
       consider(c);
     }
@@ -149,8 +160,16 @@ BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::
   QTOOL_CHECK(weights.empty() || weights.size() == x.size(), ErrorCode::kInternal, "error weights size");
   switch (spec.scheme) {
     case WeightScheme::kInt: return int_grid(x, weights, spec);
-    case WeightScheme::kTernary: return ternary_grid(x, weights);
-    case WeightScheme::kBinary: return binary_grid(x, weights);
+    case WeightScheme::kTernary: {
+      BlockGrid g = ternary_grid(x, weights);
+      g.scale = spec.stored_scale(g.scale);
+      return g;
+    }
+    case WeightScheme::kBinary: {
+      BlockGrid g = binary_grid(x, weights);
+      g.scale = spec.stored_scale(g.scale);
+      return g;
+    }
   }
   fail(ErrorCode::kInternal, "unknown weight scheme");
 }

@@ -165,6 +165,7 @@ struct Case {
   bool symmetric;
   WeightLayout layout;
   double max_rel;  ///< bound on the output error against the float model
+  bool fp32_scales = false;  ///< DequantizeLinear scales as float32 initializers (default: float16 -> Cast)
 };
 
 // Every layout family emitted on the MLP, checked in ONNX Runtime against qtool's executor.
@@ -179,6 +180,7 @@ TEST(LowbitRewrite, EveryFormatRunsInOrtAndMatchesExecutor) {
       {"2", 32, true, WeightLayout::kQdq, 3.0},           {"2", 0, false, WeightLayout::kQdq, 3.0},
       {"2", 32, true, WeightLayout::kMatMulNBits, 3.0},   {"ternary", 32, true, WeightLayout::kQdq, 3.0},
       {"binary", 0, true, WeightLayout::kQdq, 3.0},
+      {"4", 32, true, WeightLayout::kQdq, 0.2, true},     {"2", 32, false, WeightLayout::kQdq, 3.0, true},
   };
   const ir::Model fp = make_mlp(1);
   const auto in = input_for(fp, 2);
@@ -187,7 +189,8 @@ TEST(LowbitRewrite, EveryFormatRunsInOrtAndMatchesExecutor) {
   const Tensor ref = qtool::testing::ort_run(dir.file("fp.onnx"), in).at("y");
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "bits " << c.bits << " block " << c.block << " sym " << c.symmetric
-                                      << " layout " << (c.layout == WeightLayout::kQdq ? "qdq" : "mnb"));
+                                      << " layout " << (c.layout == WeightLayout::kQdq ? "qdq" : "mnb")
+                                      << (c.fp32_scales ? " fp32 scales" : ""));
     ir::Model m = fp.clone();
     WeightOnlyConfig cfg;
     cfg.bits = c.bits;
@@ -195,9 +198,18 @@ TEST(LowbitRewrite, EveryFormatRunsInOrtAndMatchesExecutor) {
     cfg.symmetric = c.symmetric;
     cfg.format = c.layout;
     cfg.bits_first_last = "";  // everything low-bit
+    cfg.fp16_scales = !c.fp32_scales;
     const WeightOnlyReport rep = apply_weight_only(m, cfg);
     ASSERT_EQ(rep.layers.size(), 4u);
     for (const auto& l : rep.layers) EXPECT_NE(l.format, "float") << l.weight;
+    // Low-bit DequantizeLinear layers read float16 scales through a Cast (unless asked otherwise);
+    // MatMulNBits and int8 keep float32 scales.
+    int fp16_layers = 0;
+    for (const auto& l : rep.layers) fp16_layers += l.scale_type == "float16";
+    const bool low_bit_dq = c.layout == WeightLayout::kQdq && std::string(c.bits) != "8";
+    const int want_fp16 = c.fp32_scales || std::string(c.bits) == "8" ? 0 : low_bit_dq ? 4 : 1;  // mnb: the Gemm
+    EXPECT_EQ(fp16_layers, want_fp16);
+    EXPECT_EQ(count_ops(m, "Cast"), want_fp16);
     if (c.layout == WeightLayout::kMatMulNBits && std::string(c.bits) != "8") {
       EXPECT_EQ(count_ops(m, "MatMulNBits"), 3);  // the Gemm stays a DequantizeLinear
       EXPECT_EQ(m.opset("com.microsoft"), 1);
@@ -249,17 +261,73 @@ TEST(LowbitRewrite, BitsPerWeightReportedWithScales) {
   WeightOnlyConfig cfg;
   cfg.bits = "4";
   cfg.bits_first_last = "";
+  cfg.fp16_scales = false;
   const WeightOnlyReport rep = apply_weight_only(m, cfg);
   // gate_proj: W [64, 40]: int4 levels 64*40/2 bytes + 64*2 fp32 scales.
   EXPECT_NEAR(rep.layers[0].bits_per_weight, (64.0 * 40 * 4 + 64 * 2 * 32) / (64.0 * 40), 1e-9);
   // down_proj: K = 64, blocks of 32: exactly 5 bits per weight.
   EXPECT_NEAR(rep.layers[2].bits_per_weight, 5.0, 1e-9);
+  EXPECT_EQ(rep.layers[2].scale_type, "float");
+  // Default: float16 scales, 4.5 bits at K = 64 and (40*4 + 2*16)/40 = 4.8 at K = 40 (a short block).
+  ir::Model h = make_mlp(4);
+  cfg.fp16_scales = true;
+  const WeightOnlyReport rh = apply_weight_only(h, cfg);
+  EXPECT_NEAR(rh.layers[0].bits_per_weight, (64.0 * 40 * 4 + 64 * 2 * 16) / (64.0 * 40), 1e-9);
+  EXPECT_NEAR(rh.layers[2].bits_per_weight, 4.5, 1e-9);
+  EXPECT_EQ(rh.layers[2].scale_type, "float16");
+  EXPECT_LT(rh.quant_weight_bytes, rep.quant_weight_bytes);
+  // The stored scales are float16 initializers, each read by a Cast to float feeding a DequantizeLinear.
+  int fp16_inits = 0;
+  for (const auto& node : h.graph->nodes())
+    if (node->op_type() == "Cast") {
+      ASSERT_TRUE(node->input(0)->initializer());
+      EXPECT_EQ(node->input(0)->initializer()->dtype(), DataType::kFloat16);
+      EXPECT_EQ(node->attr_int("to", 0), static_cast<int64_t>(DataType::kFloat));
+      ASSERT_EQ(node->output(0)->uses().size(), 1u);
+      EXPECT_EQ(node->output(0)->uses()[0].node->op_type(), "DequantizeLinear");
+      ++fp16_inits;
+    }
+  EXPECT_EQ(fp16_inits, 4);
   ir::Model t = make_mlp(4);
   cfg.bits = "ternary";
   cfg.block_size = 64;
+  cfg.fp16_scales = false;
   const WeightOnlyReport rt = apply_weight_only(t, cfg);
   EXPECT_LE(rt.layers[2].bits_per_weight, 2.6);
   EXPECT_LE(rt.main_bits_per_weight, 2.81);  // K=40 layers: one 40-wide block per row
+  // Ternary with float16 block-32 scales: 2.5 bits at K = 64, (40*2 + 2*16)/40 = 2.8 at K = 40.
+  ir::Model t16 = make_mlp(4);
+  cfg.block_size = 32;
+  cfg.fp16_scales = true;
+  const WeightOnlyReport rt16 = apply_weight_only(t16, cfg);
+  EXPECT_NEAR(rt16.layers[2].bits_per_weight, 2.5, 1e-9);
+  EXPECT_NEAR(rt16.layers[0].bits_per_weight, 2.8, 1e-9);
+}
+
+TEST(LowbitRewrite, ScalesOutsideFloat16RangeKeepFloat32) {
+  QTOOL_REQUIRE_ORT();
+  ir::Model fp = make_mlp(14);
+  // Shrink down_proj's weights so that its int4 block scales fall below float16's normal range.
+  ir::Value* w = fp.graph->find_value("layer.down_proj.weight");
+  Tensor t = w->initializer()->clone();
+  for (int64_t i = 0; i < t.numel(); ++i) t.mutable_data<float>()[i] *= 1e-5f;
+  w->set_initializer(std::move(t));
+  ir::Model m = fp.clone();
+  WeightOnlyConfig cfg;
+  cfg.bits_first_last = "";
+  const WeightOnlyReport rep = apply_weight_only(m, cfg);
+  EXPECT_EQ(rep.layers[2].scale_type, "float");
+  EXPECT_NE(rep.layers[2].note.find("float16"), std::string::npos) << rep.layers[2].note;
+  EXPECT_NEAR(rep.layers[2].bits_per_weight, 5.0, 1e-9);
+  EXPECT_EQ(rep.layers[1].scale_type, "float16");
+  EXPECT_EQ(count_ops(m, "Cast"), 3);
+  TempDir dir;
+  onnx_io::save_model(m, dir.file("q.onnx"));
+  const auto in = input_for(fp, 15);
+  const Tensor ort = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+  if (executor_ready()) {
+    EXPECT_LT(qtool::testing::max_abs_error(run_executor(m, in), ort), 1e-4 * (1.0 + max_abs(ort)));
+  }
 }
 
 TEST(LowbitRewrite, ConvWeightsBlockedAndPerChannelRunInOrt) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "qtool/core/dtype.h"
 #include "qtool/quant/awq.h"
 #include "qtool/quant/gptq.h"
 #include "qtool/quant/weight_quant.h"
@@ -60,6 +61,35 @@ TEST(WeightRtn, LevelsStayInRangeAndDequantizeWithinHalfStep) {
             << "r " << r << " c " << c << " scale " << g.scale << " zp " << g.zero_point;
       }
   }
+}
+
+TEST(WeightRtn, Float16ScalesAreExactHalvesAndCostAlmostNothing) {
+  const int64_t rows = 16, cols = 172;
+  const auto w = gaussian(rows * cols, 11, 0.05f);
+  for (WeightScheme scheme : {WeightScheme::kInt, WeightScheme::kTernary, WeightScheme::kBinary}) {
+    for (bool sym : {true, false}) {
+      if (scheme != WeightScheme::kInt && !sym) continue;
+      QuantSpec s = spec(scheme == WeightScheme::kInt ? 4 : 2, 32, sym, scheme);
+      const QuantizedMatrix q32 = quantize_rtn(w, rows, cols, s);
+      s.fp16_scale = true;
+      const QuantizedMatrix q16 = quantize_rtn(w, rows, cols, s);
+      ASSERT_TRUE(scales_fit_fp16(q16));
+      for (const BlockGrid& g : q16.grids) {
+        EXPECT_EQ(half_to_float(float_to_half(g.scale)), g.scale);  // stored exactly as float16
+        EXPECT_EQ(s.stored_scale(g.scale), g.scale);
+      }
+      // The float16 rounding of the scale (relative step 2^-11) barely changes the weight error.
+      const double e32 = squared_error(w, q32.dequantize()), e16 = squared_error(w, q16.dequantize());
+      EXPECT_LT(e16, e32 * 1.02) << "scheme " << static_cast<int>(scheme) << " sym " << sym;
+      EXPECT_GT(e16, e32 * 0.98);
+    }
+  }
+  // Scales below float16's normal range are detected (the rewrite then keeps float32 scales).
+  QuantSpec s = spec(4, 32);
+  s.fp16_scale = true;
+  const auto tiny = gaussian(rows * cols, 12, 1e-6f);
+  EXPECT_FALSE(scales_fit_fp16(quantize_rtn(tiny, rows, cols, s)));
+  EXPECT_TRUE(scales_fit_fp16(quantize_rtn(std::vector<float>(rows * cols, 0.0f), rows, cols, s)));  // unit scales
 }
 
 TEST(WeightRtn, ClippingSearchReducesMseOnHeavyTails) {

@@ -120,5 +120,21 @@ TEST(WeightFormats, BitsPerWeightWithinBars) {
   EXPECT_NEAR(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 172), 4.0 + 6 * 32.0 / 172, 1e-9);
 }
 
+TEST(WeightFormats, Float16ScalesMeetTheBitsBars) {
+  // float16 scales (qtool's default for DequantizeLinear below 8 bits): 4 + 16/32 = 4.5 at block 32,
+  // and K = 172 (6 blocks, the last short) stays under 5.0 too; ternary block 32: 2 + 16/32 = 2.5.
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 256, 16), 4.5, 1e-12);
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 172, 16), 4.0 + 6 * 16.0 / 172, 1e-9);
+  EXPECT_LE(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 172, 16), 5.0);
+  EXPECT_GT(format_bits_per_weight(*find_weight_format("int4_b32"), 64, 172, 32), 5.0);  // why float16 is needed
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("uint4_b32"), 64, 172, 16),
+              4.0 + 6 * 16.0 / 172 + 6 * 4.0 / 172, 1e-9);
+  for (int64_t k : {64, 172, 256}) {
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("ternary_b32"), 64, k, 16), 2.6);
+    EXPECT_LE(format_bits_per_weight(*find_weight_format("int2_b32"), 64, k, 16), 2.6);
+  }
+  EXPECT_NEAR(format_bits_per_weight(*find_weight_format("ternary_b32"), 64, 256, 16), 2.5, 1e-12);
+}
+
 }  // namespace
 }  // namespace qtool::quant

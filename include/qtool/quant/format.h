@@ -65,9 +65,11 @@ const WeightFormat& select_weight_format(std::string_view bits, int64_t block_si
 /// The format table as --help text (one line per row: name, bits, block, layout, what it is).
 std::string weight_formats_help();
 
-/// Weight bits per element including the scale (fp32) and zero point storage, for a
-/// [N, K] matrix in `format`: (N*K*bits + N*k_blocks*32 + zero point bits) / (N*K).
-double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols);
+/// Weight bits per element including the scale and zero point storage, for a [N, K] matrix in
+/// `format`: (N*K*bits + N*k_blocks*scale_bits + zero point bits) / (N*K). `scale_bits` is 32 for
+/// float scales, 16 for the float16 scales qtool writes by default for DequantizeLinear weights below
+/// 8 bits (MatMulNBits scales are always float: its scale type follows the activations).
+double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols, int scale_bits = 32);
 
 // ---- packing (scalar references and fast paths; tests compare them bit for bit) ----
 

@@ -37,6 +37,12 @@ struct QuantSpec {
   /// clip_steps = 0 disables the search (plain min/max RTN).
   int clip_steps = 20;
   float min_clip = 0.5f;
+  /// Scales are stored as float16 (DequantizeLinear scale initializer in half precision): every
+  /// candidate scale is rounded to the nearest float16 before its levels and error are computed, so
+  /// the levels are the best ones for the scale actually stored and dequantization is exact.
+  bool fp16_scale = false;
+  /// `s` as stored: rounded to float16 when fp16_scale, else unchanged.
+  float stored_scale(float s) const;
   /// The spec of a table row.
   static QuantSpec from_format(const WeightFormat& f);
   void level_range(int32_t* lo, int32_t* hi) const;
@@ -53,6 +59,11 @@ struct QuantizedMatrix {
   /// The float matrix this represents, [rows, cols].
   std::vector<float> dequantize() const;
 };
+
+/// True when every grid's scale is a finite, normal float16 value (|s| in [2^-14, 65504]) or the
+/// unit scale of an all-zero block: the condition for storing the matrix with float16 scales
+/// without losing precision to subnormals.
+bool scales_fit_fp16(const QuantizedMatrix& q);
 
 /// Effective block size of a spec for `cols` (cols when per channel).
 int64_t effective_block(const QuantSpec& spec, int64_t cols);

@@ -106,6 +106,13 @@ void Node::set_input(size_t i, Value* v) {
   if (v) v->uses_.push_back(Use{this, static_cast<int>(i)});
 }
 
+void Node::truncate_inputs(size_t n) {
+  while (inputs_.size() > n) {
+    set_input(inputs_.size() - 1, nullptr);
+    inputs_.pop_back();
+  }
+}
+
 const Attribute* Node::find_attr(std::string_view name) const {
   for (const auto& a : attrs_) {
     if (a.name == name) return &a;

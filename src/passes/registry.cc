@@ -5,6 +5,7 @@
 #include "qtool/passes/fold_batchnorm.h"
 #include "qtool/passes/fold_constants.h"
 #include "qtool/passes/pass.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/passes/remove_initializer_inputs.h"
 #include "qtool/passes/upgrade_opset.h"
 
@@ -18,6 +19,8 @@ const std::vector<PassInfo>& registered_passes() {
       {"eliminate_identity", "remove Identity and inference-mode Dropout", &eliminate_identity},
       {"fold_constants", "evaluate nodes whose inputs are all constant into initializers", &fold_constants},
       {"fold_batchnorm", "fold BatchNormalization into the preceding Conv or Gemm", &fold_batchnorm},
+      {"qdq_to_qoperator", "fuse QDQ groups into ONNX Runtime's integer QOperator ops (QLinearConv, QLinearAdd, ...)",
+       &qdq_to_qoperator},
   };
   return kPasses;
 }

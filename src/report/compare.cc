@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
 #include <unordered_set>
@@ -15,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "qtool/core/npy.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/runtime/executor.h"
 
 namespace qtool::report {
@@ -176,18 +178,32 @@ class CaptureObserver final : public runtime::Observer {
   std::unordered_map<std::string, Tensor> captured_;
 };
 
-/// Quantized run: compares each matched tensor with the FP32 capture as it is produced.
+/// Dequantizes an integer tensor with per-tensor parameters: (q - zero_point) · scale.
+Tensor dequantize(const Tensor& q, float scale, int32_t zero_point) {
+  Tensor f = Tensor::empty(DataType::kFloat, q.shape());
+  float* fp = f.mutable_data<float>();
+  for (int64_t i = 0; i < q.numel(); ++i)
+    fp[i] = static_cast<float>(static_cast<int32_t>(q.get_as_double(i)) - zero_point) * scale;
+  return f;
+}
+
+/// Quantized run: compares each matched tensor with the FP32 capture as it is produced. A fused
+/// integer tensor (an alias) is dequantized and compared with the float tensor it stands for.
 class DriftObserver final : public runtime::Observer {
  public:
   DriftObserver(std::unordered_map<std::string, Tensor>& reference,
-                const std::unordered_map<std::string, size_t>& index, std::vector<LayerDrift>& layers)
-      : reference_(reference), index_(index), layers_(layers) {}
+                const std::unordered_map<std::string, size_t>& index, std::vector<LayerDrift>& layers,
+                const std::unordered_map<std::string, passes::QOperatorAlias>& aliases)
+      : reference_(reference), index_(index), layers_(layers), aliases_(aliases) {}
   void on_value(const ir::Value& value, const Tensor& tensor) override {
     auto it = index_.find(value.name());
-    if (it == index_.end() || !CaptureObserver::is_float_type(tensor.dtype())) return;
-    auto ref = reference_.find(value.name());
+    if (it == index_.end()) return;
+    auto alias = aliases_.find(value.name());
+    const bool is_alias = alias != aliases_.end();
+    if (!is_alias && !CaptureObserver::is_float_type(tensor.dtype())) return;
+    auto ref = reference_.find(is_alias ? alias->second.float_name : value.name());
     if (ref == reference_.end() || ref->second.numel() != tensor.numel()) return;  // shapes differ: not comparable
-    const Tensor t = as_float(tensor);
+    const Tensor t = is_alias ? dequantize(tensor, alias->second.scale, alias->second.zero_point) : as_float(tensor);
     layers_[it->second].error.add(ref->second.data<float>(), t.data<float>(), t.numel());
     reference_.erase(ref);  // free it as soon as it is compared
   }
@@ -196,6 +212,7 @@ class DriftObserver final : public runtime::Observer {
   std::unordered_map<std::string, Tensor>& reference_;
   const std::unordered_map<std::string, size_t>& index_;
   std::vector<LayerDrift>& layers_;
+  const std::unordered_map<std::string, passes::QOperatorAlias>& aliases_;
 };
 
 double capped(double db) { return std::isnan(db) ? db : std::min(db, kSqnrCapDb); }
@@ -206,8 +223,28 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
                              const CompareOptions& options) {
   runtime::ExecutorOptions exec_options;
   exec_options.threads = std::max(1, options.threads);
+  // ONNX Runtime runs QDQ groups as fused integer kernels; so does the comparison by default.
+  std::optional<ir::Model> fused;
+  std::unordered_map<std::string, passes::QOperatorAlias> aliases;  // fused tensor -> float tensor
+  if (options.fuse_qdq) {
+    fused.emplace(quantized.clone());
+    passes::QOperatorReport rep = passes::fuse_qdq_to_qoperator(*fused);
+    if (rep.rewrites == 0) fused.reset();
+    for (auto& a : rep.aliases) aliases.emplace(a.value, std::move(a));
+  }
+  const ir::Model& test_model = fused ? *fused : quantized;
+  // A fused tensor stands for the float tensor its QuantizeLinear read; where the quantizer folded a
+  // Relu/Clip after it into the quantization (saturation clips), it stands for that activation's
+  // output in the FP32 model.
+  for (auto& [name, a] : aliases) {
+    const ir::Value* f = fp32.graph->find_value(a.float_name);
+    if (!f || f->uses().size() != 1) continue;
+    const ir::Node* act = f->uses()[0].node;
+    if (act->domain().empty() && (act->op_type() == "Relu" || act->op_type() == "Clip") && act->output(0))
+      a.float_name = act->output(0)->name();
+  }
   runtime::Executor ref_exec(fp32, exec_options);
-  runtime::Executor test_exec(quantized, exec_options);
+  runtime::Executor test_exec(test_model, exec_options);
   const auto ref_names = ref_exec.output_names();
   const auto test_names = test_exec.output_names();
   QTOOL_CHECK(ref_names.size() == test_names.size(), ErrorCode::kInvalidInput,
@@ -223,27 +260,30 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   // Intermediate tensors present (computed, not constant) in both graphs under the same name.
   std::unordered_set<std::string> matched;
   std::unordered_map<std::string, size_t> layer_index;
-  const ir::Graph& qg = *quantized.graph;
+  const ir::Graph& qg = *test_model.graph;
   const ir::Graph& fg = *fp32.graph;
   if (options.per_layer) {
     for (const auto& node : qg.nodes()) {
       for (ir::Value* v : node->outputs()) {
         if (!v) continue;
-        const ir::Value* f = fg.find_value(v->name());
-        if (!f || !f->producer() || matched.count(v->name())) continue;
-        matched.insert(v->name());
+        auto alias = aliases.find(v->name());
+        const bool is_alias = alias != aliases.end();
+        const std::string& name = is_alias ? alias->second.float_name : v->name();
+        const ir::Value* f = fg.find_value(name);
+        if (!f || !f->producer() || matched.count(name)) continue;
+        matched.insert(name);
         layer_index[v->name()] = result.layers.size();
         LayerDrift d;
-        d.tensor = v->name();
-        d.node = node->name();
-        d.op_type = node->op_type();
+        d.tensor = name;
+        d.node = is_alias ? alias->second.node : node->name();
+        d.op_type = is_alias ? alias->second.op_type : node->op_type();
         result.layers.push_back(std::move(d));
       }
     }
   }
 
   CaptureObserver capture(matched);
-  DriftObserver drift(capture.captured(), layer_index, result.layers);
+  DriftObserver drift(capture.captured(), layer_index, result.layers, aliases);
   CompareSample sample;
   while (options.max_samples <= 0 || result.samples < options.max_samples) {
     sample = CompareSample{};

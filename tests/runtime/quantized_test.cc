@@ -176,6 +176,35 @@ TEST(QLinearAddKernel, BroadcastAndRequantize) {
   EXPECT_EQ(iv(y[0]), (std::vector<int32_t>{16, 36}));
 }
 
+TEST(QLinearAddKernel, RoundsLikeOnnxRuntime) {
+  // ONNX Runtime's 8-bit QLinearAdd computes (F + a*ra) + b*rb with ra = sa/sc, rb = sb/sc,
+  // F = zc - (ra*za + rb*zb), all in float. Here that gives 211.5000... -> 212 where the textbook
+  // (sa(a-za) + sb(b-zb))/sc + zc rounds to 213; qtool must give ONNX Runtime's 212.
+  auto y = run_node({.op = "QLinearAdd",
+                     .inputs = {Tensor::from_vector<uint8_t>({1}, {81}), Tensor::scalar<float>(0.056282595f),
+                                Tensor::scalar<uint8_t>(112), Tensor::from_vector<uint8_t>({1, 1}, {224}),
+                                Tensor::scalar<float>(0.03669841f), Tensor::scalar<uint8_t>(244),
+                                Tensor::scalar<float>(0.11528973f), Tensor::scalar<uint8_t>(234)},
+                     .domain = "com.microsoft"});
+  EXPECT_EQ(iv(y[0]), (std::vector<int32_t>{212}));
+}
+
+TEST(QLinearGlobalAveragePoolKernel, NchwAndNhwc) {
+  // ch0: sum 10 - 2*4 = 2, * 0.5/(0.25*4) = 1 -> 1 + 1 = 2; ch1: (41 - 8) * 0.5 = 16.5 -> 16 (even) + 1 = 17.
+  const std::vector<Tensor> q = {Tensor::scalar<float>(0.5f), Tensor::scalar<uint8_t>(2), Tensor::scalar<float>(0.25f),
+                                 Tensor::scalar<uint8_t>(1)};
+  auto nchw = run_node({.op = "QLinearGlobalAveragePool",
+                        .inputs = {Tensor::from_vector<uint8_t>({1, 2, 2, 2}, {1, 2, 3, 4, 10, 10, 10, 11}), q[0], q[1], q[2], q[3]},
+                        .domain = "com.microsoft"});
+  EXPECT_EQ(nchw[0].shape(), (Shape{1, 2, 1, 1}));
+  EXPECT_EQ(iv(nchw[0]), (std::vector<int32_t>{2, 17}));
+  auto nhwc = run_node({.op = "QLinearGlobalAveragePool",
+                        .inputs = {Tensor::from_vector<uint8_t>({1, 2, 2, 2}, {1, 10, 2, 10, 3, 10, 4, 11}), q[0], q[1], q[2], q[3]},
+                        .attrs = {ai("channels_last", 1)}, .domain = "com.microsoft"});
+  EXPECT_EQ(nhwc[0].shape(), (Shape{1, 1, 1, 2}));
+  EXPECT_EQ(iv(nhwc[0]), (std::vector<int32_t>{2, 17}));
+}
+
 TEST(QLinearConcatKernel, RequantizesInputsToOutputParams) {
   auto y = run_node({.op = "QLinearConcat",
                      .inputs = {Tensor::scalar<float>(1.0f), Tensor::scalar<uint8_t>(0),

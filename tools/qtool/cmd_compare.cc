@@ -32,6 +32,7 @@ struct CompareArgs {
   bool no_layers = false;
   int worst = 10;
   int threads = 1;
+  std::string qdq = "fuse";
   std::optional<double> max_drop, min_sqnr, min_agreement;
 };
 
@@ -102,6 +103,7 @@ void run_compare(const CompareArgs& a) {
   options.per_layer = !a.no_layers;
   options.worst_layers = a.worst;
   options.threads = a.threads;
+  options.fuse_qdq = a.qdq == "fuse";
   const report::CompareResult result = report::compare_models(fp32, quant, provider, options);
 
   if (!labels.empty()) {
@@ -158,6 +160,10 @@ void add_compare_command(CLI::App& app) {
       ->check(CLI::IsMember({"all", "even", "odd"}));
   cmd->add_option("--preprocess", a->preprocess, "image preprocessing preset for image folders (e.g. imagenet)");
   cmd->add_option("--threads", a->threads, "executor threads")->check(CLI::Range(1, 256));
+  cmd->add_option("--qdq", a->qdq,
+                  "how the quantized model's QDQ groups run: fuse (default: as the integer kernels ONNX Runtime fuses "
+                  "them into, QLinearConv, QLinearAdd, ...) or float (as written: dequantize, float op, quantize)")
+      ->check(CLI::IsMember({"fuse", "float"}));
   cmd->add_option("--dump-inputs", a->dump_inputs,
                   "also write each sample's model inputs (after preprocessing) as .npy into this folder, to "
                   "check another runtime on the same tensors");

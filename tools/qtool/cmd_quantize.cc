@@ -28,6 +28,7 @@
 #include "qtool/core/error.h"
 #include "qtool/data/sample_source.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
@@ -321,8 +322,9 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
 }
 
 QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<report::Timing>& timings) {
-  QTOOL_CHECK(a.format == "qdq", ErrorCode::kUnsupported,
-              "--format {} is not implemented yet (only qdq); ONNX Runtime fuses QDQ into the same QLinear kernels",
+  QTOOL_CHECK(a.format == "qdq" || a.format == "qoperator", ErrorCode::kConfig,
+              "--format {} is not valid with --bits 8: use qdq (QuantizeLinear/DequantizeLinear) or qoperator "
+              "(QLinearConv, QLinearMatMul, com.microsoft QLinearAdd, ...)",
               a.format);
   QTOOL_CHECK(a.activation_bits == 8 || a.activation_bits == 16, ErrorCode::kConfig,
               "--activation-bits must be 8 or 16, got {}", a.activation_bits);
@@ -386,6 +388,14 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   // evaluation) in one call, so they are timed together as "quantize".
   const quant::StaticQuantResult res = quant::quantize_static(model, src, cfg);
   timings.push_back({"quantize", seconds_since(t)});
+  if (a.format == "qoperator") {
+    // The same integer ops ONNX Runtime fuses the QDQ form into, written out (groups it would
+    // leave in float stay QDQ).
+    const passes::QOperatorReport fused = passes::fuse_qdq_to_qoperator(model);
+    std::string what;
+    for (const auto& [op, n] : fused.fused) what += fmt::format("{}{} {}", what.empty() ? "" : ", ", n, op);
+    spdlog::info("QOperator form: {} groups rewritten ({})", fused.rewrites, what.empty() ? "none" : what);
+  }
   t = clock_type::now();
   model.source_path.clear();
   onnx_io::save_model(model, a.out_path);
@@ -396,7 +406,7 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
                a.model_path, a.out_path, a.activation_bits, a.method, dtype_name(cfg.qdq.activation_type),
                res.qdq.quantized_nodes, res.qdq.quantized_weights, res.qdq.quantized_biases,
                res.qdq.folded_activations);
-  const std::string headline = fmt::format("W8A{} QDQ", a.activation_bits);
+  const std::string headline = fmt::format("W8A{} {}", a.activation_bits, a.format == "qoperator" ? "QOperator" : "QDQ");
   QuantizeOutcome out{report::make_quantize_report(a.model_path, a.out_path, model, headline), std::nullopt};
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = a.method;
@@ -474,7 +484,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,
-                 "qdq (default); with --bits < 8 also matmulnbits (com.microsoft MatMulNBits for MatMul weights)");
+                 "qdq (default); with --bits 8 also qoperator (QLinearConv, QLinearMatMul, com.microsoft QLinearAdd, ...); "
+                 "with --bits < 8 also matmulnbits (com.microsoft MatMulNBits for MatMul weights)");
   cmd.add_option("--exclude-nodes", a.exclude_nodes, "comma-separated node names left in float");
   cmd.add_option("--exclude-op-types", a.exclude_op_types, "comma-separated op types left in float");
   cmd.add_option("--op-types", a.op_types, "quantize only these op types (e.g. MatMul)");

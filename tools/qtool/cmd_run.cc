@@ -26,6 +26,7 @@
 #include "qtool/core/error.h"
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/runtime/executor.h"
 
 namespace qtool::cli {
@@ -36,6 +37,7 @@ struct RunOptions {
   std::vector<std::string> inputs;
   std::string output_dir;
   int threads = 1;
+  std::string qdq = "fuse";
   bool json = false;
 };
 
@@ -130,7 +132,9 @@ std::map<std::string, Tensor> bind_inputs(const ir::Model& model, const std::vec
 }
 
 void run_command_impl(const RunOptions& o) {
-  const ir::Model model = onnx_io::load_model(o.model);
+  ir::Model model = onnx_io::load_model(o.model);
+  // ONNX Runtime runs QDQ groups as fused integer kernels; so does `qtool run` unless told not to.
+  if (o.qdq == "fuse") passes::fuse_qdq_to_qoperator(model);
   runtime::Executor ex(model, {o.threads});
   std::map<std::string, Tensor> feeds = bind_inputs(model, o.inputs);
   const auto t0 = std::chrono::steady_clock::now();
@@ -195,6 +199,10 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("-i,--input", o->inputs, "NAME=FILE (.npy or .pb), or FILE for the next input in order");
   cmd->add_option("-o,--output-dir", o->output_dir, "write each output as DIR/<name>.npy");
   cmd->add_option("-t,--threads", o->threads, "intra-op threads")->check(CLI::Range(1, 256));
+  cmd->add_option("--qdq", o->qdq,
+                  "how QDQ groups run: fuse (default: as the integer kernels ONNX Runtime fuses them into) or float "
+                  "(as written: dequantize, float op, quantize)")
+      ->check(CLI::IsMember({"fuse", "float"}));
   cmd->add_flag("--json", o->json, "print one JSON document instead of the table");
   cmd->callback([o] { run_command_impl(*o); });
 }

@@ -154,6 +154,8 @@ class Node {
   void set_input(size_t i, Value* v);
   /// Appends an input.
   void add_input(Value* v) { set_input(inputs_.size(), v); }
+  /// Drops inputs from index n on (their uses go with them); no-op when there are at most n.
+  void truncate_inputs(size_t n);
 
   const std::vector<Attribute>& attributes() const { return attrs_; }
   std::vector<Attribute>& mutable_attributes() { return attrs_; }

@@ -98,6 +98,10 @@ struct CompareOptions {
   bool per_layer = true;     ///< match intermediate tensors by name and rank them
   int worst_layers = 10;     ///< how many layers the text report lists
   int threads = 1;           ///< executor threads
+  /// Run the quantized model's QDQ groups as the integer kernels ONNX Runtime fuses them into
+  /// (passes::fuse_qdq_to_qoperator), so that its outputs and accuracy are ONNX Runtime's; false
+  /// runs the QDQ graph as written (dequantize, float op, quantize).
+  bool fuse_qdq = true;
 };
 
 /// Metrics of one graph output.

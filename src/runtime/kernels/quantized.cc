@@ -1,11 +1,14 @@
 // Quantized ops: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; 8/16/32-bit
 // and packed 4/2-bit), DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul,
 // QLinearConv, com.microsoft MatMulNBits and the com.microsoft QOperator helpers QLinearAdd,
-// QLinearConcat and QGemm.
+// QLinearConcat, QGemm and QLinearGlobalAveragePool.
 //
 // Integer products are accumulated exactly (double GEMM: every int8/int16 product sum below
 // 2^53 is exact), then requantized like ONNX Runtime: y = sat(nearbyint(acc * (s_a s_b / s_y)) + zp_y)
 // with the multiplier computed in float and ties rounded to even.
+// ONNX Runtime rounds each step of its requantization in float; contracting a*b+c into one FMA
+// would round differently, so this file keeps every product and sum separate.
+#pragma GCC optimize("fp-contract=off")
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -447,17 +450,28 @@ DataType qoutput_dtype(const KernelContext& ctx, size_t zp_in, DataType fallback
 
 /// com.microsoft QLinearAdd: C = quantize(dequantize(A) + dequantize(B)) with numpy broadcasting;
 /// inputs A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp (per-tensor).
+///
+/// The float arithmetic is ONNX Runtime's (MLAS) step for step, so that both round every tie
+/// the same way: for 8-bit data c = sat(rint((F + a·r_a) + b·r_b)) with r_a = s_a/s_c,
+/// r_b = s_b/s_c and F = z_c - (r_a·z_a + r_b·z_b) (a scalar operand is folded into F first and
+/// goes on the right); for 16-bit data c = sat(rint((s_a(a - z_a) + s_b(b - z_b)) / s_c) + z_c).
 void qlinear_add_kernel(KernelContext& ctx) {
-  const Tensor& a = ctx.input(0);
-  const Tensor& b = ctx.input(3);
+  const Tensor* a = &ctx.input(0);
+  const Tensor* b = &ctx.input(3);
   float sa, sb, sc;
   int32_t za, zb, zc;
   scalar_qparams(ctx, 1, 2, &sa, &za);
   scalar_qparams(ctx, 4, 5, &sb, &zb);
   scalar_qparams(ctx, 6, 7, &sc, &zc);
-  const std::vector<int32_t> av = int_values(ctx, a, "A"), bv = int_values(ctx, b, "B");
-  const Shape ys = nn::broadcast_shapes(ctx, a.shape(), b.shape());
-  const DataType out = qoutput_dtype(ctx, 7, a.dtype());
+  const Shape ys = nn::broadcast_shapes(ctx, a->shape(), b->shape());
+  const DataType out = qoutput_dtype(ctx, 7, a->dtype());
+  // MLAS puts a scalar operand second.
+  if (a->numel() == 1 && b->numel() != 1) {
+    std::swap(a, b);
+    std::swap(sa, sb);
+    std::swap(za, zb);
+  }
+  const std::vector<int32_t> av = int_values(ctx, *a, "A"), bv = int_values(ctx, *b, "B");
   int64_t lo, hi;
   dtype_int_range(out, &lo, &hi);
   const size_t r = ys.size();
@@ -471,7 +485,12 @@ void qlinear_add_kernel(KernelContext& ctx) {
     }
     return st;
   };
-  const std::vector<int64_t> sta = strides_for(a.shape()), stb = strides_for(b.shape());
+  const std::vector<int64_t> sta = strides_for(a->shape()), stb = strides_for(b->shape());
+  const bool eight_bit = dtype_bits(out) == 8;
+  const float ra = sa / sc, rb = sb / sc;
+  float fixed = static_cast<float>(zc) - (ra * static_cast<float>(za) + rb * static_cast<float>(zb));
+  const bool scalar_b = b->numel() == 1;
+  if (scalar_b) fixed = fixed + static_cast<float>(bv[0]) * rb;
   Tensor y(out, ys);
   uint8_t* yp = y.mutable_raw();
   const int64_t n = y.numel();
@@ -483,8 +502,17 @@ void qlinear_add_kernel(KernelContext& ctx) {
       ia += c * sta[d];
       ib += c * stb[d];
     }
-    const float v = static_cast<float>(av[ia] - za) * sa + static_cast<float>(bv[ib] - zb) * sb;
-    write_int(yp, out, i, quantize_one(v, sc, zc, lo, hi));
+    int64_t q;
+    if (eight_bit) {
+      const float t = fixed + static_cast<float>(av[ia]) * ra;
+      const float v = scalar_b ? t : t + static_cast<float>(bv[ib]) * rb;
+      q = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(v)), lo, hi);
+    } else {
+      const float v = (sa * static_cast<float>(av[ia] - za) + sb * static_cast<float>(bv[ib] - zb)) / sc;
+      const float cl = std::clamp(v, static_cast<float>(lo - zc), static_cast<float>(hi - zc));
+      q = static_cast<int64_t>(std::nearbyint(cl + static_cast<float>(zc)));
+    }
+    write_int(yp, out, i, static_cast<int32_t>(q));
   }
   ctx.set_output(0, std::move(y));
 }
@@ -588,6 +616,41 @@ void qgemm_kernel(KernelContext& ctx) {
   ctx.set_output(0, requantize(ctx, acc, {m, n}, mult, 8, [n](int64_t i) { return i % n; }));
 }
 
+
+/// com.microsoft QLinearGlobalAveragePool: X, x_scale, x_zp, y_scale, y_zp (per-tensor), NCHW or
+/// NHWC (`channels_last`). Like ONNX Runtime's MLAS kernel: acc = Σ x - x_zp·HW (exact int32),
+/// y = sat(round_half_even(float(acc) · s) + y_zp) with s = x_scale / (y_scale · float(HW)).
+void qlinear_global_average_pool_kernel(KernelContext& ctx) {
+  const Tensor& x = ctx.input(0);
+  if (x.rank() < 3) nn::bad_node(ctx, "X {} must be [N, C, spatial...] (or NHWC)", shape_str(x.shape()));
+  float sx, sy;
+  int32_t zx, zy;
+  scalar_qparams(ctx, 1, 2, &sx, &zx);
+  scalar_qparams(ctx, 3, 4, &sy, &zy);
+  const bool last = ctx.node().attr_int("channels_last", 0) != 0;
+  const int64_t n = x.dim(0), c = last ? x.dim(-1) : x.dim(1);
+  const int64_t hw = x.numel() / std::max<int64_t>(n * c, 1);
+  Shape ys(x.rank(), 1);
+  ys[0] = n;
+  ys[last ? x.rank() - 1 : 1] = c;
+  const DataType out = qoutput_dtype(ctx, 4, x.dtype());
+  int64_t lo, hi;
+  dtype_int_range(out, &lo, &hi);
+  const std::vector<int32_t> xv = int_values(ctx, x, "X");
+  const float scale = sx / (sy * static_cast<float>(hw));
+  Tensor y(out, ys);
+  uint8_t* yp = y.mutable_raw();
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      int64_t acc = -static_cast<int64_t>(zx) * hw;
+      for (int64_t i = 0; i < hw; ++i) acc += xv[last ? (b * hw + i) * c + ch : (b * c + ch) * hw + i];
+      float v = static_cast<float>(static_cast<int32_t>(acc)) * scale;
+      v = std::clamp(v, static_cast<float>(lo - zy), static_cast<float>(hi - zy));
+      write_int(yp, out, b * c + ch, static_cast<int32_t>(std::nearbyint(v)) + zy);
+    }
+  }
+  ctx.set_output(0, std::move(y));
+}
 }  // namespace
 
 /// Registers the quantized family (ai.onnx and com.microsoft MatMulNBits).
@@ -603,6 +666,7 @@ void kernels::register_quantized_kernels(KernelRegistry& r) {
   r.add("com.microsoft", "QLinearAdd", 1, qlinear_add_kernel);
   r.add("com.microsoft", "QLinearConcat", 1, qlinear_concat_kernel);
   r.add("com.microsoft", "QGemm", 1, qgemm_kernel);
+  r.add("com.microsoft", "QLinearGlobalAveragePool", 1, qlinear_global_average_pool_kernel);
 }
 
 }  // namespace qtool::runtime

@@ -46,9 +46,29 @@ std::vector<std::string> split(const std::string& s, char c) {
   return out;
 }
 
+/// Calibration size of the stories bench (documents, tokens per document); calib=N / len=N options.
+size_t g_calib_docs = 32, g_calib_len = 256;
+
 quant::WeightOnlyConfig parse_config(const std::string& spec) {
-  const auto p = split(spec, ':');
+  std::vector<std::string> p, opts;
+  for (const auto& item : split(spec, ':')) (item.find('=') == std::string::npos ? p : opts).push_back(item);
   quant::WeightOnlyConfig c;
+  // key=value options anywhere: ao=1 (GPTQ act order), damp=X (GPTQ dampening), gclip=1 (GPTQ grids
+  // by block output error), oclip=0 (AWQ without output-error clipping), s32=1 (float32 scales),
+  // calib=N / len=N (stories: calibration documents / tokens per document).
+  for (const auto& o : opts) {
+    const std::string k = o.substr(0, o.find('=')), v = o.substr(o.find('=') + 1);
+    if (k == "ao") c.gptq.act_order = v == "1";
+    else if (k == "damp") c.gptq.percdamp = std::stod(v);
+    else if (k == "gclip") c.gptq.output_clip = v == "1";
+    else if (k == "oclip") c.awq.output_clip = v == "1";
+    else if (k == "s32") c.fp16_scales = v != "1";
+    else if (k == "seq") c.sequential = v == "1";
+    else if (k == "lb") c.layer_bits = quant::parse_layer_bits(v);  // lb=PATTERN=BITS[,PATTERN=BITS]
+    else if (k == "calib") g_calib_docs = std::stoul(v);
+    else if (k == "len") g_calib_len = std::stoul(v);
+    else throw std::runtime_error("unknown option " + k);
+  }
   c.bits = p.at(0);
   c.block_size = p.size() > 1 ? std::stoll(p[1]) : 32;
   c.algorithm = p.size() > 2 ? quant::parse_weight_algorithm(p[2]) : quant::WeightAlgorithm::kRtn;
@@ -119,12 +139,15 @@ int stories(int argc, char** argv) {
       {"tinystories", documents(data::read_token_stream(text + "/tinystories_sample_cs336.tok512.i32"))},
       {"wizard_of_oz", documents(data::read_token_stream(text + "/wizard_of_oz_llmatoz.chunks800.tok512.i32"))}};
   auto calib_docs = documents(data::read_token_stream(text + "/runc_samples_t1.0_p0.9_seed1-600.tok512.i32"));
-  quant::CalibrationInputs calib;
-  for (size_t i = 0; i < 32 && i < calib_docs.size(); ++i) {
-    auto d = calib_docs[i];
-    if (d.size() > 256) d.resize(256);
-    calib.samples.push_back({{"input_ids", ids_tensor(d)}});
-  }
+  auto make_calib = [&] {
+    quant::CalibrationInputs calib;
+    for (size_t i = 0; i < g_calib_docs && i < calib_docs.size(); ++i) {
+      auto d = calib_docs[i];
+      if (d.size() > g_calib_len) d.resize(g_calib_len);
+      calib.samples.push_back({{"input_ids", ids_tensor(d)}});
+    }
+    return calib;
+  };
   std::map<std::string, double> fp_nll;
   if (const char* known = std::getenv("LOWBIT_FP_NLL")) {  // "tinystories,wizard" from an earlier run
     const auto p = split(known, ',');
@@ -142,7 +165,11 @@ int stories(int argc, char** argv) {
     const std::string spec = argv[i];
     ir::Model m = fp.clone();
     const auto t0 = std::chrono::steady_clock::now();
-    const quant::WeightOnlyReport rep = quant::apply_weight_only(m, parse_config(spec), &calib);
+    g_calib_docs = 32;
+    g_calib_len = 256;
+    const quant::WeightOnlyConfig cfg = parse_config(spec);
+    const quant::CalibrationInputs calib = make_calib();
+    const quant::WeightOnlyReport rep = quant::apply_weight_only(m, cfg, &calib);
     const double qsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     print_layers(rep);
     const std::string out = out_dir + "/stories260K_" + safe(spec) + ".onnx";

@@ -75,13 +75,23 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
   std::vector<float> diag(cols);
   for (int64_t j = 0; j < cols; ++j) diag[j] = static_cast<float>(H(j, j));
 
+  // Diagonal blocks of H for output_clip (H row-major is Eigen's column-major of the symmetric H).
+  std::vector<std::vector<double>> hblocks;
+  if (options.output_clip) {
+    std::vector<double> hrow(H.data(), H.data() + cols * cols);
+    for (int64_t b = 0; b < kb; ++b) hblocks.push_back(diagonal_block(hrow, cols, b * group, std::min(cols, (b + 1) * group)));
+  }
+  auto block_grid = [&](std::span<const float> x, int64_t b, int64_t c0) {
+    if (options.output_clip) return find_block_grid_hessian(x, spec, hblocks[b]);
+    return find_block_grid(x, spec, std::span<const float>(diag).subspan(c0, x.size()));
+  };
   // Grid of (row r, block b) from the current values of W's block columns, error weighted by diag(H).
   std::vector<float> buf;
   auto compute_grid = [&](const RowMat& src, int64_t r, int64_t b) {
     const int64_t c0 = b * group, c1 = std::min(cols, c0 + group);
     buf.resize(c1 - c0);
     for (int64_t c = c0; c < c1; ++c) buf[c - c0] = static_cast<float>(src(r, c));
-    q.grids[r * kb + b] = find_block_grid(buf, spec, std::span<const float>(diag).subspan(c0, c1 - c0));
+    q.grids[r * kb + b] = block_grid(buf, b, c0);
   };
 
   // Static grids: per channel (one group), or act_order (groups fixed before the column permutation).
@@ -145,7 +155,7 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
             const int64_t local = c - i1;
             buf[c - col] = static_cast<float>(local < count ? W1(r, local) : Wp(r, c));
           }
-          q.grids[r * kb + b] = find_block_grid(buf, spec, std::span<const float>(diag).subspan(col, c1 - col));
+          q.grids[r * kb + b] = block_grid(buf, b, col);
         }
       }
       const double d = U(i1 + i, i1 + i);

@@ -11,7 +11,8 @@ WeightAlgorithm parse_weight_algorithm(std::string_view s) {
   if (s == "rtn") return WeightAlgorithm::kRtn;
   if (s == "gptq") return WeightAlgorithm::kGptq;
   if (s == "awq") return WeightAlgorithm::kAwq;
-  fail(ErrorCode::kConfig, "unknown weight algorithm '{}' (expected rtn, gptq or awq)", s);
+  if (s == "awq+gptq") return WeightAlgorithm::kAwqGptq;
+  fail(ErrorCode::kConfig, "unknown weight algorithm '{}' (expected rtn, gptq, awq or awq+gptq)", s);
 }
 
 std::string_view weight_algorithm_name(WeightAlgorithm a) {
@@ -19,6 +20,7 @@ std::string_view weight_algorithm_name(WeightAlgorithm a) {
     case WeightAlgorithm::kRtn: return "rtn";
     case WeightAlgorithm::kGptq: return "gptq";
     case WeightAlgorithm::kAwq: return "awq";
+    case WeightAlgorithm::kAwqGptq: return "awq+gptq";
   }
   return "?";
 }

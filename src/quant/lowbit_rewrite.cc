@@ -529,13 +529,15 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   if (cfg.format == WeightLayout::kMatMulNBits && cfg.block_size <= 0)
     fail(ErrorCode::kConfig, "--format matmulnbits needs --block-size 16, 32, 64 or 128");
   const bool needs_calib = cfg.algorithm != WeightAlgorithm::kRtn;
+  const bool awq_alg = cfg.algorithm == WeightAlgorithm::kAwq || cfg.algorithm == WeightAlgorithm::kAwqGptq;
+  const bool gptq_alg = cfg.algorithm == WeightAlgorithm::kGptq || cfg.algorithm == WeightAlgorithm::kAwqGptq;
   QTOOL_CHECK(!needs_calib || (calib && (calib->source || !calib->samples.empty())), ErrorCode::kConfig,
               "--algorithm {} needs calibration data (--calib)", weight_algorithm_name(cfg.algorithm));
 
   std::vector<Target> targets = find_targets(g, cfg.block_size);
   choose_formats(targets, cfg);
   // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
-  if (cfg.algorithm == WeightAlgorithm::kAwq)
+  if (awq_alg)
     for (Target& t : targets)
       if (t.format) with_context("while reading weight '" + t.weight->name() + "'", [&] { extract_matrix(t); });
 
@@ -548,7 +550,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       if (t.format && t.input && t.kind != Kind::kConv && t.kind != Kind::kGather) {
         InputStats& s = stats[t.input];
         s.k = t.cols;
-        s.want_hessian = s.want_hessian || cfg.algorithm == WeightAlgorithm::kGptq;
+        s.want_hessian = s.want_hessian || needs_calib;  // GPTQ, and AWQ's output-error objective
       }
     detail::collect_input_stats(model, *calib, cfg.threads, cfg.max_calib_rows, stats);
   }
@@ -556,7 +558,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   // Phase 4: AWQ scales, searched per group of low-bit layers sharing one input, folded.
   std::unordered_map<const ir::Value*, std::vector<float>> awq_scales;
   std::unordered_map<const Target*, std::string> awq_where;
-  if (cfg.algorithm == WeightAlgorithm::kAwq) {
+  if (awq_alg) {
     std::vector<ir::Value*> inputs_in_order;
     std::unordered_map<ir::Value*, std::vector<Target*>> groups;
     for (Target& t : targets) {
@@ -567,13 +569,13 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
     for (ir::Value* x : inputs_in_order) {
       const std::vector<Target*>& grp = groups[x];
       const InputStats& st = stats.at(x);
-      if (st.kept_rows == 0) continue;
+      if (st.hessian.samples() == 0) continue;
       std::vector<AwqMatrix> mats;
       for (Target* t : grp) mats.push_back({t->w, t->rows});
       QuantSpec spec = QuantSpec::from_format(*grp.front()->format);
       spec.clip_steps = cfg.clip_steps;
       spec.fp16_scale = wants_fp16_scales(cfg, *grp.front()->format);
-      const AwqResult res = awq_search(mats, st.k, st.kept, st.kept_rows, st.mean_abs(), spec, cfg.awq);
+      const AwqResult res = awq_search_hessian(mats, st.k, st.hessian.hessian(), st.mean_abs(), spec, cfg.awq);
       if (res.alpha == 0.0) continue;  // plain RTN was best: nothing to fold
       for (Target* t : grp) scale_columns(t->w, t->rows, t->cols, res.scales);
       std::string where;
@@ -607,7 +609,36 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   const WeightFormat& main_format = select_weight_format(
       cfg.bits, cfg.block_size,
       cfg.symmetric, is_eight_bits(cfg.bits) ? WeightLayout::kQdq : cfg.format);
-  for (Target& t : targets) {
+  // Sequential calibration: the statistics of a layer's input are re-collected from the model with
+  // every earlier layer already quantized (GPTQ's "true sequential" order), so that each layer
+  // compensates the error of the layers before it. One calibration pass per distinct layer input.
+  const bool sequential = cfg.sequential && want_stats && needs_calib;
+  bool stale = false;                       // some layer was quantized since the stats were collected
+  const ir::Value* last_input = nullptr;    // input of the last quantized layer
+  // Re-collected statistics are keyed by the value the layer reads now (after AWQ folding, the
+  // already rescaled x / s), so their Hessian needs no AWQ rescaling.
+  std::unordered_map<const Target*, const ir::Value*> actual_key;
+  std::unordered_map<const ir::Value*, InputStats> fresh_stats;
+  for (size_t ti = 0; ti < targets.size(); ++ti) {
+    Target& t = targets[ti];
+    if (sequential && stale && t.format && t.format->bits < 8 && t.input && t.input != last_input &&
+        stats.count(t.input)) {
+      std::unordered_map<const ir::Value*, InputStats> fresh;
+      for (size_t ui = ti; ui < targets.size(); ++ui) {
+        const Target& u = targets[ui];
+        if (!u.format || !u.input || !stats.count(u.input)) continue;
+        const ir::Value* now = u.node->input(0);  // x, or AWQ's inserted x / s
+        InputStats& f = fresh[now];
+        f.k = stats.at(u.input).k;
+        f.want_hessian = stats.at(u.input).want_hessian;
+        actual_key[&u] = now;
+      }
+      g.topo_sort();
+      with_context("while re-collecting calibration statistics from the partly quantized model",
+                   [&] { detail::collect_input_stats(model, *calib, cfg.threads, cfg.max_calib_rows, fresh); });
+      for (auto& [v, f] : fresh) fresh_stats[v] = std::move(f);
+      stale = false;
+    }
     WeightOnlyLayer L;
     L.node = t.node->name().empty() ? t.node->describe() : t.node->name();
     L.op_type = kind_name(t.kind);
@@ -629,6 +660,12 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       spec.clip_steps = cfg.clip_steps;
       spec.fp16_scale = wants_fp16_scales(cfg, *t.format);
       const InputStats* st = t.input && stats.count(t.input) ? &stats.at(t.input) : nullptr;
+      // AWQ scales to apply to the statistics: none when they were re-collected on the rescaled input.
+      const std::vector<float>* awq_s = awq_scales.count(t.input) ? &awq_scales.at(t.input) : nullptr;
+      if (actual_key.count(&t) && fresh_stats.count(actual_key.at(&t))) {
+        st = &fresh_stats.at(actual_key.at(&t));
+        awq_s = nullptr;
+      }
       // Outlier input channels (low-bit MatMul/Gemm whose output is not a graph output).
       std::vector<int64_t> out_cols;
       if (cfg.outlier_fraction > 0 && t.format->bits < 8 && t.input && t.kind != Kind::kConv &&
@@ -636,20 +673,30 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         std::vector<float> energy;
         if (st && st->rows > 0) {
           energy = st->energy();
-          if (awq_scales.count(t.input))
-            for (int64_t c = 0; c < t.cols; ++c) energy[c] /= awq_scales[t.input][c] * awq_scales[t.input][c];
+          if (awq_s)
+            for (int64_t c = 0; c < t.cols; ++c) energy[c] /= (*awq_s)[c] * (*awq_s)[c];
         }
         out_cols = select_outlier_columns(t.w, t.rows, t.cols, cfg.outlier_fraction, energy);
         for (int64_t r = 0; r < t.rows; ++r)
           for (int64_t c : out_cols) t.w[r * t.cols + c] = 0.0f;
       }
       QuantizedMatrix q;
-      const bool gptq = cfg.algorithm == WeightAlgorithm::kGptq && st && st->want_hessian && st->hessian.samples() > 0 &&
-                        t.kind != Kind::kConv && t.kind != Kind::kGather;
+      const bool have_h = st && st->want_hessian && st->hessian.samples() > 0 && t.kind != Kind::kConv &&
+                          t.kind != Kind::kGather && t.format->bits < 8;
+      const bool gptq = gptq_alg && have_h;
+      const bool output_clip = awq_alg && have_h && cfg.awq.output_clip;
+      std::vector<double> h;
+      if (gptq || output_clip) {
+        h = st->hessian.hessian();
+        if (awq_s) h = scale_hessian(h, *awq_s);  // of the input x / s
+      }
       auto quantize = [&] {
         if (gptq) {
-          q = quantize_gptq(t.w, t.rows, t.cols, st->hessian.hessian(), spec, cfg.gptq);
+          q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
           L.algorithm = "gptq";
+        } else if (output_clip) {
+          q = quantize_rtn_hessian(t.w, t.rows, t.cols, spec, h);
+          L.algorithm = "rtn-output-clip";
         } else {
           q = quantize_rtn(t.w, t.rows, t.cols, spec);
           L.algorithm = t.format->scheme == WeightScheme::kTernary ? "optimal-ternary"
@@ -690,6 +737,8 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       report.float_weight_bytes += float_bytes;
       report.quant_weight_bytes += bytes;
       std::vector<float>().swap(t.w);  // keep one layer's float copy at a time
+      stale = true;
+      last_input = t.input;
       if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {
         main_bits += static_cast<double>(bytes) * 8.0;
         main_weights += static_cast<double>(t.rows * t.cols);

@@ -62,7 +62,9 @@ double block_error(std::span<const float> x, std::span<const float> e, const Blo
   return err;
 }
 
-BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
+/// Clipping search of a uniform grid; `error(grid)` scores a candidate (least wins).
+template <typename ErrorFn>
+BlockGrid int_grid_search(std::span<const float> x, const QuantSpec& spec, ErrorFn&& error) {
   BlockGrid g;
   spec.level_range(&g.lo, &g.hi);
   float mn = 0.0f, mx = 0.0f;
@@ -74,7 +76,7 @@ BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const Qua
   BlockGrid best = g;
   double best_err = -1;
   auto consider = [&](const BlockGrid& cand) {
-    const double err = block_error(x, e, cand);
+    const double err = error(cand);
     if (best_err < 0 || err < best_err) {
       best_err = err;
       best = cand;
@@ -111,6 +113,27 @@ BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const Qua
     }
   }
   return best;
+}
+
+BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
+  return int_grid_search(x, spec, [&](const BlockGrid& g) { return block_error(x, e, g); });
+}
+
+/// dᵀ H d with d = x − Q(x) on grid g, H [n, n] row-major.
+double block_error_hessian(std::span<const float> x, std::span<const double> h, const BlockGrid& g,
+                           std::vector<double>& d) {
+  const size_t n = x.size();
+  d.resize(n);
+  for (size_t i = 0; i < n; ++i) d[i] = static_cast<double>(x[i]) - g.dequantize(g.quantize(x[i]));
+  double err = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (d[i] == 0.0) continue;
+    const double* hi = h.data() + i * n;
+    double row = 0;
+    for (size_t j = 0; j < n; ++j) row += hi[j] * d[j];
+    err += d[i] * row;
+  }
+  return err;
 }
 
 /// Exact optimum over "top-k by magnitude" supports: α_k = Σ_top-k e|x| / Σ_top-k e, error reduction
@@ -172,6 +195,70 @@ BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::
     }
   }
   fail(ErrorCode::kInternal, "unknown weight scheme");
+}
+
+BlockGrid find_block_grid_hessian(std::span<const float> x, const QuantSpec& spec, std::span<const double> hb) {
+  const size_t n = x.size();
+  QTOOL_CHECK(hb.size() == n * n, ErrorCode::kInternal, "block Hessian has {} values for a block of {}", hb.size(), n);
+  if (spec.scheme != WeightScheme::kInt) {
+    std::vector<float> diag(n);
+    for (size_t i = 0; i < n; ++i) diag[i] = static_cast<float>(hb[i * n + i]);
+    return find_block_grid(x, spec, diag);
+  }
+  std::vector<double> d;
+  return int_grid_search(x, spec, [&](const BlockGrid& g) { return block_error_hessian(x, hb, g, d); });
+}
+
+std::vector<double> diagonal_block(std::span<const double> h, int64_t cols, int64_t c0, int64_t c1) {
+  const int64_t n = c1 - c0;
+  std::vector<double> out(n * n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) out[i * n + j] = h[(c0 + i) * cols + c0 + j];
+  return out;
+}
+
+QuantizedMatrix quantize_rtn_hessian(std::span<const float> w, int64_t rows, int64_t cols, const QuantSpec& spec,
+                                     std::span<const double> h) {
+  QTOOL_CHECK(static_cast<int64_t>(w.size()) == rows * cols, ErrorCode::kInternal, "quantize_rtn_hessian: W size");
+  QTOOL_CHECK(static_cast<int64_t>(h.size()) == cols * cols, ErrorCode::kInternal, "quantize_rtn_hessian: H size");
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.block_size = spec.block_size > 0 ? spec.block_size : cols;
+  const int64_t kb = q.k_blocks();
+  q.levels.resize(rows * cols);
+  q.grids.resize(rows * kb);
+  for (int64_t b = 0; b < kb; ++b) {
+    const int64_t c0 = b * q.block_size, c1 = std::min(cols, c0 + q.block_size);
+    const std::vector<double> hb = diagonal_block(h, cols, c0, c1);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::span<const float> x = w.subspan(r * cols + c0, c1 - c0);
+      const BlockGrid g = find_block_grid_hessian(x, spec, hb);
+      q.grids[r * kb + b] = g;
+      for (int64_t c = c0; c < c1; ++c) q.levels[r * cols + c] = g.quantize(w[r * cols + c]);
+    }
+  }
+  return q;
+}
+
+double hessian_error(std::span<const float> w, std::span<const float> q, int64_t rows, int64_t cols,
+                     std::span<const double> h) {
+  QTOOL_CHECK(static_cast<int64_t>(w.size()) == rows * cols && q.size() == w.size(), ErrorCode::kInternal,
+              "hessian_error: W size");
+  QTOOL_CHECK(static_cast<int64_t>(h.size()) == cols * cols, ErrorCode::kInternal, "hessian_error: H size");
+  std::vector<double> d(cols);
+  double s = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<double>(w[r * cols + c]) - q[r * cols + c];
+    for (int64_t i = 0; i < cols; ++i) {
+      if (d[i] == 0.0) continue;
+      const double* hi = h.data() + i * cols;
+      double row = 0;
+      for (int64_t j = 0; j < cols; ++j) row += hi[j] * d[j];
+      s += d[i] * row;
+    }
+  }
+  return s;
 }
 
 std::vector<float> QuantizedMatrix::dequantize() const {

@@ -410,9 +410,10 @@ TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
     for (size_t i = 0; i < evals.size(); ++i) s += rel_l2(ex.run(evals[i]).at(0), refs[i]);
     return s / evals.size();
   };
-  auto make = [&](const char* bits, WeightAlgorithm alg, double outliers) {
+  auto make = [&](const char* bits, WeightAlgorithm alg, double outliers, bool sequential = false) {
     ir::Model m = fp.clone();
     WeightOnlyConfig cfg;
+    cfg.sequential = sequential;
     cfg.bits = bits;
     cfg.block_size = 32;
     cfg.bits_first_last = "";
@@ -428,7 +429,14 @@ TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
   const ir::Model gptq4 = make("4", WeightAlgorithm::kGptq, 0.0);
   const ir::Model awq = make("4", WeightAlgorithm::kAwq, 0.0);
   const ir::Model outl4 = make("4", WeightAlgorithm::kRtn, 0.1);
+  const ir::Model awqg4 = make("4", WeightAlgorithm::kAwqGptq, 0.0);
+  const ir::Model gptq4_seq = make("4", WeightAlgorithm::kGptq, 0.0, true);
   const double r4 = eval_error(rtn4), g4 = eval_error(gptq4), a4 = eval_error(awq), o4 = eval_error(outl4);
+  const double ag4 = eval_error(awqg4), g4_seq = eval_error(gptq4_seq);
+  EXPECT_LT(ag4, 0.9 * r4) << "awq+gptq " << ag4 << " rtn " << r4;
+  EXPECT_LT(g4_seq, 0.9 * r4) << "gptq (sequential calibration) " << g4_seq << " rtn " << r4;
+  // Sequential GPTQ re-collects the Hessians after each layer input: different weights than one pass.
+  EXPECT_NE(onnx_io::serialize_model(gptq4), onnx_io::serialize_model(gptq4_seq));
   EXPECT_LT(g4, 0.9 * r4) << "gptq " << g4 << " rtn " << r4;
   EXPECT_LT(a4, 0.9 * r4) << "awq " << a4 << " rtn " << r4;
   EXPECT_LT(o4, 0.9 * r4) << "outliers " << o4 << " rtn " << r4;
@@ -443,7 +451,7 @@ TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
   EXPECT_EQ(count_ops(awq, "Mul"), count_ops(fp, "Mul") + 1);
   // All of them run in ONNX Runtime with the executor's outputs.
   TempDir dir;
-  for (const ir::Model* m : {&gptq, &awq, &outl}) {
+  for (const ir::Model* m : {&gptq, &awq, &outl, &awqg4}) {
     onnx_io::save_model(*m, dir.file("q.onnx"));
     const Tensor ort = ort_output(dir.file("q.onnx"), evals[0].at("x"), "basic");
     runtime::Executor ex(*m);

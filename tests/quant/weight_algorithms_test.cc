@@ -230,6 +230,63 @@ TEST(WeightAwq, LowerOutputErrorThanRtnWithLargeChannels) {
   EXPECT_NEAR(output_error(w, d, rows, cols, x, n), res.error, 1e-4 * res.error);
 }
 
+TEST(WeightAwq, HessianSearchEqualsRowSearchAndOutputClipHelps) {
+  const int64_t rows = 64, cols = 128, n = 256;
+  const auto w = gaussian(rows * cols, 41, 0.1f);
+  auto x = correlated_inputs(n, cols, 42);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c : {3, 40, 77, 100}) x[i * cols + c] *= 10.0f;
+  std::vector<float> mean_abs(cols, 0.0f);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < cols; ++c) mean_abs[c] += std::fabs(x[i * cols + c]) / n;
+  HessianAccumulator acc(cols);
+  acc.add(x, n);
+  std::vector<double> h = acc.hessian();
+  for (auto& v : h) v *= n;  // Σ x xᵀ: errors then equal the row sums exactly
+  // tr(ΔW H ΔWᵀ) is ‖ΔW X‖² over the rows.
+  const auto rtn = quantize_rtn(w, rows, cols, spec(4, 32)).dequantize();
+  const double e_rows = output_error(w, rtn, rows, cols, x, n);
+  EXPECT_NEAR(hessian_error(w, rtn, rows, cols, h), e_rows, 1e-6 * e_rows);
+  const AwqMatrix m{w, rows};
+  AwqOptions plain;
+  plain.output_clip = false;
+  const AwqResult by_rows = awq_search(std::span<const AwqMatrix>(&m, 1), cols, x, n, mean_abs, spec(4, 32), plain);
+  const AwqResult by_h = awq_search_hessian(std::span<const AwqMatrix>(&m, 1), cols, h, mean_abs, spec(4, 32), plain);
+  EXPECT_EQ(by_h.alpha, by_rows.alpha);
+  EXPECT_NEAR(by_h.error, by_rows.error, 1e-6 * by_rows.error);
+  EXPECT_NEAR(by_h.rtn_error, e_rows, 1e-6 * e_rows);  // α = 0 is plain RTN
+  EXPECT_LE(by_h.error, by_h.rtn_error);
+  // Clipping chosen by the output error: never worse than by the weight error on the same scales.
+  const AwqResult clip = awq_search_hessian(std::span<const AwqMatrix>(&m, 1), cols, h, mean_abs, spec(4, 32));
+  EXPECT_LT(clip.error, by_h.error);
+  EXPECT_LT(clip.rtn_error, by_h.rtn_error);
+  // scale_hessian is the Hessian of x·diag(1/s).
+  const auto hs = scale_hessian(h, clip.scales);
+  const double want = h[5 * cols + 9] / (static_cast<double>(clip.scales[5]) * clip.scales[9]);
+  EXPECT_NEAR(hs[5 * cols + 9], want, 1e-12 * std::fabs(want));
+}
+
+TEST(WeightRtn, OutputClipLowersOutputErrorOnCorrelatedInputs) {
+  const int64_t rows = 48, cols = 96, n = 512;
+  const auto w = gaussian(rows * cols, 51);
+  const auto x = correlated_inputs(n, cols, 52);
+  HessianAccumulator acc(cols);
+  acc.add(x, n);
+  const auto h = acc.hessian();
+  for (bool sym : {true, false}) {
+    const QuantSpec s = spec(4, 32, sym);
+    const QuantizedMatrix plain = quantize_rtn(w, rows, cols, s);
+    const QuantizedMatrix oc = quantize_rtn_hessian(w, rows, cols, s, h);
+    const double ep = output_error(w, plain.dequantize(), rows, cols, x, n);
+    const double eo = output_error(w, oc.dequantize(), rows, cols, x, n);
+    EXPECT_LT(eo, 0.95 * ep) << "sym " << sym;
+    // Per block the chosen grid is the best of the candidates for dᵀ H_b d.
+    const auto hb = diagonal_block(h, cols, 32, 64);
+    EXPECT_EQ(hb.size(), 32u * 32u);
+    EXPECT_EQ(hb[1 * 32 + 2], h[33 * cols + 34]);
+  }
+}
+
 TEST(WeightOutliers, SelectsSalientColumns) {
   const int64_t rows = 4, cols = 10;
   auto w = gaussian(rows * cols, 31, 0.1f);

@@ -19,6 +19,10 @@ namespace qtool::quant {
 
 struct AwqOptions {
   int grid = 20;  ///< α = i / grid, i = 0..grid (α = 0 is plain RTN, so AWQ is never worse on the samples)
+  /// awq_search_hessian: quantize each candidate with the clipping chosen per block by the output
+  /// error (quantize_rtn_hessian on the rescaled H, AWQ's auto_clip) instead of the weight error,
+  /// so that α is chosen for the quantizer that is finally used.
+  bool output_clip = true;
 };
 
 /// One weight matrix of a group sharing the same input: W [rows, cols], cols = input channels.
@@ -39,6 +43,18 @@ struct AwqResult {
 /// more rows than x). Quantization inside the search is RTN under `spec` (its clip search included).
 AwqResult awq_search(std::span<const AwqMatrix> group, int64_t cols, std::span<const float> x, int64_t n,
                      std::span<const float> act_mean_abs, const QuantSpec& spec, const AwqOptions& options = {});
+
+/// The same search with the output error measured through H = Σ x xᵀ over all calibration rows
+/// (H [cols, cols] row-major, any positive scale): err = Σ_m tr(ΔW_m H ΔW_mᵀ) with
+/// ΔW_m = W_m − Q(W_m·diag(s))·diag(s)⁻¹. Exact for every calibration row at O(rows·cols²) per
+/// candidate, instead of a subsample of rows. With options.output_clip the candidates are quantized
+/// by quantize_rtn_hessian(W·diag(s), scale_hessian(H, s)).
+AwqResult awq_search_hessian(std::span<const AwqMatrix> group, int64_t cols, std::span<const double> h,
+                             std::span<const float> act_mean_abs, const QuantSpec& spec,
+                             const AwqOptions& options = {});
+
+/// The Hessian of the rescaled input x·diag(1/s): H'_ij = H_ij / (s_i s_j).
+std::vector<double> scale_hessian(std::span<const double> h, std::span<const float> s);
 
 /// W·diag(s): scales column c of W [rows, cols] by s[c], in place.
 void scale_columns(std::span<float> w, int64_t rows, int64_t cols, std::span<const float> s);

@@ -42,6 +42,9 @@ struct GptqOptions {
   double percdamp = 0.01;       ///< dampening, fraction of mean(diag H)
   bool act_order = false;       ///< process columns by decreasing H_jj
   int64_t block_columns = 128;  ///< lazy-update block width
+  /// Choose each block's grid (clipping ratio) by the block's output error dᵀ H_b d with the block's
+  /// diagonal block of H (find_block_grid_hessian) instead of the diag(H)-weighted weight error.
+  bool output_clip = false;
 };
 
 /// Quantizes W [rows, cols] with GPTQ under `spec` (per-block grids found on the updated weights

@@ -42,8 +42,10 @@ class SampleSource;  // qtool/data/sample_source.h
 
 namespace qtool::quant {
 
-enum class WeightAlgorithm { kRtn, kGptq, kAwq };
-/// "rtn" | "gptq" | "awq"; throws kConfig otherwise.
+/// kAwqGptq: AWQ's per-input-channel scales first (folded as for kAwq), then GPTQ on the rescaled
+/// weights with the rescaled Hessian.
+enum class WeightAlgorithm { kRtn, kGptq, kAwq, kAwqGptq };
+/// "rtn" | "gptq" | "awq" | "awq+gptq"; throws kConfig otherwise.
 WeightAlgorithm parse_weight_algorithm(std::string_view s);
 std::string_view weight_algorithm_name(WeightAlgorithm a);
 
@@ -79,6 +81,12 @@ struct WeightOnlyConfig {
   /// error beyond float16's 2^-11 relative step). A layer whose scales fall outside float16's normal
   /// range keeps float32 scales (noted in its report). MatMulNBits and int8 layers keep float32.
   bool fp16_scales = true;
+  /// GPTQ / AWQ: quantize layers in node order and re-collect the calibration statistics of each
+  /// layer's input from the model whose earlier layers are already quantized (one calibration pass
+  /// per distinct layer input), so later layers see, and compensate, the earlier layers' error.
+  /// Off (default): one pass on the float model. Measured on stories260K INT4 block 32 GPTQ it was
+  /// worse (wizard_of_oz +1.79% vs +1.14% NLL; BENCHMARKS.md), so it is opt-in.
+  bool sequential = false;
   GptqOptions gptq;
   AwqOptions awq;
   int64_t max_calib_rows = 4096;           ///< activation rows kept per layer for AWQ / outlier search

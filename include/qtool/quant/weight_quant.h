@@ -74,6 +74,24 @@ int64_t effective_block(const QuantSpec& spec, int64_t cols);
 /// energy); empty means uniform.
 BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::span<const float> weights = {});
 
+/// The grid for one block minimizing the block's share of the layer's output error, dᵀ H_b d with
+/// d = x − Q(x) and H_b [n, n] (row-major) the block's diagonal block of H = Σ x xᵀ over calibration
+/// inputs (AWQ's "auto_clip": the clipping ratio best for the output, not for the weights; cross
+/// terms between blocks are ignored). kInt searches the clipping ratios of `spec`; ternary and
+/// binary use diag(H_b) as per-element error weights.
+BlockGrid find_block_grid_hessian(std::span<const float> x, const QuantSpec& spec, std::span<const double> hb);
+
+/// H's diagonal block of columns [c0, c1), H [cols, cols] row-major.
+std::vector<double> diagonal_block(std::span<const double> h, int64_t cols, int64_t c0, int64_t c1);
+
+/// RTN of W [rows, cols] with per-block grids from find_block_grid_hessian on H [cols, cols].
+QuantizedMatrix quantize_rtn_hessian(std::span<const float> w, int64_t rows, int64_t cols, const QuantSpec& spec,
+                                     std::span<const double> h);
+
+/// Output error tr((W − Q) H (W − Q)ᵀ) for H [cols, cols]; equals ‖W X − Q X‖²_F when H = Σ x xᵀ.
+double hessian_error(std::span<const float> w, std::span<const float> q, int64_t rows, int64_t cols,
+                     std::span<const double> h);
+
 /// Round-to-nearest quantization of W [rows, cols] with per-block grids from find_block_grid.
 QuantizedMatrix quantize_rtn(std::span<const float> w, int64_t rows, int64_t cols, const QuantSpec& spec);
 

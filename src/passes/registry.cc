@@ -1,6 +1,7 @@
 // The one list of graph passes.
 #include <fmt/format.h>
 
+#include "qtool/passes/cross_layer_equalization.h"
 #include "qtool/passes/eliminate_identity.h"
 #include "qtool/passes/fold_batchnorm.h"
 #include "qtool/passes/fold_constants.h"
@@ -19,6 +20,8 @@ const std::vector<PassInfo>& registered_passes() {
       {"eliminate_identity", "remove Identity and inference-mode Dropout", &eliminate_identity},
       {"fold_constants", "evaluate nodes whose inputs are all constant into initializers", &fold_constants},
       {"fold_batchnorm", "fold BatchNormalization into the preceding Conv or Gemm", &fold_batchnorm},
+      {"cross_layer_equalization", "equalize per-channel weight ranges of Conv -> (Relu) -> Conv pairs (DFQ)",
+       &cross_layer_equalization},
       {"qdq_to_qoperator", "fuse QDQ groups into ONNX Runtime's integer QOperator ops (QLinearConv, QLinearAdd, ...)",
        &qdq_to_qoperator},
   };

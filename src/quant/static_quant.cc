@@ -4,12 +4,15 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "qtool/calib/calibrate.h"
+#include "qtool/passes/cross_layer_equalization.h"
 #include "qtool/passes/pass.h"
+#include "qtool/quant/bias_correction.h"
 #include "qtool/runtime/executor.h"
 
 namespace qtool::quant {
@@ -139,8 +142,6 @@ std::vector<OutputAgreement> compare_models(const ir::Model& reference, const ir
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {
   StaticQuantResult result;
-  QTOOL_CHECK(!config.cle && !config.bias_correction, ErrorCode::kUnsupported,
-              "cross-layer equalization and bias correction are not implemented yet");
   const size_t n = samples.size();
   QTOOL_CHECK(n > 0 || config.ranges != nullptr, ErrorCode::kConfig, "no calibration samples");
   // Split: the last part is held out for the guard.
@@ -163,6 +164,33 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
   result.holdout_samples = static_cast<int64_t>(hold_idx.size());
 
   const ir::Model reference = model.clone();
+  // Cross-layer equalization before calibration: `model` becomes the equalized copy that is
+  // calibrated and emitted (`float_base`); the guard still compares with the unequalized `reference`.
+  std::optional<ir::Model> equalized;
+  if (config.cle) {
+    passes::CleOptions co;
+    co.replace_relu6 = config.cle_replace_relu6;
+    const passes::CleResult cr = passes::equalize_cross_layer(model, co);
+    std::string a = fmt::format("CLE: {} conv pairs equalized ({} with a depthwise conv, {} iterations)", cr.pairs,
+                                cr.depthwise_pairs, cr.iterations);
+    if (cr.relu6_replaced) a += fmt::format("; {} Clip(0, 6) replaced by Relu (changes the float model)", cr.relu6_replaced);
+    if (cr.skipped_relu6) a += fmt::format("; {} pairs skipped: Clip(0, 6) between them is not scale-invariant", cr.skipped_relu6);
+    result.actions.push_back(a);
+    equalized.emplace(model.clone());
+  }
+  const ir::Model& float_base = equalized ? *equalized : reference;
+  // Bias correction of an emitted model against `float_base` on the calibration samples.
+  auto correct = [&](ir::Model& qm, const char* what) {
+    if (!config.bias_correction) return;
+    BiasCorrectionOptions bo;
+    bo.max_samples = config.bias_correction_samples;
+    bo.threads = config.threads;
+    const BiasCorrectionResult br = correct_biases(float_base, qm, calib_src, bo);
+    result.actions.push_back(fmt::format(
+        "bias correction{}: {} layers corrected on {} calibration samples (mean |bias error| {:.2f}% of mean |output|)"
+        "{}", what, br.layers.size(), br.samples, br.mean_relative_error_percent(),
+        br.skipped.empty() ? "" : fmt::format(", {} skipped ({})", br.skipped.size(), br.skipped.front())));
+  };
 
   // Ranges.
   RangeMap ranges;
@@ -182,7 +210,7 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
   }
 
   auto emit = [&](const std::set<std::string>& keep) {
-    ir::Model m = reference.clone();
+    ir::Model m = float_base.clone();
     QdqOptions o = config.qdq;
     o.keep_float_names.insert(keep.begin(), keep.end());
     // Ranges are keyed by the reference model's values: re-key them by name on the copy.
@@ -194,6 +222,7 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
   };
 
   auto [qmodel, summary] = emit({});
+  correct(qmodel, "");
   std::set<std::string> kept;
   if (config.guard && !hold_idx.empty()) {
     result.outputs = compare_models(reference, qmodel, hold_src, config.threads);
@@ -254,6 +283,7 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
             scored.size(), scored.empty() ? 0.0 : scored.front().first));
       if (!kept.empty()) {
         auto [m2, s2] = emit(kept);
+        correct(m2, " (model with float tensors)");
         auto outs = compare_models(reference, m2, hold_src, config.threads);
         result.actions.push_back(fmt::format("after keeping {} tensor(s) in float: {}", kept.size(),
                                              describe_outputs(outs)));
@@ -274,6 +304,16 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
       result.warnings.push_back(fmt::format("THE QUANTIZED MODEL LOOKS BROKEN on {} held-out samples: {}",
                                             hold_idx.size(), describe_outputs(result.outputs)));
   }
+  // If/Loop/Scan bodies stay in float (calibration observes main-graph values only): say so.
+  size_t body_ops = 0;
+  passes::for_each_graph(*qmodel.graph, [&](ir::Graph& g) {
+    if (&g != qmodel.graph.get())
+      for (const auto& bn : g.nodes()) body_ops += is_quantizable_op(bn->op_type());
+    return size_t{0};
+  });
+  if (body_ops)
+    result.actions.push_back(fmt::format("{} quantizable nodes inside If/Loop/Scan bodies left in float (values "
+                                         "inside subgraphs are not calibrated)", body_ops));
   result.qdq = std::move(summary);
   model = std::move(qmodel);
   return result;

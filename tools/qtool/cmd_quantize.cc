@@ -49,6 +49,7 @@ struct QuantizeArgs {
   std::string format = "qdq";
   std::string exclude_nodes, exclude_op_types, op_types, keep_fp;
   bool cle = false, bias_correction = false, no_guard = false;
+  bool cle_relu6 = false;  ///< --cle-relu6: replace Clip(0, 6) by Relu so CLE can cross it
   std::optional<double> max_drop;
   size_t samples = 0;
   std::string preprocess, split = "all";
@@ -84,6 +85,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     m["activation-bits"] = std::to_string(a.activation_bits);
     m["per-channel"] = a.per_tensor ? "false" : "true";
     m["guard"] = a.no_guard ? "false" : "true";
+    m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
+    m["bias-correction"] = a.bias_correction ? "true" : "false";
   } else {
     m["block-size"] = std::to_string(a.block_size);
     m["weight-algorithm"] = a.weight_algorithm;
@@ -330,9 +333,6 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
               "--activation-bits must be 8 or 16, got {}", a.activation_bits);
   QTOOL_CHECK(a.activation_type == "uint8" || a.activation_type == "int8", ErrorCode::kConfig,
               "--activation-type must be uint8 or int8, got '{}'", a.activation_type);
-  QTOOL_CHECK(!a.cle && !a.bias_correction, ErrorCode::kUnsupported,
-              "--cle and --bias-correction are not implemented yet (the default pipeline already meets issue 5's "
-              "accuracy bars on the shared models without them)");
   QTOOL_CHECK(!a.calib_path.empty() || !a.ranges_path.empty(), ErrorCode::kConfig,
               "static quantization needs calibration data (--calib DIR) or --ranges FILE");
 
@@ -349,6 +349,7 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   cfg.percentile = a.percentile;
   cfg.guard = !a.no_guard;
   cfg.cle = a.cle;
+  cfg.cle_replace_relu6 = a.cle_relu6;
   cfg.bias_correction = a.bias_correction;
   cfg.threads = a.threads;
 
@@ -490,8 +491,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--exclude-op-types", a.exclude_op_types, "comma-separated op types left in float");
   cmd.add_option("--op-types", a.op_types, "quantize only these op types (e.g. MatMul)");
   cmd.add_option("--keep-fp", a.keep_fp, "comma-separated tensor names kept in float");
-  cmd.add_flag("--cle", a.cle, "cross-layer equalization (not implemented yet)");
-  cmd.add_flag("--bias-correction", a.bias_correction, "bias correction (not implemented yet)");
+  cmd.add_flag("--cle", a.cle, "cross-layer equalization of Conv -> Relu -> Conv pairs before calibration");
+  cmd.add_flag("--cle-relu6", a.cle_relu6, "with --cle: replace ReLU6 (Clip 0..6) by Relu between equalized convs (DFQ; changes the float model)");
+  cmd.add_flag("--bias-correction", a.bias_correction, "subtract each quantized Conv/Gemm's mean output error (calibration data) from its bias");
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
   cmd.add_option("--samples", a.samples, "number of calibration samples (default all, capped at 1000)");

@@ -7,9 +7,12 @@
 //  2. calibration on the prepared model (calib::calibrate with the chosen method, asymmetric
 //     ranges for uint8/uint16 activations, symmetric for int8/int16), or ranges from a file
 //     matched by tensor name;
-//  3. (planned, not implemented yet: cross-layer equalization before calibration and bias
-//     correction after placement; the CLI refuses --cle / --bias-correction);
-//  4. emit_qdq (qdq.h);
+//  3. with `cle`: cross-layer equalization (passes/cross_layer_equalization.h) of the prepared
+//     model before calibration (the equalized model is calibrated and emitted; the guard compares
+//     with the unequalized one);
+//  4. emit_qdq (qdq.h); with `bias_correction`: the per-channel mean error of each quantized
+//     Conv/Gemm (measured per layer on FP32 inputs from the calibration samples) is subtracted from
+//     its bias (quant/bias_correction.h), also on a model the guard emits again;
 //  5. the quality guard: the prepared FP32 model and the quantized model run on held-out samples
 //     with qtool's executor; per output SQNR and top-1 agreement (classifier-like outputs: the
 //     last non-unit axis holds the classes). When agreement or SQNR is poor, per-tensor
@@ -46,8 +49,13 @@ struct StaticQuantConfig {
   double min_sqnr_db = 15.0;
   /// Largest number of activation groups the guard may keep in float.
   size_t max_float_groups = 8;
-  bool cle = false;                  ///< reserved: cross-layer equalization (not implemented yet)
-  bool bias_correction = false;      ///< reserved: bias correction (not implemented yet)
+  /// Cross-layer equalization of Conv pairs before calibration (passes/cross_layer_equalization.h).
+  bool cle = false;
+  /// With cle: replace Clip(0, 6) by Relu inside equalizable pairs, as DFQ does (changes the float model).
+  bool cle_replace_relu6 = false;
+  /// Empirical per-layer bias correction after Q/DQ placement (quant/bias_correction.h).
+  bool bias_correction = false;
+  size_t bias_correction_samples = 64;  ///< calibration samples the correction averages over
   int threads = 1;
 };
 

@@ -1,0 +1,398 @@
+// Empirical per-layer bias correction (see bias_correction.h).
+#include "qtool/quant/bias_correction.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "qtool/runtime/executor.h"
+
+namespace qtool::quant {
+namespace {
+
+constexpr const char* kQ = "bc_q/";  // names of the quantized copy inside a probe
+constexpr const char* kF = "bc_f/";  // names of the float copy
+
+bool is_qdq(const ir::Node* n) {
+  return n != nullptr && n->domain().empty() &&
+         (n->op_type() == "QuantizeLinear" || n->op_type() == "DequantizeLinear");
+}
+
+// The integer initializer behind a DequantizeLinear weight input, or nullptr.
+const ir::Node* weight_dq(const ir::Node& n) {
+  const ir::Value* w = n.input(1);
+  if (w == nullptr || w->producer() == nullptr || w->producer()->op_type() != "DequantizeLinear") return nullptr;
+  const ir::Value* q = w->producer()->input(0);
+  if (q == nullptr || q->initializer() == nullptr || dtype_is_float(q->initializer()->dtype())) return nullptr;
+  return w->producer();
+}
+
+// A float scalar/vector initializer input i of node n, or nullptr.
+const Tensor* const_input(const ir::Node* n, size_t i) {
+  if (n == nullptr) return nullptr;
+  const ir::Value* v = n->input(i);
+  return v == nullptr ? nullptr : v->initializer();
+}
+
+// One layer: the probe model (quantized copy and float copy of the layer) and its sums.
+struct Probe {
+  ir::Node* qnode = nullptr;
+  std::string label;
+  std::unique_ptr<ir::Model> model;
+  std::unique_ptr<runtime::Executor> exec;
+  std::vector<std::string> inputs;  // FP32 value names the probe reads
+  int64_t channels = 0;
+  std::vector<double> sum;          // per channel: Σ (y_q - y)
+  int64_t per_channel_count = 0;    // elements per channel accumulated so far
+  double abs_sum = 0.0;
+  int64_t abs_count = 0;
+  size_t missing = 0;               // inputs not yet seen in the current sample
+};
+
+class ProbeBuilder {
+ public:
+  ProbeBuilder(const ir::Model& fp32, const ir::Model& quantized) : fp32_(fp32), quantized_(quantized) {}
+
+  // Builds the probe for quantized node `qn` and its FP32 twin `fn`; returns false (with a
+  // reason) when an input cannot be fed from the FP32 run.
+  bool build(ir::Node* qn, const ir::Node* fn, Probe* p, std::string* why) {
+    auto m = std::make_unique<ir::Model>();
+    m->ir_version = quantized_.ir_version;
+    m->set_opset("", quantized_.opset(""));
+    g_ = m->graph.get();
+    memo_.clear();
+    inputs_.clear();
+    why_.clear();
+    // Quantized copy: the layer with its Q/DQ cone.
+    std::vector<ir::Value*> qin;
+    for (ir::Value* v : qn->inputs()) qin.push_back(v ? copy_quantized(v) : nullptr);
+    if (!why_.empty()) return *why = why_, false;
+    ir::Node* qc = g_->add_node(qn->op_type(), qin, {std::string(kQ) + "y"}, "q", qn->domain());
+    for (const ir::Attribute& a : qn->attributes()) qc->set_attr(a.clone());
+    // Float copy of the FP32 layer.
+    std::vector<ir::Value*> fin;
+    for (ir::Value* v : fn->inputs()) fin.push_back(v ? copy_float(v) : nullptr);
+    if (!why_.empty()) return *why = why_, false;
+    ir::Node* fc = g_->add_node(fn->op_type(), fin, {std::string(kF) + "y"}, "f", fn->domain());
+    for (const ir::Attribute& a : fn->attributes()) fc->set_attr(a.clone());
+    qc->output(0)->type().elem_type = DataType::kFloat;
+    fc->output(0)->type().elem_type = DataType::kFloat;
+    g_->add_output(qc->output(0));
+    g_->add_output(fc->output(0));
+    p->model = std::move(m);
+    p->inputs = inputs_;
+    return true;
+  }
+
+ private:
+  // A run-time value of the FP32 main graph that the observer reports (node output or input).
+  ir::Value* feed(const std::string& name) {
+    const ir::Value* f = fp32_.graph->find_value(name);
+    if (f == nullptr || f->is_initializer() || (f->producer() == nullptr && !f->is_graph_input())) {
+      why_ = fmt::format("input '{}' has no float twin in the FP32 model", name);
+      return nullptr;
+    }
+    if (ir::Value* v = g_->find_value(name)) return v;
+    ir::TypeInfo t = f->type();
+    t.elem_type = DataType::kFloat;
+    inputs_.push_back(name);
+    return g_->add_input(name, t);
+  }
+
+  ir::Value* copy_init(const std::string& prefix, const ir::Value* v) {
+    const std::string name = prefix + v->name();
+    if (ir::Value* e = g_->find_value(name)) return e;
+    ir::Value* c = g_->add_initializer(name, *v->initializer());
+    c->type() = v->type();
+    c->type().elem_type = v->initializer()->dtype();
+    return c;
+  }
+
+  ir::Value* copy_quantized(ir::Value* v) {
+    if (auto it = memo_.find(v); it != memo_.end()) return it->second;
+    ir::Value* out = nullptr;
+    if (v->initializer() != nullptr) {
+      out = copy_init(kQ, v);
+    } else if (is_qdq(v->producer()) && v->producer()->owner() == quantized_.graph.get()) {
+      const ir::Node* p = v->producer();
+      std::vector<ir::Value*> in;
+      for (ir::Value* i : p->inputs()) in.push_back(i ? copy_quantized(i) : nullptr);
+      if (!why_.empty()) return nullptr;
+      ir::Node* c = g_->add_node(p->op_type(), in, {kQ + v->name()}, "", p->domain());
+      for (const ir::Attribute& a : p->attributes()) c->set_attr(a.clone());
+      c->output(0)->type() = v->type();
+      out = c->output(0);
+    } else {
+      out = feed(v->name());
+    }
+    memo_[v] = out;
+    return out;
+  }
+
+  ir::Value* copy_float(ir::Value* v) { return v->initializer() != nullptr ? copy_init(kF, v) : feed(v->name()); }
+
+  const ir::Model& fp32_;
+  const ir::Model& quantized_;
+  ir::Graph* g_ = nullptr;
+  std::unordered_map<const ir::Value*, ir::Value*> memo_;
+  std::vector<std::string> inputs_;
+  std::string why_;
+};
+
+// Streams FP32 values into the probes that wait for them (one sample at a time).
+class ProbeObserver final : public runtime::Observer {
+ public:
+  explicit ProbeObserver(std::vector<Probe>& probes) : probes_(probes) {
+    for (size_t i = 0; i < probes_.size(); ++i)
+      for (const std::string& n : probes_[i].inputs) readers_[n].push_back(i);
+  }
+
+  void start_sample() {
+    held_.clear();
+    remaining_.clear();
+    for (auto& p : probes_) p.missing = p.inputs.size();
+    for (const auto& [name, list] : readers_) remaining_[name] = list.size();
+  }
+
+  void on_value(const ir::Value& value, const Tensor& tensor) override { offer(value.name(), tensor); }
+
+  void offer(const std::string& name, const Tensor& tensor) {
+    auto it = readers_.find(name);
+    if (it == readers_.end() || held_.count(name)) return;
+    held_.emplace(name, tensor);
+    for (size_t i : it->second)
+      if (--probes_[i].missing == 0) run_probe(probes_[i]);
+  }
+
+ private:
+  void run_probe(Probe& p) {
+    std::map<std::string, Tensor> in;
+    for (const std::string& n : p.inputs) in.emplace(n, held_.at(n));
+    const std::vector<Tensor> out = with_context(fmt::format("bias correction probe of '{}'", p.label),
+                                                 [&] { return p.exec->run(in); });
+    const Tensor yq = out.at(0).to_float(), yf = out.at(1).to_float();
+    QTOOL_CHECK(yq.shape() == yf.shape() && yq.rank() >= 2 && yq.dim(1) == p.channels, ErrorCode::kInternal,
+                "bias correction: layer '{}' gave outputs {} and {} (expected {} channels on axis 1)", p.label,
+                shape_str(yq.shape()), shape_str(yf.shape()), p.channels);
+    const int64_t outer = yq.dim(0), c = p.channels, inner = yq.numel() / std::max<int64_t>(1, outer * c);
+    const float* a = yq.data<float>();
+    const float* b = yf.data<float>();
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const int64_t base = (o * c + ch) * inner;
+        double s = 0, abs_s = 0;
+        for (int64_t k = 0; k < inner; ++k) {
+          s += static_cast<double>(a[base + k]) - b[base + k];
+          abs_s += std::fabs(static_cast<double>(b[base + k]));
+        }
+        p.sum[ch] += s;
+        p.abs_sum += abs_s;
+      }
+    p.per_channel_count += outer * inner;
+    p.abs_count += yq.numel();
+    for (const std::string& n : p.inputs)
+      if (--remaining_[n] == 0) held_.erase(n);  // nobody else waits for it: free it now
+  }
+
+  std::vector<Probe>& probes_;
+  std::unordered_map<std::string, std::vector<size_t>> readers_;
+  std::unordered_map<std::string, Tensor> held_;
+  std::unordered_map<std::string, size_t> remaining_;
+};
+
+ir::Value* add_init(ir::Graph& g, const std::string& base, Tensor t) {
+  const DataType dt = t.dtype();
+  ir::Value* v = g.add_initializer(g.unique_name(base), std::move(t));
+  v->type().elem_type = dt;
+  return v;
+}
+
+// b'_c = b_c - e_c on the layer's bias (see the header comment). Returns false with a reason.
+bool apply_correction(ir::Graph& g, ir::Node* n, const std::vector<double>& e, bool* added, std::string* why) {
+  const int64_t c = static_cast<int64_t>(e.size());
+  const std::string base = n->name().empty() ? n->output(0)->name() : n->name();
+  ir::Value* b = n->input(2);
+  *added = false;
+  if (b != nullptr && b->producer() != nullptr && b->producer()->op_type() == "DequantizeLinear") {
+    ir::Node* dq = b->producer();
+    const ir::Value* qv = dq->input(0);
+    const Tensor* q = qv ? qv->initializer() : nullptr;
+    const Tensor* s = const_input(dq, 1);
+    if (q == nullptr || q->dtype() != DataType::kInt32 || q->numel() != c || s == nullptr ||
+        (s->numel() != 1 && s->numel() != c) || b->uses().size() != 1) {
+      *why = "its bias is not a per-layer int32 DequantizeLinear";
+      return false;
+    }
+    Tensor nq = q->clone();
+    int32_t* d = nq.mutable_data<int32_t>();
+    for (int64_t k = 0; k < c; ++k) {
+      const double step = s->get_as_double(s->numel() == 1 ? 0 : k);
+      if (!(step > 0)) continue;
+      const double v = std::nearbyint(static_cast<double>(d[k]) - e[k] / step);
+      d[k] = static_cast<int32_t>(std::clamp(v, -2147483648.0, 2147483647.0));
+    }
+    dq->set_input(0, add_init(g, qv->name() + "_bc", std::move(nq)));
+    return true;
+  }
+  if (b != nullptr) {
+    const Tensor* t = b->initializer();
+    if (t == nullptr || t->dtype() != DataType::kFloat || (t->numel() != c && t->numel() != 1)) {
+      *why = "its bias is not a constant float vector";
+      return false;
+    }
+    const double beta = n->op_type() == "Gemm" ? n->attr_float("beta", 1.0f) : 1.0;
+    if (beta == 0.0) {
+      *why = "Gemm beta = 0";
+      return false;
+    }
+    std::vector<float> nb(c);
+    for (int64_t k = 0; k < c; ++k) nb[k] = static_cast<float>(t->get_as_double(t->numel() == 1 ? 0 : k) - e[k] / beta);
+    Shape shape = t->numel() == c ? t->shape() : Shape{c};
+    n->set_input(2, add_init(g, b->name() + "_bc", Tensor::from_vector<float>(shape, nb)));
+    return true;
+  }
+  // No bias: add one, int32 when both scales are known constants.
+  if (n->op_type() == "Gemm" && n->attr_float("beta", 1.0f) != 1.0f) n->set_attr(ir::Attribute::make_float("beta", 1.0f));
+  const ir::Value* x = n->input(0);
+  const ir::Node* xdq = x ? x->producer() : nullptr;
+  const Tensor* sx = (xdq && xdq->op_type() == "DequantizeLinear") ? const_input(xdq, 1) : nullptr;
+  const Tensor* sw = weight_dq(*n) ? const_input(weight_dq(*n), 1) : nullptr;
+  if (n->inputs().size() < 3) n->set_input(2, nullptr);
+  if (sx && sx->numel() == 1 && sw && (sw->numel() == 1 || sw->numel() == c) && sw->dtype() == DataType::kFloat) {
+    std::vector<float> scales(c);
+    std::vector<int32_t> q(c);
+    for (int64_t k = 0; k < c; ++k) {
+      scales[k] = static_cast<float>(sx->get_as_double(0) * sw->get_as_double(sw->numel() == 1 ? 0 : k));
+      const double v = scales[k] > 0 ? std::nearbyint(-e[k] / scales[k]) : 0.0;
+      q[k] = static_cast<int32_t>(std::clamp(v, -2147483648.0, 2147483647.0));
+    }
+    ir::Value* qv = add_init(g, base + "_bias_bc_quantized", Tensor::from_vector<int32_t>({c}, q));
+    ir::Value* sv = add_init(g, base + "_bias_bc_scale", Tensor::from_vector<float>({c}, scales));
+    ir::Node* dq = g.add_node("DequantizeLinear", {qv, sv}, {g.unique_name(base + "_bias_bc_DequantizeLinear_Output")},
+                              g.unique_name(base + "_bias_bc_DequantizeLinear"));
+    dq->set_attr(ir::Attribute::make_int("axis", 0));
+    dq->output(0)->type().elem_type = DataType::kFloat;
+    n->set_input(2, dq->output(0));
+  } else {
+    std::vector<float> nb(c);
+    for (int64_t k = 0; k < c; ++k) nb[k] = static_cast<float>(-e[k]);
+    n->set_input(2, add_init(g, base + "_bias_bc", Tensor::from_vector<float>({c}, nb)));
+  }
+  *added = true;
+  return true;
+}
+
+}  // namespace
+
+double BiasCorrectionResult::mean_relative_error_percent() const {
+  if (layers.empty()) return 0.0;
+  double total = 0;
+  for (const auto& l : layers) {
+    double m = 0;
+    for (double e : l.mean_error) m += std::fabs(e);
+    m /= std::max<size_t>(1, l.mean_error.size());
+    total += l.mean_abs_output > 0 ? m / l.mean_abs_output : 0.0;
+  }
+  return 100.0 * total / static_cast<double>(layers.size());
+}
+
+BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized, data::SampleSource& samples,
+                                    const BiasCorrectionOptions& options) {
+  BiasCorrectionResult result;
+  ir::Graph& qg = *quantized.graph;
+  // FP32 layers by output name.
+  std::unordered_map<std::string, const ir::Node*> fp32_by_output;
+  for (const auto& n : fp32.graph->nodes())
+    if (n->output(0)) fp32_by_output.emplace(n->output(0)->name(), n.get());
+
+  std::vector<Probe> probes;
+  ProbeBuilder builder(fp32, quantized);
+  runtime::ExecutorOptions eo;
+  eo.threads = options.threads;
+  for (ir::Node* n : qg.topo_order()) {
+    if (!n->domain().empty() || (n->op_type() != "Conv" && n->op_type() != "Gemm" && n->op_type() != "MatMul")) continue;
+    const ir::Node* wdq = weight_dq(*n);
+    if (wdq == nullptr) continue;  // not quantized
+    const std::string label = n->name().empty() ? n->output(0)->name() : n->name();
+    auto skip = [&](const std::string& why) { result.skipped.push_back(fmt::format("{}: {}", label, why)); };
+    if (n->op_type() == "MatMul") {
+      skip("MatMul has no bias input");
+      continue;
+    }
+    if (n->op_type() == "Gemm" && n->attr_int("transA", 0) != 0) {
+      skip("Gemm with transA");
+      continue;
+    }
+    auto it = fp32_by_output.find(n->output(0)->name());
+    if (it == fp32_by_output.end() || it->second->op_type() != n->op_type()) {
+      skip("no FP32 layer with the same output");
+      continue;
+    }
+    const Tensor& qw = *wdq->input(0)->initializer();
+    const bool trans_b = n->op_type() == "Gemm" && n->attr_int("transB", 0) != 0;
+    const int64_t channels = n->op_type() == "Conv" ? qw.dim(0) : (qw.rank() == 2 ? (trans_b ? qw.dim(0) : qw.dim(1)) : 0);
+    if (channels <= 0) {
+      skip("weight of unexpected rank");
+      continue;
+    }
+    Probe p;
+    std::string why;
+    if (!builder.build(n, it->second, &p, &why)) {
+      skip(why);
+      continue;
+    }
+    p.qnode = n;
+    p.label = label;
+    p.channels = channels;
+    p.sum.assign(channels, 0.0);
+    p.exec = with_context(fmt::format("bias correction probe of '{}'", label),
+                          [&] { return std::make_unique<runtime::Executor>(*p.model, eo); });
+    probes.push_back(std::move(p));
+  }
+  if (probes.empty() || samples.size() == 0) return result;
+
+  const size_t n = samples.size();
+  const size_t use = std::min(n, std::max<size_t>(1, options.max_samples));
+  runtime::Executor ref(fp32, eo);
+  ProbeObserver obs(probes);
+  for (size_t k = 0; k < use; ++k) {
+    const size_t idx = k * n / use;  // spread evenly over the source
+    const data::Sample s = samples.load(idx);
+    obs.start_sample();
+    for (const auto& [name, t] : s) obs.offer(name, t);
+    ref.run(s, &obs);
+  }
+  result.samples = use;
+
+  for (Probe& p : probes) {
+    if (p.per_channel_count == 0) {
+      result.skipped.push_back(fmt::format("{}: its inputs were never computed", p.label));
+      continue;
+    }
+    LayerBiasCorrection l;
+    l.node = p.label;
+    l.mean_abs_output = p.abs_count ? p.abs_sum / static_cast<double>(p.abs_count) : 0.0;
+    for (double s : p.sum) l.mean_error.push_back(s / static_cast<double>(p.per_channel_count));
+    std::string why;
+    bool added = false;
+    if (!apply_correction(qg, p.qnode, l.mean_error, &added, &why)) {
+      result.skipped.push_back(fmt::format("{}: {}", p.label, why));
+      continue;
+    }
+    l.bias_added = added;
+    result.layers.push_back(std::move(l));
+  }
+  qg.eliminate_dead_nodes();
+  qg.topo_sort();
+  spdlog::info("bias correction: {} layers corrected on {} samples (mean |error| {:.3f}% of mean |output|), {} skipped",
+               result.layers.size(), result.samples, result.mean_relative_error_percent(), result.skipped.size());
+  return result;
+}
+
+}  // namespace qtool::quant

@@ -1,0 +1,153 @@
+// correct_biases: a Conv whose quantized weights have a known mean error gets exactly that error
+// removed from its bias (int32 bias, float bias, no bias).
+#include "qtool/quant/bias_correction.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "qtool/quant/qdq.h"
+#include "qtool/runtime/executor.h"
+
+namespace qtool::quant {
+namespace {
+
+// Samples held in memory.
+class VectorSource final : public data::SampleSource {
+ public:
+  explicit VectorSource(std::vector<data::Sample> s) : samples_(std::move(s)) {}
+  size_t size() const override { return samples_.size(); }
+  data::Sample load(size_t i) override { return samples_.at(i); }
+  std::string describe(size_t i) const override { return "sample " + std::to_string(i); }
+  std::string kind() const override { return "memory"; }
+
+ private:
+  std::vector<data::Sample> samples_;
+};
+
+// x [1,2,4,4]: channel 0 uniform in [0.5, 1.5] (mean 1), channel 1 in [1.5, 2.5] (mean 2).
+std::vector<data::Sample> make_samples(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  std::vector<data::Sample> out;
+  for (size_t s = 0; s < n; ++s) {
+    std::vector<float> v(32);
+    for (int i = 0; i < 32; ++i) v[i] = (i < 16 ? 1.0f : 2.0f) + u(rng);
+    out.push_back({{"x", Tensor::from_vector<float>({1, 2, 4, 4}, v)}});
+  }
+  return out;
+}
+
+// x -> Conv(W [3,2,1,1][, b]) -> y (a graph output: float, read from quantized inputs). Per-channel int8 scales are max|W_c| / 127 = 0.01, so
+// the small weights round to 0 and leave a known mean error on each channel:
+//   c0: w = (1.27, 0.004)   -> error -0.004 · E[x1] = -0.008
+//   c1: w = (0.004, -1.27)  -> error -0.004 · E[x0] = -0.004
+//   c2: w = (1.27, -0.0045) -> error +0.0045 · E[x1] = +0.009
+// (input quantization adds an unbiased error of at most half a step, 2.5/255/2).
+ir::Model biased_model(bool with_bias) {
+  ir::Model m;
+  m.set_opset("", 13);
+  ir::Graph& g = *m.graph;
+  ir::TypeInfo t;
+  t.elem_type = DataType::kFloat;
+  ir::Value* x = g.add_input("x", t);
+  ir::Value* w = g.add_initializer("W", Tensor::from_vector<float>({3, 2, 1, 1}, {1.27f, 0.004f, 0.004f, -1.27f, 1.27f, -0.0045f}));
+  w->type().elem_type = DataType::kFloat;
+  std::vector<ir::Value*> in = {x, w};
+  if (with_bias) {
+    in.push_back(g.add_initializer("B", Tensor::from_vector<float>({3}, {0.1f, 0.2f, 0.3f})));
+    in.back()->type().elem_type = DataType::kFloat;
+  }
+  ir::Node* c = g.add_node("Conv", in, {"y"}, "conv");
+  c->output(0)->type().elem_type = DataType::kFloat;
+  g.add_output(c->output(0));
+  return m;
+}
+
+ir::Model quantize(const ir::Model& fp32, bool quantize_bias) {
+  ir::Model q = fp32.clone();
+  RangeMap ranges;
+  ranges[q.graph->find_value("x")] = Range{0.0f, 2.5f};
+  QdqOptions o;
+  o.quantize_bias = quantize_bias;
+  emit_qdq(q, ranges, o);
+  return q;
+}
+
+// Per-channel mean of (quantized - float) over the samples.
+std::vector<double> mean_error(const ir::Model& fp32, const ir::Model& q, const std::vector<data::Sample>& samples) {
+  runtime::Executor ef(fp32), eq(q);
+  std::vector<double> e(3, 0.0);
+  for (const auto& s : samples) {
+    const Tensor a = ef.run(s)[0], b = eq.run(s)[0];
+    for (int64_t c = 0; c < 3; ++c)
+      for (int64_t k = 0; k < 16; ++k) e[c] += b.get_as_double(c * 16 + k) - a.get_as_double(c * 16 + k);
+  }
+  for (double& v : e) v /= 16.0 * static_cast<double>(samples.size());
+  return e;
+}
+
+TEST(BiasCorrection, RemovesKnownMeanErrorFromInt32FloatAndMissingBias) {
+  const std::vector<double> expected = {-0.008, -0.004, 0.009};
+  struct Case {
+    bool bias, quantize_bias;
+  };
+  for (const Case k : {Case{true, true}, Case{true, false}, Case{false, true}}) {
+    SCOPED_TRACE(testing::Message() << "bias " << k.bias << " int32 " << k.quantize_bias);
+    const ir::Model fp32 = biased_model(k.bias);
+    ir::Model q = quantize(fp32, k.quantize_bias);
+    const std::vector<data::Sample> calib = make_samples(64, 1), fresh = make_samples(64, 2);
+    const std::vector<double> before = mean_error(fp32, q, fresh);
+    for (int c = 0; c < 3; ++c) EXPECT_NEAR(before[c], expected[c], 1e-3) << "channel " << c;  // the premise
+
+    VectorSource src(calib);
+    const BiasCorrectionResult r = correct_biases(fp32, q, src);
+    EXPECT_EQ(r.samples, 64u);
+    ASSERT_EQ(r.layers.size(), 1u);
+    EXPECT_EQ(r.layers[0].node, "conv");
+    EXPECT_EQ(r.layers[0].bias_added, !k.bias);
+    ASSERT_EQ(r.layers[0].mean_error.size(), 3u);
+    for (int c = 0; c < 3; ++c) EXPECT_NEAR(r.layers[0].mean_error[c], expected[c], 1e-3) << "channel " << c;
+
+    // On the samples it averaged over, the mean error is gone up to the int32 bias step
+    // (s_x · s_w ≈ 1e-4); on samples it did not see, it is down to sampling noise (< 15%).
+    const std::vector<double> on_calib = mean_error(fp32, q, calib), after = mean_error(fp32, q, fresh);
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_LT(std::fabs(on_calib[c]), 6e-5) << "channel " << c;
+      EXPECT_LT(std::fabs(after[c]), 0.15 * std::fabs(before[c])) << "channel " << c << " before " << before[c];
+    }
+    // The bias stays in the form ONNX Runtime fuses: an int32 DequantizeLinear when it was one (or
+    // when it was added), a float constant otherwise.
+    const ir::Node* conv = nullptr;
+    for (const auto& n : q.graph->nodes())
+      if (n->op_type() == "Conv") conv = n.get();
+    ASSERT_NE(conv, nullptr);
+    ASSERT_NE(conv->input(2), nullptr);
+    if (k.quantize_bias) {
+      ASSERT_NE(conv->input(2)->producer(), nullptr);
+      EXPECT_EQ(conv->input(2)->producer()->op_type(), "DequantizeLinear");
+      EXPECT_EQ(conv->input(2)->producer()->input(0)->initializer()->dtype(), DataType::kInt32);
+    } else {
+      ASSERT_NE(conv->input(2)->initializer(), nullptr);
+      EXPECT_NEAR(conv->input(2)->initializer()->get_as_double(0), 0.1 - r.layers[0].mean_error[0], 1e-6);
+    }
+  }
+}
+
+TEST(BiasCorrection, UnmatchedLayersAreSkippedNotBroken) {
+  // A quantized model whose Conv output was renamed has no FP32 twin: nothing changes.
+  const ir::Model fp32 = biased_model(true);
+  ir::Model q = quantize(fp32, true);
+  ir::Model other = biased_model(true);
+  for (const auto& n : other.graph->nodes())
+    if (n->op_type() == "Conv") n->set_op_type("ConvTranspose");  // same output name, other op
+  VectorSource src(make_samples(4, 1));
+  const BiasCorrectionResult r = correct_biases(other, q, src);
+  EXPECT_TRUE(r.layers.empty());
+  ASSERT_EQ(r.skipped.size(), 1u);
+  EXPECT_NE(r.skipped[0].find("conv: no FP32 layer"), std::string::npos) << r.skipped[0];
+}
+
+}  // namespace
+}  // namespace qtool::quant

@@ -62,6 +62,16 @@ const Tensor* init_of(const ir::Node& n, size_t i) {
   return v ? v->initializer() : nullptr;
 }
 
+/// The constant scale of a DequantizeLinear: an initializer, or a float16 initializer behind the
+/// Cast the low-bit writer puts in front of the scale input (half-size scales).
+const Tensor* scale_of(const ir::Node& n, size_t i) {
+  if (const Tensor* t = init_of(n, i)) return t;
+  const ir::Value* v = n.input(i);
+  const ir::Node* cast = v ? v->producer() : nullptr;
+  if (!cast || cast->op_type() != "Cast" || !cast->domain().empty()) return nullptr;
+  return init_of(*cast, 0);
+}
+
 int64_t bytes_of(const Tensor* t) { return t ? static_cast<int64_t>(t->nbytes()) : 0; }
 
 bool zero_points_zero(const Tensor* zp) {
@@ -111,7 +121,7 @@ std::vector<LayerReport> analyze_quantized_weights(const ir::Model& model, int64
     try {
       if (n.op_type() == "DequantizeLinear" && n.domain().empty()) {
         const Tensor* q = init_of(n, 0);
-        const Tensor* scale = init_of(n, 1);
+        const Tensor* scale = scale_of(n, 1);
         if (!q || !scale || !n.output(0)) continue;
         const int bits = dtype_bits(q->dtype());
         const bool is_int = q->dtype() != DataType::kFloat && q->dtype() != DataType::kFloat16 &&

@@ -1,0 +1,92 @@
+// `qtool quantize --format qoperator`, and `qtool run` / `qtool compare` running QDQ models the
+// way ONNX Runtime does (fused integer kernels), on SqueezeNet 1.1.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "qtool/core/npy.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+using testing::shared_path;
+
+std::string squeezenet_cmd(const std::string& out, const std::string& extra) {
+  return fmt::format("{} quantize {} --bits 8 --calib {} --preprocess caffe-bgr --samples 16 --no-guard -o {} {}",
+                     testing::qtool_bin(), shared_path("models/squeezenet1.1/squeezenet1.1_fp32.onnx"),
+                     shared_path("data/imagenet-sample/images"), out, extra);
+}
+
+std::map<std::string, int> op_counts(const std::string& path) {
+  std::map<std::string, int> c;
+  const ir::Model m = onnx_io::load_model(path);
+  for (const auto& n : m.graph->nodes()) ++c[n->op_type()];
+  return c;
+}
+
+TEST(CliQuantizeQOperator, SqueezeNetRunsInOnnxRuntimeAndMatchesTheQdqForm) {
+  QTOOL_REQUIRE_SHARED();
+  QTOOL_REQUIRE_ORT();
+  testing::TempDir dir;
+  const std::string qdq = dir.file("qdq.onnx"), qop = dir.file("qop.onnx");
+  const auto r1 = testing::run_command(squeezenet_cmd(qdq, ""));
+  ASSERT_EQ(r1.exit_code, 0) << r1.err;
+  const auto r2 = testing::run_command(squeezenet_cmd(qop, "--format qoperator"));
+  ASSERT_EQ(r2.exit_code, 0) << r2.err;
+  EXPECT_NE(r2.out.find("W8A8 QOperator"), std::string::npos) << r2.out;
+
+  // Every Conv became a QLinearConv, every Concat a QLinearConcat; one Q at the input, one DQ
+  // before the float Softmax.
+  auto c = op_counts(qop);
+  EXPECT_EQ(c["Conv"], 0);
+  EXPECT_EQ(c["QLinearConv"], 26);
+  EXPECT_EQ(c["QLinearConcat"], 8);
+  EXPECT_EQ(c["QLinearGlobalAveragePool"], 1);
+  EXPECT_EQ(c["QuantizeLinear"], 1);
+  EXPECT_EQ(c["DequantizeLinear"], 1);
+  EXPECT_LT(std::filesystem::file_size(qop), std::filesystem::file_size(qdq));
+
+  // ONNX Runtime gives the QOperator file exactly the outputs it gives the QDQ file, and qtool's
+  // executor (fusing the QDQ file itself) gives the same again.
+  std::string name;
+  const Tensor x = onnx_io::load_tensor_pb(shared_path("models/squeezenet1.1/test_data_set_0/input_0.pb"), &name);
+  const Tensor y_qdq = testing::ort_run(qdq, {{"data_0", x}}).begin()->second;
+  const Tensor y_qop = testing::ort_run(qop, {{"data_0", x}}).begin()->second;
+  EXPECT_EQ(testing::max_abs_error(y_qdq, y_qop), 0.0);
+  const std::string in = dir.file("x.npy");
+  write_npy(in, x);
+  for (const std::string mode : {"fuse", "float"}) {
+    const std::string out = dir.file("run_" + mode);
+    const auto r = testing::run_command(fmt::format("{} run {} -i {} -o {} --qdq {}", testing::qtool_bin(), qdq, in, out, mode));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const Tensor ours = read_npy(out + "/softmaxout_1.npy");
+    const double err = testing::max_abs_error(ours, y_qdq);
+    if (mode == "fuse") {
+      EXPECT_LT(err, 1e-6) << "fused qtool vs ONNX Runtime";
+    } else {
+      EXPECT_GT(err, 0.0) << "the float QDQ semantics round differently from ORT's integer kernels";
+      EXPECT_LT(err, 0.05);
+    }
+  }
+  const auto bad = testing::run_command(fmt::format("{} run {} -i {} --qdq maybe", testing::qtool_bin(), qdq, in));
+  EXPECT_NE(bad.exit_code, 0);
+}
+
+TEST(CliQuantizeQOperator, FormatRejectedForLowBits) {
+  QTOOL_REQUIRE_SHARED();
+  testing::TempDir dir;
+  const auto r = testing::run_command(fmt::format(
+      "{} quantize {} --bits 4 -o {} --format qoperator", testing::qtool_bin(),
+      shared_path("models/squeezenet1.1/squeezenet1.1_fp32.onnx"), dir.file("x.onnx")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("qoperator"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x.onnx")));
+}
+
+}  // namespace
+}  // namespace qtool

@@ -64,6 +64,9 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "oclip") c.awq.output_clip = v == "1";
     else if (k == "s32") c.fp16_scales = v != "1";
     else if (k == "seq") c.sequential = v == "1";
+    else if (k == "clip") c.clip_steps = std::stoi(v);
+    else if (k == "refit") c.gptq.refine_scales = v == "1";
+    else if (k == "dw") c.bits_depthwise = v == "same" ? "" : v;
     else if (k == "lb") c.layer_bits = quant::parse_layer_bits(v);  // lb=PATTERN=BITS[,PATTERN=BITS]
     else if (k == "calib") g_calib_docs = std::stoul(v);
     else if (k == "len") g_calib_len = std::stoul(v);

@@ -175,4 +175,56 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
   return q;
 }
 
+double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<const double> h, bool fp16) {
+  const int64_t rows = q.rows, cols = q.cols, kb = q.k_blocks(), bs = q.block_size;
+  QTOOL_CHECK(static_cast<int64_t>(w.size()) == rows * cols, ErrorCode::kInternal, "refine_scales: W size");
+  QTOOL_CHECK(static_cast<int64_t>(h.size()) == cols * cols, ErrorCode::kInternal, "refine_scales: H size");
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const RowMat> H(h.data(), cols, cols);
+  Eigen::VectorXd wr(cols), qr(cols);
+  RowMat A(cols, kb);
+  double total = 0;
+  auto row_error = [&](const Eigen::VectorXd& d) { return d.dot(H * d); };
+  for (int64_t r = 0; r < rows; ++r) {
+    A.setZero();
+    for (int64_t c = 0; c < cols; ++c) {
+      const BlockGrid& g = q.grids[r * kb + c / bs];
+      wr(c) = w[r * cols + c];
+      A(c, c / bs) = g.binary ? static_cast<double>(q.levels[r * cols + c])
+                              : static_cast<double>(q.levels[r * cols + c] - g.zero_point);
+    }
+    Eigen::VectorXd s_old(kb);
+    for (int64_t b = 0; b < kb; ++b) s_old(b) = q.grids[r * kb + b].scale;
+    const double e_old = row_error(wr - A * s_old);
+    const RowMat HA = H * A;
+    Eigen::MatrixXd M = A.transpose() * HA;
+    const Eigen::VectorXd rhs = HA.transpose() * wr;
+    // Blocks whose levels are all zero have no say: pin them (identity row) to keep their scale.
+    for (int64_t b = 0; b < kb; ++b)
+      if (A.col(b).cwiseAbs().sum() == 0.0) {
+        M.row(b).setZero();
+        M.col(b).setZero();
+        M(b, b) = 1.0;
+      }
+    Eigen::VectorXd s_new = M.ldlt().solve(rhs);
+    for (int64_t b = 0; b < kb; ++b)
+      if (A.col(b).cwiseAbs().sum() == 0.0) s_new(b) = s_old(b);
+    bool ok = s_new.allFinite();
+    for (int64_t b = 0; b < kb && ok; ++b) {
+      float v = static_cast<float>(s_new(b));
+      if (fp16) v = half_to_float(float_to_half(v));
+      ok = v > 0.0f && std::isfinite(v);
+      s_new(b) = v;
+    }
+    const double e_new = ok ? row_error(wr - A * s_new) : e_old;
+    if (ok && e_new < e_old) {
+      for (int64_t b = 0; b < kb; ++b) q.grids[r * kb + b].scale = static_cast<float>(s_new(b));
+      total += e_new;
+    } else {
+      total += e_old;
+    }
+  }
+  return total;
+}
+
 }  // namespace qtool::quant

@@ -40,7 +40,21 @@ class StatsObserver : public runtime::Observer {
 
   void add(InputStats& s, const ir::Value& value, const Tensor& tensor) {
     if (!dtype_is_float(tensor.dtype())) return;
-    const Tensor f = tensor.dtype() == DataType::kFloat ? tensor : tensor.to_float();
+    Tensor f = tensor.dtype() == DataType::kFloat ? tensor : tensor.to_float();
+    if (s.channel_axis1) {
+      // [N, C, spatial...] -> rows [N·spatial, C]: one row per pixel.
+      QTOOL_CHECK(f.rank() >= 2 && f.dim(1) == s.k, ErrorCode::kInvalidInput,
+                  "calibration: '{}' has shape {}, but its 1x1 Conv expects {} channels on axis 1", value.name(),
+                  shape_str(f.shape()), s.k);
+      const int64_t batch = f.dim(0), spatial = f.numel() / (batch * s.k);
+      std::vector<float> rows(f.numel());
+      const float* src = f.data<float>();
+      for (int64_t b = 0; b < batch; ++b)
+        for (int64_t c = 0; c < s.k; ++c)
+          for (int64_t p = 0; p < spatial; ++p)
+            rows[(b * spatial + p) * s.k + c] = src[(b * s.k + c) * spatial + p];
+      f = Tensor::from_vector<float>({batch * spatial, s.k}, rows);
+    }
     QTOOL_CHECK(f.rank() >= 1 && f.dim(-1) == s.k, ErrorCode::kInvalidInput,
                 "calibration: '{}' has shape {}, but its weight layer expects {} input channels", value.name(),
                 shape_str(f.shape()), s.k);

@@ -15,6 +15,8 @@ namespace qtool::quant::detail {
 struct InputStats {
   int64_t k = 0;
   bool want_hessian = false;
+  /// The channels are on axis 1 (NCHW input of a 1x1 Conv): each pixel of each image is one row.
+  bool channel_axis1 = false;
   HessianAccumulator hessian;
   std::vector<double> sum_abs;   ///< Σ |x_c|
   std::vector<double> sum_sq;    ///< Σ x_c²

@@ -48,7 +48,8 @@ struct Target {
   bool first_last = false;
   const WeightFormat* format = nullptr; ///< nullptr: stays float
   std::string note;
-  ir::Value* input = nullptr;           ///< activation input (MatMul/Gemm with transA = 0)
+  ir::Value* input = nullptr;           ///< activation input (MatMul/Gemm with transA = 0, 1x1 Conv)
+  bool channels_first = false;          ///< 1x1 Conv: input channels on axis 1, W [M, C] acts per pixel
   std::vector<float> w;                 ///< W [rows, cols] (AWQ scales applied in place)
 };
 
@@ -139,6 +140,12 @@ std::vector<Target> find_targets(ir::Graph& g, int64_t block_size) {
       t.taps = 1;
       for (size_t i = 2; i < t.shape.size(); ++i) t.taps *= t.shape[i];
       t.conv_blocked = block_size > 0 && t.shape[1] >= block_size;
+      // A 1x1 Conv without groups is a MatMul over the input channels at each pixel: its statistics
+      // (GPTQ Hessian) come from the pixels of its input.
+      if (t.taps == 1 && n->attr_int("group", 1) == 1) {
+        t.input = n->input(0);
+        t.channels_first = true;
+      }
       t.rows = t.conv_blocked ? t.shape[0] * t.taps : t.shape[0];
       t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
     } else if (op == "Gather") {
@@ -187,6 +194,10 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
     if (t.first_last && !cfg.bits_first_last.empty()) {
       bits = cfg.bits_first_last;
       t.note = "first/last layer";
+    } else if (t.kind == Kind::kConv && !cfg.bits_depthwise.empty() && t.shape[1] == 1 && t.out_channels > 1 &&
+               t.node->attr_int("group", 1) == t.out_channels) {
+      bits = cfg.bits_depthwise;
+      t.note = "depthwise conv";
     }
     for (const LayerBitsRule& r : cfg.layer_bits)
       if (glob_match(r.pattern, t.node->name()) || glob_match(r.pattern, t.weight->name())) {
@@ -547,8 +558,9 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
                           (needs_calib || cfg.outlier_fraction > 0.0);
   if (want_stats) {
     for (const Target& t : targets)
-      if (t.format && t.input && t.kind != Kind::kConv && t.kind != Kind::kGather) {
+      if (t.format && t.input && t.kind != Kind::kGather) {
         InputStats& s = stats[t.input];
+        s.channel_axis1 = t.channels_first;
         s.k = t.cols;
         s.want_hessian = s.want_hessian || needs_calib;  // GPTQ, and AWQ's output-error objective
       }
@@ -563,6 +575,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
     std::unordered_map<ir::Value*, std::vector<Target*>> groups;
     for (Target& t : targets) {
       if (!t.format || !t.input || t.format->bits >= 8 || !stats.count(t.input)) continue;
+      if (t.kind == Kind::kConv) continue;  // AWQ folds along the last axis: MatMul/Gemm only
       if (!groups.count(t.input)) inputs_in_order.push_back(t.input);
       groups[t.input].push_back(&t);
     }
@@ -629,6 +642,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         if (!u.format || !u.input || !stats.count(u.input)) continue;
         const ir::Value* now = u.node->input(0);  // x, or AWQ's inserted x / s
         InputStats& f = fresh[now];
+        f.channel_axis1 = u.channels_first;
         f.k = stats.at(u.input).k;
         f.want_hessian = stats.at(u.input).want_hessian;
         actual_key[&u] = now;
@@ -681,8 +695,8 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
           for (int64_t c : out_cols) t.w[r * t.cols + c] = 0.0f;
       }
       QuantizedMatrix q;
-      const bool have_h = st && st->want_hessian && st->hessian.samples() > 0 && t.kind != Kind::kConv &&
-                          t.kind != Kind::kGather && t.format->bits < 8;
+      const bool have_h = st && st->want_hessian && st->hessian.samples() > 0 &&
+                          (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather && t.format->bits < 8;
       const bool gptq = gptq_alg && have_h;
       const bool output_clip = awq_alg && have_h && cfg.awq.output_clip;
       std::vector<double> h;
@@ -694,6 +708,10 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         if (gptq) {
           q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
           L.algorithm = "gptq";
+          if (cfg.gptq.refine_scales) {
+            refine_scales(q, t.w, h, spec.fp16_scale);
+            L.algorithm = "gptq+refit";
+          }
         } else if (output_clip) {
           q = quantize_rtn_hessian(t.w, t.rows, t.cols, spec, h);
           L.algorithm = "rtn-output-clip";

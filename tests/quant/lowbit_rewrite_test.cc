@@ -360,6 +360,111 @@ TEST(LowbitRewrite, ConvWeightsBlockedAndPerChannelRunInOrt) {
   }
 }
 
+TEST(LowbitRewrite, DepthwiseConvsStayAtEightBitsByDefault) {
+  QTOOL_REQUIRE_ORT();
+  // x[1,8,5,5] -> depthwise Conv W[8,1,3,3] (group 8, pad 1) -> Relu -> Conv W[40,8,1,1] -> Conv W[4,40,1,1].
+  std::mt19937 rng(21);
+  ir::Model fp;
+  fp.ir_version = 8;
+  fp.set_opset("", 17);
+  ir::Graph& g = *fp.graph;
+  ir::Value* x = g.add_input("x", float_type({1, 8, 5, 5}));
+  auto* wd = g.add_initializer("dw.weight", Tensor::from_vector<float>({8, 1, 3, 3}, gaussian(72, rng, 0.3f)));
+  ir::Node* dw = g.add_node("Conv", {x, wd}, {"d"}, "dw");
+  dw->set_attr(ir::Attribute::make_int("group", 8));
+  dw->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+  auto* r = g.add_node("Relu", {dw->output(0)}, {"r"}, "relu")->output(0);
+  auto* w1 = g.add_initializer("pw1.weight", Tensor::from_vector<float>({40, 8, 1, 1}, gaussian(320, rng, 0.3f)));
+  auto* c1 = g.add_node("Conv", {r, w1}, {"c1"}, "pw1")->output(0);
+  auto* w2 = g.add_initializer("pw2.weight", Tensor::from_vector<float>({4, 40, 1, 1}, gaussian(160, rng, 0.3f)));
+  auto* y = g.add_node("Conv", {c1, w2}, {"y"}, "pw2")->output(0);
+  y->type() = float_type({1, 4, 5, 5});
+  g.add_output(y);
+  WeightOnlyConfig cfg;
+  cfg.bits = "4";
+  cfg.bits_first_last = "";
+  ir::Model m = fp.clone();
+  const WeightOnlyReport rep = apply_weight_only(m, cfg);
+  ASSERT_EQ(rep.layers.size(), 3u);
+  EXPECT_EQ(rep.layers[0].format, "int8");
+  EXPECT_EQ(rep.layers[0].note, "depthwise conv");
+  EXPECT_EQ(rep.layers[1].format, "int4");      // 8 input channels: per output channel
+  EXPECT_EQ(rep.layers[2].format, "int4_b32");  // 40 input channels: blocks along C
+  ir::Model m4 = fp.clone();
+  cfg.bits_depthwise = "";
+  EXPECT_EQ(apply_weight_only(m4, cfg).layers[0].format, "int4");
+  TempDir dir;
+  onnx_io::save_model(m, dir.file("q.onnx"));
+  const auto in = input_for(fp, 22);
+  const Tensor ort = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+  if (executor_ready()) {
+    EXPECT_LT(qtool::testing::max_abs_error(run_executor(m, in), ort), 1e-4 * (1.0 + max_abs(ort)));
+  }
+}
+
+TEST(LowbitRewrite, PointwiseConvGptqBeatsRtn) {
+  QTOOL_REQUIRE_ORT();
+  if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks kernels (calibration needs it)";
+  // x[1,40,6,6] -> 1x1 Conv W[48,40] -> Relu -> 1x1 Conv W[8,48] -> y; the input channels are
+  // correlated (4 latent factors), which is where GPTQ's error compensation pays off.
+  std::mt19937 rng(31);
+  ir::Model fp;
+  fp.ir_version = 8;
+  fp.set_opset("", 17);
+  ir::Graph& g = *fp.graph;
+  ir::Value* x = g.add_input("x", float_type({1, 40, 6, 6}));
+  auto* w1 = g.add_initializer("pw1.weight", Tensor::from_vector<float>({48, 40, 1, 1}, gaussian(1920, rng, 0.3f)));
+  auto* c1 = g.add_node("Conv", {x, w1}, {"c1"}, "pw1")->output(0);
+  auto* r = g.add_node("Relu", {c1}, {"r"}, "relu")->output(0);
+  auto* w2 = g.add_initializer("pw2.weight", Tensor::from_vector<float>({8, 48, 1, 1}, gaussian(384, rng, 0.3f)));
+  auto* y = g.add_node("Conv", {r, w2}, {"y"}, "pw2")->output(0);
+  y->type() = float_type({1, 8, 6, 6});
+  g.add_output(y);
+  const auto mix = gaussian(4 * 40, rng);
+  auto sample = [&](uint32_t seed) {
+    std::mt19937 r2(seed);
+    const auto z = gaussian(4 * 36, r2), noise = gaussian(40 * 36, r2, 0.1f);
+    std::vector<float> v(40 * 36);
+    for (int64_t c = 0; c < 40; ++c)
+      for (int64_t p = 0; p < 36; ++p) {
+        float s = noise[c * 36 + p];
+        for (int64_t l = 0; l < 4; ++l) s += mix[l * 40 + c] * z[l * 36 + p];
+        v[c * 36 + p] = s;
+      }
+    return std::map<std::string, Tensor>{{"x", Tensor::from_vector<float>({1, 40, 6, 6}, v)}};
+  };
+  CalibrationInputs calib;
+  for (uint32_t i = 0; i < 16; ++i) calib.samples.push_back(sample(300 + i));
+  auto make = [&](WeightAlgorithm alg, WeightOnlyReport* rep) {
+    ir::Model m = fp.clone();
+    WeightOnlyConfig cfg;
+    cfg.bits = "4";
+    cfg.bits_first_last = "";
+    cfg.algorithm = alg;
+    *rep = apply_weight_only(m, cfg, &calib);
+    return m;
+  };
+  WeightOnlyReport rr, rg;
+  const ir::Model rtn = make(WeightAlgorithm::kRtn, &rr), gptq = make(WeightAlgorithm::kGptq, &rg);
+  EXPECT_EQ(rg.layers[0].algorithm, "gptq");
+  EXPECT_EQ(rg.layers[1].algorithm, "gptq");
+  EXPECT_EQ(rg.layers[0].format, "int4_b32");
+  double er = 0, eg = 0;
+  runtime::Executor ef(fp), ex_r(rtn), ex_g(gptq);
+  for (uint32_t i = 0; i < 6; ++i) {
+    const auto in = sample(400 + i);
+    const Tensor ref = ef.run(in).at(0);
+    er += rel_l2(ex_r.run(in).at(0), ref);
+    eg += rel_l2(ex_g.run(in).at(0), ref);
+  }
+  EXPECT_LT(eg, 0.9 * er) << "gptq " << eg << " rtn " << er;
+  TempDir dir;
+  onnx_io::save_model(gptq, dir.file("q.onnx"));
+  const auto in = sample(500);
+  const Tensor ort = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+  EXPECT_LT(qtool::testing::max_abs_error(ex_g.run(in).at(0), ort), 1e-4 * (1.0 + max_abs(ort)));
+}
+
 TEST(LowbitRewrite, EightBitFirstLastConvIsPerChannelWhenRestIsBlocked) {
   QTOOL_REQUIRE_ORT();
   ir::Model fp = make_convnet(11);

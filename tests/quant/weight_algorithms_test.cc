@@ -287,6 +287,36 @@ TEST(WeightRtn, OutputClipLowersOutputErrorOnCorrelatedInputs) {
   }
 }
 
+TEST(WeightGptq, RefitScalesNeverRaisesOutputErrorAndKeepsLevels) {
+  const int64_t rows = 32, cols = 172, n = 512;  // K = 172: a short last block
+  const auto w = gaussian(rows * cols, 61, 0.1f);
+  const auto x = correlated_inputs(n, cols, 62);
+  HessianAccumulator acc(cols);
+  acc.add(x, n);
+  const auto h = acc.hessian();
+  for (bool sym : {true, false}) {
+    QuantSpec s = spec(4, 32, sym);
+    s.fp16_scale = true;
+    QuantizedMatrix q = quantize_gptq(w, rows, cols, h, s);
+    const auto levels = q.levels;
+    const auto grids = q.grids;
+    const double before = hessian_error(w, q.dequantize(), rows, cols, h);
+    const double after = refine_scales(q, w, h, true);
+    EXPECT_NEAR(after, hessian_error(w, q.dequantize(), rows, cols, h), 1e-9 * before);
+    EXPECT_LE(after, before);
+    EXPECT_LT(after, 0.999 * before) << "sym " << sym;  // a least-squares refit finds something here
+    EXPECT_EQ(q.levels, levels);
+    int changed = 0;
+    for (size_t i = 0; i < q.grids.size(); ++i) {
+      EXPECT_EQ(q.grids[i].zero_point, grids[i].zero_point);
+      EXPECT_GT(q.grids[i].scale, 0.0f);
+      EXPECT_EQ(half_to_float(float_to_half(q.grids[i].scale)), q.grids[i].scale);
+      changed += q.grids[i].scale != grids[i].scale;
+    }
+    EXPECT_GT(changed, 0);
+  }
+}
+
 TEST(WeightOutliers, SelectsSalientColumns) {
   const int64_t rows = 4, cols = 10;
   auto w = gaussian(rows * cols, 31, 0.1f);

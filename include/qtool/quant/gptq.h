@@ -45,7 +45,19 @@ struct GptqOptions {
   /// Choose each block's grid (clipping ratio) by the block's output error dᵀ H_b d with the block's
   /// diagonal block of H (find_block_grid_hessian) instead of the diag(H)-weighted weight error.
   bool output_clip = false;
+  /// After the columns are quantized, refit each row's block scales to the fixed levels by least
+  /// squares on the output error (refine_scales).
+  bool refine_scales = false;
 };
+
+/// Refits the block scales of each row of q to its fixed integer levels, minimizing the layer's output
+/// error tr((W − Q) H (W − Q)ᵀ) exactly: with Q_row = A s (A [cols, k_blocks], column b holding
+/// (level − zero point) on block b's columns), s = (Aᵀ H A)⁻¹ Aᵀ H w. Levels and zero points are kept,
+/// so the stored layout does not change. A row's scales are only replaced when the refit lowers its
+/// error, every new scale is positive, and (with fp16) it is rounded to float16 and still lowers it.
+/// Returns the total output error after refitting. W [rows, cols] is the target (e.g. the weights
+/// before GPTQ's updates), H [cols, cols] row-major.
+double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<const double> h, bool fp16 = false);
 
 /// Quantizes W [rows, cols] with GPTQ under `spec` (per-block grids found on the updated weights
 /// at the start of each block, or statically with act_order). `hessian` is [cols, cols] row-major.

@@ -70,6 +70,10 @@ struct WeightOnlyConfig {
   /// Bits for the first and last layers (first Conv/MatMul/Gemm on the input path, the classifier or
   /// lm_head producing a graph output, the embedding Gather). "" = same as `bits`.
   std::string bits_first_last = "8";
+  /// Bits for depthwise convolutions (group == output channels, one input channel per filter): few
+  /// parameters (MobileNetV2: 2% of the weights) but each output channel rests on only kh·kw
+  /// weights, so low-bit rounding hurts them most. "" = same as `bits`. --layer-bits overrides.
+  std::string bits_depthwise = "8";
   std::vector<LayerBitsRule> layer_bits;   ///< later rules win
   std::vector<std::string> exclude;        ///< node or weight names / globs left in float
   bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)

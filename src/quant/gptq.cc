@@ -47,8 +47,14 @@ std::vector<float> HessianAccumulator::channel_energy() const {
   return e;
 }
 
-QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
-                              const QuantSpec& spec, const GptqOptions& options) {
+namespace {
+
+/// GPTQ core. Column c belongs to grid col_group[c] of its row (ng grids per row); empty col_group
+/// means contiguous blocks of spec.block_size along the columns (grids computed lazily from the
+/// updated weights unless act_order or per channel), else grids are static (computed up front).
+QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
+                          const QuantSpec& spec, const GptqOptions& options, std::span<const int64_t> col_group,
+                          int64_t ng) {
   QTOOL_CHECK(static_cast<int64_t>(w_in.size()) == rows * cols, ErrorCode::kInternal, "gptq: W size");
   QTOOL_CHECK(static_cast<int64_t>(hessian.size()) == cols * cols, ErrorCode::kInternal, "gptq: H size");
   using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -68,34 +74,41 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
   q.cols = cols;
   q.block_size = spec.block_size > 0 ? spec.block_size : cols;
   const int64_t group = q.block_size;
-  const int64_t kb = q.k_blocks();
+  const bool custom = !col_group.empty();
+  const int64_t kb = custom ? ng : q.k_blocks();
+  auto group_of = [&](int64_t c) { return custom ? col_group[c] : c / group; };
   q.levels.assign(rows * cols, 0);
   q.grids.assign(rows * kb, BlockGrid{});
+  std::vector<std::vector<int64_t>> members(kb);
+  for (int64_t c = 0; c < cols; ++c) members[group_of(c)].push_back(c);
 
-  std::vector<float> diag(cols);
-  for (int64_t j = 0; j < cols; ++j) diag[j] = static_cast<float>(H(j, j));
-
-  // Diagonal blocks of H for output_clip (H row-major is Eigen's column-major of the symmetric H).
-  std::vector<std::vector<double>> hblocks;
-  if (options.output_clip) {
-    std::vector<double> hrow(H.data(), H.data() + cols * cols);
-    for (int64_t b = 0; b < kb; ++b) hblocks.push_back(diagonal_block(hrow, cols, b * group, std::min(cols, (b + 1) * group)));
+  // Per group: diag(H) of its columns (error weights), and with output_clip its block of H.
+  std::vector<std::vector<float>> gdiag(kb);
+  std::vector<std::vector<double>> hblocks(options.output_clip ? kb : 0);
+  for (int64_t b = 0; b < kb; ++b) {
+    const auto& m = members[b];
+    for (int64_t c : m) gdiag[b].push_back(static_cast<float>(H(c, c)));
+    if (options.output_clip) {
+      hblocks[b].resize(m.size() * m.size());
+      for (size_t i = 0; i < m.size(); ++i)
+        for (size_t j = 0; j < m.size(); ++j) hblocks[b][i * m.size() + j] = H(m[i], m[j]);
+    }
   }
-  auto block_grid = [&](std::span<const float> x, int64_t b, int64_t c0) {
+  auto block_grid = [&](std::span<const float> x, int64_t b) {
     if (options.output_clip) return find_block_grid_hessian(x, spec, hblocks[b]);
-    return find_block_grid(x, spec, std::span<const float>(diag).subspan(c0, x.size()));
+    return find_block_grid(x, spec, gdiag[b]);
   };
-  // Grid of (row r, block b) from the current values of W's block columns, error weighted by diag(H).
+  // Grid of (row r, group b) from the current values of the group's columns.
   std::vector<float> buf;
   auto compute_grid = [&](const RowMat& src, int64_t r, int64_t b) {
-    const int64_t c0 = b * group, c1 = std::min(cols, c0 + group);
-    buf.resize(c1 - c0);
-    for (int64_t c = c0; c < c1; ++c) buf[c - c0] = static_cast<float>(src(r, c));
-    q.grids[r * kb + b] = block_grid(buf, b, c0);
+    buf.clear();
+    for (int64_t c : members[b]) buf.push_back(static_cast<float>(src(r, c)));
+    q.grids[r * kb + b] = buf.empty() ? BlockGrid{} : block_grid(buf, b);
   };
 
-  // Static grids: per channel (one group), or act_order (groups fixed before the column permutation).
-  const bool static_groups = options.act_order || kb == 1;
+  // Static grids: per channel (one group), act_order (groups fixed before the column permutation),
+  // or custom (non-contiguous) groups.
+  const bool static_groups = options.act_order || kb == 1 || custom;
   if (static_groups)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t b = 0; b < kb; ++b) compute_grid(W, r, b);
@@ -145,7 +158,7 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
     RowMat Err1 = RowMat::Zero(rows, count);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = perm[i1 + i];  // original column index
-      const int64_t b = col / group;
+      const int64_t b = group_of(col);
       if (!static_groups && col % group == 0) {
         // Group starting here (natural order): grids from the updated values of its columns.
         for (int64_t r = 0; r < rows; ++r) {
@@ -155,7 +168,7 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
             const int64_t local = c - i1;
             buf[c - col] = static_cast<float>(local < count ? W1(r, local) : Wp(r, c));
           }
-          q.grids[r * kb + b] = block_grid(buf, b, col);
+          q.grids[r * kb + b] = block_grid(buf, b);
         }
       }
       const double d = U(i1 + i, i1 + i);
@@ -173,6 +186,24 @@ QuantizedMatrix quantize_gptq(std::span<const float> w_in, int64_t rows, int64_t
     if (i2 < cols) Wp.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
   }
   return q;
+}
+
+}  // namespace
+
+QuantizedMatrix quantize_gptq(std::span<const float> w, int64_t rows, int64_t cols, std::span<const double> hessian,
+                              const QuantSpec& spec, const GptqOptions& options) {
+  return gptq_impl(w, rows, cols, hessian, spec, options, {}, 0);
+}
+
+QuantizedMatrix quantize_gptq_grouped(std::span<const float> w, int64_t rows, int64_t cols,
+                                      std::span<const double> hessian, const QuantSpec& spec,
+                                      std::span<const int64_t> column_group, int64_t num_groups,
+                                      const GptqOptions& options) {
+  QTOOL_CHECK(static_cast<int64_t>(column_group.size()) == cols && num_groups > 0, ErrorCode::kInternal,
+              "gptq: column groups");
+  for (int64_t g : column_group)
+    QTOOL_CHECK(g >= 0 && g < num_groups, ErrorCode::kInternal, "gptq: column group {} out of {}", g, num_groups);
+  return gptq_impl(w, rows, cols, hessian, spec, options, column_group, num_groups);
 }
 
 double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<const double> h, bool fp16) {

@@ -50,6 +50,8 @@ struct Target {
   std::string note;
   ir::Value* input = nullptr;           ///< activation input (MatMul/Gemm with transA = 0, 1x1 Conv)
   bool channels_first = false;          ///< 1x1 Conv: input channels on axis 1, W [M, C] acts per pixel
+  ir::Value* patch_input = nullptr;     ///< k×k Conv (2-D, group 1): input whose im2col patches give H
+  std::vector<int64_t> conv_geometry;   ///< see detail::InputStats::conv_geometry
   std::vector<float> w;                 ///< W [rows, cols] (AWQ scales applied in place)
 };
 
@@ -145,6 +147,15 @@ std::vector<Target> find_targets(ir::Graph& g, int64_t block_size) {
       if (t.taps == 1 && n->attr_int("group", 1) == 1) {
         t.input = n->input(0);
         t.channels_first = true;
+      } else if (t.shape.size() == 4 && n->attr_int("group", 1) == 1 &&
+                 n->attr_string("auto_pad", "NOTSET") == "NOTSET") {
+        // A k×k Conv is a MatMul over im2col patches: H = Σ patch patchᵀ (GPTQ).
+        const auto st = n->attr_ints("strides", {1, 1}), pd = n->attr_ints("pads", {0, 0, 0, 0}),
+                   dl = n->attr_ints("dilations", {1, 1});
+        if (st.size() == 2 && pd.size() == 4 && dl.size() == 2) {
+          t.patch_input = n->input(0);
+          t.conv_geometry = {t.shape[2], t.shape[3], st[0], st[1], pd[0], pd[1], pd[2], pd[3], dl[0], dl[1]};
+        }
       }
       t.rows = t.conv_blocked ? t.shape[0] * t.taps : t.shape[0];
       t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
@@ -391,6 +402,35 @@ struct Emitted {
   int64_t bytes = 0;
 };
 
+/// GPTQ of a k×k Conv on its im2col Hessian h [C·taps, C·taps]: the columns of the natural layout
+/// W [M, C·taps] (column c·taps + tap) are grouped as the stored blocks are (32 input channels at
+/// one tap, or one group per output channel), and the result is returned in the target's view.
+QuantizedMatrix gptq_conv(const Target& t, std::span<const double> h, const QuantSpec& spec, const GptqOptions& o) {
+  const int64_t m_out = t.out_channels, c_in = t.shape[1], taps = t.taps, k = c_in * taps;
+  if (!t.conv_blocked) return quantize_gptq(t.w, t.rows, t.cols, h, spec, o);  // view == natural [M, C·taps]
+  const int64_t bs = t.format->block_size, kbc = (c_in + bs - 1) / bs;
+  std::vector<float> nat(m_out * k);
+  for (int64_t m = 0; m < m_out; ++m)
+    for (int64_t tp = 0; tp < taps; ++tp)
+      for (int64_t c = 0; c < c_in; ++c) nat[m * k + c * taps + tp] = t.w[(m * taps + tp) * c_in + c];
+  std::vector<int64_t> groups(k);
+  for (int64_t c = 0; c < c_in; ++c)
+    for (int64_t tp = 0; tp < taps; ++tp) groups[c * taps + tp] = tp * kbc + c / bs;
+  const QuantizedMatrix g = quantize_gptq_grouped(nat, m_out, k, h, spec, groups, taps * kbc, o);
+  QuantizedMatrix q;
+  q.rows = t.rows;
+  q.cols = t.cols;
+  q.block_size = bs;
+  q.levels.resize(t.rows * t.cols);
+  q.grids.resize(t.rows * kbc);
+  for (int64_t m = 0; m < m_out; ++m)
+    for (int64_t tp = 0; tp < taps; ++tp) {
+      for (int64_t c = 0; c < c_in; ++c) q.levels[(m * taps + tp) * c_in + c] = g.levels[m * k + c * taps + tp];
+      for (int64_t b = 0; b < kbc; ++b) q.grids[(m * taps + tp) * kbc + b] = g.grids[m * taps * kbc + tp * kbc + b];
+    }
+  return q;
+}
+
 /// Whether layers of format `f` store float16 scales under `cfg` (DequantizeLinear below 8 bits).
 bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
   return cfg.fp16_scales && f.layout == WeightLayout::kQdq && f.bits < 8;
@@ -554,6 +594,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
 
   // Phase 3: calibration statistics of the inputs of quantized MatMul/Gemm layers.
   std::unordered_map<const ir::Value*, InputStats> stats;
+  std::unordered_map<const Target*, InputStats> patch_stats;  // k×k Convs (GPTQ)
   const bool want_stats = calib && (calib->source || !calib->samples.empty()) &&
                           (needs_calib || cfg.outlier_fraction > 0.0);
   if (want_stats) {
@@ -564,7 +605,17 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         s.k = t.cols;
         s.want_hessian = s.want_hessian || needs_calib;  // GPTQ, and AWQ's output-error objective
       }
-    detail::collect_input_stats(model, *calib, cfg.threads, cfg.max_calib_rows, stats);
+    std::vector<std::pair<const ir::Value*, InputStats*>> extra;
+    if (gptq_alg)
+      for (const Target& t : targets)
+        if (t.format && t.format->bits < 8 && t.patch_input) {
+          InputStats& s = patch_stats[&t];
+          s.k = t.shape[1] * t.taps;
+          s.want_hessian = true;
+          s.conv_geometry = t.conv_geometry;
+          extra.emplace_back(t.patch_input, &s);
+        }
+    detail::collect_input_stats(model, *calib, cfg.threads, cfg.max_calib_rows, stats, extra);
   }
 
   // Phase 4: AWQ scales, searched per group of low-bit layers sharing one input, folded.
@@ -697,15 +748,22 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       QuantizedMatrix q;
       const bool have_h = st && st->want_hessian && st->hessian.samples() > 0 &&
                           (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather && t.format->bits < 8;
+      const InputStats* pst = patch_stats.count(&t) ? &patch_stats.at(&t) : nullptr;
+      const bool conv_gptq = gptq_alg && pst && pst->hessian.samples() > 0;
       const bool gptq = gptq_alg && have_h;
       const bool output_clip = awq_alg && have_h && cfg.awq.output_clip;
       std::vector<double> h;
-      if (gptq || output_clip) {
+      if (conv_gptq) {
+        h = pst->hessian.hessian();
+      } else if (gptq || output_clip) {
         h = st->hessian.hessian();
         if (awq_s) h = scale_hessian(h, *awq_s);  // of the input x / s
       }
       auto quantize = [&] {
-        if (gptq) {
+        if (conv_gptq) {
+          q = gptq_conv(t, h, spec, cfg.gptq);
+          L.algorithm = "gptq";
+        } else if (gptq) {
           q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
           L.algorithm = "gptq";
           if (cfg.gptq.refine_scales) {

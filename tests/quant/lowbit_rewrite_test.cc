@@ -465,6 +465,73 @@ TEST(LowbitRewrite, PointwiseConvGptqBeatsRtn) {
   EXPECT_LT(qtool::testing::max_abs_error(ex_g.run(in).at(0), ort), 1e-4 * (1.0 + max_abs(ort)));
 }
 
+TEST(LowbitRewrite, KxKConvGptqOnIm2colHessianBeatsRtn) {
+  QTOOL_REQUIRE_ORT();
+  if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks kernels (calibration needs it)";
+  // x[1,40,7,7] -> 3x3 Conv W[16,40] (pad 1, stride 2) -> Relu -> 3x3 Conv W[8,16] (pad 1): the first
+  // is blocked along C (blocks of 32 at each tap, custom GPTQ groups), the second per output channel.
+  std::mt19937 rng(41);
+  ir::Model fp;
+  fp.ir_version = 8;
+  fp.set_opset("", 17);
+  ir::Graph& g = *fp.graph;
+  ir::Value* x = g.add_input("x", float_type({1, 40, 7, 7}));
+  auto* w1 = g.add_initializer("c1.weight", Tensor::from_vector<float>({16, 40, 3, 3}, gaussian(16 * 360, rng, 0.1f)));
+  ir::Node* c1 = g.add_node("Conv", {x, w1}, {"c1"}, "c1");
+  c1->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+  c1->set_attr(ir::Attribute::make_ints("strides", {2, 2}));
+  auto* r = g.add_node("Relu", {c1->output(0)}, {"r"}, "relu")->output(0);
+  auto* w2 = g.add_initializer("c2.weight", Tensor::from_vector<float>({8, 16, 3, 3}, gaussian(8 * 144, rng, 0.2f)));
+  ir::Node* c2 = g.add_node("Conv", {r, w2}, {"y"}, "c2");
+  c2->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+  c2->output(0)->type() = float_type({1, 8, 4, 4});
+  g.add_output(c2->output(0));
+  const auto mix = gaussian(4 * 40, rng);
+  auto sample = [&](uint32_t seed) {  // channels mixed from 4 smooth latent images
+    std::mt19937 r2(seed);
+    const auto z = gaussian(4 * 49, r2), noise = gaussian(40 * 49, r2, 0.1f);
+    std::vector<float> v(40 * 49);
+    for (int64_t c = 0; c < 40; ++c)
+      for (int64_t p = 0; p < 49; ++p) {
+        float s = noise[c * 49 + p];
+        for (int64_t l = 0; l < 4; ++l) s += mix[l * 40 + c] * (z[l * 49 + p] + z[l * 49 + (p + 1) % 49]);
+        v[c * 49 + p] = s;
+      }
+    return std::map<std::string, Tensor>{{"x", Tensor::from_vector<float>({1, 40, 7, 7}, v)}};
+  };
+  CalibrationInputs calib;
+  for (uint32_t i = 0; i < 24; ++i) calib.samples.push_back(sample(600 + i));
+  auto make = [&](WeightAlgorithm alg, WeightOnlyReport* rep) {
+    ir::Model m = fp.clone();
+    WeightOnlyConfig cfg;
+    cfg.bits = "4";
+    cfg.bits_first_last = "";
+    cfg.algorithm = alg;
+    *rep = apply_weight_only(m, cfg, &calib);
+    return m;
+  };
+  WeightOnlyReport rr, rg;
+  const ir::Model rtn = make(WeightAlgorithm::kRtn, &rr), gptq = make(WeightAlgorithm::kGptq, &rg);
+  EXPECT_EQ(rg.layers[0].format, "int4_b32");
+  EXPECT_EQ(rg.layers[1].format, "int4");
+  EXPECT_EQ(rg.layers[0].algorithm, "gptq");
+  EXPECT_EQ(rg.layers[1].algorithm, "gptq");
+  runtime::Executor ef(fp), ex_r(rtn), ex_g(gptq);
+  double er = 0, eg = 0;
+  for (uint32_t i = 0; i < 6; ++i) {
+    const auto in = sample(700 + i);
+    const Tensor ref = ef.run(in).at(0);
+    er += rel_l2(ex_r.run(in).at(0), ref);
+    eg += rel_l2(ex_g.run(in).at(0), ref);
+  }
+  EXPECT_LT(eg, 0.9 * er) << "gptq " << eg << " rtn " << er;
+  TempDir dir;
+  onnx_io::save_model(gptq, dir.file("q.onnx"));
+  const auto in = sample(800);
+  const Tensor ort = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+  EXPECT_LT(qtool::testing::max_abs_error(ex_g.run(in).at(0), ort), 1e-4 * (1.0 + max_abs(ort)));
+}
+
 TEST(LowbitRewrite, EightBitFirstLastConvIsPerChannelWhenRestIsBlocked) {
   QTOOL_REQUIRE_ORT();
   ir::Model fp = make_convnet(11);

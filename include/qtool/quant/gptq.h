@@ -50,6 +50,16 @@ struct GptqOptions {
   bool refine_scales = false;
 };
 
+/// GPTQ with arbitrary (static) column groups: column c of each row is quantized on grid
+/// column_group[c] ∈ [0, num_groups) of that row, the grids computed up front from W (as with
+/// act_order). Used for k×k Conv weights, whose columns are (input channel, kernel tap) pairs and
+/// whose blocks run along the input channels at one tap. The result's `levels` are [rows, cols] and
+/// its `grids` [rows, num_groups]; its block_size and grid() do not describe this layout.
+QuantizedMatrix quantize_gptq_grouped(std::span<const float> w, int64_t rows, int64_t cols,
+                                      std::span<const double> hessian, const QuantSpec& spec,
+                                      std::span<const int64_t> column_group, int64_t num_groups,
+                                      const GptqOptions& options = {});
+
 /// Refits the block scales of each row of q to its fixed integer levels, minimizing the layer's output
 /// error tr((W − Q) H (W − Q)ᵀ) exactly: with Q_row = A s (A [cols, k_blocks], column b holding
 /// (level − zero point) on block b's columns), s = (Aᵀ H A)⁻¹ Aᵀ H w. Levels and zero points are kept,

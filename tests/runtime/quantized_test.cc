@@ -180,13 +180,18 @@ TEST(QLinearAddKernel, RoundsLikeOnnxRuntime) {
   // ONNX Runtime's 8-bit QLinearAdd computes (F + a*ra) + b*rb with ra = sa/sc, rb = sb/sc,
   // F = zc - (ra*za + rb*zb), all in float. Here that gives 211.5000... -> 212 where the textbook
   // (sa(a-za) + sb(b-zb))/sc + zc rounds to 213; qtool must give ONNX Runtime's 212.
-  auto y = run_node({.op = "QLinearAdd",
-                     .inputs = {Tensor::from_vector<uint8_t>({1}, {81}), Tensor::scalar<float>(0.056282595f),
-                                Tensor::scalar<uint8_t>(112), Tensor::from_vector<uint8_t>({1, 1}, {224}),
-                                Tensor::scalar<float>(0.03669841f), Tensor::scalar<uint8_t>(244),
-                                Tensor::scalar<float>(0.11528973f), Tensor::scalar<uint8_t>(234)},
-                     .domain = "com.microsoft"});
-  EXPECT_EQ(iv(y[0]), (std::vector<int32_t>{212}));
+  // ONNX Runtime 1.30 gives 212 for vector + vector, vector + one element and one element + vector.
+  const Tensor sa = Tensor::scalar<float>(0.056282595f), za = Tensor::scalar<uint8_t>(112);
+  const Tensor sb = Tensor::scalar<float>(0.03669841f), zb = Tensor::scalar<uint8_t>(244);
+  const Tensor sc = Tensor::scalar<float>(0.11528973f), zc = Tensor::scalar<uint8_t>(234);
+  const Tensor a2 = Tensor::from_vector<uint8_t>({2}, {81, 81}), b2 = Tensor::from_vector<uint8_t>({2}, {224, 224});
+  const Tensor b1 = Tensor::from_vector<uint8_t>({1}, {224});
+  auto vv = run_node({.op = "QLinearAdd", .inputs = {a2, sa, za, b2, sb, zb, sc, zc}, .domain = "com.microsoft"});
+  EXPECT_EQ(iv(vv[0]), (std::vector<int32_t>{212, 212}));
+  auto vs = run_node({.op = "QLinearAdd", .inputs = {a2, sa, za, b1, sb, zb, sc, zc}, .domain = "com.microsoft"});
+  EXPECT_EQ(iv(vs[0]), (std::vector<int32_t>{212, 212}));
+  auto sv = run_node({.op = "QLinearAdd", .inputs = {b1, sb, zb, a2, sa, za, sc, zc}, .domain = "com.microsoft"});
+  EXPECT_EQ(iv(sv[0]), (std::vector<int32_t>{212, 212}));
 }
 
 TEST(QLinearGlobalAveragePoolKernel, NchwAndNhwc) {

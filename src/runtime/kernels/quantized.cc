@@ -315,7 +315,16 @@ void qlinear_matmul_kernel(KernelContext& ctx) {
   ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, [n](int64_t i) { return i % n; }));
 }
 
-/// Exact integer convolution of (x - x_zp) with (w - w_zp[m]) (w_zp per-tensor or per output channel).
+/// Float32 represents every integer below 2^24 exactly, and im2col + GEMM only ever adds products
+/// of the operands: a float convolution of integer-valued operands is exact while the sum of the
+/// absolute values of any output's terms stays below this bound.
+constexpr double kExactFloatSum = 16777216.0;
+
+/// Exact integer convolution of (x - x_zp) with (w - w_zp[m]) (w_zp per-tensor or per output channel),
+/// plus `bias` when given. Runs in float32 (the fast im2col + GEMM path) in chunks of input channels
+/// small enough that every partial sum is an exactly representable integer (e.g. 514 channels of a
+/// 1x1 conv for uint8 x int8), summing the chunks in double; falls back to double when one chunk
+/// cannot be bounded (grouped convs with huge kernels).
 std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp_in, size_t w_in, size_t wzp_in,
                                      const std::vector<double>* bias, Shape* ys) {
   const Tensor& x = ctx.input(x_in);
@@ -331,8 +340,48 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
   *ys = {x.dim(0), w.dim(0)};
   for (int64_t d : g.out_shape()) ys->push_back(d);
   std::vector<double> y(static_cast<size_t>(shape_numel(*ys)));
-  nn::conv_forward<double>(xv.data(), x.shape(), wv.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
-                           &ctx.pool());
+
+  double xmax = 0, wmax = 0;
+  for (double v : xv) xmax = std::max(xmax, std::fabs(v));
+  for (double v : wv) wmax = std::max(wmax, std::fabs(v));
+  const int64_t cin = w.dim(1), kspatial = w.numel() / std::max<int64_t>(w.dim(0) * cin, 1);
+  const double per_term = std::max(xmax * wmax, 1.0);
+  const int64_t max_terms = static_cast<int64_t>((kExactFloatSum - 1) / per_term);
+  const int64_t chunk = max_terms / std::max<int64_t>(kspatial, 1);
+  if (chunk < 1 || (chunk < cin && group != 1)) {
+    nn::conv_forward<double>(xv.data(), x.shape(), wv.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
+                             &ctx.pool());
+    return y;
+  }
+  // Float path, one chunk of input channels at a time (all of them when they fit).
+  const int64_t n = x.dim(0), cx = x.dim(1), m = w.dim(0);
+  const int64_t plane = x.numel() / std::max<int64_t>(n * cx, 1);
+  std::vector<float> part(y.size());
+  for (int64_t c0 = 0; c0 < cin; c0 += chunk) {
+    const int64_t c1 = std::min(cin, c0 + chunk), cc = c1 - c0;
+    Shape xs = x.shape(), wsh = w.shape();
+    std::vector<float> xf, wf;
+    if (cc == cin) {
+      xf.assign(xv.begin(), xv.end());
+      wf.assign(wv.begin(), wv.end());
+    } else {  // group == 1: slice channels [c0, c1) of x and of w's input axis
+      xs[1] = cc;
+      wsh[1] = cc;
+      xf.resize(static_cast<size_t>(n * cc * plane));
+      for (int64_t b = 0; b < n; ++b)
+        std::copy(xv.begin() + (b * cx + c0) * plane, xv.begin() + (b * cx + c1) * plane, xf.begin() + b * cc * plane);
+      wf.resize(static_cast<size_t>(m * cc * kspatial));
+      for (int64_t o = 0; o < m; ++o)
+        std::copy(wv.begin() + (o * cin + c0) * kspatial, wv.begin() + (o * cin + c1) * kspatial,
+                  wf.begin() + o * cc * kspatial);
+    }
+    nn::conv_forward<float>(xf.data(), xs, wf.data(), wsh, nullptr, group, g, part.data(), &ctx.pool());
+    for (size_t i = 0; i < y.size(); ++i) y[i] += static_cast<double>(part[i]);
+  }
+  if (bias) {
+    const int64_t out_plane = static_cast<int64_t>(y.size()) / std::max<int64_t>(n * m, 1);
+    for (size_t i = 0; i < y.size(); ++i) y[i] += (*bias)[(static_cast<int64_t>(i) / out_plane) % m];
+  }
   return y;
 }
 
@@ -453,8 +502,9 @@ DataType qoutput_dtype(const KernelContext& ctx, size_t zp_in, DataType fallback
 ///
 /// The float arithmetic is ONNX Runtime's (MLAS) step for step, so that both round every tie
 /// the same way: for 8-bit data c = sat(rint((F + a·r_a) + b·r_b)) with r_a = s_a/s_c,
-/// r_b = s_b/s_c and F = z_c - (r_a·z_a + r_b·z_b) (a scalar operand is folded into F first and
-/// goes on the right); for 16-bit data c = sat(rint((s_a(a - z_a) + s_b(b - z_b)) / s_c) + z_c).
+/// r_b = s_b/s_c and F = z_c - (r_a·z_a + r_b·z_b), a one-element operand taken as b (checked
+/// against ONNX Runtime 1.30 for vector+vector, vector+scalar and scalar+vector); for 16-bit data
+/// c = sat(rint((s_a(a - z_a) + s_b(b - z_b)) / s_c) + z_c).
 void qlinear_add_kernel(KernelContext& ctx) {
   const Tensor* a = &ctx.input(0);
   const Tensor* b = &ctx.input(3);
@@ -465,7 +515,7 @@ void qlinear_add_kernel(KernelContext& ctx) {
   scalar_qparams(ctx, 6, 7, &sc, &zc);
   const Shape ys = nn::broadcast_shapes(ctx, a->shape(), b->shape());
   const DataType out = qoutput_dtype(ctx, 7, a->dtype());
-  // MLAS puts a scalar operand second.
+  // ONNX Runtime puts a one-element operand second.
   if (a->numel() == 1 && b->numel() != 1) {
     std::swap(a, b);
     std::swap(sa, sb);
@@ -488,9 +538,7 @@ void qlinear_add_kernel(KernelContext& ctx) {
   const std::vector<int64_t> sta = strides_for(a->shape()), stb = strides_for(b->shape());
   const bool eight_bit = dtype_bits(out) == 8;
   const float ra = sa / sc, rb = sb / sc;
-  float fixed = static_cast<float>(zc) - (ra * static_cast<float>(za) + rb * static_cast<float>(zb));
-  const bool scalar_b = b->numel() == 1;
-  if (scalar_b) fixed = fixed + static_cast<float>(bv[0]) * rb;
+  const float fixed = static_cast<float>(zc) - (ra * static_cast<float>(za) + rb * static_cast<float>(zb));
   Tensor y(out, ys);
   uint8_t* yp = y.mutable_raw();
   const int64_t n = y.numel();
@@ -505,7 +553,7 @@ void qlinear_add_kernel(KernelContext& ctx) {
     int64_t q;
     if (eight_bit) {
       const float t = fixed + static_cast<float>(av[ia]) * ra;
-      const float v = scalar_b ? t : t + static_cast<float>(bv[ib]) * rb;
+      const float v = t + static_cast<float>(bv[ib]) * rb;
       q = std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(v)), lo, hi);
     } else {
       const float v = (sa * static_cast<float>(av[ia] - za) + sb * static_cast<float>(bv[ib] - zb)) / sc;

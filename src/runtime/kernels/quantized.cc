@@ -221,6 +221,53 @@ std::vector<double> centered(const KernelContext& ctx, const Tensor& x, size_t z
   return out;
 }
 
+/// (x - zp) as floats (exact: every value is a small integer), zp per-tensor or per-slice along
+/// `axis`; *max_abs receives max |x - zp|. 8-bit data is read straight from its bytes.
+std::vector<float> centered_float(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
+                                  const char* what, double* max_abs) {
+  std::vector<int32_t> z = ctx.has_input(zp_input) ? int_values(ctx, ctx.input(zp_input), "zero point") : std::vector<int32_t>{0};
+  const int64_t n = x.numel();
+  int64_t inner = 1, len = 1;
+  if (z.size() != 1) {
+    const int64_t rank = static_cast<int64_t>(x.rank());
+    const int64_t ax = axis < 0 ? axis + rank : axis;
+    if (ax < 0 || ax >= rank || static_cast<int64_t>(z.size()) != x.dim(static_cast<int>(ax)))
+      nn::bad_node(ctx, "{} zero point with {} values does not match {}", what, z.size(), shape_str(x.shape()));
+    for (int64_t i = ax + 1; i < rank; ++i) inner *= x.dim(static_cast<int>(i));
+    len = x.dim(static_cast<int>(ax));
+  }
+  std::vector<float> out(static_cast<size_t>(n));
+  float mx = 0.0f;
+  auto fill = [&](auto value_at) {
+    if (z.size() == 1) {
+      const int32_t z0 = z[0];
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = static_cast<float>(value_at(i) - z0);
+        out[i] = v;
+        mx = std::max(mx, std::fabs(v));
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = static_cast<float>(value_at(i) - z[(i / inner) % len]);
+        out[i] = v;
+        mx = std::max(mx, std::fabs(v));
+      }
+    }
+  };
+  if (x.dtype() == DataType::kUint8) {
+    const uint8_t* p = x.data<uint8_t>();
+    fill([p](int64_t i) { return static_cast<int32_t>(p[i]); });
+  } else if (x.dtype() == DataType::kInt8) {
+    const int8_t* p = x.data<int8_t>();
+    fill([p](int64_t i) { return static_cast<int32_t>(p[i]); });
+  } else {
+    const std::vector<int32_t> v = int_values(ctx, x, what);
+    fill([&v](int64_t i) { return v[i]; });
+  }
+  *max_abs = mx;
+  return out;
+}
+
 /// Batched numpy matmul of doubles (A [.., M, K], B [.., K, N], 1-D operands promoted).
 std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const std::vector<double>& a, const Shape& bs0,
                             const std::vector<double>& b, Shape* out_shape, int64_t* m_out, int64_t* n_out) {
@@ -275,10 +322,9 @@ std::vector<float> scale_values(const KernelContext& ctx, size_t i) {
   return std::vector<float>(s.data<float>(), s.data<float>() + s.numel());
 }
 
-/// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = channel(i).
-template <typename ChannelOf>
+/// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = (i / inner) % channels.
 Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, const Shape& shape,
-                  const std::vector<float>& mult, size_t y_zp_input, ChannelOf channel_of) {
+                  const std::vector<float>& mult, size_t y_zp_input, int64_t inner, int64_t channels) {
   DataType out = DataType::kUint8;
   int32_t zp = 0;
   if (ctx.has_input(y_zp_input)) {
@@ -290,11 +336,23 @@ Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, cons
   dtype_int_range(out, &lo, &hi);
   Tensor y(out, shape);
   uint8_t* yp = y.mutable_raw();
-  for (size_t i = 0; i < acc.size(); ++i) {
-    const float m = mult.size() == 1 ? mult[0] : mult[channel_of(static_cast<int64_t>(i))];
-    float q = std::nearbyint(static_cast<float>(acc[i]) * m) + static_cast<float>(zp);
-    q = std::clamp(q, static_cast<float>(lo), static_cast<float>(hi));
-    write_int(yp, out, static_cast<int64_t>(i), static_cast<int32_t>(q));
+  // Element i belongs to channel (i / inner) % channels: walk [outer, channels, inner] blocks.
+  const int64_t total = static_cast<int64_t>(acc.size());
+  const int64_t block = std::max<int64_t>(inner, 1) * std::max<int64_t>(channels, 1);
+  const float fmin = static_cast<float>(lo - zp), fmax = static_cast<float>(hi - zp);
+  for (int64_t base = 0; base < total; base += block) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float m = mult.size() == 1 ? mult[0] : mult[c];
+      const int64_t i0 = base + c * inner, i1 = std::min(total, i0 + inner);
+      for (int64_t i = i0; i < i1; ++i) {
+        // MLAS: clamp float(acc) * m to the range around the zero point, round half to even, add zp.
+        const float v = std::clamp(static_cast<float>(acc[i]) * m, fmin, fmax);
+        const int32_t q = static_cast<int32_t>(std::nearbyint(v)) + zp;
+        if (out == DataType::kUint8) yp[i] = static_cast<uint8_t>(q);
+        else if (out == DataType::kInt8) reinterpret_cast<int8_t*>(yp)[i] = static_cast<int8_t>(q);
+        else write_int(yp, out, i, q);
+      }
+    }
   }
   return y;
 }
@@ -312,7 +370,7 @@ void qlinear_matmul_kernel(KernelContext& ctx) {
   std::vector<float> mult(sb.size());
   for (size_t j = 0; j < sb.size(); ++j) mult[j] = sa[0] * sb[j] / sy[0];
   if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != n) nn::bad_node(ctx, "b_scale has {} values for N={}", mult.size(), n);
-  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, [n](int64_t i) { return i % n; }));
+  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, 1, n));
 }
 
 /// Float32 represents every integer below 2^24 exactly, and im2col + GEMM only ever adds products
@@ -334,22 +392,21 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
   if (group <= 0 || w.dim(1) * group != x.dim(1) || w.dim(0) % group != 0) {
     nn::bad_node(ctx, "channels do not match: x {} w {} group {}", shape_str(x.shape()), shape_str(w.shape()), group);
   }
-  std::vector<double> xv = centered(ctx, x, xzp_in, 1, "x");
-  std::vector<double> wv = centered(ctx, w, wzp_in, 0, "w");
+  double xmax = 0, wmax = 0;
+  const std::vector<float> xv = centered_float(ctx, x, xzp_in, 1, "x", &xmax);
+  const std::vector<float> wv = centered_float(ctx, w, wzp_in, 0, "w", &wmax);
   const nn::WindowGeometry g = nn::window_geometry(ctx, x.shape(), std::vector<int64_t>(w.shape().begin() + 2, w.shape().end()), false);
   *ys = {x.dim(0), w.dim(0)};
   for (int64_t d : g.out_shape()) ys->push_back(d);
   std::vector<double> y(static_cast<size_t>(shape_numel(*ys)));
 
-  double xmax = 0, wmax = 0;
-  for (double v : xv) xmax = std::max(xmax, std::fabs(v));
-  for (double v : wv) wmax = std::max(wmax, std::fabs(v));
   const int64_t cin = w.dim(1), kspatial = w.numel() / std::max<int64_t>(w.dim(0) * cin, 1);
   const double per_term = std::max(xmax * wmax, 1.0);
   const int64_t max_terms = static_cast<int64_t>((kExactFloatSum - 1) / per_term);
   const int64_t chunk = max_terms / std::max<int64_t>(kspatial, 1);
   if (chunk < 1 || (chunk < cin && group != 1)) {
-    nn::conv_forward<double>(xv.data(), x.shape(), wv.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
+    const std::vector<double> xd(xv.begin(), xv.end()), wd(wv.begin(), wv.end());
+    nn::conv_forward<double>(xd.data(), x.shape(), wd.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
                              &ctx.pool());
     return y;
   }
@@ -361,10 +418,9 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
     const int64_t c1 = std::min(cin, c0 + chunk), cc = c1 - c0;
     Shape xs = x.shape(), wsh = w.shape();
     std::vector<float> xf, wf;
-    if (cc == cin) {
-      xf.assign(xv.begin(), xv.end());
-      wf.assign(wv.begin(), wv.end());
-    } else {  // group == 1: slice channels [c0, c1) of x and of w's input axis
+    const float* xp = xv.data();
+    const float* wp = wv.data();
+    if (cc != cin) {  // group == 1: slice channels [c0, c1) of x and of w's input axis
       xs[1] = cc;
       wsh[1] = cc;
       xf.resize(static_cast<size_t>(n * cc * plane));
@@ -374,13 +430,19 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
       for (int64_t o = 0; o < m; ++o)
         std::copy(wv.begin() + (o * cin + c0) * kspatial, wv.begin() + (o * cin + c1) * kspatial,
                   wf.begin() + o * cc * kspatial);
+      xp = xf.data();
+      wp = wf.data();
     }
-    nn::conv_forward<float>(xf.data(), xs, wf.data(), wsh, nullptr, group, g, part.data(), &ctx.pool());
+    nn::conv_forward<float>(xp, xs, wp, wsh, nullptr, group, g, part.data(), &ctx.pool());
     for (size_t i = 0; i < y.size(); ++i) y[i] += static_cast<double>(part[i]);
   }
   if (bias) {
     const int64_t out_plane = static_cast<int64_t>(y.size()) / std::max<int64_t>(n * m, 1);
-    for (size_t i = 0; i < y.size(); ++i) y[i] += (*bias)[(static_cast<int64_t>(i) / out_plane) % m];
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t o = 0; o < m; ++o) {
+        double* yo = y.data() + (b * m + o) * out_plane;
+        for (int64_t p = 0; p < out_plane; ++p) yo[p] += (*bias)[o];
+      }
   }
   return y;
 }
@@ -412,7 +474,7 @@ void qlinear_conv_kernel(KernelContext& ctx) {
   if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != m) nn::bad_node(ctx, "w_scale has {} values for {} channels", mult.size(), m);
   int64_t plane = 1;
   for (size_t i = 2; i < ys.size(); ++i) plane *= ys[i];
-  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, [m, plane](int64_t i) { return (i / plane) % m; }));
+  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, plane, m));
 }
 
 /// com.microsoft MatMulNBits: Y = A @ dequant(B)^T (+ bias). B [N, n_blocks, blob] holds `bits`-bit
@@ -661,7 +723,7 @@ void qgemm_kernel(KernelContext& ctx) {
   const std::vector<float> sy = scale_values(ctx, 7);
   std::vector<float> mult(sb.size());
   for (size_t j = 0; j < sb.size(); ++j) mult[j] = alpha * sa * sb[j] / sy.at(0);
-  ctx.set_output(0, requantize(ctx, acc, {m, n}, mult, 8, [n](int64_t i) { return i % n; }));
+  ctx.set_output(0, requantize(ctx, acc, {m, n}, mult, 8, 1, n));
 }
 
 

@@ -302,6 +302,17 @@ double BiasCorrectionResult::mean_relative_error_percent() const {
   return 100.0 * total / static_cast<double>(layers.size());
 }
 
+bool has_depthwise_conv(const ir::Model& model) {
+  for (const auto& n : model.graph->nodes()) {
+    if (n->op_type() != "Conv" || !n->domain().empty()) continue;
+    const ir::Value* w = n->input(1);
+    const Tensor* t = w ? w->initializer() : nullptr;
+    const int64_t group = n->attr_int("group", 1);
+    if (t && t->rank() >= 3 && group > 1 && t->dim(1) == 1 && t->dim(0) == group) return true;
+  }
+  return false;
+}
+
 BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized, data::SampleSource& samples,
                                     const BiasCorrectionOptions& options) {
   BiasCorrectionResult result;

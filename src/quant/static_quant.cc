@@ -177,6 +177,9 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
     if (cr.skipped_relu6) a += fmt::format("; {} pairs skipped: Clip(0, 6) between them is not scale-invariant", cr.skipped_relu6);
     result.actions.push_back(a);
     equalized.emplace(model.clone());
+    for (const ir::Value* v : model.graph->initializers())
+      if (const Tensor* t = v->initializer(); t && t->dtype() == DataType::kFloat && t->numel() >= 16)
+        result.equalized_weights.emplace(v->name(), *t);
   }
   const ir::Model& float_base = equalized ? *equalized : reference;
   // Bias correction of an emitted model against `float_base` on the calibration samples.

@@ -107,5 +107,31 @@ TEST(CliQuantizeCleBiasCorrection, SmallCnnReportsActionsAndRunsInOrt) {
   EXPECT_LT(testing::max_abs_error(ours, ref), 0.05 * peak);
 }
 
+TEST(CliQuantizeCleBiasCorrection, BiasCorrectionDefaultsOnOnlyForPerTensorDepthwise) {
+  testing::TempDir dir;
+  onnx_io::save_model(small_cnn(), dir.file("m.onnx"));
+  std::filesystem::create_directories(dir.file("calib"));
+  std::mt19937 rng(2);
+  for (int i = 0; i < 8; ++i) write_npy(dir.file(fmt::format("calib/{:03d}.npy", i)), random_tensor({1, 3, 8, 8}, rng, 0, 1));
+  auto actions = [&](const std::string& extra) {
+    const auto r = testing::run_command(fmt::format("{} quantize {} --bits 8 --calib {} --no-guard --json {} -o {}",
+                                                    testing::qtool_bin(), dir.file("m.onnx"), dir.file("calib"), extra,
+                                                    dir.file("q.onnx")));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const auto doc = nlohmann::json::parse(r.out);
+    std::string all = doc["settings"]["bias-correction"].get<std::string>() + "\n";
+    for (const auto& w : doc["warnings"]) all += w.get<std::string>() + "\n";
+    return all;
+  };
+  const std::string per_channel = actions(""), per_tensor = actions("--per-tensor"),
+                    off = actions("--per-tensor --no-bias-correction");
+  EXPECT_EQ(per_channel.find("bias correction:"), std::string::npos) << per_channel;
+  EXPECT_NE(per_tensor.find("bias correction: 3 layers corrected on 8 calibration samples"), std::string::npos)
+      << per_tensor;
+  EXPECT_EQ(off.find("bias correction:"), std::string::npos) << off;
+  EXPECT_EQ(off.substr(0, 6), "false\n");
+  EXPECT_EQ(per_tensor.substr(0, 5), "auto ");
+}
+
 }  // namespace
 }  // namespace qtool

@@ -29,6 +29,7 @@
 #include "qtool/data/sample_source.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/passes/qdq_to_qoperator.h"
+#include "qtool/quant/bias_correction.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
@@ -50,6 +51,7 @@ struct QuantizeArgs {
   std::string exclude_nodes, exclude_op_types, op_types, keep_fp;
   bool cle = false, bias_correction = false, no_guard = false;
   bool cle_relu6 = false;  ///< --cle-relu6: replace Clip(0, 6) by Relu so CLE can cross it
+  bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
   size_t samples = 0;
   std::string preprocess, split = "all";
@@ -74,6 +76,14 @@ double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
 
+/// Whether the static pipeline corrects biases: --bias-correction / --no-bias-correction, else on
+/// with --per-tensor weights for models with depthwise convs, the one condition where it raised
+/// top-1 on the shared models (MobileNetV2 +0.8 points; BENCHMARKS.md, quant::has_depthwise_conv).
+bool bias_correction_on(const QuantizeArgs& a, const ir::Model& model) {
+  if (a.no_bias_correction) return false;
+  return a.bias_correction || (a.per_tensor && quant::has_depthwise_conv(model));
+}
+
 /// The options of a run as given, for QuantizeReport::settings.
 std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   std::map<std::string, std::string> m{{"bits", a.bits}};
@@ -86,7 +96,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     m["per-channel"] = a.per_tensor ? "false" : "true";
     m["guard"] = a.no_guard ? "false" : "true";
     m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
-    m["bias-correction"] = a.bias_correction ? "true" : "false";
+    m["bias-correction"] = a.no_bias_correction ? "false" : a.bias_correction ? "true" : "auto (on with --per-tensor and depthwise convs)";
   } else {
     m["block-size"] = std::to_string(a.block_size);
     m["weight-algorithm"] = a.weight_algorithm;
@@ -350,13 +360,16 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   cfg.guard = !a.no_guard;
   cfg.cle = a.cle;
   cfg.cle_replace_relu6 = a.cle_relu6;
-  cfg.bias_correction = a.bias_correction;
   cfg.threads = a.threads;
 
   auto t = clock_type::now();
   const int64_t target_opset = a.activation_bits == 16 ? 21 : 13;
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", a.model_path, rewrites, model.opset(""));
+  cfg.bias_correction = bias_correction_on(a, model);
+  if (cfg.bias_correction && !a.bias_correction)
+    spdlog::info("bias correction: on by default with --per-tensor for models with depthwise convs "
+                 "(--no-bias-correction to skip)");
   if (!a.op_types.empty()) {
     // Quantize only these op types: every other quantizable op type is excluded.
     const auto keep = split_list(a.op_types);
@@ -411,7 +424,7 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   QuantizeOutcome out{report::make_quantize_report(a.model_path, a.out_path, model, headline), std::nullopt};
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = a.method;
-  fill_weight_sqnr(out.report, model, fp32_weights);
+  fill_weight_sqnr(out.report, model, res.equalized_weights.empty() ? fp32_weights : res.equalized_weights);
   out.report.outputs = to_quality(res.outputs);
   out.report.eval_samples = res.holdout_samples;
   if (fp32 && res.holdout_samples > 0 && static_cast<size_t>(res.holdout_samples) <= samples->size()) {
@@ -493,7 +506,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--keep-fp", a.keep_fp, "comma-separated tensor names kept in float");
   cmd.add_flag("--cle", a.cle, "cross-layer equalization of Conv -> Relu -> Conv pairs before calibration");
   cmd.add_flag("--cle-relu6", a.cle_relu6, "with --cle: replace ReLU6 (Clip 0..6) by Relu between equalized convs (DFQ; changes the float model)");
-  cmd.add_flag("--bias-correction", a.bias_correction, "subtract each quantized Conv/Gemm's mean output error (calibration data) from its bias");
+  cmd.add_flag("--bias-correction", a.bias_correction,
+               "subtract each quantized Conv/Gemm's mean output error (calibration data) from its bias (default: on "
+               "with --per-tensor for models with depthwise convs)");
+  cmd.add_flag("--no-bias-correction", a.no_bias_correction, "no bias correction, not even the --per-tensor depthwise default");
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
   cmd.add_option("--samples", a.samples, "number of calibration samples (default all, capped at 1000)");

@@ -61,6 +61,12 @@ struct BiasCorrectionResult {
   double mean_relative_error_percent() const;
 };
 
+/// True if the main graph has a depthwise Conv (group == output channels, one input channel per
+/// group). `qtool quantize --bits 8 --per-tensor` corrects biases by default on such models
+/// (measured: MobileNetV2 per-tensor top-1 +0.8 points, per-channel +0.2; on SqueezeNet, which has
+/// no depthwise conv, it lowered top-1 by 0.8 / 0.4 points; BENCHMARKS.md).
+bool has_depthwise_conv(const ir::Model& model);
+
 /// Corrects the biases of the quantized Conv/Gemm layers of `quantized` against `fp32` (the float
 /// model it was quantized from: layers are matched by their output tensor name and op type) on
 /// `samples`. Throws kInvalidInput for bad samples; layers that cannot be matched are skipped.

@@ -75,6 +75,9 @@ struct StaticQuantResult {
   int64_t holdout_samples = 0;
   std::vector<std::string> actions;      ///< guard decisions, CLE/bias-correction notes
   std::vector<std::string> warnings;     ///< things the user must read (poor agreement...)
+  /// With cle: the equalized float weights (initializer name -> tensor, float, >= 16 elements),
+  /// which the int8 weights approximate (the input model's weights no longer match them).
+  std::map<std::string, Tensor> equalized_weights;
   /// True when the guard measured the final model as broken (agreement < 50% or SQNR < 5 dB).
   bool looks_broken = false;
   /// Smallest top-1 agreement over classifier-like outputs (fraction), or -1.

@@ -98,6 +98,10 @@ class ProbeBuilder {
       why_ = fmt::format("input '{}' has no float twin in the FP32 model", name);
       return nullptr;
     }
+    if (f->type().elem_type != DataType::kFloat && f->type().elem_type != DataType::kUndefined) {
+      why_ = fmt::format("input '{}' is not float", name);
+      return nullptr;
+    }
     if (ir::Value* v = g_->find_value(name)) return v;
     ir::TypeInfo t = f->type();
     t.elem_type = DataType::kFloat;
@@ -343,6 +347,11 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
     auto it = fp32_by_output.find(n->output(0)->name());
     if (it == fp32_by_output.end() || it->second->op_type() != n->op_type()) {
       skip("no FP32 layer with the same output");
+      continue;
+    }
+    const ir::Value* fw = it->second->input(1);
+    if (fw == nullptr || fw->initializer() == nullptr || fw->initializer()->dtype() != DataType::kFloat) {
+      skip("its weight is not a float constant in the FP32 model (already quantized there?)");
       continue;
     }
     const Tensor& qw = *wdq->input(0)->initializer();

@@ -147,6 +147,54 @@ TEST(BiasCorrection, UnmatchedLayersAreSkippedNotBroken) {
   EXPECT_TRUE(r.layers.empty());
   ASSERT_EQ(r.skipped.size(), 1u);
   EXPECT_NE(r.skipped[0].find("conv: no FP32 layer"), std::string::npos) << r.skipped[0];
+  // An input model that is already QDQ: its Conv weight is a DequantizeLinear output, not a float
+  // constant, so there is no float layer to correct towards.
+  ir::Model q2 = q.clone();
+  const BiasCorrectionResult r2 = correct_biases(q, q2, src);
+  EXPECT_TRUE(r2.layers.empty());
+  ASSERT_EQ(r2.skipped.size(), 1u);
+  EXPECT_NE(r2.skipped[0].find("already quantized"), std::string::npos) << r2.skipped[0];
+}
+
+TEST(BiasCorrection, GemmWithTransposedWeight) {
+  // x [8,2] -> Gemm(W [3,2], transB = 1, C [3]) -> y [8,3]: the same weights and expected errors as
+  // the Conv case, output channels on axis 1.
+  ir::Model m;
+  m.set_opset("", 13);
+  ir::Graph& g = *m.graph;
+  ir::TypeInfo t;
+  t.elem_type = DataType::kFloat;
+  ir::Value* x = g.add_input("x", t);
+  ir::Value* w = g.add_initializer("W", Tensor::from_vector<float>({3, 2}, {1.27f, 0.004f, 0.004f, -1.27f, 1.27f, -0.0045f}));
+  w->type().elem_type = DataType::kFloat;
+  ir::Value* c = g.add_initializer("C", Tensor::from_vector<float>({3}, {0.1f, 0.2f, 0.3f}));
+  c->type().elem_type = DataType::kFloat;
+  ir::Node* n = g.add_node("Gemm", {x, w, c}, {"y"}, "gemm");
+  n->set_attr(ir::Attribute::make_int("transB", 1));
+  n->output(0)->type().elem_type = DataType::kFloat;
+  g.add_output(n->output(0));
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-0.5f, 0.5f);
+  std::vector<data::Sample> samples;
+  for (int s = 0; s < 64; ++s) {
+    std::vector<float> v(16);
+    for (int i = 0; i < 16; ++i) v[i] = (i % 2 == 0 ? 1.0f : 2.0f) + u(rng);
+    samples.push_back({{"x", Tensor::from_vector<float>({8, 2}, v)}});
+  }
+  ir::Model q = quantize(m, true);
+  VectorSource src(samples);
+  const BiasCorrectionResult r = correct_biases(m, q, src);
+  ASSERT_EQ(r.layers.size(), 1u) << (r.skipped.empty() ? "" : r.skipped[0]);
+  const std::vector<double> expected = {-0.008, -0.004, 0.009};
+  for (int k = 0; k < 3; ++k) EXPECT_NEAR(r.layers[0].mean_error[k], expected[k], 1e-3) << "channel " << k;
+  // After the correction the mean error on the same samples is below the int32 bias step.
+  runtime::Executor ef(m), eq(q);
+  std::vector<double> e(3, 0.0);
+  for (const auto& s : samples) {
+    const Tensor a = ef.run(s)[0], b = eq.run(s)[0];
+    for (int64_t i = 0; i < 24; ++i) e[i % 3] += b.get_as_double(i) - a.get_as_double(i);
+  }
+  for (int k = 0; k < 3; ++k) EXPECT_LT(std::fabs(e[k] / (8.0 * 64)), 6e-5) << "channel " << k;
 }
 
 }  // namespace

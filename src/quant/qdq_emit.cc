@@ -170,6 +170,10 @@ class Emitter {
       if (!activation_bounds(*a, &f.lo, &f.hi)) continue;
       ir::Value* z = a->output(0);
       if (z == nullptr || z->is_graph_output() || !has_range(z) || opt_.keep_float.count(z)) continue;
+      // A subgraph (If/Loop body) reading z would read y after the fold: unquantized and without the
+      // activation applied (Q/DQ is only placed for readers in this graph).
+      if (std::any_of(z->uses().begin(), z->uses().end(), [&](const ir::Use& u) { return u.node->owner() != &g_; }))
+        continue;
       f.y = y;
       f.act = a;
       f.z = z;

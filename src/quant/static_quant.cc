@@ -279,6 +279,17 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
         result.actions.push_back(fmt::format("kept '{}' in float: quantized alone it gives output SQNR {:.1f} dB",
                                              name, score));
       }
+      // An Add/Mul whose output stays float runs in float in ONNX Runtime anyway, and quantizing its
+      // inputs can still ruin it (a power spectrum re² + im² loses its quiet bins): keep them float too.
+      for (const std::string& name : std::set<std::string>(kept)) {
+        const ir::Value* v = float_base.graph->find_value(name);
+        const ir::Node* p = v ? v->producer() : nullptr;
+        if (p == nullptr || (p->op_type() != "Add" && p->op_type() != "Mul")) continue;
+        for (const ir::Value* in : p->inputs())
+          if (in && all.count(in->name()) && kept.insert(in->name()).second)
+            result.actions.push_back(fmt::format("kept '{}' in float with '{}' (input of {})", in->name(), name,
+                                                 p->describe()));
+      }
       if (kept.empty())
         result.actions.push_back(fmt::format(
             "sensitivity: no single activation among the {} widest-range ones explains the loss (worst alone: "

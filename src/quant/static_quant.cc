@@ -189,6 +189,12 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
     bo.max_samples = config.bias_correction_samples;
     bo.threads = config.threads;
     const BiasCorrectionResult br = correct_biases(float_base, qm, calib_src, bo);
+    if (br.layers.empty()) {
+      result.actions.push_back(fmt::format("bias correction{}: no layer to correct{}", what,
+                                           br.skipped.empty() ? "" : fmt::format(" ({} skipped, e.g. {})",
+                                                                                 br.skipped.size(), br.skipped.front())));
+      return;
+    }
     result.actions.push_back(fmt::format(
         "bias correction{}: {} layers corrected on {} calibration samples (mean |bias error| {:.2f}% of mean |output|)"
         "{}", what, br.layers.size(), br.samples, br.mean_relative_error_percent(),

@@ -168,6 +168,9 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
   // calibrated and emitted (`float_base`); the guard still compares with the unequalized `reference`.
   std::optional<ir::Model> equalized;
   if (config.cle) {
+    QTOOL_CHECK(config.ranges == nullptr, ErrorCode::kConfig,
+                "cross-layer equalization rescales activations, so ranges from a file (computed on the model "
+                "before equalization) no longer fit: calibrate with --calib instead of --ranges");
     passes::CleOptions co;
     co.replace_relu6 = config.cle_replace_relu6;
     const passes::CleResult cr = passes::equalize_cross_layer(model, co);

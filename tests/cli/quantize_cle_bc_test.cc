@@ -131,6 +131,14 @@ TEST(CliQuantizeCleBiasCorrection, BiasCorrectionDefaultsOnOnlyForPerTensorDepth
   EXPECT_EQ(off.find("bias correction:"), std::string::npos) << off;
   EXPECT_EQ(off.substr(0, 6), "false\n");
   EXPECT_EQ(per_tensor.substr(0, 5), "auto ");
+  // Ranges computed before equalization do not fit the equalized model: refused.
+  const auto cal = testing::run_command(fmt::format("{} calibrate {} --calib {} -o {}", testing::qtool_bin(),
+                                                    dir.file("m.onnx"), dir.file("calib"), dir.file("r.json")));
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  const auto refused = testing::run_command(fmt::format("{} quantize {} --ranges {} --cle -o {}", testing::qtool_bin(),
+                                                        dir.file("m.onnx"), dir.file("r.json"), dir.file("q2.onnx")));
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("calibrate with --calib instead of --ranges"), std::string::npos) << refused.err;
 }
 
 }  // namespace

@@ -247,6 +247,7 @@ int imagenet(int argc, char** argv) {
     const std::string spec = argv[i];
     ir::Model m = fp.clone();
     const quant::WeightOnlyReport rep = quant::apply_weight_only(m, parse_config(spec), &calib);
+    print_layers(rep);
     const std::string out = out_dir + "/" + fs::path(model_path).stem().string() + "_" + safe(spec) + ".onnx";
     onnx_io::save_model(m, out);
     std::vector<int> pred;

@@ -4,11 +4,14 @@
 //   1. find the weight layers (MatMul, Gemm, Conv with a constant float weight; Gather tables) and
 //      view each weight as W [N output channels, K reduction channels];
 //   2. choose each one's format (default, first/last rule, --layer-bits, exclusions);
-//   3. calibration statistics of the layers' inputs (GPTQ Hessians, AWQ samples, saliency);
-//   4. AWQ: search the per-input-channel scales of each group of layers sharing an input and
-//      fold 1/s into the input's producer (or an inserted Mul);
-//   5. quantize (RTN / GPTQ, outlier columns split off) and rewrite (DequantizeLinear or
-//      MatMulNBits, plus the int8 outlier branch), raising the opset to what the output needs.
+//   3. calibration statistics of the layers' inputs (Hessians of MatMul/Gemm rows, 1x1 Conv
+//      pixels and k×k Conv im2col patches; mean |x| and energy for AWQ and saliency);
+//   4. AWQ: search the per-input-channel scales of each group of layers sharing an input (output
+//      error through H) and fold 1/s into the input's producer (or an inserted Mul);
+//   5. quantize (RTN / GPTQ / AWQ's output-error clipping, outlier columns split off; optionally
+//      re-collecting the statistics from the partly quantized model) and rewrite (DequantizeLinear
+//      with float16 -> Cast scales, or MatMulNBits, plus the int8 outlier branch), raising the opset
+//      to what the output needs.
 #include <algorithm>
 #include <cmath>
 #include <cstring>

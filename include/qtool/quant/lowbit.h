@@ -15,6 +15,10 @@
 //   - AWQ: the per-input-channel scale is folded into the producer of the input (a Mul by a
 //     constant, e.g. the RMSNorm weight; a MatMul's output channels; a Mul whose other operand is
 //     such a MatMul), else a Mul by 1/s is inserted before the consumers.
+//   GPTQ needs the Hessian H = Σ x xᵀ of each layer's input, streamed from the calibration run:
+//   the activation rows of a MatMul/Gemm, the pixels of a 1x1 Conv's input, the im2col patches of a
+//   k×k Conv (group 1; its blocks of input channels at one kernel tap are GPTQ column groups).
+//   Depthwise convs default to int8 (bits_depthwise).
 //   The embedding table of a Gather (token ids -> rows) is quantized to int8 per row when
 //   `quantize_embedding` (it is a "first layer": bits_first_last applies, and below 8 bits it stays
 //   int8). The default-domain opset is raised to what the output needs (21 for int4/uint4 and

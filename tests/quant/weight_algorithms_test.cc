@@ -317,6 +317,31 @@ TEST(WeightGptq, RefitScalesNeverRaisesOutputErrorAndKeepsLevels) {
   }
 }
 
+TEST(WeightGptq, CoordinateDescentLowersTheLayerObjective) {
+  const int64_t rows = 32, cols = 96, n = 512;
+  const auto w = gaussian(rows * cols, 71);
+  const auto x = correlated_inputs(n, cols, 72);
+  HessianAccumulator acc(cols);
+  acc.add(x, n);
+  const auto h = acc.hessian();
+  for (int bits : {4, 2}) {
+    const QuantSpec s = spec(bits, 32);
+    GptqOptions o;
+    const QuantizedMatrix plain = quantize_gptq(w, rows, cols, h, s, o);
+    o.cd_passes = 2;
+    const QuantizedMatrix cd = quantize_gptq(w, rows, cols, h, s, o);
+    const double ep = hessian_error(w, plain.dequantize(), rows, cols, h);
+    const double ec = hessian_error(w, cd.dequantize(), rows, cols, h);
+    EXPECT_LT(ec, ep) << "bits " << bits;
+    EXPECT_NE(cd.levels, plain.levels);
+    for (size_t i = 0; i < cd.levels.size(); ++i) {
+      ASSERT_GE(cd.levels[i], -(1 << (bits - 1)));
+      ASSERT_LE(cd.levels[i], (1 << (bits - 1)) - 1);
+    }
+    for (size_t i = 0; i < cd.grids.size(); ++i) EXPECT_EQ(cd.grids[i].scale, plain.grids[i].scale);
+  }
+}
+
 TEST(WeightOutliers, SelectsSalientColumns) {
   const int64_t rows = 4, cols = 10;
   auto w = gaussian(rows * cols, 31, 0.1f);

@@ -48,6 +48,9 @@ struct GptqOptions {
   /// After the columns are quantized, refit each row's block scales to the fixed levels by least
   /// squares on the output error (refine_scales).
   bool refine_scales = false;
+  /// Passes of coordinate descent after GPTQ: each level moves by ±1 when that lowers the row's
+  /// exact output error dᵀ H d (grids kept), in the spirit of QuantEase (Behdin et al. 2023).
+  int cd_passes = 0;
 };
 
 /// GPTQ with arbitrary (static) column groups: column c of each row is quantized on grid

@@ -434,6 +434,41 @@ QuantizedMatrix gptq_conv(const Target& t, std::span<const double> h, const Quan
   return q;
 }
 
+/// GPTQ of a MatMul/Gemm whose outlier columns are carried exactly by the int8 branch: GPTQ runs on
+/// the other columns only (H restricted to them, each keeping its block's grid), so that no error is
+/// pushed into the outlier columns (the branch holds their original weights); those columns get the
+/// level of 0 in the low-bit matrix.
+QuantizedMatrix gptq_without_columns(const Target& t, const std::vector<int64_t>& out_cols, std::span<const double> h,
+                                     const QuantSpec& spec, const GptqOptions& o) {
+  const int64_t rows = t.rows, cols = t.cols, bs = effective_block(spec, cols), kb = (cols + bs - 1) / bs;
+  std::vector<char> is_out(cols, 0);
+  for (int64_t c : out_cols) is_out[c] = 1;
+  std::vector<int64_t> keep;
+  for (int64_t c = 0; c < cols; ++c)
+    if (!is_out[c]) keep.push_back(c);
+  const int64_t n = static_cast<int64_t>(keep.size());
+  std::vector<float> w(rows * n);
+  std::vector<double> hk(n * n);
+  std::vector<int64_t> groups(n);
+  for (int64_t i = 0; i < n; ++i) {
+    groups[i] = keep[i] / bs;
+    for (int64_t r = 0; r < rows; ++r) w[r * n + i] = t.w[r * cols + keep[i]];
+    for (int64_t j = 0; j < n; ++j) hk[i * n + j] = h[keep[i] * cols + keep[j]];
+  }
+  const QuantizedMatrix g = quantize_gptq_grouped(w, rows, n, hk, spec, groups, kb, o);
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.block_size = bs;
+  q.grids = g.grids;  // [rows, kb]: the groups are the original blocks
+  q.levels.assign(rows * cols, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) q.levels[r * cols + keep[i]] = g.levels[r * n + i];
+    for (int64_t c : out_cols) q.levels[r * cols + c] = q.grids[r * kb + c / bs].quantize(0.0f);
+  }
+  return q;
+}
+
 /// Whether layers of format `f` store float16 scales under `cfg` (DequantizeLinear below 8 bits).
 bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
   return cfg.fp16_scales && f.layout == WeightLayout::kQdq && f.bits < 8;
@@ -765,6 +800,9 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       auto quantize = [&] {
         if (conv_gptq) {
           q = gptq_conv(t, h, spec, cfg.gptq);
+          L.algorithm = "gptq";
+        } else if (gptq && !out_cols.empty()) {
+          q = gptq_without_columns(t, out_cols, h, spec, cfg.gptq);
           L.algorithm = "gptq";
         } else if (gptq) {
           q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);

@@ -603,10 +603,34 @@ TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
   const ir::Model outl4 = make("4", WeightAlgorithm::kRtn, 0.1);
   const ir::Model awqg4 = make("4", WeightAlgorithm::kAwqGptq, 0.0);
   const ir::Model gptq4_seq = make("4", WeightAlgorithm::kGptq, 0.0, true);
+  const ir::Model gptq_outl4 = make("4", WeightAlgorithm::kGptq, 0.1);
   const double r4 = eval_error(rtn4), g4 = eval_error(gptq4), a4 = eval_error(awq), o4 = eval_error(outl4);
   const double ag4 = eval_error(awqg4), g4_seq = eval_error(gptq4_seq);
   EXPECT_LT(ag4, 0.9 * r4) << "awq+gptq " << ag4 << " rtn " << r4;
   EXPECT_LT(g4_seq, 0.9 * r4) << "gptq (sequential calibration) " << g4_seq << " rtn " << r4;
+  // GPTQ with int8 outlier channels: GPTQ runs on the other columns (no error pushed into the
+  // outlier columns, which the int8 branch carries exactly), so it beats RTN with the same outliers.
+  const double go4 = eval_error(gptq_outl4);
+  EXPECT_LT(go4, o4) << "gptq+outliers " << go4 << " rtn+outliers " << o4;
+  EXPECT_LT(go4, 0.9 * g4) << "gptq+outliers " << go4 << " gptq " << g4;
+  const ir::Model gptq_outl2 = make("2", WeightAlgorithm::kGptq, 0.1);
+  for (const auto& [m, bits] : {std::pair{&gptq_outl4, 4}, std::pair{&gptq_outl2, 2}}) {
+    // The low-bit matrix holds exactly 0 in the outlier channels (level 0): nothing is counted twice.
+    for (const char* w : {"layer.gate_proj.weight", "layer.up_proj.weight"}) {
+      const ir::Value* ch = m->graph->find_value(std::string(w) + "_outlier_channels");
+      const ir::Value* lv = m->graph->find_value(std::string(w) + "_quantized");
+      ASSERT_TRUE(ch && lv && ch->initializer() && lv->initializer());
+      const Tensor& lt = *lv->initializer();
+      ASSERT_EQ(lt.shape(), (Shape{40, 64}));
+      const auto levels = unpack_onnx(std::span<const uint8_t>(lt.raw(), lt.nbytes()), 40 * 64, bits, true);
+      const Tensor& ct = *ch->initializer();
+      ASSERT_EQ(ct.numel(), 4);  // ceil(0.1 · 40)
+      int nonzero = 0;
+      for (int64_t i = 0; i < ct.numel(); ++i)
+        for (int64_t n = 0; n < 64; ++n) nonzero += levels[ct.data<int64_t>()[i] * 64 + n] != 0;
+      EXPECT_EQ(nonzero, 0) << w << " bits " << bits;
+    }
+  }
   // Sequential GPTQ re-collects the Hessians after each layer input: different weights than one pass.
   EXPECT_NE(onnx_io::serialize_model(gptq4), onnx_io::serialize_model(gptq4_seq));
   EXPECT_LT(g4, 0.9 * r4) << "gptq " << g4 << " rtn " << r4;
@@ -623,7 +647,7 @@ TEST(LowbitRewrite, OutliersGptqAndAwqBeatRtnOnTheGraph) {
   EXPECT_EQ(count_ops(awq, "Mul"), count_ops(fp, "Mul") + 1);
   // All of them run in ONNX Runtime with the executor's outputs.
   TempDir dir;
-  for (const ir::Model* m : {&gptq, &awq, &outl, &awqg4}) {
+  for (const ir::Model* m : {&gptq, &awq, &outl, &awqg4, &gptq_outl4}) {
     onnx_io::save_model(*m, dir.file("q.onnx"));
     const Tensor ort = ort_output(dir.file("q.onnx"), evals[0].at("x"), "basic");
     runtime::Executor ex(*m);

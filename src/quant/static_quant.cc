@@ -12,6 +12,7 @@
 #include "qtool/calib/calibrate.h"
 #include "qtool/passes/cross_layer_equalization.h"
 #include "qtool/passes/pass.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/quant/bias_correction.h"
 #include "qtool/runtime/executor.h"
 
@@ -119,7 +120,10 @@ std::vector<OutputAgreement> compare_models(const ir::Model& reference, const ir
                                             data::SampleSource& samples, int threads) {
   runtime::ExecutorOptions eo;
   eo.threads = threads;
-  runtime::Executor ref(reference, eo), cand(candidate, eo);
+  // Score the candidate as ONNX Runtime will run it: QDQ groups fused into integer kernels.
+  ir::Model fused = candidate.clone();
+  passes::fuse_qdq_to_qoperator(fused);
+  runtime::Executor ref(reference, eo), cand(fused, eo);
   const std::vector<std::string> names = ref.output_names();
   std::vector<Accum> acc(names.size());
   for (size_t i = 0; i < samples.size(); ++i) {

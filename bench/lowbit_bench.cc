@@ -67,6 +67,7 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "clip") c.clip_steps = std::stoi(v);
     else if (k == "refit") c.gptq.refine_scales = v == "1";
     else if (k == "cd") c.gptq.cd_passes = std::stoi(v);
+    else if (k == "duo") c.awq.duo_scaling = v == "1";
     else if (k == "dw") c.bits_depthwise = v == "same" ? "" : v;
     else if (k == "lb") c.layer_bits = quant::parse_layer_bits(v);  // lb=PATTERN=BITS[,PATTERN=BITS]
     else if (k == "calib") g_calib_docs = std::stoul(v);

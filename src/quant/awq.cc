@@ -52,9 +52,38 @@ AwqResult awq_search_hessian(std::span<const AwqMatrix> group, int64_t cols, std
   AwqResult best;
   best.error = -1;
   std::vector<float> ws;
+  // Duo scaling: w_mean[c] = mean over the group's rows of |w| relative to its block's max |w|.
+  std::vector<double> w_mean(cols, 0.0);
+  if (options.duo_scaling) {
+    const int64_t bs = effective_block(spec, cols);
+    int64_t total_rows = 0;
+    for (const AwqMatrix& m : group) {
+      for (int64_t r = 0; r < m.rows; ++r)
+        for (int64_t c0 = 0; c0 < cols; c0 += bs) {
+          const int64_t c1 = std::min(cols, c0 + bs);
+          float mx = 0.0f;
+          for (int64_t c = c0; c < c1; ++c) mx = std::max(mx, std::fabs(m.w[r * cols + c]));
+          for (int64_t c = c0; c < c1; ++c) w_mean[c] += std::fabs(m.w[r * cols + c]) / (mx + 1e-6);
+        }
+      total_rows += m.rows;
+    }
+    for (auto& v : w_mean) v /= static_cast<double>(std::max<int64_t>(1, total_rows));
+  }
   for (int i = 0; i <= grid; ++i) {
     const double alpha = static_cast<double>(i) / grid;
-    const std::vector<float> s = awq_scales(act_mean_abs, alpha);
+    std::vector<float> s = awq_scales(act_mean_abs, alpha);
+    if (options.duo_scaling && i > 0) {  // i = 0 stays s = 1 (plain RTN)
+      double mx = 0, mn = INFINITY;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double v = std::max(1e-4, std::pow(std::max(static_cast<double>(act_mean_abs[c]), 0.0), alpha) /
+                                            (std::pow(w_mean[c], 1.0 - alpha) + 1e-4));
+        s[c] = static_cast<float>(v);
+        mx = std::max(mx, v);
+        mn = std::min(mn, v);
+      }
+      const double norm = std::sqrt(mx * mn);
+      for (auto& v : s) v = static_cast<float>(v / norm);
+    }
     // Error of the scaled problem: ‖(W·S − Q)(S⁻¹X)‖ = tr(ΔW' H' ΔW'ᵀ) with H' = S⁻¹ H S⁻¹.
     const std::vector<double> hs = scale_hessian(h, s);
     double err = 0;

@@ -260,6 +260,13 @@ TEST(WeightAwq, HessianSearchEqualsRowSearchAndOutputClipHelps) {
   const AwqResult clip = awq_search_hessian(std::span<const AwqMatrix>(&m, 1), cols, h, mean_abs, spec(4, 32));
   EXPECT_LT(clip.error, by_h.error);
   EXPECT_LT(clip.rtn_error, by_h.rtn_error);
+  // Duo scaling (x^α / w^(1-α)): α = 0 is still plain RTN, and the search never ends above it.
+  AwqOptions duo;
+  duo.duo_scaling = true;
+  const AwqResult d = awq_search_hessian(std::span<const AwqMatrix>(&m, 1), cols, h, mean_abs, spec(4, 32), duo);
+  EXPECT_NEAR(d.rtn_error, clip.rtn_error, 1e-9 * clip.rtn_error);
+  EXPECT_LE(d.error, d.rtn_error);
+  EXPECT_NE(d.scales, clip.scales);
   // scale_hessian is the Hessian of x·diag(1/s).
   const auto hs = scale_hessian(h, clip.scales);
   const double want = h[5 * cols + 9] / (static_cast<double>(clip.scales[5]) * clip.scales[9]);

@@ -23,6 +23,9 @@ struct AwqOptions {
   /// error (quantize_rtn_hessian on the rescaled H, AWQ's auto_clip) instead of the weight error,
   /// so that α is chosen for the quantizer that is finally used.
   bool output_clip = true;
+  /// AutoAWQ's "duo scaling" for α > 0: s = x_mean^α / w_mean^(1-α) (w_mean: mean |w| per input
+  /// channel relative to its block's max), normalised likewise; α = 0 stays s = 1 (plain RTN).
+  bool duo_scaling = false;
 };
 
 /// One weight matrix of a group sharing the same input: W [rows, cols], cols = input channels.

@@ -7,9 +7,12 @@
 //   lowbit_bench imagenet MODEL IMAGE_DIR PRESET OUT_DIR CONFIG...
 //     top-1 on the odd positions of the sorted image list (500), calibration on the first 64 even ones.
 //
-// CONFIG = bits:block:algorithm[:outlier_fraction[:format[:sym|asym[:first_last]]]], e.g. 4:32:gptq,
-// ternary:64:rtn, 2:32:rtn:0.02, 4:32:rtn:0:mnb. "fp" evaluates the float model. Each quantized model
-// is saved to OUT_DIR/<config>.onnx (its size is reported). Evaluation runs qtool's executor.
+// CONFIG = bits:block:algorithm[:outlier_fraction[:format[:sym|asym[:first_last]]]][:key=value...],
+// e.g. 4:32:gptq, ternary:64:rtn, 2:32:rtn:0.02, 4:32:rtn:0:mnb, 4:32:gptq:0:qdq:asym:ao=1:calib=64
+// (options: see parse_config). Each quantized model is saved to OUT_DIR/<config>.onnx (its size is
+// reported). Evaluation runs qtool's executor. LOWBIT_FP_NLL=tiny,wizard skips the FP32 evaluation of
+// the stories mode; LOWBIT_MAX_EVAL caps the imagenet evaluation images; LOWBIT_LAYERS=1 prints the
+// per-layer report on stderr.
 #include <algorithm>
 #include <chrono>
 #include <cmath>

@@ -58,7 +58,7 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
   quant::WeightOnlyConfig c;
   // key=value options anywhere: ao=1 (GPTQ act order), damp=X (GPTQ dampening), gclip=1 (GPTQ grids
   // by block output error), oclip=0 (AWQ without output-error clipping), s32=1 (float32 scales),
-  // calib=N / len=N (stories: calibration documents / tokens per document).
+  // calib=N / len=N (stories: calibration documents / tokens per document), threads=N (calibration and RTN).
   for (const auto& o : opts) {
     const std::string k = o.substr(0, o.find('=')), v = o.substr(o.find('=') + 1);
     if (k == "ao") c.gptq.act_order = v == "1";
@@ -75,6 +75,7 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "lb") c.layer_bits = quant::parse_layer_bits(v);  // lb=PATTERN=BITS[,PATTERN=BITS]
     else if (k == "calib") g_calib_docs = std::stoul(v);
     else if (k == "len") g_calib_len = std::stoul(v);
+    else if (k == "threads") c.threads = std::stoi(v);
     else throw std::runtime_error("unknown option " + k);
   }
   c.bits = p.at(0);

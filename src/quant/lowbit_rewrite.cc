@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -610,6 +612,44 @@ int64_t emit_outliers(ir::Graph& g, const Target& t, const std::vector<int64_t>&
 
 }  // namespace
 
+namespace {
+
+/// quantize_rtn with its rows split over `threads` threads (RTN treats every row on its own, so
+/// the result is identical to the single-threaded one).
+QuantizedMatrix quantize_rtn_rows_parallel(std::span<const float> w, int64_t rows, int64_t cols, const QuantSpec& spec,
+                                           int threads) {
+  const int64_t parts = std::clamp<int64_t>(threads, 1, std::max<int64_t>(1, rows / 64));
+  if (parts <= 1) return quantize_rtn(w, rows, cols, spec);
+  std::vector<QuantizedMatrix> pieces(static_cast<size_t>(parts));
+  std::vector<std::thread> pool;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
+  const int64_t per = (rows + parts - 1) / parts;
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t r0 = std::min(rows, p * per), r1 = std::min(rows, r0 + per);
+    pool.emplace_back([&, p, r0, r1] {
+      try {
+        pieces[static_cast<size_t>(p)] = quantize_rtn(w.subspan(static_cast<size_t>(r0 * cols), static_cast<size_t>((r1 - r0) * cols)),
+                                                      r1 - r0, cols, spec);
+      } catch (...) {
+        errors[static_cast<size_t>(p)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  QuantizedMatrix q = std::move(pieces[0]);
+  q.rows = rows;
+  for (size_t p = 1; p < pieces.size(); ++p) {
+    q.levels.insert(q.levels.end(), pieces[p].levels.begin(), pieces[p].levels.end());
+    q.grids.insert(q.grids.end(), pieces[p].grids.begin(), pieces[p].grids.end());
+    std::vector<int32_t>().swap(pieces[p].levels);
+  }
+  return q;
+}
+
+}  // namespace
+
 WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg, const CalibrationInputs* calib) {
   WeightOnlyReport report;
   ir::Graph& g = *model.graph;
@@ -758,7 +798,10 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
     }
     with_context("while quantizing weight '" + t.weight->name() + "' of " + t.node->describe(), [&] {
       extract_matrix(t);
-      const std::vector<float> w_before = t.w;  // after AWQ scaling
+      // The weights before outlier columns are zeroed (after AWQ scaling); only copied when there
+      // are outlier columns (a large layer's float copy is what bounds the streaming RSS).
+      std::vector<float> w_before_copy;
+      const std::vector<float>* w_before = &t.w;
       QuantSpec spec = QuantSpec::from_format(*t.format);
       spec.clip_steps = cfg.clip_steps;
       spec.fp16_scale = wants_fp16_scales(cfg, *t.format);
@@ -780,6 +823,10 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
             for (int64_t c = 0; c < t.cols; ++c) energy[c] /= (*awq_s)[c] * (*awq_s)[c];
         }
         out_cols = select_outlier_columns(t.w, t.rows, t.cols, cfg.outlier_fraction, energy);
+        if (!out_cols.empty()) {
+          w_before_copy = t.w;
+          w_before = &w_before_copy;
+        }
         for (int64_t r = 0; r < t.rows; ++r)
           for (int64_t c : out_cols) t.w[r * t.cols + c] = 0.0f;
       }
@@ -815,7 +862,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
           q = quantize_rtn_hessian(t.w, t.rows, t.cols, spec, h);
           L.algorithm = "rtn-output-clip";
         } else {
-          q = quantize_rtn(t.w, t.rows, t.cols, spec);
+          q = quantize_rtn_rows_parallel(t.w, t.rows, t.cols, spec, cfg.threads);
           L.algorithm = t.format->scheme == WeightScheme::kTernary ? "optimal-ternary"
                         : t.format->scheme == WeightScheme::kBinary ? "binary"
                                                                     : "rtn";
@@ -832,21 +879,22 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         L.algorithm = "awq+" + L.algorithm;
         L.note += (L.note.empty() ? "" : "; ") + awq_where[&t];
       }
-      // Relative weight error (outlier columns count as int8-exact here; their error is tiny).
-      const std::vector<float> d = q.dequantize();
+      // Relative weight error (outlier columns count as int8-exact here; their error is tiny),
+      // dequantizing element by element rather than materializing the whole matrix.
       double num = 0, den = 0;
-      std::unordered_set<int64_t> oc(out_cols.begin(), out_cols.end());
+      std::vector<char> oc(static_cast<size_t>(t.cols), 0);
+      for (int64_t c : out_cols) oc[static_cast<size_t>(c)] = 1;
       for (int64_t r = 0; r < t.rows; ++r)
         for (int64_t c = 0; c < t.cols; ++c) {
-          const double wv = w_before[r * t.cols + c];
-          const double e = oc.count(c) ? 0.0 : wv - d[r * t.cols + c];
+          const double wv = (*w_before)[r * t.cols + c];
+          const double e = oc[static_cast<size_t>(c)] ? 0.0 : wv - q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
           num += e * e;
           den += wv * wv;
         }
       L.weight_rel_mse = den > 0 ? num / den : 0.0;
       int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q) : emit_qdq(g, t, q, spec.fp16_scale);
       if (!out_cols.empty()) {
-        bytes += emit_outliers(g, t, out_cols, w_before);
+        bytes += emit_outliers(g, t, out_cols, *w_before);
         L.outlier_columns = static_cast<int64_t>(out_cols.size());
       }
       L.format = std::string(t.format->name);
@@ -854,6 +902,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       report.float_weight_bytes += float_bytes;
       report.quant_weight_bytes += bytes;
       std::vector<float>().swap(t.w);  // keep one layer's float copy at a time
+      std::vector<int32_t>().swap(q.levels);
       stale = true;
       last_input = t.input;
       if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {

@@ -673,6 +673,34 @@ TEST(LowbitRewrite, DeterministicAndSharedWeightsQuantizedOnce) {
   EXPECT_EQ(count_ops(a, "DequantizeLinear"), 4);
 }
 
+TEST(LowbitRewrite, RtnRowsSplitAcrossThreadsGiveTheSameModel) {
+  // 256 output channels: split into 4 row ranges with threads = 4.
+  auto make = [] {
+    std::mt19937 rng(5);
+    ir::Model m;
+    m.ir_version = 8;
+    m.set_opset("", 17);
+    ir::Graph& g = *m.graph;
+    ir::Value* x = g.add_input("x", float_type({2, 64}));
+    auto* w = g.add_initializer("proj.weight", Tensor::from_vector<float>({64, 256}, gaussian(64 * 256, rng, 0.2f)));
+    auto* y = g.add_node("MatMul", {x, w}, {"y"}, "proj")->output(0);
+    y->type() = float_type({2, 256});
+    g.add_output(y);
+    return m;
+  };
+  ir::Model one = make(), four = make();
+  WeightOnlyConfig cfg;
+  cfg.bits_first_last = "";
+  const auto r1 = apply_weight_only(one, cfg);
+  cfg.threads = 4;
+  const auto r4 = apply_weight_only(four, cfg);
+  EXPECT_EQ(onnx_io::serialize_model(one), onnx_io::serialize_model(four));
+  ASSERT_EQ(r1.layers.size(), 1u);
+  EXPECT_EQ(r1.layers[0].weight_rel_mse, r4.layers[0].weight_rel_mse);
+  EXPECT_GT(r1.layers[0].weight_rel_mse, 0.0);
+  EXPECT_LT(r1.layers[0].weight_rel_mse, 0.05);  // 4-bit block 32 RTN on Gaussian weights: about 1%
+}
+
 TEST(LowbitRewrite, GptqWithoutCalibrationIsAConfigError) {
   ir::Model m = make_mlp(10);
   WeightOnlyConfig cfg;

@@ -98,7 +98,7 @@ struct WeightOnlyConfig {
   GptqOptions gptq;
   AwqOptions awq;
   int64_t max_calib_rows = 4096;           ///< activation rows kept per layer for AWQ / outlier search
-  int threads = 1;                         ///< executor threads for the calibration pass
+  int threads = 1;                         ///< threads for the calibration pass and for RTN (rows split across threads)
 };
 
 /// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: samples (graph input name ->

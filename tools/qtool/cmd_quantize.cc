@@ -437,7 +437,8 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
     evaluate_into(out.report, *fp32, model, held_out, a.threads);
     timings.push_back({"evaluate", seconds_since(t)});
   }
-  for (const auto& s : res.actions) out.report.warnings.push_back("guard: " + s);
+  // What the pipeline did beyond the defaults (CLE, bias correction, tensors the guard kept in float, ...).
+  for (const auto& s : res.actions) out.report.warnings.push_back("action: " + s);
   for (const auto& w : res.warnings) {
     spdlog::warn("{}", w);
     out.report.warnings.push_back(w);

@@ -50,6 +50,42 @@ TEST(QuantizeLowbitOptions, LayerBitsAsymmetricAndOutliers) {
   EXPECT_EQ(outl["weight_bits"]["int8"], 3);  // first, last, and one outlier-channel branch
 }
 
+TEST(QuantizeLowbitOptions, ScaleTypeFloat32AndBitsDepthwise) {
+  testing::TempDir dir;
+  // float16 scales (default) store 4 + 16/32 bits per 4-bit weight; float32 scales 4 + 32/32.
+  const auto f16 = run_command(fmt::format("{} -q quantize {} --bits 4 -o {}", qtool_bin(), kModel, dir.file("a.onnx")));
+  const auto f32 = run_command(
+      fmt::format("{} -q quantize {} --bits 4 --scale-type float32 -o {}", qtool_bin(), kModel, dir.file("b.onnx")));
+  ASSERT_EQ(f16.exit_code, 0) << f16.err;
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  EXPECT_LT(std::filesystem::file_size(dir.file("a.onnx")), std::filesystem::file_size(dir.file("b.onnx")));
+  auto ops = [&](const std::string& f) {
+    auto r = run_command(fmt::format("{} inspect --json {}", qtool_bin(), f));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return nlohmann::json::parse(r.out)["op_histogram"];
+  };
+  EXPECT_EQ(ops(dir.file("a.onnx")).value("Cast", 0), 3);  // one per 4-bit weight's scale
+  EXPECT_EQ(ops(dir.file("b.onnx")).value("Cast", 0), 0);
+  const auto bad = run_command(
+      fmt::format("{} -q quantize {} --bits 4 --scale-type float64 -o {}", qtool_bin(), kModel, dir.file("c.onnx")));
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--scale-type"), std::string::npos) << bad.err;
+
+  // Depthwise convs: int8 by default, 4-bit with --bits-depthwise same (MobileNetV2 has 17).
+  QTOOL_REQUIRE_SHARED();
+  const std::string mnv2 = testing::shared_path("models/mobilenetv2/mobilenetv2_dequant_fp32.onnx");
+  auto bits = [&](const std::string& opts) {
+    const std::string out = dir.file("m.onnx");
+    auto q = run_command(fmt::format("{} -q quantize {} --bits 4 {} -o {}", qtool_bin(), mnv2, opts, out));
+    EXPECT_EQ(q.exit_code, 0) << q.err;
+    auto r = run_command(fmt::format("{} inspect --json {}", qtool_bin(), out));
+    return nlohmann::json::parse(r.out)["quantization"]["weight_bits"];
+  };
+  const auto dflt = bits(""), same = bits("--bits-depthwise same");
+  EXPECT_EQ(same["int4"].get<int>() - dflt["int4"].get<int>(), 17);
+  EXPECT_EQ(dflt["int8"].get<int>() - same["int8"].get<int>(), 17);
+}
+
 TEST(QuantizeLowbitOptions, SplitIsAnAliasOfCalibSplit) {
   testing::TempDir dir;
   // 600 calibration files: --split even keeps 300, of which a fifth (60) is held out for the evaluation.

@@ -1,6 +1,7 @@
 #include "nn_util.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 // GCC 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics when Eigen is built
 // with -march=native (QTOOL_NATIVE); the warning is a known false positive of the headers.
@@ -100,7 +101,15 @@ using MutMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 void sgemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
 #if QTOOL_HAVE_AVX2_GEMM
-  // Portable build on an AVX2 machine: the AVX2 + FMA kernel is about twice as fast.
+  // Portable build on an AVX-512 / AVX2 machine: the wider kernels are about 4x / 2x as fast.
+  static const bool use_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+                                 __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                 std::getenv("QTOOL_NO_AVX512") == nullptr;
+  if (use_avx512) {
+    sgemm_avx512_serial(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
   static const bool use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (use_avx2) {
     sgemm_avx2_serial(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

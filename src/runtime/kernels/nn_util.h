@@ -67,6 +67,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 /// sgemm's serial core compiled for AVX2 + FMA (gemm_avx2.cc); only called when the CPU has both.
 void sgemm_avx2_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
                        int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+/// The same core compiled for AVX-512 F/DQ/VL/BW (gemm_avx512.cc); only called when the CPU has them.
+void sgemm_avx512_serial(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                         int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 #else
 #define QTOOL_HAVE_AVX2_GEMM 0
 #endif

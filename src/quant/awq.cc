@@ -115,15 +115,7 @@ AwqResult awq_search(std::span<const AwqMatrix> group, int64_t cols, std::span<c
   std::vector<float> s(cols), ws, deq;
   for (int i = 0; i <= grid; ++i) {
     const double alpha = static_cast<double>(i) / grid;
-    double mx = 0, mn = INFINITY;
-    for (int64_t c = 0; c < cols; ++c) {
-      const double v = std::max(1e-4, std::pow(std::max(static_cast<double>(act_mean_abs[c]), 0.0), alpha));
-      s[c] = static_cast<float>(v);
-      mx = std::max(mx, v);
-      mn = std::min(mn, v);
-    }
-    const double norm = std::sqrt(mx * mn);
-    for (auto& v : s) v = static_cast<float>(v / norm);
+    s = awq_scales(act_mean_abs, alpha);
     double err = 0;
     for (const AwqMatrix& m : group) {
       QTOOL_CHECK(static_cast<int64_t>(m.w.size()) == m.rows * cols, ErrorCode::kInternal, "awq: W size");

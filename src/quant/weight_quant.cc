@@ -147,21 +147,27 @@ BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const Qua
   return int_grid_search(x, spec, [&](const BlockGrid& g) { return block_error(x, e, g); });
 }
 
+/// The quadratic form dᵀ H d, H [n, n] row-major (zero entries of d skipped).
+double quadratic_form(std::span<const double> d, const double* h) {
+  const size_t n = d.size();
+  double err = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (d[i] == 0.0) continue;
+    const double* hi = h + i * n;
+    double row = 0;
+    for (size_t j = 0; j < n; ++j) row += hi[j] * d[j];
+    err += d[i] * row;
+  }
+  return err;
+}
+
 /// dᵀ H d with d = x − Q(x) on grid g, H [n, n] row-major.
 double block_error_hessian(std::span<const float> x, std::span<const double> h, const BlockGrid& g,
                            std::vector<double>& d) {
   const size_t n = x.size();
   d.resize(n);
   for (size_t i = 0; i < n; ++i) d[i] = static_cast<double>(x[i]) - g.dequantize(g.quantize(x[i]));
-  double err = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (d[i] == 0.0) continue;
-    const double* hi = h.data() + i * n;
-    double row = 0;
-    for (size_t j = 0; j < n; ++j) row += hi[j] * d[j];
-    err += d[i] * row;
-  }
-  return err;
+  return quadratic_form(d, h.data());
 }
 
 /// Exact optimum over "top-k by magnitude" supports: α_k = Σ_top-k e|x| / Σ_top-k e, error reduction
@@ -278,13 +284,7 @@ double hessian_error(std::span<const float> w, std::span<const float> q, int64_t
   double s = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) d[c] = static_cast<double>(w[r * cols + c]) - q[r * cols + c];
-    for (int64_t i = 0; i < cols; ++i) {
-      if (d[i] == 0.0) continue;
-      const double* hi = h.data() + i * cols;
-      double row = 0;
-      for (int64_t j = 0; j < cols; ++j) row += hi[j] * d[j];
-      s += d[i] * row;
-    }
+    s += quadratic_form(d, h.data());
   }
   return s;
 }

@@ -77,15 +77,17 @@ TEST(CliQuantizeQOperator, SqueezeNetRunsInOnnxRuntimeAndMatchesTheQdqForm) {
   EXPECT_NE(bad.exit_code, 0);
 }
 
-TEST(CliQuantizeQOperator, FormatRejectedForLowBits) {
+TEST(CliQuantizeQOperator, FormatRejectedForLowBitsAnd16BitActivations) {
   QTOOL_REQUIRE_SHARED();
   testing::TempDir dir;
-  const auto r = testing::run_command(fmt::format(
-      "{} quantize {} --bits 4 -o {} --format qoperator", testing::qtool_bin(),
-      shared_path("models/squeezenet1.1/squeezenet1.1_fp32.onnx"), dir.file("x.onnx")));
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find("qoperator"), std::string::npos) << r.err;
-  EXPECT_FALSE(std::filesystem::exists(dir.file("x.onnx")));
+  for (const char* opts : {"--bits 4", "--bits 8 --activation-bits 16 --calib x"}) {
+    const auto r = testing::run_command(fmt::format(
+        "{} quantize {} {} -o {} --format qoperator", testing::qtool_bin(),
+        shared_path("models/squeezenet1.1/squeezenet1.1_fp32.onnx"), opts, dir.file("x.onnx")));
+    EXPECT_EQ(r.exit_code, 2) << opts << ": " << r.err;
+    EXPECT_NE(r.err.find("qoperator"), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir.file("x.onnx")));
+  }
 }
 
 }  // namespace

@@ -350,6 +350,8 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
               a.format);
   QTOOL_CHECK(a.activation_bits == 8 || a.activation_bits == 16, ErrorCode::kConfig,
               "--activation-bits must be 8 or 16, got {}", a.activation_bits);
+  QTOOL_CHECK(a.format != "qoperator" || a.activation_bits == 8, ErrorCode::kConfig,
+              "--format qoperator needs 8-bit activations (the QLinear ops are 8-bit); use qdq with --activation-bits 16");
   QTOOL_CHECK(a.activation_type == "uint8" || a.activation_type == "int8", ErrorCode::kConfig,
               "--activation-type must be uint8 or int8, got '{}'", a.activation_type);
   QTOOL_CHECK(!a.calib_path.empty() || !a.ranges_path.empty(), ErrorCode::kConfig,

@@ -11,6 +11,7 @@
 
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
 
@@ -101,7 +102,10 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
 
     const ir::Model q = onnx_io::load_model(out);
     const ir::Model f = onnx_io::load_model(model);
-    runtime::Executor eq(q), ef(f);
+    // The fused form (what `qtool run`/`compare` execute) must keep the If bodies intact too.
+    ir::Model fused = q.clone();
+    passes::fuse_qdq_to_qoperator(fused);
+    runtime::Executor eq(q), ef(f), efu(fused);
     for (int s : {3, 17, 33}) {
       const std::map<std::string, Tensor> in = {
           {"input", read_npy(fmt::format("{}/input/{:03d}.npy", calib, s))},
@@ -109,7 +113,9 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
           {"sr", read_npy(fmt::format("{}/sr/{:03d}.npy", calib, s))}};
       const auto ort = testing::ort_run(out, in);
       ASSERT_EQ(ort.count("output"), 1u);
-      const std::vector<Tensor> ours = eq.run(in), ref = ef.run(in);
+      const std::vector<Tensor> ours = eq.run(in), ref = ef.run(in), ours_fused = efu.run(in);
+      EXPECT_LT(testing::max_abs_error(ours_fused[0], ort.at("output")), 1e-4) << "fused, sample " << s;
+      EXPECT_LT(testing::max_abs_error(ours_fused[1], ort.at("stateN")), 1e-4) << "fused, sample " << s;
       EXPECT_LT(testing::max_abs_error(ours[0], ort.at("output")), 1e-4) << "sample " << s;
       EXPECT_LT(testing::max_abs_error(ours[1], ort.at("stateN")), 1e-4) << "sample " << s;
       EXPECT_LT(testing::max_abs_error(ours[0], ref[0]), 0.05) << "sample " << s;  // speech probability

@@ -50,6 +50,11 @@ TEST(CliQuantizeQOperator, SqueezeNetRunsInOnnxRuntimeAndMatchesTheQdqForm) {
   EXPECT_EQ(c["QuantizeLinear"], 1);
   EXPECT_EQ(c["DequantizeLinear"], 1);
   EXPECT_LT(std::filesystem::file_size(qop), std::filesystem::file_size(qdq));
+  // Deterministic: the same command writes the same bytes.
+  const std::string qop2 = dir.file("qop2.onnx");
+  const auto r3 = testing::run_command(squeezenet_cmd(qop2, "--format qoperator"));
+  ASSERT_EQ(r3.exit_code, 0) << r3.err;
+  EXPECT_EQ(read_file(qop), read_file(qop2));
 
   // ONNX Runtime gives the QOperator file exactly the outputs it gives the QDQ file, and qtool's
   // executor (fusing the QDQ file itself) gives the same again.

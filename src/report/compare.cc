@@ -233,6 +233,36 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     for (auto& a : rep.aliases) aliases.emplace(a.value, std::move(a));
   }
   const ir::Model& test_model = fused ? *fused : quantized;
+  // A model written in QOperator form already (qtool --format qoperator, ONNX Runtime's quantizer):
+  // its QLinear outputs keep the "<float tensor>_QuantizeLinear_Output" names both tools give them,
+  // and their scale / zero point are the op's output parameters.
+  for (const auto& np : test_model.graph->nodes()) {
+    const ir::Node& n = *np;
+    size_t scale_in = 0;
+    if (n.op_type() == "QLinearConv" || n.op_type() == "QLinearMatMul" || n.op_type() == "QLinearAdd" ||
+        n.op_type() == "QLinearMul")
+      scale_in = 6;
+    else if (n.op_type() == "QLinearGlobalAveragePool")
+      scale_in = 3;
+    else if (n.op_type() == "QLinearConcat")
+      scale_in = 0;
+    else
+      continue;
+    const ir::Value* y = n.output(0);
+    const ir::Value* sv = n.input(scale_in);
+    const ir::Value* zv = n.input(scale_in + 1);
+    static const std::string kSuffix = "_QuantizeLinear_Output";
+    if (!y || aliases.count(y->name()) || !sv || !sv->initializer() || sv->initializer()->numel() != 1) continue;
+    if (y->name().size() <= kSuffix.size() || !y->name().ends_with(kSuffix)) continue;
+    passes::QOperatorAlias a;
+    a.value = y->name();
+    a.float_name = y->name().substr(0, y->name().size() - kSuffix.size());
+    a.node = n.name();
+    a.op_type = n.op_type();
+    a.scale = static_cast<float>(sv->initializer()->get_as_double(0));
+    a.zero_point = zv && zv->initializer() ? static_cast<int32_t>(zv->initializer()->get_as_double(0)) : 0;
+    aliases.emplace(a.value, std::move(a));
+  }
   // A fused tensor stands for the float tensor its QuantizeLinear read; where the quantizer folded a
   // Relu/Clip after it into the quantization (saturation clips), it stands for that activation's
   // output in the FP32 model.

@@ -6,6 +6,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
@@ -80,6 +81,23 @@ TEST(CliQuantizeQOperator, SqueezeNetRunsInOnnxRuntimeAndMatchesTheQdqForm) {
   }
   const auto bad = testing::run_command(fmt::format("{} run {} -i {} --qdq maybe", testing::qtool_bin(), qdq, in));
   EXPECT_NE(bad.exit_code, 0);
+
+  // compare gives per-layer drift on the QOperator file as on the QDQ one (QLinear outputs matched
+  // to their float tensors by the "_QuantizeLinear_Output" names, dequantized with their parameters).
+  auto layers = [&](const std::string& model) {
+    const auto c = testing::run_command(fmt::format(
+        "{} compare {} {} --data {} --preprocess caffe-bgr --samples 4 --json", testing::qtool_bin(),
+        shared_path("models/squeezenet1.1/squeezenet1.1_fp32.onnx"), model, shared_path("data/imagenet-sample/images")));
+    EXPECT_EQ(c.exit_code, 0) << c.err;
+    std::map<std::string, double> sqnr;
+    const nlohmann::json doc = nlohmann::json::parse(c.out);  // kept alive for the loop below
+    for (const auto& l : doc["layers"]) sqnr[l["tensor"].get<std::string>()] = l["sqnr_db"].get<double>();
+    return sqnr;
+  };
+  const auto from_qdq = layers(qdq), from_qop = layers(qop);
+  ASSERT_TRUE(from_qop.count("fire9/expand1x1_2")) << "no per-layer drift for the QOperator file";
+  EXPECT_GT(from_qop.size(), 20u);
+  EXPECT_NEAR(from_qop.at("fire9/expand1x1_2"), from_qdq.at("fire9/expand1x1_2"), 1e-6);
 }
 
 TEST(CliQuantizeQOperator, FormatRejectedForLowBitsAnd16BitActivations) {

@@ -7,8 +7,7 @@
 // 2^53 is exact), then requantized like ONNX Runtime: y = sat(nearbyint(acc * (s_a s_b / s_y)) + zp_y)
 // with the multiplier computed in float and ties rounded to even.
 // ONNX Runtime rounds each step of its requantization in float; contracting a*b+c into one FMA
-// would round differently, so this file keeps every product and sum separate.
-#pragma GCC optimize("fp-contract=off")
+// would round differently, so this file is compiled with -ffp-contract=off (CMakeLists.txt).
 #include <algorithm>
 #include <cmath>
 #include <limits>

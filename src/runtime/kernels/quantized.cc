@@ -196,34 +196,12 @@ void dynamic_quantize_linear_kernel(KernelContext& ctx) {
   if (ctx.wants_output(2)) ctx.set_output(2, Tensor::from_vector<uint8_t>({}, {static_cast<uint8_t>(zp)}));
 }
 
-/// (x - zp) as doubles; zp per-tensor, or per-slice along `axis` of x when it has dim(axis) values.
-std::vector<double> centered(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
-                             const char* what) {
-  std::vector<int32_t> v = int_values(ctx, x, what);
-  std::vector<double> out(v.begin(), v.end());
-  if (!ctx.has_input(zp_input)) return out;
-  std::vector<int32_t> z = int_values(ctx, ctx.input(zp_input), "zero point");
-  if (z.size() == 1) {
-    for (double& d : out) d -= z[0];
-    return out;
-  }
-  const int64_t rank = static_cast<int64_t>(x.rank());
-  const int64_t ax = axis < 0 ? axis + rank : axis;
-  if (ax < 0 || ax >= rank || static_cast<int64_t>(z.size()) != x.dim(static_cast<int>(ax))) {
-    // Batched zero points ([.., M, 1] / [.., 1, N]) with a matching element count per batch.
-    nn::bad_node(ctx, "{} zero point with {} values does not match {}", what, z.size(), shape_str(x.shape()));
-  }
-  int64_t inner = 1;
-  for (int64_t i = ax + 1; i < rank; ++i) inner *= x.dim(static_cast<int>(i));
-  const int64_t len = x.dim(static_cast<int>(ax));
-  for (int64_t i = 0; i < x.numel(); ++i) out[i] -= z[(i / inner) % len];
-  return out;
-}
-
-/// (x - zp) as floats (exact: every value is a small integer), zp per-tensor or per-slice along
-/// `axis`; *max_abs receives max |x - zp|. 8-bit data is read straight from its bytes.
-std::vector<float> centered_float(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
-                                  const char* what, double* max_abs) {
+/// (x - zp) as T (exact: every value is a small integer), zp per-tensor or per-slice along `axis`
+/// of x when it has dim(axis) values; *max_abs (if given) receives max |x - zp|. 8-bit data is
+/// read straight from its bytes.
+template <typename T>
+std::vector<T> centered_values(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
+                               const char* what, double* max_abs = nullptr) {
   std::vector<int32_t> z = ctx.has_input(zp_input) ? int_values(ctx, ctx.input(zp_input), "zero point") : std::vector<int32_t>{0};
   const int64_t n = x.numel();
   int64_t inner = 1, len = 1;
@@ -235,22 +213,13 @@ std::vector<float> centered_float(const KernelContext& ctx, const Tensor& x, siz
     for (int64_t i = ax + 1; i < rank; ++i) inner *= x.dim(static_cast<int>(i));
     len = x.dim(static_cast<int>(ax));
   }
-  std::vector<float> out(static_cast<size_t>(n));
-  float mx = 0.0f;
+  std::vector<T> out(static_cast<size_t>(n));
+  T mx = 0;
   auto fill = [&](auto value_at) {
-    if (z.size() == 1) {
-      const int32_t z0 = z[0];
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = static_cast<float>(value_at(i) - z0);
-        out[i] = v;
-        mx = std::max(mx, std::fabs(v));
-      }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = static_cast<float>(value_at(i) - z[(i / inner) % len]);
-        out[i] = v;
-        mx = std::max(mx, std::fabs(v));
-      }
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = static_cast<T>(value_at(i) - (z.size() == 1 ? z[0] : z[(i / inner) % len]));
+      out[i] = v;
+      mx = std::max(mx, std::abs(v));
     }
   };
   if (x.dtype() == DataType::kUint8) {
@@ -263,8 +232,14 @@ std::vector<float> centered_float(const KernelContext& ctx, const Tensor& x, siz
     const std::vector<int32_t> v = int_values(ctx, x, what);
     fill([&v](int64_t i) { return v[i]; });
   }
-  *max_abs = mx;
+  if (max_abs) *max_abs = static_cast<double>(mx);
   return out;
+}
+
+/// (x - zp) as doubles (the exact operands of the integer MatMul kernels).
+std::vector<double> centered(const KernelContext& ctx, const Tensor& x, size_t zp_input, int64_t axis,
+                             const char* what) {
+  return centered_values<double>(ctx, x, zp_input, axis, what);
 }
 
 /// Batched numpy matmul of doubles (A [.., M, K], B [.., K, N], 1-D operands promoted).
@@ -392,8 +367,8 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
     nn::bad_node(ctx, "channels do not match: x {} w {} group {}", shape_str(x.shape()), shape_str(w.shape()), group);
   }
   double xmax = 0, wmax = 0;
-  const std::vector<float> xv = centered_float(ctx, x, xzp_in, 1, "x", &xmax);
-  const std::vector<float> wv = centered_float(ctx, w, wzp_in, 0, "w", &wmax);
+  const std::vector<float> xv = centered_values<float>(ctx, x, xzp_in, 1, "x", &xmax);
+  const std::vector<float> wv = centered_values<float>(ctx, w, wzp_in, 0, "w", &wmax);
   const nn::WindowGeometry g = nn::window_geometry(ctx, x.shape(), std::vector<int64_t>(w.shape().begin() + 2, w.shape().end()), false);
   *ys = {x.dim(0), w.dim(0)};
   for (int64_t d : g.out_shape()) ys->push_back(d);
@@ -586,17 +561,7 @@ void qlinear_add_kernel(KernelContext& ctx) {
   int64_t lo, hi;
   dtype_int_range(out, &lo, &hi);
   const size_t r = ys.size();
-  auto strides_for = [&](const Shape& s) {
-    std::vector<int64_t> st(r, 0);
-    int64_t acc = 1;
-    for (size_t i = 0; i < s.size(); ++i) {
-      const size_t d = s.size() - 1 - i, o = r - 1 - i;
-      st[o] = s[d] == 1 ? 0 : acc;
-      acc *= s[d];
-    }
-    return st;
-  };
-  const std::vector<int64_t> sta = strides_for(a->shape()), stb = strides_for(b->shape());
+  const std::vector<int64_t> sta = nn::broadcast_strides(a->shape(), r), stb = nn::broadcast_strides(b->shape(), r);
   const bool eight_bit = dtype_bits(out) == 8;
   const float ra = sa / sc, rb = sb / sc;
   const float fixed = static_cast<float>(zc) - (ra * static_cast<float>(za) + rb * static_cast<float>(zb));

@@ -1,0 +1,8 @@
+// Gradients: binary family (see grads.h).
+#include "grads.h"
+
+namespace qtool::runtime::grads {
+
+void register_binary_gradients(GradRegistry& r) { (void)r; }
+
+}  // namespace qtool::runtime::grads

@@ -51,6 +51,8 @@ std::vector<std::string> split(const std::string& s, char c) {
 
 /// Calibration size of the stories bench (documents, tokens per document); calib=N / len=N options.
 size_t g_calib_docs = 32, g_calib_len = 256;
+/// Tuning samples (stories documents / imagenet even images); tcal=N. 0 = the calibration set.
+size_t g_tune_samples = 0;
 
 quant::WeightOnlyConfig parse_config(const std::string& spec) {
   std::vector<std::string> p, opts;
@@ -76,6 +78,22 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "calib") g_calib_docs = std::stoul(v);
     else if (k == "len") g_calib_len = std::stoul(v);
     else if (k == "threads") c.threads = std::stoi(v);
+    // Distillation tuning (tune.h): tune=STEPS, tb=batch, tlr/tslr/tflr learning rates, tw/ts/tf=0|1
+    // (latent weights / scales / float vectors), th=holdout share, tev=eval every, tloss=kl|mse,
+    // tcal=N samples, tseed=N.
+    else if (k == "tune") c.tune.steps = std::stoi(v);
+    else if (k == "tb") c.tune.batch = std::stoi(v);
+    else if (k == "tlr") c.tune.lr = std::stod(v);
+    else if (k == "tslr") c.tune.lr_scale = std::stod(v);
+    else if (k == "tflr") c.tune.lr_float = std::stod(v);
+    else if (k == "tw") c.tune.tune_weights = v == "1";
+    else if (k == "ts") c.tune.tune_scales = v == "1";
+    else if (k == "tf") c.tune.tune_float = v == "1";
+    else if (k == "th") c.tune.holdout = std::stod(v);
+    else if (k == "tev") c.tune.eval_every = std::stoi(v);
+    else if (k == "tloss") c.tune.loss = v;
+    else if (k == "tseed") c.tune.seed = std::stoull(v);
+    else if (k == "tcal") g_tune_samples = std::stoul(v);
     else throw std::runtime_error("unknown option " + k);
   }
   c.bits = p.at(0);
@@ -83,6 +101,7 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
   c.algorithm = p.size() > 2 ? quant::parse_weight_algorithm(p[2]) : quant::WeightAlgorithm::kRtn;
   c.outlier_fraction = p.size() > 3 ? std::stod(p[3]) : 0.0;
   c.format = p.size() > 4 && p[4] == "mnb" ? quant::WeightLayout::kMatMulNBits : quant::WeightLayout::kQdq;
+  c.cast_dequant = p.size() > 4 && p[4] == "cast";
   c.symmetric = !(p.size() > 5 && p[5] == "asym");
   if (p.size() > 6) c.bits_first_last = p[6] == "same" ? "" : p[6];
   return c;
@@ -150,11 +169,13 @@ int stories(int argc, char** argv) {
   auto calib_docs = documents(data::read_token_stream(text + "/runc_samples_t1.0_p0.9_seed1-600.tok512.i32"));
   auto make_calib = [&] {
     quant::CalibrationInputs calib;
-    for (size_t i = 0; i < g_calib_docs && i < calib_docs.size(); ++i) {
+    const size_t n = std::max(g_calib_docs, g_tune_samples);
+    for (size_t i = 0; i < n && i < calib_docs.size(); ++i) {
       auto d = calib_docs[i];
       if (d.size() > g_calib_len) d.resize(g_calib_len);
       calib.samples.push_back({{"input_ids", ids_tensor(d)}});
     }
+    calib.max_samples = g_calib_docs;
     return calib;
   };
   std::map<std::string, double> fp_nll;
@@ -176,7 +197,9 @@ int stories(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     g_calib_docs = 32;
     g_calib_len = 256;
-    const quant::WeightOnlyConfig cfg = parse_config(spec);
+    g_tune_samples = 0;
+    quant::WeightOnlyConfig cfg = parse_config(spec);
+    cfg.tune.samples = g_tune_samples > 0 ? g_tune_samples : g_calib_docs;
     const quant::CalibrationInputs calib = make_calib();
     const quant::WeightOnlyReport rep = quant::apply_weight_only(m, cfg, &calib);
     const double qsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -185,8 +208,9 @@ int stories(int argc, char** argv) {
     onnx_io::save_model(m, out);
     runtime::Executor ex(m);
     std::printf("{\"config\":\"%s\",\"file_bytes\":%ju,\"size_pct_of_fp\":%.1f,\"main_bits_per_weight\":%.3f,"
-                "\"quantize_s\":%.2f", spec.c_str(), static_cast<uintmax_t>(fs::file_size(out)),
-                100.0 * fs::file_size(out) / fp_size, rep.main_bits_per_weight, qsec);
+                "\"quantize_s\":%.2f,\"tune_holdout\":[%.5g,%.5g]", spec.c_str(), static_cast<uintmax_t>(fs::file_size(out)),
+                100.0 * fs::file_size(out) / fp_size, rep.main_bits_per_weight, qsec, rep.tune.holdout_before,
+                rep.tune.holdout_after);
     for (auto& [name, docs] : evals) {
       const double q = nll(ex, docs);
       std::printf(",\"nll_%s\":%.5f,\"increase_pct_%s\":%.2f", name.c_str(), q, name.c_str(),
@@ -229,10 +253,19 @@ int imagenet(int argc, char** argv) {
   };
   std::vector<std::pair<Tensor, int>> evals;
   quant::CalibrationInputs calib;
+  // Calibration: the first 64 even images for GPTQ / AWQ statistics; tuning (tcal=N) may use more.
+  size_t max_tune = 0;
+  for (int i = 6; i < argc; ++i) {
+    const std::string a = argv[i];
+    const size_t k = a.find("tcal=");
+    if (k != std::string::npos) max_tune = std::max<size_t>(max_tune, std::stoul(a.substr(k + 5)));
+  }
+  const size_t n_calib = std::max<size_t>(64, max_tune);
   for (size_t i = 0; i < files.size(); ++i) {
     if (i % 2 == 1 && evals.size() < max_eval) evals.push_back({load(files[i]), label.at(files[i])});
-    if (i % 2 == 0 && calib.samples.size() < 64) calib.samples.push_back({{in_name, load(files[i])}});
+    if (i % 2 == 0 && calib.samples.size() < n_calib) calib.samples.push_back({{in_name, load(files[i])}});
   }
+  calib.max_samples = 64;
   auto top1 = [&](const ir::Model& m, std::vector<int>* preds) {
     runtime::Executor ex(m);
     int ok = 0;
@@ -252,7 +285,12 @@ int imagenet(int argc, char** argv) {
   for (int i = 6; i < argc; ++i) {
     const std::string spec = argv[i];
     ir::Model m = fp.clone();
-    const quant::WeightOnlyReport rep = quant::apply_weight_only(m, parse_config(spec), &calib);
+    g_tune_samples = 0;
+    quant::WeightOnlyConfig cfg = parse_config(spec);
+    cfg.tune.samples = g_tune_samples > 0 ? g_tune_samples : 64;
+    const auto t0 = std::chrono::steady_clock::now();
+    const quant::WeightOnlyReport rep = quant::apply_weight_only(m, cfg, &calib);
+    const double qsec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     print_layers(rep);
     const std::string out = out_dir + "/" + fs::path(model_path).stem().string() + "_" + safe(spec) + ".onnx";
     onnx_io::save_model(m, out);
@@ -261,10 +299,12 @@ int imagenet(int argc, char** argv) {
     int agree = 0;
     for (size_t k = 0; k < pred.size(); ++k) agree += pred[k] == fp_pred[k];
     std::printf("{\"model\":\"%s\",\"config\":\"%s\",\"file_bytes\":%ju,\"size_pct_of_fp\":%.1f,"
-                "\"main_bits_per_weight\":%.3f,\"top1\":%.1f,\"top1_pct_of_fp\":%.1f,\"agreement\":%.1f}\n",
+                "\"main_bits_per_weight\":%.3f,\"top1\":%.1f,\"top1_pct_of_fp\":%.1f,\"agreement\":%.1f,"
+                "\"quantize_s\":%.1f,\"tune_holdout\":[%.5g,%.5g]}\n",
                 fs::path(model_path).filename().c_str(), spec.c_str(), static_cast<uintmax_t>(fs::file_size(out)),
                 100.0 * fs::file_size(out) / fp_size, rep.main_bits_per_weight, t, 100.0 * t / fp_top1,
-                100.0 * agree / static_cast<double>(pred.size()));
+                100.0 * agree / static_cast<double>(pred.size()), qsec, rep.tune.holdout_before,
+                rep.tune.holdout_after);
     std::fflush(stdout);
   }
   return 0;

@@ -79,6 +79,7 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
   auto group_of = [&](int64_t c) { return custom ? col_group[c] : c / group; };
   q.levels.assign(rows * cols, 0);
   q.grids.assign(rows * kb, BlockGrid{});
+  if (options.keep_latent) q.rounded_from.assign(rows * cols, 0.0f);
   std::vector<std::vector<int64_t>> members(kb);
   for (int64_t c = 0; c < cols; ++c) members[group_of(c)].push_back(c);
 
@@ -177,6 +178,7 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
         const float wv = static_cast<float>(W1(r, i));
         const int32_t lv = g.quantize(wv);
         q.levels[r * cols + col] = lv;
+        if (options.keep_latent) q.rounded_from[r * cols + col] = wv;
         const double err = (W1(r, i) - g.dequantize(lv)) / d;
         Err1(r, i) = err;
       }

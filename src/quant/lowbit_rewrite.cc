@@ -428,9 +428,13 @@ QuantizedMatrix gptq_conv(const Target& t, std::span<const double> h, const Quan
   q.block_size = bs;
   q.levels.resize(t.rows * t.cols);
   q.grids.resize(t.rows * kbc);
+  if (!g.rounded_from.empty()) q.rounded_from.resize(t.rows * t.cols);
   for (int64_t m = 0; m < m_out; ++m)
     for (int64_t tp = 0; tp < taps; ++tp) {
-      for (int64_t c = 0; c < c_in; ++c) q.levels[(m * taps + tp) * c_in + c] = g.levels[m * k + c * taps + tp];
+      for (int64_t c = 0; c < c_in; ++c) {
+        q.levels[(m * taps + tp) * c_in + c] = g.levels[m * k + c * taps + tp];
+        if (!g.rounded_from.empty()) q.rounded_from[(m * taps + tp) * c_in + c] = g.rounded_from[m * k + c * taps + tp];
+      }
       for (int64_t b = 0; b < kbc; ++b) q.grids[(m * taps + tp) * kbc + b] = g.grids[m * taps * kbc + tp * kbc + b];
     }
   return q;
@@ -464,8 +468,12 @@ QuantizedMatrix gptq_without_columns(const Target& t, const std::vector<int64_t>
   q.block_size = bs;
   q.grids = g.grids;  // [rows, kb]: the groups are the original blocks
   q.levels.assign(rows * cols, 0);
+  if (!g.rounded_from.empty()) q.rounded_from.assign(rows * cols, 0.0f);
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < n; ++i) q.levels[r * cols + keep[i]] = g.levels[r * n + i];
+    for (int64_t i = 0; i < n; ++i) {
+      q.levels[r * cols + keep[i]] = g.levels[r * n + i];
+      if (!g.rounded_from.empty()) q.rounded_from[r * cols + keep[i]] = g.rounded_from[r * n + i];
+    }
     for (int64_t c : out_cols) q.levels[r * cols + c] = q.grids[r * kb + c / bs].quantize(0.0f);
   }
   return q;
@@ -528,6 +536,113 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
   if (!per_tensor) dq->set_attr(ir::Attribute::make_int("axis", l.axis));
   if (l.block_size > 0) dq->set_attr(ir::Attribute::make_int("block_size", l.block_size));
   g.replace_all_uses(t.weight, dq->output(0));
+  g.remove_initializer(t.weight);
+  return bytes;
+}
+
+/// Rewrites target t with its dequantization written as plain arithmetic on constants,
+/// levels -> Cast(to=float) [-> Reshape to blocks] [-> Sub(zero points)] -> Mul(scales)
+/// [-> Reshape back [-> Slice off the padding of a short last block]] -> consumers, which ONNX
+/// Runtime constant-folds when it loads the model (it keeps DequantizeLinear nodes unfolded for
+/// its QDQ fusions): the file stores the same packed levels, scales and zero points as kQdq (plus
+/// the zero padding of a short last block), and the model runs at float32 speed with float32
+/// weights in memory. Returns the stored bytes.
+int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales) {
+  const DataType dt = t.format->storage_type();
+  const int64_t kb = q.k_blocks();
+  const bool blocked = t.format->block_size > 0;
+  const int64_t bs = blocked ? t.format->block_size : t.cols, kp = kb * bs;  // padded reduction length
+  const bool k_last = t.kind == Kind::kConv || (t.kind == Kind::kGemm && t.trans_b);  // blocks on axis 1
+  const int64_t axis = k_last ? 1 : 0;
+  Shape padded = t.shape;
+  if (blocked) padded[axis] = kp;
+  // Element of the padded weight holding matrix element (r, c), c < kp (the layouts of storage_index).
+  auto padded_index = [&](int64_t r, int64_t c) -> int64_t {
+    if (!blocked) return storage_index(t, r, c);
+    if (t.kind == Kind::kConv) return ((r / t.taps) * kp + c) * t.taps + r % t.taps;
+    return t.trans_b ? r * kp + c : c * t.rows + r;
+  };
+  // Scale / zero-point element of grid (r, b): per channel [.., N, ..] with ones elsewhere; blocked,
+  // the weight's shape with the blocked axis split into [kb, 1].
+  Shape sshape;
+  if (blocked) {
+    for (size_t d = 0; d < padded.size(); ++d) {
+      sshape.push_back(static_cast<int64_t>(d) == axis ? kb : padded[d]);
+      if (static_cast<int64_t>(d) == axis) sshape.push_back(1);
+    }
+  } else {
+    sshape.assign(t.shape.size(), 1);
+    const int64_t out_axis = (t.kind == Kind::kMatMul || (t.kind == Kind::kGemm && !t.trans_b)) ? 1 : 0;
+    sshape[out_axis] = t.shape[out_axis];
+  }
+  auto grid_index = [&](int64_t r, int64_t b) -> int64_t {
+    if (!blocked) return r;
+    if (t.kind == Kind::kConv) return ((r / t.taps) * kb + b) * t.taps + r % t.taps;
+    return t.trans_b ? r * kb + b : b * t.rows + r;
+  };
+  Shape bview = padded;  // the weight with its blocked axis split into [kb, bs]
+  if (blocked) {
+    bview[axis] = kb;
+    bview.insert(bview.begin() + axis + 1, bs);
+  }
+  std::vector<int32_t> levels(shape_numel(padded), 0);
+  std::vector<float> scales(shape_numel(sshape), 1.0f);
+  std::vector<int32_t> zps(scales.size(), 0);
+  for (int64_t r = 0; r < t.rows; ++r)
+    for (int64_t b = 0; b < kb; ++b) {
+      const BlockGrid& gr = q.grids[r * kb + b];
+      scales[grid_index(r, b)] = gr.scale;
+      zps[grid_index(r, b)] = gr.zero_point;
+      for (int64_t c = b * bs; c < (b + 1) * bs; ++c)  // padding holds the zero point: exactly 0
+        levels[padded_index(r, c)] = c < t.cols ? q.levels[r * t.cols + c] : gr.zero_point;
+    }
+  const std::string& wn = t.weight->name();
+  ir::Node* first = t.consumers.front();
+  auto before = [&](const std::string& op, std::vector<ir::Value*> ins, const std::string& what) {
+    return g.insert_node_before(first, op, ins, {g.unique_name(wn + "_" + what)}, g.unique_name(wn + "_" + what + "_" + op));
+  };
+  auto shape_init = [&](const Shape& s, const std::string& what) {
+    return g.add_initializer(g.unique_name(wn + "_" + what), Tensor::from_vector<int64_t>({static_cast<int64_t>(s.size())}, s));
+  };
+  ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
+  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes());
+  ir::Node* cast = before("Cast", {lv}, "levels_float");
+  cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+  ir::Value* x = cast->output(0);
+  if (blocked) x = before("Reshape", {x, shape_init(bview, "block_shape")}, "blocks")->output(0);
+  if (!t.format->symmetric) {
+    ir::Value* zv = g.add_initializer(g.unique_name(wn + "_zero_point"), packed_tensor(dt, sshape, zps));
+    bytes += static_cast<int64_t>(zv->initializer()->nbytes());
+    ir::Node* zc = before("Cast", {zv}, "zero_point_float");
+    zc->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    x = before("Sub", {x, zc->output(0)}, "centered")->output(0);
+  }
+  ir::Value* sv = nullptr;
+  if (fp16_scales) {
+    std::vector<uint16_t> half(scales.size());
+    for (size_t i = 0; i < scales.size(); ++i) half[i] = float_to_half(scales[i]);
+    Tensor ht = Tensor::empty(DataType::kFloat16, sshape);
+    std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+    bytes += static_cast<int64_t>(ht.nbytes());
+    ir::Value* hv = g.add_initializer(g.unique_name(wn + "_scale_fp16"), std::move(ht));
+    ir::Node* sc = before("Cast", {hv}, "scale");
+    sc->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    sv = sc->output(0);
+  } else {
+    sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>(sshape, scales));
+    bytes += static_cast<int64_t>(sv->initializer()->nbytes());
+  }
+  x = before("Mul", {x, sv}, "scaled")->output(0);
+  if (blocked) {
+    x = before("Reshape", {x, shape_init(padded, "padded_shape")}, "padded")->output(0);
+    if (padded != t.shape) {
+      ir::Value* st = g.add_initializer(g.unique_name(wn + "_slice_start"), Tensor::from_vector<int64_t>({1}, {0}));
+      ir::Value* en = g.add_initializer(g.unique_name(wn + "_slice_end"), Tensor::from_vector<int64_t>({1}, {t.shape[axis]}));
+      ir::Value* ax = g.add_initializer(g.unique_name(wn + "_slice_axis"), Tensor::from_vector<int64_t>({1}, {axis}));
+      x = before("Slice", {x, st, en, ax}, "dequantized")->output(0);
+    }
+  }
+  g.replace_all_uses(t.weight, x);
   g.remove_initializer(t.weight);
   return bytes;
 }
@@ -662,6 +777,16 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   const bool gptq_alg = cfg.algorithm == WeightAlgorithm::kGptq || cfg.algorithm == WeightAlgorithm::kAwqGptq;
   QTOOL_CHECK(!needs_calib || (calib && (calib->source || !calib->samples.empty())), ErrorCode::kConfig,
               "--algorithm {} needs calibration data (--calib)", weight_algorithm_name(cfg.algorithm));
+  const bool tuning = cfg.tune.steps > 0;
+  if (tuning) {
+    QTOOL_CHECK(calib && (calib->source || !calib->samples.empty()), ErrorCode::kConfig,
+                "--tune-steps needs calibration data (--calib)");
+    QTOOL_CHECK(cfg.outlier_fraction == 0.0, ErrorCode::kConfig,
+                "--tune-steps cannot be combined with --outlier-fraction (the int8 outlier branch is not tuned)");
+  }
+  // The float model the tuning distills from, before AWQ folds its scales into the graph.
+  ir::Model teacher;
+  if (tuning) teacher = model.clone();
 
   std::vector<Target> targets = find_targets(g, cfg.block_size);
   choose_formats(targets, cfg);
@@ -761,6 +886,51 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   // already rescaled x / s), so their Hessian needs no AWQ rescaling.
   std::unordered_map<const Target*, const ir::Value*> actual_key;
   std::unordered_map<const ir::Value*, InputStats> fresh_stats;
+  GptqOptions gopt = cfg.gptq;
+  gopt.keep_latent = tuning;
+  // Writes one quantized layer into the graph and accounts for it in the report.
+  auto emit_layer = [&](Target& t, QuantizedMatrix& q, bool fp16, const std::vector<int64_t>& out_cols,
+                      const std::vector<float>& w_before_ref, WeightOnlyLayer& L, int64_t float_bytes) {
+    const std::vector<float>* w_before = &w_before_ref;
+    // Relative weight error (outlier columns count as int8-exact here; their error is tiny),
+    // dequantizing element by element rather than materializing the whole matrix.
+    double num = 0, den = 0;
+    std::vector<char> oc(static_cast<size_t>(t.cols), 0);
+    for (int64_t c : out_cols) oc[static_cast<size_t>(c)] = 1;
+    for (int64_t r = 0; r < t.rows; ++r)
+      for (int64_t c = 0; c < t.cols; ++c) {
+        const double wv = (*w_before)[r * t.cols + c];
+        const double e = oc[static_cast<size_t>(c)] ? 0.0 : wv - q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
+        num += e * e;
+        den += wv * wv;
+      }
+    L.weight_rel_mse = den > 0 ? num / den : 0.0;
+    int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q)
+                    : cfg.cast_dequant                               ? emit_cast_mul(g, t, q, fp16)
+                                                                     : emit_qdq(g, t, q, fp16);
+    if (!out_cols.empty()) {
+      bytes += emit_outliers(g, t, out_cols, *w_before);
+      L.outlier_columns = static_cast<int64_t>(out_cols.size());
+    }
+    L.format = std::string(t.format->name);
+    L.bits_per_weight = static_cast<double>(bytes) * 8.0 / static_cast<double>(t.rows * t.cols);
+    report.float_weight_bytes += float_bytes;
+    report.quant_weight_bytes += bytes;
+    std::vector<float>().swap(t.w);  // keep one layer's float copy at a time
+    std::vector<int32_t>().swap(q.levels);
+    if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {
+      main_bits += static_cast<double>(bytes) * 8.0;
+      main_weights += static_cast<double>(t.rows * t.cols);
+    }
+  };
+  struct Pending {
+    size_t target, layer;
+    QuantizedMatrix q;
+    bool fp16;
+    std::vector<float> latent;
+    int64_t float_bytes;
+  };
+  std::vector<Pending> pending;
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     Target& t = targets[ti];
     if (sequential && stale && t.format && t.format->bits < 8 && t.input && t.input != last_input &&
@@ -846,15 +1016,15 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       }
       auto quantize = [&] {
         if (conv_gptq) {
-          q = gptq_conv(t, h, spec, cfg.gptq);
+          q = gptq_conv(t, h, spec, gopt);
           L.algorithm = "gptq";
         } else if (gptq && !out_cols.empty()) {
-          q = gptq_without_columns(t, out_cols, h, spec, cfg.gptq);
+          q = gptq_without_columns(t, out_cols, h, spec, gopt);
           L.algorithm = "gptq";
         } else if (gptq) {
-          q = quantize_gptq(t.w, t.rows, t.cols, h, spec, cfg.gptq);
+          q = quantize_gptq(t.w, t.rows, t.cols, h, spec, gopt);
           L.algorithm = "gptq";
-          if (cfg.gptq.refine_scales) {
+          if (gopt.refine_scales) {
             refine_scales(q, t.w, h, spec.fp16_scale);
             L.algorithm = "gptq+refit";
           }
@@ -879,38 +1049,49 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         L.algorithm = "awq+" + L.algorithm;
         L.note += (L.note.empty() ? "" : "; ") + awq_where[&t];
       }
-      // Relative weight error (outlier columns count as int8-exact here; their error is tiny),
-      // dequantizing element by element rather than materializing the whole matrix.
-      double num = 0, den = 0;
-      std::vector<char> oc(static_cast<size_t>(t.cols), 0);
-      for (int64_t c : out_cols) oc[static_cast<size_t>(c)] = 1;
-      for (int64_t r = 0; r < t.rows; ++r)
-        for (int64_t c = 0; c < t.cols; ++c) {
-          const double wv = (*w_before)[r * t.cols + c];
-          const double e = oc[static_cast<size_t>(c)] ? 0.0 : wv - q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
-          num += e * e;
-          den += wv * wv;
-        }
-      L.weight_rel_mse = den > 0 ? num / den : 0.0;
-      int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q) : emit_qdq(g, t, q, spec.fp16_scale);
-      if (!out_cols.empty()) {
-        bytes += emit_outliers(g, t, out_cols, *w_before);
-        L.outlier_columns = static_cast<int64_t>(out_cols.size());
+      if (tuning) {
+        std::vector<float> latent = !q.rounded_from.empty() ? q.rounded_from : t.w;
+        std::vector<float>().swap(q.rounded_from);
+        // Start exactly at the chosen levels: where a latent value does not round to its level
+        // (GPTQ's coordinate descent, a scale refit), start from the level's value.
+        for (int64_t r = 0; r < t.rows; ++r)
+          for (int64_t c = 0; c < t.cols; ++c) {
+            const BlockGrid& gr = q.grid(r, c);
+            float& x = latent[r * t.cols + c];
+            if (gr.quantize(x) != q.levels[r * t.cols + c]) x = gr.dequantize(q.levels[r * t.cols + c]);
+          }
+        pending.push_back({ti, report.layers.size(), std::move(q), spec.fp16_scale, std::move(latent), float_bytes});
+      } else {
+        emit_layer(t, q, spec.fp16_scale, out_cols, *w_before, L, float_bytes);
       }
-      L.format = std::string(t.format->name);
-      L.bits_per_weight = static_cast<double>(bytes) * 8.0 / static_cast<double>(t.rows * t.cols);
-      report.float_weight_bytes += float_bytes;
-      report.quant_weight_bytes += bytes;
-      std::vector<float>().swap(t.w);  // keep one layer's float copy at a time
-      std::vector<int32_t>().swap(q.levels);
       stale = true;
       last_input = t.input;
-      if (t.format->bits == main_format.bits && t.format->scheme == main_format.scheme && !t.first_last) {
-        main_bits += static_cast<double>(bytes) * 8.0;
-        main_weights += static_cast<double>(t.rows * t.cols);
-      }
     });
     report.layers.push_back(std::move(L));
+  }
+  if (tuning) {
+    std::vector<TunableWeight> tws;
+    for (Pending& p : pending) {
+      const Target& t = targets[p.target];
+      TunableWeight tw;
+      tw.weight = t.weight;
+      tw.q = &p.q;
+      tw.latent = std::move(p.latent);
+      tw.fp16_scales = p.fp16;
+      tw.storage_index = [&t](int64_t r, int64_t c) { return storage_index(t, r, c); };
+      tws.push_back(std::move(tw));
+    }
+    TuneOptions to = cfg.tune;
+    if (to.threads <= 0) to.threads = cfg.threads;
+    report.tune = with_context("while tuning the quantized model on the calibration samples",
+                               [&] { return tune_quantized(model, teacher, tws, *calib, to); });
+    for (Pending& p : pending) {
+      Target& t = targets[p.target];
+      WeightOnlyLayer& L = report.layers[p.layer];
+      with_context("while writing weight '" + t.weight->name() + "' of " + t.node->describe(),
+                   [&] { emit_layer(t, p.q, p.fp16, {}, t.w, L, p.float_bytes); });
+      if (L.algorithm.find("tuned") == std::string::npos) L.algorithm += "+tuned";
+    }
   }
   report.main_bits_per_weight = main_weights > 0 ? main_bits / main_weights : 0.0;
   g.topo_sort();

@@ -212,9 +212,10 @@ struct Autodiff::Impl {
       needed.insert(n);
       for (const ir::Value* v : n->inputs())
         if (v) needed_values.insert(v);
-      for (const ir::Graph* sg : n->subgraphs()) {
-        (void)sg;  // bodies read outer values: keep the node's whole scope alive (no release planning below)
-      }
+      // The tape runs the main graph only (no SubgraphRunner for If/Loop/Scan bodies).
+      QTOOL_CHECK(n->subgraphs().empty(), ErrorCode::kUnsupported,
+                  "autodiff: node {} has subgraphs (If/Loop/Scan), which the gradient tape cannot run",
+                  n->describe());
     }
     // Forward closure from wrt.
     std::unordered_set<const ir::Value*> depends(wrt.begin(), wrt.end());

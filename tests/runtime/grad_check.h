@@ -17,11 +17,11 @@ namespace qtool::testing {
 
 struct GradCheck {
   NodeRun node;                 ///< op, inputs (all become initializers), attrs, outputs, opset
-  std::vector<int> wrt;         ///< inputs to differentiate (float); empty = every float input
+  std::vector<int> wrt{};       ///< inputs to differentiate (float); empty = every float input
   float eps = 1e-2f;            ///< finite-difference step (relative to max(1, |x|))
   float rtol = 2e-2f, atol = 2e-3f;
   /// Outputs that carry the loss (empty = all). Lets a test skip e.g. an index output.
-  std::vector<int> loss_outputs;
+  std::vector<int> loss_outputs{};
 };
 
 namespace detail {
@@ -55,7 +55,9 @@ inline void check_gradients(const GradCheck& c) {
       if (c.node.inputs[i].defined() && c.node.inputs[i].dtype() == DataType::kFloat) wrt.push_back(static_cast<int>(i));
   std::vector<const ir::Value*> wv;
   for (int i : wrt) wv.push_back(m.inits.at(i));
-  runtime::Autodiff ad(m.model, wv);
+  runtime::AutodiffOptions options;
+  options.threads = c.node.threads;  // NodeRun::threads: run the gradient functions on a pool
+  runtime::Autodiff ad(m.model, wv, {}, options);
   std::vector<Tensor> ys = ad.forward({});
   std::vector<char> in_loss(ys.size(), c.loss_outputs.empty() ? 1 : 0);
   for (int k : c.loss_outputs) in_loss.at(k) = 1;

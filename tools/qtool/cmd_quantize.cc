@@ -67,6 +67,8 @@ struct QuantizeArgs {
   std::string layer_bits;                 ///< weight-only: 'pattern=bits,...'
   std::string scale_type = "float16";     ///< weight-only: stored scale type below 8 bits
   std::string bits_depthwise = "8";       ///< weight-only: depthwise conv bits ('same' = like --bits)
+  quant::TuneOptions tune{.threads = 0};  ///< weight-only: distillation tuning (--tune-*)
+  bool no_tune_weights = false, no_tune_scales = false, no_tune_float = false;
   std::string report_path;  ///< --report: .json or .html
   std::string config_path;  ///< --config: batch experiments
   bool json = false;        ///< --json: print the report JSON instead of the table
@@ -110,6 +112,18 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     if (!a.layer_bits.empty()) m["layer-bits"] = a.layer_bits;
     m["scale-type"] = a.scale_type;
     m["bits-depthwise"] = a.bits_depthwise;
+    if (a.tune.steps > 0) {
+      m["tune-steps"] = std::to_string(a.tune.steps);
+      m["tune-batch"] = std::to_string(a.tune.batch);
+      m["tune-lr"] = fmt::format("{}", a.tune.lr);
+      m["tune-scale-lr"] = fmt::format("{}", a.tune.lr_scale);
+      m["tune-float-lr"] = fmt::format("{}", a.tune.lr_float);
+      m["tune-loss"] = a.tune.loss;
+      std::string what = a.no_tune_weights ? "" : "weights";
+      if (!a.no_tune_scales) what += what.empty() ? "scales" : ",scales";
+      if (!a.no_tune_float) what += what.empty() ? "float" : ",float";
+      m["tune"] = what.empty() ? "nothing" : what;
+    }
   }
   if (a.samples > 0) m["samples"] = std::to_string(a.samples);
   if (!a.preprocess.empty()) m["preprocess"] = a.preprocess;
@@ -266,9 +280,12 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
   cfg.exclude = split_list(a.exclude_nodes);
   cfg.threads = a.threads;
-  QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits", ErrorCode::kConfig,
-              "--format {} is not valid with --bits {}: use qdq (DequantizeLinear) or matmulnbits", a.format, a.bits);
+  QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits" || a.format == "cast", ErrorCode::kConfig,
+              "--format {} is not valid with --bits {}: use qdq (DequantizeLinear), matmulnbits or cast "
+              "(Cast/Mul dequantization that ONNX Runtime folds at load)",
+              a.format, a.bits);
   cfg.format = a.format == "matmulnbits" ? quant::WeightLayout::kMatMulNBits : quant::WeightLayout::kQdq;
+  cfg.cast_dequant = a.format == "cast";
   cfg.symmetric = !a.asymmetric;
   QTOOL_CHECK(a.outlier_fraction >= 0.0 && a.outlier_fraction < 0.5, ErrorCode::kConfig,
               "--outlier-fraction {} is out of range [0, 0.5)", a.outlier_fraction);
@@ -279,6 +296,16 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.fp16_scales = a.scale_type == "float16";
   cfg.bits_depthwise = a.bits_depthwise == "same" ? "" : a.bits_depthwise;
   if (!a.layer_bits.empty()) cfg.layer_bits = quant::parse_layer_bits(a.layer_bits);
+  cfg.tune = a.tune;
+  cfg.tune.tune_weights = !a.no_tune_weights;
+  cfg.tune.tune_scales = !a.no_tune_scales;
+  cfg.tune.tune_float = !a.no_tune_float;
+  QTOOL_CHECK(a.tune.steps >= 0 && a.tune.batch > 0 && a.tune.lr >= 0 && a.tune.lr_scale >= 0 && a.tune.lr_float >= 0 &&
+                  a.tune.holdout > 0 && a.tune.holdout < 1 && a.tune.eval_every > 0,
+              ErrorCode::kConfig,
+              "--tune-steps must be >= 0, --tune-batch and --tune-eval-every > 0, learning rates >= 0 and "
+              "--tune-holdout in (0, 1)");
+  QTOOL_CHECK(a.tune.steps == 0 || !a.calib_path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
   std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
   std::optional<ir::Model> fp32;
@@ -334,6 +361,15 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     }
   }
   out.report.warnings = rep.warnings;
+  if (rep.tune.steps > 0) {
+    const quant::TuneReport& tr = rep.tune;
+    out.report.warnings.push_back(fmt::format(
+        "action: tuned {} steps on {} samples ({} held out), loss {}: held-out loss {:.4g} -> {:.4g} (kept step {}), "
+        "{} levels changed, {} float values tuned, {:.1f} s",
+        tr.steps, tr.train_samples, tr.holdout_samples, tr.loss, tr.holdout_before, tr.holdout_after, tr.best_step,
+        tr.levels_changed, tr.float_params, tr.seconds));
+    timings.push_back({"tune", tr.seconds});
+  }
   if (fp32) {
     t = clock_type::now();
     evaluate_into(out.report, *fp32, model, *held_out, a.threads);
@@ -510,7 +546,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,
                  "qdq (default); with --bits 8 also qoperator (QLinearConv, QLinearMatMul, com.microsoft QLinearAdd, ...); "
-                 "with --bits < 8 also matmulnbits (com.microsoft MatMulNBits for MatMul weights)");
+                 "with --bits < 8 also matmulnbits (com.microsoft MatMulNBits for MatMul weights) and cast (levels -> "
+                 "Cast -> Mul(scales) on constants: the same file size, and ONNX Runtime folds it at load, so it runs "
+                 "at float32 speed with float32 weights in memory)");
   cmd.add_option("--exclude-nodes", a.exclude_nodes, "comma-separated node names left in float");
   cmd.add_option("--exclude-op-types", a.exclude_op_types, "comma-separated op types left in float");
   cmd.add_option("--op-types", a.op_types, "quantize only these op types (e.g. MatMul)");
@@ -544,6 +582,19 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--bits-depthwise", a.bits_depthwise,
                  "weight-only: bits of depthwise convs (default 8: 2% of MobileNetV2's weights, most of its 4-bit error; "
                  "'same' = like --bits)");
+  cmd.add_option("--tune-steps", a.tune.steps,
+                 "weight-only: distillation tuning steps after the algorithm (0 = off): latent weights, block scales "
+                 "and float biases/norm weights trained to reproduce the FP32 outputs on the calibration samples");
+  cmd.add_option("--tune-batch", a.tune.batch, "tuning: calibration samples per step");
+  cmd.add_option("--tune-lr", a.tune.lr, "tuning: latent-weight learning rate, in units of each block's scale");
+  cmd.add_option("--tune-scale-lr", a.tune.lr_scale, "tuning: log-scale learning rate");
+  cmd.add_option("--tune-float-lr", a.tune.lr_float, "tuning: float-vector learning rate, relative to each vector's RMS");
+  cmd.add_option("--tune-loss", a.tune.loss, "tuning: auto (KL on classifier/LM logits, else relative MSE), kl or mse");
+  cmd.add_option("--tune-holdout", a.tune.holdout, "tuning: share of the samples held out for early stopping");
+  cmd.add_option("--tune-eval-every", a.tune.eval_every, "tuning: steps between held-out evaluations");
+  cmd.add_flag("--no-tune-weights", a.no_tune_weights, "tuning: keep the levels, tune scales and float vectors only");
+  cmd.add_flag("--no-tune-scales", a.no_tune_scales, "tuning: keep the block scales");
+  cmd.add_flag("--no-tune-float", a.no_tune_float, "tuning: keep the float biases and normalization weights");
   cmd.add_option("--report", a.report_path, "write the run's report: FILE.json or FILE.html");
   cmd.add_flag("--json", a.json, "print the report JSON instead of the summary table");
   cmd.add_option("--config", a.config_path,

@@ -121,7 +121,7 @@ class Tensor {
                 "from_vector: {} values for shape {}", values.size(), shape_str(t.shape()));
     if constexpr (std::is_same_v<T, bool>) {
       for (size_t i = 0; i < values.size(); ++i) t.mutable_raw()[i] = values[i] ? 1 : 0;
-    } else {
+    } else if (!values.empty()) {
       std::memcpy(t.mutable_raw(), values.data(), values.size() * sizeof(T));
     }
     return t;

@@ -51,6 +51,8 @@ struct GptqOptions {
   /// Passes of coordinate descent after GPTQ: each level moves by ±1 when that lowers the row's
   /// exact output error dᵀ H d (grids kept), in the spirit of QuantEase (Behdin et al. 2023).
   int cd_passes = 0;
+  /// Keep the value each column had when it was rounded (QuantizedMatrix::rounded_from).
+  bool keep_latent = false;
 };
 
 /// GPTQ with arbitrary (static) column groups: column c of each row is quantized on grid

@@ -39,6 +39,7 @@
 #include "qtool/quant/awq.h"
 #include "qtool/quant/format.h"
 #include "qtool/quant/gptq.h"
+#include "qtool/quant/tune.h"
 
 namespace qtool::data {
 class SampleSource;  // qtool/data/sample_source.h
@@ -89,6 +90,11 @@ struct WeightOnlyConfig {
   /// error beyond float16's 2^-11 relative step). A layer whose scales fall outside float16's normal
   /// range keeps float32 scales (noted in its report). MatMulNBits and int8 layers keep float32.
   bool fp16_scales = true;
+  /// kQdq layers written as Cast(levels) [-> Sub(zero points)] -> Mul(scales) on constants instead of
+  /// DequantizeLinear (--format cast): the same stored bytes (a short last block padded), which ONNX
+  /// Runtime constant-folds at load, so the model runs at float32 speed (float32 weights in memory);
+  /// ONNX Runtime keeps DequantizeLinear unfolded and dequantizes Conv weights on every run.
+  bool cast_dequant = false;
   /// GPTQ / AWQ: quantize layers in node order and re-collect the calibration statistics of each
   /// layer's input from the model whose earlier layers are already quantized (one calibration pass
   /// per distinct layer input), so later layers see, and compensate, the earlier layers' error.
@@ -97,6 +103,8 @@ struct WeightOnlyConfig {
   bool sequential = false;
   GptqOptions gptq;
   AwqOptions awq;
+  /// Distillation tuning after the algorithm (tune.h); steps = 0: off. threads <= 0: `threads`.
+  TuneOptions tune{.threads = 0};
   int64_t max_calib_rows = 4096;           ///< activation rows kept per layer for AWQ / outlier search
   int threads = 1;                         ///< threads for the calibration pass and for RTN (rows split across threads)
 };
@@ -133,6 +141,7 @@ struct WeightOnlyReport {
   /// Bits per weight over the layers at the main (non first/last) format, all storage included.
   double main_bits_per_weight = 0.0;
   std::vector<std::string> warnings;
+  TuneReport tune;                    ///< what tuning did (steps == 0 when it did not run)
 };
 
 /// Quantizes the model's weights in place (see the header comment). `calib` is required for

@@ -54,6 +54,9 @@ struct QuantizedMatrix {
   int64_t block_size = 0;           ///< effective block (cols when per channel)
   std::vector<int32_t> levels;      ///< [rows, cols]
   std::vector<BlockGrid> grids;     ///< [rows, k_blocks]
+  /// Optional, [rows, cols]: the value each level was rounded from (GPTQ's error-compensated
+  /// weights; filled when GptqOptions::keep_latent), the starting point of distillation tuning.
+  std::vector<float> rounded_from;
   int64_t k_blocks() const { return block_size > 0 ? (cols + block_size - 1) / block_size : 1; }
   const BlockGrid& grid(int64_t r, int64_t c) const { return grids[r * k_blocks() + c / block_size]; }
   /// The float matrix this represents, [rows, cols].

@@ -13,6 +13,6 @@ void register_shape_gradients(GradRegistry& r);        ///< Reshape, Flatten, (U
 void register_linear_gradients(GradRegistry& r);       ///< MatMul (batched), Gemm
 void register_conv_gradients(GradRegistry& r);         ///< Conv (groups, depthwise, strides, pads, dilations)
 void register_pool_gradients(GradRegistry& r);         ///< MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool
-void register_reduce_gradients(GradRegistry& r);       ///< ReduceMean, ReduceSum, Softmax, LogSoftmax
+void register_reduce_gradients(GradRegistry& r);       ///< ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax
 
 }  // namespace qtool::runtime::grads

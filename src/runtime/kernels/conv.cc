@@ -11,20 +11,9 @@
 
 namespace qtool::runtime {
 namespace nn {
-namespace {
 
-/// [lo, hi) of output positions o whose input index o*s - p + kk*d lies in [0, in).
-inline void valid_range(int64_t out, int64_t in, int64_t s, int64_t p, int64_t kd, int64_t* lo, int64_t* hi) {
-  // o*s >= p - kd  and  o*s <= in - 1 + p - kd
-  const int64_t a = p - kd;
-  *lo = a <= 0 ? 0 : (a + s - 1) / s;
-  const int64_t b = in - 1 + p - kd;
-  *hi = b < 0 ? 0 : std::min(out, b / s + 1);
-  if (*lo > *hi) *lo = *hi;
-}
-
-/// Writes columns [j0, j1) of the im2col matrix of one group (rows = cin_g * kernel_size,
-/// row stride j1 - j0) into `col`.
+// im2col_tile / col2im_tile (nn_util.h): per row (channel, tap), the output positions of one
+// output row segment map to an input row; valid_range() clips the segment to the input once.
 template <typename T>
 void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col) {
   const int64_t ld = j1 - j0;
@@ -69,6 +58,55 @@ void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0,
     }
   }
 }
+
+template <typename T>
+void col2im_tile(const T* col, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* dx) {
+  const int64_t ld = j1 - j0;
+  const int64_t hw = g.in[1] * g.in[2];
+  const int64_t ohw = g.out[1] * g.out[2];
+  int64_t row = 0;
+  for (int64_t ci = 0; ci < cin_g; ++ci) {
+    T* xc = dx + ci * g.in_size();
+    for (int64_t ka = 0; ka < g.kernel[0]; ++ka) {
+      for (int64_t kb = 0; kb < g.kernel[1]; ++kb) {
+        for (int64_t kc = 0; kc < g.kernel[2]; ++kc, ++row) {
+          const T* srow = col + row * ld;
+          int64_t lo, hi;
+          valid_range(g.out[2], g.in[2], g.stride[2], g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
+          const int64_t xoff = kc * g.dilation[2] - g.pad_begin[2];
+          int64_t j = j0;
+          while (j < j1) {
+            const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
+            const int64_t seg = std::min(g.out[2] - ow, j1 - j);
+            const T* s = srow + (j - j0);
+            const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
+            const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
+            if (id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1]) {
+              T* dst = xc + id * hw + ih * g.in[2];
+              const int64_t e = ow + seg;
+              const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
+              if (g.stride[2] == 1) {
+                T* d = dst + xoff;
+                for (int64_t o = a; o < b; ++o) d[o] += s[o - ow];
+              } else {
+                const int64_t st = g.stride[2];
+                for (int64_t o = a; o < b; ++o) dst[o * st + xoff] += s[o - ow];
+              }
+            }
+            j += seg;
+          }
+        }
+      }
+    }
+  }
+}
+
+template void im2col_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*);
+template void im2col_tile<double>(const double*, const WindowGeometry&, int64_t, int64_t, int64_t, double*);
+template void col2im_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*);
+template void col2im_tile<double>(const double*, const WindowGeometry&, int64_t, int64_t, int64_t, double*);
+
+namespace {
 
 /// Direct depthwise convolution of one output channel plane (input channel plane `x`).
 template <typename T>

@@ -36,23 +36,35 @@ Shape WindowGeometry::out_shape() const {
   return s;
 }
 
+namespace {
+/// bad_node() for callers without a KernelContext: the same "<node>: <message>" wording.
+template <typename... Args>
+[[noreturn]] void bad_window(const ir::Node& node, fmt::format_string<Args...> f, Args&&... args) {
+  fail(ErrorCode::kInvalidModel, "{}: {}", node.describe(), fmt::format(f, std::forward<Args>(args)...));
+}
+}  // namespace
+
 WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, const std::vector<int64_t>& kernel,
                                bool allow_ceil) {
-  const ir::Node& node = ctx.node();
+  return window_geometry(ctx.node(), x_shape, kernel, allow_ceil);
+}
+
+WindowGeometry window_geometry(const ir::Node& node, const Shape& x_shape, const std::vector<int64_t>& kernel,
+                               bool allow_ceil) {
   WindowGeometry g;
   if (x_shape.size() < 3 || x_shape.size() > 5) {
-    bad_node(ctx, "input rank {} not supported (expected [N, C, d1..d3])", x_shape.size());
+    bad_window(node, "input rank {} not supported (expected [N, C, d1..d3])", x_shape.size());
   }
   const int sp = static_cast<int>(x_shape.size()) - 2;
   g.spatial = sp;
   std::vector<int64_t> ks = node.attr_ints("kernel_shape", kernel);
-  if (static_cast<int>(ks.size()) != sp) bad_node(ctx, "kernel_shape has {} dims, input has {} spatial dims", ks.size(), sp);
+  if (static_cast<int>(ks.size()) != sp) bad_window(node, "kernel_shape has {} dims, input has {} spatial dims", ks.size(), sp);
   std::vector<int64_t> strides = node.attr_ints("strides", std::vector<int64_t>(sp, 1));
   std::vector<int64_t> dil = node.attr_ints("dilations", std::vector<int64_t>(sp, 1));
   std::vector<int64_t> pads = node.attr_ints("pads", std::vector<int64_t>(2 * sp, 0));
   if (static_cast<int>(strides.size()) != sp || static_cast<int>(dil.size()) != sp ||
       static_cast<int>(pads.size()) != 2 * sp) {
-    bad_node(ctx, "strides/dilations/pads do not match {} spatial dims", sp);
+    bad_window(node, "strides/dilations/pads do not match {} spatial dims", sp);
   }
   const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
   const bool ceil_mode = allow_ceil && node.attr_int("ceil_mode", 0) != 0;
@@ -63,7 +75,7 @@ WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, c
     g.kernel[j] = ks[i];
     g.stride[j] = strides[i];
     g.dilation[j] = dil[i];
-    if (ks[i] <= 0 || strides[i] <= 0 || dil[i] <= 0) bad_node(ctx, "kernel, stride and dilation must be positive");
+    if (ks[i] <= 0 || strides[i] <= 0 || dil[i] <= 0) bad_window(node, "kernel, stride and dilation must be positive");
     const int64_t ek = (ks[i] - 1) * dil[i] + 1;
     if (auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
       g.out[j] = (g.in[j] + strides[i] - 1) / strides[i];
@@ -78,10 +90,10 @@ WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, c
       g.pad_begin[j] = pads[i];
       g.pad_end[j] = pads[sp + i];
     } else {
-      bad_node(ctx, "unknown auto_pad '{}'", auto_pad);
+      bad_window(node, "unknown auto_pad '{}'", auto_pad);
     }
     const int64_t span = g.in[j] + g.pad_begin[j] + g.pad_end[j] - ek;
-    if (span < 0) bad_node(ctx, "window {} larger than padded input {}", ek, g.in[j] + g.pad_begin[j] + g.pad_end[j]);
+    if (span < 0) bad_window(node, "window {} larger than padded input {}", ek, g.in[j] + g.pad_begin[j] + g.pad_end[j]);
     if (ceil_mode) {
       g.out[j] = (span + strides[i] - 1) / strides[i] + 1;
       // The last window must start inside the input or the left padding (PyTorch/ORT rule).

@@ -3,6 +3,7 @@
 // multithreaded row-major SGEMM every heavy kernel goes through.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -55,6 +56,33 @@ struct WindowGeometry {
 /// so that out = ceil(in / s) with the odd pad at the end (UPPER) or the beginning (LOWER).
 WindowGeometry window_geometry(const KernelContext& ctx, const Shape& x_shape, const std::vector<int64_t>& kernel,
                                bool allow_ceil);
+/// The same from the node alone (gradient functions have no KernelContext); errors are
+/// kInvalidModel naming the node, worded as above.
+WindowGeometry window_geometry(const ir::Node& node, const Shape& x_shape, const std::vector<int64_t>& kernel,
+                               bool allow_ceil);
+
+/// [lo, hi) of the output positions o (of `out`) whose input index o*s - p + kd lies in [0, in):
+/// the valid span of one kernel tap (kd = tap * dilation) along one spatial dim.
+inline void valid_range(int64_t out, int64_t in, int64_t s, int64_t p, int64_t kd, int64_t* lo, int64_t* hi) {
+  // o*s >= p - kd  and  o*s <= in - 1 + p - kd
+  const int64_t a = p - kd;
+  *lo = a <= 0 ? 0 : (a + s - 1) / s;
+  const int64_t b = in - 1 + p - kd;
+  *hi = b < 0 ? 0 : std::min(out, b / s + 1);
+  if (*lo > *hi) *lo = *hi;
+}
+
+/// Writes columns [j0, j1) of the im2col matrix of `cin_g` channel planes of `x` (rows =
+/// cin_g * kernel_size in (channel, kd, kh, kw) order, row stride j1 - j0) into `col`:
+/// col[(c, k)][j] = x[c][pos(j) * stride - pad + k * dilation], 0 in the padding.
+/// Instantiated for float and double (conv.cc).
+template <typename T>
+void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col);
+
+/// The adjoint of im2col_tile: dx[c][pos(j) * stride - pad + k * dilation] += col[(c, k)][j]
+/// for the columns [j0, j1) (padding positions dropped). `dx` must be initialised.
+template <typename T>
+void col2im_tile(const T* col, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* dx);
 
 /// Row-major C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C (beta == 0 overwrites C, so C
 /// may be uninitialised). lda/ldb/ldc are row strides of the stored matrices. Runs on

@@ -1,0 +1,563 @@
+// Distillation tuning of a quantized model (see tune.h for the math).
+#include "qtool/quant/tune.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <map>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "qtool/core/error.h"
+#include "qtool/data/sample_source.h"
+#include "qtool/quant/lowbit.h"
+#include "qtool/runtime/autodiff.h"
+#include "qtool/runtime/executor.h"
+
+namespace qtool::quant {
+
+void fake_quantize(const std::vector<float>& latent, QuantizedMatrix& q, const std::vector<float>& scales,
+                   std::vector<float>& out) {
+  const int64_t rows = q.rows, cols = q.cols, kb = q.k_blocks(), bs = q.block_size;
+  out.resize(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t gi = r * kb + c / bs;
+      BlockGrid g = q.grids[gi];
+      g.scale = scales[gi];
+      const int32_t l = g.quantize(latent[r * cols + c]);
+      q.levels[r * cols + c] = l;
+      out[r * cols + c] = g.dequantize(l);
+    }
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// How the loss reads one seed value.
+struct LossSpec {
+  const ir::Value* seed = nullptr;  ///< student value the loss is on
+  std::string name;                 ///< its name (the teacher's value of the same name is the target)
+  enum class Kind { kAuto, kKl, kMse } kind = Kind::kAuto;
+  int64_t axis = -1;                ///< class axis (KL); -1 = decide from the shape
+  bool coerce = false;              ///< classes are all dims from `axis` on (Softmax before opset 13)
+};
+
+/// Ops that only move data: a Softmax behind them still defines the logits.
+bool is_data_movement(const ir::Node& n) {
+  static const std::unordered_set<std::string> k = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+                                                    "Dropout"};
+  return n.domain().empty() && k.count(n.op_type()) > 0;
+}
+
+std::vector<LossSpec> plan_losses(const ir::Model& m, const std::string& loss) {
+  QTOOL_CHECK(loss == "auto" || loss == "kl" || loss == "mse", ErrorCode::kConfig,
+              "--tune-loss must be auto, kl or mse (got '{}')", loss);
+  std::vector<LossSpec> out;
+  std::unordered_set<const ir::Value*> seen;
+  for (const ir::Value* o : m.graph->outputs()) {
+    if (o->type().elem_type != DataType::kFloat && o->type().elem_type != DataType::kUndefined) continue;
+    LossSpec s;
+    s.seed = o;
+    s.kind = loss == "kl" ? LossSpec::Kind::kKl : loss == "mse" ? LossSpec::Kind::kMse : LossSpec::Kind::kAuto;
+    // Look through data movement for a final Softmax: its input holds the logits.
+    const ir::Value* v = o;
+    while (v->producer() && is_data_movement(*v->producer()) && v->producer()->input(0)) v = v->producer()->input(0);
+    const ir::Node* p = v->producer();
+    if (p && p->domain().empty() && (p->op_type() == "Softmax" || p->op_type() == "LogSoftmax") && p->input(0) &&
+        s.kind != LossSpec::Kind::kMse) {
+      const int64_t opset = std::max<int64_t>(1, m.opset(""));
+      s.seed = p->input(0);
+      s.kind = LossSpec::Kind::kKl;
+      s.coerce = opset < 13;
+      s.axis = p->attr_int("axis", opset < 13 ? 1 : -1);
+    }
+    if (!seen.insert(s.seed).second) continue;
+    s.name = s.seed->name();
+    out.push_back(s);
+  }
+  QTOOL_CHECK(!out.empty(), ErrorCode::kConfig, "tuning: the model has no float output to compute a loss on");
+  return out;
+}
+
+/// Geometry of a KL loss over a tensor: element (o, c, i) at (o·C + c)·inner + i.
+struct KlGeometry {
+  int64_t outer = 1, classes = 1, inner = 1;
+};
+
+/// Chooses the loss kind and class geometry for a concrete tensor.
+bool kl_geometry(const LossSpec& s, const Shape& shape, KlGeometry* g) {
+  const int64_t rank = static_cast<int64_t>(shape.size());
+  if (s.kind == LossSpec::Kind::kMse || rank == 0) return false;
+  int64_t axis = s.axis;
+  if (s.kind == LossSpec::Kind::kAuto || axis == -1) {
+    if (s.kind == LossSpec::Kind::kAuto && s.axis == -1) {
+      // Classifier-like: [N, C], [N, C, 1, 1], or language-model logits [B, S, V].
+      const bool nc = rank == 2 && shape[1] >= 2;
+      const bool nc11 = rank == 4 && shape[1] >= 2 && shape[2] == 1 && shape[3] == 1;
+      const bool lm = rank == 3 && shape[2] >= 16;
+      if (!nc && !nc11 && !lm) return false;
+      axis = lm ? 2 : 1;
+    } else if (axis == -1) {
+      axis = rank - 1;
+    }
+  }
+  if (axis < 0) axis += rank;
+  if (axis < 0 || axis >= rank) return false;
+  g->outer = 1;
+  for (int64_t d = 0; d < axis; ++d) g->outer *= shape[d];
+  if (s.coerce) {
+    g->classes = 1;
+    for (int64_t d = axis; d < rank; ++d) g->classes *= shape[d];
+    g->inner = 1;
+  } else {
+    g->classes = shape[axis];
+    g->inner = 1;
+    for (int64_t d = axis + 1; d < rank; ++d) g->inner *= shape[d];
+  }
+  return g->classes >= 2;
+}
+
+/// Loss of student value `s` against teacher value `t`, and dL/ds into `grad` (same shape).
+double loss_and_grad(const LossSpec& spec, const Tensor& s, const Tensor& t, Tensor* grad) {
+  QTOOL_CHECK(s.shape() == t.shape(), ErrorCode::kInternal, "tuning: '{}' has shape {} but the float model gives {}",
+              spec.name, shape_str(s.shape()), shape_str(t.shape()));
+  const Tensor tf = t.dtype() == DataType::kFloat ? t : t.to_float();
+  const float* ps = s.data<float>();
+  const float* pt = tf.data<float>();
+  const int64_t n = s.numel();
+  *grad = Tensor(DataType::kFloat, s.shape());
+  float* g = grad->mutable_data<float>();
+  KlGeometry kg;
+  if (kl_geometry(spec, s.shape(), &kg)) {
+    // Mean over rows of KL(softmax(t) ‖ softmax(s)); dL/ds = (softmax(s) − softmax(t)) / rows.
+    const int64_t rows = kg.outer * kg.inner;
+    std::vector<double> es(kg.classes), et(kg.classes);
+    double total = 0;
+    for (int64_t o = 0; o < kg.outer; ++o)
+      for (int64_t i = 0; i < kg.inner; ++i) {
+        auto at = [&](int64_t c) { return (o * kg.classes + c) * kg.inner + i; };
+        double ms = -INFINITY, mt = -INFINITY;
+        for (int64_t c = 0; c < kg.classes; ++c) {
+          ms = std::max(ms, static_cast<double>(ps[at(c)]));
+          mt = std::max(mt, static_cast<double>(pt[at(c)]));
+        }
+        double zs = 0, zt = 0;
+        for (int64_t c = 0; c < kg.classes; ++c) {
+          es[c] = std::exp(ps[at(c)] - ms);
+          et[c] = std::exp(pt[at(c)] - mt);
+          zs += es[c];
+          zt += et[c];
+        }
+        const double lzs = std::log(zs), lzt = std::log(zt);
+        double kl = 0;
+        for (int64_t c = 0; c < kg.classes; ++c) {
+          const double qt = et[c] / zt;
+          const double lt = pt[at(c)] - mt - lzt, ls = ps[at(c)] - ms - lzs;
+          if (qt > 0) kl += qt * (lt - ls);
+          g[at(c)] = static_cast<float>((es[c] / zs - qt) / static_cast<double>(rows));
+        }
+        total += kl;
+      }
+    return total / static_cast<double>(rows);
+  }
+  // Squared error relative to the target's energy.
+  double energy = 0;
+  for (int64_t i = 0; i < n; ++i) energy += static_cast<double>(pt[i]) * pt[i];
+  energy = std::max(energy, 1e-12);
+  double err = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(ps[i]) - pt[i];
+    err += d * d;
+    g[i] = static_cast<float>(2.0 * d / energy);
+  }
+  return err / energy;
+}
+
+/// Captures the teacher's values of the loss seeds by name.
+class NameCapture : public runtime::Observer {
+ public:
+  explicit NameCapture(const std::vector<LossSpec>& specs) {
+    for (const LossSpec& s : specs) names_.insert(s.name);
+  }
+  void on_value(const ir::Value& v, const Tensor& t) override {
+    if (names_.count(v.name())) values_[v.name()] = t;
+  }
+  std::unordered_map<std::string, Tensor>& values() { return values_; }
+
+ private:
+  std::unordered_set<std::string> names_;
+  std::unordered_map<std::string, Tensor> values_;
+};
+
+/// Float vectors tuned freely: Conv/Gemm biases and per-channel Mul/Add constants.
+std::vector<ir::Value*> find_float_params(ir::Model& m, const std::unordered_set<const ir::Value*>& quantized) {
+  std::vector<ir::Value*> out;
+  std::unordered_set<const ir::Value*> seen;
+  for (ir::Node* n : m.graph->topo_order()) {
+    if (!n->domain().empty()) continue;
+    const std::string& op = n->op_type();
+    for (size_t i = 0; i < n->inputs().size(); ++i) {
+      ir::Value* v = n->input(i);
+      if (!v || !v->initializer() || quantized.count(v) || seen.count(v)) continue;
+      const Tensor& t = *v->initializer();
+      if (t.dtype() != DataType::kFloat || t.rank() != 1 || t.numel() < 2) continue;
+      bool ok = false;
+      if ((op == "Conv" || op == "Gemm") && i == 2) ok = true;
+      if ((op == "Mul" || op == "Add") && n->inputs().size() == 2) {
+        const ir::Value* other = n->input(1 - i);
+        ok = other && !other->initializer();
+      }
+      if (!ok) continue;
+      seen.insert(v);
+      out.push_back(v);
+    }
+  }
+  return out;
+}
+
+/// Adam moments for one parameter vector.
+struct Adam {
+  std::vector<float> m, v;
+  void init(size_t n) {
+    m.assign(n, 0.0f);
+    v.assign(n, 0.0f);
+  }
+  /// x -= lr_i · m̂/(√v̂ + ε), lr_i = lr · step_scale[i] (or lr when step_scale is empty).
+  void step(std::vector<float>& x, const std::vector<float>& g, double lr, int t, const std::vector<float>* scale,
+            int64_t scale_stride) {
+    constexpr double b1 = 0.9, b2 = 0.999, eps = 1e-20;
+    const double c1 = 1.0 - std::pow(b1, t), c2 = 1.0 - std::pow(b2, t);
+    for (size_t i = 0; i < x.size(); ++i) {
+      m[i] = static_cast<float>(b1 * m[i] + (1 - b1) * g[i]);
+      v[i] = static_cast<float>(b2 * v[i] + (1 - b2) * static_cast<double>(g[i]) * g[i]);
+      const double mh = m[i] / c1, vh = v[i] / c2;
+      const double li = scale ? lr * (*scale)[i / scale_stride] : lr;
+      x[i] -= static_cast<float>(li * mh / (std::sqrt(vh) + eps));
+    }
+  }
+};
+
+struct LayerState {
+  TunableWeight* tw = nullptr;
+  std::vector<float> latent;    // [rows, cols]
+  std::vector<float> theta;     // [rows * kb]
+  std::vector<float> s0;        // initial scales
+  std::vector<float> step;      // per element lr scale: s0 of its block, laid out [rows * kb]
+  std::vector<int32_t> levels0; // starting levels
+  std::vector<int64_t> sidx;    // initializer element of each matrix element
+  Adam adam_w, adam_s;
+  int64_t rows = 0, cols = 0, kb = 1, bs = 1;
+  std::vector<float> scales() const {
+    std::vector<float> s(theta.size());
+    for (size_t i = 0; i < s.size(); ++i) {
+      float v = s0[i] * std::exp(theta[i]);
+      if (tw->fp16_scales) v = half_to_float(float_to_half(v));
+      s[i] = v;
+    }
+    return s;
+  }
+};
+
+struct FloatState {
+  ir::Value* value = nullptr;
+  std::vector<float> x;
+  float rms = 1.0f;
+  Adam adam;
+};
+
+}  // namespace
+
+TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vector<TunableWeight>& weights,
+                          const CalibrationInputs& calib, const TuneOptions& o) {
+  const auto t0 = Clock::now();
+  TuneReport rep;
+  QTOOL_CHECK(o.steps > 0 && o.batch > 0, ErrorCode::kConfig, "tuning needs --tune-steps > 0 and a batch > 0");
+  size_t count = calib.source ? calib.source->size() : calib.samples.size();
+  if (o.samples > 0) count = std::min(count, o.samples);
+  QTOOL_CHECK(count >= 2, ErrorCode::kConfig, "tuning needs at least 2 calibration samples (got {})", count);
+  auto load = [&](size_t i) { return calib.source ? calib.source->load(i) : calib.samples[i]; };
+
+  // Held-out samples: evenly spaced, at least one.
+  const size_t n_hold = std::clamp<size_t>(static_cast<size_t>(std::ceil(o.holdout * static_cast<double>(count))), 1,
+                                           count - 1);
+  const size_t stride = count / n_hold;
+  std::vector<size_t> train, hold;
+  for (size_t i = 0; i < count; ++i)
+    ((i % stride == stride - 1 && hold.size() < n_hold) ? hold : train).push_back(i);
+  rep.train_samples = static_cast<int64_t>(train.size());
+  rep.holdout_samples = static_cast<int64_t>(hold.size());
+
+  // Layer and float parameter state.
+  std::vector<LayerState> layers(weights.size());
+  std::unordered_set<const ir::Value*> quantized;
+  for (size_t k = 0; k < weights.size(); ++k) {
+    LayerState& L = layers[k];
+    TunableWeight& tw = weights[k];
+    QTOOL_CHECK(tw.q && tw.weight && tw.weight->initializer(), ErrorCode::kInternal, "tuning: weight {}", k);
+    L.tw = &tw;
+    L.rows = tw.q->rows;
+    L.cols = tw.q->cols;
+    L.kb = tw.q->k_blocks();
+    L.bs = tw.q->block_size;
+    L.latent = tw.latent;
+    QTOOL_CHECK(static_cast<int64_t>(L.latent.size()) == L.rows * L.cols, ErrorCode::kInternal,
+                "tuning: latent of '{}'", tw.weight->name());
+    L.s0.resize(tw.q->grids.size());
+    for (size_t i = 0; i < L.s0.size(); ++i) L.s0[i] = tw.q->grids[i].scale;
+    L.theta.assign(L.s0.size(), 0.0f);
+    L.levels0 = tw.q->levels;
+    L.sidx.resize(L.rows * L.cols);
+    for (int64_t r = 0; r < L.rows; ++r)
+      for (int64_t c = 0; c < L.cols; ++c) L.sidx[r * L.cols + c] = tw.storage_index(r, c);
+    L.adam_w.init(L.latent.size());
+    L.adam_s.init(L.theta.size());
+    quantized.insert(tw.weight);
+  }
+  std::vector<FloatState> floats;
+  if (o.tune_float)
+    for (ir::Value* v : find_float_params(student, quantized)) {
+      FloatState f;
+      f.value = v;
+      const float* d = v->initializer()->data<float>();
+      f.x.assign(d, d + v->initializer()->numel());
+      double ss = 0;
+      for (float x : f.x) ss += static_cast<double>(x) * x;
+      f.rms = static_cast<float>(std::max(std::sqrt(ss / static_cast<double>(f.x.size())), 1e-2));
+      f.adam.init(f.x.size());
+      rep.float_params += static_cast<int64_t>(f.x.size());
+      floats.push_back(std::move(f));
+    }
+
+  const std::vector<LossSpec> losses = plan_losses(student, o.loss);
+  std::vector<const ir::Value*> wrt, seeds;
+  for (const LayerState& L : layers) wrt.push_back(L.tw->weight);
+  for (const FloatState& f : floats) wrt.push_back(f.value);
+  for (const LossSpec& s : losses) seeds.push_back(s.seed);
+  const int workers = std::max(1, o.threads);
+  std::vector<std::unique_ptr<runtime::Autodiff>> ads;
+  std::vector<std::unique_ptr<runtime::Executor>> teachers;
+  for (int w = 0; w < workers; ++w) {
+    ads.push_back(std::make_unique<runtime::Autodiff>(student, wrt, seeds));
+    teachers.push_back(std::make_unique<runtime::Executor>(teacher));
+  }
+
+  // Current parameters -> the student's initializer values.
+  auto install = [&] {
+    std::vector<float> deq;
+    for (LayerState& L : layers) {
+      const std::vector<float> s = L.scales();
+      fake_quantize(L.latent, *L.tw->q, s, deq);
+      const Tensor& init = *L.tw->weight->initializer();
+      Tensor t(DataType::kFloat, init.shape());
+      float* d = t.mutable_data<float>();
+      for (size_t i = 0; i < deq.size(); ++i) d[L.sidx[i]] = deq[i];
+      for (auto& ad : ads) ad->set_value(L.tw->weight, t);
+    }
+    for (FloatState& f : floats) {
+      Tensor t = Tensor::from_vector<float>(f.value->initializer()->shape(), f.x);
+      for (auto& ad : ads) ad->set_value(f.value, t);
+    }
+  };
+
+  // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter gradients.
+  auto run_samples = [&](const std::vector<size_t>& idx, bool grads, std::vector<double>& sample_loss,
+                         std::vector<std::vector<Tensor>>& sample_grads) {
+    sample_loss.assign(idx.size(), 0.0);
+    sample_grads.assign(grads ? idx.size() : 0, {});
+    std::vector<data::Sample> loaded(idx.size());
+    for (size_t i = 0; i < idx.size(); ++i)
+      with_context(fmt::format("while loading calibration sample {}", idx[i] + 1), [&] { loaded[i] = load(idx[i]); });
+    std::vector<std::exception_ptr> errors(workers);
+    auto work = [&](int w) {
+      try {
+        for (size_t i = static_cast<size_t>(w); i < idx.size(); i += static_cast<size_t>(workers)) {
+          NameCapture cap(losses);
+          const std::vector<Tensor> touts = teachers[w]->run(loaded[i], &cap);
+          const std::vector<std::string> names = teachers[w]->output_names();
+          for (size_t k = 0; k < names.size(); ++k) cap.values()[names[k]] = touts[k];
+          const std::vector<Tensor> souts = ads[w]->forward(loaded[i]);
+          std::vector<Tensor> seed_grads(losses.size());
+          double l = 0;
+          for (size_t k = 0; k < losses.size(); ++k) {
+            auto it = cap.values().find(losses[k].name);
+            QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal, "tuning: the float model did not compute '{}'",
+                        losses[k].name);
+            l += loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
+          }
+          sample_loss[i] = l;
+          if (grads) sample_grads[i] = ads[w]->backward(seed_grads);
+        }
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    };
+    if (workers == 1) {
+      work(0);
+    } else {
+      std::vector<std::thread> pool;
+      for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
+      for (auto& th : pool) th.join();
+    }
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  };
+
+  auto holdout_loss = [&] {
+    std::vector<double> ls;
+    std::vector<std::vector<Tensor>> none;
+    run_samples(hold, false, ls, none);
+    double s = 0;
+    for (double v : ls) s += v;
+    return s / static_cast<double>(ls.size());
+  };
+
+  // Best snapshot.
+  struct Snapshot {
+    std::vector<std::vector<float>> latent, theta, floats;
+  } best;
+  auto snapshot = [&] {
+    best.latent.clear();
+    best.theta.clear();
+    best.floats.clear();
+    for (const LayerState& L : layers) {
+      best.latent.push_back(L.latent);
+      best.theta.push_back(L.theta);
+    }
+    for (const FloatState& f : floats) best.floats.push_back(f.x);
+  };
+
+  install();
+  rep.holdout_before = holdout_loss();
+  double best_loss = rep.holdout_before;
+  snapshot();
+  rep.loss = "";
+  for (const LossSpec& s : losses)
+    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(s.kind == LossSpec::Kind::kMse ? "mse" : s.kind == LossSpec::Kind::kKl ? "kl" : "auto") + "(" + s.name + ")";
+  spdlog::info("tuning: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float values; "
+               "held-out loss {:.6g}",
+               o.steps, o.batch, train.size(), hold.size(), layers.size(), rep.float_params, rep.holdout_before);
+
+  // Fixed-seed shuffled epochs (Fisher-Yates on mt19937_64: the same order on every platform).
+  std::mt19937_64 rng(o.seed);
+  std::vector<size_t> order;
+  size_t cursor = 0;
+  auto next_batch = [&] {
+    std::vector<size_t> b;
+    while (static_cast<int>(b.size()) < std::min<int>(o.batch, static_cast<int>(train.size()))) {
+      if (cursor >= order.size()) {
+        order = train;
+        for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+        cursor = 0;
+      }
+      b.push_back(order[cursor++]);
+    }
+    return b;
+  };
+
+  const double pi = std::acos(-1.0);
+  std::vector<double> sl;
+  std::vector<std::vector<Tensor>> sg;
+  for (int step = 1; step <= o.steps; ++step) {
+    const std::vector<size_t> batch = next_batch();
+    run_samples(batch, true, sl, sg);
+    double bl = 0;
+    for (double v : sl) bl += v;
+    bl /= static_cast<double>(batch.size());
+    if (step == 1) rep.train_first = bl;
+    rep.train_last = bl;
+    // Mean gradient over the batch, summed in sample order (independent of the thread count).
+    const double inv = 1.0 / static_cast<double>(batch.size());
+    const double cosf = 0.5 * (1.0 + std::cos(pi * (step - 1) / o.steps));
+    for (size_t k = 0; k < layers.size(); ++k) {
+      LayerState& L = layers[k];
+      const int64_t n = L.rows * L.cols;
+      std::vector<float> gw(n, 0.0f), gs(L.theta.size(), 0.0f);
+      std::vector<double> gacc(n, 0.0);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const float* g = sg[i][k].data<float>();
+        for (int64_t j = 0; j < n; ++j) gacc[j] += g[L.sidx[j]];
+      }
+      const std::vector<float> s = L.scales();
+      std::vector<double> gsd(L.theta.size(), 0.0);
+      for (int64_t r = 0; r < L.rows; ++r)
+        for (int64_t c = 0; c < L.cols; ++c) {
+          const int64_t gi = r * L.kb + c / L.bs;
+          const BlockGrid& g0 = L.tw->q->grids[gi];
+          const double gv = gacc[r * L.cols + c] * inv;
+          const double x = L.latent[r * L.cols + c] / s[gi];
+          const int32_t lv = L.tw->q->levels[r * L.cols + c];
+          bool inside;
+          double dq_ds;
+          if (g0.binary) {
+            inside = std::fabs(x) <= 1.0;
+            dq_ds = lv;
+          } else {
+            const double raw = std::nearbyint(x) + g0.zero_point;
+            inside = raw >= g0.lo && raw <= g0.hi;
+            dq_ds = inside ? (lv - g0.zero_point) - x : (lv - g0.zero_point);
+          }
+          gw[r * L.cols + c] = inside ? static_cast<float>(gv) : 0.0f;
+          gsd[gi] += gv * dq_ds * s[gi];  // dθ = ds · s
+        }
+      for (size_t i = 0; i < gs.size(); ++i) gs[i] = static_cast<float>(gsd[i]);
+      if (o.tune_weights) {
+        // Per-element step: lr in units of the block's initial scale.
+        L.step.resize(n);
+        for (int64_t r = 0; r < L.rows; ++r)
+          for (int64_t c = 0; c < L.cols; ++c) L.step[r * L.cols + c] = L.s0[r * L.kb + c / L.bs];
+        L.adam_w.step(L.latent, gw, o.lr * cosf, step, &L.step, 1);
+      }
+      if (o.tune_scales) L.adam_s.step(L.theta, gs, o.lr_scale * cosf, step, nullptr, 1);
+    }
+    const size_t base = layers.size();
+    for (size_t k = 0; k < floats.size(); ++k) {
+      FloatState& f = floats[k];
+      std::vector<float> g(f.x.size(), 0.0f);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const float* gi = sg[i][base + k].data<float>();
+        for (size_t j = 0; j < g.size(); ++j) g[j] += static_cast<float>(gi[j] * inv);
+      }
+      f.adam.step(f.x, g, o.lr_float * f.rms * cosf, step, nullptr, 1);
+    }
+    install();
+    if (step % o.eval_every == 0 || step == o.steps) {
+      const double hl = holdout_loss();
+      spdlog::info("tuning: step {}/{}: train loss {:.6g}, held-out loss {:.6g}", step, o.steps, bl, hl);
+      if (hl < best_loss) {
+        best_loss = hl;
+        rep.best_step = step;
+        snapshot();
+      }
+    }
+    rep.steps = step;
+  }
+
+  // Restore the best parameters and write them back.
+  for (size_t k = 0; k < layers.size(); ++k) {
+    layers[k].latent = best.latent[k];
+    layers[k].theta = best.theta[k];
+  }
+  for (size_t k = 0; k < floats.size(); ++k) floats[k].x = best.floats[k];
+  std::vector<float> deq;
+  for (LayerState& L : layers) {
+    const std::vector<float> s = L.scales();
+    fake_quantize(L.latent, *L.tw->q, s, deq);
+    for (size_t i = 0; i < s.size(); ++i) L.tw->q->grids[i].scale = s[i];
+    for (size_t i = 0; i < L.levels0.size(); ++i) rep.levels_changed += L.tw->q->levels[i] != L.levels0[i];
+  }
+  for (FloatState& f : floats) f.value->set_initializer(Tensor::from_vector<float>(f.value->initializer()->shape(), f.x));
+  rep.holdout_after = best_loss;
+  rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  spdlog::info("tuning: kept step {} (held-out loss {:.6g} -> {:.6g}), {} levels changed, {:.1f} s", rep.best_step,
+               rep.holdout_before, rep.holdout_after, rep.levels_changed, rep.seconds);
+  return rep;
+}
+
+}  // namespace qtool::quant

@@ -93,6 +93,8 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "tev") c.tune.eval_every = std::stoi(v);
     else if (k == "tloss") c.tune.loss = v;
     else if (k == "tseed") c.tune.seed = std::stoull(v);
+    else if (k == "taug") c.tune.augment = v;
+    else if (k == "tmix") c.tune.mixup = std::stod(v);
     else if (k == "tcal") g_tune_samples = std::stoul(v);
     else throw std::runtime_error("unknown option " + k);
   }

@@ -45,6 +45,7 @@ struct LossSpec {
   const ir::Value* seed = nullptr;  ///< student value the loss is on
   std::string name;                 ///< its name (the teacher's value of the same name is the target)
   enum class Kind { kAuto, kKl, kMse } kind = Kind::kAuto;
+  mutable int used = 0;             ///< after a run: 1 = KL was computed, 2 = MSE
   int64_t axis = -1;                ///< class axis (KL); -1 = decide from the shape
   bool coerce = false;              ///< classes are all dims from `axis` on (Softmax before opset 13)
 };
@@ -135,7 +136,9 @@ double loss_and_grad(const LossSpec& spec, const Tensor& s, const Tensor& t, Ten
   *grad = Tensor(DataType::kFloat, s.shape());
   float* g = grad->mutable_data<float>();
   KlGeometry kg;
-  if (kl_geometry(spec, s.shape(), &kg)) {
+  const bool kl = kl_geometry(spec, s.shape(), &kg);
+  spec.used = kl ? 1 : 2;
+  if (kl) {
     // Mean over rows of KL(softmax(t) ‖ softmax(s)); dL/ds = (softmax(s) − softmax(t)) / rows.
     const int64_t rows = kg.outer * kg.inner;
     std::vector<double> es(kg.classes), et(kg.classes);
@@ -195,6 +198,62 @@ class NameCapture : public runtime::Observer {
   std::unordered_set<std::string> names_;
   std::unordered_map<std::string, Tensor> values_;
 };
+
+/// Bilinear sample of channel plane p [h, w] at (y, x) (edge clamped).
+float bilinear(const float* p, int64_t h, int64_t w, double y, double x) {
+  y = std::clamp(y, 0.0, static_cast<double>(h - 1));
+  x = std::clamp(x, 0.0, static_cast<double>(w - 1));
+  const int64_t y0 = static_cast<int64_t>(y), x0 = static_cast<int64_t>(x);
+  const int64_t y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
+  const double fy = y - y0, fx = x - x0;
+  return static_cast<float>((1 - fy) * ((1 - fx) * p[y0 * w + x0] + fx * p[y0 * w + x1]) +
+                            fy * ((1 - fx) * p[y1 * w + x0] + fx * p[y1 * w + x1]));
+}
+
+bool is_image(const Tensor& t) {
+  return t.dtype() == DataType::kFloat && t.rank() == 4 && t.dim(2) >= 16 && t.dim(3) >= 16;
+}
+
+/// Random horizontal flip + random resized crop of every image input of `sample` (see TuneOptions).
+void augment_sample(data::Sample& sample, std::mt19937_64& rng) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (auto& [name, t] : sample) {
+    if (!is_image(t)) continue;
+    const int64_t n = t.dim(0), c = t.dim(1), h = t.dim(2), w = t.dim(3);
+    const bool flip = u(rng) < 0.5;
+    const double area = 0.3 + 0.7 * u(rng);
+    const double aspect = std::exp(std::log(0.75) + (std::log(4.0 / 3.0) - std::log(0.75)) * u(rng));
+    const double cw = std::min<double>(w, std::sqrt(area * aspect) * w), ch = std::min<double>(h, std::sqrt(area / aspect) * h);
+    const double x0 = (w - cw) * u(rng), y0 = (h - ch) * u(rng);
+    Tensor out(DataType::kFloat, t.shape());
+    const float* src = t.data<float>();
+    float* dst = out.mutable_data<float>();
+    for (int64_t p = 0; p < n * c; ++p)
+      for (int64_t y = 0; y < h; ++y) {
+        const double sy = y0 + (y + 0.5) * ch / h - 0.5;
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t xo = flip ? w - 1 - x : x;
+          const double sx = x0 + (xo + 0.5) * cw / w - 0.5;
+          dst[(p * h + y) * w + x] = bilinear(src + p * h * w, h, w, sy, sx);
+        }
+      }
+    t = std::move(out);
+  }
+}
+
+/// x = λ·x + (1 − λ)·other on the float inputs of the same shape.
+void mix_samples(data::Sample& x, const data::Sample& other, double lambda) {
+  for (auto& [name, t] : x) {
+    auto it = other.find(name);
+    if (t.dtype() != DataType::kFloat || it == other.end() || it->second.shape() != t.shape()) continue;
+    Tensor out = t.clone();
+    float* d = out.mutable_data<float>();
+    const Tensor o = it->second.dtype() == DataType::kFloat ? it->second : it->second.to_float();
+    const float* b = o.data<float>();
+    for (int64_t i = 0; i < out.numel(); ++i) d[i] = static_cast<float>(lambda * d[i] + (1 - lambda) * b[i]);
+    t = std::move(out);
+  }
+}
 
 /// Float vectors tuned freely: Conv/Gemm biases and per-channel Mul/Add constants.
 std::vector<ir::Value*> find_float_params(ir::Model& m, const std::unordered_set<const ir::Value*>& quantized) {
@@ -367,13 +426,30 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   };
 
   // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter gradients.
-  auto run_samples = [&](const std::vector<size_t>& idx, bool grads, std::vector<double>& sample_loss,
+  QTOOL_CHECK(o.augment == "auto" || o.augment == "none", ErrorCode::kConfig,
+              "--tune-augment must be auto or none (got '{}')", o.augment);
+  QTOOL_CHECK(o.mixup >= 0.0 && o.mixup <= 1.0, ErrorCode::kConfig, "--tune-mixup must be in [0, 1]");
+  // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter
+  // gradients. `step` > 0: a training step (samples augmented with a generator seeded by the step).
+  auto run_samples = [&](const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
                          std::vector<std::vector<Tensor>>& sample_grads) {
     sample_loss.assign(idx.size(), 0.0);
     sample_grads.assign(grads ? idx.size() : 0, {});
     std::vector<data::Sample> loaded(idx.size());
     for (size_t i = 0; i < idx.size(); ++i)
       with_context(fmt::format("while loading calibration sample {}", idx[i] + 1), [&] { loaded[i] = load(idx[i]); });
+    if (step > 0 && (o.augment == "auto" || o.mixup > 0)) {
+      std::mt19937_64 arng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
+      std::uniform_real_distribution<double> u(0.0, 1.0);
+      for (size_t i = 0; i < idx.size(); ++i) {
+        if (o.augment == "auto") augment_sample(loaded[i], arng);
+        if (o.mixup > 0 && u(arng) < o.mixup) {
+          data::Sample other = load(train[static_cast<size_t>(u(arng) * static_cast<double>(train.size())) % train.size()]);
+          if (o.augment == "auto") augment_sample(other, arng);
+          mix_samples(loaded[i], other, u(arng));
+        }
+      }
+    }
     std::vector<std::exception_ptr> errors(workers);
     auto work = [&](int w) {
       try {
@@ -412,7 +488,7 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   auto holdout_loss = [&] {
     std::vector<double> ls;
     std::vector<std::vector<Tensor>> none;
-    run_samples(hold, false, ls, none);
+    run_samples(hold, 0, false, ls, none);
     double s = 0;
     for (double v : ls) s += v;
     return s / static_cast<double>(ls.size());
@@ -439,7 +515,7 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   snapshot();
   rep.loss = "";
   for (const LossSpec& s : losses)
-    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(s.kind == LossSpec::Kind::kMse ? "mse" : s.kind == LossSpec::Kind::kKl ? "kl" : "auto") + "(" + s.name + ")";
+    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(s.used == 1 ? "kl" : "mse") + "(" + s.name + ")";
   spdlog::info("tuning: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float values; "
                "held-out loss {:.6g}",
                o.steps, o.batch, train.size(), hold.size(), layers.size(), rep.float_params, rep.holdout_before);
@@ -466,7 +542,7 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   std::vector<std::vector<Tensor>> sg;
   for (int step = 1; step <= o.steps; ++step) {
     const std::vector<size_t> batch = next_batch();
-    run_samples(batch, true, sl, sg);
+    run_samples(batch, step, true, sl, sg);
     double bl = 0;
     for (double v : sl) bl += v;
     bl /= static_cast<double>(batch.size());

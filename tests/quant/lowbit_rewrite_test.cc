@@ -360,6 +360,53 @@ TEST(LowbitRewrite, ConvWeightsBlockedAndPerChannelRunInOrt) {
   }
 }
 
+TEST(LowbitRewrite, CastFormComputesTheSameWeightsAsDequantizeLinear) {
+  QTOOL_REQUIRE_ORT();
+  // --format cast: the same levels, scales and zero points as the DequantizeLinear form, written as
+  // Cast -> (Reshape) -> (Sub) -> Mul -> (Reshape, Slice) on constants. On the MLP (MatMul, Gemm
+  // transB, K = 40 with a short last block, a per-channel layer) and the convnet (blocked and
+  // per-channel Conv), sym and asym, 4/2-bit and ternary: the outputs equal the QDQ model's in ONNX
+  // Runtime and in qtool's executor, and the files differ only by the short blocks' padding.
+  struct C {
+    const char* bits;
+    int64_t block;
+    bool symmetric;
+    bool conv;
+  };
+  const std::vector<C> cases = {{"4", 32, true, false}, {"4", 32, false, false}, {"4", 0, true, false},
+                                {"2", 32, false, false}, {"ternary", 32, true, false}, {"4", 32, true, true},
+                                {"4", 32, false, true}, {"ternary", 32, true, true}};
+  TempDir dir;
+  for (const C& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.bits << " block " << c.block << (c.symmetric ? " sym" : " asym")
+                                      << (c.conv ? " conv" : " mlp"));
+    const ir::Model fp = c.conv ? make_convnet(5) : make_mlp(1);
+    const auto in = input_for(fp, 2);
+    ir::Model qdq = fp.clone(), cast = fp.clone();
+    WeightOnlyConfig cfg;
+    cfg.bits = c.bits;
+    cfg.block_size = c.block;
+    cfg.symmetric = c.symmetric;
+    cfg.bits_first_last = "";
+    const WeightOnlyReport rq = apply_weight_only(qdq, cfg);
+    cfg.cast_dequant = true;
+    const WeightOnlyReport rc = apply_weight_only(cast, cfg);
+    EXPECT_EQ(count_ops(cast, "DequantizeLinear"), 0);
+    EXPECT_GT(count_ops(cast, "Cast"), 0);
+    EXPECT_GE(rc.quant_weight_bytes, rq.quant_weight_bytes);
+    // Padding of the short last block only: K = 40 in blocks of 32 pads 24 levels per output channel.
+    EXPECT_LE(rc.quant_weight_bytes, rq.quant_weight_bytes + (c.conv ? 8 * 9 * 24 : 64 * 2 * 24 + 48 * 24) / 2 + 64);
+    onnx_io::save_model(qdq, dir.file("q.onnx"));
+    onnx_io::save_model(cast, dir.file("c.onnx"));
+    const Tensor oq = ort_output(dir.file("q.onnx"), in.at("x"), "basic");
+    const Tensor oc = ort_output(dir.file("c.onnx"), in.at("x"), "basic");
+    const Tensor oc_all = ort_output(dir.file("c.onnx"), in.at("x"), "all");
+    EXPECT_LT(qtool::testing::max_abs_error(oc, oq), 1e-5 * (1.0 + max_abs(oq)));
+    EXPECT_LT(qtool::testing::max_abs_error(oc_all, oq), 1e-5 * (1.0 + max_abs(oq)));  // folded, not fused
+    EXPECT_LT(qtool::testing::max_abs_error(run_executor(cast, in), oq), 1e-5 * (1.0 + max_abs(oq)));
+  }
+}
+
 TEST(LowbitRewrite, DepthwiseConvsStayAtEightBitsByDefault) {
   QTOOL_REQUIRE_ORT();
   // x[1,8,5,5] -> depthwise Conv W[8,1,3,3] (group 8, pad 1) -> Relu -> Conv W[40,8,1,1] -> Conv W[4,40,1,1].

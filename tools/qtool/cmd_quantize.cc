@@ -119,6 +119,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
       m["tune-scale-lr"] = fmt::format("{}", a.tune.lr_scale);
       m["tune-float-lr"] = fmt::format("{}", a.tune.lr_float);
       m["tune-loss"] = a.tune.loss;
+      m["tune-augment"] = a.tune.augment;
+      if (a.tune.mixup > 0) m["tune-mixup"] = fmt::format("{}", a.tune.mixup);
       std::string what = a.no_tune_weights ? "" : "weights";
       if (!a.no_tune_scales) what += what.empty() ? "scales" : ",scales";
       if (!a.no_tune_float) what += what.empty() ? "float" : ",float";
@@ -592,6 +594,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--tune-loss", a.tune.loss, "tuning: auto (KL on classifier/LM logits, else relative MSE), kl or mse");
   cmd.add_option("--tune-holdout", a.tune.holdout, "tuning: share of the samples held out for early stopping");
   cmd.add_option("--tune-eval-every", a.tune.eval_every, "tuning: steps between held-out evaluations");
+  cmd.add_option("--tune-augment", a.tune.augment,
+                 "tuning: auto (random flips and resized crops of image inputs, the FP32 model seeing the same "
+                 "images) or none");
+  cmd.add_option("--tune-mixup", a.tune.mixup, "tuning: probability of mixing each training sample with another (mixup)");
   cmd.add_flag("--no-tune-weights", a.no_tune_weights, "tuning: keep the levels, tune scales and float vectors only");
   cmd.add_flag("--no-tune-scales", a.no_tune_scales, "tuning: keep the block scales");
   cmd.add_flag("--no-tune-float", a.no_tune_float, "tuning: keep the float biases and normalization weights");

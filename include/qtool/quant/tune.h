@@ -51,6 +51,15 @@ struct TuneOptions {
   std::string loss = "auto";   ///< "auto" | "kl" | "mse"
   int threads = 1;             ///< samples of a minibatch run in parallel
   uint64_t seed = 1;           ///< minibatch shuffle
+  /// Augmentation of image inputs (4-D float [N, C, H, W], H and W >= 16) in the training steps:
+  /// "auto" = a random horizontal flip and a random resized crop (30-100% of the area, aspect 3/4 to
+  /// 4/3, bilinear back to H×W) per sample, "none" = the samples as they are. The float model sees
+  /// the same augmented input, so every augmented sample comes with its exact target: with a few
+  /// hundred images, this is what keeps the tuned model from fitting the calibration images alone.
+  std::string augment = "auto";
+  /// Probability of mixing a training sample with another one of the calibration set (mixup,
+  /// x = λ·x1 + (1−λ)·x2, λ uniform in [0, 1]) after augmentation; float inputs only.
+  double mixup = 0.0;
   /// Calibration samples used (0 = every sample the inputs hold, ignoring
   /// CalibrationInputs::max_samples, which bounds the GPTQ / AWQ statistics pass).
   size_t samples = 0;

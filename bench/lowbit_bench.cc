@@ -4,6 +4,8 @@
 //     NLL per token on the real texts (tinystories_sample_cs336, wizard_of_oz_llmatoz.chunks800),
 //     documents split at BOS=1, windows of up to 512 tokens; calibration: the first 32 documents of
 //     the model's own samples (runc_samples_*), truncated to 256 tokens.
+//   lowbit_bench eval-stories FP_MODEL QUANTIZED_MODEL TEXT_DIR
+//     the same NLL figures for a model written by qtool quantize.
 //   lowbit_bench imagenet MODEL IMAGE_DIR PRESET OUT_DIR CONFIG...
 //     top-1 on the odd positions of the sorted image list (500), calibration on the first 64 even ones.
 //
@@ -95,6 +97,7 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "tseed") c.tune.seed = std::stoull(v);
     else if (k == "taug") c.tune.augment = v;
     else if (k == "tmix") c.tune.mixup = std::stod(v);
+    else if (k == "tfeat") c.tune.feature_weight = std::stod(v);
     else if (k == "tcal") g_tune_samples = std::stoul(v);
     else throw std::runtime_error("unknown option " + k);
   }
@@ -224,6 +227,23 @@ int stories(int argc, char** argv) {
   return 0;
 }
 
+/// NLL increase of a saved model (e.g. written by qtool quantize) on the two real texts.
+int eval_stories(char** argv) {
+  const ir::Model fp = onnx_io::load_model(argv[2]), q = onnx_io::load_model(argv[3]);
+  const std::string text = argv[4];
+  std::vector<std::pair<std::string, std::vector<std::vector<int32_t>>>> evals = {
+      {"tinystories", documents(data::read_token_stream(text + "/tinystories_sample_cs336.tok512.i32"))},
+      {"wizard_of_oz", documents(data::read_token_stream(text + "/wizard_of_oz_llmatoz.chunks800.tok512.i32"))}};
+  runtime::Executor ef(fp), eq(q);
+  std::printf("{\"model\":\"%s\",\"file_bytes\":%ju", argv[3], static_cast<uintmax_t>(fs::file_size(argv[3])));
+  for (auto& [name, docs] : evals) {
+    const double a = nll(ef, docs), b = nll(eq, docs);
+    std::printf(",\"nll_%s\":%.5f,\"increase_pct_%s\":%.2f", name.c_str(), b, name.c_str(), 100.0 * (b - a) / a);
+  }
+  std::printf("}\n");
+  return 0;
+}
+
 int argmax(const Tensor& t) {
   const float* p = t.data<float>();
   return static_cast<int>(std::max_element(p, p + t.numel()) - p);
@@ -347,6 +367,7 @@ int main(int argc, char** argv) {
     if (argc >= 5 && std::string(argv[1]) == "stories") return stories(argc, argv);
     if (argc >= 6 && std::string(argv[1]) == "imagenet") return imagenet(argc, argv);
     if (argc == 5 && std::string(argv[1]) == "stream") return stream(argv);
+    if (argc == 5 && std::string(argv[1]) == "eval-stories") return eval_stories(argv);
     std::fprintf(stderr, "usage: lowbit_bench stories MODEL TEXT_DIR OUT_DIR CONFIG... | "
                          "imagenet MODEL IMAGE_DIR PRESET OUT_DIR CONFIG...\n");
     return 2;

@@ -46,6 +46,7 @@ struct LossSpec {
   std::string name;                 ///< its name (the teacher's value of the same name is the target)
   enum class Kind { kAuto, kKl, kMse } kind = Kind::kAuto;
   mutable int used = 0;             ///< after a run: 1 = KL was computed, 2 = MSE
+  double weight = 1.0;              ///< factor on this term (feature terms share feature_weight)
   int64_t axis = -1;                ///< class axis (KL); -1 = decide from the shape
   bool coerce = false;              ///< classes are all dims from `axis` on (Softmax before opset 13)
 };
@@ -394,7 +395,27 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
       floats.push_back(std::move(f));
     }
 
-  const std::vector<LossSpec> losses = plan_losses(student, o.loss);
+  std::vector<LossSpec> losses = plan_losses(student, o.loss);
+  // Feature distillation: the output of every tuned layer matches the float model's (relative
+  // squared error), all together weighted feature_weight.
+  if (o.feature_weight > 0) {
+    std::vector<const ir::Value*> feats;
+    std::unordered_set<const ir::Value*> seen;
+    for (const LossSpec& l : losses) seen.insert(l.seed);
+    for (const LayerState& L : layers)
+      for (const ir::Use& u : L.tw->weight->uses()) {
+        const ir::Value* y = u.node->output(0);
+        if (y && seen.insert(y).second) feats.push_back(y);
+      }
+    for (const ir::Value* y : feats) {
+      LossSpec f;
+      f.seed = y;
+      f.name = y->name();
+      f.kind = LossSpec::Kind::kMse;
+      f.weight = o.feature_weight / static_cast<double>(feats.size());
+      losses.push_back(f);
+    }
+  }
   std::vector<const ir::Value*> wrt, seeds;
   for (const LayerState& L : layers) wrt.push_back(L.tw->weight);
   for (const FloatState& f : floats) wrt.push_back(f.value);
@@ -465,7 +486,13 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
             auto it = cap.values().find(losses[k].name);
             QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal, "tuning: the float model did not compute '{}'",
                         losses[k].name);
-            l += loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
+            double lk = loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
+            if (losses[k].weight != 1.0) {
+              lk *= losses[k].weight;
+              float* gd = seed_grads[k].mutable_data<float>();
+              for (int64_t e = 0; e < seed_grads[k].numel(); ++e) gd[e] = static_cast<float>(gd[e] * losses[k].weight);
+            }
+            l += lk;
           }
           sample_loss[i] = l;
           if (grads) sample_grads[i] = ads[w]->backward(seed_grads);
@@ -514,8 +541,15 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   double best_loss = rep.holdout_before;
   snapshot();
   rep.loss = "";
-  for (const LossSpec& s : losses)
+  int n_feat = 0;
+  for (const LossSpec& s : losses) {
+    if (s.weight != 1.0) {
+      ++n_feat;
+      continue;
+    }
     rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(s.used == 1 ? "kl" : "mse") + "(" + s.name + ")";
+  }
+  if (n_feat > 0) rep.loss += fmt::format(" + {} x mse({} layer outputs)", o.feature_weight, n_feat);
   spdlog::info("tuning: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float values; "
                "held-out loss {:.6g}",
                o.steps, o.batch, train.size(), hold.size(), layers.size(), rep.float_params, rep.holdout_before);

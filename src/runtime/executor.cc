@@ -182,7 +182,13 @@ struct Executor::Impl : public SubgraphRunner {
   };
   Frame* current = nullptr;
   Observer* observer = nullptr;
-  std::unordered_map<const Buffer*, int> live_buffers;
+  /// Live buffers: reference count and size (kept here, because a kernel that took an input may
+  /// already have released the buffer when its share is dropped).
+  struct LiveBuffer {
+    int count = 0;
+    size_t size = 0;
+  };
+  std::unordered_map<const Buffer*, LiveBuffer> live_buffers;
   size_t current_bytes = 0, peak = 0;
   std::shared_ptr<BufferPool> buffer_pool = std::make_shared<BufferPool>();
 
@@ -380,7 +386,9 @@ struct Executor::Impl : public SubgraphRunner {
   // ---- memory accounting ----
   void track_alloc(const Tensor& t) {
     if (!t.buffer()) return;
-    if (live_buffers[t.buffer().get()]++ == 0) {
+    LiveBuffer& lb = live_buffers[t.buffer().get()];
+    if (lb.count++ == 0) {
+      lb.size = t.buffer()->size();
       current_bytes += t.buffer()->size();
       peak = std::max(peak, current_bytes);
     }
@@ -391,8 +399,8 @@ struct Executor::Impl : public SubgraphRunner {
   void track_free_buffer(const Buffer* b) {
     auto it = live_buffers.find(b);
     if (it == live_buffers.end()) return;
-    if (--it->second == 0) {
-      current_bytes -= b->size();
+    if (--it->second.count == 0) {
+      current_bytes -= it->second.size;
       live_buffers.erase(it);
     }
   }

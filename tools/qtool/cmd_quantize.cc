@@ -68,6 +68,8 @@ struct QuantizeArgs {
   std::string scale_type = "float16";     ///< weight-only: stored scale type below 8 bits
   std::string bits_depthwise = "8";       ///< weight-only: depthwise conv bits ('same' = like --bits)
   quant::TuneOptions tune{.threads = 0};  ///< weight-only: distillation tuning (--tune-*)
+  bool gptq_act_order = false;            ///< weight-only: GPTQ columns by decreasing H_jj
+  double gptq_damp = 0.01;                ///< weight-only: GPTQ dampening (fraction of mean diag H)
   bool no_tune_weights = false, no_tune_scales = false, no_tune_float = false;
   std::string report_path;  ///< --report: .json or .html
   std::string config_path;  ///< --config: batch experiments
@@ -105,6 +107,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   } else {
     m["block-size"] = std::to_string(a.block_size);
     m["weight-algorithm"] = a.weight_algorithm;
+    if (a.gptq_act_order) m["gptq-act-order"] = "true";
+    if (a.gptq_damp != 0.01) m["gptq-damp"] = fmt::format("{}", a.gptq_damp);
     m["format"] = a.format;
     if (a.asymmetric) m["asymmetric"] = "true";
     if (a.outlier_fraction > 0) m["outlier-fraction"] = fmt::format("{}", a.outlier_fraction);
@@ -299,6 +303,9 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.bits_depthwise = a.bits_depthwise == "same" ? "" : a.bits_depthwise;
   if (!a.layer_bits.empty()) cfg.layer_bits = quant::parse_layer_bits(a.layer_bits);
   cfg.tune = a.tune;
+  cfg.gptq.act_order = a.gptq_act_order;
+  QTOOL_CHECK(a.gptq_damp > 0 && a.gptq_damp < 1, ErrorCode::kConfig, "--gptq-damp must be in (0, 1), got {}", a.gptq_damp);
+  cfg.gptq.percdamp = a.gptq_damp;
   cfg.tune.tune_weights = !a.no_tune_weights;
   cfg.tune.tune_scales = !a.no_tune_scales;
   cfg.tune.tune_float = !a.no_tune_float;
@@ -572,6 +579,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--threads", a.threads, "executor threads");
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)");
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm, "weight-only: rtn, gptq, awq or awq+gptq (AWQ scales, then GPTQ); gptq with --asymmetric is the most accurate 4-bit setting measured");
+  cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
+  cmd.add_option("--gptq-damp", a.gptq_damp, "weight-only GPTQ: dampening, a fraction of the mean Hessian diagonal (default 0.01)");
   cmd.add_flag("--asymmetric", a.asymmetric, "weight-only: unsigned levels with zero points (default symmetric)");
   cmd.add_option("--outlier-fraction", a.outlier_fraction,
                  "weight-only: fraction of the most salient input channels kept at int8 beside the low-bit weights");

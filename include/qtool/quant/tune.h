@@ -39,7 +39,7 @@ struct CalibrationInputs;  // qtool/quant/lowbit.h
 
 struct TuneOptions {
   int steps = 0;               ///< optimizer steps (0 = no tuning)
-  int batch = 8;               ///< calibration samples per step
+  int batch = 16;              ///< calibration samples per step
   double lr = 5e-3;            ///< latent weights, in units of each block's initial scale per step
   double lr_scale = 2e-3;      ///< log-scales
   double lr_float = 1e-3;      ///< float vectors, relative to each vector's initial RMS
@@ -49,6 +49,9 @@ struct TuneOptions {
   double holdout = 0.125;      ///< share of the samples held out for the early-stopping loss (at least 1)
   int eval_every = 25;         ///< steps between held-out evaluations
   std::string loss = "auto";   ///< "auto" | "kl" | "mse"
+  /// Weight of the feature-distillation term: the mean over tuned layers of the relative squared
+  /// error of each layer's output against the float model's (0 = outputs only).
+  double feature_weight = 0.0;
   int threads = 1;             ///< samples of a minibatch run in parallel
   uint64_t seed = 1;           ///< minibatch shuffle
   /// Augmentation of image inputs (4-D float [N, C, H, W], H and W >= 16) in the training steps:

@@ -98,6 +98,9 @@ quant::WeightOnlyConfig parse_config(const std::string& spec) {
     else if (k == "taug") c.tune.augment = v;
     else if (k == "tmix") c.tune.mixup = std::stod(v);
     else if (k == "tfeat") c.tune.feature_weight = std::stod(v);
+    else if (k == "tqn") c.tune.quant_noise = std::stod(v);
+    else if (k == "tst") c.tune.stages = std::stoi(v);
+    else if (k == "trange") c.tune.latent_range = std::stod(v);
     else if (k == "tcal") g_tune_samples = std::stoul(v);
     else throw std::runtime_error("unknown option " + k);
   }

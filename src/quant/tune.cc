@@ -312,6 +312,8 @@ struct LayerState {
   std::vector<float> step;      // per element lr scale: s0 of its block, laid out [rows * kb]
   std::vector<int32_t> levels0; // starting levels
   std::vector<int64_t> sidx;    // initializer element of each matrix element
+  std::vector<char> unq;        // per grid: left unquantized in this step (quant noise)
+  std::vector<float> latent0;   // starting latent values (for TuneOptions::latent_range)
   Adam adam_w, adam_s;
   int64_t rows = 0, cols = 0, kb = 1, bs = 1;
   std::vector<float> scales() const {
@@ -367,6 +369,7 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
     L.kb = tw.q->k_blocks();
     L.bs = tw.q->block_size;
     L.latent = tw.latent;
+    L.latent0 = tw.latent;
     QTOOL_CHECK(static_cast<int64_t>(L.latent.size()) == L.rows * L.cols, ErrorCode::kInternal,
                 "tuning: latent of '{}'", tw.weight->name());
     L.s0.resize(tw.q->grids.size());
@@ -395,15 +398,22 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
       floats.push_back(std::move(f));
     }
 
-  std::vector<LossSpec> losses = plan_losses(student, o.loss);
-  // Feature distillation: the output of every tuned layer matches the float model's (relative
-  // squared error), all together weighted feature_weight.
-  if (o.feature_weight > 0) {
+  QTOOL_CHECK(o.augment == "auto" || o.augment == "none", ErrorCode::kConfig,
+              "--tune-augment must be auto or none (got '{}')", o.augment);
+  QTOOL_CHECK(o.mixup >= 0.0 && o.mixup <= 1.0, ErrorCode::kConfig, "--tune-mixup must be in [0, 1]");
+  QTOOL_CHECK(o.stages >= 1, ErrorCode::kConfig, "--tune-stages must be >= 1");
+  const std::vector<LossSpec> output_losses = plan_losses(student, o.loss);
+  const int workers = std::max(1, o.threads);
+  std::vector<std::unique_ptr<runtime::Executor>> teachers;
+  for (int w = 0; w < workers; ++w) teachers.push_back(std::make_unique<runtime::Executor>(teacher));
+
+  // Relative-MSE terms on the outputs of `ls`' layers (weight `total` shared among them).
+  auto feature_losses = [&](const std::vector<size_t>& ls, double total, std::vector<LossSpec>& out) {
     std::vector<const ir::Value*> feats;
     std::unordered_set<const ir::Value*> seen;
-    for (const LossSpec& l : losses) seen.insert(l.seed);
-    for (const LayerState& L : layers)
-      for (const ir::Use& u : L.tw->weight->uses()) {
+    for (const LossSpec& l : out) seen.insert(l.seed);
+    for (size_t k : ls)
+      for (const ir::Use& u : layers[k].tw->weight->uses()) {
         const ir::Value* y = u.node->output(0);
         if (y && seen.insert(y).second) feats.push_back(y);
       }
@@ -412,249 +422,322 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
       f.seed = y;
       f.name = y->name();
       f.kind = LossSpec::Kind::kMse;
-      f.weight = o.feature_weight / static_cast<double>(feats.size());
-      losses.push_back(f);
-    }
-  }
-  std::vector<const ir::Value*> wrt, seeds;
-  for (const LayerState& L : layers) wrt.push_back(L.tw->weight);
-  for (const FloatState& f : floats) wrt.push_back(f.value);
-  for (const LossSpec& s : losses) seeds.push_back(s.seed);
-  const int workers = std::max(1, o.threads);
-  std::vector<std::unique_ptr<runtime::Autodiff>> ads;
-  std::vector<std::unique_ptr<runtime::Executor>> teachers;
-  for (int w = 0; w < workers; ++w) {
-    ads.push_back(std::make_unique<runtime::Autodiff>(student, wrt, seeds));
-    teachers.push_back(std::make_unique<runtime::Executor>(teacher));
-  }
-
-  // Current parameters -> the student's initializer values.
-  auto install = [&] {
-    std::vector<float> deq;
-    for (LayerState& L : layers) {
-      const std::vector<float> s = L.scales();
-      fake_quantize(L.latent, *L.tw->q, s, deq);
-      const Tensor& init = *L.tw->weight->initializer();
-      Tensor t(DataType::kFloat, init.shape());
-      float* d = t.mutable_data<float>();
-      for (size_t i = 0; i < deq.size(); ++i) d[L.sidx[i]] = deq[i];
-      for (auto& ad : ads) ad->set_value(L.tw->weight, t);
-    }
-    for (FloatState& f : floats) {
-      Tensor t = Tensor::from_vector<float>(f.value->initializer()->shape(), f.x);
-      for (auto& ad : ads) ad->set_value(f.value, t);
+      f.weight = total / static_cast<double>(feats.size());
+      out.push_back(f);
     }
   };
 
-  // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter gradients.
-  QTOOL_CHECK(o.augment == "auto" || o.augment == "none", ErrorCode::kConfig,
-              "--tune-augment must be auto or none (got '{}')", o.augment);
-  QTOOL_CHECK(o.mixup >= 0.0 && o.mixup <= 1.0, ErrorCode::kConfig, "--tune-mixup must be in [0, 1]");
-  // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter
-  // gradients. `step` > 0: a training step (samples augmented with a generator seeded by the step).
-  auto run_samples = [&](const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
-                         std::vector<std::vector<Tensor>>& sample_grads) {
-    sample_loss.assign(idx.size(), 0.0);
-    sample_grads.assign(grads ? idx.size() : 0, {});
-    std::vector<data::Sample> loaded(idx.size());
-    for (size_t i = 0; i < idx.size(); ++i)
-      with_context(fmt::format("while loading calibration sample {}", idx[i] + 1), [&] { loaded[i] = load(idx[i]); });
-    if (step > 0 && (o.augment == "auto" || o.mixup > 0)) {
-      std::mt19937_64 arng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
+  // One tuning run over the parameters of layers `act` and float vectors `actf`, on `losses`.
+  // Every layer's current fake-quantized weight is installed in the tape; only the active ones move.
+  struct StageResult {
+    double before = 0, after = 0;
+    int best_step = 0;
+  };
+  auto run_stage = [&](const std::vector<size_t>& act, const std::vector<size_t>& actf,
+                       const std::vector<LossSpec>& losses, int steps, const std::string& what) {
+    StageResult res;
+    std::vector<const ir::Value*> wrt, seeds;
+    for (size_t k : act) wrt.push_back(layers[k].tw->weight);
+    for (size_t k : actf) wrt.push_back(floats[k].value);
+    for (const LossSpec& l : losses) seeds.push_back(l.seed);
+    std::vector<std::unique_ptr<runtime::Autodiff>> ads;
+    for (int w = 0; w < workers; ++w) ads.push_back(std::make_unique<runtime::Autodiff>(student, wrt, seeds));
+
+    // Current parameters -> the tape's initializer values. step > 0: a training step, whose quant
+    // noise leaves a random share of the active blocks unquantized.
+    std::vector<char> is_active(layers.size(), 0);
+    for (size_t k : act) is_active[k] = 1;
+    auto install = [&](int step) {
+      std::vector<float> deq;
+      const double ramp = 0.75 * steps;
+      const double p_unq = step > 0 ? o.quant_noise * std::max(0.0, 1.0 - (step - 1) / ramp) : 0.0;
+      std::mt19937_64 nrng(o.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step));
       std::uniform_real_distribution<double> u(0.0, 1.0);
-      for (size_t i = 0; i < idx.size(); ++i) {
-        if (o.augment == "auto") augment_sample(loaded[i], arng);
-        if (o.mixup > 0 && u(arng) < o.mixup) {
-          data::Sample other = load(train[static_cast<size_t>(u(arng) * static_cast<double>(train.size())) % train.size()]);
-          if (o.augment == "auto") augment_sample(other, arng);
-          mix_samples(loaded[i], other, u(arng));
+      for (size_t k = 0; k < layers.size(); ++k) {
+        LayerState& L = layers[k];
+        const std::vector<float> s = L.scales();
+        fake_quantize(L.latent, *L.tw->q, s, deq);
+        L.unq.assign(L.theta.size(), 0);
+        if (p_unq > 0 && is_active[k]) {
+          for (auto& x : L.unq) x = u(nrng) < p_unq;
+          for (int64_t r = 0; r < L.rows; ++r)
+            for (int64_t c = 0; c < L.cols; ++c)
+              if (L.unq[r * L.kb + c / L.bs]) deq[r * L.cols + c] = L.latent[r * L.cols + c];
         }
+        const Tensor& init = *L.tw->weight->initializer();
+        Tensor t(DataType::kFloat, init.shape());
+        float* d = t.mutable_data<float>();
+        for (size_t i = 0; i < deq.size(); ++i) d[L.sidx[i]] = deq[i];
+        for (auto& ad : ads) ad->set_value(L.tw->weight, t);
       }
-    }
-    std::vector<std::exception_ptr> errors(workers);
-    auto work = [&](int w) {
-      try {
-        for (size_t i = static_cast<size_t>(w); i < idx.size(); i += static_cast<size_t>(workers)) {
-          NameCapture cap(losses);
-          const std::vector<Tensor> touts = teachers[w]->run(loaded[i], &cap);
-          const std::vector<std::string> names = teachers[w]->output_names();
-          for (size_t k = 0; k < names.size(); ++k) cap.values()[names[k]] = touts[k];
-          const std::vector<Tensor> souts = ads[w]->forward(loaded[i]);
-          std::vector<Tensor> seed_grads(losses.size());
-          double l = 0;
-          for (size_t k = 0; k < losses.size(); ++k) {
-            auto it = cap.values().find(losses[k].name);
-            QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal, "tuning: the float model did not compute '{}'",
-                        losses[k].name);
-            double lk = loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
-            if (losses[k].weight != 1.0) {
-              lk *= losses[k].weight;
-              float* gd = seed_grads[k].mutable_data<float>();
-              for (int64_t e = 0; e < seed_grads[k].numel(); ++e) gd[e] = static_cast<float>(gd[e] * losses[k].weight);
-            }
-            l += lk;
-          }
-          sample_loss[i] = l;
-          if (grads) sample_grads[i] = ads[w]->backward(seed_grads);
-        }
-      } catch (...) {
-        errors[w] = std::current_exception();
+      for (FloatState& f : floats) {
+        Tensor t = Tensor::from_vector<float>(f.value->initializer()->shape(), f.x);
+        for (auto& ad : ads) ad->set_value(f.value, t);
       }
     };
-    if (workers == 1) {
-      work(0);
-    } else {
-      std::vector<std::thread> pool;
-      for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
-      for (auto& th : pool) th.join();
-    }
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
-  };
 
-  auto holdout_loss = [&] {
-    std::vector<double> ls;
-    std::vector<std::vector<Tensor>> none;
-    run_samples(hold, 0, false, ls, none);
-    double s = 0;
-    for (double v : ls) s += v;
-    return s / static_cast<double>(ls.size());
-  };
-
-  // Best snapshot.
-  struct Snapshot {
-    std::vector<std::vector<float>> latent, theta, floats;
-  } best;
-  auto snapshot = [&] {
-    best.latent.clear();
-    best.theta.clear();
-    best.floats.clear();
-    for (const LayerState& L : layers) {
-      best.latent.push_back(L.latent);
-      best.theta.push_back(L.theta);
-    }
-    for (const FloatState& f : floats) best.floats.push_back(f.x);
-  };
-
-  install();
-  rep.holdout_before = holdout_loss();
-  double best_loss = rep.holdout_before;
-  snapshot();
-  rep.loss = "";
-  int n_feat = 0;
-  for (const LossSpec& s : losses) {
-    if (s.weight != 1.0) {
-      ++n_feat;
-      continue;
-    }
-    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(s.used == 1 ? "kl" : "mse") + "(" + s.name + ")";
-  }
-  if (n_feat > 0) rep.loss += fmt::format(" + {} x mse({} layer outputs)", o.feature_weight, n_feat);
-  spdlog::info("tuning: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float values; "
-               "held-out loss {:.6g}",
-               o.steps, o.batch, train.size(), hold.size(), layers.size(), rep.float_params, rep.holdout_before);
-
-  // Fixed-seed shuffled epochs (Fisher-Yates on mt19937_64: the same order on every platform).
-  std::mt19937_64 rng(o.seed);
-  std::vector<size_t> order;
-  size_t cursor = 0;
-  auto next_batch = [&] {
-    std::vector<size_t> b;
-    while (static_cast<int>(b.size()) < std::min<int>(o.batch, static_cast<int>(train.size()))) {
-      if (cursor >= order.size()) {
-        order = train;
-        for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
-        cursor = 0;
-      }
-      b.push_back(order[cursor++]);
-    }
-    return b;
-  };
-
-  const double pi = std::acos(-1.0);
-  std::vector<double> sl;
-  std::vector<std::vector<Tensor>> sg;
-  for (int step = 1; step <= o.steps; ++step) {
-    const std::vector<size_t> batch = next_batch();
-    run_samples(batch, step, true, sl, sg);
-    double bl = 0;
-    for (double v : sl) bl += v;
-    bl /= static_cast<double>(batch.size());
-    if (step == 1) rep.train_first = bl;
-    rep.train_last = bl;
-    // Mean gradient over the batch, summed in sample order (independent of the thread count).
-    const double inv = 1.0 / static_cast<double>(batch.size());
-    const double cosf = 0.5 * (1.0 + std::cos(pi * (step - 1) / o.steps));
-    for (size_t k = 0; k < layers.size(); ++k) {
-      LayerState& L = layers[k];
-      const int64_t n = L.rows * L.cols;
-      std::vector<float> gw(n, 0.0f), gs(L.theta.size(), 0.0f);
-      std::vector<double> gacc(n, 0.0);
-      for (size_t i = 0; i < batch.size(); ++i) {
-        const float* g = sg[i][k].data<float>();
-        for (int64_t j = 0; j < n; ++j) gacc[j] += g[L.sidx[j]];
-      }
-      const std::vector<float> s = L.scales();
-      std::vector<double> gsd(L.theta.size(), 0.0);
-      for (int64_t r = 0; r < L.rows; ++r)
-        for (int64_t c = 0; c < L.cols; ++c) {
-          const int64_t gi = r * L.kb + c / L.bs;
-          const BlockGrid& g0 = L.tw->q->grids[gi];
-          const double gv = gacc[r * L.cols + c] * inv;
-          const double x = L.latent[r * L.cols + c] / s[gi];
-          const int32_t lv = L.tw->q->levels[r * L.cols + c];
-          bool inside;
-          double dq_ds;
-          if (g0.binary) {
-            inside = std::fabs(x) <= 1.0;
-            dq_ds = lv;
-          } else {
-            const double raw = std::nearbyint(x) + g0.zero_point;
-            inside = raw >= g0.lo && raw <= g0.hi;
-            dq_ds = inside ? (lv - g0.zero_point) - x : (lv - g0.zero_point);
+    // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter
+    // gradients. `step` > 0: a training step (samples augmented with a generator seeded by the step).
+    auto run_samples = [&](const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
+                           std::vector<std::vector<Tensor>>& sample_grads) {
+      sample_loss.assign(idx.size(), 0.0);
+      sample_grads.assign(grads ? idx.size() : 0, {});
+      std::vector<data::Sample> loaded(idx.size());
+      for (size_t i = 0; i < idx.size(); ++i)
+        with_context(fmt::format("while loading calibration sample {}", idx[i] + 1), [&] { loaded[i] = load(idx[i]); });
+      if (step > 0 && (o.augment == "auto" || o.mixup > 0)) {
+        std::mt19937_64 arng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        for (size_t i = 0; i < idx.size(); ++i) {
+          if (o.augment == "auto") augment_sample(loaded[i], arng);
+          if (o.mixup > 0 && u(arng) < o.mixup) {
+            data::Sample other = load(train[static_cast<size_t>(u(arng) * static_cast<double>(train.size())) % train.size()]);
+            if (o.augment == "auto") augment_sample(other, arng);
+            mix_samples(loaded[i], other, u(arng));
           }
-          gw[r * L.cols + c] = inside ? static_cast<float>(gv) : 0.0f;
-          gsd[gi] += gv * dq_ds * s[gi];  // dθ = ds · s
         }
-      for (size_t i = 0; i < gs.size(); ++i) gs[i] = static_cast<float>(gsd[i]);
-      if (o.tune_weights) {
-        // Per-element step: lr in units of the block's initial scale.
-        L.step.resize(n);
+      }
+      std::vector<std::exception_ptr> errors(workers);
+      auto work = [&](int w) {
+        try {
+          for (size_t i = static_cast<size_t>(w); i < idx.size(); i += static_cast<size_t>(workers)) {
+            NameCapture cap(losses);
+            const std::vector<Tensor> touts = teachers[w]->run(loaded[i], &cap);
+            const std::vector<std::string> names = teachers[w]->output_names();
+            for (size_t k = 0; k < names.size(); ++k) cap.values()[names[k]] = touts[k];
+            const std::vector<Tensor> souts = ads[w]->forward(loaded[i]);
+            std::vector<Tensor> seed_grads(losses.size());
+            double l = 0;
+            for (size_t k = 0; k < losses.size(); ++k) {
+              auto it = cap.values().find(losses[k].name);
+              QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal,
+                          "tuning: the float model did not compute '{}'", losses[k].name);
+              double lk = loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
+              if (losses[k].weight != 1.0) {
+                lk *= losses[k].weight;
+                float* gd = seed_grads[k].mutable_data<float>();
+                for (int64_t e = 0; e < seed_grads[k].numel(); ++e)
+                  gd[e] = static_cast<float>(gd[e] * losses[k].weight);
+              }
+              l += lk;
+            }
+            sample_loss[i] = l;
+            if (grads) sample_grads[i] = ads[w]->backward(seed_grads);
+          }
+        } catch (...) {
+          errors[w] = std::current_exception();
+        }
+      };
+      if (workers == 1) {
+        work(0);
+      } else {
+        std::vector<std::thread> pool;
+        for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
+        for (auto& th : pool) th.join();
+      }
+      for (auto& e : errors)
+        if (e) std::rethrow_exception(e);
+    };
+    auto holdout_loss = [&] {
+      std::vector<double> ls;
+      std::vector<std::vector<Tensor>> none;
+      run_samples(hold, 0, false, ls, none);
+      double sum = 0;
+      for (double v : ls) sum += v;
+      return sum / static_cast<double>(ls.size());
+    };
+    // Best snapshot of the active parameters.
+    struct Snapshot {
+      std::vector<std::vector<float>> latent, theta, floats;
+    } best;
+    auto snapshot = [&] {
+      best.latent.clear();
+      best.theta.clear();
+      best.floats.clear();
+      for (size_t k : act) {
+        best.latent.push_back(layers[k].latent);
+        best.theta.push_back(layers[k].theta);
+      }
+      for (size_t k : actf) best.floats.push_back(floats[k].x);
+    };
+
+    install(0);
+    res.before = holdout_loss();
+    double best_loss = res.before;
+    snapshot();
+    spdlog::info("tuning{}: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float "
+                 "vectors; held-out loss {:.6g}",
+                 what, steps, o.batch, train.size(), hold.size(), act.size(), actf.size(), res.before);
+    // Fixed-seed shuffled epochs (Fisher-Yates on mt19937_64: the same order on every platform).
+    std::mt19937_64 rng(o.seed);
+    std::vector<size_t> order;
+    size_t cursor = 0;
+    auto next_batch = [&] {
+      std::vector<size_t> b;
+      while (static_cast<int>(b.size()) < std::min<int>(o.batch, static_cast<int>(train.size()))) {
+        if (cursor >= order.size()) {
+          order = train;
+          for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+          cursor = 0;
+        }
+        b.push_back(order[cursor++]);
+      }
+      return b;
+    };
+    const double pi = std::acos(-1.0);
+    std::vector<double> sl;
+    std::vector<std::vector<Tensor>> sg;
+    for (int step = 1; step <= steps; ++step) {
+      const std::vector<size_t> batch = next_batch();
+      install(step);
+      run_samples(batch, step, true, sl, sg);
+      double bl = 0;
+      for (double v : sl) bl += v;
+      bl /= static_cast<double>(batch.size());
+      if (rep.steps == 0 && step == 1) rep.train_first = bl;
+      rep.train_last = bl;
+      // Mean gradient over the batch, summed in sample order (independent of the thread count).
+      const double inv = 1.0 / static_cast<double>(batch.size());
+      const double cosf = 0.5 * (1.0 + std::cos(pi * (step - 1) / steps));
+      for (size_t a = 0; a < act.size(); ++a) {
+        LayerState& L = layers[act[a]];
+        const int64_t n = L.rows * L.cols;
+        std::vector<float> gw(n, 0.0f), gs(L.theta.size(), 0.0f);
+        std::vector<double> gacc(n, 0.0);
+        for (size_t i = 0; i < batch.size(); ++i) {
+          const float* g = sg[i][a].data<float>();
+          for (int64_t j = 0; j < n; ++j) gacc[j] += g[L.sidx[j]];
+        }
+        const std::vector<float> sc = L.scales();
+        std::vector<double> gsd(L.theta.size(), 0.0);
         for (int64_t r = 0; r < L.rows; ++r)
-          for (int64_t c = 0; c < L.cols; ++c) L.step[r * L.cols + c] = L.s0[r * L.kb + c / L.bs];
-        L.adam_w.step(L.latent, gw, o.lr * cosf, step, &L.step, 1);
+          for (int64_t c = 0; c < L.cols; ++c) {
+            const int64_t gi = r * L.kb + c / L.bs;
+            const BlockGrid& g0 = L.tw->q->grids[gi];
+            const double gv = gacc[r * L.cols + c] * inv;
+            const double x = L.latent[r * L.cols + c] / sc[gi];
+            const int32_t lv = L.tw->q->levels[r * L.cols + c];
+            bool inside;
+            double dq_ds;
+            if (L.unq[gi]) {  // left unquantized this step: ŵ = w
+              inside = true;
+              dq_ds = 0.0;
+            } else if (g0.binary) {
+              inside = std::fabs(x) <= 1.0;
+              dq_ds = lv;
+            } else {
+              const double raw = std::nearbyint(x) + g0.zero_point;
+              inside = raw >= g0.lo && raw <= g0.hi;
+              dq_ds = inside ? (lv - g0.zero_point) - x : (lv - g0.zero_point);
+            }
+            gw[r * L.cols + c] = inside ? static_cast<float>(gv) : 0.0f;
+            gsd[gi] += gv * dq_ds * sc[gi];  // dθ = ds · s
+          }
+        for (size_t i = 0; i < gs.size(); ++i) gs[i] = static_cast<float>(gsd[i]);
+        if (o.tune_weights) {
+          // Per-element step: lr in units of the block's initial scale.
+          L.step.resize(n);
+          for (int64_t r = 0; r < L.rows; ++r)
+            for (int64_t c = 0; c < L.cols; ++c) L.step[r * L.cols + c] = L.s0[r * L.kb + c / L.bs];
+          L.adam_w.step(L.latent, gw, o.lr * cosf, step, &L.step, 1);
+          if (o.latent_range > 0)
+            for (int64_t j = 0; j < n; ++j) {
+              const float d = static_cast<float>(o.latent_range) * L.step[j];
+              L.latent[j] = std::clamp(L.latent[j], L.latent0[j] - d, L.latent0[j] + d);
+            }
+        }
+        if (o.tune_scales) L.adam_s.step(L.theta, gs, o.lr_scale * cosf, step, nullptr, 1);
       }
-      if (o.tune_scales) L.adam_s.step(L.theta, gs, o.lr_scale * cosf, step, nullptr, 1);
-    }
-    const size_t base = layers.size();
-    for (size_t k = 0; k < floats.size(); ++k) {
-      FloatState& f = floats[k];
-      std::vector<float> g(f.x.size(), 0.0f);
-      for (size_t i = 0; i < batch.size(); ++i) {
-        const float* gi = sg[i][base + k].data<float>();
-        for (size_t j = 0; j < g.size(); ++j) g[j] += static_cast<float>(gi[j] * inv);
+      for (size_t a = 0; a < actf.size(); ++a) {
+        FloatState& f = floats[actf[a]];
+        std::vector<float> g(f.x.size(), 0.0f);
+        for (size_t i = 0; i < batch.size(); ++i) {
+          const float* gi = sg[i][act.size() + a].data<float>();
+          for (size_t j = 0; j < g.size(); ++j) g[j] += static_cast<float>(gi[j] * inv);
+        }
+        f.adam.step(f.x, g, o.lr_float * f.rms * cosf, step, nullptr, 1);
       }
-      f.adam.step(f.x, g, o.lr_float * f.rms * cosf, step, nullptr, 1);
-    }
-    install();
-    if (step % o.eval_every == 0 || step == o.steps) {
-      const double hl = holdout_loss();
-      spdlog::info("tuning: step {}/{}: train loss {:.6g}, held-out loss {:.6g}", step, o.steps, bl, hl);
-      if (hl < best_loss) {
-        best_loss = hl;
-        rep.best_step = step;
-        snapshot();
+      if (step % o.eval_every == 0 || step == steps) {
+        install(0);
+        const double hl = holdout_loss();
+        spdlog::info("tuning{}: step {}/{}: train loss {:.6g}, held-out loss {:.6g}", what, step, steps, bl, hl);
+        if (hl < best_loss) {
+          best_loss = hl;
+          res.best_step = step;
+          snapshot();
+        }
       }
     }
-    rep.steps = step;
+    // Restore the best parameters of this run.
+    for (size_t a = 0; a < act.size(); ++a) {
+      layers[act[a]].latent = best.latent[a];
+      layers[act[a]].theta = best.theta[a];
+    }
+    for (size_t a = 0; a < actf.size(); ++a) floats[actf[a]].x = best.floats[a];
+    res.after = best_loss;
+    rep.steps += steps;
+    return res;
+  };
+
+  std::vector<size_t> all_layers(layers.size()), all_floats(floats.size());
+  for (size_t k = 0; k < layers.size(); ++k) all_layers[k] = k;
+  for (size_t k = 0; k < floats.size(); ++k) all_floats[k] = k;
+  std::vector<LossSpec> e2e = output_losses;
+  if (o.feature_weight > 0) feature_losses(all_layers, o.feature_weight, e2e);
+  if (o.stages <= 1) {
+    const StageResult r = run_stage(all_layers, all_floats, e2e, o.steps, "");
+    rep.holdout_before = r.before;
+    rep.holdout_after = r.after;
+    rep.best_step = r.best_step;
+  } else {
+    // Stage-wise reconstruction (BRECQ-like): the layers, in node order, in `stages` groups; each
+    // group is tuned on its own layers' outputs against the float model's, with the groups before it
+    // already tuned and fixed (their quantized outputs are its inputs); the last group also sees the
+    // model output loss. Float vectors go with the group whose layers read them, or the next one.
+    std::unordered_map<const ir::Node*, size_t> pos;
+    {
+      size_t i = 0;
+      for (const ir::Node* n : student.graph->topo_order()) pos[n] = i++;
+    }
+    auto first_pos = [&](const ir::Value* v) {
+      size_t p = SIZE_MAX;
+      for (const ir::Use& u : v->uses()) p = std::min(p, pos.count(u.node) ? pos.at(u.node) : SIZE_MAX);
+      return p;
+    };
+    std::vector<size_t> order_layers = all_layers;
+    std::stable_sort(order_layers.begin(), order_layers.end(),
+                     [&](size_t a, size_t b) { return first_pos(layers[a].tw->weight) < first_pos(layers[b].tw->weight); });
+    const size_t ns = std::min<size_t>(static_cast<size_t>(o.stages), order_layers.size());
+    size_t prev_end_pos = 0;
+    std::vector<char> float_done(floats.size(), 0);
+    for (size_t st = 0; st < ns; ++st) {
+      const size_t a = st * order_layers.size() / ns, b = (st + 1) * order_layers.size() / ns;
+      std::vector<size_t> grp(order_layers.begin() + static_cast<std::ptrdiff_t>(a),
+                              order_layers.begin() + static_cast<std::ptrdiff_t>(b));
+      size_t end_pos = 0;
+      for (size_t k : grp) end_pos = std::max(end_pos, first_pos(layers[k].tw->weight));
+      std::vector<size_t> fl;
+      for (size_t k = 0; k < floats.size(); ++k) {
+        const size_t p = first_pos(floats[k].value);
+        if (!float_done[k] && (st + 1 == ns || p <= end_pos)) {
+          fl.push_back(k);
+          float_done[k] = 1;
+        }
+      }
+      std::vector<LossSpec> ls;
+      if (st + 1 == ns) ls = output_losses;
+      feature_losses(grp, st + 1 == ns ? std::max(o.feature_weight, 1.0) : 1.0, ls);
+      const int steps = std::max(1, o.steps / static_cast<int>(ns));
+      const StageResult r = run_stage(grp, fl, ls, steps, fmt::format(" stage {}/{}", st + 1, ns));
+      if (st == 0) rep.holdout_before = r.before;
+      rep.holdout_after = r.after;
+      rep.best_step = r.best_step;
+      prev_end_pos = end_pos;
+    }
+    (void)prev_end_pos;
   }
 
-  // Restore the best parameters and write them back.
-  for (size_t k = 0; k < layers.size(); ++k) {
-    layers[k].latent = best.latent[k];
-    layers[k].theta = best.theta[k];
-  }
-  for (size_t k = 0; k < floats.size(); ++k) floats[k].x = best.floats[k];
+  // Write the kept parameters back.
   std::vector<float> deq;
   for (LayerState& L : layers) {
     const std::vector<float> s = L.scales();
@@ -663,7 +746,17 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
     for (size_t i = 0; i < L.levels0.size(); ++i) rep.levels_changed += L.tw->q->levels[i] != L.levels0[i];
   }
   for (FloatState& f : floats) f.value->set_initializer(Tensor::from_vector<float>(f.value->initializer()->shape(), f.x));
-  rep.holdout_after = best_loss;
+  rep.loss = "";
+  int n_feat = 0;
+  for (const LossSpec& l : e2e) {
+    if (l.weight != 1.0) {
+      ++n_feat;
+      continue;
+    }
+    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(l.used == 2 ? "mse" : "kl") + "(" + l.name + ")";
+  }
+  if (n_feat > 0) rep.loss += fmt::format(" + {} x mse({} layer outputs)", o.feature_weight, n_feat);
+  if (o.stages > 1) rep.loss += fmt::format(", {} stages", std::min<size_t>(o.stages, layers.size()));
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   spdlog::info("tuning: kept step {} (held-out loss {:.6g} -> {:.6g}), {} levels changed, {:.1f} s", rep.best_step,
                rep.holdout_before, rep.holdout_after, rep.levels_changed, rep.seconds);

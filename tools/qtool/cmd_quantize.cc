@@ -125,6 +125,9 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
       m["tune-loss"] = a.tune.loss;
       m["tune-augment"] = a.tune.augment;
       if (a.tune.mixup > 0) m["tune-mixup"] = fmt::format("{}", a.tune.mixup);
+      if (a.tune.feature_weight > 0) m["tune-features"] = fmt::format("{}", a.tune.feature_weight);
+      if (a.tune.stages > 1) m["tune-stages"] = std::to_string(a.tune.stages);
+      if (a.tune.quant_noise > 0) m["tune-quant-noise"] = fmt::format("{}", a.tune.quant_noise);
       std::string what = a.no_tune_weights ? "" : "weights";
       if (!a.no_tune_scales) what += what.empty() ? "scales" : ",scales";
       if (!a.no_tune_float) what += what.empty() ? "float" : ",float";
@@ -310,10 +313,11 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.tune.tune_scales = !a.no_tune_scales;
   cfg.tune.tune_float = !a.no_tune_float;
   QTOOL_CHECK(a.tune.steps >= 0 && a.tune.batch > 0 && a.tune.lr >= 0 && a.tune.lr_scale >= 0 && a.tune.lr_float >= 0 &&
-                  a.tune.holdout > 0 && a.tune.holdout < 1 && a.tune.eval_every > 0,
+                  a.tune.holdout > 0 && a.tune.holdout < 1 && a.tune.eval_every > 0 && a.tune.feature_weight >= 0 &&
+                  a.tune.stages >= 1 && a.tune.quant_noise >= 0 && a.tune.quant_noise < 1,
               ErrorCode::kConfig,
-              "--tune-steps must be >= 0, --tune-batch and --tune-eval-every > 0, learning rates >= 0 and "
-              "--tune-holdout in (0, 1)");
+              "--tune-steps must be >= 0, --tune-batch, --tune-eval-every and --tune-stages > 0, learning rates "
+              "and --tune-features >= 0, --tune-holdout and --tune-quant-noise in [0, 1)");
   QTOOL_CHECK(a.tune.steps == 0 || !a.calib_path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
   std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
@@ -606,6 +610,14 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--tune-augment", a.tune.augment,
                  "tuning: auto (random flips and resized crops of image inputs, the FP32 model seeing the same "
                  "images) or none");
+  cmd.add_option("--tune-features", a.tune.feature_weight,
+                 "tuning: weight of a feature-distillation term (every tuned layer's output against the FP32 "
+                 "model's, relative squared error); helps CNNs whose low-bit outputs start far off");
+  cmd.add_option("--tune-stages", a.tune.stages,
+                 "tuning: 1 = end to end (default); N > 1 = stage-wise reconstruction, the layers in N groups tuned "
+                 "one after the other on their own outputs");
+  cmd.add_option("--tune-quant-noise", a.tune.quant_noise,
+                 "tuning: share of blocks left unquantized in each training step, decreasing to 0 (quant noise)");
   cmd.add_option("--tune-mixup", a.tune.mixup, "tuning: probability of mixing each training sample with another (mixup)");
   cmd.add_flag("--no-tune-weights", a.no_tune_weights, "tuning: keep the levels, tune scales and float vectors only");
   cmd.add_flag("--no-tune-scales", a.no_tune_scales, "tuning: keep the block scales");

@@ -52,6 +52,18 @@ struct TuneOptions {
   /// Weight of the feature-distillation term: the mean over tuned layers of the relative squared
   /// error of each layer's output against the float model's (0 = outputs only).
   double feature_weight = 0.0;
+  /// Quant noise (Fan et al. 2021): in each training step this share of the blocks (chosen at
+  /// random) is left unquantized, decreasing linearly to 0 at 75% of the steps, which eases the
+  /// optimization at ternary/2-bit. Held-out losses and the result are always fully quantized.
+  double quant_noise = 0.0;
+  /// 1 = end to end. N > 1: stage-wise reconstruction (BRECQ-like): the tuned layers in node order
+  /// split into N groups, each tuned for steps/N steps on its own layers' outputs against the float
+  /// model's, the groups before it already tuned and fixed; the last group also on the model output.
+  int stages = 1;
+  /// > 0: each latent weight stays within this many (initial) block scales of its starting value,
+  /// so a weight can only move to nearby levels (0.5: only the other rounding direction of its
+  /// start, as AutoRound; 0 = unbounded).
+  double latent_range = 0.0;
   int threads = 1;             ///< samples of a minibatch run in parallel
   uint64_t seed = 1;           ///< minibatch shuffle
   /// Augmentation of image inputs (4-D float [N, C, H, W], H and W >= 16) in the training steps:

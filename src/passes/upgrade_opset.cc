@@ -1,5 +1,7 @@
 #include "qtool/passes/upgrade_opset.h"
 
+#include "qtool/passes/remove_initializer_inputs.h"
+
 #include <algorithm>
 #include <set>
 
@@ -261,8 +263,14 @@ size_t upgrade_opset(ir::Model& model, const PassOptions& options) {
   if (from == 0 || from >= to) return 0;
   const size_t n = for_each_graph(*model.graph, [&](ir::Graph& g) { return upgrade_graph(g, from, to); });
   model.set_opset("", to);
+  // An IR 3 model lists its initializers as graph inputs because IR 3 requires it; they are
+  // constants. From IR 4 on, an initializer that is also an input is an overridable default, which
+  // runtimes must not treat as constant (ONNX Runtime then skips its NCHWc convolutions, and
+  // constant folding): raising the IR version must not turn constants into inputs.
+  size_t dropped = 0;
+  if (model.ir_version < 4 && min_ir_version_for_opset(to) >= 4) dropped = remove_initializer_inputs(model);
   model.ir_version = std::max(model.ir_version, min_ir_version_for_opset(to));
-  return n + 1;  // the opset import itself is a rewrite even when no node needed one
+  return n + dropped + 1;  // the opset import itself is a rewrite even when no node needed one
 }
 
 }  // namespace qtool::passes

@@ -124,6 +124,26 @@ TEST(UpgradeOpset, UpsampleBecomesResize) {
     for (int c = 0; c < 6; ++c) EXPECT_FLOAT_EQ(y.data<float>()[r * 6 + c], xv.data<float>()[(r / 2) * 3 + c / 2]);
 }
 
+TEST(UpgradeOpset, Ir3InitializerInputsStayConstants) {
+  // IR 3 lists every initializer as a graph input (SqueezeNet 1.1, mnist-8); raised to IR >= 4 they
+  // must stop being inputs, or they become overridable defaults that ONNX Runtime neither folds nor
+  // pre-packs (its NCHWc convolutions then do not apply).
+  ir::Model m;
+  m.ir_version = 3;
+  m.set_opset("", 7);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({1, 3}));
+  ir::Value* w = g.add_initializer("w", ramp({3}, 0.5f));
+  g.add_input("w", float_type({3}));
+  g.add_output(g.add_node("Mul", {x, w}, {"y"})->output(0));
+  ASSERT_EQ(g.inputs().size(), 2u);
+  expect_same_after_upgrade(m, ramp({1, 3}, 0.3f), 13, 2);
+  ASSERT_EQ(g.inputs().size(), 1u);
+  EXPECT_EQ(g.inputs()[0]->name(), "x");
+  EXPECT_TRUE(g.find_value("w")->is_initializer());
+  EXPECT_GE(m.ir_version, 7);
+}
+
 TEST(UpgradeOpset, ReshapeShapeAttribute) {
   ir::Model m;
   m.set_opset("", 1);

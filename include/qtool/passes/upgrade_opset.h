@@ -22,6 +22,9 @@
 //     normalise over the whole flattened tail; from 13 over `axis` only (default -1). Where the
 //     two agree (axis is the last dimension, or every later dimension is 1) only `axis` is set;
 //     otherwise the node becomes Flatten(axis) -> op(axis=1) -> Reshape(Shape(x)).
+// An IR 3 model raised to IR 4 or later stops listing its initializers as graph inputs
+// (remove_initializer_inputs): in IR 3 they are constants; listed as inputs from IR 4 on they would
+// become overridable defaults, which runtimes must not fold or pre-pack.
 // Result:  the model imports ai.onnx at t and its ir_version is at least the one that opset
 //          requires. Throws kUnsupported naming the node for versions it cannot carry (Scan < 9,
 //          Cast with a string `to`, Upsample-1, BatchNormalization with spatial = 0).

@@ -127,6 +127,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
       if (a.tune.mixup > 0) m["tune-mixup"] = fmt::format("{}", a.tune.mixup);
       if (a.tune.feature_weight > 0) m["tune-features"] = fmt::format("{}", a.tune.feature_weight);
       if (a.tune.stages > 1) m["tune-stages"] = std::to_string(a.tune.stages);
+      if (a.tune.latent_range > 0) m["tune-range"] = fmt::format("{}", a.tune.latent_range);
       if (a.tune.quant_noise > 0) m["tune-quant-noise"] = fmt::format("{}", a.tune.quant_noise);
       std::string what = a.no_tune_weights ? "" : "weights";
       if (!a.no_tune_scales) what += what.empty() ? "scales" : ",scales";
@@ -314,7 +315,7 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.tune.tune_float = !a.no_tune_float;
   QTOOL_CHECK(a.tune.steps >= 0 && a.tune.batch > 0 && a.tune.lr >= 0 && a.tune.lr_scale >= 0 && a.tune.lr_float >= 0 &&
                   a.tune.holdout > 0 && a.tune.holdout < 1 && a.tune.eval_every > 0 && a.tune.feature_weight >= 0 &&
-                  a.tune.stages >= 1 && a.tune.quant_noise >= 0 && a.tune.quant_noise < 1,
+                  a.tune.stages >= 1 && a.tune.quant_noise >= 0 && a.tune.quant_noise < 1 && a.tune.latent_range >= 0,
               ErrorCode::kConfig,
               "--tune-steps must be >= 0, --tune-batch, --tune-eval-every and --tune-stages > 0, learning rates "
               "and --tune-features >= 0, --tune-holdout and --tune-quant-noise in [0, 1)");
@@ -618,6 +619,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "one after the other on their own outputs");
   cmd.add_option("--tune-quant-noise", a.tune.quant_noise,
                  "tuning: share of blocks left unquantized in each training step, decreasing to 0 (quant noise)");
+  cmd.add_option("--tune-range", a.tune.latent_range,
+                 "tuning: keep each latent weight within R block scales of its start (0 = unbounded; 0.5 = only the "
+                 "other rounding direction, as AutoRound)");
   cmd.add_option("--tune-mixup", a.tune.mixup, "tuning: probability of mixing each training sample with another (mixup)");
   cmd.add_flag("--no-tune-weights", a.no_tune_weights, "tuning: keep the levels, tune scales and float vectors only");
   cmd.add_flag("--no-tune-scales", a.no_tune_scales, "tuning: keep the block scales");

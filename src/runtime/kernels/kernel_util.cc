@@ -150,4 +150,46 @@ Tensor strided_copy(const Tensor& in, const Shape& out_shape, const std::vector<
   return out;
 }
 
+
+SliceView slice_view(const Shape& x, const std::vector<int64_t>& starts, const std::vector<int64_t>& ends,
+                     std::vector<int64_t> axes, std::vector<int64_t> steps, const ir::Node& n) {
+  const int64_t r = static_cast<int64_t>(x.size());
+  QTOOL_CHECK(starts.size() == ends.size(), ErrorCode::kInvalidModel, "{}: {} starts but {} ends", n.describe(),
+              starts.size(), ends.size());
+  if (axes.empty())
+    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
+  if (steps.empty()) steps.assign(starts.size(), 1);
+  QTOOL_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), ErrorCode::kInvalidModel,
+              "{}: starts, ends, axes and steps differ in length", n.describe());
+  const std::vector<int64_t> st = strides_of(x);
+  SliceView v{x, st, 0};
+  std::vector<char> seen(r, 0);
+  for (size_t i = 0; i < starts.size(); ++i) {
+    const int64_t a = normalize_axis(axes[i], r, n);
+    QTOOL_CHECK(!seen[a], ErrorCode::kInvalidModel, "{}: axis {} repeated", n.describe(), a);
+    seen[a] = 1;
+    const int64_t dim = x[a];
+    const int64_t step = steps[i];
+    QTOOL_CHECK(step != 0, ErrorCode::kInvalidModel, "{}: step is 0", n.describe());
+    int64_t s = starts[i], e = ends[i];
+    if (s < 0) s += dim;
+    if (e < 0 && e > std::numeric_limits<int64_t>::min() / 2) e += dim;
+    else if (e < 0) e = -1;
+    int64_t len;
+    if (step > 0) {
+      s = std::clamp<int64_t>(s, 0, dim);
+      e = std::clamp<int64_t>(e, 0, dim);
+      len = e > s ? (e - s + step - 1) / step : 0;
+    } else {
+      s = std::clamp<int64_t>(s, -1, dim - 1);
+      e = std::clamp<int64_t>(e, -1, dim - 1);
+      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
+    }
+    v.out[a] = len;
+    if (len > 0) v.offset += s * st[a];
+    v.strides[a] = st[a] * step;
+  }
+  return v;
+}
+
 }  // namespace qtool::runtime::kernels

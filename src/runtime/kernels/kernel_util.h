@@ -82,6 +82,36 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const ir::Node& node);
 std::vector<int64_t> axes_from(const KernelContext& ctx, bool from_input, size_t input_index, const char* name,
                                bool* present);
 
+/// What a Slice reads from x: element (i0, i1, ...) of the output is x[offset + Σ i_k·strides[k]].
+struct SliceView {
+  Shape out;
+  std::vector<int64_t> strides;
+  int64_t offset = 0;
+};
+/// The view of Slice(x, starts, ends, axes, steps) with numpy clamping: negative indices count from
+/// the end, then into [0, dim] (step > 0) or [-1, dim-1] (step < 0). Empty axes = 0, 1, ...; empty
+/// steps = 1. Throws kInvalidModel naming `node` on mismatched lengths, repeated axes or step 0.
+SliceView slice_view(const Shape& x, const std::vector<int64_t>& starts, const std::vector<int64_t>& ends,
+                     std::vector<int64_t> axes, std::vector<int64_t> steps, const ir::Node& node);
+/// The view of the Slice node of `ctx` (a KernelContext or a GradContext) on its input 0: starts,
+/// ends, axes as attributes before opset 10, as inputs 1..4 (with steps) from 10.
+template <typename Ctx>
+SliceView slice_view_of(const Ctx& ctx) {
+  const ir::Node& n = ctx.node();
+  std::vector<int64_t> starts, ends, axes, steps;
+  if (ctx.opset() < 10) {
+    starts = n.attr_ints("starts");
+    ends = n.attr_ints("ends");
+    axes = n.attr_ints("axes");
+  } else {
+    starts = int_values(ctx.input(1));
+    ends = int_values(ctx.input(2));
+    if (ctx.has_input(3)) axes = int_values(ctx.input(3));
+    if (ctx.has_input(4)) steps = int_values(ctx.input(4));
+  }
+  return slice_view(ctx.input(0).shape(), starts, ends, std::move(axes), std::move(steps), n);
+}
+
 /// Collapsed iteration plan for N inputs broadcast to one output: adjacent dimensions with the
 /// same broadcast pattern are merged, so [N,C,H,W] + [1,C,1,1] becomes 3 dims (N, C, HW).
 template <size_t N>

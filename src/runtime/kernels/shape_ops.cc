@@ -222,58 +222,10 @@ void split_kernel(KernelContext& ctx) {
 void slice_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
-  const int64_t r = rank_of(x);
-  std::vector<int64_t> starts, ends, axes, steps;
-  if (ctx.opset() < 10) {
-    starts = n.attr_ints("starts");
-    ends = n.attr_ints("ends");
-    axes = n.attr_ints("axes");
-  } else {
-    starts = int_values(ctx.input(1));
-    ends = int_values(ctx.input(2));
-    if (ctx.has_input(3)) axes = int_values(ctx.input(3));
-    if (ctx.has_input(4)) steps = int_values(ctx.input(4));
-  }
-  QTOOL_CHECK(starts.size() == ends.size(), ErrorCode::kInvalidModel, "{}: {} starts but {} ends", n.describe(),
-              starts.size(), ends.size());
-  if (axes.empty()) {
-    for (size_t i = 0; i < starts.size(); ++i) axes.push_back(static_cast<int64_t>(i));
-  }
-  if (steps.empty()) steps.assign(starts.size(), 1);
-  QTOOL_CHECK(axes.size() == starts.size() && steps.size() == starts.size(), ErrorCode::kInvalidModel,
-              "{}: starts, ends, axes and steps differ in length", n.describe());
-  const std::vector<int64_t> st = strides_of(x.shape());
-  Shape out = x.shape();
-  std::vector<int64_t> strides = st;
-  int64_t offset = 0;
-  std::vector<char> seen(r, 0);
-  for (size_t i = 0; i < starts.size(); ++i) {
-    const int64_t a = normalize_axis(axes[i], r, n);
-    QTOOL_CHECK(!seen[a], ErrorCode::kInvalidModel, "{}: axis {} repeated", n.describe(), a);
-    seen[a] = 1;
-    const int64_t dim = x.shape()[a];
-    const int64_t step = steps[i];
-    QTOOL_CHECK(step != 0, ErrorCode::kInvalidModel, "{}: step is 0", n.describe());
-    int64_t s = starts[i], e = ends[i];
-    // Clamp as numpy does: negative indices count from the end; then into [0, dim] (step > 0)
-    // or [-1, dim-1] (step < 0).
-    if (s < 0) s += dim;
-    if (e < 0 && e > std::numeric_limits<int64_t>::min() / 2) e += dim;
-    else if (e < 0) e = -1;
-    int64_t len;
-    if (step > 0) {
-      s = std::clamp<int64_t>(s, 0, dim);
-      e = std::clamp<int64_t>(e, 0, dim);
-      len = e > s ? (e - s + step - 1) / step : 0;
-    } else {
-      s = std::clamp<int64_t>(s, -1, dim - 1);
-      e = std::clamp<int64_t>(e, -1, dim - 1);
-      len = s > e ? (s - e + (-step) - 1) / (-step) : 0;
-    }
-    out[a] = len;
-    if (len > 0) offset += s * st[a];
-    strides[a] = st[a] * step;
-  }
+  const SliceView v = slice_view_of(ctx);
+  const Shape& out = v.out;
+  const std::vector<int64_t>& strides = v.strides;
+  const int64_t offset = v.offset;
   ctx.set_output(0, strided_copy(x, out, strides, offset, &ctx.pool(), n));
 }
 

@@ -344,7 +344,22 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
   size_t count = calib.source ? calib.source->size() : calib.samples.size();
   if (o.samples > 0) count = std::min(count, o.samples);
   QTOOL_CHECK(count >= 2, ErrorCode::kConfig, "tuning needs at least 2 calibration samples (got {})", count);
-  auto load = [&](size_t i) { return calib.source ? calib.source->load(i) : calib.samples[i]; };
+  // Samples from a source (decoded images, token windows) are kept once loaded, up to
+  // cache_bytes in all; beyond that they are loaded again when drawn (memory stays bounded).
+  std::vector<data::Sample> cache(calib.source ? count : 0);
+  size_t cached_bytes = 0;
+  auto load = [&](size_t i) -> data::Sample {
+    if (!calib.source) return calib.samples[i];
+    if (!cache[i].empty()) return cache[i];
+    data::Sample smp = calib.source->load(i);
+    size_t b = 0;
+    for (const auto& [name, t] : smp) b += t.nbytes();
+    if (cached_bytes + b <= o.cache_bytes) {
+      cache[i] = smp;
+      cached_bytes += b;
+    }
+    return smp;
+  };
 
   // Held-out samples: evenly spaced, at least one.
   const size_t n_hold = std::clamp<size_t>(static_cast<size_t>(std::ceil(o.holdout * static_cast<double>(count))), 1,

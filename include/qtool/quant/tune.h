@@ -75,6 +75,8 @@ struct TuneOptions {
   /// Probability of mixing a training sample with another one of the calibration set (mixup,
   /// x = λ·x1 + (1−λ)·x2, λ uniform in [0, 1]) after augmentation; float inputs only.
   double mixup = 0.0;
+  /// Bytes of loaded samples kept in memory between steps (sources only; 0 = reload every time).
+  size_t cache_bytes = size_t{1} << 30;
   /// Calibration samples used (0 = every sample the inputs hold, ignoring
   /// CalibrationInputs::max_samples, which bounds the GPTQ / AWQ statistics pass).
   size_t samples = 0;

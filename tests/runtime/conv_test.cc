@@ -102,6 +102,22 @@ TEST(ConvKernel, Conv1dAnd3d) {
   EXPECT_VALUES_NEAR(y3[0], (std::vector<float>{52, 60, 76, 84, 124, 132, 148, 156}), 1e-4);
 }
 
+TEST(ConvKernel, NegativePadsAreRefusedNotReadOutOfBounds) {
+  // Depthwise (group = C) and ordinary convs: pads < 0 would index before the input plane.
+  for (int64_t group : {2, 1}) {
+    const Shape ws = group == 2 ? Shape{2, 1, 3, 3} : Shape{2, 2, 3, 3};
+    try {
+      run_node({.op = "Conv", .inputs = {ft({1, 2, 5, 5}, std::vector<float>(50, 1)), ft(ws, std::vector<float>(ws[1] * 18, 1))},
+                .attrs = {ai("group", group), ais("pads", {-1, 0, 0, 1})}});
+      ADD_FAILURE() << "negative pads accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidModel);
+      EXPECT_NE(std::string(e.what()).find("pads must be non-negative (got -1)"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("Conv"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(ConvTransposeKernel, StrideOneAndTwo) {
   Tensor x = ft({1, 1, 2, 2}, {1, 2, 3, 4});
   Tensor w = ft({1, 1, 2, 2}, {1, 1, 1, 1});

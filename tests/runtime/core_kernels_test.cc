@@ -243,6 +243,17 @@ TEST(Reduce, AxesAttributeVsInputAndKeepdims) {
   EXPECT_EQ(vals<int64_t>(am.run()[0]), (std::vector<int64_t>{2}));
 }
 
+TEST(Reduce, ScalarInputWithAxisZeroIsItself) {
+  // A rank-0 input accepts axes = [0] and reduces to the same scalar (it used to index past
+  // the per-axis flags).
+  OneNode sum("ReduceSum", 13, {{"x", f({}, {4.5f})}, {"a", i64({1}, {0})}});
+  Tensor s = sum.run()[0];
+  EXPECT_EQ(s.rank(), 0u);
+  EXPECT_EQ(vals<float>(s), (std::vector<float>{4.5f}));
+  OneNode mx("ReduceMax", 18, {{"x", f({}, {-2.0f})}, {"a", i64({1}, {0})}});
+  EXPECT_EQ(vals<float>(mx.run()[0]), (std::vector<float>{-2.0f}));
+}
+
 TEST(Elementwise, ClipBoundsByOpset) {
   OneNode c6("Clip", 6, {{"x", f({3}, {-5, 0.5f, 5})}});
   c6.node->set_attr(ir::Attribute::make_float("min", -1));

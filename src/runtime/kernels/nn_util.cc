@@ -66,6 +66,9 @@ WindowGeometry window_geometry(const ir::Node& node, const Shape& x_shape, const
       static_cast<int>(pads.size()) != 2 * sp) {
     bad_window(node, "strides/dilations/pads do not match {} spatial dims", sp);
   }
+  for (int64_t v : pads) {
+    if (v < 0) bad_window(node, "pads must be non-negative (got {})", v);
+  }
   const std::string auto_pad = node.attr_string("auto_pad", "NOTSET");
   const bool ceil_mode = allow_ceil && node.attr_int("ceil_mode", 0) != 0;
   const int off = 3 - sp;

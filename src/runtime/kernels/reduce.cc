@@ -106,7 +106,10 @@ void reduce_kernel(KernelContext& ctx) {
     return;
   }
   std::vector<char> reduce(r, axes.empty() ? 1 : 0);
-  for (int64_t a : axes) reduce[normalize_axis(a, r, n)] = 1;
+  for (int64_t a : axes) {
+    const int64_t d = normalize_axis(a, r, n);  // a scalar accepts axis 0 and reduces to itself
+    if (d < r) reduce[d] = 1;
+  }
   Shape keep_shape(in.shape()), out_shape;
   int64_t count = 1;
   for (int64_t d = 0; d < r; ++d) {

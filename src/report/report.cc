@@ -296,6 +296,7 @@ std::string format_summary_table(const QuantizeReport& r) {
     for (const auto& [p, n] : by_precision) parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", n, p);
     s += fmt::format("weights: {} ({} parameters)\n", parts, group_digits(r.total_params()));
   }
+  for (const auto& an : r.actions) s += "action: " + an + "\n";
   for (const auto& wn : r.warnings) s += "warning: " + wn + "\n";
   return s;
 }
@@ -362,6 +363,7 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
     total += t.seconds;
   }
   j["total_seconds"] = total;
+  j["actions"] = r.actions;
   j["warnings"] = r.warnings;
   return j;
 }
@@ -508,6 +510,11 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#b42318
   kv("bits per weight", html_num(r.bits_per_weight()));
   kv("qtool", r.qtool_version);
   h += "</table>\n";
+  if (!r.actions.empty()) {
+    h += "<h2>Actions</h2><ul>\n";
+    for (const auto& a : r.actions) h += "<li>" + esc(a) + "</li>\n";
+    h += "</ul>\n";
+  }
   if (!r.warnings.empty()) {
     h += "<h2>Warnings</h2><ul>\n";
     for (const auto& w : r.warnings) h += "<li class=\"warn\">" + esc(w) + "</li>\n";

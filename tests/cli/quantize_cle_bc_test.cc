@@ -76,7 +76,7 @@ TEST(CliQuantizeCleBiasCorrection, SmallCnnReportsActionsAndRunsInOrt) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto doc = nlohmann::json::parse(r.out);
   std::string all;
-  for (const auto& w : doc["warnings"]) all += w.get<std::string>() + "\n";
+  for (const auto& w : doc["actions"]) all += w.get<std::string>() + "\n";
   EXPECT_NE(all.find("CLE: 2 conv pairs equalized (2 with a depthwise conv"), std::string::npos) << all;
   EXPECT_NE(all.find("bias correction: 3 layers corrected on 24 calibration samples"), std::string::npos) << all;
   EXPECT_EQ(doc["settings"]["cle"], "true") << doc["settings"].dump();
@@ -120,7 +120,7 @@ TEST(CliQuantizeCleBiasCorrection, BiasCorrectionDefaultsOnForDepthwiseModels) {
     EXPECT_EQ(r.exit_code, 0) << r.err;
     const auto doc = nlohmann::json::parse(r.out);
     std::string all = doc["settings"]["bias-correction"].get<std::string>() + "\n";
-    for (const auto& w : doc["warnings"]) all += w.get<std::string>() + "\n";
+    for (const auto& w : doc["actions"]) all += w.get<std::string>() + "\n";
     return all;
   };
   const std::string per_channel = actions(""), per_tensor = actions("--per-tensor"),

@@ -105,6 +105,7 @@ QuantizeReport sample_report() {
   r.outputs.push_back({"logits", 100, 28.25, 0.998, 0.97, 1.0});
   r.eval_samples = 100;
   r.timings = {{"calibrate", 1.5}, {"quantize", 0.25}};
+  r.actions = {"tuned 10 steps"};
   r.warnings = {"layer 'head' kept in float"};
   return r;
 }
@@ -122,7 +123,7 @@ TEST(QuantizeReport, TotalsAndSummaryTable) {
   EXPECT_NE(t.find("28.2 dB"), std::string::npos) << t;
   EXPECT_NE(t.find("97.0%"), std::string::npos) << t;
   EXPECT_NE(t.find("weights: 1 fp32, 1 int4, 1 int8, 1 ternary (438 parameters)"), std::string::npos) << t;
-  EXPECT_NE(t.find("warning: layer 'head' kept in float"), std::string::npos);
+  EXPECT_NE(t.find("action: tuned 10 steps\nwarning: layer 'head' kept in float\n"), std::string::npos) << t;
 }
 
 TEST(QuantizeReport, JsonSchema) {
@@ -145,6 +146,8 @@ TEST(QuantizeReport, JsonSchema) {
   EXPECT_DOUBLE_EQ(j["total_seconds"].get<double>(), 1.75);
   EXPECT_EQ(j["settings"]["block-size"], "32");
   EXPECT_EQ(j["warnings"][0], "layer 'head' kept in float");
+  ASSERT_EQ(j["actions"].size(), 1u);
+  EXPECT_EQ(j["actions"][0], "tuned 10 steps");
 }
 
 TEST(QuantizeReport, WriteReportPicksFormatByExtension) {

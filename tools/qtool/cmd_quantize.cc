@@ -377,8 +377,8 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   out.report.warnings = rep.warnings;
   if (rep.tune.steps > 0) {
     const quant::TuneReport& tr = rep.tune;
-    out.report.warnings.push_back(fmt::format(
-        "action: tuned {} steps on {} samples ({} held out), loss {}: held-out loss {:.4g} -> {:.4g} (kept step {}), "
+    out.report.actions.push_back(fmt::format(
+        "tuned {} steps on {} samples ({} held out), loss {}: held-out loss {:.4g} -> {:.4g} (kept step {}), "
         "{} levels changed, {} float values tuned, {:.1f} s",
         tr.steps, tr.train_samples, tr.holdout_samples, tr.loss, tr.holdout_before, tr.holdout_after, tr.best_step,
         tr.levels_changed, tr.float_params, tr.seconds));
@@ -498,7 +498,7 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
     timings.push_back({"evaluate", seconds_since(t)});
   }
   // What the pipeline did beyond the defaults (CLE, bias correction, tensors the guard kept in float, ...).
-  for (const auto& s : res.actions) out.report.warnings.push_back("action: " + s);
+  for (const auto& s : res.actions) out.report.actions.push_back(s);
   for (const auto& w : res.warnings) {
     spdlog::warn("{}", w);
     out.report.warnings.push_back(w);

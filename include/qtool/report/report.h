@@ -26,7 +26,7 @@
 namespace qtool::report {
 
 /// Version of the report JSON document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kQuantizeReportSchemaVersion = "1.0";
+inline constexpr const char* kQuantizeReportSchemaVersion = "1.1";  // 1.1: "actions"
 
 /// "Not measured" for the double fields below (written as JSON null, shown as "-").
 inline constexpr double kNotMeasured = std::numeric_limits<double>::quiet_NaN();
@@ -94,7 +94,10 @@ struct QuantizeReport {
   std::vector<OutputQuality> outputs;
   int64_t eval_samples = 0;     ///< held-out samples behind `outputs`
   std::vector<Timing> timings;
-  std::vector<std::string> warnings;  ///< things the user must know (e.g. quality guard actions)
+  /// What the pipeline did beyond the plain quantization (CLE, bias correction, tuning, tensors the
+  /// quality guard kept in float): text "action: ..." lines, JSON "actions".
+  std::vector<std::string> actions;
+  std::vector<std::string> warnings;  ///< things the user must know (a broken-looking model, skipped layers)
 
   /// Weight elements over all layers.
   int64_t total_params() const;
@@ -127,7 +130,7 @@ QuantizeReport make_quantize_report(const std::string& input_path, const std::st
 ///     FP32             1,234,567 B (100%)  32.00        -            -            -
 ///     W4 (block 32)    187,654 B (15.2%)   4.50         31.2 dB      99.0%        100
 ///
-/// followed by the warnings, if any. The caller writes it to stdout.
+/// followed by the actions and warnings, if any. The caller writes it to stdout.
 std::string format_summary_table(const QuantizeReport& report);
 
 /// The report as one JSON document (schema "qtool.quantize_report", version kQuantizeReportSchemaVersion).

@@ -10,9 +10,12 @@
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
+#include "graph_builders.h"
 
 namespace qtool::passes {
 namespace {
+
+using qtool::testing::float_type;
 
 /// Deterministic values in [-1, 1).
 std::vector<float> noise(size_t n, uint32_t seed) {
@@ -25,13 +28,6 @@ std::vector<float> noise(size_t n, uint32_t seed) {
 }
 
 /// A float tensor type of a fixed shape.
-ir::TypeInfo float_type(const std::vector<int64_t>& dims) {
-  ir::TypeInfo t;
-  t.elem_type = DataType::kFloat;
-  t.has_shape = true;
-  for (int64_t d : dims) t.dims.push_back({d, ""});
-  return t;
-}
 
 /// Builds DQ(w int8, per-channel or per-tensor) from float weights; returns the DQ output.
 ir::Value* weight_dq(ir::Graph& g, const std::string& name, const Shape& shape, uint32_t seed, bool per_channel,

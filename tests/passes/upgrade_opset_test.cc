@@ -9,9 +9,12 @@
 #include "qtool/passes/pass.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
+#include "graph_builders.h"
 
 namespace qtool::passes {
 namespace {
+
+using qtool::testing::float_type;
 
 Tensor ramp(const Shape& s, float step) {
   std::vector<float> v(shape_numel(s));
@@ -19,13 +22,6 @@ Tensor ramp(const Shape& s, float step) {
   return Tensor::from_vector<float>(s, v);
 }
 
-ir::TypeInfo float_type(const Shape& s) {
-  ir::TypeInfo t;
-  t.elem_type = DataType::kFloat;
-  t.has_shape = true;
-  for (int64_t d : s) t.dims.push_back(ir::Dim{d, ""});
-  return t;
-}
 
 // Runs `m` before and after upgrading to `to` on `x` and expects the same outputs.
 void expect_same_after_upgrade(ir::Model& m, const Tensor& x, int64_t to, size_t min_rewrites) {

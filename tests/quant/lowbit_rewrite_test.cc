@@ -10,26 +10,16 @@
 #include "qtool/quant/lowbit.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
+#include "graph_builders.h"
 
 namespace qtool::quant {
 namespace {
 
+using qtool::testing::float_type;
+using qtool::testing::gaussian;
+
 using qtool::testing::TempDir;
 
-std::vector<float> gaussian(int64_t n, std::mt19937& rng, float sigma = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-ir::TypeInfo float_type(Shape s) {
-  ir::TypeInfo t;
-  t.elem_type = DataType::kFloat;
-  t.has_shape = true;
-  for (int64_t d : s) t.dims.push_back(ir::Dim{d, ""});
-  return t;
-}
 
 /// x[6,40] -> Mul(gamma) -> {MatMul A[40,64], MatMul B[40,64]} -> Mul -> Gemm(C[48,64], transB, bias)
 /// -> Relu -> MatMul D[48,10] -> y. K = 40 is not a multiple of 32 (a short last block).

@@ -17,26 +17,16 @@
 #include "qtool/quant/tune.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
+#include "graph_builders.h"
 
 namespace qtool::quant {
 namespace {
 
+using qtool::testing::float_type;
+using qtool::testing::gaussian;
+
 using qtool::testing::TempDir;
 
-std::vector<float> gaussian(int64_t n, std::mt19937& rng, float sigma = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sigma);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-ir::TypeInfo float_type(Shape s) {
-  ir::TypeInfo t;
-  t.elem_type = DataType::kFloat;
-  t.has_shape = true;
-  for (int64_t d : s) t.dims.push_back(ir::Dim{d, ""});
-  return t;
-}
 
 /// x[4,64] -> Mul(gamma) -> MatMul A[64,96] -> Relu -> Gemm(B[64,96], transB, bias) -> Relu
 /// -> MatMul C[64,32] -> logits [4,32] (a classifier: the tuner uses the KL loss).

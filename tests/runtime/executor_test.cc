@@ -10,17 +10,12 @@
 
 #include "qtool/runtime/executor.h"
 #include "qtool/runtime/kernel.h"
+#include "graph_builders.h"
 
 namespace qtool::runtime {
 namespace {
 
-ir::TypeInfo float_type(std::vector<int64_t> dims) {
-  ir::TypeInfo t;
-  t.elem_type = DataType::kFloat;
-  t.has_shape = true;
-  for (int64_t d : dims) t.dims.push_back(ir::Dim{d, d < 0 ? "N" : ""});
-  return t;
-}
+using qtool::testing::float_type;
 
 std::vector<float> values(const Tensor& t) {
   const float* p = t.data<float>();

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,16 @@ inline void build_one_node(const NodeRun& r, OneNode& m) {
   for (const AttrSpec& a : r.attrs) m.node->set_attr(a.make());
   for (ir::Value* v : m.node->outputs()) g.add_output(v);
 }
+
+/// A tape over the one-node model `m` of `r`, differentiating with respect to its inputs `wrt`
+/// (r.threads: the pool the forward kernels and gradient functions run on).
+inline std::unique_ptr<runtime::Autodiff> one_node_tape(const NodeRun& r, const OneNode& m, const std::vector<int>& wrt) {
+  std::vector<const ir::Value*> wv;
+  for (int i : wrt) wv.push_back(m.inits.at(i));
+  runtime::AutodiffOptions options;
+  options.threads = r.threads;
+  return std::make_unique<runtime::Autodiff>(m.model, wv, std::vector<const ir::Value*>{}, options);
+}
 }  // namespace detail
 
 /// Runs the check; reports every mismatching element through gtest (first 10 per input).
@@ -53,11 +64,8 @@ inline void check_gradients(const GradCheck& c) {
   if (wrt.empty())
     for (size_t i = 0; i < c.node.inputs.size(); ++i)
       if (c.node.inputs[i].defined() && c.node.inputs[i].dtype() == DataType::kFloat) wrt.push_back(static_cast<int>(i));
-  std::vector<const ir::Value*> wv;
-  for (int i : wrt) wv.push_back(m.inits.at(i));
-  runtime::AutodiffOptions options;
-  options.threads = c.node.threads;  // NodeRun::threads: run the gradient functions on a pool
-  runtime::Autodiff ad(m.model, wv, {}, options);
+  auto tape = detail::one_node_tape(c.node, m, wrt);
+  runtime::Autodiff& ad = *tape;
   std::vector<Tensor> ys = ad.forward({});
   std::vector<char> in_loss(ys.size(), c.loss_outputs.empty() ? 1 : 0);
   for (int k : c.loss_outputs) in_loss.at(k) = 1;

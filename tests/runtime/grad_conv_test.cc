@@ -169,11 +169,8 @@ TEST(GradConv, BadShapesAndPadsAreInvalidModel) {
 double backward_ms(const NodeRun& r, std::vector<int> wrt, double* sum) {
   detail::OneNode m;
   detail::build_one_node(r, m);
-  std::vector<const ir::Value*> wv;
-  for (int i : wrt) wv.push_back(m.inits.at(i));
-  runtime::AutodiffOptions options;
-  options.threads = r.threads;
-  runtime::Autodiff ad(m.model, wv, {}, options);
+  auto tape = detail::one_node_tape(r, m, wrt);
+  runtime::Autodiff& ad = *tape;
   const std::vector<Tensor> ys = ad.forward({});
   const std::vector<Tensor> seed = {ft(ys[0].shape(), rnd(ys[0].numel(), 3))};
   ad.backward(seed);  // warm-up (thread pool, buffers)

@@ -15,11 +15,8 @@ inline std::vector<Tensor> node_gradients(const NodeRun& r, const std::vector<in
                                           const std::vector<Tensor>& seed_grads) {
   detail::OneNode m;
   detail::build_one_node(r, m);
-  std::vector<const ir::Value*> wv;
-  for (int i : wrt) wv.push_back(m.inits.at(i));
-  runtime::AutodiffOptions options;
-  options.threads = r.threads;
-  runtime::Autodiff ad(m.model, wv, {}, options);
+  auto tape = detail::one_node_tape(r, m, wrt);
+  runtime::Autodiff& ad = *tape;
   ad.forward({});
   return ad.backward(seed_grads);
 }

@@ -22,11 +22,8 @@ inline std::vector<Tensor> autodiff_grads(const NodeRun& r, const std::vector<in
                                           std::vector<Tensor> seeds = {}) {
   detail::OneNode m;
   detail::build_one_node(r, m);
-  std::vector<const ir::Value*> wv;
-  for (int i : wrt) wv.push_back(m.inits.at(i));
-  runtime::AutodiffOptions options;
-  options.threads = r.threads;
-  runtime::Autodiff ad(m.model, wv, {}, options);
+  auto tape = detail::one_node_tape(r, m, wrt);
+  runtime::Autodiff& ad = *tape;
   const std::vector<Tensor> ys = ad.forward({});
   seeds.resize(ys.size());
   for (size_t k = 0; k < ys.size(); ++k)

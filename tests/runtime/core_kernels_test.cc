@@ -211,6 +211,29 @@ TEST(ShapeOps, TransposeConcatSplitPad) {
   }
 }
 
+TEST(ShapeOps, SplitRefusesBadSizesWithTheNodeName) {
+  // num_outputs = 0 used to divide by zero; sizes {-1, 6} add up to 5 but would slice backwards.
+  auto error_of = [](OneNode& m) -> std::string {
+    try {
+      m.run();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidModel);
+      return e.what();
+    }
+    return "no error";
+  };
+  OneNode zero("Split", 18, {{"x", f({4}, iota_f(4))}}, 2);
+  zero.node->set_attr(ir::Attribute::make_int("num_outputs", 0));
+  EXPECT_NE(error_of(zero).find("'the_node' (Split): num_outputs must be positive, got 0"), std::string::npos)
+      << error_of(zero);
+  OneNode neg("Split", 13, {{"x", f({5}, iota_f(5))}, {"sp", i64({2}, {-1, 6})}}, 2);
+  EXPECT_NE(error_of(neg).find("split size -1 is negative"), std::string::npos) << error_of(neg);
+  // num_outputs = 3 over 5: parts of ceil(5/3) = 2, the last one shorter.
+  OneNode uneven("Split", 18, {{"x", f({5}, iota_f(5))}}, 3);
+  uneven.node->set_attr(ir::Attribute::make_int("num_outputs", 3));
+  EXPECT_EQ(vals<float>(uneven.run()[2]), (std::vector<float>{4}));
+}
+
 TEST(ShapeOps, SqueezeUnsqueezeAxesByOpset) {
   OneNode u11("Unsqueeze", 11, {{"x", f({3}, {1, 2, 3})}});
   u11.node->set_attr(ir::Attribute::make_ints("axes", {0, -1}));

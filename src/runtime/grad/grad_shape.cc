@@ -123,38 +123,6 @@ void concat_grad(GradContext& ctx) {
   }
 }
 
-/// Split sizes exactly as the forward kernel computes them (input `split` from opset 13, the
-/// attribute before, num_outputs from 18, else equal parts).
-std::vector<int64_t> split_sizes(const GradContext& ctx, int64_t dim) {
-  const ir::Node& n = ctx.node();
-  const int64_t outs = static_cast<int64_t>(ctx.num_outputs());
-  std::vector<int64_t> sizes;
-  if (ctx.opset() >= 13) {
-    if (ctx.has_input(1)) sizes = int_values(ctx.input(1));
-  } else if (ctx.opset() >= 2) {
-    sizes = n.attr_ints("split");
-  } else {
-    sizes = ctx.has_input(1) ? int_values(ctx.input(1)) : n.attr_ints("split");
-  }
-  if (sizes.empty()) {
-    if (ctx.opset() >= 18 && n.has_attr("num_outputs")) {
-      const int64_t k = n.attr_int("num_outputs", outs);
-      QTOOL_CHECK(k > 0, ErrorCode::kInvalidModel, "{}: num_outputs must be positive", n.describe());
-      const int64_t each = (dim + k - 1) / k;
-      for (int64_t i = 0; i < k; ++i) sizes.push_back(std::max<int64_t>(0, std::min(each, dim - i * each)));
-    } else {
-      QTOOL_CHECK(outs > 0 && dim % outs == 0, ErrorCode::kInvalidModel,
-                  "{}: dimension {} is not divisible into {} parts", n.describe(), dim, outs);
-      sizes.assign(outs, dim / outs);
-    }
-  }
-  int64_t total = 0;
-  for (int64_t s : sizes) total += s;
-  QTOOL_CHECK(static_cast<int64_t>(sizes.size()) == outs && total == dim, ErrorCode::kInvalidModel,
-              "{}: split sizes {} do not match dimension {} and {} outputs", n.describe(), shape_str(sizes), dim, outs);
-  return sizes;
-}
-
 /// Split: dL/dx is the concatenation of the outputs' gradients along the axis; an output
 /// without a gradient (unused or omitted) contributes zeros.
 void split_grad(GradContext& ctx) {
@@ -162,7 +130,7 @@ void split_grad(GradContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
   const int64_t axis = normalize_axis(n.attr_int("axis", 0), rank_of(x), n);
-  const std::vector<int64_t> sizes = split_sizes(ctx, x.shape()[axis]);
+  const std::vector<int64_t> sizes = kernels::split_sizes_of(ctx, x.shape()[axis]);
   const std::vector<int64_t> xst = strides_of(x.shape());
   Tensor dx(DataType::kFloat, x.shape());
   float* pd = dx.mutable_data<float>();

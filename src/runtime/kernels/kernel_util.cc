@@ -151,6 +151,31 @@ Tensor strided_copy(const Tensor& in, const Shape& out_shape, const std::vector<
 }
 
 
+std::vector<int64_t> split_sizes(std::vector<int64_t> split, const ir::Node& node, int64_t opset, int64_t dim,
+                                 int64_t outs) {
+  if (split.empty()) {
+    if (opset >= 18 && node.has_attr("num_outputs")) {
+      const int64_t k = node.attr_int("num_outputs", outs);
+      QTOOL_CHECK(k > 0, ErrorCode::kInvalidModel, "{}: num_outputs must be positive, got {}", node.describe(), k);
+      const int64_t each = (dim + k - 1) / k;
+      for (int64_t i = 0; i < k; ++i) split.push_back(std::max<int64_t>(0, std::min(each, dim - i * each)));
+    } else {
+      QTOOL_CHECK(outs > 0 && dim % outs == 0, ErrorCode::kInvalidModel,
+                  "{}: dimension {} is not divisible into {} parts", node.describe(), dim, outs);
+      split.assign(static_cast<size_t>(outs), dim / outs);
+    }
+  }
+  int64_t total = 0;
+  for (int64_t s : split) {
+    QTOOL_CHECK(s >= 0, ErrorCode::kInvalidModel, "{}: split size {} is negative", node.describe(), s);
+    total += s;
+  }
+  QTOOL_CHECK(static_cast<int64_t>(split.size()) == outs && total == dim, ErrorCode::kInvalidModel,
+              "{}: split sizes {} do not match dimension {} and {} outputs", node.describe(), shape_str(split), dim,
+              outs);
+  return split;
+}
+
 SliceView slice_view(const Shape& x, const std::vector<int64_t>& starts, const std::vector<int64_t>& ends,
                      std::vector<int64_t> axes, std::vector<int64_t> steps, const ir::Node& n) {
   const int64_t r = static_cast<int64_t>(x.size());

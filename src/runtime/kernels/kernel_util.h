@@ -112,6 +112,27 @@ SliceView slice_view_of(const Ctx& ctx) {
   return slice_view(ctx.input(0).shape(), starts, ends, std::move(axes), std::move(steps), n);
 }
 
+/// Split's part sizes along an axis of length `dim` into `outs` outputs: `split` when given, else
+/// num_outputs (> 0, opset >= 18) parts of ceil(dim / k), else `outs` equal parts. Throws
+/// kInvalidModel naming `node` when the sizes do not add up to dim or do not match outs.
+std::vector<int64_t> split_sizes(std::vector<int64_t> split, const ir::Node& node, int64_t opset, int64_t dim,
+                                 int64_t outs);
+/// The part sizes of the Split node of `ctx` (a KernelContext or a GradContext) along an axis of
+/// length `dim`: `split` as input 1 from opset 13, as attribute from 2 (input or attribute in 1).
+template <typename Ctx>
+std::vector<int64_t> split_sizes_of(const Ctx& ctx, int64_t dim) {
+  const ir::Node& n = ctx.node();
+  std::vector<int64_t> split;
+  if (ctx.opset() >= 13) {
+    if (ctx.has_input(1)) split = int_values(ctx.input(1));
+  } else if (ctx.opset() >= 2) {
+    split = n.attr_ints("split");
+  } else {
+    split = ctx.has_input(1) ? int_values(ctx.input(1)) : n.attr_ints("split");
+  }
+  return split_sizes(std::move(split), n, ctx.opset(), dim, static_cast<int64_t>(ctx.num_outputs()));
+}
+
 /// Collapsed iteration plan for N inputs broadcast to one output: adjacent dimensions with the
 /// same broadcast pattern are merged, so [N,C,H,W] + [1,C,1,1] becomes 3 dims (N, C, HW).
 template <size_t N>

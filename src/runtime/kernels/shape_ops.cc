@@ -188,30 +188,7 @@ void split_kernel(KernelContext& ctx) {
   const int64_t axis = normalize_axis(n.attr_int("axis", 0), rank_of(x), n);
   const int64_t dim = x.shape()[axis];
   const int64_t outs = static_cast<int64_t>(ctx.num_outputs());
-  std::vector<int64_t> sizes;
-  if (ctx.opset() >= 13) {
-    if (ctx.has_input(1)) sizes = int_values(ctx.input(1));
-  } else if (ctx.opset() >= 2) {
-    sizes = n.attr_ints("split");
-  } else {
-    sizes = ctx.has_input(1) ? int_values(ctx.input(1)) : n.attr_ints("split");
-  }
-  if (sizes.empty()) {
-    if (ctx.opset() >= 18 && n.has_attr("num_outputs")) {
-      const int64_t k = n.attr_int("num_outputs", outs);
-      const int64_t each = (dim + k - 1) / k;
-      for (int64_t i = 0; i < k; ++i) sizes.push_back(std::max<int64_t>(0, std::min(each, dim - i * each)));
-    } else {
-      QTOOL_CHECK(dim % outs == 0, ErrorCode::kInvalidModel, "{}: dimension {} is not divisible into {} parts",
-                  n.describe(), dim, outs);
-      sizes.assign(outs, dim / outs);
-    }
-  }
-  int64_t total = 0;
-  for (int64_t s : sizes) total += s;
-  QTOOL_CHECK(static_cast<int64_t>(sizes.size()) == outs && total == dim, ErrorCode::kInvalidModel,
-              "{}: split sizes {} do not match dimension {} and {} outputs", n.describe(), shape_str(sizes), dim,
-              outs);
+  const std::vector<int64_t> sizes = split_sizes_of(ctx, dim);
   int64_t start = 0;
   for (int64_t i = 0; i < outs; ++i) {
     if (ctx.wants_output(i)) ctx.set_output(i, slice_axis(x, axis, start, sizes[i], &ctx.pool(), n));

@@ -47,6 +47,9 @@ TEST(GradReduce, ReduceSumAxesInputOpset13) {
   check_gradients(reduce("ReduceSum", {2, 3}, 13, {ai("noop_with_empty_axes", 1)}, {}, true));
   // At opset 13 an `axes` attribute is not the axes (the forward kernel ignores it too).
   check_gradients(reduce("ReduceSum", {2, 3}, 13, {ais("axes", {0})}, {1}));
+  // A scalar with axes [0] reduces to itself (as the forward kernel does): dX = dY.
+  check_gradients(reduce("ReduceSum", {}, 13, {}, {0}));
+  check_gradients(reduce("ReduceMean", {}, 18, {}, {0}));
 }
 
 TEST(GradReduce, ReduceMeanOldAndNewOpsets) {

@@ -43,9 +43,8 @@ void reduce_grad(GradContext& ctx) {
   }
   std::vector<char> reduce(static_cast<size_t>(r), axes.empty() ? 1 : 0);
   for (int64_t a : axes) {
-    const int64_t d = kernels::normalize_axis(a, r, node);
-    if (d >= r) bad_grad_node(ctx, "axis {} is out of range for rank {}", a, r);
-    reduce[d] = 1;
+    const int64_t d = kernels::normalize_axis(a, r, node);  // a scalar accepts axis 0, as the kernel does
+    if (d < r) reduce[d] = 1;
   }
   Shape keep_shape = in.shape();
   int64_t count = 1;

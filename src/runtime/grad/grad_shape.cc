@@ -216,18 +216,7 @@ void pad_grad(GradContext& ctx) {
   const Tensor& x = ctx.input(0);
   const Tensor& g = ctx.output_grad(0);
   const int64_t r = rank_of(x);
-  const std::vector<int64_t> pads = ctx.opset() < 11 ? n.attr_ints(ctx.opset() < 2 ? "paddings" : "pads")
-                                                     : int_values(ctx.input(1));
-  std::vector<int64_t> axes;
-  if (ctx.opset() >= 18 && ctx.has_input(3)) {
-    for (int64_t a : int_values(ctx.input(3))) axes.push_back(normalize_axis(a, r, n));
-  } else {
-    for (int64_t a = 0; a < r; ++a) axes.push_back(a);
-  }
-  QTOOL_CHECK(pads.size() == 2 * axes.size(), ErrorCode::kInvalidModel, "{}: {} pads for {} axes", n.describe(),
-              pads.size(), axes.size());
-  std::vector<int64_t> begin(r, 0);
-  for (size_t i = 0; i < axes.size(); ++i) begin[axes[i]] = pads[i];
+  const std::vector<int64_t> begin = kernels::pad_amounts_of(ctx).begin;
   const std::vector<int64_t> xst = strides_of(x.shape()), gst = strides_of(g.shape());
   // The box of x that lands inside y: x indices [lo, hi) per dim, at y index + begin.
   Shape box(r);

@@ -14,43 +14,38 @@ namespace nn {
 
 // im2col_tile / col2im_tile (nn_util.h): per row (channel, tap), the output positions of one
 // output row segment map to an input row; valid_range() clips the segment to the input once.
-template <typename T>
-void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col) {
-  const int64_t ld = j1 - j0;
+
+namespace {
+
+/// Walks the im2col rows of output positions [j0, j1) of a tile: for each row (channel ci, tap)
+/// and each output-row segment [ow, ow + seg) of it, calls
+/// f(row, col_off, seg, ow, x_row, a, b, s, xoff) where col_off = first column of the segment,
+/// x_row = offset of the input row it reads (-1 when the tap falls in the padding rows), [a, b) =
+/// the output positions of the segment whose input lies inside the row, at x_row + o * s + xoff.
+template <typename F>
+inline void walk_tile(const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, F&& f) {
   const int64_t hw = g.in[1] * g.in[2];
   const int64_t ohw = g.out[1] * g.out[2];
+  const int64_t s = g.stride[2];
   int64_t row = 0;
   for (int64_t ci = 0; ci < cin_g; ++ci) {
-    const T* xc = x + ci * g.in_size();
+    const int64_t xc = ci * g.in_size();
     for (int64_t ka = 0; ka < g.kernel[0]; ++ka) {
       for (int64_t kb = 0; kb < g.kernel[1]; ++kb) {
         for (int64_t kc = 0; kc < g.kernel[2]; ++kc, ++row) {
-          T* dst = col + row * ld;
           int64_t lo, hi;
-          valid_range(g.out[2], g.in[2], g.stride[2], g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
+          valid_range(g.out[2], g.in[2], s, g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
           const int64_t xoff = kc * g.dilation[2] - g.pad_begin[2];
           int64_t j = j0;
           while (j < j1) {
             const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
             const int64_t seg = std::min(g.out[2] - ow, j1 - j);
-            T* d = dst + (j - j0);
             const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
             const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
-            if (id < 0 || id >= g.in[0] || ih < 0 || ih >= g.in[1]) {
-              std::fill(d, d + seg, T(0));
-            } else {
-              const T* src = xc + id * hw + ih * g.in[2];
-              const int64_t e = ow + seg;
-              const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
-              std::fill(d, d + (a - ow), T(0));
-              if (g.stride[2] == 1) {
-                std::memcpy(d + (a - ow), src + a + xoff, sizeof(T) * (b - a));
-              } else {
-                const int64_t s = g.stride[2];
-                for (int64_t o = a; o < b; ++o) d[o - ow] = src[o * s + xoff];
-              }
-              std::fill(d + (b - ow), d + seg, T(0));
-            }
+            const bool inside = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
+            const int64_t e = ow + seg;
+            const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
+            f(row, j - j0, seg, ow, inside ? xc + id * hw + ih * g.in[2] : int64_t{-1}, a, b, s, xoff);
             j += seg;
           }
         }
@@ -59,46 +54,46 @@ void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0,
   }
 }
 
+}  // namespace
+
+template <typename T>
+void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col) {
+  const int64_t ld = j1 - j0;
+  walk_tile(g, cin_g, j0, j1,
+            [&](int64_t row, int64_t col_off, int64_t seg, int64_t ow, int64_t x_row, int64_t a, int64_t b, int64_t s,
+                int64_t xoff) {
+              T* d = col + row * ld + col_off;
+              if (x_row < 0) {
+                std::fill(d, d + seg, T(0));
+                return;
+              }
+              const T* src = x + x_row;
+              std::fill(d, d + (a - ow), T(0));
+              if (s == 1) {
+                std::memcpy(d + (a - ow), src + a + xoff, sizeof(T) * (b - a));
+              } else {
+                for (int64_t o = a; o < b; ++o) d[o - ow] = src[o * s + xoff];
+              }
+              std::fill(d + (b - ow), d + seg, T(0));
+            });
+}
+
 template <typename T>
 void col2im_tile(const T* col, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* dx) {
   const int64_t ld = j1 - j0;
-  const int64_t hw = g.in[1] * g.in[2];
-  const int64_t ohw = g.out[1] * g.out[2];
-  int64_t row = 0;
-  for (int64_t ci = 0; ci < cin_g; ++ci) {
-    T* xc = dx + ci * g.in_size();
-    for (int64_t ka = 0; ka < g.kernel[0]; ++ka) {
-      for (int64_t kb = 0; kb < g.kernel[1]; ++kb) {
-        for (int64_t kc = 0; kc < g.kernel[2]; ++kc, ++row) {
-          const T* srow = col + row * ld;
-          int64_t lo, hi;
-          valid_range(g.out[2], g.in[2], g.stride[2], g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
-          const int64_t xoff = kc * g.dilation[2] - g.pad_begin[2];
-          int64_t j = j0;
-          while (j < j1) {
-            const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
-            const int64_t seg = std::min(g.out[2] - ow, j1 - j);
-            const T* s = srow + (j - j0);
-            const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
-            const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
-            if (id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1]) {
-              T* dst = xc + id * hw + ih * g.in[2];
-              const int64_t e = ow + seg;
-              const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
-              if (g.stride[2] == 1) {
+  walk_tile(g, cin_g, j0, j1,
+            [&](int64_t row, int64_t col_off, int64_t, int64_t ow, int64_t x_row, int64_t a, int64_t b, int64_t s,
+                int64_t xoff) {
+              if (x_row < 0) return;
+              const T* src = col + row * ld + col_off;
+              T* dst = dx + x_row;
+              if (s == 1) {
                 T* d = dst + xoff;
-                for (int64_t o = a; o < b; ++o) d[o] += s[o - ow];
+                for (int64_t o = a; o < b; ++o) d[o] += src[o - ow];
               } else {
-                const int64_t st = g.stride[2];
-                for (int64_t o = a; o < b; ++o) dst[o * st + xoff] += s[o - ow];
+                for (int64_t o = a; o < b; ++o) dst[o * s + xoff] += src[o - ow];
               }
-            }
-            j += seg;
-          }
-        }
-      }
-    }
-  }
+            });
 }
 
 template void im2col_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*);

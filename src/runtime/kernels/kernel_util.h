@@ -133,6 +133,36 @@ std::vector<int64_t> split_sizes_of(const Ctx& ctx, int64_t dim) {
   return split_sizes(std::move(split), n, ctx.opset(), dim, static_cast<int64_t>(ctx.num_outputs()));
 }
 
+/// Pad's amounts per dimension of its input: `begin[d]` before and `end[d]` after (negative crops).
+struct PadAmounts {
+  std::vector<int64_t> begin, end;
+};
+/// The amounts of the Pad node of `ctx` (a KernelContext or a GradContext) on its input 0: the
+/// `paddings` (opset 1) or `pads` attribute before opset 11, input 1 from 11, over the axes of
+/// input 3 from 18 (default: every axis). Throws kInvalidModel naming the node when the pads do
+/// not match the axes.
+template <typename Ctx>
+PadAmounts pad_amounts_of(const Ctx& ctx) {
+  const ir::Node& n = ctx.node();
+  const int64_t r = static_cast<int64_t>(ctx.input(0).rank());
+  const std::vector<int64_t> pads =
+      ctx.opset() < 11 ? n.attr_ints(ctx.opset() < 2 ? "paddings" : "pads") : int_values(ctx.input(1));
+  std::vector<int64_t> axes;
+  if (ctx.opset() >= 18 && ctx.has_input(3)) {
+    for (int64_t a : int_values(ctx.input(3))) axes.push_back(normalize_axis(a, r, n));
+  } else {
+    for (int64_t a = 0; a < r; ++a) axes.push_back(a);
+  }
+  QTOOL_CHECK(pads.size() == 2 * axes.size(), ErrorCode::kInvalidModel, "{}: {} pads for {} axes", n.describe(),
+              pads.size(), axes.size());
+  PadAmounts p{std::vector<int64_t>(r, 0), std::vector<int64_t>(r, 0)};
+  for (size_t i = 0; i < axes.size(); ++i) {
+    p.begin[axes[i]] = pads[i];
+    p.end[axes[i]] = pads[i + axes.size()];
+  }
+  return p;
+}
+
 /// Collapsed iteration plan for N inputs broadcast to one output: adjacent dimensions with the
 /// same broadcast pattern are merged, so [N,C,H,W] + [1,C,1,1] becomes 3 dims (N, C, HW).
 template <size_t N>

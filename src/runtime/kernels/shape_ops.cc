@@ -242,29 +242,16 @@ void pad_kernel(KernelContext& ctx) {
   const ir::Node& n = ctx.node();
   const Tensor& x = ctx.input(0);
   const int64_t r = rank_of(x);
-  std::vector<int64_t> pads;
   double value = 0.0;
   if (ctx.opset() < 11) {
-    pads = n.attr_ints(ctx.opset() < 2 ? "paddings" : "pads");
     value = n.attr_float("value", 0.0f);
-  } else {
-    pads = int_values(ctx.input(1));
-    if (ctx.has_input(2) && ctx.input(2).numel() > 0) value = ctx.input(2).get_as_double(0);
+  } else if (ctx.has_input(2) && ctx.input(2).numel() > 0) {
+    value = ctx.input(2).get_as_double(0);
   }
   const std::string mode = n.attr_string("mode", "constant");
-  std::vector<int64_t> axes;
-  if (ctx.opset() >= 18 && ctx.has_input(3)) {
-    for (int64_t a : int_values(ctx.input(3))) axes.push_back(normalize_axis(a, r, n));
-  } else {
-    for (int64_t a = 0; a < r; ++a) axes.push_back(a);
-  }
-  QTOOL_CHECK(pads.size() == 2 * axes.size(), ErrorCode::kInvalidModel, "{}: {} pads for {} axes", n.describe(),
-              pads.size(), axes.size());
-  std::vector<int64_t> begin(r, 0), end(r, 0);
-  for (size_t i = 0; i < axes.size(); ++i) {
-    begin[axes[i]] = pads[i];
-    end[axes[i]] = pads[i + axes.size()];
-  }
+  const PadAmounts amounts = pad_amounts_of(ctx);
+  const std::vector<int64_t>& begin = amounts.begin;
+  const std::vector<int64_t>& end = amounts.end;
   Shape out(r);
   std::vector<std::vector<int64_t>> map(r);  // output index -> input index (-1: constant)
   for (int64_t d = 0; d < r; ++d) {

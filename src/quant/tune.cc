@@ -723,7 +723,6 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
     std::stable_sort(order_layers.begin(), order_layers.end(),
                      [&](size_t a, size_t b) { return first_pos(layers[a].tw->weight) < first_pos(layers[b].tw->weight); });
     const size_t ns = std::min<size_t>(static_cast<size_t>(o.stages), order_layers.size());
-    size_t prev_end_pos = 0;
     std::vector<char> float_done(floats.size(), 0);
     for (size_t st = 0; st < ns; ++st) {
       const size_t a = st * order_layers.size() / ns, b = (st + 1) * order_layers.size() / ns;
@@ -747,9 +746,7 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
       if (st == 0) rep.holdout_before = r.before;
       rep.holdout_after = r.after;
       rep.best_step = r.best_step;
-      prev_end_pos = end_pos;
     }
-    (void)prev_end_pos;
   }
 
   // Write the kept parameters back.

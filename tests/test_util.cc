@@ -52,6 +52,28 @@ bool ort_available() {
   return ok;
 }
 
+bool ort_int8_exact() {
+  static const bool exact = [] {
+#if defined(__x86_64__)
+    // MLAS's x86 u8s8 GEMM without VNNI multiplies with VPMADDUBSW, which adds each pair of
+    // adjacent uint8 x int8 products into an int16 with saturation: ONNX Runtime's QLinearConv /
+    // QLinearMatMul then differ from exact int32 arithmetic (checked numerically on an AMD Zen 3:
+    // emulating the pairwise saturation reproduces ORT's first QLinearConv of the digits CNN
+    // exactly). With AVX-512 VNNI or AVX-VNNI the products accumulate exactly.
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.rfind("flags", 0) != 0) continue;
+      const bool vnni = line.find(" avx512_vnni") != std::string::npos || line.find(" avx_vnni") != std::string::npos;
+      const bool avx2 = line.find(" avx2") != std::string::npos;
+      return vnni || !avx2;
+    }
+#endif
+    return true;
+  }();
+  return exact;
+}
+
 std::map<std::string, Tensor> ort_run(const std::string& model_path, const std::map<std::string, Tensor>& inputs,
                                       int threads) {
   TempDir dir;

@@ -39,6 +39,12 @@ class TempDir {
 /// True if node and onnxruntime-node are installed (npm install --ignore-scripts in the repo root).
 bool ort_available();
 
+/// Whether ONNX Runtime's integer kernels on this CPU compute exact int32 sums (false on x86-64
+/// CPUs with AVX2 but without VNNI, where MLAS's u8s8 GEMM saturates pairs of products to int16).
+/// Tests that compare qtool's exact QLinear arithmetic with ORT bit for bit skip that comparison
+/// where it is false.
+bool ort_int8_exact();
+
 /// Runs `model_path` in ONNX Runtime with `inputs` (name -> tensor) and returns outputs by name.
 /// Throws qtool::Error with ORT's message if ORT fails to load or run the model.
 std::map<std::string, Tensor> ort_run(const std::string& model_path, const std::map<std::string, Tensor>& inputs,
@@ -62,6 +68,14 @@ double max_rel_error(const Tensor& a, const Tensor& b, double floor = 1e-6);
 double max_abs_error(const Tensor& a, const Tensor& b);
 
 }  // namespace qtool::testing
+
+/// Skips the test when ONNX Runtime's int8 kernels are not exact on this CPU (ort_int8_exact()).
+#define QTOOL_REQUIRE_EXACT_ORT_INT8()                                                              \
+  do {                                                                                              \
+    if (!::qtool::testing::ort_int8_exact())                                                        \
+      GTEST_SKIP() << "ONNX Runtime's u8s8 kernels saturate on this CPU (AVX2 without VNNI): no "   \
+                      "bit-exact comparison with qtool's exact int32 arithmetic";                   \
+  } while (0)
 
 /// Skips the test (or fails it under CI) when ../shared is absent.
 #define QTOOL_REQUIRE_SHARED()                                                                  \

@@ -12,42 +12,20 @@
 
 #include <spdlog/spdlog.h>
 
+#include "qtool/core/interrupt.h"
+
 namespace qtool::calib {
 
 // ---------------------------------------------------------------------------------------------
 // Ctrl-C
 
-namespace {
-volatile std::sig_atomic_t g_interrupted = 0;
-int g_guard_depth = 0;
-struct sigaction g_old_action;
+// The process-wide handler of core/interrupt.h: the CLI installs it for the whole run; a guard
+// installs it for library users that did not.
+InterruptGuard::InterruptGuard() { install_interrupt_handler(); }
+InterruptGuard::~InterruptGuard() = default;
 
-extern "C" void on_sigint(int) {
-  if (g_interrupted) {  // second Ctrl-C: stop now
-    std::signal(SIGINT, SIG_DFL);
-    std::raise(SIGINT);
-    return;
-  }
-  g_interrupted = 1;
-}
-}  // namespace
-
-InterruptGuard::InterruptGuard() {
-  if (g_guard_depth++ > 0) return;
-  g_interrupted = 0;
-  struct sigaction sa {};
-  sa.sa_handler = on_sigint;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &g_old_action);
-}
-
-InterruptGuard::~InterruptGuard() {
-  if (--g_guard_depth > 0) return;
-  sigaction(SIGINT, &g_old_action, nullptr);
-}
-
-bool interrupt_requested() { return g_interrupted != 0; }
-void request_interrupt(bool value) { g_interrupted = value ? 1 : 0; }
+bool interrupt_requested() { return qtool::interrupt_requested(); }
+void request_interrupt(bool value) { qtool::request_interrupt(value); }
 
 // ---------------------------------------------------------------------------------------------
 // Progress
@@ -256,7 +234,13 @@ RunSummary run_samples(runtime::Executor& executor, data::SampleSource& source, 
     }
     const std::string what = k == 1 ? fmt::format("sample '{}'", source.describe(i))
                                     : fmt::format("samples '{}' .. '{}'", source.describe(i), source.describe(i + k - 1));
-    with_context("while running " + what, [&] { executor.run(in, &observer); });
+    try {
+      with_context("while running " + what, [&] { executor.run(in, &observer); });
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::kInterrupted) throw;
+      progress.finish(i);  // Ctrl-C inside a sample: report where calibration stopped
+      fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", i, n);
+    }
     if (batch_observer) batch_observer->end_batch();
     summary.samples += k;
     ++summary.batches;

@@ -10,9 +10,14 @@
 
 namespace qtool {
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(ErrorCode::kIo, "cannot open '{}': {}", path, std::strerror(errno));
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, const Policy& policy) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | (policy.no_follow ? O_NOFOLLOW : 0));
+  if (fd < 0) {
+    const int err = errno;
+    if (policy.no_follow && err == ELOOP) fail(ErrorCode::kIo, "'{}' is a symbolic link; refusing to follow it", path);
+    fail(ErrorCode::kIo, "cannot open '{}': {}", path, std::strerror(err));
+  }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
@@ -21,7 +26,17 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(ErrorCode::kIo, "'{}' is not a regular file", path);
+    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                       : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
+                       : S_ISSOCK(st.st_mode) ? "a socket"
+                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                                   : "not a regular file";
+    fail(ErrorCode::kIo, "'{}' is {}; only regular files are read", path, kind);
+  }
+  if (policy.single_link && st.st_nlink > 1) {
+    ::close(fd);
+    fail(ErrorCode::kIo, "'{}' has {} hard links; refusing a file that may be reached from outside the model's folder",
+         path, static_cast<unsigned long>(st.st_nlink));
   }
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;

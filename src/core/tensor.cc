@@ -1,5 +1,9 @@
 #include "qtool/core/tensor.h"
 
+#include <algorithm>
+
+#include "qtool/core/limits.h"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -84,6 +88,14 @@ Tensor Tensor::empty(DataType dtype, Shape shape) {
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.numel_ = shape_numel(t.shape_);
+  // Shapes come from the model (Expand, ConstantOfShape, Tile, Resize...) or the user's files:
+  // refuse what exceeds the resource limits (core/limits.h) before allocating; the executor adds
+  // the node to the message.
+  const ResourceLimits& limits = resource_limits();
+  if (t.numel_ > limits.max_tensor_elements || (dtype != DataType::kString && t.nbytes() > limits.max_memory_bytes)) {
+    check_tensor_size(t.numel_, dtype == DataType::kString ? 32.0 : static_cast<double>(t.nbytes()) / std::max<int64_t>(t.numel_, 1),
+                      fmt::format("a {} tensor of shape {}", dtype_name(dtype), shape_str(t.shape_)), ErrorCode::kInvalidModel);
+  }
   if (dtype == DataType::kString) {
     t.strings_.resize(t.numel_);
   } else {

@@ -3,9 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <limits>
+#include <utility>
 
 #include "qtool/core/npy.h"
+#include "qtool/data/sample_source.h"
 
 // The one translation unit that compiles stb_image's implementation. Only the decoders that
 // calibration folders hold are compiled in.
@@ -66,9 +70,36 @@ std::vector<std::string> image_preset_names() {
   return {"imagenet", "mobilenetv2-244", "caffe-bgr", "mnist-raw", "mnist-pytorch", "none"};
 }
 
+ImageInfo image_info_memory(const std::string& bytes, const std::string& what) {
+  QTOOL_CHECK(bytes.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), ErrorCode::kInvalidInput,
+              "image '{}' is {} bytes, larger than a JPEG/PNG qtool can decode", what, bytes.size());
+  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int len = static_cast<int>(bytes.size());
+  ImageInfo info;
+  if (!stbi_info_from_memory(data, len, &info.width, &info.height, &info.channels)) {
+    fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
+  }
+  info.sixteen_bit = stbi_is_16_bit_from_memory(data, len) != 0;
+  QTOOL_CHECK(info.width > 0 && info.height > 0 && info.channels >= 1 && info.channels <= 4, ErrorCode::kInvalidInput,
+              "cannot decode image '{}': header declares {}x{} with {} channels", what, info.width, info.height,
+              info.channels);
+  return info;
+}
+
 Image decode_image_memory(const std::string& bytes, const std::string& what, int channels) {
   QTOOL_CHECK(channels == 1 || channels == 3, ErrorCode::kConfig, "images decode to 1 or 3 channels, not {}",
               channels);
+  // The header first: stb_image allocates width x height x channels before it decodes a single
+  // row, so a 100-byte PNG declaring 100000 x 100000 must be refused here.
+  const ImageInfo info = image_info_memory(bytes, what);
+  {
+    const uint64_t pixels = static_cast<uint64_t>(info.width) * static_cast<uint64_t>(info.height);
+    const uint64_t decoded = std::max(info.channels, channels == 1 ? info.channels : 3);
+    // stb_image's result (16-bit PNGs are decoded at 16 bits, then converted) plus our copy.
+    const uint64_t bytes_needed = pixels * (decoded * (info.sixteen_bit ? 2 : 1) + static_cast<uint64_t>(channels));
+    check_sample_bytes(bytes_needed, fmt::format("image '{}' ({}x{}, {} channel(s))", what, info.width, info.height,
+                                                 info.channels));
+  }
   int w = 0, h = 0, c = 0;
   // Decode to RGB first: gray conversion follows PIL's convert("L") (ITU-R 601-2 luma), not stb's.
   const int want = channels == 1 ? 0 : 3;
@@ -97,6 +128,27 @@ Image decode_image_memory(const std::string& bytes, const std::string& what, int
 
 Image decode_image(const std::string& path, int channels) {
   return decode_image_memory(read_file(path), path, channels);
+}
+
+namespace {
+
+/// torchvision Resize(int): short side -> resize, long side = int(resize * long / short), in 64 bits
+/// (a 1 x 100000 image resized to 256 has a long side of 25.6 million).
+std::pair<int64_t, int64_t> resized_size(int64_t w, int64_t h, int resize) {
+  if (resize <= 0) return {w, h};
+  const bool wide = w >= h;
+  const int64_t s = wide ? h : w, l = wide ? w : h;
+  const int64_t new_l = static_cast<int64_t>(resize) * l / s;
+  return wide ? std::pair{new_l, int64_t{resize}} : std::pair{int64_t{resize}, new_l};
+}
+
+}  // namespace
+
+Shape preprocessed_shape(int width, int height, const ImagePreprocess& p) {
+  auto [w, h] = resized_size(width, height, p.resize);
+  if (p.crop > 0) w = h = p.crop;
+  const int64_t c = p.channels;
+  return p.nhwc ? Shape{1, h, w, c} : Shape{1, c, h, w};
 }
 
 namespace {
@@ -235,13 +287,17 @@ Tensor preprocess_image(const Image& src, const ImagePreprocess& p, const std::s
                 p.std.size());
     Image img = src;
     if (p.resize > 0) {
-      // torchvision Resize(int): short side -> resize, long side = int(resize * long / short).
-      const bool wide = img.width >= img.height;
-      const int s = wide ? img.height : img.width;
-      const int l = wide ? img.width : img.height;
-      const int new_l = static_cast<int>(static_cast<int64_t>(p.resize) * l / s);
-      const int nw = wide ? new_l : p.resize, nh = wide ? p.resize : new_l;
-      if (nw != img.width || nh != img.height) img = resize_bilinear(img, nw, nh);
+      const auto [nw, nh] = resized_size(img.width, img.height, p.resize);
+      if (nw != img.width || nh != img.height) {
+        QTOOL_CHECK(nw <= std::numeric_limits<int>::max() && nh <= std::numeric_limits<int>::max(),
+                    ErrorCode::kInvalidInput, "resizing '{}' from {}x{} would make it {}x{}", what, img.width,
+                    img.height, nw, nh);
+        // PIL resizes horizontally first: the intermediate is nw x height, the result nw x nh.
+        const uint64_t bytes = static_cast<uint64_t>(nw) * static_cast<uint64_t>(img.height + nh) *
+                               static_cast<uint64_t>(img.channels);
+        check_sample_bytes(bytes, fmt::format("resizing '{}' from {}x{} to {}x{}", what, img.width, img.height, nw, nh));
+        img = resize_bilinear(img, static_cast<int>(nw), static_cast<int>(nh));
+      }
     }
     if (p.crop > 0) {
       QTOOL_CHECK(p.crop <= img.width && p.crop <= img.height, ErrorCode::kInvalidInput,
@@ -252,6 +308,8 @@ Tensor preprocess_image(const Image& src, const ImagePreprocess& p, const std::s
       img = crop_image(img, x0, y0, p.crop, p.crop);
     }
     const int C = img.channels, H = img.height, W = img.width;
+    check_sample_bytes(static_cast<uint64_t>(C) * H * W * sizeof(float),
+                       fmt::format("image '{}' as a float32 tensor of [1,{},{},{}]", what, C, H, W));
     Tensor t(DataType::kFloat, p.nhwc ? Shape{1, H, W, C} : Shape{1, C, H, W});
     float* out = t.mutable_data<float>();
     for (int c = 0; c < C; ++c) {

@@ -2,13 +2,16 @@
 #include "qtool/data/sample_source.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <set>
 #include <unordered_map>
 
 #include <spdlog/spdlog.h>
 
+#include "qtool/core/limits.h"
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
 
@@ -56,33 +59,77 @@ bool widening_ok(DataType from, DataType to) {
   return false;
 }
 
-std::string tensor_shape(const Tensor& t) { return qtool::shape_str(t.shape()); }
-
-Tensor conform(Tensor t, const InputSpec& spec, const std::string& what) {
-  if (t.dtype() != spec.dtype) {
-    if (!widening_ok(t.dtype(), spec.dtype)) {
-      fail(ErrorCode::kInvalidInput, "'{}': input '{}' expects {} but the sample holds {}", what, spec.name,
-           dtype_name(spec.dtype), dtype_name(t.dtype()));
-    }
-    t = t.cast(spec.dtype);
-  }
-  if (!spec.has_shape) return t;
+// The shape rule of conform: each known model dim matches, or the tensor lacks only a leading batch
+// dim of 1 (true when `shape` fits as it is or after adding that dim).
+bool shape_fits(const InputSpec& spec, const Shape& shape) {
+  if (!spec.has_shape) return true;
   const size_t rank = spec.dims.size();
-  auto dims_match = [&](const Shape& s, size_t skip) {
+  auto dims_match = [&](size_t skip) {
     for (size_t i = skip; i < rank; ++i) {
-      if (spec.dims[i].known() && spec.dims[i].value != s[i - skip]) return false;
+      if (spec.dims[i].known() && spec.dims[i].value != shape[i - skip]) return false;
     }
     return true;
   };
-  if (t.rank() == rank && dims_match(t.shape(), 0)) return t;
-  if (t.rank() + 1 == rank && rank >= 1 && (!spec.dims[0].known() || spec.dims[0].value == 1) &&
-      dims_match(t.shape(), 1)) {
+  if (shape.size() == rank && dims_match(0)) return true;
+  return shape.size() + 1 == rank && (!spec.dims[0].known() || spec.dims[0].value == 1) && dims_match(1);
+}
+
+[[noreturn]] void wrong_dtype(const InputSpec& spec, DataType got, const std::string& what) {
+  fail(ErrorCode::kInvalidInput, "'{}': input '{}' expects {} but the sample holds {}", what, spec.name,
+       dtype_name(spec.dtype), dtype_name(got));
+}
+
+[[noreturn]] void wrong_shape(const InputSpec& spec, const Shape& got, const std::string& what) {
+  fail(ErrorCode::kInvalidInput, "'{}': input '{}' expects shape {} but the sample has shape {}", what, spec.name,
+       spec.shape_str(), qtool::shape_str(got));
+}
+
+Tensor conform(Tensor t, const InputSpec& spec, const std::string& what) {
+  if (t.dtype() != spec.dtype) {
+    if (!widening_ok(t.dtype(), spec.dtype)) wrong_dtype(spec, t.dtype(), what);
+    t = t.cast(spec.dtype);
+  }
+  if (!shape_fits(spec, t.shape())) wrong_shape(spec, t.shape(), what);
+  if (spec.has_shape && t.rank() + 1 == spec.dims.size()) {
     Shape s = t.shape();
     s.insert(s.begin(), 1);
     return t.reshaped(s);
   }
-  fail(ErrorCode::kInvalidInput, "'{}': input '{}' expects shape {} but the sample has shape {}", what, spec.name,
-       spec.shape_str(), tensor_shape(t));
+  return t;
+}
+
+// The same checks as conform, from a header (dtype and shape only), before the data is read; also
+// bounds the tensor after widening to the model's type by the per-sample limit.
+void check_header(const InputSpec& spec, DataType dtype, const Shape& shape, const std::string& what) {
+  if (dtype != spec.dtype && !widening_ok(dtype, spec.dtype)) wrong_dtype(spec, dtype, what);
+  if (!shape_fits(spec, shape)) wrong_shape(spec, shape, what);
+  const uint64_t numel = static_cast<uint64_t>(shape_numel(shape));
+  const uint64_t widened = numel * (static_cast<uint64_t>(dtype_bits(spec.dtype)) / 8);
+  if (dtype != spec.dtype && numel <= (uint64_t{1} << 60)) {
+    check_sample_bytes(widened, fmt::format("'{}' as input '{}' ({} of {})", what, spec.name, dtype_name(spec.dtype),
+                                            qtool::shape_str(shape)));
+  }
+}
+
+// The spec match_inputs will give tensor `index` of a sample whose tensors are named `names`, known
+// before the tensors are loaded: by name when every name is a distinct model input, else by position
+// when the counts agree; nullptr when match_inputs will refuse the sample anyway.
+const InputSpec* expected_spec(const std::vector<std::string>& names, size_t index,
+                               const std::vector<InputSpec>& specs) {
+  std::set<std::string> seen;
+  bool by_name = !names.empty();
+  for (const auto& n : names) {
+    bool known = false;
+    for (const auto& s : specs) known = known || s.name == n;
+    if (n.empty() || !known || !seen.insert(n).second) by_name = false;
+  }
+  if (by_name) {
+    for (const auto& s : specs) {
+      if (s.name == names[index]) return &s;
+    }
+  }
+  if (!by_name && names.size() == specs.size()) return &specs[index];
+  return nullptr;
 }
 
 }  // namespace
@@ -213,21 +260,53 @@ std::vector<fs::path> sorted_entries(const fs::path& dir, bool dirs) {
   return out;
 }
 
-// Loads every tensor a file holds: (name, tensor) pairs; `name_hint` names a lone unnamed tensor.
-void load_file_tensors(const fs::path& p, const std::string& name_hint,
-                       std::vector<std::pair<std::string, Tensor>>& out) {
-  if (has_ext(p, {".npz"})) {
-    for (auto& a : read_npz(p.string())) out.push_back(std::move(a));
-  } else if (has_ext(p, {".npy"})) {
-    out.emplace_back(name_hint, read_npy(p.string()));
-  } else if (has_ext(p, {".pb"})) {
-    std::string name;
-    Tensor t = onnx_io::load_tensor_pb(p.string(), &name);
-    out.emplace_back(name_hint.empty() ? name : name_hint, std::move(t));
-  } else {
-    fail(ErrorCode::kInvalidInput, "'{}': not a .npy, .npz or .pb file", p.string());
+/// Loads the tensors of one sample from its files, checking each file's header against the model
+/// input it will feed and the per-sample limit before its data is read (a .npy header, each .npz
+/// member's header, a .pb's size), so that a wrong or oversized sample fails naming the file and
+/// input without being loaded or inflated.
+class SampleLoader {
+ public:
+  SampleLoader(const std::vector<InputSpec>& specs, std::vector<std::string> names)
+      : specs_(specs), names_(std::move(names)) {}
+
+  /// Appends the tensors of `p` to `out`; `name_hint` names a lone unnamed tensor.
+  void load(const fs::path& p, const std::string& name_hint, std::vector<std::pair<std::string, Tensor>>& out) {
+    const std::string path = p.string();
+    if (has_ext(p, {".npz"})) {
+      const bool alone = names_.size() == 1;  // the archive is the whole sample: its names decide
+      auto check = [&](const std::vector<std::string>& names, size_t k, const NpyHeader& h) {
+        const InputSpec* s = alone ? expected_spec(names, k, specs_) : nullptr;
+        if (s) check_header(*s, h.dtype, h.shape, fmt::format("{}:{}.npy", path, names[k]));
+      };
+      for (auto& a : read_npz(path, check)) {
+        total_ += a.second.nbytes();
+        out.push_back(std::move(a));
+      }
+      // parse_npz checked the archive's own total; the sample may hold more files.
+      check_sample_bytes(total_, fmt::format("'{}'", path));
+    } else if (has_ext(p, {".npy"})) {
+      const NpyHeader h = read_npy_header(path);
+      total_ += h.data_bytes;
+      check_sample_bytes(total_, fmt::format("'{}'", path));
+      if (const InputSpec* s = expected_spec(names_, out.size(), specs_)) check_header(*s, h.dtype, h.shape, path);
+      out.emplace_back(name_hint, read_npy(path));
+    } else if (has_ext(p, {".pb"})) {
+      const RegularFile f(path);  // kIo for FIFOs and devices before protobuf reads it
+      total_ += f.size();
+      check_sample_bytes(total_, fmt::format("'{}'", path));
+      std::string name;
+      Tensor t = onnx_io::load_tensor_pb(path, &name);
+      out.emplace_back(name_hint.empty() ? name : name_hint, std::move(t));
+    } else {
+      fail(ErrorCode::kInvalidInput, "'{}': not a .npy, .npz or .pb file", path);
+    }
   }
-}
+
+ private:
+  const std::vector<InputSpec>& specs_;
+  std::vector<std::string> names_;  ///< the tensor names match_inputs will see, when known up front
+  uint64_t total_ = 0;
+};
 
 /// Samples made of files: each sample is a list of (input name or "", file).
 class FileSetSource final : public SampleSource {
@@ -243,8 +322,18 @@ class FileSetSource final : public SampleSource {
   std::string kind() const override { return kind_; }
   Sample load(size_t i) override {
     const Entry& e = entries_.at(i);
+    // The names match_inputs will see are the hints when every file is a .npy (one tensor each, named
+    // by its sub-folder or unnamed); a .pb's name is inside it, and a lone .npz names its own arrays.
+    std::vector<std::string> names;
+    bool all_npy = true;
+    for (const auto& [name, file] : e.files) {
+      names.push_back(name);
+      all_npy = all_npy && has_ext(file, {".npy"});
+    }
+    if (!all_npy) names.assign(e.files.size() == 1 && has_ext(e.files[0].second, {".npz"}) ? 1 : 0, "");
+    SampleLoader loader(specs_, std::move(names));
     std::vector<std::pair<std::string, Tensor>> raw;
-    for (const auto& [name, file] : e.files) load_file_tensors(file, name, raw);
+    for (const auto& [name, file] : e.files) loader.load(file, name, raw);
     return match_inputs(std::move(raw), specs_, e.label);
   }
 
@@ -263,8 +352,8 @@ class StackedNpySource final : public SampleSource {
   std::string describe(size_t i) const override { return fmt::format("{}[{}]", path_, i); }
   std::string kind() const override { return "stacked .npy samples"; }
   Sample load(size_t i) override {
-    Shape s = t_.shape();
-    s[0] = 1;
+    // Sample i is t_[i]: the leading (stacking) dim dropped, so that it has the model input's rank.
+    Shape s(t_.shape().begin() + 1, t_.shape().end());
     const size_t bytes = t_.nbytes() / static_cast<size_t>(t_.dim(0));
     Tensor one = Tensor::empty(t_.dtype(), s);
     std::memcpy(one.mutable_raw(), t_.raw() + i * bytes, bytes);
@@ -286,7 +375,13 @@ class ImageSource final : public SampleSource {
   std::string kind() const override { return "JPEG/PNG images"; }
   Sample load(size_t i) override {
     const std::string what = describe(i);
-    Image img = decode_image(what, p_.channels);
+    const std::string bytes = read_file(what);
+    // The header gives the preprocessed shape: a wrong size is refused before decoding.
+    const ImageInfo info = image_info_memory(bytes, what);
+    if (const InputSpec* s = expected_spec({""}, 0, specs_)) {
+      check_header(*s, DataType::kFloat, preprocessed_shape(info.width, info.height, p_), what);
+    }
+    Image img = decode_image_memory(bytes, what, p_.channels);
     return match_inputs({{"", preprocess_image(img, p_, what)}}, specs_, what);
   }
 
@@ -300,7 +395,17 @@ class ImageSource final : public SampleSource {
 class IdxSource final : public SampleSource {
  public:
   IdxSource(std::string path, Tensor t, ImagePreprocess p, std::vector<InputSpec> specs)
-      : path_(std::move(path)), t_(std::move(t)), p_(std::move(p)), specs_(std::move(specs)) {}
+      : path_(std::move(path)), t_(std::move(t)), p_(std::move(p)), specs_(std::move(specs)) {
+    QTOOL_CHECK(t_.dtype() == DataType::kUint8 && (t_.rank() == 3 || t_.rank() == 4), ErrorCode::kInvalidInput,
+                "'{}' holds {} {} data, not images (IDX images are uint8 [N,H,W] or [N,H,W,C])", path_,
+                dtype_name(t_.dtype()), qtool::shape_str(t_.shape()));
+    for (size_t d = 1; d < t_.rank(); ++d) {
+      QTOOL_CHECK(t_.dim(d) > 0 && t_.dim(d) <= std::numeric_limits<int>::max(), ErrorCode::kInvalidInput,
+                  "'{}': IDX images of shape {} are not decodable images", path_, qtool::shape_str(t_.shape()));
+    }
+    check_sample_bytes(static_cast<uint64_t>(t_.nbytes() / std::max<int64_t>(t_.dim(0), 1)),
+                       fmt::format("one image of '{}'", path_));
+  }
   size_t size() const override { return static_cast<size_t>(t_.dim(0)); }
   std::string describe(size_t i) const override { return fmt::format("{}[{}]", path_, i); }
   std::string kind() const override { return "IDX images"; }
@@ -339,29 +444,40 @@ class TokenSource final : public SampleSource {
   TokenSource(std::vector<std::pair<std::string, std::vector<int32_t>>> streams, int64_t seq_len,
               std::vector<InputSpec> specs)
       : streams_(std::move(streams)), seq_len_(seq_len), specs_(std::move(specs)) {
-    for (size_t f = 0; f < streams_.size(); ++f) {
-      const size_t n = streams_[f].second.size() / static_cast<size_t>(seq_len_);
-      for (size_t k = 0; k < n; ++k) index_.emplace_back(f, k * static_cast<size_t>(seq_len_));
+    // Cumulative sequence counts per stream, not one index entry per sequence: with a short
+    // sequence length a per-sequence index would be several times the size of the tokens.
+    size_t total = 0;
+    for (const auto& s : streams_) {
+      total += s.second.size() / static_cast<size_t>(seq_len_);
+      ends_.push_back(total);
     }
   }
-  size_t size() const override { return index_.size(); }
+  size_t size() const override { return ends_.empty() ? 0 : ends_.back(); }
   std::string describe(size_t i) const override {
-    return fmt::format("{}[tokens {}..{}]", streams_[index_.at(i).first].first, index_[i].second,
-                       index_[i].second + static_cast<size_t>(seq_len_));
+    const auto [f, off] = locate(i);
+    return fmt::format("{}[tokens {}..{}]", streams_[f].first, off, off + static_cast<size_t>(seq_len_));
   }
   std::string kind() const override { return "int32 token streams"; }
   Sample load(size_t i) override {
-    const auto [f, off] = index_.at(i);
+    const auto [f, off] = locate(i);
     std::vector<int64_t> ids(streams_[f].second.begin() + static_cast<std::ptrdiff_t>(off),
                              streams_[f].second.begin() + static_cast<std::ptrdiff_t>(off + seq_len_));
     return match_inputs({{"", Tensor::from_vector<int64_t>({1, seq_len_}, ids)}}, specs_, describe(i));
   }
 
  private:
+  // (stream, first token) of sequence i.
+  std::pair<size_t, size_t> locate(size_t i) const {
+    QTOOL_CHECK(i < size(), ErrorCode::kInternal, "token sequence {} out of range ({})", i, size());
+    const size_t f = static_cast<size_t>(std::upper_bound(ends_.begin(), ends_.end(), i) - ends_.begin());
+    const size_t k = i - (f ? ends_[f - 1] : 0);
+    return {f, k * static_cast<size_t>(seq_len_)};
+  }
+
   std::vector<std::pair<std::string, std::vector<int32_t>>> streams_;
   int64_t seq_len_;
   std::vector<InputSpec> specs_;
-  std::vector<std::pair<size_t, size_t>> index_;
+  std::vector<size_t> ends_;  ///< ends_[f]: sequences in streams 0..f
 };
 
 bool is_idx_file(const fs::path& p) {
@@ -386,7 +502,12 @@ std::shared_ptr<SampleSource> make_token_source(const std::vector<fs::path>& fil
               specs.size());
   const int64_t seq = token_seq_len(o, specs, path);
   std::vector<std::pair<std::string, std::vector<int32_t>>> streams;
-  for (const auto& f : files) streams.emplace_back(f.string(), read_token_stream(f.string()));
+  uint64_t total = 0;
+  for (const auto& f : files) {
+    streams.emplace_back(f.string(), read_token_stream(f.string()));
+    total += streams.back().second.size() * sizeof(int32_t);
+    check_allocation(total, fmt::format("the token streams in '{}'", path));
+  }
   auto src = std::make_shared<TokenSource>(std::move(streams), seq, specs);
   QTOOL_CHECK(src->size() > 0, ErrorCode::kInvalidInput, "'{}' holds fewer than {} tokens: no sequence of --seq-len",
               path, seq);
@@ -396,13 +517,18 @@ std::shared_ptr<SampleSource> make_token_source(const std::vector<fs::path>& fil
 std::shared_ptr<SampleSource> open_file(const fs::path& p, const std::vector<InputSpec>& specs,
                                         const SourceOptions& o) {
   const std::string path = p.string();
+  { const RegularFile f(path); }  // a FIFO, device or socket: kIo now, not a hang at load time
   if (has_ext(p, {".i32"})) return make_token_source({p}, o, specs, path);
   if (is_idx_file(p)) return std::make_shared<IdxSource>(path, read_idx(path), o.image, specs);
   if (is_image(p)) return std::make_shared<ImageSource>(std::vector<fs::path>{p}, o.image, specs);
   if (has_ext(p, {".npy"})) {
-    Tensor t = read_npy(path);
-    if (specs.size() == 1 && specs[0].has_shape && t.rank() == specs[0].dims.size() + 1 && t.dim(0) > 0) {
-      return std::make_shared<StackedNpySource>(path, std::move(t), specs);
+    // Stacked samples, decided and checked from the header before the data is read.
+    const NpyHeader h = read_npy_header(path);
+    if (specs.size() == 1 && specs[0].has_shape && h.shape.size() == specs[0].dims.size() + 1 && h.shape[0] > 0) {
+      const Shape one(h.shape.begin() + 1, h.shape.end());
+      check_header(specs[0], h.dtype, one, fmt::format("{}[0]", path));
+      check_sample_bytes(h.data_bytes / static_cast<uint64_t>(h.shape[0]), fmt::format("one sample of '{}'", path));
+      return std::make_shared<StackedNpySource>(path, read_npy(path), specs);
     }
   }
   if (has_ext(p, {".npy", ".npz", ".pb"})) {

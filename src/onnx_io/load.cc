@@ -21,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "proto_util.h"
+#include "qtool/core/output_file.h"
 #include "qtool/onnx_io/onnx_io.h"
 
 namespace qtool::onnx_io {
@@ -392,6 +393,7 @@ ir::Model load_model(const std::string& path, const LoadOptions& options) {
   std::string_view bytes(reinterpret_cast<const char*>(file->data()), file->size());
   ir::Model m = parse_model(bytes, path, base, options);
   m.source_path = path;
+  protect_input(path);  // no output of this run may replace it (core/output_file.h)
   return m;
 }
 

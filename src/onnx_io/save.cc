@@ -23,6 +23,7 @@
 
 #include "proto_util.h"
 #include "qtool/core/npy.h"
+#include "qtool/core/output_file.h"
 #include "qtool/onnx_io/onnx_io.h"
 
 namespace qtool::onnx_io {
@@ -30,59 +31,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-/// A temporary file beside its final path; removed unless commit() renamed it into place.
-class TempFile {
- public:
-  explicit TempFile(const std::string& final_path) : final_(final_path) {
-    const fs::path target(final_path);
-    const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-    std::random_device rd;
-    for (int attempt = 0; attempt < 16 && fd_ < 0; ++attempt) {
-      tmp_ = (dir / fmt::format(".{}.tmp{:08x}", target.filename().string(), rd())).string();
-      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-      if (fd_ < 0 && errno != EEXIST) break;
-    }
-    if (fd_ < 0) fail(ErrorCode::kIo, "cannot create a temporary file beside '{}': {}", final_path, std::strerror(errno));
-  }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(tmp_.c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  int fd() const { return fd_; }
-  void write_all(const void* p, size_t n) {
-    const char* c = static_cast<const char*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, c, n > (size_t{1} << 30) ? (size_t{1} << 30) : n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail(ErrorCode::kIo, "cannot write '{}': {}", final_, std::strerror(errno));
-      }
-      c += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
-  /// fsync + close; the data is durable but not yet visible under the final name.
-  void finish() {
-    if (::fsync(fd_) != 0) fail(ErrorCode::kIo, "cannot write '{}': {}", final_, std::strerror(errno));
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    if (rc != 0) fail(ErrorCode::kIo, "cannot write '{}': {}", final_, std::strerror(errno));
-  }
-  void commit() {
-    if (::rename(tmp_.c_str(), final_.c_str()) != 0) {
-      fail(ErrorCode::kIo, "cannot move output into place at '{}': {}", final_, std::strerror(errno));
-    }
-    committed_ = true;
-  }
-
- private:
-  std::string final_, tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
+/// Temporary files renamed into place (core/output_file.h): removed on error or Ctrl-C, and never
+/// renamed over a protected input.
+using TempFile = AtomicFile;
 
 struct SaveContext {
   TempFile* data = nullptr;   // external data file (nullptr: everything inline)

@@ -12,12 +12,15 @@
 //   string_data : string
 // Every count is checked against the shape before anything is allocated, so a corrupted file whose
 // dims claim terabytes is refused instead of exhausting memory.
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <filesystem>
 
 #include "proto_util.h"
+#include "qtool/core/output_file.h"
 
 namespace qtool::onnx_io::detail {
 namespace {
@@ -59,6 +62,40 @@ void expect_count(const Field& f, int64_t expected, const char* field, const onn
   if (static_cast<int64_t>(f.size()) != expected) {
     fail(ErrorCode::kInvalidModel, "tensor '{}' ({} {}): {} has {} entries, expected {}", tp.name(), dtype_name(dt),
          shape_str(Shape(tp.dims().begin(), tp.dims().end())), field, f.size(), expected);
+  }
+}
+
+// External data must be a regular file inside the model's folder, reached without symlinks
+// (CVE-2022-25882, CVE-2024-27318, CVE-2026-27489): every component of the location is checked with
+// lstat (no symlink, to a file or a folder), and the canonical path must lie inside the canonical
+// model folder. Throws kInvalidModel for a link or an escape, kIo for a missing file.
+void check_inside_model_folder(const std::string& base_dir, const std::string& rel, const std::string& path,
+                               const std::string& tensor) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path base = base_dir.empty() ? fs::path(".") : fs::path(base_dir);
+  const fs::path base_canon = fs::canonical(base, ec);
+  if (ec) fail(ErrorCode::kIo, "tensor '{}': cannot resolve the model's folder '{}': {}", tensor, base.string(), ec.message());
+  fs::path cur = base;
+  for (const auto& part : fs::path(rel)) {
+    cur /= part;
+    struct stat st {};
+    if (::lstat(cur.c_str(), &st) != 0) {
+      fail(ErrorCode::kIo, "tensor '{}': external data file '{}' does not exist", tensor, path);
+    }
+    if (S_ISLNK(st.st_mode)) {
+      fail(ErrorCode::kInvalidModel,
+           "tensor '{}': external data location '{}' goes through the symbolic link '{}'; links are refused so that "
+           "nothing outside the model's folder is read",
+           tensor, rel, cur.string());
+    }
+  }
+  const fs::path canon = fs::canonical(cur, ec);
+  if (ec) fail(ErrorCode::kIo, "tensor '{}': cannot resolve external data file '{}': {}", tensor, path, ec.message());
+  auto [b, c] = std::mismatch(base_canon.begin(), base_canon.end(), canon.begin(), canon.end());
+  if (b != base_canon.end()) {
+    fail(ErrorCode::kInvalidModel, "tensor '{}': external data location '{}' resolves to '{}', outside the model's folder '{}'",
+         tensor, rel, canon.string(), base_canon.string());
   }
 }
 
@@ -118,12 +155,13 @@ Tensor ExternalData::load(const onnx::TensorProto& tp, DataType dtype, const Sha
   const std::string path = (std::filesystem::path(base_dir_.empty() ? "." : base_dir_) / rel).string();
   auto it = files_.find(path);
   if (it == files_.end()) {
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) {
-      fail(ErrorCode::kIo, "tensor '{}': external data file '{}' does not exist", tp.name(), path);
-    }
+    check_inside_model_folder(base_dir_, rel, path, tp.name());
+    // O_NOFOLLOW and one hard link only: the file cannot be swapped for a link after the check
+    // above, nor be a second name of a file outside the folder (onnx 1.21's four layers).
     it = files_.emplace(path, with_context(fmt::format("tensor '{}'", tp.name()), [&] {
-                          return MappedFile::open(path);
+                          auto f = MappedFile::open(path, MappedFile::Policy{.no_follow = true, .single_link = true});
+                          protect_input(path);
+                          return f;
                         })).first;
   }
   const auto& file = it->second;

@@ -12,6 +12,8 @@
 // distinct buffer, so views (Reshape, Identity) are not counted twice.
 #include "qtool/runtime/executor.h"
 
+#include "qtool/core/interrupt.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
@@ -423,6 +425,10 @@ struct Executor::Impl : public SubgraphRunner {
     std::vector<const Buffer*> reuse_buffers;
     const bool fuse = !(top && observer);
     for (const NodeStep& step : p.steps) {
+      if (interrupt_requested()) {  // Ctrl-C: stop between nodes (core/interrupt.h)
+        current = saved;
+        check_interrupt(fmt::format("while running node '{}'", step.node->name()));
+      }
       if (fuse && step.fused_source >= 0) {
         // The Conv before already applied this activation: forward its tensor.
         const int s = step.outputs[0];
@@ -466,7 +472,8 @@ struct Executor::Impl : public SubgraphRunner {
         throw;
       } catch (const std::bad_alloc&) {
         current = saved;
-        Error e(ErrorCode::kInternal, "out of memory");
+        // The machine ran out before the limits did (--max-memory): a resource problem, not a bug.
+        Error e(ErrorCode::kUnsupported, "out of memory (lower --max-memory to have such tensors refused up front)");
         e.add_context(step.context);
         throw e;
       } catch (const std::exception& ex) {

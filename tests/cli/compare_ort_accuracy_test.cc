@@ -17,6 +17,7 @@ using testing::shared_path;
 TEST(CompareOrtAccuracy, MobileNetV2Int8AccuracyIsOnnxRuntimes) {
   QTOOL_REQUIRE_SHARED();
   QTOOL_REQUIRE_ORT();
+  QTOOL_REQUIRE_EXACT_ORT_INT8();
   testing::TempDir dir;
   const std::string fp32 = shared_path("models/mobilenetv2/mobilenetv2_dequant_fp32.onnx");
   const std::string images = shared_path("data/imagenet-sample/images");

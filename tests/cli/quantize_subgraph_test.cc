@@ -86,6 +86,15 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
     const std::string out = dir.file(fmt::format("{}.int8.onnx", name));
     const auto r = testing::run_command(fmt::format("{} quantize {} --bits 8 --calib {} --json -o {}",
                                                     testing::qtool_bin(), model, calib, out));
+    if (std::string(name) != "silero_vad_16k_op15") {
+      // Their whole network lives in If branches (the op18 export keeps 4 nodes outside, none of
+      // them quantizable), which are not quantized yet: a run that quantizes nothing says so,
+      // exits 2 and writes nothing (issue 19).
+      EXPECT_EQ(r.exit_code, 2) << r.err;
+      EXPECT_NE(r.err.find("no node"), std::string::npos) << r.err;
+      EXPECT_FALSE(std::filesystem::exists(out));
+      continue;
+    }
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto doc = nlohmann::json::parse(r.out);
     std::string all;
@@ -114,10 +123,12 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
       const auto ort = testing::ort_run(out, in);
       ASSERT_EQ(ort.count("output"), 1u);
       const std::vector<Tensor> ours = eq.run(in), ref = ef.run(in), ours_fused = efu.run(in);
-      EXPECT_LT(testing::max_abs_error(ours_fused[0], ort.at("output")), 1e-4) << "fused, sample " << s;
-      EXPECT_LT(testing::max_abs_error(ours_fused[1], ort.at("stateN")), 1e-4) << "fused, sample " << s;
-      EXPECT_LT(testing::max_abs_error(ours[0], ort.at("output")), 1e-4) << "sample " << s;
-      EXPECT_LT(testing::max_abs_error(ours[1], ort.at("stateN")), 1e-4) << "sample " << s;
+      if (testing::ort_int8_exact()) {  // ORT's u8s8 kernels saturate on AVX2 CPUs without VNNI
+        EXPECT_LT(testing::max_abs_error(ours_fused[0], ort.at("output")), 1e-4) << "fused, sample " << s;
+        EXPECT_LT(testing::max_abs_error(ours_fused[1], ort.at("stateN")), 1e-4) << "fused, sample " << s;
+        EXPECT_LT(testing::max_abs_error(ours[0], ort.at("output")), 1e-4) << "sample " << s;
+        EXPECT_LT(testing::max_abs_error(ours[1], ort.at("stateN")), 1e-4) << "sample " << s;
+      }
       EXPECT_LT(testing::max_abs_error(ours[0], ref[0]), 0.05) << "sample " << s;  // speech probability
     }
   }

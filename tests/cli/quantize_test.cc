@@ -55,11 +55,15 @@ TEST(CliQuantize, Mnist8EndToEnd) {
 TEST(CliQuantize, QualityGateAndBadOptions) {
   QTOOL_REQUIRE_SHARED();
   testing::TempDir dir;
-  // Impossible gate: --max-drop -1 always fails with exit code 3, after writing the report.
-  const auto gate = testing::run_command(mnist_cmd(dir.file("g.onnx"), "--max-drop -1"));
+  // A gate the model cannot meet (ranges clipped at the 50th percentile ruin it): exit code 3, after
+  // the summary table. (--max-drop -1, the old way to force it, is now refused as out of range.)
+  const auto gate = testing::run_command(mnist_cmd(dir.file("g.onnx"), "--max-drop 0 --method percentile --percentile 50"));
   EXPECT_EQ(gate.exit_code, 3) << gate.err;
   EXPECT_NE(gate.err.find("quality gate"), std::string::npos) << gate.err;
   EXPECT_NE(gate.out.find("top-1 agree"), std::string::npos) << gate.out;  // the summary table came first
+  const auto negative = testing::run_command(mnist_cmd(dir.file("n.onnx"), "--max-drop -1"));
+  EXPECT_EQ(negative.exit_code, 2);
+  EXPECT_NE(negative.err.find("--max-drop"), std::string::npos) << negative.err;
   const auto bad = testing::run_command(mnist_cmd(dir.file("b.onnx"), "--activation-bits 12"));
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--activation-bits"), std::string::npos) << bad.err;

@@ -222,6 +222,7 @@ TEST(QdqToQOperator, SixteenBitActivationsAreNotFused) {
 
 TEST(QdqToQOperator, ExecutorMatchesOnnxRuntimeBitForBit) {
   QTOOL_REQUIRE_ORT();
+  QTOOL_REQUIRE_EXACT_ORT_INT8();
   testing::TempDir dir;
   ir::Model qdq_model = make_qdq_cnn();
   const std::string path = dir.file("cnn_qdq.onnx");

@@ -166,6 +166,7 @@ void check_parity(const Case& c) {
     // ORT's default (fused integer kernels) against qtool running the same fusion: within one
     // quantization step, strictly (in practice identical integers; only a float op after the
     // last DequantizeLinear, e.g. the classifier Gemm, sums in another order).
+    if (!testing::ort_int8_exact()) continue;  // ORT's u8s8 kernels saturate on this CPU (test_util.h)
     const Tensor& f = fused.at(outs[k]->name());
     const double ferr = testing::max_abs_error(ours_fused[k], f);
     EXPECT_LE(ferr, step * 1.0001 + 1e-5) << c.name << " output '" << outs[k]->name()

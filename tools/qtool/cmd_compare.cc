@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "sample_options.h"
 #include "qtool/core/error.h"
 #include "qtool/core/npy.h"
 #include "qtool/data/sample_source.h"
@@ -23,11 +24,9 @@ namespace qtool::cli {
 namespace {
 
 struct CompareArgs {
-  std::string fp32_path, quant_path, data_path, labels_path;
-  std::string split = "all";
-  std::string preprocess;
+  std::string fp32_path, quant_path, labels_path;
+  SampleArgs data;
   std::string dump_inputs;
-  size_t samples = 0;
   bool json = false;
   bool no_layers = false;
   int worst = 10;
@@ -63,19 +62,18 @@ void run_compare(const CompareArgs& a) {
   QTOOL_CHECK(!a.min_agreement || (*a.min_agreement >= 0.0 && *a.min_agreement <= 1.0), ErrorCode::kConfig,
               "--min-agreement is a fraction in [0, 1] (e.g. 0.99), got {}", a.min_agreement.value_or(0));
 
-  const auto specs = data::input_specs(fp32);
-  data::SourceOptions source_options;
-  if (!a.preprocess.empty()) source_options.image = data::image_preset(a.preprocess);
-  auto source = data::open_sample_source(a.data_path, specs, source_options);
-  data::SelectOptions select;
-  select.split = a.split;
-  select.samples = a.samples;
-  auto selected = data::select_samples(source, select);
-
+  QTOOL_CHECK(!a.max_drop || (*a.max_drop >= 0.0 && *a.max_drop <= 100.0), ErrorCode::kConfig,
+              "--max-drop is a number of accuracy points in [0, 100], got {}", a.max_drop.value_or(0));
+  if (!a.dump_inputs.empty()) {
+    std::error_code ec;
+    QTOOL_CHECK(!std::filesystem::exists(a.dump_inputs, ec) || std::filesystem::is_directory(a.dump_inputs, ec),
+                ErrorCode::kConfig, "--dump-inputs '{}' exists and is not a folder", a.dump_inputs);
+  }
+  auto selected = open_samples(a.data, fp32, "--data");
   std::map<std::string, int64_t> labels;
   if (!a.labels_path.empty()) labels = report::read_labels(a.labels_path);
 
-  spdlog::info("comparing on {} samples from '{}' ({})", selected->size(), a.data_path, selected->kind());
+  spdlog::info("comparing on {} samples from '{}' ({})", selected->size(), a.data.path, selected->kind());
   size_t next_index = 0;
   int64_t row_index = 0;
   const report::SampleProvider provider = [&](report::CompareSample& s) {
@@ -149,16 +147,12 @@ void add_compare_command(CLI::App& app) {
   auto a = std::make_shared<CompareArgs>();
   cmd->add_option("fp32", a->fp32_path, "the FP32 (reference) model")->required();
   cmd->add_option("quantized", a->quant_path, "the quantized model")->required();
-  cmd->add_option("--data", a->data_path,
-                  "samples: a folder of .npy/.npz/.pb files, test_data_set_* folders, images, or one file")
-      ->required();
+  add_sample_options(*cmd, a->data, "--data",
+                     "samples: a folder of .npy/.npz/.pb files, test_data_set_* folders, images, or one file");
+  cmd->get_option("--data")->required();
   cmd->add_option("--labels", a->labels_path,
                   "class labels: CSV with a file column and an integer label/class_index column, one label "
                   "per line in sample order, or an integer .npy");
-  cmd->add_option("--samples", a->samples, "number of samples (default: all, at most 1000)");
-  cmd->add_option("--split", a->split, "all, even or odd positions of the sorted samples")
-      ->check(CLI::IsMember({"all", "even", "odd"}));
-  cmd->add_option("--preprocess", a->preprocess, "image preprocessing preset for image folders (e.g. imagenet)");
   cmd->add_option("--threads", a->threads, "executor threads")->check(CLI::Range(1, 256));
   cmd->add_option("--qdq", a->qdq,
                   "how the quantized model's QDQ groups run: fuse (default: as the integer kernels ONNX Runtime fuses "

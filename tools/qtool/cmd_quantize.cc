@@ -24,6 +24,8 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "qtool/core/output_file.h"
+#include "sample_options.h"
 #include "qtool/calib/ranges.h"
 #include "qtool/core/error.h"
 #include "qtool/data/sample_source.h"
@@ -40,7 +42,8 @@ namespace qtool::cli {
 namespace {
 
 struct QuantizeArgs {
-  std::string model_path, out_path, calib_path, ranges_path;
+  std::string model_path, out_path, ranges_path;
+  SampleArgs data;  ///< --calib and the sample options shared with calibrate/compare
   std::string bits = "8";
   std::string method = "minmax";
   double percentile = 99.999;
@@ -53,13 +56,8 @@ struct QuantizeArgs {
   bool cle_relu6 = false;  ///< --cle-relu6: replace Clip(0, 6) by Relu so CLE can cross it
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
-  size_t samples = 0;
-  std::string preprocess, split = "all";
-  uint64_t seed = 0;
-  bool shuffle = false;
   int threads = 1;
   int64_t block_size = 32;
-  int64_t seq_len = 0;
   std::string weight_algorithm = "rtn";
   bool asymmetric = false;                ///< weight-only: unsigned levels with zero points
   double outlier_fraction = 0.0;          ///< weight-only: input channels kept at int8
@@ -94,7 +92,7 @@ bool bias_correction_on(const QuantizeArgs& a, const ir::Model& model) {
 /// The options of a run as given, for QuantizeReport::settings.
 std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   std::map<std::string, std::string> m{{"bits", a.bits}};
-  if (!a.calib_path.empty()) m["calib"] = a.calib_path;
+  if (!a.data.path.empty()) m["calib"] = a.data.path;
   if (!a.ranges_path.empty()) m["ranges"] = a.ranges_path;
   if (a.bits == "8" || a.bits == "int8") {
     m["method"] = a.method;
@@ -135,8 +133,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
       m["tune"] = what.empty() ? "nothing" : what;
     }
   }
-  if (a.samples > 0) m["samples"] = std::to_string(a.samples);
-  if (!a.preprocess.empty()) m["preprocess"] = a.preprocess;
+  if (a.data.samples > 0) m["samples"] = std::to_string(a.data.samples);
+  if (!a.data.preprocess.empty()) m["preprocess"] = a.data.preprocess;
   if (!a.exclude_nodes.empty()) m["exclude-nodes"] = a.exclude_nodes;
   if (!a.exclude_op_types.empty()) m["exclude-op-types"] = a.exclude_op_types;
   if (!a.op_types.empty()) m["op-types"] = a.op_types;
@@ -161,16 +159,86 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 std::shared_ptr<data::SelectedSource> open_samples(const QuantizeArgs& a, const ir::Model& model) {
-  data::SourceOptions so;
-  if (!a.preprocess.empty()) so.image = data::image_preset(a.preprocess);
-  so.seq_len = a.seq_len;
-  auto source = data::open_sample_source(a.calib_path, data::input_specs(model), so);
-  data::SelectOptions sel;
-  sel.split = a.split;
-  sel.samples = a.samples;
-  sel.shuffle = a.shuffle;
-  sel.seed = a.seed;
-  return data::select_samples(source, sel);
+  return cli::open_samples(a.data, model, "--calib");
+}
+
+/// Options that belong to one of the two paths: given on the other, they are refused rather than
+/// silently ignored. One row per option.
+struct PathOption {
+  const char* name;
+  bool static_path;  ///< --bits 8 (W8A8 / W8A16 QDQ)
+  bool weight_only;  ///< --bits below 8
+};
+constexpr PathOption kPathOptions[] = {
+    {"--method", true, false},           {"--percentile", true, false},       {"--ranges", true, false},
+    {"--per-tensor", true, false},       {"--activation-type", true, false},  {"--activation-bits", true, false},
+    {"--exclude-op-types", true, false}, {"--op-types", true, false},         {"--keep-fp", true, false},
+    {"--cle", true, false},              {"--cle-relu6", true, false},        {"--bias-correction", true, false},
+    {"--no-bias-correction", true, false},
+    {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
+    {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
+    {"--bits-first-last", false, true},  {"--layer-bits", false, true},       {"--scale-type", false, true},
+    {"--bits-depthwise", false, true},   {"--tune-steps", false, true},       {"--tune-batch", false, true},
+    {"--tune-lr", false, true},          {"--tune-scale-lr", false, true},    {"--tune-float-lr", false, true},
+    {"--tune-loss", false, true},        {"--tune-holdout", false, true},     {"--tune-eval-every", false, true},
+    {"--tune-augment", false, true},     {"--tune-features", false, true},    {"--tune-stages", false, true},
+    {"--tune-quant-noise", false, true}, {"--tune-range", false, true},       {"--tune-mixup", false, true},
+    {"--no-tune-weights", false, true},  {"--no-tune-scales", false, true},   {"--no-tune-float", false, true},
+};
+
+bool has_subgraphs(const ir::Graph& g) {
+  for (const auto& n : g.nodes())
+    if (!n->subgraphs().empty()) return true;
+  return false;
+}
+
+bool is_static(const QuantizeArgs& a) { return a.bits == "8" || a.bits == "int8"; }
+
+/// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
+void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) {
+  const bool st = is_static(a);
+  for (const PathOption& o : kPathOptions) {
+    if (cmd.count(o.name) == 0 || (st ? o.static_path : o.weight_only)) continue;
+    fail(ErrorCode::kConfig, "{} applies to {} quantization, not to --bits {} ({})", o.name,
+         o.static_path ? "static W8A8 (--bits 8)" : "weight-only (--bits 4, 2, ternary, binary)", a.bits,
+         st ? "static W8A8 QDQ" : "weight-only");
+  }
+}
+
+/// Refuses --exclude-nodes / --keep-fp names that match nothing in the model (a typo would
+/// otherwise quantize what the user meant to keep in float).
+void check_names_exist(const QuantizeArgs& a, const ir::Model& model) {
+  std::vector<std::string> nodes, values;
+  for (const auto& n : model.graph->nodes()) {
+    nodes.push_back(n->name());
+    for (const ir::Value* v : n->outputs())
+      if (v) values.push_back(v->name());
+    for (const ir::Value* v : n->inputs())
+      if (v) values.push_back(v->name());
+  }
+  auto matches = [](const std::vector<std::string>& names, const std::string& pattern) {
+    for (const auto& n : names)
+      if (n == pattern || quant::glob_match(pattern, n)) return true;
+    return false;
+  };
+  for (const auto& x : split_list(a.exclude_nodes)) {
+    if (matches(nodes, x) || (!is_static(a) && matches(values, x))) continue;
+    fail(ErrorCode::kConfig, "--exclude-nodes: no node of '{}' is named '{}'{}", a.model_path, x,
+         is_static(a) ? "" : " (nor is a weight)");
+  }
+  for (const auto& x : split_list(a.keep_fp))
+    QTOOL_CHECK(matches(values, x), ErrorCode::kConfig, "--keep-fp: no tensor of '{}' is named '{}'", a.model_path, x);
+}
+
+/// Every file the run writes, checked before any work: never an input, never a folder, never twice.
+void check_outputs(const QuantizeArgs& a) {
+  if (!a.ranges_path.empty()) protect_input(a.ranges_path);
+  if (!a.data.path.empty()) protect_input(a.data.path);
+  check_output_path(a.out_path, "-o");
+  if (!a.report_path.empty()) {
+    check_output_path(a.report_path, "--report");
+    check_distinct_outputs(a.out_path, "-o", a.report_path, "--report");
+  }
 }
 
 /// Fewest held-out samples for the weight-only evaluation (as the static pipeline's guard).
@@ -319,12 +387,12 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
               ErrorCode::kConfig,
               "--tune-steps must be >= 0, --tune-batch, --tune-eval-every and --tune-stages > 0, learning rates "
               "and --tune-features >= 0, --tune-holdout and --tune-quant-noise in [0, 1)");
-  QTOOL_CHECK(a.tune.steps == 0 || !a.calib_path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
+  QTOOL_CHECK(a.tune.steps == 0 || !a.data.path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
   std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
   std::optional<ir::Model> fp32;
   std::string eval_note;
-  if (!a.calib_path.empty()) {
+  if (!a.data.path.empty()) {
     const auto t = clock_type::now();
     samples = open_samples(a, model);
     // Hold out the last fifth (at least kMinHoldout) of the samples to measure the result on data
@@ -347,8 +415,14 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     if (evaluate) fp32.emplace(model.clone());
   }
   auto t = clock_type::now();
-  const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, a.calib_path.empty() ? nullptr : &calib);
+  const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, a.data.path.empty() ? nullptr : &calib);
   timings.push_back({"quantize", seconds_since(t)});
+  const auto quantized = std::count_if(rep.layers.begin(), rep.layers.end(),
+                                       [](const quant::WeightOnlyLayer& l) { return l.format != "float"; });
+  QTOOL_CHECK(quantized > 0, ErrorCode::kUnsupported,
+              "no weight of '{}' was quantized ({} candidate layers, all left in float{}); nothing is written",
+              a.model_path, rep.layers.size(),
+              has_subgraphs(*model.graph) ? "; weights inside If/Loop/Scan bodies are not quantized yet" : "");
   for (const auto& w : rep.warnings) spdlog::warn("{}", w);
   spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", a.bits, rep.layers.size(), rep.float_weight_bytes,
                rep.quant_weight_bytes);
@@ -390,6 +464,19 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
     timings.push_back({"evaluate", seconds_since(t)});
     if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
   }
+  if (a.max_drop) {  // the same gate as the static path: top-1 agreement drop on held-out samples
+    double agree = 2.0;
+    for (const auto& o : out.report.outputs)
+      if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+    QTOOL_CHECK(fp32.has_value() && !out.report.outputs.empty(), ErrorCode::kConfig,
+                "--max-drop needs the evaluation on held-out calibration samples (--calib, not --no-guard)");
+    const double drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
+    if (drop > *a.max_drop)
+      out.gate_failure.emplace(ErrorCode::kQualityGate,
+                               fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop "
+                                           "{:.2f})",
+                                           drop, *a.max_drop));
+  }
   return out;
 }
 
@@ -404,7 +491,7 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
               "--format qoperator needs 8-bit activations (the QLinear ops are 8-bit); use qdq with --activation-bits 16");
   QTOOL_CHECK(a.activation_type == "uint8" || a.activation_type == "int8", ErrorCode::kConfig,
               "--activation-type must be uint8 or int8, got '{}'", a.activation_type);
-  QTOOL_CHECK(!a.calib_path.empty() || !a.ranges_path.empty(), ErrorCode::kConfig,
+  QTOOL_CHECK(!a.data.path.empty() || !a.ranges_path.empty(), ErrorCode::kConfig,
               "static quantization needs calibration data (--calib DIR) or --ranges FILE");
 
   quant::StaticQuantConfig cfg;
@@ -444,9 +531,9 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   }
   std::shared_ptr<data::SelectedSource> samples;
   std::unique_ptr<data::SelectedSource> empty;
-  if (!a.calib_path.empty()) {
+  if (!a.data.path.empty()) {
     samples = open_samples(a, model);
-    spdlog::info("calibration data: {} samples from '{}' ({})", samples->size(), a.calib_path, samples->kind());
+    spdlog::info("calibration data: {} samples from '{}' ({})", samples->size(), a.data.path, samples->kind());
   } else {
     cfg.guard = false;
     empty = std::make_unique<data::SelectedSource>(nullptr, std::vector<size_t>{});
@@ -462,6 +549,12 @@ QuantizeOutcome run_static(const QuantizeArgs& a, ir::Model& model, std::vector<
   // evaluation) in one call, so they are timed together as "quantize".
   const quant::StaticQuantResult res = quant::quantize_static(model, src, cfg);
   timings.push_back({"quantize", seconds_since(t)});
+  spdlog::debug("qdq summary: {} nodes, {} activations, {} weights", res.qdq.quantized_nodes,
+                res.qdq.quantized_activations, res.qdq.quantized_weights);
+  QTOOL_CHECK(res.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
+              "no node of '{}' was quantized (nothing quantizable outside If/Loop/Scan bodies, or everything excluded); "
+              "nothing is written",
+              a.model_path);
   if (a.format == "qoperator") {
     // The same integer ops ONNX Runtime fuses the QDQ form into, written out (groups it would
     // leave in float stay QDQ).
@@ -528,6 +621,9 @@ QuantizeOutcome quantize_once(const QuantizeArgs& a) {
   auto t = clock_type::now();
   ir::Model model = onnx_io::load_model(a.model_path);
   timings.push_back({"load", seconds_since(t)});
+  check_outputs(a);  // before any work: never over an input (the model was just protected by the loader)
+  check_names_exist(a, model);
+  QTOOL_CHECK(!a.max_drop || !a.data.path.empty(), ErrorCode::kConfig, "--max-drop needs calibration data (--calib)");
   QuantizeOutcome out =
       a.bits != "8" && a.bits != "int8" ? run_weight_only(a, model, timings) : run_static(a, model, timings);
   out.report.settings = settings_of(a);
@@ -551,9 +647,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("model", a.model_path, "FP32 ONNX model")->required()->check(CLI::ExistingFile);
   cmd.add_option("-o,--output", a.out_path, "output model path (required unless --config)");
   cmd.add_option("--bits", a.bits, "weight bits: 8 (static W8A8), or 4, 2, ternary, binary (weight-only)");
-  cmd.add_option("--calib", a.calib_path, "calibration data (folder or file, see qtool calibrate)");
+  add_sample_options(cmd, a.data, "--calib", "calibration data (folder or file, see qtool calibrate)");
   cmd.add_option("--method", a.method, "range method: minmax, percentile, entropy, mse");
-  cmd.add_option("--percentile", a.percentile, "percentile kept by --method percentile");
+  cmd.add_option("--percentile", a.percentile, "percentile kept by --method percentile")->check(CLI::Range(50.0, 100.0));
   cmd.add_option("--ranges", a.ranges_path, "ranges.json from qtool calibrate (skips calibration)");
   cmd.add_flag("--per-tensor", a.per_tensor, "one weight scale per tensor instead of per output channel");
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
@@ -574,15 +670,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                "with --per-tensor for models with depthwise convs)");
   cmd.add_flag("--no-bias-correction", a.no_bias_correction, "no bias correction, not even the default for models with depthwise convs");
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
-  cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points");
-  cmd.add_option("--samples", a.samples, "number of calibration samples (default all, capped at 1000)");
-  cmd.add_option("--calib-split,--split", a.split, "all, even or odd positions of the sorted samples (same as calibrate/compare --split)");
-  cmd.add_option("--preprocess", a.preprocess, "image preprocessing preset (imagenet, caffe-bgr, mnist-raw, ...)");
-  cmd.add_option("--seq-len", a.seq_len, "token streams (.i32): tokens per calibration sequence");
-  cmd.add_option("--seed", a.seed, "seed for shuffling the samples");
-  cmd.add_flag("--shuffle", a.shuffle, "shuffle the samples (seeded) before taking --samples");
-  cmd.add_option("--threads", a.threads, "executor threads");
-  cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)");
+  cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
+      ->check(CLI::Range(0.0, 100.0));
+  cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
+  cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm, "weight-only: rtn, gptq, awq or awq+gptq (AWQ scales, then GPTQ); gptq with --asymmetric is the most accurate 4-bit setting measured");
   cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
   cmd.add_option("--gptq-damp", a.gptq_damp, "weight-only GPTQ: dampening, a fraction of the mean Hessian diagonal (default 0.01)");
@@ -648,6 +739,7 @@ QuantizeArgs parse_setting(const QuantizeArgs& base, const report::ExperimentSet
     throw Error(ErrorCode::kConfig, fmt::format("setting '{}': {}", setting.name, e.what()));
   }
   if (a.threads == 1 && base.threads != 1) a.threads = base.threads;
+  with_context(fmt::format("setting '{}'", setting.name), [&] { check_options_apply(app, a); });
   return a;
 }
 
@@ -670,10 +762,17 @@ nlohmann::json metrics_of(const report::QuantizeReport& r) {
 }
 
 int run_config(const QuantizeArgs& base) {
+  QTOOL_CHECK(base.out_path.empty() && base.report_path.empty(), ErrorCode::kConfig,
+              "--config writes each setting to <output_dir>/<name>.onnx: -o and --report do not apply (a setting may "
+              "set its own \"report\")");
+  protect_input(base.config_path);
+  protect_input(base.model_path);
   const report::ExperimentConfig config = report::load_experiment_config(base.config_path);
-  if (!base.out_path.empty() || !base.report_path.empty())
-    spdlog::warn("--config: -o and --report are ignored; each setting writes <output_dir>/<name>.onnx (a setting "
-                 "may set its own \"report\")");
+  for (const auto& setting : config.settings) {  // before any setting runs: no output over an input
+    const std::string input = protected_input_at(setting.output_model);
+    QTOOL_CHECK(input.empty(), ErrorCode::kConfig, "setting '{}' would write '{}', which is the input file '{}'",
+                setting.name, setting.output_model, input);
+  }
   spdlog::info("experiments: {} settings from '{}' -> {}", config.settings.size(), config.path, config.output_dir);
   const report::ExperimentOutcome outcome =
       report::run_experiments(config, [&](const report::ExperimentSetting& setting) {
@@ -711,7 +810,10 @@ void add_quantize_command(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("quantize", "post-training quantization (static INT8 QDQ, or low-bit weights)");
   add_quantize_options(*cmd, *a);
-  cmd->callback([a] { run_quantize(*a); });
+  cmd->callback([a, cmd] {
+    check_options_apply(*cmd, *a);
+    run_quantize(*a);
+  });
 }
 
 }  // namespace qtool::cli

@@ -133,6 +133,12 @@ std::map<std::string, Tensor> bind_inputs(const ir::Model& model, const std::vec
 
 void run_command_impl(const RunOptions& o) {
   ir::Model model = onnx_io::load_model(o.model);
+  if (!o.output_dir.empty()) {  // checked before the run: an existing file is not a folder
+    std::error_code ec;
+    QTOOL_CHECK(!std::filesystem::exists(o.output_dir, ec) || std::filesystem::is_directory(o.output_dir, ec),
+                ErrorCode::kConfig, "-o '{}' exists and is not a folder (-o names the folder the outputs are written to)",
+                o.output_dir);
+  }
   // ONNX Runtime runs QDQ groups as fused integer kernels; so does `qtool run` unless told not to.
   if (o.qdq == "fuse") passes::fuse_qdq_to_qoperator(model);
   runtime::Executor ex(model, {o.threads});
@@ -141,7 +147,11 @@ void run_command_impl(const RunOptions& o) {
   std::vector<Tensor> outs = ex.run(feeds);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::vector<std::string> names = ex.output_names();
-  if (!o.output_dir.empty()) std::filesystem::create_directories(o.output_dir);
+  if (!o.output_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(o.output_dir, ec);
+    QTOOL_CHECK(!ec, ErrorCode::kIo, "cannot create the output folder '{}': {}", o.output_dir, ec.message());
+  }
 
   nlohmann::ordered_json doc;
   doc["model"] = o.model;

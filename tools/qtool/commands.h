@@ -2,6 +2,10 @@
 // app through add_<name>_command(); main.cc holds the one list.
 #pragma once
 
+#include <cstdint>
+#include <optional>
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace qtool::cli {
@@ -10,6 +14,9 @@ namespace qtool::cli {
 struct GlobalOptions {
   std::string log_level = "info";
   bool quiet = false;
+  std::string max_memory;                      ///< --max-memory (core/limits.h)
+  std::optional<int64_t> max_tensor_elements;  ///< --max-tensor-elements
+  std::optional<int64_t> max_loop_iterations;  ///< --max-loop-iterations
 };
 const GlobalOptions& global_options();
 

@@ -78,9 +78,8 @@ CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, 
 RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model, const std::string& method,
                              const RangeConfig& config, uint64_t samples);
 
-/// Installs a SIGINT handler for its lifetime that sets interrupt_requested(); a second Ctrl-C
-/// restores the default action and re-raises (kills the process). Restores the old handler on
-/// destruction. Nesting is allowed.
+/// Makes sure the process-wide SIGINT/SIGTERM handler of core/interrupt.h is installed (the first
+/// signal sets interrupt_requested(); a second removes in-flight temporary files and exits 130).
 class InterruptGuard {
  public:
   InterruptGuard();

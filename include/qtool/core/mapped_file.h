@@ -18,9 +18,18 @@ namespace qtool {
 /// A read-only, private mapping of a file. Never writes to the file.
 class MappedFile final : public Buffer {
  public:
-  /// Maps `path` read-only. Throws kIo naming the file if it is missing, a directory or unmappable.
-  /// An empty file gives an empty buffer (data() may be nullptr, size() 0).
-  static std::shared_ptr<MappedFile> open(const std::string& path);
+  /// How strictly open() treats the path.
+  struct Policy {
+    /// Refuse a symlink as the last component (O_NOFOLLOW): for files named by an untrusted model.
+    bool no_follow = false;
+    /// Refuse a file with more than one hard link (a hard link can reach outside the folder).
+    bool single_link = false;
+  };
+  /// Maps `path` read-only. Throws kIo naming the file if it is missing, not a regular file (a
+  /// directory, FIFO, socket or device: opened with O_NONBLOCK, so a FIFO never blocks) or
+  /// unmappable. An empty file gives an empty buffer (data() may be nullptr, size() 0).
+  static std::shared_ptr<MappedFile> open(const std::string& path) { return open(path, Policy{}); }
+  static std::shared_ptr<MappedFile> open(const std::string& path, const Policy& policy);
   ~MappedFile() override;
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;

@@ -57,11 +57,28 @@ struct Image {
   std::vector<uint8_t> pixels;  ///< height * width * channels
 };
 
+/// What an image's header declares, read without decoding the pixels.
+struct ImageInfo {
+  int width = 0, height = 0;
+  int channels = 0;  ///< in the file (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA)
+  bool sixteen_bit = false;
+};
+/// Reads the header of a JPEG or PNG held in memory (stbi_info). Throws kInvalidInput naming `what`
+/// if it is not a decodable image.
+ImageInfo image_info_memory(const std::string& bytes, const std::string& what);
+
 /// Decodes a JPEG or PNG file to `channels` channels (3 = RGB, 1 = gray). Throws kIo if it cannot be
-/// read, kInvalidInput naming the file (and stb_image's reason) if it is not a decodable image.
+/// read (or is not a regular file), kInvalidInput naming the file (and stb_image's reason) if it is
+/// not a decodable image.
 Image decode_image(const std::string& path, int channels = 3);
-/// Decodes from memory; `what` names it in errors.
+/// Decodes from memory; `what` names it in errors. The header is read first: an image whose
+/// decoding buffers (width x height x channels, stb_image's and ours) would exceed the per-sample
+/// limit (data/sample_source.h check_sample_bytes) is refused before any pixel is decoded.
 Image decode_image_memory(const std::string& bytes, const std::string& what, int channels = 3);
+
+/// The shape preprocess_image gives a width x height image ([1,C,H,W] or [1,H,W,C]), known from the
+/// header alone, so that a source can check it against the model input before decoding.
+Shape preprocessed_shape(int width, int height, const ImagePreprocess& p);
 
 /// Resizes to exactly out_w x out_h with PIL's antialiased bilinear filter in 8-bit fixed point
 /// (PIL Image.resize(..., BILINEAR) as torchvision's Resize uses it).
@@ -71,7 +88,8 @@ Image resize_bilinear(const Image& in, int out_w, int out_h);
 Image crop_image(const Image& in, int x0, int y0, int w, int h);
 
 /// Applies resize, crop, channel order, scale/mean/std and layout; returns float32 [1,C,H,W] or [1,H,W,C].
-/// `what` names the image in errors (e.g. a crop larger than the resized image).
+/// `what` names the image in errors (e.g. a crop larger than the resized image, or a resize whose
+/// result would exceed the per-sample limit: a 1 x 100000 image resized to a short side of 256).
 Tensor preprocess_image(const Image& img, const ImagePreprocess& p, const std::string& what);
 
 }  // namespace qtool::data

@@ -8,17 +8,27 @@
 // the file names its arrays (.npz, .pb, sub-folders), else by position.
 //
 // Memory: a source holds at most one decoded sample at a time (plus small per-file metadata),
-// except the IDX and token-stream sources, whose whole file is the unit of storage (MNIST's
-// test set is 7.8 MB; a token stream a few MB).
+// except the IDX, stacked .npy and token-stream sources, whose whole file is the unit of storage
+// (MNIST's test set is 7.8 MB; a token stream a few MB).
+//
+// Files are untrusted (core/limits.h): every size a file declares (a .npy header, a ZIP directory,
+// an .npz member's header, IDX dims, an image header) is checked against the file's real size and
+// the limits before anything is allocated or inflated; one sample may take at most
+// sample_byte_limit() bytes (a quarter of --max-memory), a whole-file source max_memory_bytes; and a
+// sample whose header does not fit the model input it feeds is refused from the header, naming the
+// file (and member) and the input. Only regular files are read: a FIFO or device is kIo at once.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "qtool/core/npy.h"
 #include "qtool/core/tensor.h"
 #include "qtool/data/image.h"
 #include "qtool/ir/graph.h"
@@ -42,6 +52,10 @@ struct InputSpec {
 
 /// The runtime inputs of a model's main graph, in graph order.
 std::vector<InputSpec> input_specs(const ir::Model& model);
+
+/// Throws kInvalidInput when one sample needs more than sample_byte_limit() bytes (a quarter of
+/// --max-memory): "<subject> needs N bytes, over the per-sample limit of M bytes".
+void check_sample_bytes(uint64_t bytes, const std::string& subject);
 
 /// Matches raw tensors loaded from `what` (a file or folder, named in errors) to the model's inputs.
 ///
@@ -135,19 +149,40 @@ struct SourceOptions {
 std::shared_ptr<SampleSource> open_sample_source(const std::string& path, const std::vector<InputSpec>& specs,
                                                  const SourceOptions& options);
 
-/// Reads a .npz archive (numpy.savez: ZIP stored; numpy.savez_compressed: deflate) into
-/// (name, tensor) pairs in archive order; names lose their ".npy" suffix. ZIP64 fields are
-/// understood; CRC-32 is verified. Throws kIo / kInvalidInput naming the file and member.
-std::vector<std::pair<std::string, Tensor>> read_npz(const std::string& path);
+/// Called by the .npz reader for each member as soon as its .npy header is known, before its data
+/// is allocated or inflated: `names` are all the archive's array names (".npy" removed), `index` the
+/// member's position. Throw to refuse the member (the sample sources check the model input here).
+using NpzHeaderCheck =
+    std::function<void(const std::vector<std::string>& names, size_t index, const NpyHeader& header)>;
+
+/// Parses a .npz archive held in memory (numpy.savez: ZIP stored; numpy.savez_compressed: deflate)
+/// into (name, tensor) pairs in archive order; names lose their ".npy" suffix; `what` names it in
+/// errors. ZIP64 fields are understood; CRC-32 is verified. The bytes are untrusted (fuzzers call this):
+///  - every offset and size in the ZIP directories is checked against bytes.size();
+///  - a stored member's two sizes must agree; a deflate member may not declare more than
+///    1032 x its compressed size + 1 KiB (deflate's maximum expansion);
+///  - each member's .npy header is parsed from its first bytes (at most kMaxNpyHeaderBytes inflated),
+///    and what it declares must fill the member exactly, fit the limits (check_npy_data) and, with
+///    the members before it, the per-sample limit (check_sample_bytes: an .npz is one sample); then
+///    `check` runs; only then is the array allocated and the rest inflated into it, in a 64-bit
+///    streaming loop that stops as soon as the output would pass the declared size.
+/// Throws kInvalidInput (kUnsupported for other ZIP methods) naming `what` and the member.
+std::vector<std::pair<std::string, Tensor>> parse_npz(std::string_view bytes, const std::string& what,
+                                                      const NpzHeaderCheck& check = {});
+/// Reads a .npz file (a regular file, else kIo) and parses it with parse_npz.
+std::vector<std::pair<std::string, Tensor>> read_npz(const std::string& path, const NpzHeaderCheck& check = {});
 /// Writes a .npz archive readable by numpy.load (compress = deflate like savez_compressed).
 void write_npz(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& arrays,
                bool compress = false);
 
 /// Reads an IDX file (MNIST's format; gzip-compressed or not) into a tensor of its element type
-/// (ubyte -> uint8, int -> int32, float -> float32...) and dims.
+/// (ubyte -> uint8, int -> int32, float -> float32...) and dims. The dims are checked against the
+/// file's size (x1032 when gzip-compressed) and the limits before the data is allocated; kIo for a
+/// file that is not a regular file, kInvalidInput naming the file otherwise.
 Tensor read_idx(const std::string& path);
 
-/// Reads a raw little-endian int32 token stream (.i32).
+/// Reads a raw little-endian int32 token stream (.i32); its size must be a multiple of 4 and within
+/// max_memory_bytes.
 std::vector<int32_t> read_token_stream(const std::string& path);
 
 }  // namespace qtool::data

@@ -9,6 +9,8 @@
 //     along its output axis.
 #include <algorithm>
 
+#include "qtool/core/interrupt.h"
+#include "qtool/core/limits.h"
 #include "kernel_util.h"
 #include "kernels.h"
 
@@ -94,7 +96,14 @@ void loop_kernel(KernelContext& ctx) {
   for (size_t i = 0; i < num_carried; ++i) carried.push_back(ctx.input(2 + i));
   std::vector<std::vector<Tensor>> scans(num_scan);
   std::vector<Tensor> args(2 + num_carried);
+  // A Loop whose trip count or condition comes from the model may never end: cap the iterations
+  // (--max-loop-iterations, core/limits.h) and stop on Ctrl-C.
+  const int64_t cap = resource_limits().max_loop_iterations;
   for (int64_t it = 0; it < max_trips && cond; ++it) {
+    if (it >= cap) {
+      fail(ErrorCode::kInvalidModel, "{}: more than {} iterations (the limit, --max-loop-iterations)", n.describe(), cap);
+    }
+    check_interrupt(fmt::format("in {}", n.describe()));
     args[0] = Tensor::scalar<int64_t>(it);
     args[1] = Tensor::scalar<bool>(cond);
     for (size_t i = 0; i < num_carried; ++i) args[2 + i] = std::move(carried[i]);

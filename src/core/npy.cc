@@ -10,9 +10,9 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
-#include <random>
 
 #include "qtool/core/limits.h"
+#include "qtool/core/output_file.h"
 
 namespace qtool {
 
@@ -268,34 +268,11 @@ std::string read_file(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, std::string_view bytes) {
-  namespace fs = std::filesystem;
-  const fs::path target(path);
-  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::random_device rd;
-  const std::string tmp = (dir / fmt::format(".{}.tmp{:08x}", target.filename().string(), rd())).string();
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail(ErrorCode::kIo, "cannot create '{}': {}", tmp, std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail(ErrorCode::kIo, "cannot write '{}': {}", path, std::strerror(err));
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    fail(ErrorCode::kIo, "cannot write '{}': {}", path, std::strerror(errno));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail(ErrorCode::kIo, "cannot move output into place at '{}': {}", path, std::strerror(err));
-  }
+  // core/output_file.h: temporary file beside the target, removed on error or Ctrl-C, never
+  // renamed over a protected input.
+  AtomicFile f(path);
+  f.write_all(bytes.data(), bytes.size());
+  f.commit();
 }
 
 }  // namespace qtool

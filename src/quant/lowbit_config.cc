@@ -70,11 +70,11 @@ std::vector<LayerBitsRule> parse_layer_bits(std::string_view spec) {
     if (eq == std::string_view::npos || trim(item.substr(0, eq)).empty() || trim(item.substr(eq + 1)).empty())
       fail(ErrorCode::kConfig, "--layer-bits item '{}' is not PATTERN=BITS (e.g. 'lm_head=8,*.down_proj=4')", item);
     const std::string bits(trim(item.substr(eq + 1)));
-    static const char* kValid[] = {"8", "4", "2", "ternary", "binary", "int8", "int4", "uint4", "int2", "uint2", "float"};
-    if (std::find(std::begin(kValid), std::end(kValid), bits) == std::end(kValid))
-      fail(ErrorCode::kConfig, "--layer-bits '{}': unknown bits '{}' (expected 8, 4, 2, ternary, binary, int4, uint4, "
-                               "int2, uint2 or float)", item, bits);
-    rules.push_back({std::string(trim(item.substr(0, eq))), bits});
+    BitsChoice choice = with_context(fmt::format("--layer-bits '{}'", item), [&] {
+      QTOOL_CHECK(!bits.empty(), ErrorCode::kConfig, "empty bits");
+      return BitsChoice(bits);
+    });
+    rules.push_back({std::string(trim(item.substr(0, eq))), std::move(choice)});
     if (end == spec.size()) break;
   }
   return rules;

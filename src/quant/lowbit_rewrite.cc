@@ -192,7 +192,35 @@ std::vector<Target> find_targets(ir::Graph& g, int64_t block_size) {
   return targets;
 }
 
-bool is_eight_bits(const std::string& bits) { return bits == "8" || bits == "int8"; }
+/// Sets a target's format and the matrix view it implies (a Conv is blocked per kernel tap only
+/// when its format has blocks: int8 first/last convs stay per channel when the rest is blocked).
+void set_format(Target& t, const WeightFormat& f) {
+  t.format = &f;
+  if (t.kind == Kind::kConv) {
+    t.conv_blocked = f.block_size > 0;
+    t.rows = t.conv_blocked ? t.out_channels * t.taps : t.out_channels;
+    t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
+  }
+}
+
+/// A --plan entry for a target: checked against what the target's op can be written as.
+void apply_planned(Target& t, const PlannedLayer& p) {
+  t.note = p.reason;
+  if (!p.format) {
+    t.format = nullptr;
+    return;
+  }
+  const WeightFormat& f = *p.format;
+  const std::string what = fmt::format("--plan: weight '{}' of {}", t.weight->name(), t.node->describe());
+  QTOOL_CHECK(f.layout != WeightLayout::kMatMulNBits || (t.kind == Kind::kMatMul && t.consumers.size() == 1),
+              ErrorCode::kConfig, "{}: {} is a MatMulNBits format, which applies to a MatMul weight read once", what,
+              f.name);
+  QTOOL_CHECK(t.kind != Kind::kGather || (f.block_size == 0 && f.bits == 8), ErrorCode::kConfig,
+              "{}: an embedding table is int8 per row or float, not {}", what, f.name);
+  QTOOL_CHECK(t.kind != Kind::kConv || f.block_size == 0 || t.shape[1] >= f.block_size, ErrorCode::kConfig,
+              "{}: {} needs blocks of {} input channels, the conv has {}", what, f.name, f.block_size, t.shape[1]);
+  set_format(t, f);
+}
 
 /// Chooses each target's format (phase 2).
 void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
@@ -203,14 +231,15 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
     if (first < 0) first = static_cast<int64_t>(i);
     last = static_cast<int64_t>(i);
   }
+  static const BitsChoice kFloat("float"), kInt8("8");
   for (size_t i = 0; i < targets.size(); ++i) {
     Target& t = targets[i];
     t.first_last = t.kind == Kind::kGather || static_cast<int64_t>(i) == first || static_cast<int64_t>(i) == last;
-    std::string bits = cfg.bits;
-    if (t.first_last && !cfg.bits_first_last.empty()) {
+    BitsChoice bits = cfg.bits;
+    if (t.first_last && !cfg.bits_first_last.inherits()) {
       bits = cfg.bits_first_last;
       t.note = "first/last layer";
-    } else if (t.kind == Kind::kConv && !cfg.bits_depthwise.empty() && t.shape[1] == 1 && t.out_channels > 1 &&
+    } else if (t.kind == Kind::kConv && !cfg.bits_depthwise.inherits() && t.shape[1] == 1 && t.out_channels > 1 &&
                t.node->attr_int("group", 1) == t.out_channels) {
       bits = cfg.bits_depthwise;
       t.note = "depthwise conv";
@@ -222,22 +251,26 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
       }
     for (const std::string& ex : cfg.exclude)
       if (glob_match(ex, t.node->name()) || glob_match(ex, t.weight->name())) {
-        bits = "float";
+        bits = kFloat;
         t.note = "excluded";
       }
     if (t.kind == Kind::kGather) {
-      if (!cfg.quantize_embedding) bits = "float";
-      else if (bits != "float") {
-        bits = "8";
+      if (!cfg.quantize_embedding) bits = kFloat;
+      else if (!bits.is_float()) {
+        bits = kInt8;
         t.note = "embedding table: int8 per row";
       }
     }
-    if (bits == "float") continue;
+    if (const auto it = cfg.plan.find(t.weight->name()); it != cfg.plan.end()) {
+      apply_planned(t, it->second);
+      continue;
+    }
+    if (bits.is_float()) continue;
     WeightLayout layout = cfg.format;
     int64_t block = cfg.block_size;
-    if (is_eight_bits(bits)) layout = WeightLayout::kQdq;
+    if (bits.is_int8()) layout = WeightLayout::kQdq;
     if (layout == WeightLayout::kMatMulNBits &&
-        (t.kind != Kind::kMatMul || t.consumers.size() > 1 || bits == "ternary" || bits == "binary")) {
+        (t.kind != Kind::kMatMul || t.consumers.size() > 1 || bits.is_sign_scheme())) {
       layout = WeightLayout::kQdq;
       t.note += t.note.empty() ? "" : "; ";
       t.note += t.kind != Kind::kMatMul ? "MatMulNBits applies to MatMul only: DequantizeLinear"
@@ -245,12 +278,12 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
                                          : "ternary/binary: int2 DequantizeLinear";
     }
     if (t.kind == Kind::kGather || (t.kind == Kind::kConv && !t.conv_blocked)) block = 0;
-    t.format = &select_weight_format(bits, block, cfg.symmetric, layout);
-    if (t.kind == Kind::kConv) {  // int8 (first/last) convs are per channel even when the rest is blocked
-      t.conv_blocked = t.format->block_size > 0;
-      t.rows = t.conv_blocked ? t.out_channels * t.taps : t.out_channels;
-      t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
-    }
+    set_format(t, resolve_weight_format(bits, block, cfg.symmetric, layout));
+  }
+  for (const auto& [name, planned] : cfg.plan) {
+    const bool found = std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.weight->name() == name; });
+    QTOOL_CHECK(found, ErrorCode::kConfig, "--plan names weight '{}', which is not a quantizable weight of this model",
+                name);
   }
 }
 
@@ -398,14 +431,9 @@ Tensor packed_tensor(DataType dt, const Shape& shape, std::span<const int32_t> l
 /// Opset the emitted DequantizeLinear of `f` needs.
 int64_t required_opset(const WeightFormat& f) {
   if (f.layout == WeightLayout::kMatMulNBits) return 0;
-  if (f.bits == 2) return 25;
-  if (f.bits == 4 || f.block_size > 0) return 21;
-  return 13;
+  return std::max<int64_t>(f.type->opset, f.block_size > 0 ? 21 : 0);  // block_size: DQ opset 21
 }
 
-struct Emitted {
-  int64_t bytes = 0;
-};
 
 /// GPTQ of a k×k Conv on its im2col Hessian h [C·taps, C·taps]: the columns of the natural layout
 /// W [M, C·taps] (column c·taps + tap) are grouped as the stored blocks are (32 input channels at
@@ -873,9 +901,8 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
 
   // Phase 5: quantize and rewrite.
   double main_bits = 0, main_weights = 0;
-  const WeightFormat& main_format = select_weight_format(
-      cfg.bits, cfg.block_size,
-      cfg.symmetric, is_eight_bits(cfg.bits) ? WeightLayout::kQdq : cfg.format);
+  const WeightFormat& main_format = resolve_weight_format(
+      cfg.bits, cfg.block_size, cfg.symmetric, cfg.bits.is_int8() ? WeightLayout::kQdq : cfg.format);
   // Sequential calibration: the statistics of a layer's input are re-collected from the model with
   // every earlier layer already quantized (GPTQ's "true sequential" order), so that each layer
   // compensates the error of the layers before it. One calibration pass per distinct layer input.

@@ -1,7 +1,8 @@
-// The table of low-bit weight formats (see format.h) and the helpers it drives.
+// The packed weight formats, derived from the element types (see format.h, precision.h).
 #include <algorithm>
-#include <array>
 #include <cmath>
+#include <deque>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -11,73 +12,48 @@
 namespace qtool::quant {
 namespace {
 
-using S = WeightScheme;
-using L = WeightLayout;
+/// The derived rows, built once from element_types(): for each element type its DequantizeLinear
+/// rows (one per block size), then for each its MatMulNBits rows. Names and help texts live in
+/// `strings` (stable addresses), so WeightFormat can keep string_views.
+struct Table {
+  std::deque<std::string> strings;
+  std::vector<WeightFormat> rows;
 
-// clang-format off
-/// THE table. name, scheme, bits, signed, symmetric, block, layout, help.
-constexpr std::array<WeightFormat, 47> kFormats = {{
-  {"int8",        S::kInt, 8, true,  true,   0, L::kQdq, "int8 symmetric per output channel (DQ axis, opset 13)"},
-  {"int4",        S::kInt, 4, true,  true,   0, L::kQdq, "int4 symmetric per output channel (DQ axis, opset 21)"},
-  {"int4_b16",    S::kInt, 4, true,  true,  16, L::kQdq, "int4 symmetric, blocks of 16 along K (DQ block_size, opset 21)"},
-  {"int4_b32",    S::kInt, 4, true,  true,  32, L::kQdq, "int4 symmetric, blocks of 32 along K"},
-  {"int4_b64",    S::kInt, 4, true,  true,  64, L::kQdq, "int4 symmetric, blocks of 64 along K"},
-  {"int4_b128",   S::kInt, 4, true,  true, 128, L::kQdq, "int4 symmetric, blocks of 128 along K"},
-  {"uint4",       S::kInt, 4, false, false,  0, L::kQdq, "uint4 with zero points per output channel (opset 21)"},
-  {"uint4_b16",   S::kInt, 4, false, false, 16, L::kQdq, "uint4 with zero points, blocks of 16"},
-  {"uint4_b32",   S::kInt, 4, false, false, 32, L::kQdq, "uint4 with zero points, blocks of 32"},
-  {"uint4_b64",   S::kInt, 4, false, false, 64, L::kQdq, "uint4 with zero points, blocks of 64"},
-  {"uint4_b128",  S::kInt, 4, false, false,128, L::kQdq, "uint4 with zero points, blocks of 128"},
-  {"int2",        S::kInt, 2, true,  true,   0, L::kQdq, "int2 symmetric per output channel (DQ, opset 25)"},
-  {"int2_b16",    S::kInt, 2, true,  true,  16, L::kQdq, "int2 symmetric, blocks of 16"},
-  {"int2_b32",    S::kInt, 2, true,  true,  32, L::kQdq, "int2 symmetric, blocks of 32"},
-  {"int2_b64",    S::kInt, 2, true,  true,  64, L::kQdq, "int2 symmetric, blocks of 64"},
-  {"int2_b128",   S::kInt, 2, true,  true, 128, L::kQdq, "int2 symmetric, blocks of 128"},
-  {"uint2",       S::kInt, 2, false, false,  0, L::kQdq, "uint2 with zero points per output channel (opset 25)"},
-  {"uint2_b16",   S::kInt, 2, false, false, 16, L::kQdq, "uint2 with zero points, blocks of 16"},
-  {"uint2_b32",   S::kInt, 2, false, false, 32, L::kQdq, "uint2 with zero points, blocks of 32"},
-  {"uint2_b64",   S::kInt, 2, false, false, 64, L::kQdq, "uint2 with zero points, blocks of 64"},
-  {"uint2_b128",  S::kInt, 2, false, false,128, L::kQdq, "uint2 with zero points, blocks of 128"},
-  {"ternary",     S::kTernary, 2, true, true,  0, L::kQdq, "{-a,0,+a} per output channel, optimal threshold (int2 DQ, opset 25)"},
-  {"ternary_b16", S::kTernary, 2, true, true, 16, L::kQdq, "{-a,0,+a}, blocks of 16"},
-  {"ternary_b32", S::kTernary, 2, true, true, 32, L::kQdq, "{-a,0,+a}, blocks of 32"},
-  {"ternary_b64", S::kTernary, 2, true, true, 64, L::kQdq, "{-a,0,+a}, blocks of 64"},
-  {"ternary_b128",S::kTernary, 2, true, true,128, L::kQdq, "{-a,0,+a}, blocks of 128"},
-  {"binary",      S::kBinary, 2, true, true,   0, L::kQdq, "{-a,+a}, a = mean|w| per output channel (int2 DQ, opset 25)"},
-  {"binary_b16",  S::kBinary, 2, true, true,  16, L::kQdq, "{-a,+a}, blocks of 16"},
-  {"binary_b32",  S::kBinary, 2, true, true,  32, L::kQdq, "{-a,+a}, blocks of 32"},
-  {"binary_b64",  S::kBinary, 2, true, true,  64, L::kQdq, "{-a,+a}, blocks of 64"},
-  {"binary_b128", S::kBinary, 2, true, true, 128, L::kQdq, "{-a,+a}, blocks of 128"},
-  {"mnb8_b32",    S::kInt, 8, true,  true,  32, L::kMatMulNBits, "MatMulNBits bits=8, blocks of 32, default zero point 128"},
-  {"mnb8_b128",   S::kInt, 8, true,  true, 128, L::kMatMulNBits, "MatMulNBits bits=8, blocks of 128"},
-  {"mnb4_b16",    S::kInt, 4, true,  true,  16, L::kMatMulNBits, "MatMulNBits bits=4, blocks of 16, default zero point 8"},
-  {"mnb4_b32",    S::kInt, 4, true,  true,  32, L::kMatMulNBits, "MatMulNBits bits=4, blocks of 32"},
-  {"mnb4_b64",    S::kInt, 4, true,  true,  64, L::kMatMulNBits, "MatMulNBits bits=4, blocks of 64"},
-  {"mnb4_b128",   S::kInt, 4, true,  true, 128, L::kMatMulNBits, "MatMulNBits bits=4, blocks of 128"},
-  {"mnb4z_b16",   S::kInt, 4, false, false, 16, L::kMatMulNBits, "MatMulNBits bits=4 with packed zero points, blocks of 16"},
-  {"mnb4z_b32",   S::kInt, 4, false, false, 32, L::kMatMulNBits, "MatMulNBits bits=4 with packed zero points, blocks of 32"},
-  {"mnb4z_b64",   S::kInt, 4, false, false, 64, L::kMatMulNBits, "MatMulNBits bits=4 with packed zero points, blocks of 64"},
-  {"mnb4z_b128",  S::kInt, 4, false, false,128, L::kMatMulNBits, "MatMulNBits bits=4 with packed zero points, blocks of 128"},
-  {"mnb2_b16",    S::kInt, 2, true,  true,  16, L::kMatMulNBits, "MatMulNBits bits=2, blocks of 16, default zero point 2"},
-  {"mnb2_b32",    S::kInt, 2, true,  true,  32, L::kMatMulNBits, "MatMulNBits bits=2, blocks of 32"},
-  {"mnb2_b64",    S::kInt, 2, true,  true,  64, L::kMatMulNBits, "MatMulNBits bits=2, blocks of 64"},
-  {"mnb2_b128",   S::kInt, 2, true,  true, 128, L::kMatMulNBits, "MatMulNBits bits=2, blocks of 128"},
-  {"mnb2z_b32",   S::kInt, 2, false, false, 32, L::kMatMulNBits, "MatMulNBits bits=2 with packed zero points, blocks of 32"},
-  {"mnb2z_b128",  S::kInt, 2, false, false,128, L::kMatMulNBits, "MatMulNBits bits=2 with packed zero points, blocks of 128"},
-}};
-// clang-format on
+  std::string_view keep(std::string s) { return strings.emplace_back(std::move(s)); }
+
+  Table() {
+    for (const ElementType& t : element_types()) {
+      for (int16_t b : t.qdq_blocks) {
+        if (b < 0) continue;
+        const std::string name = b > 0 ? fmt::format("{}_b{}", t.name, b) : std::string(t.name);
+        const std::string help = b > 0 ? fmt::format("{}, blocks of {} along K (DQ block_size)", t.help, b)
+                                       : fmt::format("{}, per output channel (DQ axis)", t.help);
+        rows.push_back({keep(name), &t, t.scheme, t.bits, t.is_signed, t.is_signed, b, WeightLayout::kQdq, keep(help)});
+      }
+    }
+    for (const ElementType& t : element_types()) {
+      for (int16_t b : t.mnb_blocks) {
+        if (b < 0 || t.mnb_name.empty()) continue;
+        const std::string help = fmt::format("MatMulNBits bits={}{}, blocks of {}", t.bits,
+                                             t.is_signed ? fmt::format(", default zero point {}", 1 << (t.bits - 1))
+                                                         : std::string(" with packed zero points"),
+                                             b);
+        rows.push_back({keep(fmt::format("{}_b{}", t.mnb_name, b)), &t, t.scheme, t.bits, t.is_signed, t.is_signed, b,
+                        WeightLayout::kMatMulNBits, keep(help)});
+      }
+    }
+  }
+};
+
+const Table& table() {
+  static const Table t;
+  return t;
+}
 
 }  // namespace
 
 DataType WeightFormat::storage_type() const {
-  if (layout == WeightLayout::kMatMulNBits) return DataType::kUint8;
-  switch (bits) {
-    case 8: return is_signed ? DataType::kInt8 : DataType::kUint8;
-    case 4: return is_signed ? DataType::kInt4 : DataType::kUint4;
-    case 2: return is_signed ? DataType::kInt2 : DataType::kUint2;
-    default: break;
-  }
-  fail(ErrorCode::kInternal, "format '{}' has unsupported bits {}", name, bits);
+  return layout == WeightLayout::kMatMulNBits ? DataType::kUint8 : type->onnx_type;
 }
 
 void WeightFormat::level_range(int* lo, int* hi) const {
@@ -93,59 +69,53 @@ void WeightFormat::level_range(int* lo, int* hi) const {
   }
 }
 
-std::span<const WeightFormat> weight_formats() { return kFormats; }
+std::span<const WeightFormat> weight_formats() { return table().rows; }
 
 const WeightFormat* find_weight_format(std::string_view name) {
-  for (const auto& f : kFormats)
+  for (const auto& f : table().rows)
     if (f.name == name) return &f;
   return nullptr;
 }
 
-const WeightFormat& select_weight_format(std::string_view bits, int64_t block_size, bool symmetric,
-                                         WeightLayout layout) {
-  std::string base;
-  bool force_signed = false, force_unsigned = false;
-  if (bits == "8" || bits == "int8") base = "8";
-  else if (bits == "4") base = "4";
-  else if (bits == "int4") { base = "4"; force_signed = true; }
-  else if (bits == "uint4") { base = "4"; force_unsigned = true; }
-  else if (bits == "2") base = "2";
-  else if (bits == "int2") { base = "2"; force_signed = true; }
-  else if (bits == "uint2") { base = "2"; force_unsigned = true; }
-  else if (bits == "ternary" || bits == "binary") base = std::string(bits);
-  else
-    fail(ErrorCode::kConfig, "unknown weight bits '{}' (expected 8, 4, 2, ternary, binary, int4, uint4, int2, uint2)",
-         bits);
-  const bool sym = force_signed ? true : (force_unsigned ? false : symmetric);
-  const std::string suffix = block_size > 0 ? fmt::format("_b{}", block_size) : "";
+const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
+                                          WeightLayout layout) {
+  QTOOL_CHECK(!bits.is_float() && !bits.inherits(), ErrorCode::kInternal, "no weight format for '{}'",
+              bits.spelled());
+  const ElementType* t = bits.type(symmetric);
+  // A width alias asked to be asymmetric with no unsigned twin (8 bits): MatMulNBits has no such
+  // row (an error below); DequantizeLinear int8 is always symmetric.
+  const bool unsigned_wanted = bits.width_only() && !symmetric;
   std::string name;
   if (layout == WeightLayout::kMatMulNBits) {
-    if (base == "ternary" || base == "binary")
+    if (t->scheme != WeightScheme::kInt)
       fail(ErrorCode::kConfig, "--format matmulnbits supports --bits 2, 4 and 8; {} weights are written as int2 "
-                               "DequantizeLinear (use --format qdq)", base);
+                               "DequantizeLinear (use --format qdq)", t->name);
     if (block_size <= 0)
       fail(ErrorCode::kConfig, "--format matmulnbits needs a block size (16, 32, 64 or 128), not per channel");
-    name = fmt::format("mnb{}{}{}", base, sym ? "" : "z", suffix);
-  } else if (base == "8") {
-    name = "int8";  // int8 is always per output channel: blocks buy nothing at 8 bits
-  } else if (base == "ternary" || base == "binary") {
-    name = base + suffix;
+    name = fmt::format("{}{}_b{}", t->mnb_name, unsigned_wanted && t->is_signed ? "z" : "", block_size);
+  } else if (t->scheme == WeightScheme::kInt && t->bits == 8) {
+    name = t->name;  // int8 is always per output channel: blocks buy nothing at 8 bits
   } else {
-    name = fmt::format("{}{}{}", sym ? "int" : "uint", base, suffix);
+    name = block_size > 0 ? fmt::format("{}_b{}", t->name, block_size) : std::string(t->name);
   }
   const WeightFormat* f = find_weight_format(name);
   if (!f) {
     std::string valid;
-    for (const auto& row : kFormats) valid += fmt::format("{}{}", valid.empty() ? "" : ", ", row.name);
-    fail(ErrorCode::kConfig, "no weight format '{}' for bits={} block_size={} {} (formats: {})", name, bits,
-         block_size, sym ? "symmetric" : "asymmetric", valid);
+    for (const auto& row : table().rows) valid += fmt::format("{}{}", valid.empty() ? "" : ", ", row.name);
+    fail(ErrorCode::kConfig, "no weight format '{}' for bits={} block_size={} {} (formats: {})", name, bits.spelled(),
+         block_size, t->is_signed && !unsigned_wanted ? "symmetric" : "asymmetric", valid);
   }
   return *f;
 }
 
+const WeightFormat& select_weight_format(std::string_view bits, int64_t block_size, bool symmetric,
+                                         WeightLayout layout) {
+  return resolve_weight_format(BitsChoice(bits), block_size, symmetric, layout);
+}
+
 std::string weight_formats_help() {
-  std::string s = "Weight formats (name: bits, block, layout - description):\n";
-  for (const auto& f : kFormats) {
+  std::string s = "Weight formats (--plan files name a layer's format; name: bits, block, layout - description):\n";
+  for (const auto& f : table().rows) {
     s += fmt::format("  {:<13} {} bit  {:<9} {:<12} {}\n", f.name, f.bits,
                      f.block_size > 0 ? fmt::format("block {}", f.block_size) : "channel",
                      f.layout == WeightLayout::kQdq ? "DQ" : "MatMulNBits", f.help);

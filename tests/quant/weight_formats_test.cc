@@ -37,6 +37,48 @@ TEST(WeightFormats, TableIsConsistentAndNamesUnique) {
   EXPECT_EQ(find_weight_format("int3"), nullptr);
 }
 
+// THE table (precision.h): every element type row parses from its name, derives exactly the format
+// rows its block lists name (and no others), and each derived row points back to it.
+TEST(ElementTypes, EveryRowParsesAndDerivesItsFormats) {
+  size_t derived = 0;
+  for (const ElementType& t : element_types()) {
+    const BitsChoice c{std::string(t.name)};
+    EXPECT_EQ(c.type(), &t) << t.name;
+    EXPECT_FALSE(c.width_only()) << t.name;
+    EXPECT_EQ(find_element_type(t.name), &t);
+    EXPECT_EQ(c.is_int8(), t.scheme == WeightScheme::kInt && t.bits == 8) << t.name;
+    EXPECT_EQ(c.is_sign_scheme(), t.scheme != WeightScheme::kInt) << t.name;
+    for (int16_t b : t.qdq_blocks) {
+      if (b < 0) continue;
+      const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kQdq);
+      EXPECT_EQ(f.type, &t) << f.name;
+      EXPECT_EQ(f.storage_type(), t.onnx_type) << f.name;
+      EXPECT_EQ(f.block_size, t.bits == 8 ? 0 : b) << f.name;
+      ++derived;
+    }
+    for (int16_t b : t.mnb_blocks) {
+      if (b < 0) continue;
+      const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kMatMulNBits);
+      EXPECT_EQ(f.type, &t) << f.name;
+      EXPECT_EQ(f.storage_type(), DataType::kUint8) << f.name;
+      EXPECT_EQ(f.symmetric, t.is_signed) << f.name;
+      ++derived;
+    }
+    if (!t.width.empty()) {  // the width alias: signed twin when symmetric, unsigned twin otherwise
+      const BitsChoice w{std::string(t.width)};
+      EXPECT_TRUE(w.width_only());
+      EXPECT_EQ(w.type(true)->is_signed, true) << t.width;
+      EXPECT_EQ(w.type(false)->width, t.width);
+    }
+    EXPECT_NE(bits_values(false).find(std::string(t.name)), std::string::npos);
+  }
+  EXPECT_EQ(derived, weight_formats().size());  // nothing but the rows derives formats
+  EXPECT_TRUE(BitsChoice("float").is_float());
+  EXPECT_TRUE(BitsChoice("").inherits());
+  EXPECT_THROW(BitsChoice("3"), Error);
+  EXPECT_THROW(BitsChoice("int3"), Error);
+}
+
 TEST(WeightFormats, SelectMapsCliChoices) {
   EXPECT_EQ(select_weight_format("4", 32, true, WeightLayout::kQdq).name, "int4_b32");
   EXPECT_EQ(select_weight_format("4", 32, false, WeightLayout::kQdq).name, "uint4_b32");

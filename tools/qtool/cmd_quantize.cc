@@ -24,6 +24,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "qtool/core/npy.h"
 #include "qtool/core/output_file.h"
 #include "sample_options.h"
 #include "qtool/calib/ranges.h"
@@ -33,6 +34,8 @@
 #include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/quant/bias_correction.h"
 #include "qtool/quant/lowbit.h"
+#include "qtool/quant/plan.h"
+#include "qtool/quant/precision.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
 #include "qtool/report/experiments.h"
@@ -70,6 +73,8 @@ struct QuantizeArgs {
   double gptq_damp = 0.01;                ///< weight-only: GPTQ dampening (fraction of mean diag H)
   bool no_tune_weights = false, no_tune_scales = false, no_tune_float = false;
   std::string report_path;  ///< --report: .json or .html
+  std::string plan_path;    ///< --plan: per-layer formats (weight-only)
+  std::string plan_out;     ///< --plan-out: write the plan the run carried out
   std::string config_path;  ///< --config: batch experiments
   bool json = false;        ///< --json: print the report JSON instead of the table
 };
@@ -89,12 +94,15 @@ bool bias_correction_on(const QuantizeArgs& a, const ir::Model& model) {
   return a.bias_correction || quant::has_depthwise_conv(model);
 }
 
+/// --bits 8 / int8: the static W8A8 path (precision.h parses the value; kConfig if unknown).
+bool is_static(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8(); }
+
 /// The options of a run as given, for QuantizeReport::settings.
 std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   std::map<std::string, std::string> m{{"bits", a.bits}};
   if (!a.data.path.empty()) m["calib"] = a.data.path;
   if (!a.ranges_path.empty()) m["ranges"] = a.ranges_path;
-  if (a.bits == "8" || a.bits == "int8") {
+  if (is_static(a)) {
     m["method"] = a.method;
     m["activation-type"] = a.activation_type;
     m["activation-bits"] = std::to_string(a.activation_bits);
@@ -162,6 +170,19 @@ std::shared_ptr<data::SelectedSource> open_samples(const QuantizeArgs& a, const 
   return cli::open_samples(a.data, model, "--calib");
 }
 
+/// The default bits a plan file was written with (its "bits"), for --plan without --bits.
+std::string plan_bits(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail(ErrorCode::kConfig, "plan '{}' is not valid JSON: {}", path, e.what());
+  }
+  QTOOL_CHECK(j.is_object() && j.contains("bits") && j["bits"].is_string(), ErrorCode::kConfig,
+              "plan '{}' has no \"bits\": give --bits", path);
+  return j["bits"].get<std::string>();
+}
+
 /// Options that belong to one of the two paths: given on the other, they are refused rather than
 /// silently ignored. One row per option.
 struct PathOption {
@@ -184,6 +205,7 @@ constexpr PathOption kPathOptions[] = {
     {"--tune-augment", false, true},     {"--tune-features", false, true},    {"--tune-stages", false, true},
     {"--tune-quant-noise", false, true}, {"--tune-range", false, true},       {"--tune-mixup", false, true},
     {"--no-tune-weights", false, true},  {"--no-tune-scales", false, true},   {"--no-tune-float", false, true},
+    {"--plan", false, true},             {"--plan-out", false, true},
 };
 
 bool has_subgraphs(const ir::Graph& g) {
@@ -192,7 +214,6 @@ bool has_subgraphs(const ir::Graph& g) {
   return false;
 }
 
-bool is_static(const QuantizeArgs& a) { return a.bits == "8" || a.bits == "int8"; }
 
 /// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
 void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) {
@@ -234,10 +255,16 @@ void check_names_exist(const QuantizeArgs& a, const ir::Model& model) {
 void check_outputs(const QuantizeArgs& a) {
   if (!a.ranges_path.empty()) protect_input(a.ranges_path);
   if (!a.data.path.empty()) protect_input(a.data.path);
+  if (!a.plan_path.empty()) protect_input(a.plan_path);
   check_output_path(a.out_path, "-o");
   if (!a.report_path.empty()) {
     check_output_path(a.report_path, "--report");
     check_distinct_outputs(a.out_path, "-o", a.report_path, "--report");
+  }
+  if (!a.plan_out.empty()) {
+    check_output_path(a.plan_out, "--plan-out");
+    check_distinct_outputs(a.out_path, "-o", a.plan_out, "--plan-out");
+    check_distinct_outputs(a.report_path, "--report", a.plan_out, "--plan-out");
   }
 }
 
@@ -374,6 +401,7 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   cfg.fp16_scales = a.scale_type == "float16";
   cfg.bits_depthwise = a.bits_depthwise == "same" ? "" : a.bits_depthwise;
   if (!a.layer_bits.empty()) cfg.layer_bits = quant::parse_layer_bits(a.layer_bits);
+  if (!a.plan_path.empty()) cfg.plan = quant::load_plan(a.plan_path);
   cfg.tune = a.tune;
   cfg.gptq.act_order = a.gptq_act_order;
   QTOOL_CHECK(a.gptq_damp > 0 && a.gptq_damp < 1, ErrorCode::kConfig, "--gptq-damp must be in (0, 1), got {}", a.gptq_damp);
@@ -429,18 +457,26 @@ QuantizeOutcome run_weight_only(const QuantizeArgs& a, ir::Model& model, std::ve
   t = clock_type::now();
   model.source_path.clear();
   onnx_io::save_model(model, a.out_path);
+  if (!a.plan_out.empty()) write_file_atomic(a.plan_out, quant::plan_to_json(rep, a.bits).dump(2) + "\n");
   timings.push_back({"save", seconds_since(t)});
 
-  std::string headline = a.bits == "ternary" || a.bits == "binary" ? a.bits : "W" + a.bits;
-  if (a.block_size > 0 && a.bits != "ternary" && a.bits != "binary")
-    headline += fmt::format(" (block {})", a.block_size);
+  const quant::BitsChoice bits(a.bits);
+  std::string headline = bits.is_sign_scheme() ? a.bits : "W" + a.bits;
+  if (a.block_size > 0 && !bits.is_sign_scheme()) headline += fmt::format(" (block {})", a.block_size);
   headline += " A32";
   QuantizeOutcome out{report::make_quantize_report(a.model_path, a.out_path, model, headline), std::nullopt};
   // Per-layer errors and methods from the quantizer, matched by weight name (the emitted model
-  // renames weights, e.g. "conv1.weight_quantized", so a prefix match counts) or consuming node.
+  // renames weights, e.g. "conv1.weight_quantized") or consuming node.
   for (auto& l : out.report.layers) {
     for (const auto& w : rep.layers) {
-      const bool same_weight = !w.weight.empty() && l.weight.rfind(w.weight, 0) == 0;
+      // Exact names only (the emitters name the stored levels "<weight>_quantized"): a prefix match
+      // gave weight "conv1" the row of "conv10_quantized".
+      const bool same_weight = !w.weight.empty() && (l.weight == w.weight || l.weight == w.weight + "_quantized");
+      if (!w.weight.empty() && l.weight == w.weight + "_outlier_quantized") {  // --outlier-fraction branch
+        l.method = "rtn";
+        l.note = fmt::format("int8 outlier columns of '{}'", w.weight);
+        break;
+      }
       if (!same_weight && (w.node.empty() || w.node != l.node)) continue;
       if (w.format != "float") l.weight_sqnr_db = sqnr_from_rel_mse(w.weight_rel_mse);
       l.method = w.algorithm;
@@ -625,7 +661,7 @@ QuantizeOutcome quantize_once(const QuantizeArgs& a) {
   check_names_exist(a, model);
   QTOOL_CHECK(!a.max_drop || !a.data.path.empty(), ErrorCode::kConfig, "--max-drop needs calibration data (--calib)");
   QuantizeOutcome out =
-      a.bits != "8" && a.bits != "int8" ? run_weight_only(a, model, timings) : run_static(a, model, timings);
+      is_static(a) ? run_static(a, model, timings) : run_weight_only(a, model, timings);
   out.report.settings = settings_of(a);
   out.report.timings = std::move(timings);
   if (!a.report_path.empty()) report::write_report(out.report, a.report_path);
@@ -646,7 +682,14 @@ void print_outcome(const QuantizeArgs& a, const QuantizeOutcome& out) {
 void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("model", a.model_path, "FP32 ONNX model")->required()->check(CLI::ExistingFile);
   cmd.add_option("-o,--output", a.out_path, "output model path (required unless --config)");
-  cmd.add_option("--bits", a.bits, "weight bits: 8 (static W8A8), or 4, 2, ternary, binary (weight-only)");
+  cmd.add_option("--bits", a.bits,
+                 fmt::format("weights: 8 / int8 = static W8A8 (8-bit activations too); any other = weight-only ({}); "
+                             "the formats each gives are listed below",
+                             quant::bits_values(false)))
+      ->check([](const std::string& v) {
+        const quant::BitsChoice c(v);
+        return c.is_float() || c.inherits() ? std::string("--bits must name a precision, not 'float' or ''") : std::string();
+      });
   add_sample_options(cmd, a.data, "--calib", "calibration data (folder or file, see qtool calibrate)");
   cmd.add_option("--method", a.method, "range method: minmax, percentile, entropy, mse");
   cmd.add_option("--percentile", a.percentile, "percentile kept by --method percentile")->check(CLI::Range(50.0, 100.0));
@@ -682,7 +725,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "weight-only: fraction of the most salient input channels kept at int8 beside the low-bit weights");
   cmd.add_option("--bits-first-last", a.bits_first_last,
                  "weight-only: bits of the first and last layers (default 8; 'same' = like --bits)");
-  cmd.add_option("--layer-bits", a.layer_bits, "weight-only: per-layer bits by node/weight name glob, e.g. 'lm_head=8,*.down_proj=4'");
+  cmd.add_option("--layer-bits", a.layer_bits,
+                 fmt::format("weight-only: per-layer bits by node/weight name glob, e.g. 'lm_head=8,*.down_proj=4' "
+                             "(values: {})",
+                             quant::bits_values(true)));
   cmd.add_option("--scale-type", a.scale_type,
                  "weight-only: float16 (default: a float16 initializer and a Cast in front of each DequantizeLinear "
                  "scale, 4.5 bits per weight at block 32) or float32 (5.0)");
@@ -717,6 +763,11 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--no-tune-weights", a.no_tune_weights, "tuning: keep the levels, tune scales and float vectors only");
   cmd.add_flag("--no-tune-scales", a.no_tune_scales, "tuning: keep the block scales");
   cmd.add_flag("--no-tune-float", a.no_tune_float, "tuning: keep the float biases and normalization weights");
+  cmd.add_option("--plan-out", a.plan_out,
+                 "weight-only: write the per-layer plan the run carried out (each weight's format and why) as JSON");
+  cmd.add_option("--plan", a.plan_path,
+                 "weight-only: take each listed weight's format from this plan (from --plan-out, possibly edited; "
+                 "--bits defaults to the plan's); the same plan gives the same model byte for byte");
   cmd.add_option("--report", a.report_path, "write the run's report: FILE.json or FILE.html");
   cmd.add_flag("--json", a.json, "print the report JSON instead of the summary table");
   cmd.add_option("--config", a.config_path,
@@ -810,7 +861,9 @@ void add_quantize_command(CLI::App& app) {
   auto a = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("quantize", "post-training quantization (static INT8 QDQ, or low-bit weights)");
   add_quantize_options(*cmd, *a);
+  cmd->footer("\n" + quant::weight_formats_help());
   cmd->callback([a, cmd] {
+    if (cmd->count("--plan") && !cmd->count("--bits")) a->bits = plan_bits(a->plan_path);
     check_options_apply(*cmd, *a);
     run_quantize(*a);
   });

@@ -1,9 +1,11 @@
-// The table of low-bit weight formats, and their packed storage layouts.
+// The packed weight formats, derived from THE table of element types (precision.h), and their
+// packed storage layouts.
 //
-// One table (weight_formats()) drives the CLI's --help text, the parser of --bits / --layer-bits
-// values and a test that loops over every format (ggml/llama.cpp style). A format says how the
-// integer levels are chosen (scheme, bits, block size, symmetric or with zero points) and how
-// they are written (standard ONNX DequantizeLinear or ONNX Runtime's com.microsoft.MatMulNBits).
+// weight_formats() has one row per element type x block size x layout, generated from the element
+// type rows (nothing else lists formats): it drives the format footer of --help, plan files (a
+// layer's format by name) and a test that loops over every format. A format says how the integer
+// levels are chosen (scheme, bits, block size, symmetric or with zero points) and how they are
+// written (standard ONNX DequantizeLinear or ONNX Runtime's com.microsoft.MatMulNBits).
 //
 // Conventions used throughout qtool::quant: a weight matrix W is [rows = N output channels,
 // cols = K reduction (input) channels], row-major, and it is quantized in blocks of
@@ -20,15 +22,9 @@
 #include <vector>
 
 #include "qtool/core/dtype.h"
+#include "qtool/quant/precision.h"
 
 namespace qtool::quant {
-
-/// How the integer levels of a block relate to the real weights.
-enum class WeightScheme {
-  kInt,      ///< uniform grid: w ≈ (q - zp) * scale, q in the range of `bits` (signed or unsigned)
-  kTernary,  ///< w ≈ α·t, t ∈ {-1, 0, +1}; threshold and α chosen per block to minimize ‖w - α·t‖²
-  kBinary,   ///< w ≈ α·sign(w), α = mean|w| of the block (the L2-optimal α for fixed signs)
-};
 
 /// How a quantized weight is written into the ONNX graph.
 enum class WeightLayout {
@@ -39,6 +35,7 @@ enum class WeightLayout {
 /// One row of the format table.
 struct WeightFormat {
   std::string_view name;    ///< "int4", "int4_b32", "mnb4_b32", "ternary_b64", ...
+  const ElementType* type;  ///< the element type row it is derived from
   WeightScheme scheme;
   int bits;                 ///< stored bits per weight (ternary and binary are stored on 2 bits)
   bool is_signed;           ///< levels are signed (int*) or unsigned with a zero point (uint*, MatMulNBits)
@@ -57,9 +54,12 @@ struct WeightFormat {
 std::span<const WeightFormat> weight_formats();
 /// The row named `name`, or nullptr.
 const WeightFormat* find_weight_format(std::string_view name);
-/// The format for a CLI-level choice: `bits` is "8", "4", "2", "ternary", "binary" (or
-/// "int4", "uint4", "int2", "uint2", "int8"); block_size 0 = per channel; `layout` selects
-/// MatMulNBits variants. Throws kConfig naming the valid choices when no row matches.
+/// The format for a parsed choice (not float, not inherit): block_size 0 = per channel (int8 is
+/// always per channel); `symmetric` picks the twin of a width alias; `layout` selects MatMulNBits
+/// variants. Throws kConfig naming the valid choices when no row matches.
+const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
+                                          WeightLayout layout);
+/// resolve_weight_format(BitsChoice(bits), ...).
 const WeightFormat& select_weight_format(std::string_view bits, int64_t block_size, bool symmetric,
                                          WeightLayout layout);
 /// The format table as --help text (one line per row: name, bits, block, layout, what it is).

@@ -39,6 +39,7 @@
 #include "qtool/quant/awq.h"
 #include "qtool/quant/format.h"
 #include "qtool/quant/gptq.h"
+#include "qtool/quant/precision.h"
 #include "qtool/quant/tune.h"
 
 namespace qtool::data {
@@ -55,18 +56,28 @@ WeightAlgorithm parse_weight_algorithm(std::string_view s);
 std::string_view weight_algorithm_name(WeightAlgorithm a);
 
 /// One --layer-bits rule: nodes whose name or weight-initializer name matches the glob `pattern`
-/// ('*' any run, '?' one char) get `bits` ("8", "4", "2", "ternary", "binary", "float" = leave alone).
+/// ('*' any run, '?' one char) get `bits` (any precision.h value; "float" = leave alone).
 struct LayerBitsRule {
   std::string pattern;
-  std::string bits;
+  BitsChoice bits;
 };
 /// Parses 'lm_head=8,*.down_proj=4' (comma-separated pattern=bits); throws kConfig on a malformed item.
 std::vector<LayerBitsRule> parse_layer_bits(std::string_view spec);
 /// Glob match ('*', '?').
 bool glob_match(std::string_view pattern, std::string_view text);
 
+/// One layer of a plan read from a plan file (plan.h): the format its weight gets (nullptr = float)
+/// and why.
+struct PlannedLayer {
+  const WeightFormat* format = nullptr;
+  std::string reason;
+};
+/// Weight initializer name -> planned layer (--plan). A plan overrides the rules for every weight it
+/// names; weights it does not name keep the rules' choice.
+using LayerPlanMap = std::map<std::string, PlannedLayer>;
+
 struct WeightOnlyConfig {
-  std::string bits = "4";            ///< "8", "4", "2", "ternary", "binary" (or int4/uint4/int2/uint2/int8)
+  BitsChoice bits = "4";             ///< the default precision (precision.h: "4", "int4", "ternary", ...)
   int64_t block_size = 32;           ///< 0 = per output channel
   bool symmetric = true;             ///< false: unsigned levels with zero points
   WeightLayout format = WeightLayout::kQdq;
@@ -74,13 +85,14 @@ struct WeightOnlyConfig {
   double outlier_fraction = 0.0;     ///< fraction of input channels kept in int8 beside the low-bit weights
   /// Bits for the first and last layers (first Conv/MatMul/Gemm on the input path, the classifier or
   /// lm_head producing a graph output, the embedding Gather). "" = same as `bits`.
-  std::string bits_first_last = "8";
+  BitsChoice bits_first_last = "8";
   /// Bits for depthwise convolutions (group == output channels, one input channel per filter): few
   /// parameters (MobileNetV2: 2% of the weights) but each output channel rests on only kh·kw
   /// weights, so low-bit rounding hurts them most. "" = same as `bits`. --layer-bits overrides.
-  std::string bits_depthwise = "8";
+  BitsChoice bits_depthwise = "8";
   std::vector<LayerBitsRule> layer_bits;   ///< later rules win
   std::vector<std::string> exclude;        ///< node or weight names / globs left in float
+  LayerPlanMap plan;                       ///< --plan: per-weight formats that override the rules
   bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)
   int clip_steps = 20;                     ///< RTN clipping search steps (0 = plain min/max)
   /// Store the scales of DequantizeLinear weights below 8 bits as float16 (a float16 initializer read

@@ -1,0 +1,82 @@
+// THE table of weight element types (see precision.h).
+#include "qtool/quant/precision.h"
+
+#include <fmt/format.h>
+
+#include "qtool/core/error.h"
+
+namespace qtool::quant {
+namespace {
+
+using S = WeightScheme;
+constexpr std::array<int16_t, 5> kAllBlocks = {0, 16, 32, 64, 128};
+
+// clang-format off
+/// name, width alias, scheme, bits, signed, ONNX type, opset, DQ blocks, MatMulNBits name and blocks, help.
+constexpr std::array<ElementType, 7> kElementTypes = {{
+  {"int8",    "8", S::kInt,     8, true,  DataType::kInt8,  13, {0, -1, -1, -1, -1}, "mnb8",  {32, 128, -1, -1},
+   "int8 symmetric levels, per output channel (DequantizeLinear, opset 13)"},
+  {"int4",    "4", S::kInt,     4, true,  DataType::kInt4,  21, kAllBlocks,          "mnb4",  {16, 32, 64, 128},
+   "int4 symmetric levels (opset 21)"},
+  {"uint4",   "4", S::kInt,     4, false, DataType::kUint4, 21, kAllBlocks,          "mnb4z", {16, 32, 64, 128},
+   "uint4 levels with zero points (--asymmetric; opset 21)"},
+  {"int2",    "2", S::kInt,     2, true,  DataType::kInt2,  25, kAllBlocks,          "mnb2",  {16, 32, 64, 128},
+   "int2 symmetric levels (opset 25)"},
+  {"uint2",   "2", S::kInt,     2, false, DataType::kUint2, 25, kAllBlocks,          "mnb2z", {32, 128, -1, -1},
+   "uint2 levels with zero points (--asymmetric; opset 25)"},
+  {"ternary", "",  S::kTernary, 2, true,  DataType::kInt2,  25, kAllBlocks,          "",      {-1, -1, -1, -1},
+   "{-a, 0, +a}, threshold and a chosen per block (int2 DequantizeLinear, opset 25)"},
+  {"binary",  "",  S::kBinary,  2, true,  DataType::kInt2,  25, kAllBlocks,          "",      {-1, -1, -1, -1},
+   "{-a, +a}, a = mean|w| per block (int2 DequantizeLinear, opset 25)"},
+}};
+// clang-format on
+
+}  // namespace
+
+std::span<const ElementType> element_types() { return kElementTypes; }
+
+const ElementType* find_element_type(std::string_view name) {
+  for (const auto& t : kElementTypes)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+BitsChoice::BitsChoice(std::string_view text) : spelled_(text) {
+  if (text.empty()) return;
+  if (text == "float") {
+    is_float_ = true;
+    return;
+  }
+  for (const auto& t : kElementTypes) {
+    if (t.name == text) {
+      type_ = &t;
+      return;
+    }
+  }
+  for (const auto& t : kElementTypes) {  // a width alias: its signed row; --asymmetric picks the twin
+    if (!t.width.empty() && t.width == text && t.is_signed) {
+      type_ = &t;
+      width_only_ = true;
+      return;
+    }
+  }
+  fail(ErrorCode::kConfig, "unknown weight bits '{}' (expected {})", text, bits_values(true));
+}
+
+const ElementType* BitsChoice::type(bool symmetric) const {
+  if (!type_ || !width_only_ || symmetric) return type_;
+  for (const auto& t : kElementTypes)
+    if (t.width == type_->width && !t.is_signed) return &t;
+  return type_;  // no unsigned twin (8 bits): the signed row
+}
+
+std::string bits_values(bool with_float) {
+  std::string s;
+  for (const auto& t : kElementTypes)
+    if (!t.width.empty() && t.is_signed) s += fmt::format("{}{}", s.empty() ? "" : ", ", t.width);
+  for (const auto& t : kElementTypes) s += fmt::format(", {}", t.name);
+  if (with_float) s += ", float";
+  return s;
+}
+
+}  // namespace qtool::quant

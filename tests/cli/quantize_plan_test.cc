@@ -1,0 +1,86 @@
+// --plan-out / --plan: the plan a run carried out reproduces its model byte for byte, and an
+// edited plan is honoured and reported.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+std::string quantize(const std::string& args) {
+  return fmt::format("{} quantize {} --calib {} --samples 64 {}", testing::qtool_bin(),
+                     testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                     testing::source_path("calibration_samples/digits"), args);
+}
+
+TEST(CliQuantizePlan, PlanOutThenPlanReproducesTheModelAndAnEditIsHonoured) {
+  testing::TempDir d;
+  for (const std::string extra : {"--bits 4", "--bits 4 --asymmetric --weight-algorithm gptq", "--bits 2 --block-size 0"}) {
+    SCOPED_TRACE(extra);
+    const auto a = testing::run_command(quantize(fmt::format("{} -o {} --plan-out {}", extra, d.file("a.onnx"), d.file("plan.json"))));
+    ASSERT_EQ(a.exit_code, 0) << a.err;
+    const nlohmann::json plan = nlohmann::json::parse(slurp(d.file("plan.json")));
+    ASSERT_EQ(plan["layers"].size(), 5u);
+    EXPECT_EQ(plan["layers"][0]["reason"], "first/last layer");
+    // The same options plus the plan (the plan's bits by default when --bits is left out).
+    std::string rest = extra.substr(extra.find(' ', 7) == std::string::npos ? extra.size() : extra.find(' ', 7));
+    const auto b = testing::run_command(quantize(fmt::format("{} --plan {} -o {}", rest, d.file("plan.json"), d.file("b.onnx"))));
+    ASSERT_EQ(b.exit_code, 0) << b.err;
+    EXPECT_EQ(slurp(d.file("a.onnx")), slurp(d.file("b.onnx")));
+  }
+  // Edit: conv2 (int4) moves to int8; the report lists it as int8 with the reason "--plan".
+  const auto a = testing::run_command(quantize(fmt::format("--bits 4 -o {} --plan-out {}", d.file("a.onnx"), d.file("plan.json"))));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  nlohmann::json plan = nlohmann::json::parse(slurp(d.file("plan.json")));
+  ASSERT_EQ(plan["layers"][1]["node"], "conv2");
+  ASSERT_EQ(plan["layers"][1]["format"], "int4");
+  plan["layers"][1]["format"] = "int8";
+  std::ofstream(d.file("edited.json")) << plan.dump(2);
+  const auto c = testing::run_command(quantize(fmt::format("--plan {} -o {} --json", d.file("edited.json"), d.file("c.onnx"))));
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const nlohmann::json rep = nlohmann::json::parse(c.out);
+  bool seen = false;
+  for (const auto& l : rep["layers"]) {
+    if (l["node"] != "conv2") continue;
+    seen = true;
+    EXPECT_EQ(l["precision"], "int8") << l.dump();
+    EXPECT_EQ(l["note"], "--plan") << l.dump();
+  }
+  EXPECT_TRUE(seen) << rep["layers"].dump();
+  EXPECT_GT(slurp(d.file("c.onnx")).size(), slurp(d.file("a.onnx")).size());  // int8 costs bytes
+  // A plan that names a weight the model does not have, or a format an op cannot take, is refused.
+  plan["layers"][1]["weight"] = "no_such_weight";
+  std::ofstream(d.file("bad.json")) << plan.dump(2);
+  const auto bad = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("bad.json"), d.file("x.onnx"))));
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_NE(bad.err.find("no_such_weight"), std::string::npos) << bad.err;
+  plan["layers"][1]["weight"] = "conv2.weight";
+  plan["layers"][1]["format"] = "mnb4_b32";
+  std::ofstream(d.file("bad2.json")) << plan.dump(2);
+  const auto bad2 = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("bad2.json"), d.file("x.onnx"))));
+  EXPECT_EQ(bad2.exit_code, 2) << bad2.err;
+  EXPECT_NE(bad2.err.find("MatMulNBits"), std::string::npos) << bad2.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("x.onnx")));
+}
+
+TEST(CliQuantizePlan, HelpListsEveryFormatFromTheTable) {
+  const auto r = testing::run_command(fmt::format("{} quantize --help", testing::qtool_bin()));
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* name : {"int8", "int4_b32", "uint4_b128", "int2_b16", "ternary_b64", "binary", "mnb4z_b32", "mnb2z_b128"})
+    EXPECT_NE(r.out.find(name), std::string::npos) << name;
+  EXPECT_NE(r.out.find("ternary, binary"), std::string::npos) << "the --bits values come from the table";
+}
+
+}  // namespace
+}  // namespace qtool

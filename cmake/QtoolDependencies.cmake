@@ -8,7 +8,8 @@ find_package(spdlog REQUIRED)            # libspdlog-dev: logging to stderr
 find_package(fmt REQUIRED)               # libfmt-dev (spdlog's dependency): message formatting
 find_package(nlohmann_json 3 REQUIRED)   # nlohmann-json3-dev: JSON reports, ranges files, configs
 find_package(yaml-cpp QUIET)             # libyaml-cpp-dev (optional): YAML configs for `qtool quantize --config`
-find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)  # libstb-dev: JPEG/PNG decoding for calibration images
+find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)  # libstb-dev: PNG decoding for calibration images
+find_package(JPEG REQUIRED)              # libjpeg-dev (libjpeg-turbo): JPEG decoding, the decoder PIL uses
 find_package(ZLIB REQUIRED)              # zlib1g-dev: deflate in .npz archives, gzip IDX files (calibration data)
 if(QTOOL_BUILD_TESTS)
   find_package(GTest REQUIRED)           # libgtest-dev

@@ -9,7 +9,8 @@ PKGS=(
   libeigen3-dev                                    # GEMM, Cholesky (GPTQ)
   libcli11-dev libspdlog-dev libfmt-dev            # CLI parsing, logging, formatting
   nlohmann-json3-dev                               # JSON reports, ranges, configs
-  libstb-dev                                       # JPEG/PNG decoding of calibration images
+  libstb-dev                                       # PNG decoding of calibration images
+  libjpeg-dev                                      # JPEG decoding (libjpeg-turbo, the decoder PIL uses)
   zlib1g-dev                                       # .npz (deflate) calibration archives
   libgtest-dev                                     # unit tests
   libonnx-testdata                                 # ONNX's own backend conformance tests
@@ -19,6 +20,7 @@ PKGS=(
   libyaml-cpp-dev                                  # YAML experiment configs for qtool quantize --config (optional)
   chromium                                         # headless check that the HTML report renders its charts (tests/report)
   nodejs npm                                       # ONNX Runtime oracle (onnxruntime-node)
+  clang libclang-rt-14-dev                         # libFuzzer + ASan/UBSan runtimes: tests/fuzz (CI's fuzz step)
 )
 
 SUDO=""

@@ -1,4 +1,5 @@
-// Image decoding (stb_image) and torchvision/PIL-compatible preprocessing.
+// Image decoding (JPEG: libjpeg-turbo, as PIL; PNG: stb_image) and torchvision/PIL-compatible
+// preprocessing.
 #include "qtool/data/image.h"
 
 #include <algorithm>
@@ -10,11 +11,11 @@
 
 #include "qtool/core/npy.h"
 #include "qtool/data/sample_source.h"
+#include "jpeg_decode.h"
 
-// The one translation unit that compiles stb_image's implementation. Only the decoders that
-// calibration folders hold are compiled in.
+// The one translation unit that compiles stb_image's implementation, for PNG only (JPEG goes to
+// libjpeg-turbo: jpeg_decode.h).
 #define STB_IMAGE_IMPLEMENTATION
-#define STBI_ONLY_JPEG
 #define STBI_ONLY_PNG
 #define STBI_NO_STDIO
 #define STBI_FAILURE_USERMSG
@@ -76,6 +77,15 @@ ImageInfo image_info_memory(const std::string& bytes, const std::string& what) {
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int len = static_cast<int>(bytes.size());
   ImageInfo info;
+  if (detail::is_jpeg(bytes)) {
+    const detail::JpegHeader h = detail::jpeg_header(bytes, what);
+    info.width = h.width;
+    info.height = h.height;
+    info.channels = h.color_space == 1 ? 1 : 3;
+    QTOOL_CHECK(info.width > 0 && info.height > 0, ErrorCode::kInvalidInput,
+                "cannot decode image '{}': header declares {}x{}", what, info.width, info.height);
+    return info;
+  }
   if (!stbi_info_from_memory(data, len, &info.width, &info.height, &info.channels)) {
     fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
   }
@@ -101,11 +111,22 @@ Image decode_image_memory(const std::string& bytes, const std::string& what, int
                                                  info.channels));
   }
   int w = 0, h = 0, c = 0;
-  // Decode to RGB first: gray conversion follows PIL's convert("L") (ITU-R 601-2 luma), not stb's.
-  const int want = channels == 1 ? 0 : 3;
-  stbi_uc* px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
-                                      &w, &h, &c, want);
-  if (!px) fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
+  std::vector<uint8_t> jpeg_rgb;
+  stbi_uc* px = nullptr;
+  if (detail::is_jpeg(bytes)) {  // libjpeg-turbo: RGB (gray replicated), as PIL's convert("RGB")
+    detail::JpegHeader jh;
+    jpeg_rgb = detail::decode_jpeg_rgb(bytes, what, &jh, {});
+    w = jh.width;
+    h = jh.height;
+    c = 3;
+    px = jpeg_rgb.data();
+  } else {
+    // Decode to RGB first: gray conversion follows PIL's convert("L") (ITU-R 601-2 luma), not stb's.
+    const int want = channels == 1 ? 0 : 3;
+    px = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()), &w,
+                               &h, &c, want);
+    if (!px) fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
+  }
   Image img;
   img.width = w;
   img.height = h;
@@ -122,7 +143,7 @@ Image decode_image_memory(const std::string& bytes, const std::string& what, int
       img.pixels[i] = static_cast<uint8_t>((p[0] * 19595u + p[1] * 38470u + p[2] * 7471u + 0x8000u) >> 16);
     }
   }
-  stbi_image_free(px);
+  if (jpeg_rgb.empty()) stbi_image_free(px);
   return img;
 }
 

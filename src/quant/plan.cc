@@ -50,15 +50,24 @@ LayerPlanMap plan_from_json(const nlohmann::json& j, const std::string& what) {
   return plan;
 }
 
-LayerPlanMap load_plan(const std::string& path) {
+namespace {
+nlohmann::json read_plan_json(const std::string& path) {
   const std::string text = read_file(path);
-  nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail(ErrorCode::kConfig, "plan '{}' is not valid JSON: {}", path, e.what());
   }
-  return plan_from_json(j, path);
+}
+}  // namespace
+
+LayerPlanMap load_plan(const std::string& path) { return plan_from_json(read_plan_json(path), path); }
+
+std::string plan_default_bits(const std::string& path) {
+  const nlohmann::json j = read_plan_json(path);
+  QTOOL_CHECK(j.is_object() && j.contains("bits") && j["bits"].is_string(), ErrorCode::kConfig,
+              "plan '{}' has no \"bits\": give --bits", path);
+  return j["bits"].get<std::string>();
 }
 
 }  // namespace qtool::quant

@@ -15,7 +15,7 @@ constexpr std::array<int16_t, 5> kAllBlocks = {0, 16, 32, 64, 128};
 /// name, width alias, scheme, bits, signed, ONNX type, opset, DQ blocks, MatMulNBits name and blocks, help.
 constexpr std::array<ElementType, 7> kElementTypes = {{
   {"int8",    "8", S::kInt,     8, true,  DataType::kInt8,  13, {0, -1, -1, -1, -1}, "mnb8",  {32, 128, -1, -1},
-   "int8 symmetric levels, per output channel (DequantizeLinear, opset 13)"},
+   "int8 symmetric levels (opset 13; always per output channel)"},
   {"int4",    "4", S::kInt,     4, true,  DataType::kInt4,  21, kAllBlocks,          "mnb4",  {16, 32, 64, 128},
    "int4 symmetric levels (opset 21)"},
   {"uint4",   "4", S::kInt,     4, false, DataType::kUint4, 21, kAllBlocks,          "mnb4z", {16, 32, 64, 128},

@@ -1,6 +1,9 @@
 // Batch experiments for `qtool quantize --config` (see experiments.h).
 #include "qtool/report/experiments.h"
 
+#include <cmath>
+#include <limits>
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <set>
@@ -306,6 +309,23 @@ ExperimentOutcome run_experiments(const ExperimentConfig& config, const Experime
     write_file_atomic(outcome.csv_path, rows_to_csv(outcome.rows));
   }
   return outcome;
+}
+
+nlohmann::json setting_metrics(const QuantizeReport& r) {
+  nlohmann::json m;
+  m["precision"] = r.precision;
+  m["size_bytes"] = r.output_file_bytes;
+  const double pct = r.size_percent();
+  if (std::isfinite(pct)) m["size_percent"] = std::round(pct * 100.0) / 100.0;
+  m["bits_per_weight"] = std::round(r.bits_per_weight() * 1000.0) / 1000.0;
+  double sqnr = std::numeric_limits<double>::infinity(), agree = 2.0;
+  for (const auto& o : r.outputs) {
+    if (!std::isnan(o.sqnr_db)) sqnr = std::min(sqnr, o.sqnr_db);
+    if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+  }
+  if (!r.outputs.empty() && std::isfinite(sqnr)) m["sqnr_db"] = std::round(sqnr * 100.0) / 100.0;
+  if (agree <= 1.0) m["top1_agreement"] = agree;
+  return m;
 }
 
 }  // namespace qtool::report

@@ -335,7 +335,9 @@ std::string jpeg_header(uint16_t width, uint16_t height) {
   j += static_cast<char>(height & 0xff);
   j += static_cast<char>(width >> 8);
   j += static_cast<char>(width & 0xff);
-  j += std::string("\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00\xff\xd9", 13);
+  j += std::string("\x03\x01\x11\x00\x02\x11\x00\x03\x11\x00", 10);
+  // Start of scan (libjpeg reads the header up to it), then the end of the image: no pixel data.
+  j += std::string("\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00\xff\xd9", 16);
   return j;
 }
 

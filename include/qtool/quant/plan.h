@@ -28,5 +28,7 @@ nlohmann::json plan_to_json(const WeightOnlyReport& report, const std::string& b
 LayerPlanMap plan_from_json(const nlohmann::json& j, const std::string& what);
 /// Reads a plan file (plan_from_json). Throws kIo / kConfig naming the file.
 LayerPlanMap load_plan(const std::string& path);
+/// The default bits a plan file was written with (its "bits"), for --plan without --bits.
+std::string plan_default_bits(const std::string& path);
 
 }  // namespace qtool::quant

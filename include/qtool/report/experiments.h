@@ -21,6 +21,8 @@
 // returned + "status"/"error"/"seconds").
 #pragma once
 
+#include "qtool/report/report.h"
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -69,6 +71,10 @@ struct ExperimentOutcome {
 /// status "failed" and its message, and the sweep goes on; results.csv/results.json are rewritten
 /// after every setting, so an interrupted sweep keeps what it finished. Creates output_dir.
 ExperimentOutcome run_experiments(const ExperimentConfig& config, const ExperimentRunner& run_one);
+
+/// One setting's metrics for the results table: precision, size (bytes and percent of FP32), bits
+/// per weight, the worst output SQNR and top-1 agreement measured.
+nlohmann::json setting_metrics(const QuantizeReport& r);
 
 /// CSV of rows (union of keys as columns, first-seen order; RFC 4180 quoting).
 std::string rows_to_csv(const nlohmann::json& rows);

@@ -1,0 +1,62 @@
+// The quantize job: the one place that orders the stages for `qtool quantize`.
+//
+// Given a typed job (the CLI parsed and validated every option into it), quantize() loads the model,
+// checks every output path and every name the options mention before any work, opens and splits
+// the samples, runs the static W8A8 path (prepare, calibrate, place Q/DQ, guard) or the weight-only
+// path (plan, GPTQ/AWQ/RTN, tuning), saves the model (and the plan), evaluates it on held-out
+// samples, builds the report and applies the quality gate the same way on both paths. It prints
+// nothing to stdout; a failed gate is returned, not thrown, so the caller shows the report first.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "qtool/core/error.h"
+#include "qtool/pipeline/samples.h"
+#include "qtool/quant/lowbit.h"
+#include "qtool/quant/precision.h"
+#include "qtool/quant/static_quant.h"
+#include "qtool/report/report.h"
+
+namespace qtool::pipeline {
+
+/// Every option of one quantize run, typed.
+struct QuantizeJob {
+  std::string model_path, out_path;
+  std::string report_path;  ///< "" = no --report file
+  std::string ranges_path;  ///< static: ranges from `qtool calibrate` instead of calibrating
+  std::string plan_path;    ///< weight-only: --plan
+  std::string plan_out;     ///< weight-only: --plan-out
+  SampleSpec data;          ///< --calib and the sample options (data.path "" = no samples)
+  quant::BitsChoice bits;   ///< --bits; is_int8() = the static path
+
+  // Static path (--bits 8).
+  quant::StaticQuantConfig static_cfg;  ///< activation type, per channel, exclusions, method, CLE
+  std::optional<bool> bias_correction;  ///< nullopt: on for models with depthwise convs
+  std::vector<std::string> op_types;    ///< quantize only these op types ("" = all)
+  int activation_bits = 8;
+  bool qoperator = false;               ///< --format qoperator
+
+  // Weight-only path.
+  quant::WeightOnlyConfig weight_cfg;   ///< formats, algorithm, rules, tuning (plan loaded from plan_path)
+
+  bool guard = true;                    ///< held-out quality check / evaluation
+  bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)
+  std::optional<double> max_drop;       ///< gate: top-1 agreement drop in points
+  int threads = 1;
+  std::vector<std::string> exclude_nodes, keep_fp;  ///< as given, to check that they name something
+  std::map<std::string, std::string> settings;      ///< the options as given, for the report
+};
+
+/// What one run produced: the report, and the quality-gate failure (if any).
+struct QuantizeOutcome {
+  report::QuantizeReport report;
+  std::optional<Error> gate_failure;
+};
+
+/// Runs the job (see the header comment). Throws Error for bad input and options.
+QuantizeOutcome quantize(const QuantizeJob& job);
+
+}  // namespace qtool::pipeline

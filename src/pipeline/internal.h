@@ -1,0 +1,48 @@
+// Helpers shared by the quantize job's files (src/pipeline); not a public header.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "qtool/data/sample_source.h"
+#include "qtool/ir/graph.h"
+#include "qtool/pipeline/quantize.h"
+#include "qtool/quant/static_quant.h"
+#include "qtool/report/report.h"
+
+namespace qtool::pipeline::detail {
+
+using clock_type = std::chrono::steady_clock;
+inline double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+/// Fewest held-out samples for the weight-only evaluation (as the static pipeline's guard).
+inline constexpr size_t kMinHoldout = 8;
+/// Larger models are not evaluated after quantization (it would hold two copies).
+inline constexpr int64_t kMaxEvalModelBytes = int64_t{256} << 20;
+
+int64_t file_size(const std::string& p);
+bool has_subgraphs(const ir::Graph& g);
+
+/// The guard's per-output agreement as the report's OutputQuality (SQNR, top-1 agreement).
+std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgreement>& agreement);
+/// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
+/// puts the result into the report: outputs, eval_samples, and each layer's output SQNR.
+void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                   data::SampleSource& held_out, int threads);
+/// The float weights of a model by name (copies share their buffers).
+std::map<std::string, Tensor> float_weights(const ir::Model& model);
+/// Weight SQNR (dB) of each layer stored as DequantizeLinear of an integer initializer.
+void fill_weight_sqnr(report::QuantizeReport& rep, const ir::Model& quantized,
+                      const std::map<std::string, Tensor>& fp32);
+/// Weight SQNR in dB from a relative MSE ‖W - Q‖² / ‖W‖².
+double sqnr_from_rel_mse(double rel_mse);
+
+/// The two paths. Each saves the model and returns the report (without settings and timings).
+QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings);
+QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings);
+
+}  // namespace qtool::pipeline::detail

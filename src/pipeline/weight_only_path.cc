@@ -1,0 +1,126 @@
+// The weight-only path of the quantize job: plan, GPTQ/AWQ/RTN, tuning, evaluation.
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include <spdlog/spdlog.h>
+
+#include "internal.h"
+#include "qtool/core/npy.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "qtool/quant/plan.h"
+
+namespace qtool::pipeline::detail {
+namespace {
+
+/// The quantizer's per-layer errors and methods, joined to the report rows (which the report reads
+/// from the emitted graph) by exact weight name ("<weight>_quantized" in the emitted model) or by
+/// the consuming node.
+void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& rep) {
+  for (auto& l : report.layers) {
+    for (const auto& w : rep.layers) {
+      const bool same_weight = !w.weight.empty() && (l.weight == w.weight || l.weight == w.weight + "_quantized");
+      if (!w.weight.empty() && l.weight == w.weight + "_outlier_quantized") {  // --outlier-fraction branch
+        l.method = "rtn";
+        l.note = fmt::format("int8 outlier columns of '{}'", w.weight);
+        break;
+      }
+      if (!same_weight && (w.node.empty() || w.node != l.node)) continue;
+      if (w.format != "float") l.weight_sqnr_db = sqnr_from_rel_mse(w.weight_rel_mse);
+      l.method = w.algorithm;
+      l.note = w.note;
+      break;
+    }
+  }
+}
+
+}  // namespace
+
+QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
+  quant::WeightOnlyConfig cfg = job.weight_cfg;
+  cfg.threads = job.threads;
+  if (!job.plan_path.empty()) cfg.plan = quant::load_plan(job.plan_path);
+  QTOOL_CHECK(cfg.tune.steps == 0 || !job.data.path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
+  std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
+  quant::CalibrationInputs calib;
+  std::optional<ir::Model> fp32;
+  std::string eval_note;
+  if (!job.data.path.empty()) {
+    const auto t = clock_type::now();
+    samples = open_samples(job.data, model, "--calib");
+    // Hold out the last fifth (at least kMinHoldout) of the samples to measure the result on data
+    // GPTQ/AWQ did not fit to; with too few samples, all serve both roles (and the report says so).
+    const size_t n = samples->size();
+    const size_t holdout = std::max(kMinHoldout, n / 5);
+    std::vector<size_t> fit_idx, eval_idx;
+    // Evaluating needs the FP32 model beside the quantized one: skipped (and nothing held out) for big models.
+    const bool evaluate = job.guard && file_size(job.model_path) <= kMaxEvalModelBytes;
+    for (size_t i = 0; i < n; ++i)
+      (evaluate && n >= 2 * kMinHoldout && i >= n - holdout ? eval_idx : fit_idx).push_back(i);
+    if (eval_idx.empty()) {
+      eval_idx = fit_idx;
+      eval_note = fmt::format("only {} calibration samples: the output quality is measured on the same samples", n);
+    }
+    fit_part = std::make_shared<data::SelectedSource>(samples, fit_idx);
+    held_out = std::make_shared<data::SelectedSource>(samples, eval_idx);
+    calib.source = fit_part.get();
+    timings.push_back({"calibrate", seconds_since(t)});
+    if (evaluate) fp32.emplace(model.clone());
+  }
+  auto t = clock_type::now();
+  const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, job.data.path.empty() ? nullptr : &calib);
+  timings.push_back({"quantize", seconds_since(t)});
+  const auto quantized = std::count_if(rep.layers.begin(), rep.layers.end(),
+                                       [](const quant::WeightOnlyLayer& l) { return l.format != "float"; });
+  QTOOL_CHECK(quantized > 0, ErrorCode::kUnsupported,
+              "no weight of '{}' was quantized ({} candidate layers, all left in float{}); nothing is written",
+              job.model_path, rep.layers.size(),
+              has_subgraphs(*model.graph) ? "; weights inside If/Loop/Scan bodies are not quantized yet" : "");
+  for (const auto& w : rep.warnings) spdlog::warn("{}", w);
+  const std::string& bits = job.bits.spelled();
+  spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", bits, rep.layers.size(), rep.float_weight_bytes,
+               rep.quant_weight_bytes);
+  t = clock_type::now();
+  model.source_path.clear();
+  onnx_io::save_model(model, job.out_path);
+  if (!job.plan_out.empty()) write_file_atomic(job.plan_out, quant::plan_to_json(rep, bits).dump(2) + "\n");
+  timings.push_back({"save", seconds_since(t)});
+
+  std::string headline = job.bits.is_sign_scheme() ? bits : "W" + bits;
+  if (cfg.block_size > 0 && !job.bits.is_sign_scheme()) headline += fmt::format(" (block {})", cfg.block_size);
+  headline += " A32";
+  QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
+  join_layers(out.report, rep);
+  out.report.warnings = rep.warnings;
+  if (rep.tune.steps > 0) {
+    const quant::TuneReport& tr = rep.tune;
+    out.report.actions.push_back(fmt::format(
+        "tuned {} steps on {} samples ({} held out), loss {}: held-out loss {:.4g} -> {:.4g} (kept step {}), "
+        "{} levels changed, {} float values tuned, {:.1f} s",
+        tr.steps, tr.train_samples, tr.holdout_samples, tr.loss, tr.holdout_before, tr.holdout_after, tr.best_step,
+        tr.levels_changed, tr.float_params, tr.seconds));
+    timings.push_back({"tune", tr.seconds});
+  }
+  if (fp32) {
+    t = clock_type::now();
+    evaluate_into(out.report, *fp32, model, *held_out, job.threads);
+    timings.push_back({"evaluate", seconds_since(t)});
+    if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
+  }
+  if (job.max_drop) {  // the same gate as the static path: top-1 agreement drop on held-out samples
+    double agree = 2.0;
+    for (const auto& o : out.report.outputs)
+      if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+    QTOOL_CHECK(fp32.has_value() && !out.report.outputs.empty(), ErrorCode::kConfig,
+                "--max-drop needs the evaluation on held-out calibration samples (--calib, not --no-guard)");
+    const double drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
+    if (drop > *job.max_drop)
+      out.gate_failure.emplace(ErrorCode::kQualityGate,
+                               fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop "
+                                           "{:.2f})",
+                                           drop, *job.max_drop));
+  }
+  return out;
+}
+
+}  // namespace qtool::pipeline::detail

@@ -34,12 +34,58 @@ void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& 
   }
 }
 
+/// A token model: an integer graph input read by a Gather on a float table (an embedding), as
+/// language models are.
+bool is_token_model(const ir::Model& model) {
+  for (const ir::Value* in : model.graph->inputs()) {
+    if (!dtype_is_integer(in->type().elem_type)) continue;
+    for (const auto& u : in->uses())
+      if (u.node->op_type() == "Gather" && u.index == 1 && u.node->input(0) && u.node->input(0)->initializer() &&
+          u.node->input(0)->initializer()->dtype() == DataType::kFloat)
+        return true;
+  }
+  return false;
+}
+
+/// The defaults of `--bits N --calib DIR` with nothing else, measured on the shared models
+/// (README "Defaults of the weight-only path"; BENCHMARKS.md):
+///  - calibration data, not a token model: GPTQ with zero points (SqueezeNet -2.6, MobileNetV2 -1.4
+///    top-1 points on the 500 evaluation images, where symmetric RTN lost 9.2 and 13.0);
+///  - calibration data, a token model: RTN with zero points and 200 steps of distillation tuning,
+///    the best start for tuning measured (stories260K +1.7% / +0.9% NLL; GPTQ alone +0.8% / +4.1%);
+///  - no calibration data: symmetric RTN (nothing to fit or measure on).
+/// Returns the action line that says what was chosen ("" when every choice was given).
+std::string apply_defaults(const QuantizeJob& job, const ir::Model& model, quant::WeightOnlyConfig& cfg) {
+  const bool calib = !job.data.path.empty();
+  const bool tokens = is_token_model(model);
+  std::vector<std::string> chosen;
+  if (!job.algorithm) {
+    cfg.algorithm = calib && !tokens ? quant::WeightAlgorithm::kGptq : quant::WeightAlgorithm::kRtn;
+    chosen.push_back(std::string(quant::weight_algorithm_name(cfg.algorithm)));
+  }
+  if (!job.symmetric && job.bits.width_only()) {  // "4", "2": zero points or not (int4, ternary, ... fix it)
+    cfg.symmetric = !calib;
+    chosen.push_back(calib ? "zero points" : "symmetric");
+  }
+  if (!job.tune_given && calib && tokens && cfg.plan.empty()) {
+    cfg.tune.steps = 200;
+    chosen.push_back("200 tuning steps (a token model)");
+  }
+  if (chosen.empty()) return "";
+  std::string what;
+  for (const auto& c : chosen) what += (what.empty() ? "" : ", ") + c;
+  return fmt::format("defaults: {} ({}; set --weight-algorithm, --asymmetric/--symmetric, --tune-steps to choose)",
+                     what, calib ? "calibration data given" : "no calibration data");
+}
+
 }  // namespace
 
 QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
   quant::WeightOnlyConfig cfg = job.weight_cfg;
   cfg.threads = job.threads;
   if (!job.plan_path.empty()) cfg.plan = quant::load_plan(job.plan_path);
+  const std::string defaults = apply_defaults(job, model, cfg);
+  if (!defaults.empty()) spdlog::info("{}", defaults);
   QTOOL_CHECK(cfg.tune.steps == 0 || !job.data.path.empty(), ErrorCode::kConfig, "--tune-steps needs --calib");
   std::shared_ptr<data::SelectedSource> samples, fit_part, held_out;
   quant::CalibrationInputs calib;
@@ -92,6 +138,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   join_layers(out.report, rep);
   out.report.warnings = rep.warnings;
+  if (!defaults.empty()) out.report.actions.push_back(defaults);
   if (rep.tune.steps > 0) {
     const quant::TuneReport& tr = rep.tune;
     out.report.actions.push_back(fmt::format(

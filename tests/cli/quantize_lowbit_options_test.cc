@@ -30,22 +30,25 @@ nlohmann::json quantize_and_inspect(const std::string& opts, const testing::Temp
 
 TEST(QuantizeLowbitOptions, FirstLastAtEightByDefaultAndSameOnRequest) {
   testing::TempDir dir;
+  // With calibration data the default is GPTQ with zero points (uint4); first and last stay int8.
   auto dflt = quantize_and_inspect("--bits 4", dir);
-  EXPECT_EQ(dflt["weight_bits"]["int4"], 3);
+  EXPECT_EQ(dflt["weight_bits"]["uint4"], 3);
   EXPECT_EQ(dflt["weight_bits"]["int8"], 2);
-  auto same = quantize_and_inspect("--bits 4 --bits-first-last same", dir);
+  auto same = quantize_and_inspect("--bits 4 --bits-first-last same --symmetric", dir);
   EXPECT_EQ(same["weight_bits"]["int4"], 5);
   EXPECT_FALSE(same["weight_bits"].contains("int8"));
 }
 
 TEST(QuantizeLowbitOptions, LayerBitsAsymmetricAndOutliers) {
   testing::TempDir dir;
-  auto lb = quantize_and_inspect("--bits 4 --layer-bits conv2=8", dir);
+  auto lb = quantize_and_inspect("--bits 4 --layer-bits conv2=8 --symmetric", dir);
   EXPECT_EQ(lb["weight_bits"]["int4"], 2);
   EXPECT_EQ(lb["weight_bits"]["int8"], 3);
-  auto asym = quantize_and_inspect("--bits 4 --asymmetric", dir);
+  auto asym = quantize_and_inspect("--bits 4 --asymmetric --weight-algorithm rtn", dir);
   EXPECT_EQ(asym["weight_bits"]["uint4"], 3);
-  auto outl = quantize_and_inspect("--bits 2 --outlier-fraction 0.1", dir);
+  auto sym = quantize_and_inspect("--bits 4 --symmetric --weight-algorithm rtn", dir);
+  EXPECT_EQ(sym["weight_bits"]["int4"], 3);
+  auto outl = quantize_and_inspect("--bits 2 --outlier-fraction 0.1 --symmetric", dir);
   EXPECT_EQ(outl["weight_bits"]["int2"], 3);
   EXPECT_EQ(outl["weight_bits"]["int8"], 3);  // first, last, and one outlier-channel branch
 }

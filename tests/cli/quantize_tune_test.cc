@@ -32,7 +32,7 @@ double accuracy_drop(const std::string& model) {
 TEST(QuantizeTune, TernaryDigitsCnnRecoversAccuracy) {
   testing::TempDir dir;
   auto quantize = [&](const std::string& opts, const std::string& out) {
-    const auto r = run_command(fmt::format("{} quantize {} --bits ternary --calib {} --json {} -o {}", qtool_bin(), kModel,
+    const auto r = run_command(fmt::format("{} quantize {} --bits ternary --weight-algorithm rtn --calib {} --json {} -o {}", qtool_bin(), kModel,
                                            kCalib, opts, out));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out);

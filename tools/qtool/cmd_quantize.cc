@@ -10,7 +10,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
-#include <sstream>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -18,6 +18,7 @@
 #include "commands.h"
 #include "qtool/core/npy.h"
 #include "qtool/core/output_file.h"
+#include "qtool/core/strings.h"
 #include "sample_options.h"
 #include "qtool/core/error.h"
 #include "qtool/pipeline/quantize.h"
@@ -47,8 +48,10 @@ struct QuantizeArgs {
   std::optional<double> max_drop;
   int threads = 1;
   int64_t block_size = 32;
-  std::string weight_algorithm = "rtn";
+  std::string weight_algorithm = "auto";   ///< weight-only: auto = the measured default (pipeline)
   bool asymmetric = false;                ///< weight-only: unsigned levels with zero points
+  bool symmetric = false;                 ///< weight-only: signed levels, no zero points
+  bool tune_given = false;                ///< --tune-steps was given (else the default applies)
   double outlier_fraction = 0.0;          ///< weight-only: input channels kept at int8
   std::string bits_first_last = "8";      ///< weight-only: first/last layers
   std::string layer_bits;                 ///< weight-only: 'pattern=bits,...'
@@ -87,7 +90,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     if (a.gptq_act_order) m["gptq-act-order"] = "true";
     if (a.gptq_damp != 0.01) m["gptq-damp"] = fmt::format("{}", a.gptq_damp);
     m["format"] = a.format;
-    if (a.asymmetric) m["asymmetric"] = "true";
+    if (a.asymmetric || a.symmetric) m[a.asymmetric ? "asymmetric" : "symmetric"] = "true";
     if (a.outlier_fraction > 0) m["outlier-fraction"] = fmt::format("{}", a.outlier_fraction);
     m["bits-first-last"] = a.bits_first_last;
     if (!a.layer_bits.empty()) m["layer-bits"] = a.layer_bits;
@@ -96,20 +99,17 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     if (a.tune.steps > 0) {
       m["tune-steps"] = std::to_string(a.tune.steps);
       m["tune-batch"] = std::to_string(a.tune.batch);
-      m["tune-lr"] = fmt::format("{}", a.tune.lr);
-      m["tune-scale-lr"] = fmt::format("{}", a.tune.lr_scale);
-      m["tune-float-lr"] = fmt::format("{}", a.tune.lr_float);
-      m["tune-loss"] = a.tune.loss;
-      m["tune-augment"] = a.tune.augment;
+      for (const auto& [k, v] : {std::pair{"tune-lr", a.tune.lr}, {"tune-scale-lr", a.tune.lr_scale}, {"tune-float-lr", a.tune.lr_float}})
+        m[k] = fmt::format("{}", v);
+      std::tie(m["tune-loss"], m["tune-augment"]) = std::tie(a.tune.loss, a.tune.augment);
       if (a.tune.mixup > 0) m["tune-mixup"] = fmt::format("{}", a.tune.mixup);
       if (a.tune.feature_weight > 0) m["tune-features"] = fmt::format("{}", a.tune.feature_weight);
       if (a.tune.stages > 1) m["tune-stages"] = std::to_string(a.tune.stages);
       if (a.tune.latent_range > 0) m["tune-range"] = fmt::format("{}", a.tune.latent_range);
       if (a.tune.quant_noise > 0) m["tune-quant-noise"] = fmt::format("{}", a.tune.quant_noise);
-      std::string what = a.no_tune_weights ? "" : "weights";
-      if (!a.no_tune_scales) what += what.empty() ? "scales" : ",scales";
-      if (!a.no_tune_float) what += what.empty() ? "float" : ",float";
-      m["tune"] = what.empty() ? "nothing" : what;
+      const std::string what = std::string(a.no_tune_weights ? "" : ",weights") + (a.no_tune_scales ? "" : ",scales") +
+                               (a.no_tune_float ? "" : ",float");
+      m["tune"] = what.empty() ? "nothing" : what.substr(1);
     }
   }
   if (a.data.samples > 0) m["samples"] = std::to_string(a.data.samples);
@@ -119,15 +119,6 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   if (!a.op_types.empty()) m["op-types"] = a.op_types;
   if (!a.keep_fp.empty()) m["keep-fp"] = a.keep_fp;
   return m;
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
 }
 
 /// Options that belong to one of the two paths: given on the other, they are refused rather than
@@ -145,6 +136,7 @@ constexpr PathOption kPathOptions[] = {
     {"--no-bias-correction", true, false},
     {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
     {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
+    {"--symmetric", false, true},
     {"--bits-first-last", false, true},  {"--layer-bits", false, true},       {"--scale-type", false, true},
     {"--bits-depthwise", false, true},   {"--tune-steps", false, true},       {"--tune-batch", false, true},
     {"--tune-lr", false, true},          {"--tune-scale-lr", false, true},    {"--tune-float-lr", false, true},
@@ -218,7 +210,10 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   quant::WeightOnlyConfig& cfg = job.weight_cfg;
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
-  cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
+  if (a.weight_algorithm != "auto") job.algorithm = cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
+  QTOOL_CHECK(!(a.asymmetric && a.symmetric), ErrorCode::kConfig, "--asymmetric and --symmetric exclude each other");
+  if (a.asymmetric || a.symmetric) job.symmetric = a.symmetric;
+  job.tune_given = a.tune_given;
   cfg.exclude = job.exclude_nodes;
   QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits" || a.format == "cast", ErrorCode::kConfig,
               "--format {} is not valid with --bits {}: use qdq (DequantizeLinear), matmulnbits or cast "
@@ -226,7 +221,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
               a.format, a.bits);
   cfg.format = a.format == "matmulnbits" ? quant::WeightLayout::kMatMulNBits : quant::WeightLayout::kQdq;
   cfg.cast_dequant = a.format == "cast";
-  cfg.symmetric = !a.asymmetric;
+  cfg.symmetric = !a.asymmetric;  // the pipeline's default when neither flag was given
   QTOOL_CHECK(a.outlier_fraction >= 0.0 && a.outlier_fraction < 0.5, ErrorCode::kConfig,
               "--outlier-fraction {} is out of range [0, 0.5)", a.outlier_fraction);
   cfg.outlier_fraction = a.outlier_fraction;
@@ -303,10 +298,14 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
       ->check(CLI::Range(0.0, 100.0));
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
-  cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm, "weight-only: rtn, gptq, awq or awq+gptq (AWQ scales, then GPTQ); gptq with --asymmetric is the most accurate 4-bit setting measured");
+  cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm,
+                 "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), "
+                 "rtn, gptq, awq or awq+gptq (AWQ scales, then GPTQ)");
   cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
   cmd.add_option("--gptq-damp", a.gptq_damp, "weight-only GPTQ: dampening, a fraction of the mean Hessian diagonal (default 0.01)");
-  cmd.add_flag("--asymmetric", a.asymmetric, "weight-only: unsigned levels with zero points (default symmetric)");
+  cmd.add_flag("--asymmetric", a.asymmetric,
+               "weight-only: unsigned levels with zero points (the default with --calib; without, symmetric)");
+  cmd.add_flag("--symmetric", a.symmetric, "weight-only: signed levels without zero points");
   cmd.add_option("--outlier-fraction", a.outlier_fraction,
                  "weight-only: fraction of the most salient input channels kept at int8 beside the low-bit weights");
   cmd.add_option("--bits-first-last", a.bits_first_last,
@@ -376,6 +375,7 @@ QuantizeArgs parse_setting(const QuantizeArgs& base, const report::ExperimentSet
     throw Error(ErrorCode::kConfig, fmt::format("setting '{}': {}", setting.name, e.what()));
   }
   if (a.threads == 1 && base.threads != 1) a.threads = base.threads;
+  a.tune_given = app.count("--tune-steps") > 0;
   with_context(fmt::format("setting '{}'", setting.name), [&] { check_options_apply(app, a); });
   return a;
 }
@@ -432,6 +432,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->footer("\n" + quant::weight_formats_help());
   cmd->callback([a, cmd] {
     if (cmd->count("--plan") && !cmd->count("--bits")) a->bits = quant::plan_default_bits(a->plan_path);
+    a->tune_given = cmd->count("--tune-steps") > 0;
     check_options_apply(*cmd, *a);
     run_quantize(*a);
   });

@@ -41,6 +41,11 @@ struct QuantizeJob {
 
   // Weight-only path.
   quant::WeightOnlyConfig weight_cfg;   ///< formats, algorithm, rules, tuning (plan loaded from plan_path)
+  /// Left to the defaults when not given (run_weight_only: by what the model is and whether
+  /// calibration data was given; README "Defaults"): the algorithm, zero points, and tuning steps.
+  std::optional<quant::WeightAlgorithm> algorithm;
+  std::optional<bool> symmetric;
+  bool tune_given = false;
 
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)

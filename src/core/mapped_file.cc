@@ -10,6 +10,15 @@
 
 namespace qtool {
 
+const char* non_regular_file_kind(unsigned mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, const Policy& policy) {
   // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | (policy.no_follow ? O_NOFOLLOW : 0));
@@ -26,12 +35,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, const Poli
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                       : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
-                       : S_ISSOCK(st.st_mode) ? "a socket"
-                       : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
-                                                                   : "not a regular file";
-    fail(ErrorCode::kIo, "'{}' is {}; only regular files are read", path, kind);
+    fail(ErrorCode::kIo, "'{}' is {}; only regular files are read", path, non_regular_file_kind(st.st_mode));
   }
   if (policy.single_link && st.st_nlink > 1) {
     ::close(fd);

@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "qtool/core/limits.h"
+#include "qtool/core/mapped_file.h"
 #include "qtool/core/output_file.h"
 
 namespace qtool {
@@ -60,13 +61,6 @@ std::string npy_what(const NpyHeader& h) {
   return fmt::format("shape {} of {}", shape_str(h.shape), dtype_name(h.dtype));
 }
 
-const char* file_kind(mode_t mode) {
-  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
-  if (S_ISCHR(mode)) return "a character device";
-  if (S_ISBLK(mode)) return "a block device";
-  if (S_ISSOCK(mode)) return "a socket";
-  return "not a regular file";
-}
 
 }  // namespace
 
@@ -220,7 +214,7 @@ RegularFile::RegularFile(const std::string& path) : path_(path) {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd_);
     if (S_ISDIR(st.st_mode)) fail(ErrorCode::kIo, "'{}' is a directory, not a file", path);
-    fail(ErrorCode::kIo, "'{}' is {}; only regular files can be read", path, file_kind(st.st_mode));
+    fail(ErrorCode::kIo, "'{}' is {}; only regular files can be read", path, non_regular_file_kind(st.st_mode));
   }
   size_ = static_cast<uint64_t>(st.st_size);
 }

@@ -15,6 +15,10 @@
 
 namespace qtool {
 
+/// What a non-regular file is, for error messages ("a directory", "a FIFO (named pipe)", "a device",
+/// "a socket", "not a regular file"), from its st_mode.
+const char* non_regular_file_kind(unsigned mode);
+
 /// A read-only, private mapping of a file. Never writes to the file.
 class MappedFile final : public Buffer {
  public:

@@ -25,6 +25,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "qtool/core/interrupt.h"
 #include "lowbit_internal.h"
 #include "qtool/core/error.h"
 #include "qtool/passes/upgrade_opset.h"
@@ -979,6 +980,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       for (auto& [v, f] : fresh) fresh_stats[v] = std::move(f);
       stale = false;
     }
+    check_interrupt(fmt::format("before quantizing weight '{}'", t.weight->name()));  // Ctrl-C between layers
     WeightOnlyLayer L;
     L.node = t.node->name().empty() ? t.node->describe() : t.node->name();
     L.op_type = kind_name(t.kind);

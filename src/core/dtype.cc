@@ -1,4 +1,7 @@
 #include "qtool/core/dtype.h"
+#include <limits>
+#include <array>
+#include <algorithm>
 
 #include <cmath>
 
@@ -146,6 +149,32 @@ uint16_t float_to_bf16(float f) {
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
   x += 0x7fffu + ((x >> 16) & 1u);
   return static_cast<uint16_t>(x >> 16);
+}
+
+float float8e4m3fn_to_float(uint8_t code) {
+  const int e = (code >> 3) & 0xF, m = code & 7;
+  if (e == 15 && m == 7) return std::numeric_limits<float>::quiet_NaN();
+  const float v = e == 0 ? std::ldexp(static_cast<float>(m) / 8.0f, -6) : std::ldexp(1.0f + static_cast<float>(m) / 8.0f, e - 7);
+  return (code & 0x80) ? -v : v;
+}
+
+uint8_t float_to_float8e4m3fn(float f) {
+  if (std::isnan(f)) return 0x7F;
+  // The 127 finite non-negative codes are increasing in value: nearest by binary search, ties to the
+  // even code (the even mantissa), |f| > 448 saturates to 448.
+  static const std::array<float, 127> kValues = [] {
+    std::array<float, 127> v{};
+    for (int c = 0; c < 127; ++c) v[c] = float8e4m3fn_to_float(static_cast<uint8_t>(c));
+    return v;
+  }();
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a >= kValues[126]) return sign | 126;
+  const auto it = std::upper_bound(kValues.begin(), kValues.end(), a);  // first value > a (exists)
+  const int hi = static_cast<int>(it - kValues.begin()), lo = hi - 1;
+  const float dlo = a - kValues[lo], dhi = kValues[hi] - a;
+  const int c = dlo < dhi ? lo : dhi < dlo ? hi : ((lo & 1) == 0 ? lo : hi);
+  return sign | static_cast<uint8_t>(c);
 }
 
 }  // namespace qtool

@@ -177,6 +177,7 @@ double Tensor::get_as_double(int64_t i) const {
     case DataType::kUint4: return packed_get(p, i, 4, false);
     case DataType::kInt2: return packed_get(p, i, 2, true);
     case DataType::kUint2: return packed_get(p, i, 2, false);
+    case DataType::kFloat8E4M3FN: return float8e4m3fn_to_float(p[i]);
     default:
       fail(ErrorCode::kUnsupported, "cannot read elements of a {} tensor as numbers", dtype_name(dtype_));
   }

@@ -201,7 +201,7 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
       hd.noalias() = H * d;
       for (int64_t c = 0; c < cols; ++c) {
         const BlockGrid& g = q.grids[r * kb + group_of(c)];
-        if (g.binary) continue;
+        if (g.binary || g.float8) continue;  // codes are not a ±1 ladder (float8: sign bit, NaN code)
         const int32_t l = q.levels[r * cols + c];
         for (int32_t step : {1, -1}) {
           const int32_t nl = l + step;
@@ -254,8 +254,9 @@ double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<con
     for (int64_t c = 0; c < cols; ++c) {
       const BlockGrid& g = q.grids[r * kb + c / bs];
       wr(c) = w[r * cols + c];
-      A(c, c / bs) = g.binary ? static_cast<double>(q.levels[r * cols + c])
-                              : static_cast<double>(q.levels[r * cols + c] - g.zero_point);
+      A(c, c / bs) = g.binary   ? static_cast<double>(q.levels[r * cols + c])
+                     : g.float8 ? static_cast<double>(float8e4m3fn_to_float(static_cast<uint8_t>(q.levels[r * cols + c])))
+                                : static_cast<double>(q.levels[r * cols + c] - g.zero_point);
     }
     Eigen::VectorXd s_old(kb);
     for (int64_t b = 0; b < kb; ++b) s_old(b) = q.grids[r * kb + b].scale;

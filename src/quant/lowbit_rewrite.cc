@@ -429,6 +429,10 @@ Tensor packed_tensor(DataType dt, const Shape& shape, std::span<const int32_t> l
   return out;
 }
 
+/// Whether GPTQ (and the Hessian it needs) runs for a layer in `f`: the low-bit integer formats and
+/// fp8 (its rounding error is worth compensating too); int8 layers (first/last) are rounded.
+bool gptq_eligible(const WeightFormat& f) { return f.bits < 8 || f.scheme == WeightScheme::kFloat8; }
+
 /// Opset the emitted DequantizeLinear of `f` needs.
 int64_t required_opset(const WeightFormat& f) {
   if (f.layout == WeightLayout::kMatMulNBits) return 0;
@@ -819,6 +823,9 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
 
   std::vector<Target> targets = find_targets(g, cfg.block_size);
   choose_formats(targets, cfg);
+  for (const Target& t : targets)
+    QTOOL_CHECK(!tuning || !t.format || t.format->scheme != WeightScheme::kFloat8, ErrorCode::kConfig,
+                "--tune-steps works on integer levels; weight '{}' is {}", t.weight->name(), t.format->name);
   // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
   if (awq_alg)
     for (Target& t : targets)
@@ -840,7 +847,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
     std::vector<std::pair<const ir::Value*, InputStats*>> extra;
     if (gptq_alg)
       for (const Target& t : targets)
-        if (t.format && t.format->bits < 8 && t.patch_input) {
+        if (t.format && gptq_eligible(*t.format) && t.patch_input) {
           InputStats& s = patch_stats[&t];
           s.k = t.shape[1] * t.taps;
           s.want_hessian = true;
@@ -961,7 +968,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   std::vector<Pending> pending;
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     Target& t = targets[ti];
-    if (sequential && stale && t.format && t.format->bits < 8 && t.input && t.input != last_input &&
+    if (sequential && stale && t.format && gptq_eligible(*t.format) && t.input && t.input != last_input &&
         stats.count(t.input)) {
       std::unordered_map<const ir::Value*, InputStats> fresh;
       for (size_t ui = ti; ui < targets.size(); ++ui) {
@@ -1031,7 +1038,8 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
       }
       QuantizedMatrix q;
       const bool have_h = st && st->want_hessian && st->hessian.samples() > 0 &&
-                          (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather && t.format->bits < 8;
+                          (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather &&
+                          gptq_eligible(*t.format);
       const InputStats* pst = patch_stats.count(&t) ? &patch_stats.at(&t) : nullptr;
       const bool conv_gptq = gptq_alg && pst && pst->hessian.samples() > 0;
       const bool gptq = gptq_alg && have_h;

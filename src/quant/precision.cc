@@ -13,7 +13,7 @@ constexpr std::array<int16_t, 5> kAllBlocks = {0, 16, 32, 64, 128};
 
 // clang-format off
 /// name, width alias, scheme, bits, signed, ONNX type, opset, DQ blocks, MatMulNBits name and blocks, help.
-constexpr std::array<ElementType, 7> kElementTypes = {{
+constexpr std::array<ElementType, 8> kElementTypes = {{
   {"int8",    "8", S::kInt,     8, true,  DataType::kInt8,  13, {0, -1, -1, -1, -1}, "mnb8",  {32, 128, -1, -1},
    "int8 symmetric levels (opset 13; always per output channel)"},
   {"int4",    "4", S::kInt,     4, true,  DataType::kInt4,  21, kAllBlocks,          "mnb4",  {16, 32, 64, 128},
@@ -28,6 +28,8 @@ constexpr std::array<ElementType, 7> kElementTypes = {{
    "{-a, 0, +a}, threshold and a chosen per block (int2 DequantizeLinear, opset 25)"},
   {"binary",  "",  S::kBinary,  2, true,  DataType::kInt2,  25, kAllBlocks,          "",      {-1, -1, -1, -1},
    "{-a, +a}, a = mean|w| per block (int2 DequantizeLinear, opset 25)"},
+  {"fp8",     "",  S::kFloat8,  8, true,  DataType::kFloat8E4M3FN, 19, {0, -1, -1, -1, -1}, "", {-1, -1, -1, -1},
+   "FP8 E4M3FN levels, scale = amax/448 (opset 19; always per output channel)"},
 }};
 // clang-format on
 

@@ -57,7 +57,10 @@ DataType WeightFormat::storage_type() const {
 }
 
 void WeightFormat::level_range(int* lo, int* hi) const {
-  if (scheme != WeightScheme::kInt) {
+  if (scheme == WeightScheme::kFloat8) {  // codes
+    *lo = 0;
+    *hi = 255;
+  } else if (scheme != WeightScheme::kInt) {
     *lo = -1;
     *hi = 1;
   } else if (is_signed) {
@@ -87,14 +90,14 @@ const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_
   const bool unsigned_wanted = bits.width_only() && !symmetric;
   std::string name;
   if (layout == WeightLayout::kMatMulNBits) {
-    if (t->scheme != WeightScheme::kInt)
-      fail(ErrorCode::kConfig, "--format matmulnbits supports --bits 2, 4 and 8; {} weights are written as int2 "
+    if (t->scheme != WeightScheme::kInt || t->mnb_name.empty())
+      fail(ErrorCode::kConfig, "--format matmulnbits supports --bits 2, 4 and 8; {} weights are written with "
                                "DequantizeLinear (use --format qdq)", t->name);
     if (block_size <= 0)
       fail(ErrorCode::kConfig, "--format matmulnbits needs a block size (16, 32, 64 or 128), not per channel");
     name = fmt::format("{}{}_b{}", t->mnb_name, unsigned_wanted && t->is_signed ? "z" : "", block_size);
-  } else if (t->scheme == WeightScheme::kInt && t->bits == 8) {
-    name = t->name;  // int8 is always per output channel: blocks buy nothing at 8 bits
+  } else if (t->qdq_blocks[1] < 0) {
+    name = t->name;  // int8, fp8: always per output channel (blocks buy nothing at 8 bits)
   } else {
     name = block_size > 0 ? fmt::format("{}_b{}", t->name, block_size) : std::string(t->name);
   }

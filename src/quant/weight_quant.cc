@@ -10,6 +10,7 @@ namespace qtool::quant {
 
 int32_t BlockGrid::quantize(float w) const {
   if (binary) return w >= 0.0f ? 1 : -1;
+  if (float8) return float_to_float8e4m3fn(w / scale);
   const float q = std::nearbyint(w / scale) + static_cast<float>(zero_point);
   return static_cast<int32_t>(std::clamp(q, static_cast<float>(lo), static_cast<float>(hi)));
 }
@@ -25,7 +26,10 @@ QuantSpec QuantSpec::from_format(const WeightFormat& f) {
 }
 
 void QuantSpec::level_range(int32_t* lo, int32_t* hi) const {
-  if (scheme != WeightScheme::kInt) {
+  if (scheme == WeightScheme::kFloat8) {  // codes
+    *lo = 0;
+    *hi = 255;
+  } else if (scheme != WeightScheme::kInt) {
     *lo = -1;
     *hi = 1;
   } else if (is_signed) {
@@ -54,7 +58,7 @@ namespace {
 
 /// Σ e (x - Q(x))² of a block on `g`.
 double block_error(std::span<const float> x, std::span<const float> e, const BlockGrid& g) {
-  if (!g.binary) {
+  if (!g.binary && !g.float8) {
     // The same arithmetic as BlockGrid::quantize/dequantize (divide, round half to even, clamp),
     // written as one branch-free float loop the compiler vectorizes: the clipping search calls
     // this ~40 times per block, and it dominates streaming quantization of large models.
@@ -143,6 +147,32 @@ BlockGrid int_grid_search(std::span<const float> x, const QuantSpec& spec, Error
   return best;
 }
 
+/// FP8 E4M3FN per block: scale = r·amax/448 over the clipping ratios r of `spec` (448 = the largest
+/// finite E4M3FN value), levels the nearest codes; the ratio with the least Σ e (x - Q(x))² wins.
+BlockGrid float8_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
+  BlockGrid g;
+  g.float8 = true;
+  g.lo = 0;
+  g.hi = 255;
+  float amax = 0.0f;
+  for (float v : x) amax = std::max(amax, std::fabs(v));
+  if (amax <= 0.0f) return g;  // scale 1, every code 0
+  const int steps = std::max(0, spec.clip_steps);
+  BlockGrid best = g;
+  double best_err = -1;
+  for (int i = 0; i <= steps; ++i) {
+    const float r = steps == 0 ? 1.0f : 1.0f - static_cast<float>(i) * (1.0f - spec.min_clip) / steps;
+    BlockGrid c = g;
+    c.scale = spec.stored_scale(r * amax / 448.0f);
+    const double err = block_error(x, e, c);
+    if (best_err < 0 || err < best_err) {
+      best_err = err;
+      best = c;
+    }
+  }
+  return best;
+}
+
 BlockGrid int_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
   return int_grid_search(x, spec, [&](const BlockGrid& g) { return block_error(x, e, g); });
 }
@@ -217,6 +247,7 @@ BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::
   QTOOL_CHECK(weights.empty() || weights.size() == x.size(), ErrorCode::kInternal, "error weights size");
   switch (spec.scheme) {
     case WeightScheme::kInt: return int_grid(x, weights, spec);
+    case WeightScheme::kFloat8: return float8_grid(x, weights, spec);
     case WeightScheme::kTernary: {
       BlockGrid g = ternary_grid(x, weights);
       g.scale = spec.stored_scale(g.scale);

@@ -148,7 +148,7 @@ ExperimentConfig parse_experiment_config(const std::string& text, const std::str
   } else {
     try {
       j = nlohmann::json::parse(text, nullptr, true, /*ignore_comments=*/true);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse errors and number overflows alike (fuzz_config)
       fail(ErrorCode::kConfig, "{}: not valid JSON: {}", what, e.what());
     }
   }

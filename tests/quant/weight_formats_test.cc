@@ -1,6 +1,8 @@
 // Format table, packing (bit for bit against the scalar references) and bits per weight.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <random>
 #include <set>
 
@@ -28,7 +30,7 @@ TEST(WeightFormats, TableIsConsistentAndNamesUnique) {
       EXPECT_GE(f.block_size, 16) << f.name;
       EXPECT_EQ(f.block_size & (f.block_size - 1), 0) << f.name;
     }
-    if (f.scheme != WeightScheme::kInt) {
+    if (f.scheme == WeightScheme::kTernary || f.scheme == WeightScheme::kBinary) {
       EXPECT_EQ(f.bits, 2) << f.name;
     }
     EXPECT_EQ(find_weight_format(f.name), &f);
@@ -47,7 +49,8 @@ TEST(ElementTypes, EveryRowParsesAndDerivesItsFormats) {
     EXPECT_FALSE(c.width_only()) << t.name;
     EXPECT_EQ(find_element_type(t.name), &t);
     EXPECT_EQ(c.is_int8(), t.scheme == WeightScheme::kInt && t.bits == 8) << t.name;
-    EXPECT_EQ(c.is_sign_scheme(), t.scheme != WeightScheme::kInt) << t.name;
+    EXPECT_EQ(c.is_sign_scheme(), t.scheme == WeightScheme::kTernary || t.scheme == WeightScheme::kBinary) << t.name;
+    EXPECT_EQ(c.is_float_kind(), t.scheme == WeightScheme::kFloat8) << t.name;
     for (int16_t b : t.qdq_blocks) {
       if (b < 0) continue;
       const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kQdq);
@@ -108,7 +111,9 @@ TEST(WeightFormats, EveryFormatPacksBitExactAgainstReference) {
         const auto fast = pack_onnx(lv, f.bits);
         ASSERT_EQ(ref, fast) << f.name << " cols " << cols;
         EXPECT_EQ(static_cast<int64_t>(ref.size()), (rows * cols * f.bits + 7) / 8);
-        EXPECT_EQ(unpack_onnx(fast, rows * cols, f.bits, f.is_signed), lv) << f.name;
+        // FP8 levels are unsigned codes (0..255); the integer formats sign-extend when signed.
+        const bool sign_extend = f.is_signed && f.scheme != WeightScheme::kFloat8;
+        EXPECT_EQ(unpack_onnx(fast, rows * cols, f.bits, sign_extend), lv) << f.name;
       } else {
         // MatMulNBits codes are unsigned: the symmetric levels shifted by 2^(bits-1).
         const int off = f.is_signed ? (1 << (f.bits - 1)) : 0;
@@ -179,4 +184,41 @@ TEST(WeightFormats, Float16ScalesMeetTheBitsBars) {
 }
 
 }  // namespace
+
+// FP8 E4M3FN (the fp8 row): every finite code decodes and re-encodes to itself; nearest rounding with
+// ties to the even code, saturation at ±448, NaN; a block grid's levels are the nearest codes of w/s.
+TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEven) {
+  for (int c = 0; c < 256; ++c) {
+    const float v = float8e4m3fn_to_float(static_cast<uint8_t>(c));
+    if ((c & 0x7F) == 0x7F) {
+      EXPECT_TRUE(std::isnan(v)) << c;
+      continue;
+    }
+    EXPECT_EQ(float_to_float8e4m3fn(v), c) << c << " = " << v;
+  }
+  EXPECT_EQ(float8e4m3fn_to_float(0x38), 1.0f);      // 0.0111.000: 2^(7-7)
+  EXPECT_EQ(float8e4m3fn_to_float(0x7E), 448.0f);    // the largest finite value
+  EXPECT_EQ(float8e4m3fn_to_float(0x01), 0.001953125f);  // smallest subnormal 2^-9
+  EXPECT_EQ(float_to_float8e4m3fn(1.0625f), 0x38);   // halfway 1.0 .. 1.125: ties to the even code
+  EXPECT_EQ(float_to_float8e4m3fn(1.1875f), 0x3A);   // halfway 1.125 .. 1.25: the even code 0x3A
+  EXPECT_EQ(float_to_float8e4m3fn(1.07f), 0x39);
+  EXPECT_EQ(float_to_float8e4m3fn(1e6f), 0x7E);      // saturates
+  EXPECT_EQ(float_to_float8e4m3fn(-1e6f), 0xFE);
+  EXPECT_EQ(float_to_float8e4m3fn(std::nanf("")), 0x7F);
+  const WeightFormat& f = *find_weight_format("fp8");
+  EXPECT_EQ(f.storage_type(), DataType::kFloat8E4M3FN);
+  EXPECT_EQ(f.block_size, 0);
+  EXPECT_EQ(resolve_weight_format(BitsChoice("fp8"), 32, true, WeightLayout::kQdq).name, "fp8");  // per channel
+  EXPECT_THROW(resolve_weight_format(BitsChoice("fp8"), 32, true, WeightLayout::kMatMulNBits), Error);
+  const std::vector<float> w = {0.5f, -2.0f, 3.3f, 448.0f * 0.01f, 0.0f};
+  const QuantSpec spec = QuantSpec::from_format(f);
+  const BlockGrid g = find_block_grid(w, spec);
+  EXPECT_TRUE(g.float8);
+  for (float x : w) {
+    const int32_t code = g.quantize(x);
+    EXPECT_EQ(code, float_to_float8e4m3fn(x / g.scale));
+    EXPECT_NEAR(g.dequantize(code), x, std::fabs(x) / 16 + 1e-6);  // 3 mantissa bits: within 2^-4 relative
+  }
+}
+
 }  // namespace qtool::quant

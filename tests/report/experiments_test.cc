@@ -55,7 +55,8 @@ TEST(Experiments, SweepIsACartesianProduct) {
 TEST(Experiments, BadConfigsAreConfigErrors) {
   for (const char* bad : {"not json", "[]", R"({"settings": []})", R"({"setting": [{"bits": 4}]})",
                           R"({"settings": [{"name": "a"}, {"name": "a"}]})", R"({"sweep": {"bits": []}})",
-                          R"({"settings": [{"bits": {"x": 1}}]})"}) {
+                          R"({"settings": [{"bits": {"x": 1}}]})",
+                          R"({"settings": [{"bits": 31e3081}]})" /* number overflow (fuzz_config finding) */}) {
     try {
       parse_experiment_config(bad, "bad.json", "");
       ADD_FAILURE() << "accepted: " << bad;

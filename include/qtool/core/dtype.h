@@ -58,6 +58,12 @@ void dtype_int_range(DataType t, int64_t* lo, int64_t* hi);
 
 /// IEEE half <-> float, round-to-nearest-even.
 float half_to_float(uint16_t h);
+/// FLOAT8E4M3FN (ONNX type 17: 1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no infinities,
+/// NaN = S.1111.111, largest finite ±448, subnormals m/8·2^-6) -> float. Exact.
+float float8e4m3fn_to_float(uint8_t code);
+/// float -> the nearest FLOAT8E4M3FN code, ties to the even code, saturating at ±448 (ONNX's
+/// saturate=1 cast); NaN -> 0x7F.
+uint8_t float_to_float8e4m3fn(float f);
 uint16_t float_to_half(float f);
 /// bfloat16 <-> float, round-to-nearest-even.
 inline float bf16_to_float(uint16_t b) {

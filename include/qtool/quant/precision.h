@@ -28,6 +28,7 @@ enum class WeightScheme {
   kInt,      ///< uniform grid: w ≈ (q - zp) * scale, q in the range of `bits` (signed or unsigned)
   kTernary,  ///< w ≈ α·t, t ∈ {-1, 0, +1}; threshold and α chosen per block to minimize ‖w - α·t‖²
   kBinary,   ///< w ≈ α·sign(w), α = mean|w| of the block (the L2-optimal α for fixed signs)
+  kFloat8,   ///< w ≈ decode(code)·scale, code a FLOAT8E4M3FN byte, scale = amax/448 per block (clipped)
 };
 
 /// One row of THE table: a weight element type.
@@ -70,7 +71,11 @@ class BitsChoice {
   /// 8-bit integers ("8", "int8"): at the top level, the static W8A8 path.
   bool is_int8() const { return type_ != nullptr && type_->scheme == WeightScheme::kInt && type_->bits == 8; }
   /// Ternary or binary (stored as int2, no MatMulNBits form).
-  bool is_sign_scheme() const { return type_ != nullptr && type_->scheme != WeightScheme::kInt; }
+  bool is_sign_scheme() const {
+    return type_ != nullptr && (type_->scheme == WeightScheme::kTernary || type_->scheme == WeightScheme::kBinary);
+  }
+  /// A float element type (fp8): no zero points, no MatMulNBits form, no distillation tuning.
+  bool is_float_kind() const { return type_ != nullptr && type_->scheme == WeightScheme::kFloat8; }
   /// The element type, for a given --asymmetric: a width alias picks the signed (symmetric) or the
   /// unsigned twin when one exists. nullptr when inherits() or is_float().
   const ElementType* type(bool symmetric) const;

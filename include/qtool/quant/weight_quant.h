@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "qtool/core/dtype.h"
 #include "qtool/quant/format.h"
 
 namespace qtool::quant {
@@ -20,9 +21,13 @@ struct BlockGrid {
   int32_t zero_point = 0;
   int32_t lo = 0, hi = 0;
   bool binary = false;  ///< levels {-1, +1} only (sign), zero never produced
+  bool float8 = false;  ///< levels are FLOAT8E4M3FN codes (0..255): w ≈ decode(code)·scale
   /// Nearest level of w on this grid.
   int32_t quantize(float w) const;
-  float dequantize(int32_t q) const { return static_cast<float>(q - zero_point) * scale; }
+  float dequantize(int32_t q) const {
+    if (float8) return float8e4m3fn_to_float(static_cast<uint8_t>(q)) * scale;
+    return static_cast<float>(q - zero_point) * scale;
+  }
 };
 
 /// The quantizer settings that matter for the math (a WeightFormat minus its layout).

@@ -99,19 +99,30 @@ void dequantize_linear_kernel(KernelContext& ctx) {
     const Tensor& z = ctx.input(2);
     if (z.dtype() != x.dtype()) nn::bad_node(ctx, "zero point dtype {} differs from x {}", dtype_name(z.dtype()), dtype_name(x.dtype()));
     if (z.numel() != scale.numel()) nn::bad_node(ctx, "zero point {} and scale {} differ", shape_str(z.shape()), shape_str(scale.shape()));
-    zp = int_values(ctx, z, "zero point");
+    if (z.dtype() != DataType::kFloat8E4M3FN) zp = int_values(ctx, z, "zero point");
   }
-  const std::vector<int32_t> xv = int_values(ctx, x, "x");
   const float* sp = scale.data<float>();
   Tensor y = Tensor::empty(DataType::kFloat, x.shape());
   float* yp = y.mutable_data<float>();
   const int64_t n = x.numel();
-  ctx.pool().parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t s = l.index(i);
-      yp[i] = static_cast<float>(xv[i] - (zp.empty() ? 0 : zp[s])) * sp[s];
-    }
-  });
+  if (x.dtype() == DataType::kFloat8E4M3FN) {  // float8 levels: y = (decode(x) - decode(zp)) * scale
+    const uint8_t* xp = x.raw();
+    const uint8_t* zq = ctx.has_input(2) ? ctx.input(2).raw() : nullptr;
+    ctx.pool().parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t s = l.index(i);
+        yp[i] = (float8e4m3fn_to_float(xp[i]) - (zq ? float8e4m3fn_to_float(zq[s]) : 0.0f)) * sp[s];
+      }
+    });
+  } else {
+    const std::vector<int32_t> xv = int_values(ctx, x, "x");
+    ctx.pool().parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t s = l.index(i);
+        yp[i] = static_cast<float>(xv[i] - (zp.empty() ? 0 : zp[s])) * sp[s];
+      }
+    });
+  }
   DataType out = ctx.input(1).dtype();
   const int64_t od = ctx.node().attr_int("output_dtype", 0);
   if (od != 0) out = static_cast<DataType>(od);

@@ -1,0 +1,48 @@
+// --bits fp8: FLOAT8E4M3FN weights per output channel (a row of the precision table plus its level
+// rule), written as DequantizeLinear (opset 19), which ONNX Runtime 1.30's CPU provider runs; qtool's
+// executor gives the same outputs.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "qtool/core/npy.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+TEST(CliQuantizeFp8, DigitsRunsInOnnxRuntimeAndMatchesTheExecutor) {
+  QTOOL_REQUIRE_ORT();
+  testing::TempDir d;
+  const std::string model = testing::source_path("calibration_samples/digits/digits_cnn.onnx");
+  const auto q = testing::run_command(fmt::format("{} quantize {} --bits fp8 --calib {} --samples 64 --json -o {}",
+                                                  testing::qtool_bin(), model,
+                                                  testing::source_path("calibration_samples/digits"), d.file("q.onnx")));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  const nlohmann::json rep = nlohmann::json::parse(q.out);
+  int fp8 = 0;
+  for (const auto& l : rep["layers"]) fp8 += l["precision"] == "float8e4m3fn";
+  EXPECT_EQ(fp8, 3);  // first and last layers stay int8
+  EXPECT_EQ(rep["precision"], "Wfp8 A32");
+  EXPECT_GT(rep["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 30.0);
+  const ir::Model m = onnx_io::load_model(d.file("q.onnx"));
+  EXPECT_GE(m.opset(""), 19);
+  const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
+  const auto ort = testing::ort_run(d.file("q.onnx"), {{"image", x}});
+  write_npy(d.file("x.npy"), x);
+  const auto r = testing::run_command(fmt::format("{} run {} -i {} -o {}", testing::qtool_bin(), d.file("q.onnx"),
+                                                  d.file("x.npy"), d.file("out")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_LT(testing::max_abs_error(read_npy(d.file("out/logits.npy")), ort.at("logits")), 1e-4);
+  // fp8 levels are not tuned (distillation tuning works on integer levels): refused, not ignored.
+  const auto t = testing::run_command(fmt::format("{} quantize {} --bits fp8 --calib {} --tune-steps 5 -o {}",
+                                                  testing::qtool_bin(), model,
+                                                  testing::source_path("calibration_samples/digits"), d.file("t.onnx")));
+  EXPECT_EQ(t.exit_code, 2) << t.err;
+  EXPECT_NE(t.err.find("--tune-steps"), std::string::npos) << t.err;
+}
+
+}  // namespace
+}  // namespace qtool

@@ -71,6 +71,30 @@ std::vector<std::string> image_preset_names() {
   return {"imagenet", "mobilenetv2-244", "caffe-bgr", "mnist-raw", "mnist-pytorch", "none"};
 }
 
+namespace {
+
+/// PNG chunk lengths checked against the file before stb_image sees it: stb grows its IDAT buffer to
+/// the lengths the chunks declare, so a 132-byte PNG whose IDAT claims 1.4 GB made it allocate that
+/// (found by fuzz_image). Every chunk (4-byte big-endian length, type, data, CRC) must fit in the
+/// file; the walk stops at IEND.
+void check_png_chunks(const std::string& bytes, const std::string& what) {
+  static const char kSignature[] = "\x89PNG\r\n\x1a\n";
+  if (bytes.size() < 8 || bytes.compare(0, 8, kSignature, 8) != 0) return;  // not a PNG: stb says so
+  size_t off = 8;
+  while (off + 12 <= bytes.size()) {
+    const auto* p = reinterpret_cast<const uint8_t*>(bytes.data()) + off;
+    const uint64_t len = (uint64_t{p[0]} << 24) | (uint64_t{p[1]} << 16) | (uint64_t{p[2]} << 8) | p[3];
+    if (len > bytes.size() - off - 12) {
+      fail(ErrorCode::kInvalidInput, "cannot decode image '{}': PNG chunk at byte {} declares {} bytes, past the end of "
+           "the {}-byte file", what, off, len, bytes.size());
+    }
+    if (std::memcmp(p + 4, "IEND", 4) == 0) return;
+    off += 12 + static_cast<size_t>(len);
+  }
+}
+
+}  // namespace
+
 ImageInfo image_info_memory(const std::string& bytes, const std::string& what) {
   QTOOL_CHECK(bytes.size() <= static_cast<size_t>(std::numeric_limits<int>::max()), ErrorCode::kInvalidInput,
               "image '{}' is {} bytes, larger than a JPEG/PNG qtool can decode", what, bytes.size());
@@ -86,6 +110,7 @@ ImageInfo image_info_memory(const std::string& bytes, const std::string& what) {
                 "cannot decode image '{}': header declares {}x{}", what, info.width, info.height);
     return info;
   }
+  check_png_chunks(bytes, what);
   if (!stbi_info_from_memory(data, len, &info.width, &info.height, &info.channels)) {
     fail(ErrorCode::kInvalidInput, "cannot decode image '{}': {}", what, stbi_failure_reason());
   }

@@ -281,7 +281,8 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
     if (t.kind == Kind::kGather || (t.kind == Kind::kConv && !t.conv_blocked)) block = 0;
     set_format(t, resolve_weight_format(bits, block, cfg.symmetric, layout));
   }
-  for (const auto& [name, planned] : cfg.plan) {
+  for (const auto& entry : cfg.plan) {
+    const std::string& name = entry.first;  // (clang 14 cannot capture a structured binding)
     const bool found = std::any_of(targets.begin(), targets.end(), [&](const Target& t) { return t.weight->name() == name; });
     QTOOL_CHECK(found, ErrorCode::kConfig, "--plan names weight '{}', which is not a quantizable weight of this model",
                 name);

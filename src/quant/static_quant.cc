@@ -237,7 +237,9 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
     return std::make_pair(std::move(m), std::move(s));
   };
 
-  auto [qmodel, summary] = emit({});
+  auto emitted = emit({});  // (not a structured binding: clang 14 cannot capture one in a lambda)
+  ir::Model& qmodel = emitted.first;
+  QdqSummary& summary = emitted.second;
   correct(qmodel, "");
   std::set<std::string> kept;
   if (config.guard && !hold_idx.empty()) {

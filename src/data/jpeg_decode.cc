@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include <jpeglib.h>
+#include <jerror.h>
 
 #include "qtool/core/error.h"
 
@@ -36,7 +37,16 @@ extern "C" void on_error(j_common_ptr cinfo) {
   std::longjmp(err->jump, 1);
 }
 
-extern "C" void on_message(j_common_ptr, int) {}  // warnings (extraneous bytes, ...) ignored, as PIL does
+// Warnings (extraneous bytes, ...) are ignored, as PIL does, except a premature end of the data:
+// PIL refuses a truncated image, and decoding one would fill a declared 16-megapixel frame from a
+// 2 KB file (a CPU bomb fuzz_image found).
+extern "C" void on_message(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) {
+    auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+    std::snprintf(err->message, sizeof err->message, "the file is truncated (premature end of the JPEG data)");
+    std::longjmp(err->jump, 1);
+  }
+}
 
 extern "C" void on_progress(j_common_ptr cinfo) {
   auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);

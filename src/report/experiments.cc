@@ -131,8 +131,23 @@ std::vector<std::string> ExperimentSetting::to_args() const {
   return args;
 }
 
+namespace {
+ExperimentConfig parse_config_impl(const std::string& text, const std::string& what, const std::string& base_dir,
+                                   bool yaml);
+}  // namespace
+
 ExperimentConfig parse_experiment_config(const std::string& text, const std::string& what, const std::string& base_dir,
                                          bool yaml) {
+  try {
+    return parse_config_impl(text, what, base_dir, yaml);
+  } catch (const nlohmann::json::exception& e) {  // e.g. invalid UTF-8 in a YAML string (fuzz_config)
+    fail(ErrorCode::kConfig, "{}: not a valid experiment config: {}", what, e.what());
+  }
+}
+
+namespace {
+ExperimentConfig parse_config_impl(const std::string& text, const std::string& what, const std::string& base_dir,
+                                   bool yaml) {
   nlohmann::json j;
   if (yaml) {
 #ifdef QTOOL_HAVE_YAML
@@ -235,6 +250,7 @@ ExperimentConfig parse_experiment_config(const std::string& text, const std::str
   }
   return cfg;
 }
+}  // namespace
 
 ExperimentConfig load_experiment_config(const std::string& path) {
   const std::string text = read_file(path);

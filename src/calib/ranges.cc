@@ -1,6 +1,8 @@
 // Ranges JSON (schema in ranges.h).
 #include "qtool/calib/ranges.h"
 
+#include <limits>
+
 #include <cmath>
 #include <filesystem>
 
@@ -113,6 +115,17 @@ std::string ranges_to_json(const RangesFile& f) {
 
 void save_ranges(const std::string& path, const RangesFile& f) { write_file_atomic(path, ranges_to_json(f)); }
 
+namespace {
+/// An integer field: a JSON integer within int's range (a float such as 3e83 converted to int would
+/// be undefined behaviour; fuzz_config found it).
+int small_int(const json& v, const char* key, const std::string& what) {
+  const bool ok = v.is_number_integer() && v.get<int64_t>() >= std::numeric_limits<int>::min() &&
+                  v.get<int64_t>() <= std::numeric_limits<int>::max();
+  if (!ok) fail(ErrorCode::kInvalidInput, "'{}': \"{}\" must be an integer, got {}", what, key, v.dump());
+  return static_cast<int>(v.get<int64_t>());
+}
+}  // namespace
+
 RangesFile parse_ranges(const std::string& text, const std::string& what) {
   json j;
   try {
@@ -126,7 +139,7 @@ RangesFile parse_ranges(const std::string& text, const std::string& what) {
     if (!j.is_object() || j.value("format", "") != "qtool-ranges") {
       fail(ErrorCode::kInvalidInput, "'{}' is not a qtool ranges file (missing \"format\": \"qtool-ranges\")", what);
     }
-    f.version = j.at("version").get<int>();
+    f.version = small_int(j.at("version"), "version", what);
     if (f.version > kRangesVersion || f.version < 1) {
       fail(ErrorCode::kUnsupported, "'{}' has ranges format version {}; this qtool reads version {}", what, f.version,
            kRangesVersion);
@@ -138,14 +151,19 @@ RangesFile parse_ranges(const std::string& text, const std::string& what) {
     f.method = j.value("method", "");
     if (j.contains("config")) {
       const json& c = j["config"];
-      f.config.bits = c.value("bits", 8);
+      f.config.bits = c.contains("bits") ? small_int(c["bits"], "bits", what) : 8;
       f.config.symmetric = c.value("symmetric", true);
       f.config.percentile = c.value("percentile", 99.999);
-      f.config.mse_candidates = c.value("mse_candidates", 512);
-      f.bins = c.value("bins", 4096);
-      f.channel_axis = c.value("channel_axis", -1);
+      f.config.mse_candidates = c.contains("mse_candidates") ? small_int(c["mse_candidates"], "mse_candidates", what) : 512;
+      f.bins = c.contains("bins") ? small_int(c["bins"], "bins", what) : 4096;
+      f.channel_axis = c.contains("channel_axis") ? small_int(c["channel_axis"], "channel_axis", what) : -1;
     }
-    f.samples = j.value("samples", uint64_t{0});
+    if (j.contains("samples")) {
+      const json& n = j["samples"];
+      if (!n.is_number_unsigned() && !(n.is_number_integer() && n.get<int64_t>() >= 0))
+        fail(ErrorCode::kInvalidInput, "'{}': \"samples\" must be a non-negative integer", what);
+      f.samples = n.get<uint64_t>();
+    }
     f.source = j.value("source", "");
     f.preprocess = j.value("preprocess", "");
     for (const json& e : j.at("tensors")) {
@@ -166,7 +184,7 @@ RangesFile parse_ranges(const std::string& text, const std::string& what) {
              t.range_max);
       }
       if (e.contains("channel_axis")) {
-        t.channel_axis = e["channel_axis"].get<int>();
+        t.channel_axis = small_int(e["channel_axis"], "channel_axis", what);
         t.per_channel_min = e.at("per_channel_min").get<std::vector<float>>();
         t.per_channel_max = e.at("per_channel_max").get<std::vector<float>>();
         if (t.per_channel_min.size() != t.per_channel_max.size()) {

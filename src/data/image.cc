@@ -89,6 +89,10 @@ void check_png_chunks(const std::string& bytes, const std::string& what) {
            "the {}-byte file", what, off, len, bytes.size());
     }
     if (std::memcmp(p + 4, "IEND", 4) == 0) return;
+    // stb_image copies an empty IDAT through a null buffer (memcpy(NULL, ..., 0), fuzz_image): an
+    // empty IDAT carries nothing, and encoders do not write one.
+    if (len == 0 && std::memcmp(p + 4, "IDAT", 4) == 0)
+      fail(ErrorCode::kInvalidInput, "cannot decode image '{}': empty PNG IDAT chunk at byte {}", what, off);
     off += 12 + static_cast<size_t>(len);
   }
 }

@@ -345,6 +345,11 @@ TEST(Ranges, JsonRoundTripAndErrors) {
     return Error(ErrorCode::kInternal, "no error");
   };
   EXPECT_EQ(err("{").code(), ErrorCode::kInvalidInput);
+  // Out-of-range numbers where integers belong (fuzz_config: converting 3e83 to int was undefined).
+  EXPECT_EQ(err(R"({"format":"qtool-ranges","version":3e83,"tensors":[]})").code(), ErrorCode::kInvalidInput);
+  EXPECT_EQ(err(R"({"format":"qtool-ranges","version":1,"config":{"channel_axis":3e83},"tensors":[]})").code(),
+            ErrorCode::kInvalidInput);
+  EXPECT_EQ(err(R"({"format":"qtool-ranges","version":1,"samples":-5,"tensors":[]})").code(), ErrorCode::kInvalidInput);
   EXPECT_EQ(err(R"({"format":"qtool-ranges","version":99,"tensors":[]})").code(), ErrorCode::kUnsupported);
   Error bad = err(R"({"format":"qtool-ranges","version":1,"tensors":[{"name":"a","min":0,"max":1,"range_min":0}]})");
   EXPECT_EQ(bad.code(), ErrorCode::kInvalidInput);

@@ -167,6 +167,9 @@ ExperimentConfig parse_config_impl(const std::string& text, const std::string& w
       fail(ErrorCode::kConfig, "{}: not valid JSON: {}", what, e.what());
     }
   }
+  // Every string must be valid UTF-8 (a YAML file may hold any bytes): dump() checks them all here,
+  // inside parse_experiment_config's catch, instead of later in a setting's to_args() (fuzz_config).
+  (void)j.dump();
   QTOOL_CHECK(j.is_object(), ErrorCode::kConfig, "{}: the top level must be an object with \"settings\" and/or \"sweep\"",
               what);
   static const std::set<std::string> kKeys = {"output_dir", "defaults", "settings", "sweep", "description"};

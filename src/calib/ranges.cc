@@ -124,6 +124,18 @@ int small_int(const json& v, const char* key, const std::string& what) {
   if (!ok) fail(ErrorCode::kInvalidInput, "'{}': \"{}\" must be an integer, got {}", what, key, v.dump());
   return static_cast<int>(v.get<int64_t>());
 }
+/// A list of floats: numbers within float's range (1e308 -> float would be undefined behaviour).
+std::vector<float> float_list(const json& v, const char* key, const std::string& what) {
+  if (!v.is_array()) fail(ErrorCode::kInvalidInput, "'{}': \"{}\" must be an array", what, key);
+  std::vector<float> out;
+  for (const json& x : v) {
+    const double d = x.is_number() ? x.get<double>() : std::nan("");
+    if (!(std::fabs(d) <= std::numeric_limits<float>::max()))
+      fail(ErrorCode::kInvalidInput, "'{}': \"{}\" holds a value that is not a finite float", what, key);
+    out.push_back(static_cast<float>(d));
+  }
+  return out;
+}
 }  // namespace
 
 RangesFile parse_ranges(const std::string& text, const std::string& what) {
@@ -185,8 +197,8 @@ RangesFile parse_ranges(const std::string& text, const std::string& what) {
       }
       if (e.contains("channel_axis")) {
         t.channel_axis = small_int(e["channel_axis"], "channel_axis", what);
-        t.per_channel_min = e.at("per_channel_min").get<std::vector<float>>();
-        t.per_channel_max = e.at("per_channel_max").get<std::vector<float>>();
+        t.per_channel_min = float_list(e.at("per_channel_min"), "per_channel_min", what);
+        t.per_channel_max = float_list(e.at("per_channel_max"), "per_channel_max", what);
         if (t.per_channel_min.size() != t.per_channel_max.size()) {
           fail(ErrorCode::kInvalidInput, "'{}': {} has {} per_channel_min but {} per_channel_max values", what, where,
                t.per_channel_min.size(), t.per_channel_max.size());
@@ -195,7 +207,14 @@ RangesFile parse_ranges(const std::string& text, const std::string& what) {
       if (e.contains("histogram")) {
         t.hist_lo = e["histogram"].at("lo").get<double>();
         t.hist_hi = e["histogram"].at("hi").get<double>();
-        t.hist_counts = e["histogram"].at("counts").get<std::vector<uint64_t>>();
+        const json& counts = e["histogram"].at("counts");
+        if (!counts.is_array()) fail(ErrorCode::kInvalidInput, "'{}': histogram counts must be an array", what);
+        t.hist_counts.clear();
+        for (const json& c : counts) {  // integers only: -1e308 -> uint64 would be undefined (fuzz_config)
+          if (!c.is_number_unsigned() && !(c.is_number_integer() && c.get<int64_t>() >= 0))
+            fail(ErrorCode::kInvalidInput, "'{}': histogram counts must be non-negative integers", what);
+          t.hist_counts.push_back(c.get<uint64_t>());
+        }
       }
       if (e.contains("percentiles")) t.percentiles = e["percentiles"].get<std::map<std::string, double>>();
       t.nonfinite = e.value("nonfinite", uint64_t{0});

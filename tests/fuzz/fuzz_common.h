@@ -30,10 +30,10 @@ namespace qtool::fuzz {
 
 /// Low resource limits, so that a size read from the input is refused by qtool's own checks
 /// (check_allocation / check_tensor_size) long before libFuzzer's -rss_limit_mb=1024: an input that
-/// still gets past them to a huge allocation is a finding, not a slow run.
-inline void set_fuzz_limits() {
+/// still gets past them to a huge allocation is a finding, not a slow run. Default 256 MiB.
+inline void set_fuzz_limits(uint64_t max_memory_bytes = uint64_t{256} << 20) {
   ResourceLimits l;
-  l.max_memory_bytes = uint64_t{256} << 20;  // 256 MiB
+  l.max_memory_bytes = max_memory_bytes;
   l.max_tensor_elements = int64_t{1} << 26;  // 64 Mi elements
   l.max_loop_iterations = 10000;
   set_resource_limits(l);

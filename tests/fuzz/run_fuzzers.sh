@@ -2,7 +2,8 @@
 # Runs the libFuzzer targets of tests/fuzz one after another, SECONDS_PER_TARGET each, under
 # `nice -n 19`, and fails if any of them finds something (a crash, a sanitizer report, a leak, a
 # timeout over 10 s, an input using over 1 GB, or an unexpected exception: see fuzz_common.h).
-# CI runs it for 30 s per target (.ci/run); the long runs in BENCHMARKS.md use 600.
+# CI runs it with a fixed seed and run count (FUZZ_ARGS="-seed=1 -runs=5000", .ci/run); the long
+# runs in BENCHMARKS.md use 600 s per target.
 #
 # Usage: tests/fuzz/run_fuzzers.sh SECONDS_PER_TARGET [BUILD_DIR] [WORK_DIR]
 #   BUILD_DIR  configured with -DQTOOL_FUZZ=ON and the target qtool_fuzzers built (default build-fuzz)

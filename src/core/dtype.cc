@@ -177,4 +177,25 @@ uint8_t float_to_float8e4m3fn(float f) {
   return sign | static_cast<uint8_t>(c);
 }
 
+float float4e2m1_to_float(uint8_t code) {
+  static constexpr float kMagnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  const float v = kMagnitude[code & 7];
+  return (code & 8) ? -v : v;
+}
+
+uint8_t float_to_float4e2m1(float f) {
+  if (std::isnan(f)) return 7;
+  // The 8 magnitudes are increasing in code: nearest, ties to the even code (even mantissa bit).
+  static constexpr float kMagnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  const uint8_t sign = std::signbit(f) ? 8 : 0;
+  const float a = std::fabs(f);
+  if (a >= 6.0f) return sign | 7;
+  int hi = 1;
+  while (kMagnitude[hi] <= a) ++hi;  // first magnitude > a (hi <= 7)
+  const int lo = hi - 1;
+  const float dlo = a - kMagnitude[lo], dhi = kMagnitude[hi] - a;
+  const int c = dlo < dhi ? lo : dhi < dlo ? hi : ((lo & 1) == 0 ? lo : hi);
+  return sign | static_cast<uint8_t>(c);
+}
+
 }  // namespace qtool

@@ -13,13 +13,40 @@
 namespace qtool::pipeline::detail {
 namespace {
 
-/// The quantizer's per-layer errors and methods, joined to the report rows (which the report reads
-/// from the emitted graph) by exact weight name ("<weight>_quantized" in the emitted model) or by
-/// the consuming node.
+/// A report row from the quantizer's record of a layer it wrote in a form the graph reader does not
+/// parse (the Cast / Gather forms: --format cast, fp4).
+report::LayerReport row_of(const quant::WeightOnlyLayer& w) {
+  report::LayerReport l;
+  l.node = w.node;
+  l.op_type = w.op_type;
+  l.weight = w.stored;
+  l.precision = w.precision;
+  const quant::WeightFormat* f = quant::find_weight_format(w.format);
+  l.bits = f ? f->bits : 32;
+  l.scheme = w.scheme;
+  l.symmetric = w.symmetric;
+  l.params = w.rows * w.cols;
+  l.fp32_bytes = 4 * l.params;
+  l.bytes = w.bytes;
+  l.scales = {w.scale_count, w.scale_min, w.scale_max, w.scale_mean};
+  return l;
+}
+
+/// The quantizer's per-layer records joined to the report rows the report reads from the emitted
+/// graph, by exact stored name or by the consuming node: the quantizer's precision (the table row:
+/// "ternary", "fp8", not a guess from the stored values), errors and methods; layers the graph
+/// reader does not parse get their row from the record.
 void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& rep) {
+  for (const auto& w : rep.layers) {
+    if (w.format == "float" || w.stored.empty()) continue;
+    const bool listed = std::any_of(report.layers.begin(), report.layers.end(),
+                                    [&](const report::LayerReport& l) { return l.weight == w.stored; });
+    if (!listed) report.layers.push_back(row_of(w));
+  }
   for (auto& l : report.layers) {
     for (const auto& w : rep.layers) {
-      const bool same_weight = !w.weight.empty() && (l.weight == w.weight || l.weight == w.weight + "_quantized");
+      const bool same_weight = !w.weight.empty() && (l.weight == w.weight || l.weight == w.stored ||
+                                                     l.weight == w.weight + "_quantized");
       if (!w.weight.empty() && l.weight == w.weight + "_outlier_quantized") {  // --outlier-fraction branch
         l.method = "rtn";
         l.note = fmt::format("int8 outlier columns of '{}'", w.weight);
@@ -27,6 +54,7 @@ void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& 
       }
       if (!same_weight && (w.node.empty() || w.node != l.node)) continue;
       if (w.format != "float") l.weight_sqnr_db = sqnr_from_rel_mse(w.weight_rel_mse);
+      if (!w.precision.empty()) l.precision = w.precision;
       l.method = w.algorithm;
       l.note = w.note;
       break;

@@ -432,7 +432,7 @@ Tensor packed_tensor(DataType dt, const Shape& shape, std::span<const int32_t> l
 
 /// Whether GPTQ (and the Hessian it needs) runs for a layer in `f`: the low-bit integer formats and
 /// fp8 (its rounding error is worth compensating too); int8 layers (first/last) are rounded.
-bool gptq_eligible(const WeightFormat& f) { return f.bits < 8 || f.scheme == WeightScheme::kFloat8; }
+bool gptq_eligible(const WeightFormat& f) { return f.bits < 8 || is_float_scheme(f.scheme); }
 
 /// Opset the emitted DequantizeLinear of `f` needs.
 int64_t required_opset(const WeightFormat& f) {
@@ -520,7 +520,7 @@ bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
 
 /// Rewrites target t as DequantizeLinear -> consumers (scales as float16 -> Cast when
 /// `fp16_scales`). Returns the stored bytes.
-int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales) {
+int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, WeightOnlyLayer& L) {
   const Layout l = qdq_layout(t, q);
   const DataType dt = t.format->storage_type();
   std::vector<int32_t> levels(t.rows * t.cols);
@@ -537,6 +537,7 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
     }
   const std::string& wn = t.weight->name();
   ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, l.levels_shape, levels));
+  L.stored = lv->name();
   ir::Node* first = t.consumers.front();
   ir::Value* sv = nullptr;
   int64_t scale_bytes = 0;
@@ -568,6 +569,9 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
                                       g.unique_name(wn + "_DequantizeLinear"));
   const bool per_tensor = n_scales == 1 && l.block_size == 0;
   if (!per_tensor) dq->set_attr(ir::Attribute::make_int("axis", l.axis));
+  L.scheme = per_tensor ? "per-tensor"
+             : l.block_size > 0 ? fmt::format("block({}, axis={})", l.block_size, l.axis)
+                                : fmt::format("per-channel(axis={})", l.axis);
   if (l.block_size > 0) dq->set_attr(ir::Attribute::make_int("block_size", l.block_size));
   g.replace_all_uses(t.weight, dq->output(0));
   g.remove_initializer(t.weight);
@@ -580,8 +584,9 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
 /// Runtime constant-folds when it loads the model (it keeps DequantizeLinear nodes unfolded for
 /// its QDQ fusions): the file stores the same packed levels, scales and zero points as kQdq (plus
 /// the zero padding of a short last block), and the model runs at float32 speed with float32
-/// weights in memory. Returns the stored bytes.
-int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales) {
+/// weights in memory. fp4 codes are decoded by Cast(to=int32) -> Gather on the 16 E2M1 values in
+/// place of the Cast to float (ONNX Runtime 1.30 has no FLOAT4E2M1 Cast). Returns the stored bytes.
+int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, WeightOnlyLayer& L) {
   const DataType dt = t.format->storage_type();
   const int64_t kb = q.k_blocks();
   const bool blocked = t.format->block_size > 0;
@@ -640,9 +645,24 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   };
   ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
   int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes());
-  ir::Node* cast = before("Cast", {lv}, "levels_float");
-  cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
-  ir::Value* x = cast->output(0);
+  L.stored = lv->name();
+  L.scheme = blocked ? fmt::format("block({}, axis={})", bs, axis)
+                     : fmt::format("per-channel(axis={})", (t.kind == Kind::kMatMul || (t.kind == Kind::kGemm && !t.trans_b)) ? 1 : 0);
+  ir::Value* x = nullptr;
+  if (t.format->scheme == WeightScheme::kFloat4) {
+    // E2M1 codes -> Cast(to=int32) -> Gather on the 16 code values: the decoded levels.
+    ir::Node* cast = before("Cast", {lv}, "codes");
+    cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kInt32)));
+    std::vector<float> table(16);
+    for (int c = 0; c < 16; ++c) table[c] = float4e2m1_to_float(static_cast<uint8_t>(c));
+    ir::Value* tv = g.add_initializer(g.unique_name(wn + "_e2m1_table"), Tensor::from_vector<float>({16}, table));
+    bytes += static_cast<int64_t>(tv->initializer()->nbytes());
+    x = before("Gather", {tv, cast->output(0)}, "levels_float")->output(0);
+  } else {
+    ir::Node* cast = before("Cast", {lv}, "levels_float");
+    cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    x = cast->output(0);
+  }
   if (blocked) x = before("Reshape", {x, shape_init(bview, "block_shape")}, "blocks")->output(0);
   if (!t.format->symmetric) {
     ir::Value* zv = g.add_initializer(g.unique_name(wn + "_zero_point"), packed_tensor(dt, sshape, zps));
@@ -682,7 +702,7 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
 }
 
 /// Rewrites a MatMul with weight t as com.microsoft.MatMulNBits (in place: the node keeps its output).
-int64_t emit_matmulnbits(ir::Graph& g, const Target& t, const QuantizedMatrix& q) {
+int64_t emit_matmulnbits(ir::Graph& g, const Target& t, const QuantizedMatrix& q, WeightOnlyLayer& L) {
   const WeightFormat& f = *t.format;
   const int64_t n = t.rows, k = t.cols, bs = f.block_size, kb = q.k_blocks();
   const int32_t offset = f.symmetric ? (1 << (f.bits - 1)) : 0;
@@ -700,6 +720,8 @@ int64_t emit_matmulnbits(ir::Graph& g, const Target& t, const QuantizedMatrix& q
   Tensor bt = Tensor::empty(DataType::kUint8, {n, kb, bs * f.bits / 8});
   std::memcpy(bt.mutable_raw(), blob.data(), blob.size());
   ir::Value* bv = g.add_initializer(g.unique_name(wn + "_nbits"), std::move(bt));
+  L.stored = bv->name();
+  L.scheme = fmt::format("matmulnbits(block {})", bs);
   ir::Value* sv = g.add_initializer(g.unique_name(wn + "_scale"), Tensor::from_vector<float>({n * kb}, scales));
   int64_t bytes = static_cast<int64_t>(blob.size() + scales.size() * 4);
   ir::Node* node = t.node;
@@ -825,7 +847,7 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
   std::vector<Target> targets = find_targets(g, cfg.block_size);
   choose_formats(targets, cfg);
   for (const Target& t : targets)
-    QTOOL_CHECK(!tuning || !t.format || t.format->scheme != WeightScheme::kFloat8, ErrorCode::kConfig,
+    QTOOL_CHECK(!tuning || !t.format || !is_float_scheme(t.format->scheme), ErrorCode::kConfig,
                 "--tune-steps works on integer levels; weight '{}' is {}", t.weight->name(), t.format->name);
   // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
   if (awq_alg)
@@ -941,9 +963,25 @@ WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg
         den += wv * wv;
       }
     L.weight_rel_mse = den > 0 ? num / den : 0.0;
-    int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q)
-                    : cfg.cast_dequant                               ? emit_cast_mul(g, t, q, fp16)
-                                                                     : emit_qdq(g, t, q, fp16);
+    // fp4 is always written in the Cast/Gather form (ONNX Runtime 1.30 has no FLOAT4E2M1 kernels).
+    const bool cast_form = cfg.cast_dequant || t.format->scheme == WeightScheme::kFloat4;
+    int64_t bytes = t.format->layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q, L)
+                    : cast_form                                      ? emit_cast_mul(g, t, q, fp16, L)
+                                                                     : emit_qdq(g, t, q, fp16, L);
+    const WeightFormat& f = *t.format;
+    L.precision = f.layout == WeightLayout::kMatMulNBits ? fmt::format("uint{}", f.bits) : std::string(f.type->name);
+    L.symmetric = f.symmetric;
+    L.bytes = bytes;
+    L.scale_count = static_cast<int64_t>(q.grids.size());
+    L.scale_min = q.grids.empty() ? 0.0 : q.grids[0].scale;
+    L.scale_max = L.scale_min;
+    double sum = 0;
+    for (const BlockGrid& gr : q.grids) {
+      L.scale_min = std::min<double>(L.scale_min, gr.scale);
+      L.scale_max = std::max<double>(L.scale_max, gr.scale);
+      sum += gr.scale;
+    }
+    L.scale_mean = q.grids.empty() ? 0.0 : sum / static_cast<double>(q.grids.size());
     if (!out_cols.empty()) {
       bytes += emit_outliers(g, t, out_cols, *w_before);
       L.outlier_columns = static_cast<int64_t>(out_cols.size());

@@ -13,7 +13,7 @@ constexpr std::array<int16_t, 5> kAllBlocks = {0, 16, 32, 64, 128};
 
 // clang-format off
 /// name, width alias, scheme, bits, signed, ONNX type, opset, DQ blocks, MatMulNBits name and blocks, help.
-constexpr std::array<ElementType, 8> kElementTypes = {{
+constexpr std::array<ElementType, 9> kElementTypes = {{
   {"int8",    "8", S::kInt,     8, true,  DataType::kInt8,  13, {0, -1, -1, -1, -1}, "mnb8",  {32, 128, -1, -1},
    "int8 symmetric levels (opset 13; always per output channel)"},
   {"int4",    "4", S::kInt,     4, true,  DataType::kInt4,  21, kAllBlocks,          "mnb4",  {16, 32, 64, 128},
@@ -30,6 +30,11 @@ constexpr std::array<ElementType, 8> kElementTypes = {{
    "{-a, +a}, a = mean|w| per block (int2 DequantizeLinear, opset 25)"},
   {"fp8",     "",  S::kFloat8,  8, true,  DataType::kFloat8E4M3FN, 19, {0, -1, -1, -1, -1}, "", {-1, -1, -1, -1},
    "FP8 E4M3FN levels, scale = amax/448 (opset 19; always per output channel)"},
+  // FLOAT4E2M1 codes stored as uint4 (the same bits) and decoded by Cast -> Gather on the 16-entry
+  // E2M1 table -> Mul by the block scales: ONNX Runtime 1.30's CPU provider runs neither
+  // DequantizeLinear nor Cast of FLOAT4E2M1 (type 23), and folds this chain when it loads the model.
+  {"fp4",     "",  S::kFloat4,  4, true,  DataType::kUint4, 21, kAllBlocks,          "",      {-1, -1, -1, -1},
+   "FP4 E2M1 levels, scale = amax/6 per block (NVFP4-style, float16 scales; E2M1 codes as uint4 decoded by a Gather table, opset 21)"},
 }};
 // clang-format on
 

@@ -57,9 +57,9 @@ DataType WeightFormat::storage_type() const {
 }
 
 void WeightFormat::level_range(int* lo, int* hi) const {
-  if (scheme == WeightScheme::kFloat8) {  // codes
+  if (is_float_scheme(scheme)) {  // codes
     *lo = 0;
-    *hi = 255;
+    *hi = scheme == WeightScheme::kFloat8 ? 255 : 15;
   } else if (scheme != WeightScheme::kInt) {
     *lo = -1;
     *hi = 1;

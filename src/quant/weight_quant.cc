@@ -11,6 +11,7 @@ namespace qtool::quant {
 int32_t BlockGrid::quantize(float w) const {
   if (binary) return w >= 0.0f ? 1 : -1;
   if (float8) return float_to_float8e4m3fn(w / scale);
+  if (float4) return float_to_float4e2m1(w / scale);
   const float q = std::nearbyint(w / scale) + static_cast<float>(zero_point);
   return static_cast<int32_t>(std::clamp(q, static_cast<float>(lo), static_cast<float>(hi)));
 }
@@ -26,9 +27,9 @@ QuantSpec QuantSpec::from_format(const WeightFormat& f) {
 }
 
 void QuantSpec::level_range(int32_t* lo, int32_t* hi) const {
-  if (scheme == WeightScheme::kFloat8) {  // codes
+  if (is_float_scheme(scheme)) {  // codes
     *lo = 0;
-    *hi = 255;
+    *hi = scheme == WeightScheme::kFloat8 ? 255 : 15;
   } else if (scheme != WeightScheme::kInt) {
     *lo = -1;
     *hi = 1;
@@ -58,7 +59,7 @@ namespace {
 
 /// Σ e (x - Q(x))² of a block on `g`.
 double block_error(std::span<const float> x, std::span<const float> e, const BlockGrid& g) {
-  if (!g.binary && !g.float8) {
+  if (!g.binary && !g.float_codes()) {
     // The same arithmetic as BlockGrid::quantize/dequantize (divide, round half to even, clamp),
     // written as one branch-free float loop the compiler vectorizes: the clipping search calls
     // this ~40 times per block, and it dominates streaming quantization of large models.
@@ -147,13 +148,17 @@ BlockGrid int_grid_search(std::span<const float> x, const QuantSpec& spec, Error
   return best;
 }
 
-/// FP8 E4M3FN per block: scale = r·amax/448 over the clipping ratios r of `spec` (448 = the largest
-/// finite E4M3FN value), levels the nearest codes; the ratio with the least Σ e (x - Q(x))² wins.
-BlockGrid float8_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
+/// FP8 E4M3FN / FP4 E2M1 per block: scale = r·amax/max_code over the clipping ratios r of `spec`
+/// (448, 6: the largest finite value of the code), levels the nearest codes; the ratio with the
+/// least Σ e (x - Q(x))² wins.
+BlockGrid float_code_grid(std::span<const float> x, std::span<const float> e, const QuantSpec& spec) {
   BlockGrid g;
-  g.float8 = true;
+  const bool fp8 = spec.scheme == WeightScheme::kFloat8;
+  g.float8 = fp8;
+  g.float4 = !fp8;
   g.lo = 0;
-  g.hi = 255;
+  g.hi = fp8 ? 255 : 15;
+  const float max_code = fp8 ? 448.0f : 6.0f;
   float amax = 0.0f;
   for (float v : x) amax = std::max(amax, std::fabs(v));
   if (amax <= 0.0f) return g;  // scale 1, every code 0
@@ -163,7 +168,7 @@ BlockGrid float8_grid(std::span<const float> x, std::span<const float> e, const 
   for (int i = 0; i <= steps; ++i) {
     const float r = steps == 0 ? 1.0f : 1.0f - static_cast<float>(i) * (1.0f - spec.min_clip) / steps;
     BlockGrid c = g;
-    c.scale = spec.stored_scale(r * amax / 448.0f);
+    c.scale = spec.stored_scale(r * amax / max_code);
     const double err = block_error(x, e, c);
     if (best_err < 0 || err < best_err) {
       best_err = err;
@@ -247,7 +252,8 @@ BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::
   QTOOL_CHECK(weights.empty() || weights.size() == x.size(), ErrorCode::kInternal, "error weights size");
   switch (spec.scheme) {
     case WeightScheme::kInt: return int_grid(x, weights, spec);
-    case WeightScheme::kFloat8: return float8_grid(x, weights, spec);
+    case WeightScheme::kFloat8:
+    case WeightScheme::kFloat4: return float_code_grid(x, weights, spec);
     case WeightScheme::kTernary: {
       BlockGrid g = ternary_grid(x, weights);
       g.scale = spec.stored_scale(g.scale);

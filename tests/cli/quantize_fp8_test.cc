@@ -23,7 +23,7 @@ TEST(CliQuantizeFp8, DigitsRunsInOnnxRuntimeAndMatchesTheExecutor) {
   ASSERT_EQ(q.exit_code, 0) << q.err;
   const nlohmann::json rep = nlohmann::json::parse(q.out);
   int fp8 = 0;
-  for (const auto& l : rep["layers"]) fp8 += l["precision"] == "float8e4m3fn";
+  for (const auto& l : rep["layers"]) fp8 += l["precision"] == "fp8";
   EXPECT_EQ(fp8, 3);  // first and last layers stay int8
   EXPECT_EQ(rep["precision"], "Wfp8 A32");
   EXPECT_GT(rep["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 30.0);

@@ -50,7 +50,7 @@ TEST(ElementTypes, EveryRowParsesAndDerivesItsFormats) {
     EXPECT_EQ(find_element_type(t.name), &t);
     EXPECT_EQ(c.is_int8(), t.scheme == WeightScheme::kInt && t.bits == 8) << t.name;
     EXPECT_EQ(c.is_sign_scheme(), t.scheme == WeightScheme::kTernary || t.scheme == WeightScheme::kBinary) << t.name;
-    EXPECT_EQ(c.is_float_kind(), t.scheme == WeightScheme::kFloat8) << t.name;
+    EXPECT_EQ(c.is_float_kind(), is_float_scheme(t.scheme)) << t.name;
     for (int16_t b : t.qdq_blocks) {
       if (b < 0) continue;
       const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kQdq);
@@ -111,8 +111,8 @@ TEST(WeightFormats, EveryFormatPacksBitExactAgainstReference) {
         const auto fast = pack_onnx(lv, f.bits);
         ASSERT_EQ(ref, fast) << f.name << " cols " << cols;
         EXPECT_EQ(static_cast<int64_t>(ref.size()), (rows * cols * f.bits + 7) / 8);
-        // FP8 levels are unsigned codes (0..255); the integer formats sign-extend when signed.
-        const bool sign_extend = f.is_signed && f.scheme != WeightScheme::kFloat8;
+        // FP8 / FP4 levels are unsigned codes; the integer formats sign-extend when signed.
+        const bool sign_extend = f.is_signed && !is_float_scheme(f.scheme);
         EXPECT_EQ(unpack_onnx(fast, rows * cols, f.bits, sign_extend), lv) << f.name;
       } else {
         // MatMulNBits codes are unsigned: the symmetric levels shifted by 2^(bits-1).
@@ -219,6 +219,59 @@ TEST(Float8, EveryCodeRoundTripsAndRoundingIsNearestEven) {
     EXPECT_EQ(code, float_to_float8e4m3fn(x / g.scale));
     EXPECT_NEAR(g.dequantize(code), x, std::fabs(x) / 16 + 1e-6);  // 3 mantissa bits: within 2^-4 relative
   }
+}
+
+// FP4 E2M1 (the fp4 row): the 16 codes decode to ±{0, 0.5, 1, 1.5, 2, 3, 4, 6} and re-encode to
+// themselves (but -0 -> code 8); halfway values go to the even code; saturation at ±6; a block
+// grid's scale maps amax to 6 (or less, by the clipping search) and its levels are the nearest codes.
+TEST(Float4, EveryCodeRoundTripsAndRoundingIsNearestEven) {
+  const float expected[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  for (int c = 0; c < 16; ++c) {
+    const float v = float4e2m1_to_float(static_cast<uint8_t>(c));
+    EXPECT_EQ(std::fabs(v), expected[c & 7]) << c;
+    EXPECT_EQ(std::signbit(v), c >= 8) << c;
+    EXPECT_EQ(float_to_float4e2m1(v), c) << c << " = " << v;
+  }
+  EXPECT_EQ(float_to_float4e2m1(0.25f), 0);   // halfway 0 .. 0.5: the even code 0
+  EXPECT_EQ(float_to_float4e2m1(0.75f), 2);   // halfway 0.5 .. 1: code 2 (1.0, even)
+  EXPECT_EQ(float_to_float4e2m1(1.25f), 2);   // halfway 1 .. 1.5: code 2
+  EXPECT_EQ(float_to_float4e2m1(1.75f), 4);   // halfway 1.5 .. 2: code 4 (2.0)
+  EXPECT_EQ(float_to_float4e2m1(2.5f), 4);    // halfway 2 .. 3: code 4
+  EXPECT_EQ(float_to_float4e2m1(3.5f), 6);    // halfway 3 .. 4: code 6 (4.0)
+  EXPECT_EQ(float_to_float4e2m1(5.0f), 6);    // halfway 4 .. 6: code 6
+  EXPECT_EQ(float_to_float4e2m1(5.1f), 7);
+  EXPECT_EQ(float_to_float4e2m1(2.6f), 5);
+  EXPECT_EQ(float_to_float4e2m1(100.0f), 7);  // saturates
+  EXPECT_EQ(float_to_float4e2m1(-100.0f), 15);
+  EXPECT_EQ(float_to_float4e2m1(-0.7f), 9);   // -0.5 is 0.2 away, -1 is 0.3 away: -0.5 = code 8|1
+  const WeightFormat& f = *find_weight_format("fp4_b32");
+  EXPECT_EQ(f.storage_type(), DataType::kUint4);  // E2M1 bit patterns stored as uint4 codes
+  EXPECT_EQ(f.block_size, 32);
+  EXPECT_EQ(resolve_weight_format(BitsChoice("fp4"), 16, true, WeightLayout::kQdq).name, "fp4_b16");
+  EXPECT_THROW(resolve_weight_format(BitsChoice("fp4"), 32, true, WeightLayout::kMatMulNBits), Error);
+  int lo = -1, hi = -1;
+  f.level_range(&lo, &hi);
+  EXPECT_EQ(lo, 0);
+  EXPECT_EQ(hi, 15);
+  QuantSpec spec = QuantSpec::from_format(f);
+  spec.clip_steps = 0;  // scale = amax / 6 exactly
+  const std::vector<float> w = {0.3f, -1.2f, 3.0f, 0.0f, -0.05f};
+  const BlockGrid g = find_block_grid(w, spec);
+  EXPECT_TRUE(g.float4);
+  EXPECT_FLOAT_EQ(g.scale, 0.5f);
+  EXPECT_EQ(g.quantize(3.0f), 7);               // 3.0 / 0.5 = 6
+  EXPECT_EQ(g.quantize(0.3f), 1);               // 0.6 -> 0.5
+  EXPECT_EQ(g.quantize(-1.2f), 8 | 4);          // -2.4 -> -2
+  EXPECT_EQ(g.quantize(-0.05f), 8);             // -0.1 -> -0
+  EXPECT_FLOAT_EQ(g.dequantize(g.quantize(-1.2f)), -1.0f);
+  spec.clip_steps = 20;  // the clipping search never does worse than amax / 6
+  const BlockGrid best = find_block_grid(w, spec);
+  double e0 = 0, e1 = 0;
+  for (float x : w) {
+    e0 += std::pow(x - g.dequantize(g.quantize(x)), 2);
+    e1 += std::pow(x - best.dequantize(best.quantize(x)), 2);
+  }
+  EXPECT_LE(e1, e0);
 }
 
 }  // namespace qtool::quant

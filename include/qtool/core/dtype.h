@@ -64,6 +64,12 @@ float float8e4m3fn_to_float(uint8_t code);
 /// float -> the nearest FLOAT8E4M3FN code, ties to the even code, saturating at ±448 (ONNX's
 /// saturate=1 cast); NaN -> 0x7F.
 uint8_t float_to_float8e4m3fn(float f);
+/// FLOAT4E2M1 (ONNX type 23: 1 sign, 2 exponent bits with bias 1, 1 mantissa bit, no infinities or
+/// NaN; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6) code in the low 4 bits -> float. Exact.
+float float4e2m1_to_float(uint8_t code);
+/// float -> the nearest FLOAT4E2M1 code (0..15), ties to the even code, saturating at ±6 (ONNX's
+/// saturate=1 cast); NaN -> +6 as ONNX's reference cast saturates it (there is no NaN code).
+uint8_t float_to_float4e2m1(float f);
 uint16_t float_to_half(float f);
 /// bfloat16 <-> float, round-to-nearest-even.
 inline float bf16_to_float(uint16_t b) {

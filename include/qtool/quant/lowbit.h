@@ -143,6 +143,14 @@ struct WeightOnlyLayer {
   std::string scale_type;         ///< "float16" or "float" (empty when not quantized)
   double weight_rel_mse = 0.0;    ///< ‖W - Q‖² / ‖W‖²
   std::string note;               ///< why it was skipped / kept at 8 bits / folded where
+  // What was written, for the report (which is built from these records, not re-read from the graph):
+  std::string stored;             ///< initializer holding the stored levels ("<weight>_quantized")
+  std::string precision;          ///< the element type row ("int4", "fp4", "ternary"; MatMulNBits "uint4")
+  std::string scheme;             ///< "per-channel(axis=0)", "block(32, axis=1)", "matmulnbits(block 32)"
+  bool symmetric = true;          ///< no zero points stored
+  int64_t bytes = 0;              ///< stored bytes (levels, scales, zero points, tables; not the outlier branch)
+  int64_t scale_count = 0;        ///< scales stored, and their range and mean
+  double scale_min = 0.0, scale_max = 0.0, scale_mean = 0.0;
 };
 
 struct WeightOnlyReport {

@@ -29,7 +29,11 @@ enum class WeightScheme {
   kTernary,  ///< w ≈ α·t, t ∈ {-1, 0, +1}; threshold and α chosen per block to minimize ‖w - α·t‖²
   kBinary,   ///< w ≈ α·sign(w), α = mean|w| of the block (the L2-optimal α for fixed signs)
   kFloat8,   ///< w ≈ decode(code)·scale, code a FLOAT8E4M3FN byte, scale = amax/448 per block (clipped)
+  kFloat4,   ///< w ≈ decode(code)·scale, code a FLOAT4E2M1 nibble, scale = amax/6 per block (clipped)
 };
+
+/// Float element codes (fp8, fp4): levels are unsigned codes decoded by a table, not an integer ladder.
+constexpr bool is_float_scheme(WeightScheme s) { return s == WeightScheme::kFloat8 || s == WeightScheme::kFloat4; }
 
 /// One row of THE table: a weight element type.
 struct ElementType {
@@ -74,8 +78,8 @@ class BitsChoice {
   bool is_sign_scheme() const {
     return type_ != nullptr && (type_->scheme == WeightScheme::kTernary || type_->scheme == WeightScheme::kBinary);
   }
-  /// A float element type (fp8): no zero points, no MatMulNBits form, no distillation tuning.
-  bool is_float_kind() const { return type_ != nullptr && type_->scheme == WeightScheme::kFloat8; }
+  /// A float element type (fp8, fp4): no zero points, no MatMulNBits form, no distillation tuning.
+  bool is_float_kind() const { return type_ != nullptr && is_float_scheme(type_->scheme); }
   /// The element type, for a given --asymmetric: a width alias picks the signed (symmetric) or the
   /// unsigned twin when one exists. nullptr when inherits() or is_float().
   const ElementType* type(bool symmetric) const;

@@ -22,10 +22,17 @@ struct BlockGrid {
   int32_t lo = 0, hi = 0;
   bool binary = false;  ///< levels {-1, +1} only (sign), zero never produced
   bool float8 = false;  ///< levels are FLOAT8E4M3FN codes (0..255): w ≈ decode(code)·scale
+  bool float4 = false;  ///< levels are FLOAT4E2M1 codes (0..15): w ≈ decode(code)·scale
+  /// Levels are float codes (fp8, fp4), not an integer ladder.
+  bool float_codes() const { return float8 || float4; }
+  /// The value of float code q before scaling (fp8 / fp4 grids only).
+  float code_value(int32_t q) const {
+    return float8 ? float8e4m3fn_to_float(static_cast<uint8_t>(q)) : float4e2m1_to_float(static_cast<uint8_t>(q));
+  }
   /// Nearest level of w on this grid.
   int32_t quantize(float w) const;
   float dequantize(int32_t q) const {
-    if (float8) return float8e4m3fn_to_float(static_cast<uint8_t>(q)) * scale;
+    if (float_codes()) return code_value(q) * scale;
     return static_cast<float>(q - zero_point) * scale;
   }
 };

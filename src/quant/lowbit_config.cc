@@ -1,4 +1,4 @@
-// Parsing of the weight-only options: algorithms, --layer-bits rules, glob patterns.
+// Parsing of the weight-only options: --layer-bits rules, glob patterns (algorithms: weight_algorithms.cc).
 #include <algorithm>
 #include <cctype>
 
@@ -6,24 +6,6 @@
 #include "qtool/quant/lowbit.h"
 
 namespace qtool::quant {
-
-WeightAlgorithm parse_weight_algorithm(std::string_view s) {
-  if (s == "rtn") return WeightAlgorithm::kRtn;
-  if (s == "gptq") return WeightAlgorithm::kGptq;
-  if (s == "awq") return WeightAlgorithm::kAwq;
-  if (s == "awq+gptq") return WeightAlgorithm::kAwqGptq;
-  fail(ErrorCode::kConfig, "unknown weight algorithm '{}' (expected rtn, gptq, awq or awq+gptq)", s);
-}
-
-std::string_view weight_algorithm_name(WeightAlgorithm a) {
-  switch (a) {
-    case WeightAlgorithm::kRtn: return "rtn";
-    case WeightAlgorithm::kGptq: return "gptq";
-    case WeightAlgorithm::kAwq: return "awq";
-    case WeightAlgorithm::kAwqGptq: return "awq+gptq";
-  }
-  return "?";
-}
 
 bool glob_match(std::string_view p, std::string_view t) {
   // Iterative matcher with one backtrack point for the last '*' (linear in practice).

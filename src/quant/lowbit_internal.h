@@ -2,12 +2,15 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "qtool/ir/graph.h"
 #include "qtool/quant/gptq.h"
 #include "qtool/quant/lowbit.h"
+#include "qtool/quant/weight_quant.h"
 
 namespace qtool::quant::detail {
 
@@ -39,5 +42,97 @@ struct InputStats {
 void collect_input_stats(const ir::Model& model, const CalibrationInputs& calib, int threads, int64_t max_rows,
                          std::unordered_map<const ir::Value*, InputStats>& stats,
                          const std::vector<std::pair<const ir::Value*, InputStats*>>& extra = {});
+
+
+// ---- the weight layers of a model (lowbit_targets.cc) ----
+
+enum class Kind { kMatMul, kGemm, kConv, kGather };
+
+/// One weight initializer and how the layers reading it see it.
+struct Target {
+  ir::Value* weight = nullptr;           ///< removed from the graph once rewritten
+  std::string weight_name;
+  ir::Node* node = nullptr;             ///< first consumer in node order
+  std::vector<ir::Node*> consumers;     ///< every weight-layer consumer
+  Kind kind = Kind::kMatMul;
+  bool trans_b = false;                 ///< Gemm: B stored as [N, K]
+  Shape shape;                          ///< original weight shape
+  int64_t rows = 0, cols = 0;           ///< matrix view W [rows, cols]
+  int64_t out_channels = 0;             ///< N (conv: M)
+  int64_t taps = 1;                     ///< conv kernel elements (kh·kw...)
+  bool conv_blocked = false;            ///< conv rows are (m, tap), blocks along input channels
+  bool first_last = false;
+  const WeightFormat* format = nullptr; ///< nullptr: stays float
+  std::string note;
+  ir::Value* input = nullptr;           ///< activation input (MatMul/Gemm with transA = 0, 1x1 Conv)
+  bool channels_first = false;          ///< 1x1 Conv: input channels on axis 1, W [M, C] acts per pixel
+  ir::Value* patch_input = nullptr;     ///< k×k Conv (2-D, group 1): input whose im2col patches give H
+  std::vector<int64_t> conv_geometry;   ///< see detail::InputStats::conv_geometry
+  std::vector<float> w;                 ///< W [rows, cols] (AWQ scales applied in place)
+};
+
+const char* kind_name(Kind k);
+/// W [rows, cols] from the initializer in the target's layout (once; drops mapped pages after).
+void extract_matrix(Target& t);
+/// Finds the weight layers of the main graph, in node order (phase 1).
+std::vector<Target> find_targets(ir::Graph& g, int64_t block_size);
+/// Chooses each target's format: defaults, first/last and depthwise rules, --layer-bits,
+/// exclusions, --plan (phase 2).
+void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg);
+/// Folds 1/s of AWQ scales `s` for the layers of `group` reading `x` into x's producer (a norm
+/// weight, a previous MatMul's output channels) or an inserted Mul; `where` says which.
+void fold_awq_scales(ir::Graph& g, ir::Value* x, const std::vector<Target*>& group, std::span<const float> s,
+                     std::vector<Target>& targets, std::string* where);
+
+/// Whether GPTQ (and the Hessian it needs) runs for a layer in `f`: the low-bit integer formats and
+/// fp8 (its rounding error is worth compensating too); int8 layers (first/last) are rounded.
+inline bool gptq_eligible(const WeightFormat& f) { return f.bits < 8 || is_float_scheme(f.scheme); }
+/// Whether layers of format `f` store float16 scales under `cfg` (DequantizeLinear below 8 bits).
+inline bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
+  return cfg.fp16_scales && f.layout == WeightLayout::kQdq && f.bits < 8;
+}
+
+// ---- writing a quantized layer into the graph (lowbit_emit.cc) ----
+
+/// Storage (original layout) index of W element (r, c).
+int64_t storage_index(const Target& t, int64_t r, int64_t c);
+/// Opset the emitted form of `f` needs (0: no default-domain requirement).
+int64_t required_opset(const WeightFormat& f);
+/// Rewrites target t as its format's form (DequantizeLinear, MatMulNBits, or the Cast / Gather form
+/// with `cast_form` and for fp4), scales as float16 -> Cast when `fp16_scales`; fills L's stored name,
+/// scheme, precision and scale statistics. Returns the stored bytes.
+int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, bool cast_form,
+                    WeightOnlyLayer& L);
+/// Adds Y += MatMul(Gather(X, cols, axis=-1), DQ(int8 outlier rows)) after the layer. Returns bytes.
+int64_t emit_outliers(ir::Graph& g, const Target& t, const std::vector<int64_t>& cols,
+                      const std::vector<float>& w_orig);
+
+// ---- the weight algorithms (weight_algorithms.h; src/quant/algorithms/) ----
+
+/// One layer to quantize: what every algorithm may read.
+struct LayerJob {
+  const Target& t;                           ///< its W (AWQ-scaled, outlier columns zeroed)
+  const QuantSpec& spec;
+  const WeightOnlyConfig& cfg;
+  const GptqOptions& gptq;                   ///< cfg.gptq, with keep_latent when tuning follows
+  const InputStats* stats = nullptr;         ///< statistics of the layer's input, or nullptr
+  const InputStats* patch_stats = nullptr;   ///< im2col statistics of a k×k conv, or nullptr
+  const std::vector<float>* awq_scales = nullptr;  ///< AWQ scales the input Hessian must be rescaled by
+  const std::vector<int64_t>& outlier_columns;     ///< columns carried by the int8 branch
+  bool have_hessian = false;                 ///< stats hold a Hessian this layer can use
+};
+
+/// The layer's input Hessian (of x / s when AWQ scales were folded).
+std::vector<double> input_hessian(const LayerJob& job);
+/// RTN (clipping search; ternary / binary optimum), rows split over cfg.threads.
+QuantizedMatrix quantize_rtn_layer(const LayerJob& job, std::string* label);
+/// GPTQ (k×k convs on their im2col Hessian, outlier columns left out); RTN without a Hessian.
+QuantizedMatrix quantize_gptq_layer(const LayerJob& job, std::string* label);
+/// AWQ's pre-pass (phase 4): per group of low-bit MatMul/Gemm layers sharing an input, the scales
+/// that minimize the output error through H, applied to the group's W and folded into the graph.
+/// Fills `scales` (by input value) and `where` (by target) for the layers it rescaled.
+void awq_prepass(ir::Graph& g, std::vector<Target>& targets, const std::unordered_map<const ir::Value*, InputStats>& stats,
+                 const WeightOnlyConfig& cfg, std::unordered_map<const ir::Value*, std::vector<float>>& scales,
+                 std::unordered_map<const Target*, std::string>& where);
 
 }  // namespace qtool::quant::detail

@@ -4,11 +4,17 @@
 
 #include <cmath>
 #include <random>
+#include <set>
 
 #include "qtool/core/dtype.h"
 #include "qtool/quant/awq.h"
 #include "qtool/quant/gptq.h"
+#include "qtool/quant/weight_algorithms.h"
 #include "qtool/quant/weight_quant.h"
+#include "qtool/core/error.h"
+#include "qtool/runtime/executor.h"
+#include "graph_builders.h"
+#include "test_util.h"
 
 namespace qtool::quant {
 namespace {
@@ -358,6 +364,94 @@ TEST(WeightOutliers, SelectsSalientColumns) {
   energy[2] = 1e6f;
   EXPECT_EQ(select_outlier_columns(w, rows, cols, 0.2, energy), (std::vector<int64_t>{2, 6}));
   EXPECT_TRUE(select_outlier_columns(w, rows, cols, 0.0).empty());
+}
+
+
+/// x[8,64] -> MatMul A[64,96] -> Relu -> MatMul B[96,64] -> Relu -> MatMul C[64,10] -> y; inputs
+/// with correlated channels (where error compensation pays off).
+ir::Model registry_mlp() {
+  ir::Model m;
+  m.ir_version = 8;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", testing::float_type({8, 64}));
+  const int64_t dims[4] = {64, 96, 64, 10};
+  ir::Value* h = x;
+  for (int i = 0; i < 3; ++i) {
+    auto* w = g.add_initializer("w" + std::to_string(i),
+                                Tensor::from_vector<float>({dims[i], dims[i + 1]}, gaussian(dims[i] * dims[i + 1], 10 + i, 0.2f)));
+    h = g.add_node("MatMul", {h, w}, {"m" + std::to_string(i)}, "mm" + std::to_string(i))->output(0);
+    if (i < 2) h = g.add_node("Relu", {h}, {"r" + std::to_string(i)}, "relu" + std::to_string(i))->output(0);
+  }
+  h->type() = testing::float_type({8, 10});
+  g.add_output(h);
+  return m;
+}
+
+std::map<std::string, Tensor> registry_sample(uint32_t seed) {
+  const auto z = gaussian(8 * 4, seed), mix = gaussian(4 * 64, 7), noise = gaussian(8 * 64, seed + 1000, 0.1f);
+  std::vector<float> v(8 * 64);
+  for (int64_t r = 0; r < 8; ++r)
+    for (int64_t c = 0; c < 64; ++c) {
+      float s = noise[r * 64 + c];
+      for (int64_t l = 0; l < 4; ++l) s += z[r * 4 + l] * mix[l * 64 + c] * (c % 8 == 0 ? 8.0f : 1.0f);
+      v[r * 64 + c] = s;
+    }
+  return {{"x", Tensor::from_vector<float>({8, 64}, v)}};
+}
+
+// THE registry (weight_algorithms.h): every row parses from its name and is found by its id, its
+// help is listed, an algorithm that needs data refuses to run without it, and apply_weight_only
+// runs each one through its row: the layers carry the row's label, and the algorithms that use
+// calibration data beat plain RTN on the model's output.
+TEST(WeightAlgorithmRegistry, EveryRowParsesRunsAndLabelsItsLayers) {
+  const ir::Model fp = registry_mlp();
+  CalibrationInputs calib;
+  for (uint32_t i = 0; i < 16; ++i) calib.samples.push_back(registry_sample(100 + i));
+  auto output_error = [&](const ir::Model& q) {
+    runtime::Executor ef(fp), eq(q);
+    double num = 0, den = 0;
+    for (uint32_t i = 0; i < 6; ++i) {
+      const auto in = registry_sample(500 + i);
+      const Tensor a = ef.run(in).at(0), b = eq.run(in).at(0);
+      for (int64_t j = 0; j < a.numel(); ++j) {
+        num += std::pow(a.data<float>()[j] - b.data<float>()[j], 2);
+        den += std::pow(a.data<float>()[j], 2);
+      }
+    }
+    return num / den;
+  };
+  double rtn_error = -1;
+  std::set<std::string> names;
+  for (const WeightAlgorithmInfo& a : weight_algorithms()) {
+    SCOPED_TRACE(std::string(a.name));
+    EXPECT_TRUE(names.insert(std::string(a.name)).second);
+    EXPECT_EQ(parse_weight_algorithm(a.name), a.id);
+    EXPECT_EQ(&weight_algorithm(a.id), &a);
+    EXPECT_NE(weight_algorithms_help().find(std::string(a.name)), std::string::npos);
+    WeightOnlyConfig cfg;
+    cfg.bits = "4";
+    cfg.bits_first_last = "";
+    cfg.algorithm = a.id;
+    if (a.needs_calibration) {
+      ir::Model none = fp.clone();
+      EXPECT_THROW(apply_weight_only(none, cfg, nullptr), Error);
+    }
+    ir::Model m = fp.clone();
+    const WeightOnlyReport rep = apply_weight_only(m, cfg, &calib);
+    ASSERT_EQ(rep.layers.size(), 3u);
+    for (const auto& l : rep.layers) {
+      EXPECT_EQ(l.format, "int4_b32");
+      if (a.gptq) EXPECT_NE(l.algorithm.find("gptq"), std::string::npos) << l.algorithm;
+      else if (a.awq_scales) EXPECT_NE(l.algorithm.find("output-clip"), std::string::npos) << l.algorithm;
+      else EXPECT_EQ(l.algorithm, "rtn");
+    }
+    const double err = output_error(m);
+    if (a.id == WeightAlgorithm::kRtn) rtn_error = err;
+    else EXPECT_LT(err, rtn_error) << "rtn " << rtn_error;  // rtn registers first
+  }
+  EXPECT_EQ(names.size(), 4u);
+  EXPECT_THROW(parse_weight_algorithm("sparsegpt"), Error);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/plan.h"
 #include "qtool/quant/precision.h"
+#include "qtool/quant/weight_algorithms.h"
 #include "qtool/report/experiments.h"
 #include "qtool/report/report.h"
 
@@ -299,8 +300,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm,
-                 "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), "
-                 "rtn, gptq, awq or awq+gptq (AWQ scales, then GPTQ)");
+                 "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), " +
+                     quant::weight_algorithms_help());
   cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
   cmd.add_option("--gptq-damp", a.gptq_damp, "weight-only GPTQ: dampening, a fraction of the mean Hessian diagonal (default 0.01)");
   cmd.add_flag("--asymmetric", a.asymmetric,

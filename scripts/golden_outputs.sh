@@ -10,7 +10,7 @@ run() {
   i=$((i+1))
   model=$1; shift
   "$Q" -q quantize "$model" "$@" -o "$O/$i.onnx" --report "$O/$i.json" >/dev/null 2>&1; rc=$?
-  jq -S 'del(.timings,.total_seconds,.output_model,.input_model,.settings.calib)' "$O/$i.json" > "$O/$i.rep" 2>/dev/null
+  jq -S 'del(.timings,.total_seconds,.output_model,.input_model,.settings.calib) | .actions |= map(sub(", [0-9.]+ s$"; ""))' "$O/$i.json" > "$O/$i.rep" 2>/dev/null
   echo "$i rc=$rc $(sha256sum < "$O/$i.onnx" 2>/dev/null | cut -c1-16) $(sha256sum < "$O/$i.rep" | cut -c1-16) [$*]" >> "$O/hashes.txt"
 }
 run $M $C

@@ -69,166 +69,274 @@ const std::set<std::string, std::less<>> kReduceOps = {"ReduceMean", "ReduceMax"
                                                        "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
                                                        "ReduceSumSquare"};
 
-// One node; returns true if it was changed.
-bool upgrade_node(ir::Graph& g, ir::Node& n, int64_t from, int64_t to) {
-  auto crosses = [&](int64_t v) { return from < v && v <= to; };
-  const std::string& op = n.op_type();
-  bool changed = false;
-  if (crosses(6) && n.has_attr("consumed_inputs")) {
-    n.remove_attr("consumed_inputs");
-    changed = true;
-  }
-  if (crosses(7) && n.has_attr("is_test")) {
-    n.remove_attr("is_test");
-    changed = true;
-  }
-  if (crosses(7) && kLegacyBroadcastOps.count(op) && (n.has_attr("broadcast") || n.has_attr("axis"))) {
-    const bool bcast = n.attr_int("broadcast", 0) != 0;
-    if (bcast && n.has_attr("axis")) {
-      const int ra = rank_of(n.input(0));
-      ir::Value* b = n.input(1);
-      const int rb = rank_of(b);
-      int64_t axis = n.attr_int("axis", 0);
-      if (ra < 0 || rb < 0) fail(ErrorCode::kUnsupported, "node {}: legacy broadcast with axis needs known ranks", n.describe());
-      if (axis < 0) axis += ra;
-      const int64_t trailing = ra - axis - rb;
-      if (trailing > 0) {
-        if (b->initializer() == nullptr)
-          fail(ErrorCode::kUnsupported, "node {}: legacy broadcast at axis {} of a non-constant operand", n.describe(), axis);
-        Shape s = b->initializer()->shape();
-        for (int64_t i = 0; i < trailing; ++i) s.push_back(1);
-        n.set_input(1, add_const(g, base_of(n, "B"), b->initializer()->reshaped(s)));
-      }
+/// One node being upgraded from opset `from` to `to`.
+struct NodeUpgrade {
+  ir::Graph& g;
+  ir::Node& n;
+  int64_t from, to;
+  /// True when the upgrade passes version v (the op changed at v).
+  bool crosses(int64_t v) const { return from < v && v <= to; }
+};
+
+// Each rule below rewrites one op family (the table kOpRules says which); returns true if it
+// changed the node. The version checks are the rule's own.
+
+// Add/Sub/... before 7: broadcast=1 with axis aligns B at `axis`; from 7 on, numpy broadcasting
+// aligns it at the end, so a constant B gets trailing 1s.
+bool legacy_broadcast(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!(u.crosses(7) && (n.has_attr("broadcast") || n.has_attr("axis")))) return false;
+  const bool bcast = n.attr_int("broadcast", 0) != 0;
+  if (bcast && n.has_attr("axis")) {
+    const int ra = rank_of(n.input(0));
+    ir::Value* b = n.input(1);
+    const int rb = rank_of(b);
+    int64_t axis = n.attr_int("axis", 0);
+    if (ra < 0 || rb < 0)
+      fail(ErrorCode::kUnsupported, "node {}: legacy broadcast with axis needs known ranks", n.describe());
+    if (axis < 0) axis += ra;
+    const int64_t trailing = ra - axis - rb;
+    if (trailing > 0) {
+      if (b->initializer() == nullptr)
+        fail(ErrorCode::kUnsupported, "node {}: legacy broadcast at axis {} of a non-constant operand", n.describe(),
+             axis);
+      Shape s = b->initializer()->shape();
+      for (int64_t i = 0; i < trailing; ++i) s.push_back(1);
+      n.set_input(1, add_const(u.g, base_of(n, "B"), b->initializer()->reshaped(s)));
     }
-    n.remove_attr("broadcast");
-    n.remove_attr("axis");
-    changed = true;
   }
-  if ((op == "Gemm" || op == "RNN" || op == "GRU" || op == "LSTM") && crosses(7)) {
+  n.remove_attr("broadcast");
+  n.remove_attr("axis");
+  return true;
+}
+
+bool gemm_rnn_drop_legacy_attrs(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  bool changed = false;
+  if (u.crosses(7)) {
     if (n.has_attr("broadcast")) n.remove_attr("broadcast"), changed = true;
     if (n.has_attr("output_sequence")) n.remove_attr("output_sequence"), changed = true;
   }
-  if (op == "Concat" && crosses(4) && !n.has_attr("axis")) {
-    n.set_attr(ir::Attribute::make_int("axis", 1));
-    changed = true;
-  }
-  if (op == "Reshape" && crosses(5)) changed |= ints_attr_to_input(g, n, "shape", 1);
-  if (op == "BatchNormalization" && crosses(9) && n.has_attr("spatial")) {
-    if (n.attr_int("spatial", 1) != 1)
-      fail(ErrorCode::kUnsupported, "node {}: BatchNormalization with spatial=0 cannot be upgraded", n.describe());
-    n.remove_attr("spatial");
-    changed = true;
-  }
-  if (op == "Scan" && crosses(9)) fail(ErrorCode::kUnsupported, "node {}: Scan-8 cannot be upgraded", n.describe());
-  if (op == "Cast" && n.find_attr("to") && n.find_attr("to")->type == ir::AttrType::kString)
+  return changed;
+}
+
+bool concat_default_axis(const NodeUpgrade& u) {
+  if (!(u.crosses(4) && !u.n.has_attr("axis"))) return false;
+  u.n.set_attr(ir::Attribute::make_int("axis", 1));
+  return true;
+}
+
+bool reshape_shape_to_input(const NodeUpgrade& u) { return u.crosses(5) && ints_attr_to_input(u.g, u.n, "shape", 1); }
+
+bool batchnorm_drop_spatial(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!(u.crosses(9) && n.has_attr("spatial"))) return false;
+  if (n.attr_int("spatial", 1) != 1)
+    fail(ErrorCode::kUnsupported, "node {}: BatchNormalization with spatial=0 cannot be upgraded", n.describe());
+  n.remove_attr("spatial");
+  return true;
+}
+
+bool reject_scan8(const NodeUpgrade& u) {
+  if (u.crosses(9)) fail(ErrorCode::kUnsupported, "node {}: Scan-8 cannot be upgraded", u.n.describe());
+  return false;
+}
+
+bool reject_string_cast(const NodeUpgrade& u) {
+  const ir::Node& n = u.n;
+  if (n.find_attr("to") && n.find_attr("to")->type == ir::AttrType::kString)
     fail(ErrorCode::kUnsupported, "node {}: Cast-1 with a string 'to' cannot be upgraded", n.describe());
-  if (op == "Upsample" && to >= 10) {
-    if (from < 7) fail(ErrorCode::kUnsupported, "node {}: Upsample-1 cannot be upgraded", n.describe());
-    std::string mode = n.attr_string("mode", "nearest");
-    if (mode == "bilinear") mode = "linear";
-    ir::Value* scales = n.input(1);
-    if (n.has_attr("scales")) {
-      const std::vector<float> s = n.attr_floats("scales");
-      scales = add_const(g, base_of(n, "scales"), Tensor::from_vector<float>({static_cast<int64_t>(s.size())}, s));
-    }
-    if (scales == nullptr) fail(ErrorCode::kInvalidModel, "node {}: Upsample without scales", n.describe());
-    ir::Value* x = n.input(0);
-    for (size_t i = n.inputs().size(); i-- > 0;) n.set_input(i, nullptr);
-    n.set_input(0, x);
-    n.set_input(1, nullptr);
-    n.set_input(2, scales);
-    while (!n.attributes().empty()) n.remove_attr(n.attributes().front().name);
-    n.set_op_type("Resize");
-    n.set_attr(ir::Attribute::make_string("mode", mode));
-    n.set_attr(ir::Attribute::make_string("coordinate_transformation_mode", "asymmetric"));
-    if (mode == "nearest") n.set_attr(ir::Attribute::make_string("nearest_mode", "floor"));
+  return false;
+}
+
+// Upsample-7/9 -> Resize(X, roi = none, scales) with the modes Upsample meant.
+bool upsample_to_resize(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (u.to < 10) return false;
+  if (u.from < 7) fail(ErrorCode::kUnsupported, "node {}: Upsample-1 cannot be upgraded", n.describe());
+  std::string mode = n.attr_string("mode", "nearest");
+  if (mode == "bilinear") mode = "linear";
+  ir::Value* scales = n.input(1);
+  if (n.has_attr("scales")) {
+    const std::vector<float> s = n.attr_floats("scales");
+    scales = add_const(u.g, base_of(n, "scales"), Tensor::from_vector<float>({static_cast<int64_t>(s.size())}, s));
+  }
+  if (scales == nullptr) fail(ErrorCode::kInvalidModel, "node {}: Upsample without scales", n.describe());
+  ir::Value* x = n.input(0);
+  for (size_t i = n.inputs().size(); i-- > 0;) n.set_input(i, nullptr);
+  n.set_input(0, x);
+  n.set_input(1, nullptr);
+  n.set_input(2, scales);
+  while (!n.attributes().empty()) n.remove_attr(n.attributes().front().name);
+  n.set_op_type("Resize");
+  n.set_attr(ir::Attribute::make_string("mode", mode));
+  n.set_attr(ir::Attribute::make_string("coordinate_transformation_mode", "asymmetric"));
+  if (mode == "nearest") n.set_attr(ir::Attribute::make_string("nearest_mode", "floor"));
+  return true;
+}
+
+// Resize-10 (X, scales) -> Resize-11 (X, roi = none, scales) with Resize-10's coordinates.
+bool resize10_to_11(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!u.crosses(11)) return false;
+  ir::Value* x = n.input(0);
+  ir::Value* scales = n.input(1);
+  n.set_input(0, x);
+  n.set_input(1, nullptr);
+  n.set_input(2, scales);
+  n.set_attr(ir::Attribute::make_string("coordinate_transformation_mode", "asymmetric"));
+  if (n.attr_string("mode", "nearest") == "nearest") n.set_attr(ir::Attribute::make_string("nearest_mode", "floor"));
+  return true;
+}
+
+bool dropout_ratio_to_input(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!(u.crosses(12) && n.has_attr("ratio"))) return false;
+  const float r = n.attr_float("ratio", 0.5f);
+  n.remove_attr("ratio");
+  while (n.inputs().size() < 1) n.add_input(nullptr);
+  n.set_input(1, add_scalar_like(u.g, base_of(n, "ratio"), n.input(0), r));
+  return true;
+}
+
+bool slice_attrs_to_inputs(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!(u.crosses(10) && n.has_attr("starts"))) return false;
+  const bool has_axes = n.has_attr("axes");
+  ints_attr_to_input(u.g, n, "starts", 1);
+  ints_attr_to_input(u.g, n, "ends", 2);
+  if (has_axes) ints_attr_to_input(u.g, n, "axes", 3);
+  return true;
+}
+
+bool topk_k_to_input(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!(u.crosses(10) && n.has_attr("k"))) return false;
+  const int64_t k = n.attr_int("k", 1);
+  n.remove_attr("k");
+  n.set_input(1, add_i64(u.g, base_of(n, "k"), {k}));
+  return true;
+}
+
+bool clip_attrs_to_inputs(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!u.crosses(11)) return false;
+  const bool has_min = n.has_attr("min"), has_max = n.has_attr("max");
+  const float lo = n.attr_float("min", 0.0f), hi = n.attr_float("max", 0.0f);
+  n.remove_attr("min");
+  n.remove_attr("max");
+  if (has_min) n.set_input(1, add_scalar_like(u.g, base_of(n, "min"), n.input(0), lo));
+  if (has_max) {
+    if (n.inputs().size() < 2) n.set_input(1, nullptr);
+    n.set_input(2, add_scalar_like(u.g, base_of(n, "max"), n.input(0), hi));
+  }
+  return true;
+}
+
+bool pad_attrs_to_inputs(const NodeUpgrade& u) {
+  ir::Node& n = u.n;
+  if (!u.crosses(11)) return false;
+  const char* pads_name = n.has_attr("pads") ? "pads" : "paddings";
+  if (!n.has_attr(pads_name)) return false;
+  const float value = n.attr_float("value", 0.0f);
+  const bool has_value = n.has_attr("value");
+  ints_attr_to_input(u.g, n, pads_name, 1);
+  n.remove_attr("value");
+  if (has_value && value != 0.0f) n.set_input(2, add_scalar_like(u.g, base_of(n, "value"), n.input(0), value));
+  return true;
+}
+
+bool scatter_to_scatter_elements(const NodeUpgrade& u) {
+  if (u.to < 11) return false;
+  u.n.set_op_type("ScatterElements");
+  return true;
+}
+
+bool axes_to_input_13(const NodeUpgrade& u) { return u.crosses(13) && ints_attr_to_input(u.g, u.n, "axes", 1); }
+
+bool split_to_input(const NodeUpgrade& u) { return u.crosses(13) && ints_attr_to_input(u.g, u.n, "split", 1); }
+
+bool reduce_axes_to_input_18(const NodeUpgrade& u) { return u.crosses(18) && ints_attr_to_input(u.g, u.n, "axes", 1); }
+
+// Softmax-family before 13 coerces the input to 2-D at `axis`; from 13 on it works on one axis.
+// Same result when `axis` is the last one (or the dims after it are 1), else made explicit.
+bool softmax_coerce_to_13(const NodeUpgrade& u) {
+  ir::Graph& g = u.g;
+  ir::Node& n = u.n;
+  if (!u.crosses(13)) return false;
+  const std::string op = n.op_type();
+  ir::Value* x = n.input(0);
+  const int r = rank_of(x);
+  int64_t axis = n.attr_int("axis", 1);
+  if (r >= 0 && axis < 0) axis += r;
+  if (r >= 0 && (axis == r - 1 || dims_after_are_one(x, static_cast<int>(axis)))) {
+    n.set_attr(ir::Attribute::make_int("axis", axis));
     return true;
   }
-  if (op == "Resize" && crosses(11)) {
-    ir::Value* x = n.input(0);
-    ir::Value* scales = n.input(1);
-    n.set_input(0, x);
-    n.set_input(1, nullptr);
-    n.set_input(2, scales);
-    n.set_attr(ir::Attribute::make_string("coordinate_transformation_mode", "asymmetric"));
-    if (n.attr_string("mode", "nearest") == "nearest") n.set_attr(ir::Attribute::make_string("nearest_mode", "floor"));
+  // Coerce to 2-D explicitly: Flatten(axis) -> op(axis=1) -> Reshape(Shape(x)).
+  const std::string b = base_of(n, "coerce");
+  ir::Node* shape = g.insert_node_before(&n, "Shape", {x}, {g.unique_name(b + "_shape")}, g.unique_name(b + "_Shape"));
+  ir::Node* flat =
+      g.insert_node_before(&n, "Flatten", {x}, {g.unique_name(b + "_flat")}, g.unique_name(b + "_Flatten"));
+  flat->set_attr(ir::Attribute::make_int("axis", axis));
+  ir::Node* sm =
+      g.insert_node_before(&n, op, {flat->output(0)}, {g.unique_name(b + "_2d")}, g.unique_name(b + "_" + op));
+  sm->set_attr(ir::Attribute::make_int("axis", 1));
+  shape->output(0)->type().elem_type = DataType::kInt64;
+  flat->output(0)->type().elem_type = x->type().elem_type;
+  sm->output(0)->type().elem_type = x->type().elem_type;
+  n.set_input(0, sm->output(0));
+  n.set_input(1, shape->output(0));
+  n.remove_attr("axis");
+  n.set_op_type("Reshape");
+  return true;
+}
+
+/// The ops a rule applies to (each op has at most one rule).
+struct OpRule {
+  std::set<std::string, std::less<>> ops;
+  bool (*rule)(const NodeUpgrade&);
+};
+
+const OpRule kOpRules[] = {
+    {kLegacyBroadcastOps, legacy_broadcast},
+    {{"Gemm", "RNN", "GRU", "LSTM"}, gemm_rnn_drop_legacy_attrs},
+    {{"Concat"}, concat_default_axis},
+    {{"Reshape"}, reshape_shape_to_input},
+    {{"BatchNormalization"}, batchnorm_drop_spatial},
+    {{"Scan"}, reject_scan8},
+    {{"Cast"}, reject_string_cast},
+    {{"Upsample"}, upsample_to_resize},
+    {{"Resize"}, resize10_to_11},
+    {{"Dropout"}, dropout_ratio_to_input},
+    {{"Slice"}, slice_attrs_to_inputs},
+    {{"TopK"}, topk_k_to_input},
+    {{"Clip"}, clip_attrs_to_inputs},
+    {{"Pad"}, pad_attrs_to_inputs},
+    {{"Scatter"}, scatter_to_scatter_elements},
+    {{"Squeeze", "Unsqueeze", "ReduceSum"}, axes_to_input_13},
+    {{"Split"}, split_to_input},
+    {kReduceOps, reduce_axes_to_input_18},
+    {{"Softmax", "LogSoftmax", "Hardmax"}, softmax_coerce_to_13},
+};
+
+// One node; returns true if it was changed.
+bool upgrade_node(ir::Graph& g, ir::Node& n, int64_t from, int64_t to) {
+  const NodeUpgrade u{g, n, from, to};
+  bool changed = false;
+  if (u.crosses(6) && n.has_attr("consumed_inputs")) {
+    n.remove_attr("consumed_inputs");
     changed = true;
   }
-  if (op == "Dropout" && crosses(12) && n.has_attr("ratio")) {
-    const float r = n.attr_float("ratio", 0.5f);
-    n.remove_attr("ratio");
-    while (n.inputs().size() < 1) n.add_input(nullptr);
-    n.set_input(1, add_scalar_like(g, base_of(n, "ratio"), n.input(0), r));
+  if (u.crosses(7) && n.has_attr("is_test")) {
+    n.remove_attr("is_test");
     changed = true;
   }
-  if (op == "Slice" && crosses(10) && n.has_attr("starts")) {
-    const bool has_axes = n.has_attr("axes");
-    ints_attr_to_input(g, n, "starts", 1);
-    ints_attr_to_input(g, n, "ends", 2);
-    if (has_axes) ints_attr_to_input(g, n, "axes", 3);
-    changed = true;
-  }
-  if (op == "TopK" && crosses(10) && n.has_attr("k")) {
-    const int64_t k = n.attr_int("k", 1);
-    n.remove_attr("k");
-    n.set_input(1, add_i64(g, base_of(n, "k"), {k}));
-    changed = true;
-  }
-  if (op == "Clip" && crosses(11)) {
-    const bool has_min = n.has_attr("min"), has_max = n.has_attr("max");
-    const float lo = n.attr_float("min", 0.0f), hi = n.attr_float("max", 0.0f);
-    n.remove_attr("min");
-    n.remove_attr("max");
-    if (has_min) n.set_input(1, add_scalar_like(g, base_of(n, "min"), n.input(0), lo));
-    if (has_max) {
-      if (n.inputs().size() < 2) n.set_input(1, nullptr);
-      n.set_input(2, add_scalar_like(g, base_of(n, "max"), n.input(0), hi));
+  for (const OpRule& r : kOpRules)
+    if (r.ops.count(n.op_type())) {
+      const bool rewritten = r.rule(u);
+      return rewritten || changed;
     }
-    changed = true;
-  }
-  if (op == "Pad" && crosses(11)) {
-    const char* pads_name = n.has_attr("pads") ? "pads" : "paddings";
-    if (n.has_attr(pads_name)) {
-      const float value = n.attr_float("value", 0.0f);
-      const bool has_value = n.has_attr("value");
-      ints_attr_to_input(g, n, pads_name, 1);
-      n.remove_attr("value");
-      if (has_value && value != 0.0f) n.set_input(2, add_scalar_like(g, base_of(n, "value"), n.input(0), value));
-      changed = true;
-    }
-  }
-  if (op == "Scatter" && to >= 11) {
-    n.set_op_type("ScatterElements");
-    changed = true;
-  }
-  if ((op == "Squeeze" || op == "Unsqueeze" || op == "ReduceSum") && crosses(13)) changed |= ints_attr_to_input(g, n, "axes", 1);
-  if (op == "Split" && crosses(13)) changed |= ints_attr_to_input(g, n, "split", 1);
-  if (kReduceOps.count(op) && crosses(18)) changed |= ints_attr_to_input(g, n, "axes", 1);
-  if ((op == "Softmax" || op == "LogSoftmax" || op == "Hardmax") && crosses(13)) {
-    ir::Value* x = n.input(0);
-    const int r = rank_of(x);
-    int64_t axis = n.attr_int("axis", 1);
-    if (r >= 0 && axis < 0) axis += r;
-    if (r >= 0 && (axis == r - 1 || dims_after_are_one(x, static_cast<int>(axis)))) {
-      n.set_attr(ir::Attribute::make_int("axis", axis));
-      return true;
-    }
-    // Coerce to 2-D explicitly: Flatten(axis) -> op(axis=1) -> Reshape(Shape(x)).
-    const std::string b = base_of(n, "coerce");
-    ir::Node* shape = g.insert_node_before(&n, "Shape", {x}, {g.unique_name(b + "_shape")}, g.unique_name(b + "_Shape"));
-    ir::Node* flat = g.insert_node_before(&n, "Flatten", {x}, {g.unique_name(b + "_flat")}, g.unique_name(b + "_Flatten"));
-    flat->set_attr(ir::Attribute::make_int("axis", axis));
-    ir::Node* sm = g.insert_node_before(&n, op, {flat->output(0)}, {g.unique_name(b + "_2d")}, g.unique_name(b + "_" + op));
-    sm->set_attr(ir::Attribute::make_int("axis", 1));
-    shape->output(0)->type().elem_type = DataType::kInt64;
-    flat->output(0)->type().elem_type = x->type().elem_type;
-    sm->output(0)->type().elem_type = x->type().elem_type;
-    n.set_input(0, sm->output(0));
-    n.set_input(1, shape->output(0));
-    n.remove_attr("axis");
-    n.set_op_type("Reshape");
-    return true;
-  }
   return changed;
 }
 

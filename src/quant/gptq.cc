@@ -49,88 +49,72 @@ std::vector<float> HessianAccumulator::channel_energy() const {
 
 namespace {
 
-/// GPTQ core. Column c belongs to grid col_group[c] of its row (ng grids per row); empty col_group
-/// means contiguous blocks of spec.block_size along the columns (grids computed lazily from the
-/// updated weights unless act_order or per channel), else grids are static (computed up front).
-QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
-                          const QuantSpec& spec, const GptqOptions& options, std::span<const int64_t> col_group,
-                          int64_t ng) {
-  QTOOL_CHECK(static_cast<int64_t>(w_in.size()) == rows * cols, ErrorCode::kInternal, "gptq: W size");
-  QTOOL_CHECK(static_cast<int64_t>(hessian.size()) == cols * cols, ErrorCode::kInternal, "gptq: H size");
-  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  RowMat W = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w_in.data(), rows,
-                                                                                                       cols)
-                 .cast<double>();
-  Eigen::MatrixXd H = Eigen::Map<const RowMat>(hessian.data(), cols, cols);
+using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-  for (int64_t j = 0; j < cols; ++j)
-    if (H(j, j) == 0.0) {  // dead input: never active, its weight cannot matter
-      H(j, j) = 1.0;
-      W.col(j).setZero();
-    }
+/// The grid groups of a row's columns, and how a group's grid is found. Column c belongs to group
+/// of(c) (kb groups per row): col_group[c] when given, else contiguous blocks of `group` columns.
+struct ColumnGroups {
+  const QuantSpec& spec;
+  bool output_clip = false;
+  std::span<const int64_t> col_group;
+  bool custom = false;
+  int64_t group = 1, kb = 1;
+  std::vector<std::vector<int64_t>> members;  ///< columns of each group
+  std::vector<std::vector<float>> gdiag;      ///< diag(H) of its columns (error weights)
+  std::vector<std::vector<double>> hblocks;   ///< with output_clip: its diagonal block of H
 
-  QuantizedMatrix q;
-  q.rows = rows;
-  q.cols = cols;
-  q.block_size = spec.block_size > 0 ? spec.block_size : cols;
-  const int64_t group = q.block_size;
-  const bool custom = !col_group.empty();
-  const int64_t kb = custom ? ng : q.k_blocks();
-  auto group_of = [&](int64_t c) { return custom ? col_group[c] : c / group; };
-  q.levels.assign(rows * cols, 0);
-  q.grids.assign(rows * kb, BlockGrid{});
-  if (options.keep_latent) q.rounded_from.assign(rows * cols, 0.0f);
-  std::vector<std::vector<int64_t>> members(kb);
-  for (int64_t c = 0; c < cols; ++c) members[group_of(c)].push_back(c);
-
-  // Per group: diag(H) of its columns (error weights), and with output_clip its block of H.
-  std::vector<std::vector<float>> gdiag(kb);
-  std::vector<std::vector<double>> hblocks(options.output_clip ? kb : 0);
-  for (int64_t b = 0; b < kb; ++b) {
-    const auto& m = members[b];
-    for (int64_t c : m) gdiag[b].push_back(static_cast<float>(H(c, c)));
-    if (options.output_clip) {
-      hblocks[b].resize(m.size() * m.size());
-      for (size_t i = 0; i < m.size(); ++i)
-        for (size_t j = 0; j < m.size(); ++j) hblocks[b][i * m.size() + j] = H(m[i], m[j]);
+  ColumnGroups(const QuantSpec& quant_spec, const GptqOptions& options, std::span<const int64_t> column_group,
+               int64_t num_groups, int64_t group_width, int64_t cols, const Eigen::MatrixXd& H)
+      : spec(quant_spec), output_clip(options.output_clip), col_group(column_group), custom(!column_group.empty()),
+        group(group_width), kb(num_groups), members(num_groups), gdiag(num_groups),
+        hblocks(options.output_clip ? num_groups : 0) {
+    for (int64_t c = 0; c < cols; ++c) members[of(c)].push_back(c);
+    for (int64_t b = 0; b < kb; ++b) {
+      const auto& m = members[b];
+      for (int64_t c : m) gdiag[b].push_back(static_cast<float>(H(c, c)));
+      if (output_clip) {
+        hblocks[b].resize(m.size() * m.size());
+        for (size_t i = 0; i < m.size(); ++i)
+          for (size_t j = 0; j < m.size(); ++j) hblocks[b][i * m.size() + j] = H(m[i], m[j]);
+      }
     }
   }
-  auto block_grid = [&](std::span<const float> x, int64_t b) {
-    if (options.output_clip) return find_block_grid_hessian(x, spec, hblocks[b]);
+  int64_t of(int64_t c) const { return custom ? col_group[c] : c / group; }
+  /// Grid of group b for the values x of its columns.
+  BlockGrid grid(std::span<const float> x, int64_t b) const {
+    if (output_clip) return find_block_grid_hessian(x, spec, hblocks[b]);
     return find_block_grid(x, spec, gdiag[b]);
-  };
-  // Grid of (row r, group b) from the current values of the group's columns.
+  }
+};
+
+/// Static grids of every (row, group), from W's values of the group's columns.
+void compute_static_grids(QuantizedMatrix& q, const RowMat& W, const ColumnGroups& groups) {
   std::vector<float> buf;
-  auto compute_grid = [&](const RowMat& src, int64_t r, int64_t b) {
-    buf.clear();
-    for (int64_t c : members[b]) buf.push_back(static_cast<float>(src(r, c)));
-    q.grids[r * kb + b] = buf.empty() ? BlockGrid{} : block_grid(buf, b);
-  };
+  for (int64_t r = 0; r < q.rows; ++r)
+    for (int64_t b = 0; b < groups.kb; ++b) {
+      buf.clear();
+      for (int64_t c : groups.members[b]) buf.push_back(static_cast<float>(W(r, c)));
+      q.grids[r * groups.kb + b] = buf.empty() ? BlockGrid{} : groups.grid(buf, b);
+    }
+}
 
-  // Static grids: per channel (one group), act_order (groups fixed before the column permutation),
-  // or custom (non-contiguous) groups.
-  const bool static_groups = options.act_order || kb == 1 || custom;
-  if (static_groups)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t b = 0; b < kb; ++b) compute_grid(W, r, b);
-
+/// Processing order of the columns: natural, or by decreasing H_jj (act_order; stable).
+std::vector<int64_t> column_order(const Eigen::MatrixXd& H, int64_t cols, bool act_order) {
   std::vector<int64_t> perm(cols);
   std::iota(perm.begin(), perm.end(), 0);
-  if (options.act_order)
+  if (act_order)
     std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return H(a, a) > H(b, b); });
-  RowMat Wp(rows, cols);
-  Eigen::MatrixXd Hp(cols, cols);
-  for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
-  for (int64_t i = 0; i < cols; ++i)
-    for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
+  return perm;
+}
 
-  // Upper Cholesky factor of (H + damp·I)⁻¹, retrying with more dampening if H is not positive definite.
+/// Upper Cholesky factor of (H + damp·I)⁻¹, retrying with more dampening if H is not positive definite.
+Eigen::MatrixXd upper_cholesky_of_inverse(const Eigen::MatrixXd& Hp, int64_t cols, double percdamp) {
   // Mean of the diagonal, summed by hand: Eigen's redux on a Diagonal view of a dynamic matrix
   // trips GCC's -Wmaybe-uninitialized in Release builds (it cannot see that cols > 0 here).
   double diag_sum = 0.0;
   for (int64_t i = 0; i < cols; ++i) diag_sum += Hp(i, i);
   const double mean_diag = cols > 0 ? diag_sum / static_cast<double>(cols) : 0.0;
-  double damp = options.percdamp * mean_diag;
+  double damp = percdamp * mean_diag;
   Eigen::MatrixXd U;
   for (int attempt = 0;; ++attempt) {
     Eigen::MatrixXd Hd = Hp;
@@ -148,18 +132,23 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
                 damp);
     damp = damp > 0 ? damp * 10.0 : 1e-6 * std::max(1.0, mean_diag);
   }
+  return U;
+}
 
-  // Lazy-update block width: a multiple of the group so that a group's grid is taken from W1.
-  int64_t bc = std::max<int64_t>(1, options.block_columns);
-  if (!static_groups) bc = std::max<int64_t>(group, bc / group * group);
-
+/// The GPTQ sweep: quantizes the permuted columns of Wp in blocks of bc, spreading each column's
+/// error over the columns after it (within the block at once, onto the rest after the block).
+/// Without static groups, a group's grid is taken when the sweep reaches its first column.
+void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, const std::vector<int64_t>& perm,
+                      const ColumnGroups& groups, bool static_groups, int64_t bc, bool keep_latent) {
+  const int64_t rows = q.rows, cols = q.cols, kb = groups.kb, group = groups.group;
+  std::vector<float> buf;
   for (int64_t i1 = 0; i1 < cols; i1 += bc) {
     const int64_t i2 = std::min(cols, i1 + bc), count = i2 - i1;
     RowMat W1 = Wp.middleCols(i1, count);
     RowMat Err1 = RowMat::Zero(rows, count);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = perm[i1 + i];  // original column index
-      const int64_t b = group_of(col);
+      const int64_t b = groups.of(col);
       if (!static_groups && col % group == 0) {
         // Group starting here (natural order): grids from the updated values of its columns.
         for (int64_t r = 0; r < rows; ++r) {
@@ -169,7 +158,7 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
             const int64_t local = c - i1;
             buf[c - col] = static_cast<float>(local < count ? W1(r, local) : Wp(r, c));
           }
-          q.grids[r * kb + b] = block_grid(buf, b);
+          q.grids[r * kb + b] = groups.grid(buf, b);
         }
       }
       const double d = U(i1 + i, i1 + i);
@@ -178,7 +167,7 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
         const float wv = static_cast<float>(W1(r, i));
         const int32_t lv = g.quantize(wv);
         q.levels[r * cols + col] = lv;
-        if (options.keep_latent) q.rounded_from[r * cols + col] = wv;
+        if (keep_latent) q.rounded_from[r * cols + col] = wv;
         const double err = (W1(r, i) - g.dequantize(lv)) / d;
         Err1(r, i) = err;
       }
@@ -187,21 +176,25 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
     }
     if (i2 < cols) Wp.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
   }
+}
 
-  // Coordinate descent on the layer objective E = dᵀ H d per row (d = w − Q(w), the original w):
-  // move one level by ±1 when that lowers E exactly (ΔE = −2δ·(Hd)_j + δ²·H_jj for a step δ of the
-  // dequantized value), keeping the grids. Monotone: E never increases.
-  for (int pass = 0; pass < options.cd_passes; ++pass) {
+/// Coordinate descent on the layer objective E = dᵀ H d per row (d = w − Q(w), the original w):
+/// move one level by ±1 when that lowers E exactly (ΔE = −2δ·(Hd)_j + δ²·H_jj for a step δ of the
+/// dequantized value), keeping the grids. Monotone: E never increases.
+void coordinate_descent(QuantizedMatrix& q, const RowMat& W, const Eigen::MatrixXd& H, const ColumnGroups& groups,
+                        int passes) {
+  const int64_t rows = q.rows, cols = q.cols, kb = groups.kb;
+  for (int pass = 0; pass < passes; ++pass) {
     Eigen::VectorXd d(cols), hd(cols);
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t c = 0; c < cols; ++c) {
-        const BlockGrid& g = q.grids[r * kb + group_of(c)];
+        const BlockGrid& g = q.grids[r * kb + groups.of(c)];
         d(c) = W(r, c) - g.dequantize(q.levels[r * cols + c]);
       }
       hd.noalias() = H * d;
       for (int64_t c = 0; c < cols; ++c) {
-        const BlockGrid& g = q.grids[r * kb + group_of(c)];
-        if (g.binary || g.float8) continue;  // codes are not a ±1 ladder (float8: sign bit, NaN code)
+        const BlockGrid& g = q.grids[r * kb + groups.of(c)];
+        if (g.binary || g.float_codes()) continue;  // codes are not a ±1 ladder (fp8/fp4: sign bit, NaN code)
         const int32_t l = q.levels[r * cols + c];
         for (int32_t step : {1, -1}) {
           const int32_t nl = l + step;
@@ -218,6 +211,56 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
       }
     }
   }
+}
+
+/// GPTQ core. Column c belongs to grid col_group[c] of its row (ng grids per row); empty col_group
+/// means contiguous blocks of spec.block_size along the columns (grids computed lazily from the
+/// updated weights unless act_order or per channel), else grids are static (computed up front).
+QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
+                          const QuantSpec& spec, const GptqOptions& options, std::span<const int64_t> col_group,
+                          int64_t ng) {
+  QTOOL_CHECK(static_cast<int64_t>(w_in.size()) == rows * cols, ErrorCode::kInternal, "gptq: W size");
+  QTOOL_CHECK(static_cast<int64_t>(hessian.size()) == cols * cols, ErrorCode::kInternal, "gptq: H size");
+  RowMat W = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w_in.data(), rows,
+                                                                                                       cols)
+                 .cast<double>();
+  Eigen::MatrixXd H = Eigen::Map<const RowMat>(hessian.data(), cols, cols);
+
+  for (int64_t j = 0; j < cols; ++j)
+    if (H(j, j) == 0.0) {  // dead input: never active, its weight cannot matter
+      H(j, j) = 1.0;
+      W.col(j).setZero();
+    }
+
+  QuantizedMatrix q;
+  q.rows = rows;
+  q.cols = cols;
+  q.block_size = spec.block_size > 0 ? spec.block_size : cols;
+  const int64_t group = q.block_size;
+  const int64_t kb = !col_group.empty() ? ng : q.k_blocks();
+  const ColumnGroups groups(spec, options, col_group, kb, group, cols, H);
+  q.levels.assign(rows * cols, 0);
+  q.grids.assign(rows * kb, BlockGrid{});
+  if (options.keep_latent) q.rounded_from.assign(rows * cols, 0.0f);
+
+  // Static grids: per channel (one group), act_order (groups fixed before the column permutation),
+  // or custom (non-contiguous) groups.
+  const bool static_groups = options.act_order || kb == 1 || groups.custom;
+  if (static_groups) compute_static_grids(q, W, groups);
+
+  const std::vector<int64_t> perm = column_order(H, cols, options.act_order);
+  RowMat Wp(rows, cols);
+  Eigen::MatrixXd Hp(cols, cols);
+  for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) Hp(i, j) = H(perm[i], perm[j]);
+  const Eigen::MatrixXd U = upper_cholesky_of_inverse(Hp, cols, options.percdamp);
+
+  // Lazy-update block width: a multiple of the group so that a group's grid is taken from W1.
+  int64_t bc = std::max<int64_t>(1, options.block_columns);
+  if (!static_groups) bc = std::max<int64_t>(group, bc / group * group);
+  quantize_columns(q, Wp, U, perm, groups, static_groups, bc, options.keep_latent);
+  coordinate_descent(q, W, H, groups, options.cd_passes);
   return q;
 }
 
@@ -255,8 +298,8 @@ double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<con
       const BlockGrid& g = q.grids[r * kb + c / bs];
       wr(c) = w[r * cols + c];
       A(c, c / bs) = g.binary   ? static_cast<double>(q.levels[r * cols + c])
-                     : g.float8 ? static_cast<double>(float8e4m3fn_to_float(static_cast<uint8_t>(q.levels[r * cols + c])))
-                                : static_cast<double>(q.levels[r * cols + c] - g.zero_point);
+                     : g.float_codes() ? static_cast<double>(g.code_value(q.levels[r * cols + c]))
+                                       : static_cast<double>(q.levels[r * cols + c] - g.zero_point);
     }
     Eigen::VectorXd s_old(kb);
     for (int64_t b = 0; b < kb; ++b) s_old(b) = q.grids[r * kb + b].scale;

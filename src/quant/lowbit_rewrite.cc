@@ -347,9 +347,6 @@ WeightOnlyReport WeightOnlyRun::run() {
   if (tuning_) teacher_ = model_.clone();
   targets_ = detail::find_targets(g_, cfg_.block_size);
   detail::choose_formats(targets_, cfg_);
-  for (const Target& t : targets_)
-    QTOOL_CHECK(!tuning_ || !t.format || !is_float_scheme(t.format->scheme), ErrorCode::kConfig,
-                "--tune-steps works on integer levels; weight '{}' is {}", t.weight->name(), t.format->name);
   // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
   if (algo_.awq_scales)
     for (Target& t : targets_)

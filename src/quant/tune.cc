@@ -334,46 +334,48 @@ struct FloatState {
   Adam adam;
 };
 
-}  // namespace
+/// Calibration samples by index: the in-memory ones, or loaded from the source. Samples from a
+/// source (decoded images, token windows) are kept once loaded, up to cache_bytes in all; beyond
+/// that they are loaded again when drawn (memory stays bounded).
+class SampleCache {
+ public:
+  SampleCache(const CalibrationInputs& calib, size_t count, size_t cache_bytes)
+      : calib_(calib), cache_(calib.source ? count : 0), cache_bytes_(cache_bytes) {}
 
-TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vector<TunableWeight>& weights,
-                          const CalibrationInputs& calib, const TuneOptions& o) {
-  const auto t0 = Clock::now();
-  TuneReport rep;
-  QTOOL_CHECK(o.steps > 0 && o.batch > 0, ErrorCode::kConfig, "tuning needs --tune-steps > 0 and a batch > 0");
-  size_t count = calib.source ? calib.source->size() : calib.samples.size();
-  if (o.samples > 0) count = std::min(count, o.samples);
-  QTOOL_CHECK(count >= 2, ErrorCode::kConfig, "tuning needs at least 2 calibration samples (got {})", count);
-  // Samples from a source (decoded images, token windows) are kept once loaded, up to
-  // cache_bytes in all; beyond that they are loaded again when drawn (memory stays bounded).
-  std::vector<data::Sample> cache(calib.source ? count : 0);
-  size_t cached_bytes = 0;
-  auto load = [&](size_t i) -> data::Sample {
-    if (!calib.source) return calib.samples[i];
-    if (!cache[i].empty()) return cache[i];
-    data::Sample smp = calib.source->load(i);
+  data::Sample load(size_t i) {
+    if (!calib_.source) return calib_.samples[i];
+    if (!cache_[i].empty()) return cache_[i];
+    data::Sample smp = calib_.source->load(i);
     size_t b = 0;
     for (const auto& [name, t] : smp) b += t.nbytes();
-    if (cached_bytes + b <= o.cache_bytes) {
-      cache[i] = smp;
-      cached_bytes += b;
+    if (cached_bytes_ + b <= cache_bytes_) {
+      cache_[i] = smp;
+      cached_bytes_ += b;
     }
     return smp;
-  };
+  }
 
-  // Held-out samples: evenly spaced, at least one.
-  const size_t n_hold = std::clamp<size_t>(static_cast<size_t>(std::ceil(o.holdout * static_cast<double>(count))), 1,
+ private:
+  const CalibrationInputs& calib_;
+  std::vector<data::Sample> cache_;
+  size_t cached_bytes_ = 0;
+  size_t cache_bytes_;
+};
+
+/// Held-out samples: evenly spaced, at least one; the others train.
+void split_holdout(size_t count, double holdout, std::vector<size_t>& train, std::vector<size_t>& hold) {
+  const size_t n_hold = std::clamp<size_t>(static_cast<size_t>(std::ceil(holdout * static_cast<double>(count))), 1,
                                            count - 1);
   const size_t stride = count / n_hold;
-  std::vector<size_t> train, hold;
   for (size_t i = 0; i < count; ++i)
     ((i % stride == stride - 1 && hold.size() < n_hold) ? hold : train).push_back(i);
-  rep.train_samples = static_cast<int64_t>(train.size());
-  rep.holdout_samples = static_cast<int64_t>(hold.size());
+}
 
-  // Layer and float parameter state.
+/// Tuning state of each quantized weight (latent values, log-scales θ = 0, Adam moments); adds
+/// the weights to `quantized`.
+std::vector<LayerState> init_layers(std::vector<TunableWeight>& weights,
+                                    std::unordered_set<const ir::Value*>& quantized) {
   std::vector<LayerState> layers(weights.size());
-  std::unordered_set<const ir::Value*> quantized;
   for (size_t k = 0; k < weights.size(); ++k) {
     LayerState& L = layers[k];
     TunableWeight& tw = weights[k];
@@ -398,358 +400,444 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
     L.adam_s.init(L.theta.size());
     quantized.insert(tw.weight);
   }
+  return layers;
+}
+
+/// Tuning state of each float vector (find_float_params), its step scaled by its initial RMS.
+std::vector<FloatState> init_floats(ir::Model& student, const std::unordered_set<const ir::Value*>& quantized,
+                                    TuneReport& rep) {
   std::vector<FloatState> floats;
-  if (o.tune_float)
-    for (ir::Value* v : find_float_params(student, quantized)) {
-      FloatState f;
-      f.value = v;
-      const float* d = v->initializer()->data<float>();
-      f.x.assign(d, d + v->initializer()->numel());
-      double ss = 0;
-      for (float x : f.x) ss += static_cast<double>(x) * x;
-      f.rms = static_cast<float>(std::max(std::sqrt(ss / static_cast<double>(f.x.size())), 1e-2));
-      f.adam.init(f.x.size());
-      rep.float_params += static_cast<int64_t>(f.x.size());
-      floats.push_back(std::move(f));
+  for (ir::Value* v : find_float_params(student, quantized)) {
+    FloatState f;
+    f.value = v;
+    const float* d = v->initializer()->data<float>();
+    f.x.assign(d, d + v->initializer()->numel());
+    double ss = 0;
+    for (float x : f.x) ss += static_cast<double>(x) * x;
+    f.rms = static_cast<float>(std::max(std::sqrt(ss / static_cast<double>(f.x.size())), 1e-2));
+    f.adam.init(f.x.size());
+    rep.float_params += static_cast<int64_t>(f.x.size());
+    floats.push_back(std::move(f));
+  }
+  return floats;
+}
+
+/// Relative-MSE terms on the outputs of `ls`' layers (weight `total` shared among them).
+void feature_losses(const std::vector<LayerState>& layers, const std::vector<size_t>& ls, double total,
+                    std::vector<LossSpec>& out) {
+  std::vector<const ir::Value*> feats;
+  std::unordered_set<const ir::Value*> seen;
+  for (const LossSpec& l : out) seen.insert(l.seed);
+  for (size_t k : ls)
+    for (const ir::Use& u : layers[k].tw->weight->uses()) {
+      const ir::Value* y = u.node->output(0);
+      if (y && seen.insert(y).second) feats.push_back(y);
     }
+  for (const ir::Value* y : feats) {
+    LossSpec f;
+    f.seed = y;
+    f.name = y->name();
+    f.kind = LossSpec::Kind::kMse;
+    f.weight = total / static_cast<double>(feats.size());
+    out.push_back(f);
+  }
+}
 
-  QTOOL_CHECK(o.augment == "auto" || o.augment == "none", ErrorCode::kConfig,
-              "--tune-augment must be auto or none (got '{}')", o.augment);
-  QTOOL_CHECK(o.mixup >= 0.0 && o.mixup <= 1.0, ErrorCode::kConfig, "--tune-mixup must be in [0, 1]");
-  QTOOL_CHECK(o.stages >= 1, ErrorCode::kConfig, "--tune-stages must be >= 1");
-  const std::vector<LossSpec> output_losses = plan_losses(student, o.loss);
-  const int workers = std::max(1, o.threads);
-  std::vector<std::unique_ptr<runtime::Executor>> teachers;
-  for (int w = 0; w < workers; ++w) teachers.push_back(std::make_unique<runtime::Executor>(teacher));
+/// What every tuning stage shares: the options, the samples, the parameters and the float model.
+struct TuneContext {
+  TuneContext(ir::Model& student_model, const TuneOptions& options, TuneReport& report, SampleCache& sample_cache)
+      : student(student_model), o(options), rep(report), samples(sample_cache) {}
 
-  // Relative-MSE terms on the outputs of `ls`' layers (weight `total` shared among them).
-  auto feature_losses = [&](const std::vector<size_t>& ls, double total, std::vector<LossSpec>& out) {
-    std::vector<const ir::Value*> feats;
-    std::unordered_set<const ir::Value*> seen;
-    for (const LossSpec& l : out) seen.insert(l.seed);
-    for (size_t k : ls)
-      for (const ir::Use& u : layers[k].tw->weight->uses()) {
-        const ir::Value* y = u.node->output(0);
-        if (y && seen.insert(y).second) feats.push_back(y);
-      }
-    for (const ir::Value* y : feats) {
-      LossSpec f;
-      f.seed = y;
-      f.name = y->name();
-      f.kind = LossSpec::Kind::kMse;
-      f.weight = total / static_cast<double>(feats.size());
-      out.push_back(f);
-    }
-  };
+  ir::Model& student;
+  const TuneOptions& o;
+  TuneReport& rep;
+  SampleCache& samples;
+  std::vector<size_t> train, hold;  ///< sample indices
+  std::vector<LayerState> layers;
+  std::vector<FloatState> floats;
+  int workers = 1;
+  std::vector<std::unique_ptr<runtime::Executor>> teachers;  ///< one per worker
+};
 
-  // One tuning run over the parameters of layers `act` and float vectors `actf`, on `losses`.
-  // Every layer's current fake-quantized weight is installed in the tape; only the active ones move.
-  struct StageResult {
-    double before = 0, after = 0;
-    int best_step = 0;
-  };
-  auto run_stage = [&](const std::vector<size_t>& act, const std::vector<size_t>& actf,
-                       const std::vector<LossSpec>& losses, int steps, const std::string& what) {
-    StageResult res;
-    std::vector<const ir::Value*> wrt, seeds;
-    for (size_t k : act) wrt.push_back(layers[k].tw->weight);
-    for (size_t k : actf) wrt.push_back(floats[k].value);
-    for (const LossSpec& l : losses) seeds.push_back(l.seed);
-    std::vector<std::unique_ptr<runtime::Autodiff>> ads;
-    for (int w = 0; w < workers; ++w) ads.push_back(std::make_unique<runtime::Autodiff>(student, wrt, seeds));
+/// Held-out losses of one stage before and after tuning, and the step whose parameters were kept.
+struct StageResult {
+  double before = 0, after = 0;
+  int best_step = 0;
+};
 
-    // Current parameters -> the tape's initializer values. step > 0: a training step, whose quant
-    // noise leaves a random share of the active blocks unquantized.
-    std::vector<char> is_active(layers.size(), 0);
-    for (size_t k : act) is_active[k] = 1;
-    auto install = [&](int step) {
-      std::vector<float> deq;
-      const double ramp = 0.75 * steps;
-      const double p_unq = step > 0 ? o.quant_noise * std::max(0.0, 1.0 - (step - 1) / ramp) : 0.0;
-      std::mt19937_64 nrng(o.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step));
-      std::uniform_real_distribution<double> u(0.0, 1.0);
-      for (size_t k = 0; k < layers.size(); ++k) {
-        LayerState& L = layers[k];
-        const std::vector<float> s = L.scales();
-        fake_quantize(L.latent, *L.tw->q, s, deq);
-        L.unq.assign(L.theta.size(), 0);
-        if (p_unq > 0 && is_active[k]) {
-          for (auto& x : L.unq) x = u(nrng) < p_unq;
-          for (int64_t r = 0; r < L.rows; ++r)
-            for (int64_t c = 0; c < L.cols; ++c)
-              if (L.unq[r * L.kb + c / L.bs]) deq[r * L.cols + c] = L.latent[r * L.cols + c];
-        }
-        const Tensor& init = *L.tw->weight->initializer();
-        Tensor t(DataType::kFloat, init.shape());
-        float* d = t.mutable_data<float>();
-        for (size_t i = 0; i < deq.size(); ++i) d[L.sidx[i]] = deq[i];
-        for (auto& ad : ads) ad->set_value(L.tw->weight, t);
-      }
-      for (FloatState& f : floats) {
-        Tensor t = Tensor::from_vector<float>(f.value->initializer()->shape(), f.x);
-        for (auto& ad : ads) ad->set_value(f.value, t);
-      }
-    };
+/// One tuning run over the parameters of layers `act` and float vectors `actf`, on `losses`.
+/// Every layer's current fake-quantized weight is installed in the tape; only the active ones move.
+/// The stage keeps references to its arguments (run() records in `losses` which loss each term used).
+class StageRun {
+ public:
+  StageRun(TuneContext& tc, const std::vector<size_t>& act, const std::vector<size_t>& actf,
+           const std::vector<LossSpec>& losses, int steps);
+  /// Runs the steps and leaves the parameters at the best held-out loss; `what` names the stage in logs.
+  StageResult run(const std::string& what);
 
-    // Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter
-    // gradients. `step` > 0: a training step (samples augmented with a generator seeded by the step).
-    auto run_samples = [&](const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
-                           std::vector<std::vector<Tensor>>& sample_grads) {
-      sample_loss.assign(idx.size(), 0.0);
-      sample_grads.assign(grads ? idx.size() : 0, {});
-      std::vector<data::Sample> loaded(idx.size());
-      for (size_t i = 0; i < idx.size(); ++i)
-        with_context(fmt::format("while loading calibration sample {}", idx[i] + 1), [&] { loaded[i] = load(idx[i]); });
-      if (step > 0 && (o.augment == "auto" || o.mixup > 0)) {
-        std::mt19937_64 arng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
-        std::uniform_real_distribution<double> u(0.0, 1.0);
-        for (size_t i = 0; i < idx.size(); ++i) {
-          if (o.augment == "auto") augment_sample(loaded[i], arng);
-          if (o.mixup > 0 && u(arng) < o.mixup) {
-            data::Sample other = load(train[static_cast<size_t>(u(arng) * static_cast<double>(train.size())) % train.size()]);
-            if (o.augment == "auto") augment_sample(other, arng);
-            mix_samples(loaded[i], other, u(arng));
-          }
-        }
-      }
-      std::vector<std::exception_ptr> errors(workers);
-      auto work = [&](int w) {
-        try {
-          for (size_t i = static_cast<size_t>(w); i < idx.size(); i += static_cast<size_t>(workers)) {
-            NameCapture cap(losses);
-            const std::vector<Tensor> touts = teachers[w]->run(loaded[i], &cap);
-            const std::vector<std::string> names = teachers[w]->output_names();
-            for (size_t k = 0; k < names.size(); ++k) cap.values()[names[k]] = touts[k];
-            const std::vector<Tensor> souts = ads[w]->forward(loaded[i]);
-            std::vector<Tensor> seed_grads(losses.size());
-            double l = 0;
-            for (size_t k = 0; k < losses.size(); ++k) {
-              auto it = cap.values().find(losses[k].name);
-              QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal,
-                          "tuning: the float model did not compute '{}'", losses[k].name);
-              double lk = loss_and_grad(losses[k], souts[k], it->second, &seed_grads[k]);
-              if (losses[k].weight != 1.0) {
-                lk *= losses[k].weight;
-                float* gd = seed_grads[k].mutable_data<float>();
-                for (int64_t e = 0; e < seed_grads[k].numel(); ++e)
-                  gd[e] = static_cast<float>(gd[e] * losses[k].weight);
-              }
-              l += lk;
-            }
-            sample_loss[i] = l;
-            if (grads) sample_grads[i] = ads[w]->backward(seed_grads);
-          }
-        } catch (...) {
-          errors[w] = std::current_exception();
-        }
-      };
-      if (workers == 1) {
-        work(0);
-      } else {
-        std::vector<std::thread> pool;
-        for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
-        for (auto& th : pool) th.join();
-      }
-      for (auto& e : errors)
-        if (e) std::rethrow_exception(e);
-    };
-    auto holdout_loss = [&] {
-      std::vector<double> ls;
-      std::vector<std::vector<Tensor>> none;
-      run_samples(hold, 0, false, ls, none);
-      double sum = 0;
-      for (double v : ls) sum += v;
-      return sum / static_cast<double>(ls.size());
-    };
-    // Best snapshot of the active parameters.
-    struct Snapshot {
-      std::vector<std::vector<float>> latent, theta, floats;
-    } best;
-    auto snapshot = [&] {
-      best.latent.clear();
-      best.theta.clear();
-      best.floats.clear();
-      for (size_t k : act) {
-        best.latent.push_back(layers[k].latent);
-        best.theta.push_back(layers[k].theta);
-      }
-      for (size_t k : actf) best.floats.push_back(floats[k].x);
-    };
+ private:
+  void install(int step);
+  std::vector<data::Sample> load_samples(const std::vector<size_t>& idx, int step);
+  double run_sample(int w, const data::Sample& sample, std::vector<Tensor>* param_grads);
+  void run_samples(const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
+                   std::vector<std::vector<Tensor>>& sample_grads);
+  double holdout_loss();
+  std::vector<size_t> next_batch();
+  void step_layer(size_t a, const std::vector<std::vector<Tensor>>& sg, size_t batch_size, double inv, int step,
+                  double cosf);
+  void step_float(size_t a, const std::vector<std::vector<Tensor>>& sg, size_t batch_size, double inv, int step,
+                  double cosf);
+  void snapshot();
+  void restore_best();
 
-    install(0);
-    res.before = holdout_loss();
-    double best_loss = res.before;
-    snapshot();
-    spdlog::info("tuning{}: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float "
-                 "vectors; held-out loss {:.6g}",
-                 what, steps, o.batch, train.size(), hold.size(), act.size(), actf.size(), res.before);
-    // Fixed-seed shuffled epochs (Fisher-Yates on mt19937_64: the same order on every platform).
-    std::mt19937_64 rng(o.seed);
-    std::vector<size_t> order;
-    size_t cursor = 0;
-    auto next_batch = [&] {
-      std::vector<size_t> b;
-      while (static_cast<int>(b.size()) < std::min<int>(o.batch, static_cast<int>(train.size()))) {
-        if (cursor >= order.size()) {
-          order = train;
-          for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
-          cursor = 0;
-        }
-        b.push_back(order[cursor++]);
-      }
-      return b;
-    };
-    const double pi = std::acos(-1.0);
-    std::vector<double> sl;
-    std::vector<std::vector<Tensor>> sg;
-    for (int step = 1; step <= steps; ++step) {
-      const std::vector<size_t> batch = next_batch();
-      install(step);
-      run_samples(batch, step, true, sl, sg);
-      double bl = 0;
-      for (double v : sl) bl += v;
-      bl /= static_cast<double>(batch.size());
-      if (rep.steps == 0 && step == 1) rep.train_first = bl;
-      rep.train_last = bl;
-      // Mean gradient over the batch, summed in sample order (independent of the thread count).
-      const double inv = 1.0 / static_cast<double>(batch.size());
-      const double cosf = 0.5 * (1.0 + std::cos(pi * (step - 1) / steps));
-      for (size_t a = 0; a < act.size(); ++a) {
-        LayerState& L = layers[act[a]];
-        const int64_t n = L.rows * L.cols;
-        std::vector<float> gw(n, 0.0f), gs(L.theta.size(), 0.0f);
-        std::vector<double> gacc(n, 0.0);
-        for (size_t i = 0; i < batch.size(); ++i) {
-          const float* g = sg[i][a].data<float>();
-          for (int64_t j = 0; j < n; ++j) gacc[j] += g[L.sidx[j]];
-        }
-        const std::vector<float> sc = L.scales();
-        std::vector<double> gsd(L.theta.size(), 0.0);
-        for (int64_t r = 0; r < L.rows; ++r)
-          for (int64_t c = 0; c < L.cols; ++c) {
-            const int64_t gi = r * L.kb + c / L.bs;
-            const BlockGrid& g0 = L.tw->q->grids[gi];
-            const double gv = gacc[r * L.cols + c] * inv;
-            const double x = L.latent[r * L.cols + c] / sc[gi];
-            const int32_t lv = L.tw->q->levels[r * L.cols + c];
-            bool inside;
-            double dq_ds;
-            if (L.unq[gi]) {  // left unquantized this step: ŵ = w
-              inside = true;
-              dq_ds = 0.0;
-            } else if (g0.binary) {
-              inside = std::fabs(x) <= 1.0;
-              dq_ds = lv;
-            } else {
-              const double raw = std::nearbyint(x) + g0.zero_point;
-              inside = raw >= g0.lo && raw <= g0.hi;
-              dq_ds = inside ? (lv - g0.zero_point) - x : (lv - g0.zero_point);
-            }
-            gw[r * L.cols + c] = inside ? static_cast<float>(gv) : 0.0f;
-            gsd[gi] += gv * dq_ds * sc[gi];  // dθ = ds · s
-          }
-        for (size_t i = 0; i < gs.size(); ++i) gs[i] = static_cast<float>(gsd[i]);
-        if (o.tune_weights) {
-          // Per-element step: lr in units of the block's initial scale.
-          L.step.resize(n);
-          for (int64_t r = 0; r < L.rows; ++r)
-            for (int64_t c = 0; c < L.cols; ++c) L.step[r * L.cols + c] = L.s0[r * L.kb + c / L.bs];
-          L.adam_w.step(L.latent, gw, o.lr * cosf, step, &L.step, 1);
-          if (o.latent_range > 0)
-            for (int64_t j = 0; j < n; ++j) {
-              const float d = static_cast<float>(o.latent_range) * L.step[j];
-              L.latent[j] = std::clamp(L.latent[j], L.latent0[j] - d, L.latent0[j] + d);
-            }
-        }
-        if (o.tune_scales) L.adam_s.step(L.theta, gs, o.lr_scale * cosf, step, nullptr, 1);
-      }
-      for (size_t a = 0; a < actf.size(); ++a) {
-        FloatState& f = floats[actf[a]];
-        std::vector<float> g(f.x.size(), 0.0f);
-        for (size_t i = 0; i < batch.size(); ++i) {
-          const float* gi = sg[i][act.size() + a].data<float>();
-          for (size_t j = 0; j < g.size(); ++j) g[j] += static_cast<float>(gi[j] * inv);
-        }
-        f.adam.step(f.x, g, o.lr_float * f.rms * cosf, step, nullptr, 1);
-      }
-      if (step % o.eval_every == 0 || step == steps) {
-        install(0);
-        const double hl = holdout_loss();
-        spdlog::info("tuning{}: step {}/{}: train loss {:.6g}, held-out loss {:.6g}", what, step, steps, bl, hl);
-        if (hl < best_loss) {
-          best_loss = hl;
-          res.best_step = step;
-          snapshot();
-        }
-      }
-    }
-    // Restore the best parameters of this run.
-    for (size_t a = 0; a < act.size(); ++a) {
-      layers[act[a]].latent = best.latent[a];
-      layers[act[a]].theta = best.theta[a];
-    }
-    for (size_t a = 0; a < actf.size(); ++a) floats[actf[a]].x = best.floats[a];
-    res.after = best_loss;
-    rep.steps += steps;
-    return res;
-  };
+  TuneContext& tc_;
+  const std::vector<size_t>& act_;
+  const std::vector<size_t>& actf_;
+  const std::vector<LossSpec>& losses_;
+  const int steps_;
+  std::vector<std::unique_ptr<runtime::Autodiff>> ads_;  ///< one per worker
+  std::vector<char> is_active_;                          ///< per layer
+  /// Best snapshot of the active parameters.
+  struct Snapshot {
+    std::vector<std::vector<float>> latent, theta, floats;
+  } best_;
+  // Fixed-seed shuffled epochs (Fisher-Yates on mt19937_64: the same order on every platform).
+  std::mt19937_64 rng_;
+  std::vector<size_t> order_;
+  size_t cursor_ = 0;
+};
 
-  std::vector<size_t> all_layers(layers.size()), all_floats(floats.size());
-  for (size_t k = 0; k < layers.size(); ++k) all_layers[k] = k;
-  for (size_t k = 0; k < floats.size(); ++k) all_floats[k] = k;
-  std::vector<LossSpec> e2e = output_losses;
-  if (o.feature_weight > 0) feature_losses(all_layers, o.feature_weight, e2e);
-  if (o.stages <= 1) {
-    const StageResult r = run_stage(all_layers, all_floats, e2e, o.steps, "");
-    rep.holdout_before = r.before;
-    rep.holdout_after = r.after;
-    rep.best_step = r.best_step;
-  } else {
-    // Stage-wise reconstruction (BRECQ-like): the layers, in node order, in `stages` groups; each
-    // group is tuned on its own layers' outputs against the float model's, with the groups before it
-    // already tuned and fixed (their quantized outputs are its inputs); the last group also sees the
-    // model output loss. Float vectors go with the group whose layers read them, or the next one.
-    std::unordered_map<const ir::Node*, size_t> pos;
-    {
-      size_t i = 0;
-      for (const ir::Node* n : student.graph->topo_order()) pos[n] = i++;
-    }
-    auto first_pos = [&](const ir::Value* v) {
-      size_t p = SIZE_MAX;
-      for (const ir::Use& u : v->uses()) p = std::min(p, pos.count(u.node) ? pos.at(u.node) : SIZE_MAX);
-      return p;
-    };
-    std::vector<size_t> order_layers = all_layers;
-    std::stable_sort(order_layers.begin(), order_layers.end(),
-                     [&](size_t a, size_t b) { return first_pos(layers[a].tw->weight) < first_pos(layers[b].tw->weight); });
-    const size_t ns = std::min<size_t>(static_cast<size_t>(o.stages), order_layers.size());
-    std::vector<char> float_done(floats.size(), 0);
-    for (size_t st = 0; st < ns; ++st) {
-      const size_t a = st * order_layers.size() / ns, b = (st + 1) * order_layers.size() / ns;
-      std::vector<size_t> grp(order_layers.begin() + static_cast<std::ptrdiff_t>(a),
-                              order_layers.begin() + static_cast<std::ptrdiff_t>(b));
-      size_t end_pos = 0;
-      for (size_t k : grp) end_pos = std::max(end_pos, first_pos(layers[k].tw->weight));
-      std::vector<size_t> fl;
-      for (size_t k = 0; k < floats.size(); ++k) {
-        const size_t p = first_pos(floats[k].value);
-        if (!float_done[k] && (st + 1 == ns || p <= end_pos)) {
-          fl.push_back(k);
-          float_done[k] = 1;
-        }
+StageRun::StageRun(TuneContext& tc, const std::vector<size_t>& act, const std::vector<size_t>& actf,
+                   const std::vector<LossSpec>& losses, int steps)
+    : tc_(tc), act_(act), actf_(actf), losses_(losses), steps_(steps), rng_(tc.o.seed) {
+  std::vector<const ir::Value*> wrt, seeds;
+  for (size_t k : act) wrt.push_back(tc.layers[k].tw->weight);
+  for (size_t k : actf) wrt.push_back(tc.floats[k].value);
+  for (const LossSpec& l : losses) seeds.push_back(l.seed);
+  for (int w = 0; w < tc.workers; ++w) ads_.push_back(std::make_unique<runtime::Autodiff>(tc.student, wrt, seeds));
+  is_active_.assign(tc.layers.size(), 0);
+  for (size_t k : act) is_active_[k] = 1;
+}
+
+StageResult StageRun::run(const std::string& what) {
+  const TuneOptions& o = tc_.o;
+  TuneReport& rep = tc_.rep;
+  StageResult res;
+  install(0);
+  res.before = holdout_loss();
+  double best_loss = res.before;
+  snapshot();
+  spdlog::info("tuning{}: {} steps, batch {}, {} train / {} held-out samples, {} quantized weights, {} float "
+               "vectors; held-out loss {:.6g}",
+               what, steps_, o.batch, tc_.train.size(), tc_.hold.size(), act_.size(), actf_.size(), res.before);
+  const double pi = std::acos(-1.0);
+  std::vector<double> sl;
+  std::vector<std::vector<Tensor>> sg;
+  for (int step = 1; step <= steps_; ++step) {
+    const std::vector<size_t> batch = next_batch();
+    install(step);
+    run_samples(batch, step, true, sl, sg);
+    double bl = 0;
+    for (double v : sl) bl += v;
+    bl /= static_cast<double>(batch.size());
+    if (rep.steps == 0 && step == 1) rep.train_first = bl;
+    rep.train_last = bl;
+    // Mean gradient over the batch, summed in sample order (independent of the thread count).
+    const double inv = 1.0 / static_cast<double>(batch.size());
+    const double cosf = 0.5 * (1.0 + std::cos(pi * (step - 1) / steps_));
+    for (size_t a = 0; a < act_.size(); ++a) step_layer(a, sg, batch.size(), inv, step, cosf);
+    for (size_t a = 0; a < actf_.size(); ++a) step_float(a, sg, batch.size(), inv, step, cosf);
+    if (step % o.eval_every == 0 || step == steps_) {
+      install(0);
+      const double hl = holdout_loss();
+      spdlog::info("tuning{}: step {}/{}: train loss {:.6g}, held-out loss {:.6g}", what, step, steps_, bl, hl);
+      if (hl < best_loss) {
+        best_loss = hl;
+        res.best_step = step;
+        snapshot();
       }
-      std::vector<LossSpec> ls;
-      if (st + 1 == ns) ls = output_losses;
-      feature_losses(grp, st + 1 == ns ? std::max(o.feature_weight, 1.0) : 1.0, ls);
-      const int steps = std::max(1, o.steps / static_cast<int>(ns));
-      const StageResult r = run_stage(grp, fl, ls, steps, fmt::format(" stage {}/{}", st + 1, ns));
-      if (st == 0) rep.holdout_before = r.before;
-      rep.holdout_after = r.after;
-      rep.best_step = r.best_step;
     }
   }
+  restore_best();
+  res.after = best_loss;
+  rep.steps += steps_;
+  return res;
+}
 
-  // Write the kept parameters back.
+/// Current parameters -> the tape's initializer values. step > 0: a training step, whose quant
+/// noise leaves a random share of the active blocks unquantized.
+void StageRun::install(int step) {
+  const TuneOptions& o = tc_.o;
+  std::vector<float> deq;
+  const double ramp = 0.75 * steps_;
+  const double p_unq = step > 0 ? o.quant_noise * std::max(0.0, 1.0 - (step - 1) / ramp) : 0.0;
+  std::mt19937_64 nrng(o.seed * 0xD1B54A32D192ED03ull + static_cast<uint64_t>(step));
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  for (size_t k = 0; k < tc_.layers.size(); ++k) {
+    LayerState& L = tc_.layers[k];
+    const std::vector<float> s = L.scales();
+    fake_quantize(L.latent, *L.tw->q, s, deq);
+    L.unq.assign(L.theta.size(), 0);
+    if (p_unq > 0 && is_active_[k]) {
+      for (auto& x : L.unq) x = u(nrng) < p_unq;
+      for (int64_t r = 0; r < L.rows; ++r)
+        for (int64_t c = 0; c < L.cols; ++c)
+          if (L.unq[r * L.kb + c / L.bs]) deq[r * L.cols + c] = L.latent[r * L.cols + c];
+    }
+    const Tensor& init = *L.tw->weight->initializer();
+    Tensor t(DataType::kFloat, init.shape());
+    float* d = t.mutable_data<float>();
+    for (size_t i = 0; i < deq.size(); ++i) d[L.sidx[i]] = deq[i];
+    for (auto& ad : ads_) ad->set_value(L.tw->weight, t);
+  }
+  for (FloatState& f : tc_.floats) {
+    Tensor t = Tensor::from_vector<float>(f.value->initializer()->shape(), f.x);
+    for (auto& ad : ads_) ad->set_value(f.value, t);
+  }
+}
+
+/// Samples `idx`; `step` > 0: a training step (samples augmented with a generator seeded by the step).
+std::vector<data::Sample> StageRun::load_samples(const std::vector<size_t>& idx, int step) {
+  const TuneOptions& o = tc_.o;
+  const std::vector<size_t>& train = tc_.train;
+  std::vector<data::Sample> loaded(idx.size());
+  for (size_t i = 0; i < idx.size(); ++i)
+    with_context(fmt::format("while loading calibration sample {}", idx[i] + 1),
+                 [&] { loaded[i] = tc_.samples.load(idx[i]); });
+  if (step > 0 && (o.augment == "auto" || o.mixup > 0)) {
+    std::mt19937_64 arng(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step));
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    for (size_t i = 0; i < idx.size(); ++i) {
+      if (o.augment == "auto") augment_sample(loaded[i], arng);
+      if (o.mixup > 0 && u(arng) < o.mixup) {
+        data::Sample other =
+            tc_.samples.load(train[static_cast<size_t>(u(arng) * static_cast<double>(train.size())) % train.size()]);
+        if (o.augment == "auto") augment_sample(other, arng);
+        mix_samples(loaded[i], other, u(arng));
+      }
+    }
+  }
+  return loaded;
+}
+
+/// Loss of one sample on worker w's models; with param_grads, its gradients for the stage's wrt.
+double StageRun::run_sample(int w, const data::Sample& sample, std::vector<Tensor>* param_grads) {
+  NameCapture cap(losses_);
+  const std::vector<Tensor> touts = tc_.teachers[w]->run(sample, &cap);
+  const std::vector<std::string> names = tc_.teachers[w]->output_names();
+  for (size_t k = 0; k < names.size(); ++k) cap.values()[names[k]] = touts[k];
+  const std::vector<Tensor> souts = ads_[w]->forward(sample);
+  std::vector<Tensor> seed_grads(losses_.size());
+  double l = 0;
+  for (size_t k = 0; k < losses_.size(); ++k) {
+    auto it = cap.values().find(losses_[k].name);
+    QTOOL_CHECK(it != cap.values().end(), ErrorCode::kInternal, "tuning: the float model did not compute '{}'",
+                losses_[k].name);
+    double lk = loss_and_grad(losses_[k], souts[k], it->second, &seed_grads[k]);
+    if (losses_[k].weight != 1.0) {
+      lk *= losses_[k].weight;
+      float* gd = seed_grads[k].mutable_data<float>();
+      for (int64_t e = 0; e < seed_grads[k].numel(); ++e) gd[e] = static_cast<float>(gd[e] * losses_[k].weight);
+    }
+    l += lk;
+  }
+  if (param_grads) *param_grads = ads_[w]->backward(seed_grads);
+  return l;
+}
+
+/// Runs samples `idx` over the workers; per sample its loss and (when grads) its parameter
+/// gradients. `step` as in load_samples.
+void StageRun::run_samples(const std::vector<size_t>& idx, int step, bool grads, std::vector<double>& sample_loss,
+                           std::vector<std::vector<Tensor>>& sample_grads) {
+  sample_loss.assign(idx.size(), 0.0);
+  sample_grads.assign(grads ? idx.size() : 0, {});
+  const std::vector<data::Sample> loaded = load_samples(idx, step);
+  const int workers = tc_.workers;
+  std::vector<std::exception_ptr> errors(workers);
+  auto work = [&](int w) {
+    try {
+      for (size_t i = static_cast<size_t>(w); i < idx.size(); i += static_cast<size_t>(workers))
+        sample_loss[i] = run_sample(w, loaded[i], grads ? &sample_grads[i] : nullptr);
+    } catch (...) {
+      errors[w] = std::current_exception();
+    }
+  };
+  if (workers == 1) {
+    work(0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
+    for (auto& th : pool) th.join();
+  }
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+double StageRun::holdout_loss() {
+  std::vector<double> ls;
+  std::vector<std::vector<Tensor>> none;
+  run_samples(tc_.hold, 0, false, ls, none);
+  double sum = 0;
+  for (double v : ls) sum += v;
+  return sum / static_cast<double>(ls.size());
+}
+
+std::vector<size_t> StageRun::next_batch() {
+  const std::vector<size_t>& train = tc_.train;
+  std::vector<size_t> b;
+  while (static_cast<int>(b.size()) < std::min<int>(tc_.o.batch, static_cast<int>(train.size()))) {
+    if (cursor_ >= order_.size()) {
+      order_ = train;
+      for (size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng_() % i]);
+      cursor_ = 0;
+    }
+    b.push_back(order_[cursor_++]);
+  }
+  return b;
+}
+
+/// Adam step of active layer a from the batch's gradients sg (mean via inv = 1 / batch size):
+/// straight-through for the latent weights (zero outside the grid), LSQ-style for the log-scales.
+void StageRun::step_layer(size_t a, const std::vector<std::vector<Tensor>>& sg, size_t batch_size, double inv,
+                          int step, double cosf) {
+  const TuneOptions& o = tc_.o;
+  LayerState& L = tc_.layers[act_[a]];
+  const int64_t n = L.rows * L.cols;
+  std::vector<float> gw(n, 0.0f), gs(L.theta.size(), 0.0f);
+  std::vector<double> gacc(n, 0.0);
+  for (size_t i = 0; i < batch_size; ++i) {
+    const float* g = sg[i][a].data<float>();
+    for (int64_t j = 0; j < n; ++j) gacc[j] += g[L.sidx[j]];
+  }
+  const std::vector<float> sc = L.scales();
+  std::vector<double> gsd(L.theta.size(), 0.0);
+  for (int64_t r = 0; r < L.rows; ++r)
+    for (int64_t c = 0; c < L.cols; ++c) {
+      const int64_t gi = r * L.kb + c / L.bs;
+      const BlockGrid& g0 = L.tw->q->grids[gi];
+      const double gv = gacc[r * L.cols + c] * inv;
+      const double x = L.latent[r * L.cols + c] / sc[gi];
+      const int32_t lv = L.tw->q->levels[r * L.cols + c];
+      bool inside;
+      double dq_ds;
+      if (L.unq[gi]) {  // left unquantized this step: ŵ = w
+        inside = true;
+        dq_ds = 0.0;
+      } else if (g0.binary) {
+        inside = std::fabs(x) <= 1.0;
+        dq_ds = lv;
+      } else if (g0.float_codes()) {  // fp8 / fp4: ŵ = s·decode(code(w/s)), saturating at the largest code
+        const double v = g0.code_value(lv);
+        inside = std::fabs(x) <= (g0.float8 ? 448.0 : 6.0);
+        dq_ds = inside ? v - x : v;
+      } else {
+        const double raw = std::nearbyint(x) + g0.zero_point;
+        inside = raw >= g0.lo && raw <= g0.hi;
+        dq_ds = inside ? (lv - g0.zero_point) - x : (lv - g0.zero_point);
+      }
+      gw[r * L.cols + c] = inside ? static_cast<float>(gv) : 0.0f;
+      gsd[gi] += gv * dq_ds * sc[gi];  // dθ = ds · s
+    }
+  for (size_t i = 0; i < gs.size(); ++i) gs[i] = static_cast<float>(gsd[i]);
+  if (o.tune_weights) {
+    // Per-element step: lr in units of the block's initial scale.
+    L.step.resize(n);
+    for (int64_t r = 0; r < L.rows; ++r)
+      for (int64_t c = 0; c < L.cols; ++c) L.step[r * L.cols + c] = L.s0[r * L.kb + c / L.bs];
+    L.adam_w.step(L.latent, gw, o.lr * cosf, step, &L.step, 1);
+    if (o.latent_range > 0)
+      for (int64_t j = 0; j < n; ++j) {
+        const float d = static_cast<float>(o.latent_range) * L.step[j];
+        L.latent[j] = std::clamp(L.latent[j], L.latent0[j] - d, L.latent0[j] + d);
+      }
+  }
+  if (o.tune_scales) L.adam_s.step(L.theta, gs, o.lr_scale * cosf, step, nullptr, 1);
+}
+
+/// Adam step of active float vector a (its gradients follow the layers' in sg).
+void StageRun::step_float(size_t a, const std::vector<std::vector<Tensor>>& sg, size_t batch_size, double inv,
+                          int step, double cosf) {
+  FloatState& f = tc_.floats[actf_[a]];
+  std::vector<float> g(f.x.size(), 0.0f);
+  for (size_t i = 0; i < batch_size; ++i) {
+    const float* gi = sg[i][act_.size() + a].data<float>();
+    for (size_t j = 0; j < g.size(); ++j) g[j] += static_cast<float>(gi[j] * inv);
+  }
+  f.adam.step(f.x, g, tc_.o.lr_float * f.rms * cosf, step, nullptr, 1);
+}
+
+void StageRun::snapshot() {
+  best_.latent.clear();
+  best_.theta.clear();
+  best_.floats.clear();
+  for (size_t k : act_) {
+    best_.latent.push_back(tc_.layers[k].latent);
+    best_.theta.push_back(tc_.layers[k].theta);
+  }
+  for (size_t k : actf_) best_.floats.push_back(tc_.floats[k].x);
+}
+
+void StageRun::restore_best() {
+  for (size_t a = 0; a < act_.size(); ++a) {
+    tc_.layers[act_[a]].latent = best_.latent[a];
+    tc_.layers[act_[a]].theta = best_.theta[a];
+  }
+  for (size_t a = 0; a < actf_.size(); ++a) tc_.floats[actf_[a]].x = best_.floats[a];
+}
+
+/// Stage-wise reconstruction (BRECQ-like): the layers, in node order, in `stages` groups; each
+/// group is tuned on its own layers' outputs against the float model's, with the groups before it
+/// already tuned and fixed (their quantized outputs are its inputs); the last group also sees the
+/// model output loss. Float vectors go with the group whose layers read them, or the next one.
+void tune_stagewise(TuneContext& tc, const std::vector<LossSpec>& output_losses,
+                    const std::vector<size_t>& all_layers) {
+  const TuneOptions& o = tc.o;
+  const std::vector<LayerState>& layers = tc.layers;
+  const std::vector<FloatState>& floats = tc.floats;
+  std::unordered_map<const ir::Node*, size_t> pos;
+  {
+    size_t i = 0;
+    for (const ir::Node* n : tc.student.graph->topo_order()) pos[n] = i++;
+  }
+  auto first_pos = [&](const ir::Value* v) {
+    size_t p = SIZE_MAX;
+    for (const ir::Use& u : v->uses()) p = std::min(p, pos.count(u.node) ? pos.at(u.node) : SIZE_MAX);
+    return p;
+  };
+  std::vector<size_t> order_layers = all_layers;
+  std::stable_sort(order_layers.begin(), order_layers.end(),
+                   [&](size_t a, size_t b) {
+                     return first_pos(layers[a].tw->weight) < first_pos(layers[b].tw->weight);
+                   });
+  const size_t ns = std::min<size_t>(static_cast<size_t>(o.stages), order_layers.size());
+  std::vector<char> float_done(floats.size(), 0);
+  for (size_t st = 0; st < ns; ++st) {
+    const size_t a = st * order_layers.size() / ns, b = (st + 1) * order_layers.size() / ns;
+    std::vector<size_t> grp(order_layers.begin() + static_cast<std::ptrdiff_t>(a),
+                            order_layers.begin() + static_cast<std::ptrdiff_t>(b));
+    size_t end_pos = 0;
+    for (size_t k : grp) end_pos = std::max(end_pos, first_pos(layers[k].tw->weight));
+    std::vector<size_t> fl;
+    for (size_t k = 0; k < floats.size(); ++k) {
+      const size_t p = first_pos(floats[k].value);
+      if (!float_done[k] && (st + 1 == ns || p <= end_pos)) {
+        fl.push_back(k);
+        float_done[k] = 1;
+      }
+    }
+    std::vector<LossSpec> ls;
+    if (st + 1 == ns) ls = output_losses;
+    feature_losses(layers, grp, st + 1 == ns ? std::max(o.feature_weight, 1.0) : 1.0, ls);
+    const int steps = std::max(1, o.steps / static_cast<int>(ns));
+    const StageResult r = StageRun(tc, grp, fl, ls, steps).run(fmt::format(" stage {}/{}", st + 1, ns));
+    if (st == 0) tc.rep.holdout_before = r.before;
+    tc.rep.holdout_after = r.after;
+    tc.rep.best_step = r.best_step;
+  }
+}
+
+/// Writes the kept parameters back: the quantized levels and scales, and the float vectors.
+void write_back(std::vector<LayerState>& layers, std::vector<FloatState>& floats, TuneReport& rep) {
   std::vector<float> deq;
   for (LayerState& L : layers) {
     const std::vector<float> s = L.scales();
@@ -757,18 +845,71 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
     for (size_t i = 0; i < s.size(); ++i) L.tw->q->grids[i].scale = s[i];
     for (size_t i = 0; i < L.levels0.size(); ++i) rep.levels_changed += L.tw->q->levels[i] != L.levels0[i];
   }
-  for (FloatState& f : floats) f.value->set_initializer(Tensor::from_vector<float>(f.value->initializer()->shape(), f.x));
-  rep.loss = "";
+  for (FloatState& f : floats)
+    f.value->set_initializer(Tensor::from_vector<float>(f.value->initializer()->shape(), f.x));
+}
+
+/// The report's loss description, e.g. "kl(logits) + 0.5 x mse(3 layer outputs), 2 stages".
+std::string describe_loss(const std::vector<LossSpec>& e2e, const TuneOptions& o, size_t n_layers) {
+  std::string loss;
   int n_feat = 0;
   for (const LossSpec& l : e2e) {
     if (l.weight != 1.0) {
       ++n_feat;
       continue;
     }
-    rep.loss += (rep.loss.empty() ? "" : ", ") + std::string(l.used == 2 ? "mse" : "kl") + "(" + l.name + ")";
+    loss += (loss.empty() ? "" : ", ") + std::string(l.used == 2 ? "mse" : "kl") + "(" + l.name + ")";
   }
-  if (n_feat > 0) rep.loss += fmt::format(" + {} x mse({} layer outputs)", o.feature_weight, n_feat);
-  if (o.stages > 1) rep.loss += fmt::format(", {} stages", std::min<size_t>(o.stages, layers.size()));
+  if (n_feat > 0) loss += fmt::format(" + {} x mse({} layer outputs)", o.feature_weight, n_feat);
+  if (o.stages > 1) loss += fmt::format(", {} stages", std::min<size_t>(o.stages, n_layers));
+  return loss;
+}
+
+}  // namespace
+
+TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vector<TunableWeight>& weights,
+                          const CalibrationInputs& calib, const TuneOptions& o) {
+  const auto t0 = Clock::now();
+  TuneReport rep;
+  QTOOL_CHECK(o.steps > 0 && o.batch > 0, ErrorCode::kConfig, "tuning needs --tune-steps > 0 and a batch > 0");
+  size_t count = calib.source ? calib.source->size() : calib.samples.size();
+  if (o.samples > 0) count = std::min(count, o.samples);
+  QTOOL_CHECK(count >= 2, ErrorCode::kConfig, "tuning needs at least 2 calibration samples (got {})", count);
+  SampleCache samples(calib, count, o.cache_bytes);
+  TuneContext tc(student, o, rep, samples);
+  split_holdout(count, o.holdout, tc.train, tc.hold);
+  rep.train_samples = static_cast<int64_t>(tc.train.size());
+  rep.holdout_samples = static_cast<int64_t>(tc.hold.size());
+
+  // Layer and float parameter state.
+  std::unordered_set<const ir::Value*> quantized;
+  tc.layers = init_layers(weights, quantized);
+  if (o.tune_float) tc.floats = init_floats(student, quantized, rep);
+
+  QTOOL_CHECK(o.augment == "auto" || o.augment == "none", ErrorCode::kConfig,
+              "--tune-augment must be auto or none (got '{}')", o.augment);
+  QTOOL_CHECK(o.mixup >= 0.0 && o.mixup <= 1.0, ErrorCode::kConfig, "--tune-mixup must be in [0, 1]");
+  QTOOL_CHECK(o.stages >= 1, ErrorCode::kConfig, "--tune-stages must be >= 1");
+  const std::vector<LossSpec> output_losses = plan_losses(student, o.loss);
+  tc.workers = std::max(1, o.threads);
+  for (int w = 0; w < tc.workers; ++w) tc.teachers.push_back(std::make_unique<runtime::Executor>(teacher));
+
+  std::vector<size_t> all_layers(tc.layers.size()), all_floats(tc.floats.size());
+  for (size_t k = 0; k < tc.layers.size(); ++k) all_layers[k] = k;
+  for (size_t k = 0; k < tc.floats.size(); ++k) all_floats[k] = k;
+  std::vector<LossSpec> e2e = output_losses;
+  if (o.feature_weight > 0) feature_losses(tc.layers, all_layers, o.feature_weight, e2e);
+  if (o.stages <= 1) {
+    const StageResult r = StageRun(tc, all_layers, all_floats, e2e, o.steps).run("");
+    rep.holdout_before = r.before;
+    rep.holdout_after = r.after;
+    rep.best_step = r.best_step;
+  } else {
+    tune_stagewise(tc, output_losses, all_layers);
+  }
+
+  write_back(tc.layers, tc.floats, rep);
+  rep.loss = describe_loss(e2e, o, tc.layers.size());
   rep.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   spdlog::info("tuning: kept step {} (held-out loss {:.6g} -> {:.6g}), {} levels changed, {:.1f} s", rep.best_step,
                rep.holdout_before, rep.holdout_after, rep.levels_changed, rep.seconds);

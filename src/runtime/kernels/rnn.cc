@@ -76,197 +76,308 @@ std::vector<Act> parse_activations(const KernelContext& ctx, const std::vector<s
 
 enum class Cell { kLstm, kGru, kRnn };
 
-void rnn_common(KernelContext& ctx, Cell cell) {
-  const ir::Node& node = ctx.node();
-  const int gates = cell == Cell::kLstm ? 4 : cell == Cell::kGru ? 3 : 1;
-  Tensor x = nn::float_input(ctx, 0), w = nn::float_input(ctx, 1), r = nn::float_input(ctx, 2);
-  const int64_t layout = ctx.opset() >= 14 ? node.attr_int("layout", 0) : 0;
-  if (x.rank() != 3 || w.rank() != 3 || r.rank() != 3) {
-    nn::bad_node(ctx, "X {}, W {}, R {} must be 3-D", shape_str(x.shape()), shape_str(w.shape()), shape_str(r.shape()));
+/// One direction's weights and activations.
+struct Direction {
+  int d = 0;
+  bool reverse = false;
+  const float* wd = nullptr;  ///< W [gh, in]
+  const float* rd = nullptr;  ///< R [gh, hid]
+  const float* wb = nullptr;  ///< Wb [gh] or null
+  const float* rb = nullptr;  ///< Rb [gh] or null
+  const float* pd = nullptr;  ///< peepholes [3 * hid] or null
+  const Act* act = nullptr;   ///< per_dir functions
+};
+
+/// One LSTM, GRU or RNN node: its inputs and attributes (checked in the constructor), and the
+/// working buffers of the time loop, all in time-major layout.
+class RnnLayer {
+ public:
+  RnnLayer(KernelContext& ctx, Cell cell);
+  /// Runs every direction and sets the wanted outputs.
+  void run();
+
+ private:
+  void prepare();
+  void run_direction(int d);
+  void project_inputs(const Direction& dir);
+  void recurrent_step(const Direction& dir, int64_t step);
+  void lstm_cell(const Direction& dir, const float* g, const float* q, float* hb, float* cb) const;
+  void gru_gates(const Direction& dir, int64_t b, const float* g, const float* q, float* hb);
+  void gru_candidates(const Direction& dir, int64_t step);
+  void write_outputs();
+  float clipv(float v) const { return has_clip_ ? std::clamp(v, -clip_, clip_) : v; }
+  /// Time index of `step` for batch row b, or -1 when b's sequence is shorter.
+  int64_t time_at(const Direction& dir, int64_t step, int64_t b) const {
+    const int64_t t = dir.reverse ? lens_[b] - 1 - step : step;
+    return (t < 0 || step >= lens_[b]) ? -1 : t;
   }
-  const int64_t seq = layout ? x.dim(1) : x.dim(0), batch = layout ? x.dim(0) : x.dim(1), in = x.dim(2);
-  const std::string direction = node.attr_string("direction", "forward");
-  const int dirs = direction == "bidirectional" ? 2 : 1;
-  if (direction != "forward" && direction != "reverse" && direction != "bidirectional") {
-    nn::bad_node(ctx, "unknown direction '{}'", direction);
+
+  KernelContext& ctx_;
+  Cell cell_;
+  int gates_ = 1;
+  Tensor x_, w_, r_, bias_, init_h_, init_c_, peep_, seq_lens_;
+  int64_t layout_ = 0, seq_ = 0, batch_ = 0, in_ = 0, hid_ = 0, gh_ = 0;
+  std::string direction_;
+  int dirs_ = 1;
+  float clip_ = 0.0f;
+  bool has_clip_ = false, input_forget_ = false, lbr_ = false;
+  std::vector<Act> acts_;
+  size_t per_dir_ = 1;
+
+  std::vector<float> xt_;           // X in time-major layout when layout = 1
+  const float* xp_ = nullptr;       // X [seq, batch, in]
+  std::vector<int64_t> lens_;       // per batch row, clamped to [0, seq]
+  std::vector<float> y_, yh_, yc_;  // outputs; converted for layout 1 at the end
+  std::vector<float> xw_, hr_;      // X W^T + biases [seq, batch, gh]; H R^T [batch, gh]
+  std::vector<float> h_, c_;        // states [batch, hid]
+  std::vector<float> rh_, hh_;      // GRU: r * H, then (r * H) R_h^T [batch, hid]
+};
+
+RnnLayer::RnnLayer(KernelContext& ctx, Cell cell) : ctx_(ctx), cell_(cell) {
+  const ir::Node& node = ctx_.node();
+  gates_ = cell_ == Cell::kLstm ? 4 : cell_ == Cell::kGru ? 3 : 1;
+  x_ = nn::float_input(ctx_, 0);
+  w_ = nn::float_input(ctx_, 1);
+  r_ = nn::float_input(ctx_, 2);
+  layout_ = ctx_.opset() >= 14 ? node.attr_int("layout", 0) : 0;
+  if (x_.rank() != 3 || w_.rank() != 3 || r_.rank() != 3) {
+    nn::bad_node(ctx_, "X {}, W {}, R {} must be 3-D", shape_str(x_.shape()), shape_str(w_.shape()),
+                 shape_str(r_.shape()));
   }
-  const int64_t hid = r.dim(2);
-  if (node.has_attr("hidden_size") && node.attr_int("hidden_size", hid) != hid) {
-    nn::bad_node(ctx, "hidden_size {} does not match R {}", node.attr_int("hidden_size", hid), shape_str(r.shape()));
+  seq_ = layout_ ? x_.dim(1) : x_.dim(0);
+  batch_ = layout_ ? x_.dim(0) : x_.dim(1);
+  in_ = x_.dim(2);
+  direction_ = node.attr_string("direction", "forward");
+  dirs_ = direction_ == "bidirectional" ? 2 : 1;
+  if (direction_ != "forward" && direction_ != "reverse" && direction_ != "bidirectional") {
+    nn::bad_node(ctx_, "unknown direction '{}'", direction_);
   }
-  const int64_t gh = gates * hid;
-  if (w.dim(0) != dirs || w.dim(1) != gh || w.dim(2) != in || r.dim(0) != dirs || r.dim(1) != gh) {
-    nn::bad_node(ctx, "W {} / R {} do not match {} directions, hidden {}, input {}", shape_str(w.shape()),
-                 shape_str(r.shape()), dirs, hid, in);
+  hid_ = r_.dim(2);
+  if (node.has_attr("hidden_size") && node.attr_int("hidden_size", hid_) != hid_) {
+    nn::bad_node(ctx_, "hidden_size {} does not match R {}", node.attr_int("hidden_size", hid_), shape_str(r_.shape()));
   }
-  const float clip = node.attr_float("clip", 0.0f);
-  const bool has_clip = node.has_attr("clip");
-  const bool input_forget = cell == Cell::kLstm && node.attr_int("input_forget", 0) != 0;
-  const bool lbr = cell == Cell::kGru && node.attr_int("linear_before_reset", 0) != 0;
+  gh_ = gates_ * hid_;
+  if (w_.dim(0) != dirs_ || w_.dim(1) != gh_ || w_.dim(2) != in_ || r_.dim(0) != dirs_ || r_.dim(1) != gh_) {
+    nn::bad_node(ctx_, "W {} / R {} do not match {} directions, hidden {}, input {}", shape_str(w_.shape()),
+                 shape_str(r_.shape()), dirs_, hid_, in_);
+  }
+  clip_ = node.attr_float("clip", 0.0f);
+  has_clip_ = node.has_attr("clip");
+  input_forget_ = cell_ == Cell::kLstm && node.attr_int("input_forget", 0) != 0;
+  lbr_ = cell_ == Cell::kGru && node.attr_int("linear_before_reset", 0) != 0;
   const std::vector<std::string> defaults =
-      cell == Cell::kLstm ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
-      : cell == Cell::kGru ? std::vector<std::string>{"Sigmoid", "Tanh"} : std::vector<std::string>{"Tanh"};
-  const std::vector<Act> acts = parse_activations(ctx, defaults, dirs);
-  const size_t per_dir = defaults.size();
+      cell_ == Cell::kLstm ? std::vector<std::string>{"Sigmoid", "Tanh", "Tanh"}
+      : cell_ == Cell::kGru ? std::vector<std::string>{"Sigmoid", "Tanh"} : std::vector<std::string>{"Tanh"};
+  acts_ = parse_activations(ctx_, defaults, dirs_);
+  per_dir_ = defaults.size();
 
-  Tensor bias, init_h, init_c, peep, seq_lens;
-  if (ctx.has_input(3)) bias = nn::float_input(ctx, 3);
-  if (ctx.has_input(4)) seq_lens = ctx.input(4).cast(DataType::kInt64);
-  if (ctx.has_input(5)) init_h = nn::float_input(ctx, 5);
-  if (cell == Cell::kLstm && ctx.has_input(6)) init_c = nn::float_input(ctx, 6);
-  if (cell == Cell::kLstm && ctx.has_input(7)) peep = nn::float_input(ctx, 7);
-  if (bias.defined() && bias.numel() != dirs * 2 * gh) nn::bad_node(ctx, "B {} must be [{}, {}]", shape_str(bias.shape()), dirs, 2 * gh);
-  if (seq_lens.defined() && seq_lens.numel() != batch) nn::bad_node(ctx, "sequence_lens must have {} values", batch);
-  for (const Tensor* t : {&init_h, &init_c}) {
-    if (t->defined() && t->numel() != dirs * batch * hid) nn::bad_node(ctx, "initial state {} must hold {} values", shape_str(t->shape()), dirs * batch * hid);
+  if (ctx_.has_input(3)) bias_ = nn::float_input(ctx_, 3);
+  if (ctx_.has_input(4)) seq_lens_ = ctx_.input(4).cast(DataType::kInt64);
+  if (ctx_.has_input(5)) init_h_ = nn::float_input(ctx_, 5);
+  if (cell_ == Cell::kLstm && ctx_.has_input(6)) init_c_ = nn::float_input(ctx_, 6);
+  if (cell_ == Cell::kLstm && ctx_.has_input(7)) peep_ = nn::float_input(ctx_, 7);
+  if (bias_.defined() && bias_.numel() != dirs_ * 2 * gh_) {
+    nn::bad_node(ctx_, "B {} must be [{}, {}]", shape_str(bias_.shape()), dirs_, 2 * gh_);
   }
-  if (peep.defined() && peep.numel() != dirs * 3 * hid) nn::bad_node(ctx, "P {} must be [{}, {}]", shape_str(peep.shape()), dirs, 3 * hid);
+  if (seq_lens_.defined() && seq_lens_.numel() != batch_) {
+    nn::bad_node(ctx_, "sequence_lens must have {} values", batch_);
+  }
+  for (const Tensor* t : {&init_h_, &init_c_}) {
+    if (t->defined() && t->numel() != dirs_ * batch_ * hid_) {
+      nn::bad_node(ctx_, "initial state {} must hold {} values", shape_str(t->shape()), dirs_ * batch_ * hid_);
+    }
+  }
+  if (peep_.defined() && peep_.numel() != dirs_ * 3 * hid_) {
+    nn::bad_node(ctx_, "P {} must be [{}, {}]", shape_str(peep_.shape()), dirs_, 3 * hid_);
+  }
+}
 
-  // X in time-major layout [seq, batch, in].
-  std::vector<float> xt;
-  const float* xp = x.data<float>();
-  if (layout) {
-    xt.resize(static_cast<size_t>(seq * batch * in));
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t t = 0; t < seq; ++t)
-        std::copy(xp + (b * seq + t) * in, xp + (b * seq + t + 1) * in, xt.data() + (t * batch + b) * in);
-    xp = xt.data();
-  }
-  std::vector<int64_t> lens(static_cast<size_t>(batch), seq);
-  if (seq_lens.defined()) {
-    for (int64_t b = 0; b < batch; ++b) lens[b] = std::clamp<int64_t>(seq_lens.data<int64_t>()[b], 0, seq);
-  }
+void RnnLayer::run() {
+  prepare();
+  for (int d = 0; d < dirs_; ++d) run_direction(d);
+  write_outputs();
+}
 
-  // Outputs in time-major layout; converted for layout 1 at the end.
-  std::vector<float> y(static_cast<size_t>(seq * dirs * batch * hid), 0.0f);
-  std::vector<float> yh(static_cast<size_t>(dirs * batch * hid)), yc(static_cast<size_t>(dirs * batch * hid));
-  std::vector<float> xw(static_cast<size_t>(seq * batch * gh)), hr(static_cast<size_t>(batch * gh));
-  std::vector<float> h(static_cast<size_t>(batch * hid)), c(static_cast<size_t>(batch * hid));
-  std::vector<float> rh(static_cast<size_t>(batch * hid)), hh(static_cast<size_t>(batch * hid));
-  for (int d = 0; d < dirs; ++d) {
-    const bool reverse = direction == "reverse" || d == 1;
-    const float* wd = w.data<float>() + d * gh * in;
-    const float* rd = r.data<float>() + d * gh * hid;
-    const float* wb = bias.defined() ? bias.data<float>() + d * 2 * gh : nullptr;
-    const float* rb = wb ? wb + gh : nullptr;
-    const float* pd = peep.defined() ? peep.data<float>() + d * 3 * hid : nullptr;
-    const Act* act = acts.data() + d * per_dir;
-    // xw = X W^T + Wb (+ Rb except for GRU's hidden gate, whose Rb sits inside the reset product).
-    nn::sgemm(false, true, seq * batch, gh, in, 1.0f, xp, in, wd, in, 0.0f, xw.data(), gh, &ctx.pool());
-    if (wb) {
-      for (int64_t i = 0; i < seq * batch; ++i) {
-        float* row = xw.data() + i * gh;
-        for (int64_t j = 0; j < gh; ++j) {
-          const bool gru_h = cell == Cell::kGru && j >= 2 * hid;
-          row[j] += wb[j] + (gru_h ? 0.0f : rb[j]);
-        }
+/// X in time-major layout, the sequence lengths, and the buffers.
+void RnnLayer::prepare() {
+  xp_ = x_.data<float>();
+  if (layout_) {
+    xt_.resize(static_cast<size_t>(seq_ * batch_ * in_));
+    for (int64_t b = 0; b < batch_; ++b)
+      for (int64_t t = 0; t < seq_; ++t)
+        std::copy(xp_ + (b * seq_ + t) * in_, xp_ + (b * seq_ + t + 1) * in_, xt_.data() + (t * batch_ + b) * in_);
+    xp_ = xt_.data();
+  }
+  lens_.assign(static_cast<size_t>(batch_), seq_);
+  if (seq_lens_.defined()) {
+    for (int64_t b = 0; b < batch_; ++b) lens_[b] = std::clamp<int64_t>(seq_lens_.data<int64_t>()[b], 0, seq_);
+  }
+  y_.assign(static_cast<size_t>(seq_ * dirs_ * batch_ * hid_), 0.0f);
+  yh_.resize(static_cast<size_t>(dirs_ * batch_ * hid_));
+  yc_.resize(static_cast<size_t>(dirs_ * batch_ * hid_));
+  xw_.resize(static_cast<size_t>(seq_ * batch_ * gh_));
+  hr_.resize(static_cast<size_t>(batch_ * gh_));
+  h_.resize(static_cast<size_t>(batch_ * hid_));
+  c_.resize(static_cast<size_t>(batch_ * hid_));
+  rh_.resize(static_cast<size_t>(batch_ * hid_));
+  hh_.resize(static_cast<size_t>(batch_ * hid_));
+}
+
+void RnnLayer::run_direction(int d) {
+  Direction dir;
+  dir.d = d;
+  dir.reverse = direction_ == "reverse" || d == 1;
+  dir.wd = w_.data<float>() + d * gh_ * in_;
+  dir.rd = r_.data<float>() + d * gh_ * hid_;
+  dir.wb = bias_.defined() ? bias_.data<float>() + d * 2 * gh_ : nullptr;
+  dir.rb = dir.wb ? dir.wb + gh_ : nullptr;
+  dir.pd = peep_.defined() ? peep_.data<float>() + d * 3 * hid_ : nullptr;
+  dir.act = acts_.data() + d * per_dir_;
+  project_inputs(dir);
+  for (int64_t i = 0; i < batch_ * hid_; ++i) {
+    h_[i] = init_h_.defined() ? init_h_.data<float>()[d * batch_ * hid_ + i] : 0.0f;
+    c_[i] = init_c_.defined() ? init_c_.data<float>()[d * batch_ * hid_ + i] : 0.0f;
+  }
+  for (int64_t step = 0; step < seq_; ++step) recurrent_step(dir, step);
+  std::copy(h_.begin(), h_.end(), yh_.begin() + d * batch_ * hid_);
+  std::copy(c_.begin(), c_.end(), yc_.begin() + d * batch_ * hid_);
+}
+
+/// xw = X W^T + Wb (+ Rb except for GRU's hidden gate, whose Rb sits inside the reset product).
+void RnnLayer::project_inputs(const Direction& dir) {
+  nn::sgemm(false, true, seq_ * batch_, gh_, in_, 1.0f, xp_, in_, dir.wd, in_, 0.0f, xw_.data(), gh_, &ctx_.pool());
+  if (dir.wb) {
+    for (int64_t i = 0; i < seq_ * batch_; ++i) {
+      float* row = xw_.data() + i * gh_;
+      for (int64_t j = 0; j < gh_; ++j) {
+        const bool gru_h = cell_ == Cell::kGru && j >= 2 * hid_;
+        row[j] += dir.wb[j] + (gru_h ? 0.0f : dir.rb[j]);
       }
     }
-    for (int64_t i = 0; i < batch * hid; ++i) {
-      h[i] = init_h.defined() ? init_h.data<float>()[d * batch * hid + i] : 0.0f;
-      c[i] = init_c.defined() ? init_c.data<float>()[d * batch * hid + i] : 0.0f;
-    }
-    auto clipv = [&](float v) { return has_clip ? std::clamp(v, -clip, clip) : v; };
-    for (int64_t step = 0; step < seq; ++step) {
-      // GRU without linear_before_reset needs (r * H) R_h^T, so only the z/r part is done here.
-      const int64_t ncols = cell == Cell::kGru && !lbr ? 2 * hid : gh;
-      nn::sgemm(false, true, batch, ncols, hid, 1.0f, h.data(), hid, rd, hid, 0.0f, hr.data(), gh, nullptr);
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t t = reverse ? lens[b] - 1 - step : step;
-        if (t < 0 || step >= lens[b]) continue;
-        const float* g = xw.data() + (t * batch + b) * gh;
-        const float* q = hr.data() + b * gh;
-        float* hb = h.data() + b * hid;
-        float* cb = c.data() + b * hid;
-        if (cell == Cell::kLstm) {
-          for (int64_t j = 0; j < hid; ++j) {
-            float gi = g[j] + q[j], go = g[hid + j] + q[hid + j];
-            float gf = g[2 * hid + j] + q[2 * hid + j], gc = g[3 * hid + j] + q[3 * hid + j];
-            if (pd) {
-              gi += pd[j] * cb[j];
-              gf += pd[2 * hid + j] * cb[j];
-            }
-            const float it = act[0](clipv(gi));
-            const float ft = input_forget ? 1.0f - it : act[0](clipv(gf));
-            const float ct = act[1](clipv(gc));
-            const float cn = ft * cb[j] + it * ct;
-            if (pd) go += pd[hid + j] * cn;
-            const float ot = act[0](clipv(go));
-            cb[j] = cn;
-            hb[j] = ot * act[2](cn);
-          }
-        } else if (cell == Cell::kGru) {
-          float* rhb = rh.data() + b * hid;
-          for (int64_t j = 0; j < hid; ++j) rhb[j] = act[0](clipv(g[hid + j] + q[hid + j]));  // r
-          if (lbr) {
-            for (int64_t j = 0; j < hid; ++j) {
-              const float z = act[0](clipv(g[j] + q[j]));
-              const float hh = act[1](clipv(g[2 * hid + j] + rhb[j] * (q[2 * hid + j] + (rb ? rb[2 * hid + j] : 0.0f))));
-              rhb[j] = (1.0f - z) * hh + z * hb[j];  // new h (written after the loop)
-            }
-            std::copy(rhb, rhb + hid, hb);
-          } else {
-            for (int64_t j = 0; j < hid; ++j) rhb[j] *= hb[j];  // r * H_{t-1}
-          }
-        } else {
-          for (int64_t j = 0; j < hid; ++j) hb[j] = act[0](clipv(g[j] + q[j]));
-        }
-      }
-      if (cell == Cell::kGru && !lbr) {
-        // h~ = g(x W_h^T + Wb_h + (r * H) R_h^T + Rb_h); H = (1 - z) h~ + z H
-        nn::sgemm(false, true, batch, hid, hid, 1.0f, rh.data(), hid, rd + 2 * hid * hid, hid, 0.0f, hh.data(), hid, nullptr);
-        for (int64_t b = 0; b < batch; ++b) {
-          const int64_t t = reverse ? lens[b] - 1 - step : step;
-          if (t < 0 || step >= lens[b]) continue;
-          const float* g = xw.data() + (t * batch + b) * gh;
-          const float* q = hr.data() + b * gh;
-          float* hb = h.data() + b * hid;
-          for (int64_t j = 0; j < hid; ++j) {
-            const float z = act[0](clipv(g[j] + q[j]));
-            const float cand = act[1](clipv(g[2 * hid + j] + hh[b * hid + j] + (rb ? rb[2 * hid + j] : 0.0f)));
-            hb[j] = (1.0f - z) * cand + z * hb[j];
-          }
-        }
-      }
-      for (int64_t b = 0; b < batch; ++b) {
-        const int64_t t = reverse ? lens[b] - 1 - step : step;
-        if (t < 0 || step >= lens[b]) continue;
-        std::copy(h.data() + b * hid, h.data() + (b + 1) * hid, y.data() + ((t * dirs + d) * batch + b) * hid);
-      }
-    }
-    std::copy(h.begin(), h.end(), yh.begin() + d * batch * hid);
-    std::copy(c.begin(), c.end(), yc.begin() + d * batch * hid);
   }
+}
 
-  if (ctx.wants_output(0)) {
-    Shape ys = layout ? Shape{batch, seq, dirs, hid} : Shape{seq, dirs, batch, hid};
+/// One time step of every batch row still in its sequence; H is written to Y at its time index.
+void RnnLayer::recurrent_step(const Direction& dir, int64_t step) {
+  // GRU without linear_before_reset needs (r * H) R_h^T, so only the z/r part is done here.
+  const int64_t ncols = cell_ == Cell::kGru && !lbr_ ? 2 * hid_ : gh_;
+  nn::sgemm(false, true, batch_, ncols, hid_, 1.0f, h_.data(), hid_, dir.rd, hid_, 0.0f, hr_.data(), gh_, nullptr);
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int64_t t = time_at(dir, step, b);
+    if (t < 0) continue;
+    const float* g = xw_.data() + (t * batch_ + b) * gh_;
+    const float* q = hr_.data() + b * gh_;
+    float* hb = h_.data() + b * hid_;
+    float* cb = c_.data() + b * hid_;
+    if (cell_ == Cell::kLstm) {
+      lstm_cell(dir, g, q, hb, cb);
+    } else if (cell_ == Cell::kGru) {
+      gru_gates(dir, b, g, q, hb);
+    } else {
+      for (int64_t j = 0; j < hid_; ++j) hb[j] = dir.act[0](clipv(g[j] + q[j]));
+    }
+  }
+  if (cell_ == Cell::kGru && !lbr_) gru_candidates(dir, step);
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int64_t t = time_at(dir, step, b);
+    if (t < 0) continue;
+    std::copy(h_.data() + b * hid_, h_.data() + (b + 1) * hid_, y_.data() + ((t * dirs_ + dir.d) * batch_ + b) * hid_);
+  }
+}
+
+/// LSTM cell of one batch row: gates (i, o, f, c) from g (X part) + q (H part), with peepholes.
+void RnnLayer::lstm_cell(const Direction& dir, const float* g, const float* q, float* hb, float* cb) const {
+  const Act* act = dir.act;
+  const float* pd = dir.pd;
+  for (int64_t j = 0; j < hid_; ++j) {
+    float gi = g[j] + q[j], go = g[hid_ + j] + q[hid_ + j];
+    float gf = g[2 * hid_ + j] + q[2 * hid_ + j], gc = g[3 * hid_ + j] + q[3 * hid_ + j];
+    if (pd) {
+      gi += pd[j] * cb[j];
+      gf += pd[2 * hid_ + j] * cb[j];
+    }
+    const float it = act[0](clipv(gi));
+    const float ft = input_forget_ ? 1.0f - it : act[0](clipv(gf));
+    const float ct = act[1](clipv(gc));
+    const float cn = ft * cb[j] + it * ct;
+    if (pd) go += pd[hid_ + j] * cn;
+    const float ot = act[0](clipv(go));
+    cb[j] = cn;
+    hb[j] = ot * act[2](cn);
+  }
+}
+
+/// GRU of one batch row: the reset gate into rh; with linear_before_reset the whole new H, else
+/// r * H_{t-1} for the candidate product (gru_candidates).
+void RnnLayer::gru_gates(const Direction& dir, int64_t b, const float* g, const float* q, float* hb) {
+  const Act* act = dir.act;
+  const float* rb = dir.rb;
+  float* rhb = rh_.data() + b * hid_;
+  for (int64_t j = 0; j < hid_; ++j) rhb[j] = act[0](clipv(g[hid_ + j] + q[hid_ + j]));  // r
+  if (lbr_) {
+    for (int64_t j = 0; j < hid_; ++j) {
+      const float z = act[0](clipv(g[j] + q[j]));
+      const float ht = act[1](clipv(g[2 * hid_ + j] + rhb[j] * (q[2 * hid_ + j] + (rb ? rb[2 * hid_ + j] : 0.0f))));
+      rhb[j] = (1.0f - z) * ht + z * hb[j];  // new h (written after the loop)
+    }
+    std::copy(rhb, rhb + hid_, hb);
+  } else {
+    for (int64_t j = 0; j < hid_; ++j) rhb[j] *= hb[j];  // r * H_{t-1}
+  }
+}
+
+/// h~ = g(x W_h^T + Wb_h + (r * H) R_h^T + Rb_h); H = (1 - z) h~ + z H
+void RnnLayer::gru_candidates(const Direction& dir, int64_t step) {
+  const Act* act = dir.act;
+  const float* rb = dir.rb;
+  nn::sgemm(false, true, batch_, hid_, hid_, 1.0f, rh_.data(), hid_, dir.rd + 2 * hid_ * hid_, hid_, 0.0f, hh_.data(),
+            hid_, nullptr);
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int64_t t = time_at(dir, step, b);
+    if (t < 0) continue;
+    const float* g = xw_.data() + (t * batch_ + b) * gh_;
+    const float* q = hr_.data() + b * gh_;
+    float* hb = h_.data() + b * hid_;
+    for (int64_t j = 0; j < hid_; ++j) {
+      const float z = act[0](clipv(g[j] + q[j]));
+      const float cand = act[1](clipv(g[2 * hid_ + j] + hh_[b * hid_ + j] + (rb ? rb[2 * hid_ + j] : 0.0f)));
+      hb[j] = (1.0f - z) * cand + z * hb[j];
+    }
+  }
+}
+
+void RnnLayer::write_outputs() {
+  if (ctx_.wants_output(0)) {
+    Shape ys = layout_ ? Shape{batch_, seq_, dirs_, hid_} : Shape{seq_, dirs_, batch_, hid_};
     Tensor yt = Tensor::empty(DataType::kFloat, ys);
     float* o = yt.mutable_data<float>();
-    if (!layout) {
-      std::copy(y.begin(), y.end(), o);
+    if (!layout_) {
+      std::copy(y_.begin(), y_.end(), o);
     } else {
-      for (int64_t t = 0; t < seq; ++t)
-        for (int d = 0; d < dirs; ++d)
-          for (int64_t b = 0; b < batch; ++b)
-            std::copy(y.data() + ((t * dirs + d) * batch + b) * hid, y.data() + ((t * dirs + d) * batch + b + 1) * hid,
-                      o + ((b * seq + t) * dirs + d) * hid);
+      for (int64_t t = 0; t < seq_; ++t)
+        for (int d = 0; d < dirs_; ++d)
+          for (int64_t b = 0; b < batch_; ++b)
+            std::copy(y_.data() + ((t * dirs_ + d) * batch_ + b) * hid_,
+                      y_.data() + ((t * dirs_ + d) * batch_ + b + 1) * hid_, o + ((b * seq_ + t) * dirs_ + d) * hid_);
     }
-    ctx.set_output(0, std::move(yt));
+    ctx_.set_output(0, std::move(yt));
   }
   auto state_out = [&](size_t idx, const std::vector<float>& s) {
-    if (!ctx.wants_output(idx)) return;
-    Shape ss = layout ? Shape{batch, dirs, hid} : Shape{dirs, batch, hid};
+    if (!ctx_.wants_output(idx)) return;
+    Shape ss = layout_ ? Shape{batch_, dirs_, hid_} : Shape{dirs_, batch_, hid_};
     Tensor st = Tensor::empty(DataType::kFloat, ss);
     float* o = st.mutable_data<float>();
-    for (int d = 0; d < dirs; ++d)
-      for (int64_t b = 0; b < batch; ++b)
-        std::copy(s.data() + (d * batch + b) * hid, s.data() + (d * batch + b + 1) * hid,
-                  o + (layout ? (b * dirs + d) : (d * batch + b)) * hid);
-    ctx.set_output(idx, std::move(st));
+    for (int d = 0; d < dirs_; ++d)
+      for (int64_t b = 0; b < batch_; ++b)
+        std::copy(s.data() + (d * batch_ + b) * hid_, s.data() + (d * batch_ + b + 1) * hid_,
+                  o + (layout_ ? (b * dirs_ + d) : (d * batch_ + b)) * hid_);
+    ctx_.set_output(idx, std::move(st));
   };
-  state_out(1, yh);
-  if (cell == Cell::kLstm) state_out(2, yc);
+  state_out(1, yh_);
+  if (cell_ == Cell::kLstm) state_out(2, yc_);
 }
+
+void rnn_common(KernelContext& ctx, Cell cell) { RnnLayer(ctx, cell).run(); }
 
 void lstm_kernel(KernelContext& ctx) { rnn_common(ctx, Cell::kLstm); }
 void gru_kernel(KernelContext& ctx) { rnn_common(ctx, Cell::kGru); }

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <memory>
 
 #include "internal.h"
 #include "qtool/report/compare.h"
@@ -20,18 +21,15 @@ int64_t file_size(const std::string& p) {
   return ec ? 0 : static_cast<int64_t>(s);
 }
 
-/// The guard's per-output agreement as the report's OutputQuality (SQNR, top-1 agreement).
-std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgreement>& agreement) {
-  std::vector<report::OutputQuality> out;
-  for (const auto& o : agreement) {
-    report::OutputQuality q;
-    q.name = o.name;
-    q.samples = o.samples;
-    q.sqnr_db = o.sqnr_db;
-    q.top1_agreement = o.top1_agreement >= 0 ? o.top1_agreement : report::kNotMeasured;
-    out.push_back(q);
-  }
-  return out;
+report::SampleProvider sample_provider(data::SampleSource& source) {
+  auto next = std::make_shared<size_t>(0);
+  return [&source, next](report::CompareSample& s) {
+    if (*next >= source.size()) return false;
+    s.inputs = source.load(*next);
+    s.name = source.describe(*next);
+    ++*next;
+    return true;
+  };
 }
 
 /// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
@@ -39,17 +37,9 @@ std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgr
 /// output SQNR (matched by the node that produces the layer's output in the quantized model).
 void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
                    data::SampleSource& held_out, int threads) {
-  size_t next = 0;
-  const report::SampleProvider provider = [&](report::CompareSample& s) {
-    if (next >= held_out.size()) return false;
-    s.inputs = held_out.load(next);
-    s.name = held_out.describe(next);
-    ++next;
-    return true;
-  };
   report::CompareOptions options;
   options.threads = threads;
-  const report::CompareResult result = report::compare_models(fp32, quantized, provider, options);
+  const report::CompareResult result = report::compare_models(fp32, quantized, sample_provider(held_out), options);
   rep.outputs = report::to_output_quality(result);
   rep.eval_samples = result.samples;
   for (auto& l : rep.layers)

@@ -10,6 +10,7 @@
 #include "qtool/ir/graph.h"
 #include "qtool/pipeline/quantize.h"
 #include "qtool/quant/static_quant.h"
+#include "qtool/report/compare.h"
 #include "qtool/report/report.h"
 
 namespace qtool::pipeline::detail {
@@ -19,7 +20,8 @@ inline double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
 
-/// Fewest held-out samples for the weight-only evaluation (as the static pipeline's guard).
+/// Fewest held-out samples for the weight-only evaluation (the static path's guard has its own
+/// rule: GuardOptions, pipeline/guard.h).
 inline constexpr size_t kMinHoldout = 8;
 /// Larger models are not evaluated after quantization (it would hold two copies).
 inline constexpr int64_t kMaxEvalModelBytes = int64_t{256} << 20;
@@ -27,8 +29,8 @@ inline constexpr int64_t kMaxEvalModelBytes = int64_t{256} << 20;
 int64_t file_size(const std::string& p);
 bool has_subgraphs(const ir::Graph& g);
 
-/// The guard's per-output agreement as the report's OutputQuality (SQNR, top-1 agreement).
-std::vector<report::OutputQuality> to_quality(const std::vector<quant::OutputAgreement>& agreement);
+/// The samples of `source` in order, as report::compare_models takes them (`source` must outlive it).
+report::SampleProvider sample_provider(data::SampleSource& source);
 /// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
 /// puts the result into the report: outputs, eval_samples, and each layer's output SQNR.
 void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,

@@ -1,5 +1,8 @@
-// The static W8A8 / W8A16 path of the quantize job: prepare, calibrate, Q/DQ placement, guard.
+// The static W8A8 / W8A16 path of the quantize job: prepare, split the samples, calibrate, place
+// Q/DQ, bias-correct, guard (pipeline/guard.h), save, evaluate, gate.
 #include <algorithm>
+#include <cmath>
+#include <memory>
 #include <optional>
 
 #include <spdlog/spdlog.h>
@@ -8,116 +11,164 @@
 #include "qtool/calib/ranges.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/passes/qdq_to_qoperator.h"
+#include "qtool/pipeline/guard.h"
 #include "qtool/quant/bias_correction.h"
 
 namespace qtool::pipeline::detail {
+namespace {
 
-QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
-  QTOOL_CHECK(!job.data.path.empty() || !job.ranges_path.empty(), ErrorCode::kConfig,
-              "static quantization needs calibration data (--calib DIR) or --ranges FILE");
+/// The job's static options, completed for the prepared model.
+quant::StaticQuantConfig static_config(const QuantizeJob& job, const ir::Model& prepared) {
   quant::StaticQuantConfig cfg = job.static_cfg;
-  cfg.guard = job.guard;
   cfg.threads = job.threads;
-
-  auto t = clock_type::now();
-  const int64_t target_opset = job.activation_bits == 16 ? 21 : 13;
-  const size_t rewrites = quant::prepare_model(model, target_opset);
-  spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
   // Bias correction: on by default for models with depthwise convs, where it raised top-1 and
   // agreement with FP32 on the shared models (MobileNetV2 per-tensor +0.8 points; per-channel +0.2
   // to +0.4 points and agreement +1.0 to +1.4 points; BENCHMARKS.md) and hurt nowhere it was tried.
-  cfg.bias_correction = job.bias_correction.value_or(quant::has_depthwise_conv(model));
+  cfg.bias_correction = job.bias_correction.value_or(quant::has_depthwise_conv(prepared));
   if (cfg.bias_correction && !job.bias_correction)
     spdlog::info("bias correction: on by default for models with depthwise convs (--no-bias-correction to skip)");
   if (!job.op_types.empty()) {
     // Quantize only these op types: every other quantizable op type is excluded.
-    for (const auto& n : model.graph->nodes())
+    for (const auto& n : prepared.graph->nodes())
       if (std::find(job.op_types.begin(), job.op_types.end(), n->op_type()) == job.op_types.end())
         cfg.qdq.exclude_op_types.insert(n->op_type());
   }
+  return cfg;
+}
 
+/// The run's samples, split once: the calibration part and the part the guard checks on.
+struct StaticSamples {
+  std::shared_ptr<data::SelectedSource> all;  ///< null without --calib (ranges from a file)
+  std::unique_ptr<data::SelectedSource> calib, held_out;
+  bool guard = false;                          ///< the guard runs (samples, and not --no-guard)
+  std::string warning;                         ///< the split's (GuardSplit::warning)
+};
+
+StaticSamples open_static_samples(const QuantizeJob& job, const ir::Model& model) {
+  StaticSamples s;
+  if (job.data.path.empty()) {
+    s.calib = std::make_unique<data::SelectedSource>(nullptr, std::vector<size_t>{});
+    return s;
+  }
+  s.all = open_samples(job.data, model, "--calib");
+  spdlog::info("calibration data: {} samples from '{}' ({})", s.all->size(), job.data.path, s.all->kind());
+  s.guard = job.guard;
+  GuardSplit split = split_for_guard(s.all->size(), s.guard);
+  s.calib = std::make_unique<data::SelectedSource>(s.all, std::move(split.calib));
+  s.held_out = std::make_unique<data::SelectedSource>(s.all, std::move(split.held_out));
+  s.guard = s.guard && s.held_out->size() > 0;
+  s.warning = std::move(split.warning);
+  return s;
+}
+
+/// What the static quantization produced, before saving.
+struct StaticRun {
+  quant::StaticEmission emitted;
+  std::optional<GuardResult> guard;              ///< nullopt when the guard did not run
+  std::vector<std::string> actions, warnings;    ///< in the order the report lists them
+  std::map<std::string, Tensor> equalized_weights;
+};
+
+/// Calibrates, emits, bias-corrects and guards the prepared model (`reference`).
+StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples) {
+  quant::CalibratedModel calibrated = quant::calibrate_static(reference, *samples.calib, cfg);
+  StaticRun run{quant::emit_static(calibrated, {}, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
+  if (!samples.warning.empty()) run.warnings.push_back(samples.warning);
+  if (std::string a = quant::correct_static_biases(calibrated, run.emitted.model, *samples.calib, cfg); !a.empty())
+    run.actions.push_back(std::move(a));
+  if (samples.guard) {
+    run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted);
+    run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
+    run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
+  }
+  if (std::string a = quant::subgraph_float_note(run.emitted.model); !a.empty()) run.actions.push_back(std::move(a));
+  run.equalized_weights = std::move(calibrated.equalized_weights);
+  return run;
+}
+
+/// --max-drop on the static path: the guard's top-1 agreement drop, or a model that looks broken.
+std::optional<Error> check_max_drop(const QuantizeJob& job, const std::optional<GuardResult>& guard) {
+  if (!job.max_drop) return std::nullopt;
+  QTOOL_CHECK(guard.has_value(), ErrorCode::kConfig,
+              "--max-drop needs the quality guard (calibration data) to measure agreement");
+  const double agree = guard->min_top1_agreement();
+  const double drop = std::isnan(agree) ? 0.0 : 100.0 * (1.0 - agree);
+  if (drop <= *job.max_drop && !guard->looks_broken) return std::nullopt;
+  return Error(ErrorCode::kQualityGate,
+               fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop {:.2f}){}", drop,
+                           *job.max_drop, guard->looks_broken ? "; the model looks broken" : ""));
+}
+
+/// Rewrites `model` into the QOperator form (--format qoperator) and logs what was fused.
+void to_qoperator(ir::Model& model) {
+  // The same integer ops ONNX Runtime fuses the QDQ form into, written out (groups it would
+  // leave in float stay QDQ).
+  const passes::QOperatorReport fused = passes::fuse_qdq_to_qoperator(model);
+  std::string what;
+  for (const auto& [op, n] : fused.fused) what += fmt::format("{}{} {}", what.empty() ? "" : ", ", n, op);
+  spdlog::info("QOperator form: {} groups rewritten ({})", fused.rewrites, what.empty() ? "none" : what);
+}
+
+}  // namespace
+
+QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
+  QTOOL_CHECK(!job.data.path.empty() || !job.ranges_path.empty(), ErrorCode::kConfig,
+              "static quantization needs calibration data (--calib DIR) or --ranges FILE");
+  auto t = clock_type::now();
+  const int64_t target_opset = job.activation_bits == 16 ? 21 : 13;
+  const size_t rewrites = quant::prepare_model(model, target_opset);
+  spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
+  quant::StaticQuantConfig cfg = static_config(job, model);
   std::optional<calib::RangesFile> ranges;
   if (!job.ranges_path.empty()) {
     ranges = calib::load_ranges(job.ranges_path);
     cfg.ranges = &*ranges;
   }
-  std::shared_ptr<data::SelectedSource> samples;
-  std::unique_ptr<data::SelectedSource> empty;
-  if (!job.data.path.empty()) {
-    samples = open_samples(job.data, model, "--calib");
-    spdlog::info("calibration data: {} samples from '{}' ({})", samples->size(), job.data.path, samples->kind());
-  } else {
-    cfg.guard = false;
-    empty = std::make_unique<data::SelectedSource>(nullptr, std::vector<size_t>{});
-  }
-  data::SampleSource& src = samples ? static_cast<data::SampleSource&>(*samples) : *empty;
-  // Per-layer output SQNR is only shown in --report/--json, so the extra held-out run (and the
-  // FP32 copy it needs) is only paid for then.
-  std::optional<ir::Model> fp32;
-  if (samples && cfg.guard && job.per_layer_eval && file_size(job.model_path) <= kMaxEvalModelBytes)
-    fp32.emplace(model.clone());
+  StaticSamples samples = open_static_samples(job, model);
   const std::map<std::string, Tensor> fp32_weights = float_weights(model);
-  // quantize_static runs calibration, Q/DQ placement and the quality guard (the held-out
-  // evaluation) in one call, so they are timed together as "quantize".
-  const quant::StaticQuantResult res = quant::quantize_static(model, src, cfg);
+  // The prepared FP32 model stays as the reference of the guard and the evaluation.
+  const ir::Model reference = std::move(model);
+  // Calibration, Q/DQ placement and the guard (the held-out check) are timed together as "quantize".
+  StaticRun run = quantize_guarded(reference, cfg, samples);
+  model = std::move(run.emitted.model);
   timings.push_back({"quantize", seconds_since(t)});
-  QTOOL_CHECK(res.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
+  QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
               "no node of '{}' was quantized (nothing quantizable outside If/Loop/Scan bodies, or everything excluded); "
               "nothing is written",
               job.model_path);
-  if (job.qoperator) {
-    // The same integer ops ONNX Runtime fuses the QDQ form into, written out (groups it would
-    // leave in float stay QDQ).
-    const passes::QOperatorReport fused = passes::fuse_qdq_to_qoperator(model);
-    std::string what;
-    for (const auto& [op, n] : fused.fused) what += fmt::format("{}{} {}", what.empty() ? "" : ", ", n, op);
-    spdlog::info("QOperator form: {} groups rewritten ({})", fused.rewrites, what.empty() ? "none" : what);
-  }
+  if (job.qoperator) to_qoperator(model);
   t = clock_type::now();
   model.source_path.clear();
   onnx_io::save_model(model, job.out_path);
   timings.push_back({"save", seconds_since(t)});
 
+  const quant::QdqSummary& qdq = run.emitted.qdq;
   spdlog::info("quantized {} -> {}: W8A{} QDQ ({}, {} activations), {} nodes quantized, {} weights, {} biases, "
                "{} Relu/Clip folded",
                job.model_path, job.out_path, job.activation_bits, cfg.method, dtype_name(cfg.qdq.activation_type),
-               res.qdq.quantized_nodes, res.qdq.quantized_weights, res.qdq.quantized_biases,
-               res.qdq.folded_activations);
+               qdq.quantized_nodes, qdq.quantized_weights, qdq.quantized_biases, qdq.folded_activations);
   const std::string headline = fmt::format("W8A{} {}", job.activation_bits, job.qoperator ? "QOperator" : "QDQ");
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = cfg.method;
-  fill_weight_sqnr(out.report, model, res.equalized_weights.empty() ? fp32_weights : res.equalized_weights);
-  out.report.outputs = to_quality(res.outputs);
-  out.report.eval_samples = res.holdout_samples;
-  if (fp32 && res.holdout_samples > 0 && static_cast<size_t>(res.holdout_samples) <= samples->size()) {
-    // The guard held out the last holdout_samples samples; evaluate per layer on the same ones.
-    t = clock_type::now();
-    std::vector<size_t> idx;
-    for (size_t i = samples->size() - static_cast<size_t>(res.holdout_samples); i < samples->size(); ++i)
-      idx.push_back(i);
-    data::SelectedSource held_out(samples, idx);
-    evaluate_into(out.report, *fp32, model, held_out, job.threads);
-    timings.push_back({"evaluate", seconds_since(t)});
+  fill_weight_sqnr(out.report, model, run.equalized_weights.empty() ? fp32_weights : run.equalized_weights);
+  if (run.guard) {
+    out.report.outputs = report::to_output_quality(run.guard->comparison);
+    out.report.eval_samples = run.guard->comparison.samples;
+    // Per-layer output SQNR is only shown in --report/--json, so the extra held-out run is only paid for then.
+    if (job.per_layer_eval && file_size(job.model_path) <= kMaxEvalModelBytes) {
+      t = clock_type::now();
+      evaluate_into(out.report, reference, model, *samples.held_out, job.threads);
+      timings.push_back({"evaluate", seconds_since(t)});
+    }
   }
   // What the pipeline did beyond the defaults (CLE, bias correction, tensors the guard kept in float, ...).
-  for (const auto& s : res.actions) out.report.actions.push_back(s);
-  for (const auto& w : res.warnings) {
+  for (const auto& s : run.actions) out.report.actions.push_back(s);
+  for (const auto& w : run.warnings) {
     spdlog::warn("{}", w);
     out.report.warnings.push_back(w);
   }
-  if (job.max_drop) {
-    const double agree = res.min_top1_agreement();
-    QTOOL_CHECK(agree >= 0 || !res.outputs.empty(), ErrorCode::kConfig,
-                "--max-drop needs the quality guard (calibration data) to measure agreement");
-    const double drop = agree >= 0 ? 100.0 * (1.0 - agree) : 0.0;
-    if (drop > *job.max_drop || res.looks_broken) {
-      out.gate_failure.emplace(
-          ErrorCode::kQualityGate,
-          fmt::format("quality gate failed: top-1 agreement drop {:.2f} points (limit --max-drop {:.2f}){}", drop,
-                      *job.max_drop, res.looks_broken ? "; the model looks broken" : ""));
-    }
-  }
+  out.gate_failure = check_max_drop(job, run.guard);
   return out;
 }
 

@@ -38,11 +38,15 @@ Tensor as_float(const Tensor& t) { return t.dtype() == DataType::kFloat ? t : t.
 void ErrorAccumulator::add(const float* ref, const float* test, int64_t n) {
   // Per-call partial sums in double keep rounding error far below any SQNR of interest.
   double rr = 0, tt = 0, rt = 0, ee = 0, ab = 0, mx = max_abs_;
-  int64_t bad = 0;
+  int64_t skipped = 0, broken = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double r = ref[i], t = test[i];
-    if (!std::isfinite(r) || !std::isfinite(t)) {
-      ++bad;
+    if (!std::isfinite(r)) {
+      ++skipped;  // nothing to measure against
+      continue;
+    }
+    if (!std::isfinite(t)) {
+      ++broken;  // the quantized model produced NaN/inf: maximal error (see sqnr_db)
       continue;
     }
     const double e = r - t;
@@ -60,8 +64,9 @@ void ErrorAccumulator::add(const float* ref, const float* test, int64_t n) {
   sum_ee_ += ee;
   sum_abs_ += ab;
   max_abs_ = mx;
-  count_ += n - bad;
-  non_finite_ += bad;
+  count_ += n - skipped;
+  non_finite_ += skipped + broken;
+  broken_ += broken;
 }
 
 void ErrorAccumulator::add(const Tensor& ref, const Tensor& test, const std::string& what) {
@@ -75,6 +80,7 @@ void ErrorAccumulator::add(const Tensor& ref, const Tensor& test, const std::str
 void ErrorAccumulator::merge(const ErrorAccumulator& o) {
   count_ += o.count_;
   non_finite_ += o.non_finite_;
+  broken_ += o.broken_;
   sum_rr_ += o.sum_rr_;
   sum_tt_ += o.sum_tt_;
   sum_rt_ += o.sum_rt_;
@@ -85,6 +91,7 @@ void ErrorAccumulator::merge(const ErrorAccumulator& o) {
 
 double ErrorAccumulator::sqnr_db() const {
   if (count_ == 0) return kNaN;
+  if (broken_ > 0) return -kInf;
   if (sum_ee_ == 0.0) return kInf;
   if (sum_rr_ == 0.0) return -kInf;  // a zero reference with any error: no signal at all
   return 10.0 * std::log10(sum_rr_ / sum_ee_);
@@ -92,9 +99,20 @@ double ErrorAccumulator::sqnr_db() const {
 
 double ErrorAccumulator::cosine() const {
   if (count_ == 0) return kNaN;
+  if (broken_ > 0) return 0.0;
   if (sum_rr_ == 0.0 && sum_tt_ == 0.0) return 1.0;
   if (sum_rr_ == 0.0 || sum_tt_ == 0.0) return 0.0;
   return sum_rt_ / std::sqrt(sum_rr_ * sum_tt_);
+}
+
+double ErrorAccumulator::max_abs() const {
+  if (count_ == 0) return kNaN;
+  return broken_ > 0 ? kInf : max_abs_;
+}
+
+double ErrorAccumulator::mean_abs() const {
+  if (count_ == 0) return kNaN;
+  return broken_ > 0 ? kInf : sum_abs_ / static_cast<double>(count_);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -115,6 +133,11 @@ bool in_top_k(const float* v, int64_t n, int64_t c, int64_t k) {
     if (v[i] > v[c] || (v[i] == v[c] && i < c)) ++above;
   return above < k;
 }
+bool has_nan(const float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (std::isnan(v[i])) return true;
+  return false;
+}
 }  // namespace
 
 void ClassifierAccumulator::add(const float* ref, const float* test, int64_t rows, int64_t classes,
@@ -123,16 +146,19 @@ void ClassifierAccumulator::add(const float* ref, const float* test, int64_t row
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = ref + r * classes;
     const float* b = test + r * classes;
-    const int64_t ra = argmax(a, classes), tb = argmax(b, classes);
+    if (has_nan(a, classes)) continue;  // no FP32 prediction to agree with
+    // A NaN in the quantized scores has no argmax: the row counts as a wrong prediction.
+    const bool broken = has_nan(b, classes);
+    const int64_t ra = argmax(a, classes), tb = broken ? -1 : argmax(b, classes);
     top1_ += ra == tb;
-    top5_ += in_top_k(b, classes, ra, k);
+    top5_ += !broken && in_top_k(b, classes, ra, k);
     if (r < static_cast<int64_t>(labels.size()) && labels[r] >= 0) {
       ++labeled_;
       correct_ref_ += ra == labels[r];
       correct_test_ += tb == labels[r];
     }
+    ++rows_;
   }
-  rows_ += rows;
 }
 
 double ClassifierAccumulator::top1_agreement() const {
@@ -152,6 +178,21 @@ bool is_classifier_shape(const Shape& s) {
   if (s.size() == 2) return s[1] >= 2;
   if (s.size() == 4) return s[1] >= 2 && s[2] == 1 && s[3] == 1;
   return false;
+}
+
+void OutputComparison::add(const Tensor& ref, const Tensor& test, const std::vector<int64_t>& labels) {
+  const Tensor r = as_float(ref);
+  const Tensor t = as_float(test);
+  error.add(r, t, fmt::format("output '{}'", name));
+  shape = r.shape();
+  if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
+    // Every sample must be classifier-shaped for the output to count as a classifier.
+    if (samples == 0) classifier = true;
+    if (classifier) classes.add(r.data<float>(), t.data<float>(), r.dim(0), r.dim(1), labels);
+  } else {
+    classifier = false;
+  }
+  ++samples;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -217,25 +258,24 @@ class DriftObserver final : public runtime::Observer {
 
 double capped(double db) { return std::isnan(db) ? db : std::min(db, kSqnrCapDb); }
 
-}  // namespace
+/// Fused tensor name -> the float tensor it stands for.
+using AliasMap = std::unordered_map<std::string, passes::QOperatorAlias>;
 
-CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, const SampleProvider& next,
-                             const CompareOptions& options) {
-  runtime::ExecutorOptions exec_options;
-  exec_options.threads = std::max(1, options.threads);
-  // ONNX Runtime runs QDQ groups as fused integer kernels; so does the comparison by default.
-  std::optional<ir::Model> fused;
-  std::unordered_map<std::string, passes::QOperatorAlias> aliases;  // fused tensor -> float tensor
-  if (options.fuse_qdq) {
-    fused.emplace(quantized.clone());
-    passes::QOperatorReport rep = passes::fuse_qdq_to_qoperator(*fused);
-    if (rep.rewrites == 0) fused.reset();
-    for (auto& a : rep.aliases) aliases.emplace(a.value, std::move(a));
-  }
-  const ir::Model& test_model = fused ? *fused : quantized;
-  // A model written in QOperator form already (qtool --format qoperator, ONNX Runtime's quantizer):
-  // its QLinear outputs keep the "<float tensor>_QuantizeLinear_Output" names both tools give them,
-  // and their scale / zero point are the op's output parameters.
+/// The quantized model with its QDQ groups fused into the integer kernels ONNX Runtime runs
+/// (nullopt when nothing fuses: the model runs as it is); `aliases` gets each fused tensor.
+std::optional<ir::Model> fuse_as_onnx_runtime(const ir::Model& quantized, AliasMap& aliases) {
+  std::optional<ir::Model> fused(quantized.clone());
+  passes::QOperatorReport rep = passes::fuse_qdq_to_qoperator(*fused);
+  if (rep.rewrites == 0) fused.reset();
+  for (auto& a : rep.aliases) aliases.emplace(a.value, std::move(a));
+  return fused;
+}
+
+/// A model written in QOperator form already (qtool --format qoperator, ONNX Runtime's quantizer):
+/// its QLinear outputs keep the "<float tensor>_QuantizeLinear_Output" names both tools give them,
+/// and their scale / zero point are the op's output parameters.
+void add_qlinear_aliases(const ir::Model& test_model, AliasMap& aliases) {
+  static const std::string kSuffix = "_QuantizeLinear_Output";
   for (const auto& np : test_model.graph->nodes()) {
     const ir::Node& n = *np;
     size_t scale_in = 0;
@@ -251,7 +291,6 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     const ir::Value* y = n.output(0);
     const ir::Value* sv = n.input(scale_in);
     const ir::Value* zv = n.input(scale_in + 1);
-    static const std::string kSuffix = "_QuantizeLinear_Output";
     if (!y || aliases.count(y->name()) || !sv || !sv->initializer() || sv->initializer()->numel() != 1) continue;
     if (y->name().size() <= kSuffix.size() || !y->name().ends_with(kSuffix)) continue;
     passes::QOperatorAlias a;
@@ -263,94 +302,68 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     a.zero_point = zv && zv->initializer() ? static_cast<int32_t>(zv->initializer()->get_as_double(0)) : 0;
     aliases.emplace(a.value, std::move(a));
   }
-  // A fused tensor stands for the float tensor its QuantizeLinear read; where the quantizer folded a
-  // Relu/Clip after it into the quantization (saturation clips), it stands for that activation's
-  // output in the FP32 model.
-  for (auto& [name, a] : aliases) {
+}
+
+/// A fused tensor stands for the float tensor its QuantizeLinear read; where the quantizer folded a
+/// Relu/Clip after it into the quantization (saturation clips), it stands for that activation's
+/// output in the FP32 model.
+void follow_folded_activations(const ir::Model& fp32, AliasMap& aliases) {
+  for (auto& entry : aliases) {
+    passes::QOperatorAlias& a = entry.second;
     const ir::Value* f = fp32.graph->find_value(a.float_name);
     if (!f || f->uses().size() != 1) continue;
     const ir::Node* act = f->uses()[0].node;
     if (act->domain().empty() && (act->op_type() == "Relu" || act->op_type() == "Clip") && act->output(0))
       a.float_name = act->output(0)->name();
   }
-  runtime::Executor ref_exec(fp32, exec_options);
-  runtime::Executor test_exec(test_model, exec_options);
-  const auto ref_names = ref_exec.output_names();
-  const auto test_names = test_exec.output_names();
-  QTOOL_CHECK(ref_names.size() == test_names.size(), ErrorCode::kInvalidInput,
-              "the FP32 model has {} outputs but the quantized model {}", ref_names.size(), test_names.size());
+}
 
-  CompareResult result;
-  for (size_t i = 0; i < ref_names.size(); ++i) {
-    OutputComparison oc;
-    oc.name = ref_names[i] == test_names[i] ? ref_names[i] : ref_names[i] + " / " + test_names[i];
-    result.outputs.push_back(std::move(oc));
-  }
+/// Intermediate tensors present (computed, not constant) in both graphs under the same name.
+struct LayerMatch {
+  std::unordered_set<std::string> names;                ///< FP32 names to capture
+  std::unordered_map<std::string, size_t> index;        ///< test model value -> index in layers
+};
 
-  // Intermediate tensors present (computed, not constant) in both graphs under the same name.
-  std::unordered_set<std::string> matched;
-  std::unordered_map<std::string, size_t> layer_index;
-  const ir::Graph& qg = *test_model.graph;
-  const ir::Graph& fg = *fp32.graph;
-  if (options.per_layer) {
-    for (const auto& node : qg.nodes()) {
-      for (ir::Value* v : node->outputs()) {
-        if (!v) continue;
-        auto alias = aliases.find(v->name());
-        const bool is_alias = alias != aliases.end();
-        const std::string& name = is_alias ? alias->second.float_name : v->name();
-        const ir::Value* f = fg.find_value(name);
-        if (!f || !f->producer() || matched.count(name)) continue;
-        matched.insert(name);
-        layer_index[v->name()] = result.layers.size();
-        LayerDrift d;
-        d.tensor = name;
-        d.node = is_alias ? alias->second.node : node->name();
-        d.op_type = is_alias ? alias->second.op_type : node->op_type();
-        result.layers.push_back(std::move(d));
-      }
+LayerMatch match_layers(const ir::Model& test_model, const ir::Model& fp32, const AliasMap& aliases,
+                        std::vector<LayerDrift>& layers) {
+  LayerMatch m;
+  for (const auto& node : test_model.graph->nodes()) {
+    for (ir::Value* v : node->outputs()) {
+      if (!v) continue;
+      auto alias = aliases.find(v->name());
+      const bool is_alias = alias != aliases.end();
+      const std::string& name = is_alias ? alias->second.float_name : v->name();
+      const ir::Value* f = fp32.graph->find_value(name);
+      if (!f || !f->producer() || m.names.count(name)) continue;
+      m.names.insert(name);
+      m.index[v->name()] = layers.size();
+      LayerDrift d;
+      d.tensor = name;
+      d.node = is_alias ? alias->second.node : node->name();
+      d.op_type = is_alias ? alias->second.op_type : node->op_type();
+      layers.push_back(std::move(d));
     }
   }
+  return m;
+}
 
-  CaptureObserver capture(matched);
-  DriftObserver drift(capture.captured(), layer_index, result.layers, aliases);
-  CompareSample sample;
-  while (options.max_samples <= 0 || result.samples < options.max_samples) {
-    sample = CompareSample{};
-    if (!next(sample)) break;
-    with_context(fmt::format("on sample '{}'", sample.name), [&] {
-      capture.captured().clear();
-      std::vector<Tensor> ref_out =
-          with_context("while running the FP32 model", [&] { return ref_exec.run(sample.inputs, matched.empty() ? nullptr : &capture); });
-      std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
-        return test_exec.run(sample.inputs, matched.empty() ? nullptr : &drift);
-      });
-      capture.captured().clear();
-      for (size_t i = 0; i < ref_out.size(); ++i) {
-        OutputComparison& oc = result.outputs[i];
-        const Tensor r = as_float(ref_out[i]);
-        const Tensor t = as_float(test_out[i]);
-        oc.error.add(r, t, fmt::format("output '{}'", oc.name));
-        oc.shape = r.shape();
-        if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
-          // Every sample must be classifier-shaped for the output to count as a classifier.
-          if (result.samples == 0) oc.classifier = true;
-          if (oc.classifier) oc.classes.add(r.data<float>(), t.data<float>(), r.dim(0), r.dim(1), sample.labels);
-        } else {
-          oc.classifier = false;
-        }
-      }
-      return 0;
-    });
-    ++result.samples;
-  }
-  QTOOL_CHECK(result.samples > 0, ErrorCode::kInvalidInput, "no samples to compare the models on");
+/// One OutputComparison per output pair (matched by position).
+std::vector<OutputComparison> output_slots(const runtime::Executor& ref, const runtime::Executor& test) {
+  const auto ref_names = ref.output_names();
+  const auto test_names = test.output_names();
+  QTOOL_CHECK(ref_names.size() == test_names.size(), ErrorCode::kInvalidInput,
+              "the FP32 model has {} outputs but the quantized model {}", ref_names.size(), test_names.size());
+  std::vector<OutputComparison> out(ref_names.size());
+  for (size_t i = 0; i < ref_names.size(); ++i)
+    out[i].name = ref_names[i] == test_names[i] ? ref_names[i] : ref_names[i] + " / " + test_names[i];
+  return out;
+}
 
-  // Where error enters: each layer's noise relative to its noisiest input, in the FP32 wiring.
-  std::erase_if(result.layers, [](const LayerDrift& d) { return d.error.count() == 0; });
-  result.matched_tensors = static_cast<int64_t>(result.layers.size());
+/// Where error enters: each layer's noise relative to its noisiest input, in the FP32 wiring;
+/// sorts the layers by added_noise_db, lowest first.
+void rank_layers(const ir::Graph& fg, std::vector<LayerDrift>& layers) {
   std::unordered_map<std::string, double> sqnr_of;
-  for (const auto& d : result.layers) sqnr_of[d.tensor] = d.error.sqnr_db();
+  for (const auto& d : layers) sqnr_of[d.tensor] = d.error.sqnr_db();
   auto nsr = [](double db) { return std::isnan(db) ? 0.0 : std::pow(10.0, -db / 10.0); };  // inf dB -> 0
   // Lowest SQNR among the nearest matched ancestors of a tensor (unmatched tensors in between,
   // such as activations a QDQ model renamed, are walked through). Memoised per tensor.
@@ -368,7 +381,7 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     ancestor_memo[v] = worst;
     return worst;
   };
-  for (auto& d : result.layers) {
+  for (auto& d : layers) {
     double upstream = kInf;
     const ir::Value* f = fg.find_value(d.tensor);
     if (f && f->producer()) {
@@ -380,8 +393,56 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     const double added = nsr(own) - nsr(upstream);
     d.added_noise_db = added > 0.0 ? -10.0 * std::log10(added) : kInf;
   }
-  std::stable_sort(result.layers.begin(), result.layers.end(),
+  std::stable_sort(layers.begin(), layers.end(),
                    [](const LayerDrift& a, const LayerDrift& b) { return a.added_noise_db < b.added_noise_db; });
+}
+
+}  // namespace
+
+CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, const SampleProvider& next,
+                             const CompareOptions& options) {
+  // ONNX Runtime runs QDQ groups as fused integer kernels; so does the comparison by default.
+  AliasMap aliases;
+  const std::optional<ir::Model> fused =
+      options.fuse_qdq ? fuse_as_onnx_runtime(quantized, aliases) : std::optional<ir::Model>();
+  const ir::Model& test_model = fused ? *fused : quantized;
+  add_qlinear_aliases(test_model, aliases);
+  follow_folded_activations(fp32, aliases);
+  runtime::ExecutorOptions exec_options;
+  exec_options.threads = std::max(1, options.threads);
+  runtime::Executor ref_exec(fp32, exec_options);
+  runtime::Executor test_exec(test_model, exec_options);
+
+  CompareResult result;
+  result.outputs = output_slots(ref_exec, test_exec);
+  LayerMatch match;
+  if (options.per_layer) match = match_layers(test_model, fp32, aliases, result.layers);
+  const bool observe = !match.names.empty();
+  CaptureObserver capture(match.names);
+  DriftObserver drift(capture.captured(), match.index, result.layers, aliases);
+  CompareSample sample;
+  while (options.max_samples <= 0 || result.samples < options.max_samples) {
+    sample = CompareSample{};
+    if (!next(sample)) break;
+    with_context(fmt::format("on sample '{}'", sample.name), [&] {
+      capture.captured().clear();
+      std::vector<Tensor> ref_out = with_context("while running the FP32 model", [&] {
+        return ref_exec.run(sample.inputs, observe ? &capture : nullptr);
+      });
+      std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
+        return test_exec.run(sample.inputs, observe ? &drift : nullptr);
+      });
+      capture.captured().clear();
+      for (size_t i = 0; i < ref_out.size(); ++i) result.outputs[i].add(ref_out[i], test_out[i], sample.labels);
+      return 0;
+    });
+    ++result.samples;
+  }
+  QTOOL_CHECK(result.samples > 0, ErrorCode::kInvalidInput, "no samples to compare the models on");
+
+  std::erase_if(result.layers, [](const LayerDrift& d) { return d.error.count() == 0; });
+  result.matched_tensors = static_cast<int64_t>(result.layers.size());
+  rank_layers(*fp32.graph, result.layers);
   return result;
 }
 
@@ -456,8 +517,12 @@ std::string format_compare_text(const CompareResult& r, const std::vector<GateRe
     s += fmt::format("  cosine similarity {:.6f}\n", o.error.cosine());
     s += fmt::format("  max abs error     {:.6g}\n", o.error.max_abs());
     s += fmt::format("  mean abs error    {:.6g}\n", o.error.mean_abs());
-    if (o.error.non_finite())
-      s += fmt::format("  non-finite values {} (left out of the figures above)\n", o.error.non_finite());
+    if (o.error.broken())
+      s += fmt::format("  BROKEN            {} quantized values are NaN/inf where FP32 is finite (maximal error)\n",
+                       o.error.broken());
+    if (o.error.non_finite() > o.error.broken())
+      s += fmt::format("  non-finite values {} in the FP32 output (left out of the figures above)\n",
+                       o.error.non_finite() - o.error.broken());
     if (o.classifier) {
       s += fmt::format("  top-1 agreement   {} of {} rows\n", pct(o.classes.top1_agreement()), o.classes.rows());
       s += fmt::format("  top-5 agreement   {}\n", pct(o.classes.top5_agreement()));

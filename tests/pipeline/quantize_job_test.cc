@@ -62,7 +62,9 @@ TEST(QuantizeJob, WeightOnlyDefaultsWithDataAreGptqWithZeroPoints) {
   int uint4 = 0;
   for (const auto& l : out.report.layers) {
     uint4 += l.precision == "uint4";
-    if (l.precision == "uint4") EXPECT_EQ(l.method, "gptq") << l.node;
+    if (l.precision == "uint4") {
+      EXPECT_EQ(l.method, "gptq") << l.node;
+    }
   }
   EXPECT_EQ(uint4, 3);  // conv2, conv3, fc1; first and last stay int8
   // Given explicitly, nothing is defaulted.
@@ -72,6 +74,25 @@ TEST(QuantizeJob, WeightOnlyDefaultsWithDataAreGptqWithZeroPoints) {
   explicit_job.symmetric = true;
   const QuantizeOutcome rtn = quantize(explicit_job);
   EXPECT_TRUE(rtn.report.actions.empty());
+  clear_protected_inputs();
+}
+
+TEST(QuantizeJob, StaticReportTakesTheGuardsComparison) {
+  // 48 samples: the guard holds out the last 16 and measures the kept model on them through
+  // report::compare_models, so the report has every figure (cosine and top-5 included) without
+  // the per-layer evaluation.
+  testing::TempDir d;
+  const QuantizeOutcome out = quantize(digits_job(d, "8"));
+  EXPECT_EQ(out.report.eval_samples, 16);
+  ASSERT_EQ(out.report.outputs.size(), 1u);
+  const report::OutputQuality& q = out.report.outputs[0];
+  EXPECT_EQ(q.name, "logits");
+  EXPECT_EQ(q.samples, 16);
+  EXPECT_GT(q.sqnr_db, 30.0);
+  EXPECT_GT(q.cosine, 0.99);
+  EXPECT_GE(q.top1_agreement, 0.9);
+  EXPECT_GE(q.top5_agreement, q.top1_agreement);
+  EXPECT_FALSE(out.gate_failure.has_value());
   clear_protected_inputs();
 }
 

@@ -76,6 +76,35 @@ TEST(ErrorAccumulator, NonFiniteValuesAreCountedNotSummed) {
   EXPECT_TRUE(std::isinf(acc.sqnr_db()));
 }
 
+TEST(ErrorAccumulator, NonFiniteTestValueIsMaximalError) {
+  // A finite reference against NaN/inf: the quantized output is broken, whatever the other pairs say.
+  const std::vector<float> r{1, 2, 3, 4};
+  const std::vector<float> t{1, 2, NAN, INFINITY};
+  ErrorAccumulator acc;
+  acc.add(r.data(), t.data(), 4);
+  EXPECT_EQ(acc.broken(), 2);
+  EXPECT_EQ(acc.non_finite(), 2);
+  EXPECT_EQ(acc.count(), 4);
+  EXPECT_TRUE(std::isinf(acc.sqnr_db()) && acc.sqnr_db() < 0);
+  EXPECT_EQ(acc.cosine(), 0.0);
+  EXPECT_TRUE(std::isinf(acc.max_abs()));
+  // Merged into a clean stream, it stays broken.
+  ErrorAccumulator clean;
+  clean.add(r.data(), r.data(), 4);
+  clean.merge(acc);
+  EXPECT_EQ(clean.broken(), 2);
+  EXPECT_TRUE(std::isinf(clean.sqnr_db()) && clean.sqnr_db() < 0);
+  // Nothing measured is NaN, not "broken" or "exact".
+  ErrorAccumulator none;
+  const float nan_ref = NAN, one = 1;
+  none.add(&nan_ref, &one, 1);
+  EXPECT_EQ(none.count(), 0);
+  EXPECT_TRUE(std::isnan(none.sqnr_db()));
+  EXPECT_TRUE(std::isnan(none.cosine()));
+  EXPECT_TRUE(std::isnan(none.max_abs()));
+  EXPECT_TRUE(std::isnan(none.mean_abs()));
+}
+
 TEST(ErrorAccumulator, ShapeMismatchNamesTheTensor) {
   ErrorAccumulator acc;
   try {

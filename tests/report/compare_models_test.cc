@@ -78,6 +78,68 @@ TEST(CompareModels, PerLayerDriftFindsThePlantedLayer) {
   EXPECT_GT(r8.outputs[0].error.sqnr_db(), o.error.sqnr_db() + 10);
 }
 
+/// The example model with the bias of logit `cls` set to `value` (NaN: that logit is NaN on every
+/// row, the nine others are exact).
+ir::Model with_logit_bias(float value, int64_t cls) {
+  ir::Model m = onnx_io::load_model(example_model());
+  ir::Node* last = m.graph->outputs()[0]->producer();
+  ir::Value* bias = last->input(2);
+  Tensor b = bias->initializer()->to_float().clone();
+  b.mutable_data<float>()[cls] = value;
+  bias->set_initializer(std::move(b));
+  return m;
+}
+
+TEST(CompareModels, NanInTheQuantizedOutputIsBrokenNotSkipped) {
+  const ir::Model fp32 = onnx_io::load_model(example_model());
+  const ir::Model nan_model = with_logit_bias(NAN, 3);
+  ASSERT_EQ(fp32.graph->outputs()[0]->producer()->op_type(), "Gemm");
+  const CompareResult r = compare_models(fp32, nan_model, eval_provider(20, true));
+  const auto& o = r.outputs[0];
+  // One NaN logit per row: 20 broken pairs. Skipping them (as before) would leave 180 exact pairs,
+  // SQNR +inf and 100% agreement: a broken model that looks perfect.
+  EXPECT_EQ(o.error.broken(), 20);
+  EXPECT_EQ(o.error.non_finite(), 20);
+  EXPECT_EQ(o.error.count(), 200);
+  EXPECT_TRUE(std::isinf(o.error.sqnr_db()) && o.error.sqnr_db() < 0) << o.error.sqnr_db();
+  EXPECT_EQ(o.error.cosine(), 0.0);
+  EXPECT_TRUE(std::isinf(o.error.max_abs()));
+  EXPECT_TRUE(std::isinf(o.error.mean_abs()));
+  // A row with a NaN score has no prediction: it disagrees, and the quantized model gets it wrong.
+  ASSERT_TRUE(o.classifier);
+  EXPECT_EQ(o.classes.rows(), 20);
+  EXPECT_DOUBLE_EQ(o.classes.top1_agreement(), 0.0);
+  EXPECT_DOUBLE_EQ(o.classes.top5_agreement(), 0.0);
+  EXPECT_DOUBLE_EQ(o.classes.accuracy_test(), 0.0);
+  EXPECT_GT(o.classes.accuracy_ref(), 0.5);
+  // The gate fails and the text says why.
+  Gates g;
+  g.min_sqnr_db = 10.0;
+  const auto gates = check_gates(r, g);
+  ASSERT_EQ(gates.size(), 1u);
+  EXPECT_FALSE(gates[0].passed);
+  const std::string text = format_compare_text(r, gates);
+  EXPECT_NE(text.find("BROKEN            20 quantized values are NaN/inf"), std::string::npos) << text;
+  EXPECT_NE(text.find("SQNR              -inf"), std::string::npos) << text;
+  const auto q = to_output_quality(r);
+  EXPECT_TRUE(std::isinf(q[0].sqnr_db) && q[0].sqnr_db < 0);
+}
+
+TEST(CompareModels, NanInTheReferenceIsSkippedAndCounted) {
+  // The FP32 side holds the NaN: nothing to measure those pairs against.
+  const ir::Model nan_model = with_logit_bias(NAN, 3);
+  const ir::Model fp32 = onnx_io::load_model(example_model());
+  const CompareResult r = compare_models(nan_model, fp32, eval_provider(20, false));
+  const auto& o = r.outputs[0];
+  EXPECT_EQ(o.error.non_finite(), 20);
+  EXPECT_EQ(o.error.broken(), 0);
+  EXPECT_EQ(o.error.count(), 180);
+  EXPECT_TRUE(std::isinf(o.error.sqnr_db()) && o.error.sqnr_db() > 0);  // the other logits are exact
+  // Rows whose FP32 scores hold a NaN have no reference prediction: skipped, so not measured.
+  EXPECT_EQ(o.classes.rows(), 0);
+  EXPECT_TRUE(std::isnan(o.classes.top1_agreement()));
+}
+
 TEST(CompareModels, MaxSamplesAndNoPerLayer) {
   const ir::Model a = onnx_io::load_model(example_model());
   CompareOptions opt;

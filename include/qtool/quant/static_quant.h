@@ -1,29 +1,28 @@
 // Static (calibrated) W8A8 / W8A16 quantization of a whole model: prepare -> calibrate -> place
-// Q/DQ -> check on held-out data (the quality guard) -> keep broken tensors in float.
+// Q/DQ, with the mechanics the pipeline's quality guard needs to emit the model again with some
+// activations kept in float (the guard itself, which measures the model on held-out samples, is
+// pipeline/guard.h: it sits above report/compare.h).
 //
-// The pipeline, and why each step is there:
+// The steps, and why each is there:
 //  1. prepare_model: remove_initializer_inputs, upgrade_opset (per-channel DequantizeLinear needs
 //     opset 13; 16-bit Q/DQ needs 21), eliminate_identity, fold_constants, fold_batchnorm.
-//  2. calibration on the prepared model (calib::calibrate with the chosen method, asymmetric
-//     ranges for uint8/uint16 activations, symmetric for int8/int16), or ranges from a file
-//     matched by tensor name;
-//  3. with `cle`: cross-layer equalization (passes/cross_layer_equalization.h) of the prepared
-//     model before calibration (the equalized model is calibrated and emitted; the guard compares
-//     with the unequalized one);
-//  4. emit_qdq (qdq.h); with `bias_correction`: the per-channel mean error of each quantized
+//  2. calibrate_static: with `cle`, cross-layer equalization (passes/cross_layer_equalization.h)
+//     of a copy of the prepared model; then calibration of that float model (calib::calibrate with
+//     the chosen method, asymmetric ranges for uint8/uint16 activations, symmetric for int8/int16),
+//     or ranges from a file matched by tensor name. The result is the float model every emission
+//     starts from, with its ranges.
+//  3. emit_static: emit_qdq (qdq.h) on a copy of that float model, with a given set of
+//     activations kept in float (empty the first time; the guard's choice later);
+//  4. correct_static_biases, with `bias_correction`: the per-channel mean error of each quantized
 //     Conv/Gemm (measured per layer on FP32 inputs from the calibration samples) is subtracted from
-//     its bias (quant/bias_correction.h), also on a model the guard emits again;
-//  5. the quality guard: the prepared FP32 model and the quantized model run on held-out samples
-//     with qtool's executor; per output SQNR and top-1 agreement (classifier-like outputs: the
-//     last non-unit axis holds the classes). When agreement or SQNR is poor, per-tensor
-//     sensitivity (each quantized activation group alone, fake-quantized in the FP32 model)
-//     finds the tensors whose quantization ruins the output; they are kept in float and the
-//     model is emitted again. What it did goes into the result's `actions`.
+//     its bias (quant/bias_correction.h).
+// quantize_static runs 1-4 once, with nothing kept in float and no guard.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,21 +33,16 @@
 
 namespace qtool::quant {
 
-/// Options of quantize_static (the CLI maps its flags onto these).
+/// Options of the static path (the CLI maps its flags onto these).
 struct StaticQuantConfig {
   QdqOptions qdq;
   std::string method = "minmax";     ///< calibration range method (calib::range_methods())
   double percentile = 99.999;        ///< for method "percentile"
   /// Ranges read from a file instead of calibrating (matched by tensor name; others stay float).
   const calib::RangesFile* ranges = nullptr;
-  bool guard = true;                 ///< run the quality guard
-  double holdout_fraction = 0.1;     ///< part of the samples held out for the guard
-  size_t min_holdout = 16;
-  /// Guard thresholds that trigger the sensitivity search.
-  double min_top1_agreement = 0.9;   ///< fraction
-  double min_sqnr_db = 15.0;
-  /// Largest number of activation groups the guard may keep in float.
-  size_t max_float_groups = 8;
+  /// Unused: the quality guard is the pipeline's (pipeline/guard.h), switched by
+  /// pipeline::QuantizeJob::guard. Kept only because tests/quant/qdq_ort_parity_test.cc sets it.
+  bool guard = true;
   /// Cross-layer equalization of Conv pairs before calibration (passes/cross_layer_equalization.h).
   bool cle = false;
   /// With cle: replace Clip(0, 6) by Relu inside equalizable pairs, as DFQ does (changes the float model).
@@ -59,44 +53,59 @@ struct StaticQuantConfig {
   int threads = 1;
 };
 
-/// Agreement of one output on the held-out samples.
-struct OutputAgreement {
-  std::string name;
-  double sqnr_db = 0.0;              ///< +inf when identical
-  double top1_agreement = -1.0;      ///< fraction; < 0 when the output is not classifier-like
-  int64_t samples = 0;
+/// The float model every emission starts from, with its calibrated ranges.
+struct CalibratedModel {
+  /// The prepared model, or with cle its equalized copy (which the int8 weights approximate).
+  ir::Model float_model;
+  RangeMap ranges;                   ///< keyed by float_model's values
+  /// With cle: the equalized float weights (initializer name -> tensor, float, >= 16 elements),
+  /// which the int8 weights approximate (the input model's weights no longer match them).
+  std::map<std::string, Tensor> equalized_weights;
+  std::vector<std::string> actions;  ///< CLE and ranges-file notes
+};
+
+/// A Q/DQ model emitted from a CalibratedModel.
+struct StaticEmission {
+  ir::Model model;
+  QdqSummary qdq;
 };
 
 /// What quantize_static did.
 struct StaticQuantResult {
   QdqSummary qdq;
-  std::vector<OutputAgreement> outputs;  ///< empty when the guard did not run
   int64_t calib_samples = 0;
-  int64_t holdout_samples = 0;
-  std::vector<std::string> actions;      ///< guard decisions, CLE/bias-correction notes
-  std::vector<std::string> warnings;     ///< things the user must read (poor agreement...)
-  /// With cle: the equalized float weights (initializer name -> tensor, float, >= 16 elements),
-  /// which the int8 weights approximate (the input model's weights no longer match them).
+  std::vector<std::string> actions;      ///< CLE / ranges / bias-correction / subgraph notes
+  /// With cle: the equalized float weights (see CalibratedModel).
   std::map<std::string, Tensor> equalized_weights;
-  /// True when the guard measured the final model as broken (agreement < 50% or SQNR < 5 dB).
-  bool looks_broken = false;
-  /// Smallest top-1 agreement over classifier-like outputs (fraction), or -1.
-  double min_top1_agreement() const;
 };
 
 /// The pre-quantization passes (see the header comment); `target_opset` is 13 for 8-bit and 21
 /// for 16-bit activations. Returns the number of rewrites.
 size_t prepare_model(ir::Model& model, int64_t target_opset);
 
-/// Quantizes `model` (already prepared) in place. `samples` is the calibration set; the guard
-/// holds out its last max(min_holdout, holdout_fraction·n) samples (all samples serve both roles
-/// when fewer than 2·min_holdout are given, which the result notes). Throws kConfig for bad
-/// options, kInvalidInput for bad samples.
-StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config);
+/// Step 2: equalizes (cle) a copy of `prepared` and calibrates it on `calib` (or takes
+/// config.ranges). Throws kConfig for bad options (cle with a ranges file, no samples and no
+/// ranges), kInvalidInput for bad samples.
+CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& calib, const StaticQuantConfig& config);
 
-/// Runs both models on `samples` and compares their outputs (by position).
-std::vector<OutputAgreement> compare_models(const ir::Model& reference, const ir::Model& candidate,
-                                            data::SampleSource& samples, int threads = 1);
+/// Step 3: places Q/DQ on a copy of the calibrated float model; the activations named in
+/// `keep_float` stay float (in addition to config.qdq's own exclusions).
+StaticEmission emit_static(const CalibratedModel& calibrated, const std::set<std::string>& keep_float,
+                           const StaticQuantConfig& config);
+
+/// Step 4: with config.bias_correction, corrects the biases of `emitted` against the calibrated
+/// float model on up to config.bias_correction_samples of `calib`, and returns what it did for
+/// the actions (`what` names the model in it, e.g. " (model with float tensors)"); "" when off.
+std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& emitted, data::SampleSource& calib,
+                                  const StaticQuantConfig& config, const std::string& what = "");
+
+/// The note for quantizable nodes inside If/Loop/Scan bodies, which stay in float (calibration
+/// observes main-graph values only); "" when there are none.
+std::string subgraph_float_note(const ir::Model& quantized);
+
+/// Quantizes `model` (already prepared) in place: calibrates on all of `samples` and emits with
+/// nothing kept in float (steps 2-4, no guard; pipeline/guard.h adds the guard).
+StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config);
 
 /// Ranges by value identity from a ranges file (matched by tensor name in the main graph).
 RangeMap ranges_for_model(const ir::Model& model, const calib::RangesFile& file);

@@ -1,5 +1,4 @@
-// Output and per-layer drift of a quantized model against its FP32 original (`qtool compare`, and
-// the held-out check at the end of `qtool quantize`).
+// Output and per-layer drift of a quantized model against its FP32 original.
 //
 // Both models run on qtool's executor on the same samples, one sample at a time; metrics are
 // accumulated in running sums, so memory holds one sample's tensors, never all outputs.
@@ -14,6 +13,15 @@
 //   top-5 agreement = fraction of rows where argmax r is among the 5 largest entries of t
 //                     (the quantized model's top-5 accuracy with the FP32 prediction as the label)
 // With labels: accuracy of each model (argmax == label) and the drop in points (FP32 - quantized).
+//
+// Non-finite values: a pair whose reference is NaN/inf says nothing about quantization and is
+// left out (counted in non_finite()). A NaN/inf in the quantized output where the reference is
+// finite means the quantized model is broken: it counts as maximal error (SQNR -inf, cosine 0,
+// errors +inf; a row holding a NaN disagrees), so such an output never looks fine. A figure that
+// was not measured (no element, no classifier row, no label) is NaN.
+//
+// This is the one comparison of qtool: `qtool compare`, the held-out evaluation of `qtool
+// quantize` and the static path's quality guard (pipeline/guard.h) all use it.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +47,8 @@ inline constexpr const char* kCompareSchemaVersion = "1.0";
 /// O(1) memory; add() may be called any number of times with tensors of any (equal) size.
 class ErrorAccumulator {
  public:
-  /// Adds n element pairs. ref and test must have n elements each.
+  /// Adds n element pairs. ref and test must have n elements each. A pair with a non-finite
+  /// reference is skipped; a non-finite test value with a finite reference makes the stream broken.
   void add(const float* ref, const float* test, int64_t n);
   /// Adds two float tensors of the same element count (other dtypes are converted to float).
   /// Throws kInvalidInput naming `what` if the element counts differ.
@@ -47,19 +56,25 @@ class ErrorAccumulator {
   /// Merges another accumulator's sums into this one.
   void merge(const ErrorAccumulator& other);
 
+  /// Element pairs measured: those with a finite reference (broken ones included).
   int64_t count() const { return count_; }
-  /// 10*log10(sum r^2 / sum e^2); +inf if sum e^2 == 0; NaN if nothing was added.
+  /// 10*log10(sum r^2 / sum e^2); +inf if sum e^2 == 0; -inf if broken; NaN if nothing was measured.
   double sqnr_db() const;
-  /// sum r*t / sqrt(sum r^2 sum t^2); 1 when both are all zero; NaN if nothing was added.
+  /// sum r*t / sqrt(sum r^2 sum t^2); 1 when both are all zero; 0 if broken; NaN if nothing was measured.
   double cosine() const;
-  double max_abs() const { return max_abs_; }
-  double mean_abs() const { return count_ ? sum_abs_ / static_cast<double>(count_) : 0.0; }
-  /// True if any element pair held a NaN or infinity (the sums then exclude that pair).
+  /// max |r - t|; +inf if broken; NaN if nothing was measured.
+  double max_abs() const;
+  /// sum |r - t| / count; +inf if broken; NaN if nothing was measured.
+  double mean_abs() const;
+  /// Element pairs that held a NaN or infinity on either side (none of them is in the sums).
   int64_t non_finite() const { return non_finite_; }
+  /// Of those, the pairs with a finite reference and a non-finite test value: the test is broken.
+  int64_t broken() const { return broken_; }
 
  private:
   int64_t count_ = 0;
   int64_t non_finite_ = 0;
+  int64_t broken_ = 0;
   double sum_rr_ = 0.0, sum_tt_ = 0.0, sum_rt_ = 0.0, sum_ee_ = 0.0, sum_abs_ = 0.0, max_abs_ = 0.0;
 };
 
@@ -67,7 +82,8 @@ class ErrorAccumulator {
 class ClassifierAccumulator {
  public:
   /// Adds `rows` predictions of `classes` scores each (row-major). `labels` is empty or holds one
-  /// label per row (a negative label means "unknown": the row counts for agreement only).
+  /// label per row (a negative label means "unknown": the row counts for agreement only). A row
+  /// whose reference holds a NaN is skipped; a test row holding a NaN counts as wrong.
   void add(const float* ref, const float* test, int64_t rows, int64_t classes, const std::vector<int64_t>& labels);
 
   int64_t rows() const { return rows_; }
@@ -109,8 +125,15 @@ struct OutputComparison {
   std::string name;
   Shape shape;               ///< of the last sample
   ErrorAccumulator error;
+  /// Every sample so far gave classifier-shaped outputs of equal shapes on both sides.
   bool classifier = false;
   ClassifierAccumulator classes;
+  int64_t samples = 0;       ///< samples added
+
+  /// Adds one sample's pair of output tensors (any dtype, converted to float): the error sums,
+  /// and the classifier rows while the output stays classifier-like. `labels` as
+  /// ClassifierAccumulator::add. Throws kInvalidInput when the element counts differ.
+  void add(const Tensor& ref, const Tensor& test, const std::vector<int64_t>& labels = {});
 };
 
 /// Drift of one intermediate tensor present in both models under the same name.

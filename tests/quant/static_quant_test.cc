@@ -1,0 +1,113 @@
+// The static path's mechanics (quant/static_quant.h) on the bundled digits CNN: emitting again
+// with activations kept in float, quantize_static as calibrate + emit, and the option checks.
+#include "qtool/quant/static_quant.h"
+
+#include <gtest/gtest.h>
+
+#include "qtool/core/error.h"
+#include "qtool/core/npy.h"
+#include "qtool/data/sample_source.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "test_util.h"
+
+namespace qtool::quant {
+namespace {
+
+ir::Model prepared_digits() {
+  ir::Model m = onnx_io::load_model(testing::source_path("calibration_samples/digits/digits_cnn.onnx"));
+  prepare_model(m, 13);
+  return m;
+}
+
+std::shared_ptr<data::SelectedSource> digits_samples(const ir::Model& m, size_t n) {
+  auto src = data::open_sample_source(testing::source_path("calibration_samples/digits"), data::input_specs(m), {});
+  data::SelectOptions sel;
+  sel.samples = n;
+  return data::select_samples(src, sel);
+}
+
+size_t count_op(const ir::Model& m, const std::string& op) {
+  size_t n = 0;
+  for (const auto& node : m.graph->nodes()) n += node->op_type() == op;
+  return n;
+}
+
+TEST(StaticQuant, EmitKeepsTheNamedActivationsInFloat) {
+  const ir::Model m = prepared_digits();
+  auto samples = digits_samples(m, 32);
+  const StaticQuantConfig cfg;
+  const CalibratedModel c = calibrate_static(m, *samples, cfg);
+  EXPECT_EQ(count_op(c.float_model, "QuantizeLinear"), 0u);
+  const StaticEmission all = emit_static(c, {}, cfg);
+  // The model input, which conv1 reads through a Q/DQ pair.
+  const std::string kept = "image";
+  ASSERT_EQ(all.qdq.activation_params.count(kept), 1u);
+  const StaticEmission one_float = emit_static(c, {kept}, cfg);
+  EXPECT_EQ(one_float.qdq.activation_params.count(kept), 0u);
+  EXPECT_EQ(one_float.qdq.activation_params.size(), all.qdq.activation_params.size() - 1);
+  EXPECT_LT(count_op(one_float.model, "QuantizeLinear"), count_op(all.model, "QuantizeLinear"));
+  // Emitting copies: the calibrated float model is left as it was, and a second emission is the same.
+  EXPECT_EQ(count_op(c.float_model, "QuantizeLinear"), 0u);
+  const StaticEmission again = emit_static(c, {}, cfg);
+  EXPECT_EQ(again.qdq.activation_params.size(), all.qdq.activation_params.size());
+  EXPECT_EQ(count_op(again.model, "QuantizeLinear"), count_op(all.model, "QuantizeLinear"));
+  for (const auto& [name, p] : all.qdq.activation_params) {
+    ASSERT_EQ(again.qdq.activation_params.count(name), 1u) << name;
+    EXPECT_EQ(again.qdq.activation_params.at(name).scale, p.scale) << name;
+  }
+}
+
+TEST(StaticQuant, QuantizeStaticIsCalibrateThenEmit) {
+  ir::Model m = prepared_digits();
+  auto samples = digits_samples(m, 32);
+  StaticQuantConfig cfg;
+  cfg.bias_correction = true;
+  const CalibratedModel c = calibrate_static(m, *samples, cfg);
+  StaticEmission e = emit_static(c, {}, cfg);
+  const std::string note = correct_static_biases(c, e.model, *samples, cfg);
+  EXPECT_EQ(note.rfind("bias correction: ", 0), 0u) << note;
+
+  const StaticQuantResult r = quantize_static(m, *samples, cfg);
+  EXPECT_EQ(r.calib_samples, 32);
+  ASSERT_EQ(r.actions.size(), 1u);
+  EXPECT_EQ(r.actions[0], note);
+  EXPECT_EQ(r.qdq.quantized_nodes, e.qdq.quantized_nodes);
+  testing::TempDir dir;
+  onnx_io::save_model(m, dir.file("a.onnx"));
+  onnx_io::save_model(e.model, dir.file("b.onnx"));
+  EXPECT_EQ(read_file(dir.file("a.onnx")), read_file(dir.file("b.onnx")));
+  // No subgraphs: no note about If/Loop/Scan bodies.
+  EXPECT_EQ(subgraph_float_note(m), "");
+}
+
+TEST(StaticQuant, OptionChecks) {
+  const ir::Model m = prepared_digits();
+  data::SelectedSource none(nullptr, {});
+  try {
+    calibrate_static(m, none, StaticQuantConfig{});
+    FAIL() << "calibrated on nothing";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kConfig);
+  }
+  calib::RangesFile ranges;
+  StaticQuantConfig cle;
+  cle.cle = true;
+  cle.ranges = &ranges;
+  try {
+    calibrate_static(m, none, cle);
+    FAIL() << "CLE with ranges from a file";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kConfig);
+    EXPECT_NE(std::string(e.what()).find("--ranges"), std::string::npos) << e.what();
+  }
+  // Ranges from a file: nothing is calibrated, and the action says how many tensors matched.
+  StaticQuantConfig from_file;
+  from_file.ranges = &ranges;
+  const CalibratedModel c = calibrate_static(m, none, from_file);
+  EXPECT_TRUE(c.ranges.empty());
+  ASSERT_EQ(c.actions.size(), 1u);
+  EXPECT_EQ(c.actions[0], "ranges of 0 tensors read from the ranges file");
+}
+
+}  // namespace
+}  // namespace qtool::quant

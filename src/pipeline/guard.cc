@@ -160,6 +160,31 @@ bool looks_poor(const report::CompareResult& result, const GuardOptions& options
   return false;
 }
 
+double worst_output_sqnr(const report::CompareResult& result) { return worst_sqnr(result); }
+
+bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why) {
+  std::string below;
+  for (const auto& o : result.outputs) {
+    // Channels of very different magnitudes (scores beside coordinates) are not class scores, even
+    // in an [N, C] tensor: judged by SQNR per channel group.
+    const double groups = o.channel_group_sqnr_db();
+    const double top1 = o.classifier && std::isnan(groups) ? o.classes.top1_agreement() : std::nan("");
+    if (!std::isnan(top1)) {
+      if (top1 < floor.min_top1_agreement)
+        below += fmt::format("{}{}: top-1 agreement {:.1f}% < {:.1f}%", below.empty() ? "" : "; ", o.name, 100.0 * top1,
+                             100.0 * floor.min_top1_agreement);
+    } else if (!std::isnan(o.error.sqnr_db()) && o.error.sqnr_db() < floor.min_sqnr_db) {  // NaN: not measured
+      below += fmt::format("{}{}: SQNR {:.1f} dB < {:.1f} dB", below.empty() ? "" : "; ", o.name, o.error.sqnr_db(),
+                           floor.min_sqnr_db);
+    } else if (!std::isnan(groups) && groups < floor.min_sqnr_db) {
+      below += fmt::format("{}{}: SQNR {:.1f} dB on one family of its channels (magnitudes 100x apart; whole tensor {:.1f} dB) < {:.1f} dB",
+                           below.empty() ? "" : "; ", o.name, groups, o.error.sqnr_db(), floor.min_sqnr_db);
+    }
+  }
+  if (why) *why = below;
+  return below.empty();
+}
+
 bool looks_broken(const report::CompareResult& result) {
   for (const auto& o : result.outputs)
     if ((o.classifier && o.classes.top1_agreement() < 0.5) || o.error.sqnr_db() < 5.0) return true;

@@ -86,6 +86,45 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
   return run;
 }
 
+/// The 16-bit twin of an 8-bit activation type.
+DataType widened(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
+
+/// The quality floor (guard.h): a model below it gets 16-bit activations (a second calibration of
+/// the model prepared at opset 21, on the same samples); when even that is below the floor, the
+/// run fails with kQualityGate (no model is written unless --force). Nothing to judge without the
+/// guard's held-out comparison. Returns the failure, if any; `run` and `bits` become the 16-bit
+/// run when it is kept.
+std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model& reference, const quant::StaticQuantConfig& cfg,
+                                 StaticSamples& samples, StaticRun& run, int& bits) {
+  if (!run.guard) return std::nullopt;
+  const QualityFloor floor{job.floor_sqnr_db, job.floor_agreement};
+  std::string why;
+  if (meets_floor(run.guard->comparison, floor, &why)) return std::nullopt;
+  run.actions.push_back("quality floor: below it with " + std::to_string(bits) + "-bit activations (" + why + ")");
+  if (bits == 8) {
+    ir::Model wide = reference.clone();
+    quant::prepare_model(wide, 21);
+    quant::StaticQuantConfig c16 = cfg;
+    c16.qdq.activation_type = widened(cfg.qdq.activation_type);
+    StaticRun r16 = quantize_guarded(wide, c16, samples);
+    std::string why16;
+    const bool ok = meets_floor(r16.guard->comparison, floor, &why16);
+    run.actions.push_back(fmt::format("quality floor: activations raised to 16 bits: {}{}",
+                                      describe_outputs(r16.guard->comparison), ok ? "" : " (still below the floor)"));
+    if (ok || worst_output_sqnr(r16.guard->comparison) > worst_output_sqnr(run.guard->comparison)) {
+      r16.actions.insert(r16.actions.begin(), run.actions.begin(), run.actions.end());
+      run = std::move(r16);
+      bits = 16;
+    }
+    if (ok) return std::nullopt;
+    why = why16;
+  }
+  return Error(ErrorCode::kQualityGate,
+               fmt::format("the quantized model is below the quality floor ({}) even with 16-bit activations{}; "
+                           "--min-sqnr / --min-agreement set the floor, --force writes the model anyway",
+                           why, job.force ? "" : ": no model written"));
+}
+
 /// --max-drop on the static path: the guard's top-1 agreement drop, or a model that looks broken.
 std::optional<Error> check_max_drop(const QuantizeJob& job, const std::optional<GuardResult>& guard) {
   if (!job.max_drop) return std::nullopt;
@@ -130,24 +169,30 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   const ir::Model reference = std::move(model);
   // Calibration, Q/DQ placement and the guard (the held-out check) are timed together as "quantize".
   StaticRun run = quantize_guarded(reference, cfg, samples);
+  int bits = job.activation_bits;
+  std::optional<Error> floor_failure = apply_floor(job, reference, cfg, samples, run, bits);
+  if (bits != job.activation_bits) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
   model = std::move(run.emitted.model);
   timings.push_back({"quantize", seconds_since(t)});
   QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
               "no node of '{}' was quantized (nothing quantizable outside If/Loop/Scan bodies, or everything excluded); "
               "nothing is written",
               job.model_path);
-  if (job.qoperator) to_qoperator(model);
+  if (job.qoperator && bits == 8) to_qoperator(model);
+  if (job.qoperator && bits != 8)
+    run.warnings.push_back("--format qoperator needs 8-bit activations: the 16-bit model is written as QDQ");
+  const bool write = !floor_failure || job.force;
   t = clock_type::now();
   model.source_path.clear();
-  onnx_io::save_model(model, job.out_path);
+  if (write) onnx_io::save_model(model, job.out_path);
   timings.push_back({"save", seconds_since(t)});
 
   const quant::QdqSummary& qdq = run.emitted.qdq;
   spdlog::info("quantized {} -> {}: W8A{} QDQ ({}, {} activations), {} nodes quantized, {} weights, {} biases, "
                "{} Relu/Clip folded",
-               job.model_path, job.out_path, job.activation_bits, cfg.method, dtype_name(cfg.qdq.activation_type),
+               job.model_path, job.out_path, bits, cfg.method, dtype_name(cfg.qdq.activation_type),
                qdq.quantized_nodes, qdq.quantized_weights, qdq.quantized_biases, qdq.folded_activations);
-  const std::string headline = fmt::format("W8A{} {}", job.activation_bits, job.qoperator ? "QOperator" : "QDQ");
+  const std::string headline = fmt::format("W8A{} {}", bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = cfg.method;
@@ -168,7 +213,8 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
     spdlog::warn("{}", w);
     out.report.warnings.push_back(w);
   }
-  out.gate_failure = check_max_drop(job, run.guard);
+  out.gate_failure = floor_failure ? floor_failure : check_max_drop(job, run.guard);
+  if (floor_failure) out.report.warnings.push_back(floor_failure->what());
   return out;
 }
 

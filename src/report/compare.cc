@@ -2,6 +2,7 @@
 #include "qtool/report/compare.h"
 
 #include <algorithm>
+#include <map>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -180,10 +181,75 @@ bool is_classifier_shape(const Shape& s) {
   return false;
 }
 
+namespace {
+
+/// Adds |ref|² and (ref - test)² of each index along `axis` of a float tensor (finite pairs only).
+void add_channel_sums(const Tensor& r, const Tensor& t, OutputComparison::ChannelStats& c) {
+  const Shape& sh = r.shape();
+  const int64_t ch = sh[c.axis];
+  int64_t inner = 1;
+  for (size_t d = static_cast<size_t>(c.axis) + 1; d < sh.size(); ++d) inner *= sh[d];
+  const float* a = r.data<float>();
+  const float* b = t.data<float>();
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    if (!std::isfinite(a[i])) continue;
+    const int64_t k = (i / inner) % ch;
+    const double d = std::isfinite(b[i]) ? static_cast<double>(a[i]) - b[i] : 1e30;
+    c.signal[k] += static_cast<double>(a[i]) * a[i];
+    c.noise[k] += d * d;
+  }
+}
+
+}  // namespace
+
+double OutputComparison::channel_group_sqnr_db() const {
+  double worst = std::numeric_limits<double>::quiet_NaN();
+  for (const ChannelStats& c : channel_stats) {
+    // log10 of each channel's RMS (up to a constant: every channel has the same element count);
+    // near-dead channels (RMS 4+ decades below the largest) are left out.
+    double top = 0.0;
+    for (double v : c.signal) top = std::max(top, v);
+    if (top <= 0.0) continue;
+    std::vector<std::pair<double, size_t>> level;
+    for (size_t k = 0; k < c.signal.size(); ++k)
+      if (c.signal[k] > top * 1e-8) level.emplace_back(0.5 * std::log10(c.signal[k]), k);
+    std::sort(level.begin(), level.end());
+    // Two families of channels: the widest gap between consecutive levels, when it is at least two
+    // decades (0..1 scores beside 0..1000 coordinates; a recurrent state's channels spread evenly
+    // and have no such gap). Each side needs two channels.
+    size_t cut = 0;
+    double gap = 0.0;
+    for (size_t i = 2; i + 1 < level.size(); ++i)
+      if (level[i].first - level[i - 1].first > gap) {
+        gap = level[i].first - level[i - 1].first;
+        cut = i;
+      }
+    if (gap < 2.0) continue;
+    double sig[2] = {0, 0}, noi[2] = {0, 0};
+    for (size_t i = 0; i < level.size(); ++i) {
+      sig[i >= cut] += c.signal[level[i].second];
+      noi[i >= cut] += c.noise[level[i].second];
+    }
+    for (int side = 0; side < 2; ++side) {
+      const double s = noi[side] > 0 ? 10.0 * std::log10(sig[side] / noi[side]) : std::numeric_limits<double>::infinity();
+      worst = std::isnan(worst) ? s : std::min(worst, s);
+    }
+  }
+  return worst;
+}
+
 void OutputComparison::add(const Tensor& ref, const Tensor& test, const std::vector<int64_t>& labels) {
   const Tensor r = as_float(ref);
   const Tensor t = as_float(test);
   error.add(r, t, fmt::format("output '{}'", name));
+  if (samples > 0 && r.shape() != shape) channel_stats.clear();
+  if (r.shape() == t.shape() && r.rank() >= 2 && (samples == 0 || !channel_stats.empty())) {
+    if (samples == 0)
+      for (int64_t axis : {int64_t{1}, static_cast<int64_t>(r.rank()) - 1})
+        if (r.dim(axis) > 1 && r.dim(axis) <= kMaxChannels && (channel_stats.empty() || channel_stats[0].axis != axis))
+          channel_stats.push_back({axis, std::vector<double>(r.dim(axis), 0.0), std::vector<double>(r.dim(axis), 0.0)});
+    for (ChannelStats& c : channel_stats) add_channel_sums(r, t, c);
+  }
   shape = r.shape();
   if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
     // Every sample must be classifier-shaped for the output to count as a classifier.

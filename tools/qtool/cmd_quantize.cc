@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "path_options.h"
 #include "qtool/core/npy.h"
 #include "qtool/core/output_file.h"
 #include "qtool/core/strings.h"
@@ -47,6 +48,8 @@ struct QuantizeArgs {
   bool cle_relu6 = false;  ///< --cle-relu6: replace Clip(0, 6) by Relu so CLE can cross it
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
+  double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
+  bool force = false;
   int threads = 1;
   int64_t block_size = 32;
   std::string weight_algorithm = "auto";   ///< weight-only: auto = the measured default (pipeline)
@@ -122,42 +125,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   return m;
 }
 
-/// Options that belong to one of the two paths: given on the other, they are refused rather than
-/// silently ignored. One row per option.
-struct PathOption {
-  const char* name;
-  bool static_path;  ///< --bits 8 (W8A8 / W8A16 QDQ)
-  bool weight_only;  ///< --bits below 8
-};
-constexpr PathOption kPathOptions[] = {
-    {"--method", true, false},           {"--percentile", true, false},       {"--ranges", true, false},
-    {"--per-tensor", true, false},       {"--activation-type", true, false},  {"--activation-bits", true, false},
-    {"--exclude-op-types", true, false}, {"--op-types", true, false},         {"--keep-fp", true, false},
-    {"--cle", true, false},              {"--cle-relu6", true, false},        {"--bias-correction", true, false},
-    {"--no-bias-correction", true, false},
-    {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
-    {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
-    {"--symmetric", false, true},
-    {"--bits-first-last", false, true},  {"--layer-bits", false, true},       {"--scale-type", false, true},
-    {"--bits-depthwise", false, true},   {"--tune-steps", false, true},       {"--tune-batch", false, true},
-    {"--tune-lr", false, true},          {"--tune-scale-lr", false, true},    {"--tune-float-lr", false, true},
-    {"--tune-loss", false, true},        {"--tune-holdout", false, true},     {"--tune-eval-every", false, true},
-    {"--tune-augment", false, true},     {"--tune-features", false, true},    {"--tune-stages", false, true},
-    {"--tune-quant-noise", false, true}, {"--tune-range", false, true},       {"--tune-mixup", false, true},
-    {"--no-tune-weights", false, true},  {"--no-tune-scales", false, true},   {"--no-tune-float", false, true},
-    {"--plan", false, true},             {"--plan-out", false, true},
-};
-
 /// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
-void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) {
-  const bool st = is_static(a);
-  for (const PathOption& o : kPathOptions) {
-    if (cmd.count(o.name) == 0 || (st ? o.static_path : o.weight_only)) continue;
-    fail(ErrorCode::kConfig, "{} applies to {} quantization, not to --bits {} ({})", o.name,
-         o.static_path ? "static W8A8 (--bits 8)" : "weight-only (--bits 4, 2, ternary, binary)", a.bits,
-         st ? "static W8A8 QDQ" : "weight-only");
-  }
-}
+void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) { check_path_options(cmd, is_static(a), a.bits); }
 
 /// The typed job for one run: every string option parsed and checked here, once.
 pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
@@ -173,6 +142,9 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.guard = !a.no_guard;
   job.per_layer_eval = a.json || !a.report_path.empty();
   job.max_drop = a.max_drop;
+  job.floor_sqnr_db = a.min_sqnr;
+  job.floor_agreement = a.min_agreement;
+  job.force = a.force;
   job.threads = a.threads;
   job.exclude_nodes = split_list(a.exclude_nodes);
   job.keep_fp = split_list(a.keep_fp);
@@ -295,6 +267,14 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                "with --per-tensor for models with depthwise convs)");
   cmd.add_flag("--no-bias-correction", a.no_bias_correction, "no bias correction, not even the default for models with depthwise convs");
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
+  cmd.add_option("--min-sqnr", a.min_sqnr,
+                 "static path: quality floor, output SQNR in dB for outputs that are not classifiers (default 20); "
+                 "below it activations are raised to 16 bits, then exit 3 with no model")
+      ->check(CLI::Range(-1000.0, 1000.0));
+  cmd.add_option("--min-agreement", a.min_agreement,
+                 "static path: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs (default 0.97)")
+      ->check(CLI::Range(0.0, 1.0));
+  cmd.add_flag("--force", a.force, "static path: write the model even when it stays below the quality floor (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));

@@ -72,6 +72,19 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
                       const quant::StaticQuantConfig& config, data::SampleSource& calib, data::SampleSource& held_out,
                       quant::StaticEmission& emitted, const GuardOptions& options = {});
 
+/// The quality floor of a static model (README "Quality floor"): each output judged by the metric
+/// that fits it: a classifier-like output ([N,C] or [N,C,1,1]) by its top-1 agreement with FP32,
+/// any other output (dense maps, detector heads, regression, recurrent state) by its SQNR.
+struct QualityFloor {
+  double min_sqnr_db = 20.0;
+  double min_top1_agreement = 0.97;
+};
+
+/// The lowest SQNR over the outputs of `result` (dB).
+double worst_output_sqnr(const report::CompareResult& result);
+/// True when every output of `result` meets `floor`; otherwise `why` names the outputs below it.
+bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why);
+
 /// True when an output is poor enough for the sensitivity probe (step 2).
 bool looks_poor(const report::CompareResult& result, const GuardOptions& options = {});
 /// True when the model looks broken (step 4).

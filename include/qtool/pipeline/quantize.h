@@ -50,6 +50,11 @@ struct QuantizeJob {
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)
   std::optional<double> max_drop;       ///< gate: top-1 agreement drop in points
+  /// The static path's quality floor (guard.h): below it precision is raised (16-bit activations);
+  /// when even that cannot reach it the run exits 3 and writes no model unless `force`.
+  double floor_sqnr_db = 20.0;          ///< --min-sqnr: every non-classifier output
+  double floor_agreement = 0.97;        ///< --min-agreement: every classifier output's top-1 agreement
+  bool force = false;                   ///< --force: write the model even below the floor
   int threads = 1;
   std::vector<std::string> exclude_nodes, keep_fp;  ///< as given, to check that they name something
   std::map<std::string, std::string> settings;      ///< the options as given, for the report

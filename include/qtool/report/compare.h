@@ -129,6 +129,21 @@ struct OutputComparison {
   bool classifier = false;
   ClassifierAccumulator classes;
   int64_t samples = 0;       ///< samples added
+  /// Per-channel signal and noise along axis 1 and the last axis (channels of a detector head, a
+  /// concatenation of scores and coordinates) where they hold at most kMaxChannels; dropped when a
+  /// sample's shape differs.
+  struct ChannelStats {
+    int64_t axis = 0;
+    std::vector<double> signal, noise;
+  };
+  std::vector<ChannelStats> channel_stats;
+  static constexpr int64_t kMaxChannels = 4096;
+
+  /// The lower SQNR (dB) of two families of channels along an axis whose channels' FP32 RMS fall
+  /// into two families at least two decades apart (the widest gap between sorted levels), e.g. 0..1
+  /// scores concatenated with 0..1000 box coordinates, where the whole tensor's SQNR only sees the
+  /// coordinates. NaN when no axis has such a gap (the whole-tensor SQNR then says it all).
+  double channel_group_sqnr_db() const;
 
   /// Adds one sample's pair of output tensors (any dtype, converted to float): the error sums,
   /// and the classifier rows while the output stays classifier-like. `labels` as

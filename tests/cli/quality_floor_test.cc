@@ -1,0 +1,87 @@
+// The static path's quality floor (issue 14): a model built to break INT8 (a Concat of 0..1 scores
+// and 0..1000 coordinates, as detector heads are) is judged per group of channels of one
+// magnitude, raised to 16-bit activations, and when even that cannot reach the floor qtool exits 3
+// and writes nothing (unless --force).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "graph_builders.h"
+#include "qtool/core/npy.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+/// x[1,16] -> {MatMul W1 -> Sigmoid: scores 0..1 [1,4]; MatMul W2 -> Sigmoid -> Mul 1000:
+/// coordinates 0..1000 [1,4]} -> Concat(axis 1) -> Mul(gain) -> y [1,8].
+ir::Model scores_and_boxes() {
+  ir::Model m;
+  m.ir_version = 8;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  std::mt19937 rng(5);
+  ir::Value* x = g.add_input("x", testing::float_type({1, 16}));
+  auto* w1 = g.add_initializer("w1", Tensor::from_vector<float>({16, 4}, testing::gaussian(64, rng, 0.4f)));
+  auto* w2 = g.add_initializer("w2", Tensor::from_vector<float>({16, 4}, testing::gaussian(64, rng, 0.4f)));
+  auto* k = g.add_initializer("k", Tensor::from_vector<float>({1}, {1000.0f}));
+  auto* s = g.add_node("Sigmoid", {g.add_node("MatMul", {x, w1}, {"l1"}, "score_mm")->output(0)}, {"scores"}, "sig")->output(0);
+  auto* a = g.add_node("Sigmoid", {g.add_node("MatMul", {x, w2}, {"l2"}, "box_mm")->output(0)}, {"a"}, "box_sig")->output(0);
+  auto* c = g.add_node("Mul", {a, k}, {"boxes"}, "scale")->output(0);
+  ir::Node* cat = g.add_node("Concat", {s, c}, {"cat"}, "head");
+  cat->set_attr(ir::Attribute::make_int("axis", 1));
+  // A per-channel calibration Mul after the concatenation: its input is one quantized tensor.
+  auto* gain = g.add_initializer("gain", Tensor::from_vector<float>({8}, {1, 1, 1, 1, 1, 1, 1, 1}));
+  ir::Value* y = g.add_node("Mul", {cat->output(0), gain}, {"y"}, "calibrate")->output(0);
+  y->type() = testing::float_type({1, 8});
+  g.add_output(y);
+  return m;
+}
+
+TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
+  testing::TempDir d;
+  onnx_io::save_model(scores_and_boxes(), d.file("head.onnx"));
+  std::filesystem::create_directories(d.file("calib"));
+  std::mt19937 rng(9);
+  for (int i = 0; i < 64; ++i)
+    write_npy(d.file(fmt::format("calib/{:03d}.npy", i)), Tensor::from_vector<float>({1, 16}, testing::gaussian(16, rng)));
+  const std::string base = fmt::format("{} quantize {} --bits 8 --calib {} --json", testing::qtool_bin(),
+                                       d.file("head.onnx"), d.file("calib"));
+  // Default floor (20 dB): the whole tensor's SQNR sees only the coordinates; the scores' channel
+  // group is ruined at 8 bits, so the activations are raised to 16 bits.
+  const auto q = testing::run_command(base + " -o " + d.file("q.onnx"));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  const nlohmann::json rep = nlohmann::json::parse(q.out);
+  EXPECT_EQ(rep["precision"], "W8A16 QDQ");
+  std::string actions;
+  for (const auto& a : rep["actions"]) actions += a.get<std::string>() + "\n";
+  EXPECT_NE(actions.find("one family of its channels"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("activations raised to 16 bits"), std::string::npos) << actions;
+  EXPECT_TRUE(std::filesystem::exists(d.file("q.onnx")));
+  // An unreachable floor: exit 3 with the report, and no model.
+  const auto f = testing::run_command(base + " --min-sqnr 200 -o " + d.file("f.onnx"));
+  EXPECT_EQ(f.exit_code, 3) << f.err;
+  EXPECT_NE(f.err.find("quality floor"), std::string::npos) << f.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("f.onnx")));
+  EXPECT_NO_THROW(nlohmann::json::parse(f.out));  // the report still comes out
+  // --force writes it (still exit 3).
+  const auto w = testing::run_command(base + " --min-sqnr 200 --force -o " + d.file("w.onnx"));
+  EXPECT_EQ(w.exit_code, 3) << w.err;
+  EXPECT_TRUE(std::filesystem::exists(d.file("w.onnx")));
+  // A floor the 8-bit model meets keeps it at 8 bits.
+  const auto l = testing::run_command(base + " --min-sqnr -100 -o " + d.file("l.onnx"));
+  ASSERT_EQ(l.exit_code, 0) << l.err;
+  EXPECT_EQ(nlohmann::json::parse(l.out)["precision"], "W8A8 QDQ");
+  // The floor options belong to the static path.
+  const auto wo = testing::run_command(fmt::format("{} quantize {} --bits 4 --min-sqnr 10 -o {}", testing::qtool_bin(),
+                                                   d.file("head.onnx"), d.file("wo.onnx")));
+  EXPECT_EQ(wo.exit_code, 2) << wo.err;
+}
+
+}  // namespace
+}  // namespace qtool

@@ -362,7 +362,7 @@ class Emitter {
     const auto key = std::make_pair(static_cast<const ir::Value*>(w), axis);
     if (auto it = weight_dq_.find(key); it != weight_dq_.end()) return it->second;
     const bool per_channel = opt_.per_channel && axis >= 0;
-    QuantizedWeight qw = quantize_weight(*w->initializer(), per_channel, axis, opt_.weight_type);
+    QuantizedWeight qw = quantize_weight(*w->initializer(), per_channel, axis, opt_.weight_type, opt_.reduce_range);
     ir::Value* qv = add_init(w->name() + "_quantized", qw.values);
     const Shape sshape = per_channel ? Shape{static_cast<int64_t>(qw.scales.size())} : Shape{};
     ir::Value* scale = add_init(w->name() + "_scale", Tensor::from_vector<float>(sshape, qw.scales));

@@ -42,13 +42,17 @@ int32_t quantize_value(float x, QParams p, DataType type) {
   return static_cast<int32_t>(std::clamp<double>(q, static_cast<double>(qmin), static_cast<double>(qmax)));
 }
 
-QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type) {
+QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type, bool reduce_range) {
   QTOOL_CHECK(w.dtype() == DataType::kFloat, ErrorCode::kUnsupported, "weight of type {} (expected float32)",
               dtype_name(w.dtype()));
   int64_t qmin = 0, qmax = 0;
   dtype_int_range(type, &qmin, &qmax);
   QTOOL_CHECK(dtype_is_signed(type) && dtype_bits(type) == 8, ErrorCode::kUnsupported,
               "static weights must be int8, got {}", dtype_name(type));
+  if (reduce_range) {
+    qmin = -64;
+    qmax = 63;
+  }
   QuantizedWeight out;
   const float* x = w.data<float>();
   const int64_t n = w.numel();
@@ -77,7 +81,8 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t i = 0; i < inner; ++i) {
         const int64_t k = (o * channels + c) * inner + i;
-        q[k] = static_cast<int8_t>(quantize_value(x[k], QParams{out.scales[c], 0}, type));
+        const int32_t v = quantize_value(x[k], QParams{out.scales[c], 0}, type);
+        q[k] = static_cast<int8_t>(std::clamp<int32_t>(v, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax)));
       }
   return out;
 }

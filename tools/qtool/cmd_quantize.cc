@@ -40,6 +40,7 @@ struct QuantizeArgs {
   std::string method = "minmax";
   double percentile = 99.999;
   bool per_tensor = false;
+  bool reduce_range = false;
   std::string activation_type = "uint8";
   int activation_bits = 8;
   std::string format = "qdq";
@@ -85,6 +86,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     m["activation-type"] = a.activation_type;
     m["activation-bits"] = std::to_string(a.activation_bits);
     m["per-channel"] = a.per_tensor ? "false" : "true";
+    if (a.reduce_range) m["reduce-range"] = "true";
     m["guard"] = a.no_guard ? "false" : "true";
     m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
     m["bias-correction"] = a.no_bias_correction ? "false" : a.bias_correction ? "true" : "auto (on for models with depthwise convs)";
@@ -166,6 +168,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
                                                       : (is_signed ? DataType::kInt8 : DataType::kUint8);
     cfg.qdq.activation_symmetric = is_signed;
     cfg.qdq.per_channel = !a.per_tensor;
+    cfg.qdq.reduce_range = a.reduce_range;
     for (const auto& x : job.exclude_nodes) cfg.qdq.exclude_nodes.insert(x);
     for (const auto& x : split_list(a.exclude_op_types)) cfg.qdq.exclude_op_types.insert(x);
     for (const auto& x : job.keep_fp) cfg.qdq.keep_float_names.insert(x);
@@ -249,6 +252,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--percentile", a.percentile, "percentile kept by --method percentile")->check(CLI::Range(50.0, 100.0));
   cmd.add_option("--ranges", a.ranges_path, "ranges.json from qtool calibrate (skips calibration)");
   cmd.add_flag("--per-tensor", a.per_tensor, "one weight scale per tensor instead of per output channel");
+  cmd.add_flag("--reduce-range", a.reduce_range,
+               "7-bit weights: exact in ONNX Runtime on x86 CPUs without VNNI, whose u8s8 kernels saturate 8-bit ones");
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,

@@ -70,9 +70,11 @@ struct QuantizedWeight {
   int64_t axis = -1;           ///< -1: per tensor
 };
 
-/// Symmetric quantization of a float weight: s_c = max|W_c| / qmax (qmax = 127 for int8),
-/// per slice along `axis` (negative counts from the end; pass per_channel = false for one scale).
-QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8);
+/// Symmetric quantization of a float weight: s_c = max|W_c| / qmax (qmax = 127 for int8; 63 with
+/// `reduce_range`: 7-bit levels in [-64, 63]), per slice along `axis` (negative counts from the
+/// end; pass per_channel = false for one scale).
+QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8,
+                                bool reduce_range = false);
 
 /// Bias quantization for integer accumulation: b_q[c] = round(b[c] / (s_x · s_w[c])), int32,
 /// zero point 0. `w_scales` holds one scale per output channel or a single scale. Values beyond
@@ -84,6 +86,11 @@ struct QdqOptions {
   DataType activation_type = DataType::kUint8;  ///< kUint8, kInt8, kUint16, kInt16
   bool activation_symmetric = false;            ///< true for --activation-type int8
   DataType weight_type = DataType::kInt8;
+  /// 7-bit weight levels ([-64, 63]): ONNX Runtime's u8s8 kernels on x86 CPUs without VNNI
+  /// (AVX2's VPMADDUBSW) saturate a pair of 8-bit products at int16; with |w| <= 63,
+  /// 2·255·63 < 32767 cannot saturate, so those CPUs compute the model exactly (ONNX Runtime's
+  /// quantizer recommends reduce_range there). Costs one bit of weight resolution.
+  bool reduce_range = false;
   bool per_channel = true;                       ///< weights per output channel
   bool quantize_bias = true;                     ///< int32 bias DQ for Conv/Gemm
   std::set<std::string> exclude_nodes;           ///< node names left in float

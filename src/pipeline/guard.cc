@@ -208,7 +208,7 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
   GuardResult g;
   g.comparison = compare_on(reference, emitted.model, held_out, config.threads);
   spdlog::info("quality guard: {}", describe_outputs(g.comparison));
-  if (looks_poor(g.comparison, options)) {
+  if (options.search && looks_poor(g.comparison, options)) {
     const std::set<std::string> quantized = quantized_activations(emitted.qdq);
     const Scored scored = probe_sensitivity(reference, calibrated, config, held_out, quantized);
     std::set<std::string> kept = choose_float(scored, calibrated.float_model, quantized, options, g.actions);

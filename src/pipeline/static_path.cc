@@ -13,6 +13,7 @@
 #include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/pipeline/guard.h"
 #include "qtool/quant/bias_correction.h"
+#include "qtool/quant/plan.h"
 
 namespace qtool::pipeline::detail {
 namespace {
@@ -70,14 +71,19 @@ struct StaticRun {
 };
 
 /// Calibrates, emits, bias-corrects and guards the prepared model (`reference`).
-StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples) {
+/// `keep` (a --plan's float tensors) stays float from the first emission; `search` lets the guard
+/// keep more (off with a --plan: the plan decides).
+StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples,
+                           const std::set<std::string>& keep = {}, bool search = true) {
   quant::CalibratedModel calibrated = quant::calibrate_static(reference, *samples.calib, cfg);
-  StaticRun run{quant::emit_static(calibrated, {}, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
+  StaticRun run{quant::emit_static(calibrated, keep, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
   if (!samples.warning.empty()) run.warnings.push_back(samples.warning);
   if (std::string a = quant::correct_static_biases(calibrated, run.emitted.model, *samples.calib, cfg); !a.empty())
     run.actions.push_back(std::move(a));
   if (samples.guard) {
-    run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted);
+    GuardOptions go;
+    go.search = search;
+    run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted, go);
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
   }
@@ -90,19 +96,20 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
 DataType widened(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
 
 /// The quality floor (guard.h): a model below it gets 16-bit activations (a second calibration of
-/// the model prepared at opset 21, on the same samples); when even that is below the floor, the
+/// `original`, the model as given, prepared at opset 21 as --activation-bits 16 prepares it; none
+/// with a --plan: nullptr), on the same samples; when even that is below the floor, the
 /// run fails with kQualityGate (no model is written unless --force). Nothing to judge without the
 /// guard's held-out comparison. Returns the failure, if any; `run` and `bits` become the 16-bit
 /// run when it is kept.
-std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model& reference, const quant::StaticQuantConfig& cfg,
+std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* original, const quant::StaticQuantConfig& cfg,
                                  StaticSamples& samples, StaticRun& run, int& bits) {
   if (!run.guard) return std::nullopt;
   const QualityFloor floor{job.floor_sqnr_db, job.floor_agreement};
   std::string why;
   if (meets_floor(run.guard->comparison, floor, &why)) return std::nullopt;
   run.actions.push_back("quality floor: below it with " + std::to_string(bits) + "-bit activations (" + why + ")");
-  if (bits == 8) {
-    ir::Model wide = reference.clone();
+  if (bits == 8 && original) {  // the same preparation as a run with --activation-bits 16
+    ir::Model wide = original->clone();
     quant::prepare_model(wide, 21);
     quant::StaticQuantConfig c16 = cfg;
     c16.qdq.activation_type = widened(cfg.qdq.activation_type);
@@ -120,9 +127,10 @@ std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model& refere
     why = why16;
   }
   return Error(ErrorCode::kQualityGate,
-               fmt::format("the quantized model is below the quality floor ({}) even with 16-bit activations{}; "
+               fmt::format("the quantized model is below the quality floor ({}){}{}; "
                            "--min-sqnr / --min-agreement set the floor, --force writes the model anyway",
-                           why, job.force ? "" : ": no model written"));
+                           why, bits == 16 ? " even with 16-bit activations" : " (--plan: not raised)",
+                           job.force ? "" : ": no model written"));
 }
 
 /// --max-drop on the static path: the guard's top-1 agreement drop, or a model that looks broken.
@@ -154,7 +162,13 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   QTOOL_CHECK(!job.data.path.empty() || !job.ranges_path.empty(), ErrorCode::kConfig,
               "static quantization needs calibration data (--calib DIR) or --ranges FILE");
   auto t = clock_type::now();
-  const int64_t target_opset = job.activation_bits == 16 ? 21 : 13;
+  std::optional<quant::StaticPlan> plan;
+  if (!job.plan_path.empty()) plan = quant::load_static_plan(job.plan_path);
+  int bits = plan ? dtype_bits(plan->activation_type) : job.activation_bits;
+  // The model as given, for the floor's 16-bit run (prepared the way --activation-bits 16 prepares it).
+  std::optional<ir::Model> original;
+  if (!plan && bits == 8 && job.guard) original.emplace(model.clone());
+  const int64_t target_opset = bits == 16 ? 21 : 13;
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
   quant::StaticQuantConfig cfg = static_config(job, model);
@@ -168,10 +182,18 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   // The prepared FP32 model stays as the reference of the guard and the evaluation.
   const ir::Model reference = std::move(model);
   // Calibration, Q/DQ placement and the guard (the held-out check) are timed together as "quantize".
-  StaticRun run = quantize_guarded(reference, cfg, samples);
-  int bits = job.activation_bits;
-  std::optional<Error> floor_failure = apply_floor(job, reference, cfg, samples, run, bits);
-  if (bits != job.activation_bits) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
+  std::set<std::string> planned_float;
+  if (plan) {
+    cfg.qdq.activation_type = plan->activation_type;
+    for (const auto& entry : plan->float_tensors) planned_float.insert(entry.first);
+  }
+  StaticRun run = quantize_guarded(reference, cfg, samples, planned_float, !plan);
+  if (plan)
+    run.actions.push_back(fmt::format("--plan: {} activations, {} kept in float", dtype_name(plan->activation_type),
+                                      planned_float.size()));
+  const int bits_before = bits;
+  std::optional<Error> floor_failure = apply_floor(job, original ? &*original : nullptr, cfg, samples, run, bits);
+  if (bits != bits_before) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
   model = std::move(run.emitted.model);
   timings.push_back({"quantize", seconds_since(t)});
   QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
@@ -185,6 +207,17 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   t = clock_type::now();
   model.source_path.clear();
   if (write) onnx_io::save_model(model, job.out_path);
+  if (write && !job.plan_out.empty()) {
+    std::vector<std::string> quantized;
+    for (const auto& entry : run.emitted.qdq.activation_params) quantized.push_back(entry.first);
+    std::sort(quantized.begin(), quantized.end());
+    std::map<std::string, std::string> kept = plan ? plan->float_tensors : std::map<std::string, std::string>{};
+    if (run.guard)
+      for (const std::string& t : run.guard->kept_float) kept.emplace(t, "guard: quantized it ruins the output");
+    const std::string reason = plan ? "--plan" : bits != job.activation_bits ? "quality floor" : "";
+    write_file_atomic(job.plan_out,
+                      quant::static_plan_to_json(quantized, cfg.qdq.activation_type, reason, kept).dump(2) + "\n");
+  }
   timings.push_back({"save", seconds_since(t)});
 
   const quant::QdqSummary& qdq = run.emitted.qdq;

@@ -28,6 +28,7 @@ LayerPlanMap plan_from_json(const nlohmann::json& j, const std::string& what) {
   if (!j.is_object() || j.value("schema", "") != "qtool.plan") bad("not a qtool plan (\"schema\": \"qtool.plan\")");
   const std::string version = j.value("schema_version", "");
   if (version.rfind("1.", 0) != 0) bad(fmt::format("schema_version '{}' is not 1.x", version));
+  if (j.value("path", "") == "static") bad("a static (--bits 8) plan: give it with --bits 8");
   if (!j.contains("layers") || !j["layers"].is_array()) bad("no \"layers\" array");
   LayerPlanMap plan;
   for (size_t i = 0; i < j["layers"].size(); ++i) {
@@ -62,6 +63,59 @@ nlohmann::json read_plan_json(const std::string& path) {
 }  // namespace
 
 LayerPlanMap load_plan(const std::string& path) { return plan_from_json(read_plan_json(path), path); }
+
+nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, DataType type, const std::string& reason,
+                                   const std::map<std::string, std::string>& kept_float) {
+  nlohmann::ordered_json j;
+  j["schema"] = "qtool.plan";
+  j["schema_version"] = "1.1";
+  j["bits"] = "8";
+  j["path"] = "static";
+  j["activations"] = nlohmann::ordered_json::array();
+  for (const std::string& t : quantized)
+    j["activations"].push_back({{"tensor", t}, {"precision", std::string(dtype_name(type))}, {"reason", reason}});
+  for (const auto& entry : kept_float)
+    j["activations"].push_back({{"tensor", entry.first}, {"precision", "float"}, {"reason", entry.second}});
+  return nlohmann::json(j);
+}
+
+bool is_static_plan(const std::string& path) {
+  const nlohmann::json j = read_plan_json(path);
+  return j.is_object() && j.value("path", "") == "static";
+}
+
+StaticPlan load_static_plan(const std::string& path) {
+  const nlohmann::json j = read_plan_json(path);
+  auto bad = [&](const std::string& why) -> void { fail(ErrorCode::kConfig, "plan '{}': {}", path, why); };
+  if (!j.is_object() || j.value("schema", "") != "qtool.plan" || j.value("path", "") != "static")
+    bad("not a static qtool plan (\"schema\": \"qtool.plan\", \"path\": \"static\")");
+  if (!j.contains("activations") || !j["activations"].is_array()) bad("no \"activations\" array");
+  StaticPlan plan;
+  std::string type;
+  for (size_t i = 0; i < j["activations"].size(); ++i) {
+    const auto& e = j["activations"][i];
+    if (!e.is_object() || !e.contains("tensor") || !e["tensor"].is_string() || !e.contains("precision") ||
+        !e["precision"].is_string())
+      bad(fmt::format("activation {} needs string fields \"tensor\" and \"precision\"", i));
+    const std::string tensor = e["tensor"].get<std::string>(), precision = e["precision"].get<std::string>();
+    if (precision == "float") {
+      const std::string reason = e.value("reason", "");
+      plan.float_tensors[tensor] = reason.rfind("--plan", 0) == 0 || reason.empty() ? "--plan" : "--plan (was: " + reason + ")";
+      continue;
+    }
+    if (precision != "uint8" && precision != "int8" && precision != "uint16" && precision != "int16")
+      bad(fmt::format("tensor '{}': precision '{}' is not uint8, int8, uint16, int16 or float", tensor, precision));
+    if (!type.empty() && precision != type)
+      bad(fmt::format("tensor '{}' is {} where others are {}: one activation type per model (per-tensor types are "
+                      "not supported yet)", tensor, precision, type));
+    type = precision;
+  }
+  plan.activation_type = type == "int8"     ? DataType::kInt8
+                         : type == "uint16" ? DataType::kUint16
+                         : type == "int16"  ? DataType::kInt16
+                                            : DataType::kUint8;
+  return plan;
+}
 
 std::string plan_default_bits(const std::string& path) {
   const nlohmann::json j = read_plan_json(path);

@@ -54,7 +54,7 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
                                        d.file("head.onnx"), d.file("calib"));
   // Default floor (20 dB): the whole tensor's SQNR sees only the coordinates; the scores' channel
   // group is ruined at 8 bits, so the activations are raised to 16 bits.
-  const auto q = testing::run_command(base + " -o " + d.file("q.onnx"));
+  const auto q = testing::run_command(base + " -o " + d.file("q.onnx") + " --plan-out " + d.file("plan.json"));
   ASSERT_EQ(q.exit_code, 0) << q.err;
   const nlohmann::json rep = nlohmann::json::parse(q.out);
   EXPECT_EQ(rep["precision"], "W8A16 QDQ");
@@ -63,6 +63,13 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
   EXPECT_NE(actions.find("one family of its channels"), std::string::npos) << actions;
   EXPECT_NE(actions.find("activations raised to 16 bits"), std::string::npos) << actions;
   EXPECT_TRUE(std::filesystem::exists(d.file("q.onnx")));
+  // The plan it carried out (every activation uint16, reason "quality floor") gives the same model
+  // byte for byte, without the search.
+  const auto p = testing::run_command(fmt::format("{} quantize {} --calib {} --plan {} -o {}", testing::qtool_bin(),
+                                                  d.file("head.onnx"), d.file("calib"), d.file("plan.json"),
+                                                  d.file("p.onnx")));
+  ASSERT_EQ(p.exit_code, 0) << p.err;
+  EXPECT_EQ(read_file(d.file("q.onnx")), read_file(d.file("p.onnx")));
   // An unreachable floor: exit 3 with the report, and no model.
   const auto f = testing::run_command(base + " --min-sqnr 200 -o " + d.file("f.onnx"));
   EXPECT_EQ(f.exit_code, 3) << f.err;

@@ -82,5 +82,56 @@ TEST(CliQuantizePlan, HelpListsEveryFormatFromTheTable) {
   EXPECT_NE(r.out.find("ternary, binary"), std::string::npos) << "the --bits values come from the table";
 }
 
+// A static (--bits 8) plan: every quantized activation with its type, and the tensors kept in
+// float. Read back, it gives the same model byte for byte without the guard's search; an edit that
+// keeps one more tensor in float is honoured and reported; mixed activation types and a static plan
+// on the weight-only path are refused.
+TEST(CliQuantizePlan, StaticPlanReproducesTheModelAndAnEditIsHonoured) {
+  testing::TempDir d;
+  const auto a = testing::run_command(quantize(fmt::format("--bits 8 -o {} --plan-out {}", d.file("a.onnx"), d.file("plan.json"))));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  nlohmann::json plan = nlohmann::json::parse(slurp(d.file("plan.json")));
+  EXPECT_EQ(plan["path"], "static");
+  ASSERT_EQ(plan["activations"].size(), 6u);  // image, conv1..3, flatten, fc1
+  for (const auto& e : plan["activations"]) EXPECT_EQ(e["precision"], "uint8") << e;
+  const auto b = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("plan.json"), d.file("b.onnx"))));
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(slurp(d.file("a.onnx")), slurp(d.file("b.onnx")));
+  // Keep conv2's output in float.
+  for (auto& e : plan["activations"])
+    if (e["tensor"] == "conv2") e["precision"] = "float";
+  { std::ofstream(d.file("edited.json")) << plan.dump(2); }
+  const auto c = testing::run_command(quantize(fmt::format("--plan {} --json -o {}", d.file("edited.json"), d.file("c.onnx"))));
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(slurp(d.file("a.onnx")), slurp(d.file("c.onnx")));
+  const nlohmann::json rep = nlohmann::json::parse(c.out);
+  std::string actions;
+  for (const auto& x : rep["actions"]) actions += x.get<std::string>() + "\n";
+  EXPECT_NE(actions.find("--plan: uint8 activations, 1 kept in float"), std::string::npos) << actions;
+  // Its plan-out lists conv2 as float, the reason naming the plan.
+  const auto e = testing::run_command(quantize(fmt::format("--plan {} -o {} --plan-out {}", d.file("edited.json"),
+                                                           d.file("e.onnx"), d.file("plan2.json"))));
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  int floats = 0;
+  const nlohmann::json plan2 = nlohmann::json::parse(slurp(d.file("plan2.json")));
+  for (const auto& x : plan2["activations"])
+    if (x["precision"] == "float") {
+      ++floats;
+      EXPECT_EQ(x["tensor"], "conv2");
+      EXPECT_EQ(x["reason"], "--plan");
+    }
+  EXPECT_EQ(floats, 1);
+  // One activation type per model.
+  plan["activations"][0]["precision"] = "uint16";
+  { std::ofstream(d.file("mixed.json")) << plan.dump(2); }
+  const auto m = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("mixed.json"), d.file("m.onnx"))));
+  EXPECT_EQ(m.exit_code, 2) << m.err;
+  EXPECT_NE(m.err.find("one activation type per model"), std::string::npos) << m.err;
+  // A static plan with --bits 4 is refused.
+  const auto w = testing::run_command(quantize(fmt::format("--bits 4 --plan {} -o {}", d.file("plan.json"), d.file("w.onnx"))));
+  EXPECT_EQ(w.exit_code, 2) << w.err;
+  EXPECT_NE(w.err.find("static"), std::string::npos) << w.err;
+}
+
 }  // namespace
 }  // namespace qtool

@@ -28,7 +28,7 @@ constexpr PathOption kPathOptions[] = {
     {"--tune-augment", false, true},     {"--tune-features", false, true},    {"--tune-stages", false, true},
     {"--tune-quant-noise", false, true}, {"--tune-range", false, true},       {"--tune-mixup", false, true},
     {"--no-tune-weights", false, true},  {"--no-tune-scales", false, true},   {"--no-tune-float", false, true},
-    {"--plan", false, true},             {"--plan-out", false, true},
+    {"--plan", true, true},              {"--plan-out", true, true},
 };
 
 }  // namespace

@@ -41,6 +41,7 @@ struct GuardOptions {
   double min_top1_agreement = 0.9;   ///< fraction; below it the sensitivity probe runs
   double min_sqnr_db = 15.0;         ///< below it the sensitivity probe runs
   size_t max_float_groups = 8;       ///< most activations (before Add/Mul partners) kept in float
+  bool search = true;                ///< false: only measure (a --plan run: the plan decides)
 };
 
 /// Which samples calibrate and which the guard checks on (indices into the run's samples).

@@ -11,9 +11,21 @@
 //   {"schema": "qtool.plan", "schema_version": "1.0", "bits": "4",
 //    "layers": [{"weight": "conv2.weight", "node": "conv2", "op_type": "Conv",
 //                "format": "int4_b32", "reason": ""}, ...]}
+//
+// A static (--bits 8) plan (schema_version 1.1) lists every activation the emitter quantized with its
+// precision ("uint8", "int8", "uint16", "int16"), and those kept in float ("float") with why (the
+// guard's sensitivity search, --plan); the run's activation type is the one every quantized entry
+// shares (mixed types per tensor are not written yet, and are refused):
+//   {"schema": "qtool.plan", "schema_version": "1.1", "bits": "8", "path": "static",
+//    "activations": [{"tensor": "conv1_out", "precision": "uint16", "reason": "quality floor"},
+//                    {"tensor": "mask", "precision": "float", "reason": "guard: ..."}, ...]}
+// Reading it back calibrates and emits with that type and those float tensors, without the guard's
+// search or the floor's escalation (the floor still gates), giving the same model byte for byte.
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -28,6 +40,21 @@ nlohmann::json plan_to_json(const WeightOnlyReport& report, const std::string& b
 LayerPlanMap plan_from_json(const nlohmann::json& j, const std::string& what);
 /// Reads a plan file (plan_from_json). Throws kIo / kConfig naming the file.
 LayerPlanMap load_plan(const std::string& path);
+/// A static (--bits 8) plan: one activation type and the tensors kept in float (name -> reason).
+struct StaticPlan {
+  DataType activation_type = DataType::kUint8;
+  std::map<std::string, std::string> float_tensors;
+};
+/// The static plan a run carried out: `quantized` activations at `type` (each with `reason`), and
+/// `kept_float` (name -> reason).
+nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, DataType type, const std::string& reason,
+                                   const std::map<std::string, std::string>& kept_float);
+/// Whether a plan file is a static plan ("path": "static").
+bool is_static_plan(const std::string& path);
+/// Reads a static plan. Throws kConfig naming the file and the tensor for an unknown precision or
+/// a mix of activation types.
+StaticPlan load_static_plan(const std::string& path);
+
 /// The default bits a plan file was written with (its "bits"), for --plan without --bits.
 std::string plan_default_bits(const std::string& path);
 

@@ -28,7 +28,7 @@ run $M --bits 4 --bits-first-last same --bits-depthwise same --scale-type float3
 run $M --bits 2 --outlier-fraction 0.1 $C
 run $M --bits ternary --block-size 64
 run $M --bits binary
-run $M --bits int4 --asymmetric
+run $M --bits uint4  # (--bits int4 --asymmetric is refused since session 6: int4 has no zero points)
 run $M --bits 4 --format cast
 run $M --bits 4 --weight-algorithm gptq $C
 run $M --bits 4 --weight-algorithm awq $C

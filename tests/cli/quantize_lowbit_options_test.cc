@@ -100,8 +100,11 @@ TEST(QuantizeLowbitOptions, SplitIsAnAliasOfCalibSplit) {
 
 TEST(QuantizeLowbitOptions, BadValuesExitTwo) {
   testing::TempDir dir;
+  // ... and a zero-point flag that contradicts the element type named by --bits (int4 and fp4 have
+  // no zero points; uint4 always stores them): refused, not silently ignored.
   for (const char* bad : {"--bits 4 --format qoperator", "--bits 4 --outlier-fraction 0.7",
-                          "--bits 4 --layer-bits conv2"}) {
+                          "--bits 4 --layer-bits conv2", "--bits int4 --asymmetric", "--bits fp4 --asymmetric",
+                          "--bits ternary --asymmetric", "--bits uint4 --symmetric"}) {
     auto r = run_command(fmt::format("{} quantize {} --calib {} {} -o {}", qtool_bin(), kModel, kCalib, bad,
                                      dir.file("x.onnx")));
     EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;

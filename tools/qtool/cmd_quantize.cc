@@ -189,6 +189,13 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   if (a.weight_algorithm != "auto") job.algorithm = cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
   QTOOL_CHECK(!(a.asymmetric && a.symmetric), ErrorCode::kConfig, "--asymmetric and --symmetric exclude each other");
   if (a.asymmetric || a.symmetric) job.symmetric = a.symmetric;
+  if (const quant::ElementType* t = job.bits.type(); t && !job.bits.width_only()) {  // a row, not a width alias
+    QTOOL_CHECK(!(a.asymmetric && t->is_signed), ErrorCode::kConfig,
+                "--asymmetric: --bits {} has no zero points{}", t->name,
+                t->width.empty() ? "" : fmt::format(" (use --bits {} --asymmetric, or the unsigned row)", t->width));
+    QTOOL_CHECK(!(a.symmetric && !t->is_signed), ErrorCode::kConfig,
+                "--symmetric: --bits {} stores zero points (use --bits {} --symmetric)", t->name, t->width);
+  }
   job.tune_given = a.tune_given;
   cfg.exclude = job.exclude_nodes;
   QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits" || a.format == "cast", ErrorCode::kConfig,

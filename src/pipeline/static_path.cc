@@ -108,7 +108,8 @@ std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* origin
   std::string why;
   if (meets_floor(run.guard->comparison, floor, &why)) return std::nullopt;
   run.actions.push_back("quality floor: below it with " + std::to_string(bits) + "-bit activations (" + why + ")");
-  if (bits == 8 && original) {  // the same preparation as a run with --activation-bits 16
+  const bool raise = bits == 8 && original;
+  if (raise) {  // the same preparation as a run with --activation-bits 16
     ir::Model wide = original->clone();
     quant::prepare_model(wide, 21);
     quant::StaticQuantConfig c16 = cfg;
@@ -129,7 +130,7 @@ std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* origin
   return Error(ErrorCode::kQualityGate,
                fmt::format("the quantized model is below the quality floor ({}){}{}; "
                            "--min-sqnr / --min-agreement set the floor, --force writes the model anyway",
-                           why, bits == 16 ? " even with 16-bit activations" : " (--plan: not raised)",
+                           why, raise || bits == 16 ? " even with 16-bit activations" : " (--plan: not raised)",
                            job.force ? "" : ": no model written"));
 }
 
@@ -165,6 +166,9 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   std::optional<quant::StaticPlan> plan;
   if (!job.plan_path.empty()) plan = quant::load_static_plan(job.plan_path);
   int bits = plan ? dtype_bits(plan->activation_type) : job.activation_bits;
+  QTOOL_CHECK(job.activation_bits == 8 || bits == job.activation_bits, ErrorCode::kConfig,
+              "--activation-bits {} contradicts the {} activations of plan '{}'", job.activation_bits,
+              plan ? dtype_name(plan->activation_type) : "", job.plan_path);
   // The model as given, for the floor's 16-bit run (prepared the way --activation-bits 16 prepares it).
   std::optional<ir::Model> original;
   if (!plan && bits == 8 && job.guard) original.emplace(model.clone());

@@ -121,6 +121,11 @@ TEST(CliQuantizePlan, StaticPlanReproducesTheModelAndAnEditIsHonoured) {
       EXPECT_EQ(x["reason"], "--plan");
     }
   EXPECT_EQ(floats, 1);
+  // An option that contradicts the plan is refused, not overridden.
+  const auto x = testing::run_command(quantize(fmt::format("--plan {} --activation-bits 16 -o {}", d.file("plan.json"),
+                                                           d.file("x.onnx"))));
+  EXPECT_EQ(x.exit_code, 2) << x.err;
+  EXPECT_NE(x.err.find("contradicts"), std::string::npos) << x.err;
   // One activation type per model.
   plan["activations"][0]["precision"] = "uint16";
   { std::ofstream(d.file("mixed.json")) << plan.dump(2); }

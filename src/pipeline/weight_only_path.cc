@@ -62,6 +62,20 @@ void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& 
   }
 }
 
+/// The outputs that look broken (a classifier agreeing with FP32 on under half of the rows, or an
+/// SQNR under 5 dB: the static guard's "looks broken"), as text; "" when none (or nothing measured).
+std::string broken_outputs(const std::vector<report::OutputQuality>& outputs) {
+  std::string s;
+  for (const auto& o : outputs) {
+    const bool bad_top1 = !std::isnan(o.top1_agreement) && o.top1_agreement < 0.5;
+    const bool bad_sqnr = !std::isnan(o.sqnr_db) && o.sqnr_db < 5.0;
+    if (bad_top1 || bad_sqnr)
+      s += fmt::format("{}{}: SQNR {:.1f} dB{}", s.empty() ? "" : "; ", o.name, o.sqnr_db,
+                       std::isnan(o.top1_agreement) ? "" : fmt::format(", top-1 agreement {:.1f}%", 100.0 * o.top1_agreement));
+  }
+  return s;
+}
+
 /// A token model: an integer graph input read by a Gather on a float table (an embedding), as
 /// language models are.
 bool is_token_model(const ir::Model& model) {
@@ -160,18 +174,13 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   const std::string& bits = job.bits.spelled();
   spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", bits, rep.layers.size(), rep.float_weight_bytes,
                rep.quant_weight_bytes);
-  t = clock_type::now();
-  model.source_path.clear();
-  onnx_io::save_model(model, job.out_path);
-  if (!job.plan_out.empty()) write_file_atomic(job.plan_out, quant::plan_to_json(rep, bits).dump(2) + "\n");
-  timings.push_back({"save", seconds_since(t)});
-
   std::string headline = job.bits.is_sign_scheme() ? bits : "W" + bits;
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
   if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
     headline += fmt::format(" (block {})", cfg.block_size);
   headline += " A32";
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
+  out.report.output_file_bytes = 0;  // measured once written (a file already there is not ours)
   join_layers(out.report, rep);
   out.report.warnings = rep.warnings;
   if (!defaults.empty()) out.report.actions.push_back(defaults);
@@ -190,7 +199,24 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     timings.push_back({"evaluate", seconds_since(t)});
     if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
   }
-  if (job.max_drop) {  // the same gate as the static path: top-1 agreement drop on held-out samples
+  // Never a broken model with exit 0: judged on the held-out evaluation before anything is written.
+  if (const std::string broken = broken_outputs(out.report.outputs); !broken.empty()) {
+    out.gate_failure.emplace(
+        ErrorCode::kQualityGate,
+        fmt::format("the quantized model looks broken on the held-out samples ({}){}; raise --bits, or keep the "
+                    "sensitive layers at 8 bits with --layer-bits; --force writes it anyway",
+                    broken, job.force ? "" : ": no model written"));
+    out.report.warnings.push_back(out.gate_failure->what());
+  }
+  if (!out.gate_failure || job.force) {
+    t = clock_type::now();
+    model.source_path.clear();
+    onnx_io::save_model(model, job.out_path);
+    if (!job.plan_out.empty()) write_file_atomic(job.plan_out, quant::plan_to_json(rep, bits).dump(2) + "\n");
+    timings.push_back({"save", seconds_since(t)});
+    out.report.output_file_bytes = file_size(job.out_path);
+  }
+  if (job.max_drop && !out.gate_failure) {  // the same gate as the static path: top-1 agreement drop on held-out samples
     double agree = 2.0;
     for (const auto& o : out.report.outputs)
       if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);

@@ -90,5 +90,29 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
   EXPECT_EQ(wo.exit_code, 2) << wo.err;
 }
 
+// The weight-only path: a model that looks broken on the held-out evaluation (binary weights in
+// every layer of the digits CNN: SQNR ~3 dB) exits 3 and writes nothing, unless --force.
+TEST(QualityFloor, WeightOnlyModelThatLooksBrokenIsNotWritten) {
+  testing::TempDir d;
+  const std::string base = fmt::format("{} quantize {} --bits binary --bits-first-last same --calib {} --samples 64",
+                                       testing::qtool_bin(),
+                                       testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                       testing::source_path("calibration_samples/digits"));
+  const auto b = testing::run_command(base + " -o " + d.file("b.onnx") + " --plan-out " + d.file("b.json"));
+  EXPECT_EQ(b.exit_code, 3) << b.err;
+  EXPECT_NE(b.err.find("looks broken"), std::string::npos) << b.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("b.onnx")));
+  EXPECT_FALSE(std::filesystem::exists(d.file("b.json")));
+  const auto f = testing::run_command(base + " --force -o " + d.file("f.onnx"));
+  EXPECT_EQ(f.exit_code, 3) << f.err;
+  EXPECT_TRUE(std::filesystem::exists(d.file("f.onnx")));
+  // The same with the first and last layers at 8 bits (the default) is a usable model.
+  const auto ok = testing::run_command(fmt::format("{} quantize {} --bits binary --calib {} --samples 64 -o {}",
+                                                   testing::qtool_bin(),
+                                                   testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                   testing::source_path("calibration_samples/digits"), d.file("ok.onnx")));
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
 }  // namespace
 }  // namespace qtool

@@ -286,7 +286,7 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--min-agreement", a.min_agreement,
                  "static path: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs (default 0.97)")
       ->check(CLI::Range(0.0, 1.0));
-  cmd.add_flag("--force", a.force, "static path: write the model even when it stays below the quality floor (still exit 3)");
+  cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));

@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "qtool/core/npy.h"
@@ -128,6 +130,19 @@ double max_abs_error(const Tensor& a, const Tensor& b) {
     m = std::max(m, std::abs(a.get_as_double(i) - b.get_as_double(i)));
   }
   return m;
+}
+
+double ort_vs_qtool_run_error(const std::string& model_path, const std::string& input, const Tensor& x,
+                              const std::string& output, const std::string& work_dir) {
+  const auto ort = ort_run(model_path, {{input, x}});
+  write_npy(work_dir + "/ort_vs_qtool_input.npy", x);
+  const auto r = run_command(fmt::format("{} run {} -i {} -o {}", qtool_bin(), model_path,
+                                         work_dir + "/ort_vs_qtool_input.npy", work_dir + "/ort_vs_qtool_out"));
+  if (r.exit_code != 0) {
+    ADD_FAILURE() << "qtool run " << model_path << ": " << r.err;
+    return std::numeric_limits<double>::infinity();
+  }
+  return max_abs_error(read_npy(work_dir + "/ort_vs_qtool_out/" + output + ".npy"), ort.at(output));
 }
 
 }  // namespace qtool::testing

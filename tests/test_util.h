@@ -67,6 +67,12 @@ double max_rel_error(const Tensor& a, const Tensor& b, double floor = 1e-6);
 /// Max |a-b| over all elements.
 double max_abs_error(const Tensor& a, const Tensor& b);
 
+/// Runs `model_path` on one input (`input` = `x`) in ONNX Runtime and with `qtool run` (files in
+/// `work_dir`), and returns max |qtool - ORT| on output `output`. Fails the calling test (ADD_FAILURE)
+/// and returns +inf when qtool run fails.
+double ort_vs_qtool_run_error(const std::string& model_path, const std::string& input, const Tensor& x,
+                              const std::string& output, const std::string& work_dir);
+
 }  // namespace qtool::testing
 
 /// Skips the test when ONNX Runtime's int8 kernels are not exact on this CPU (ort_int8_exact()).

@@ -22,14 +22,6 @@ constexpr size_t kMaxSuspects = 24, kProbeSamples = 4;
 /// (score, activation name): the lowest output SQNR with that activation alone quantized.
 using Scored = std::vector<std::pair<double, std::string>>;
 
-/// The guard's single figure for a comparison, lower is worse: the lowest output SQNR (an output
-/// with nothing measured counts as exact).
-double worst_sqnr(const report::CompareResult& r) {
-  double s = kInf;
-  for (const auto& o : r.outputs) s = std::min(s, o.error.sqnr_db());
-  return s;
-}
-
 /// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model.
 report::CompareResult compare_on(const ir::Model& reference, const ir::Model& quantized, data::SampleSource& held_out,
                                  int threads) {
@@ -160,7 +152,11 @@ bool looks_poor(const report::CompareResult& result, const GuardOptions& options
   return false;
 }
 
-double worst_output_sqnr(const report::CompareResult& result) { return worst_sqnr(result); }
+double worst_output_sqnr(const report::CompareResult& r) {
+  double s = std::numeric_limits<double>::infinity();
+  for (const auto& o : r.outputs) s = std::min(s, o.error.sqnr_db());
+  return s;
+}
 
 bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why) {
   std::string below;
@@ -219,7 +215,7 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
       if (!corrected.empty()) g.actions.push_back(corrected);
       report::CompareResult outs = compare_on(reference, again.model, held_out, config.threads);
       g.actions.push_back(fmt::format("after keeping {} tensor(s) in float: {}", kept.size(), describe_outputs(outs)));
-      if (worst_sqnr(outs) >= worst_sqnr(g.comparison)) {
+      if (worst_output_sqnr(outs) >= worst_output_sqnr(g.comparison)) {
         emitted = std::move(again);
         g.comparison = std::move(outs);
         g.kept_float = std::move(kept);

@@ -79,11 +79,6 @@ nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, Da
   return nlohmann::json(j);
 }
 
-bool is_static_plan(const std::string& path) {
-  const nlohmann::json j = read_plan_json(path);
-  return j.is_object() && j.value("path", "") == "static";
-}
-
 StaticPlan load_static_plan(const std::string& path) {
   const nlohmann::json j = read_plan_json(path);
   auto bad = [&](const std::string& why) -> void { fail(ErrorCode::kConfig, "plan '{}': {}", path, why); };

@@ -51,12 +51,7 @@ TEST(CliQuantizeFp4, DigitsRunsInOnnxRuntimeAndMatchesTheExecutor) {
     if (v->initializer()->dtype() == DataType::kUint4) ++uint4_codes;
   EXPECT_EQ(uint4_codes, 3);
   const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
-  const auto ort = testing::ort_run(d.file("q.onnx"), {{"image", x}});
-  write_npy(d.file("x.npy"), x);
-  const auto r = testing::run_command(fmt::format("{} run {} -i {} -o {}", testing::qtool_bin(), d.file("q.onnx"),
-                                                  d.file("x.npy"), d.file("out")));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_LT(testing::max_abs_error(read_npy(d.file("out/logits.npy")), ort.at("logits")), 1e-4);
+  EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "image", x, "logits", d.path()), 1e-4);
   // No MatMulNBits form for fp4: refused with a message naming the formats.
   const auto mnb = testing::run_command(fmt::format("{} quantize {} --bits fp4 --format matmulnbits -o {}",
                                                     testing::qtool_bin(), model, d.file("m.onnx")));

@@ -30,12 +30,7 @@ TEST(CliQuantizeFp8, DigitsRunsInOnnxRuntimeAndMatchesTheExecutor) {
   const ir::Model m = onnx_io::load_model(d.file("q.onnx"));
   EXPECT_GE(m.opset(""), 19);
   const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
-  const auto ort = testing::ort_run(d.file("q.onnx"), {{"image", x}});
-  write_npy(d.file("x.npy"), x);
-  const auto r = testing::run_command(fmt::format("{} run {} -i {} -o {}", testing::qtool_bin(), d.file("q.onnx"),
-                                                  d.file("x.npy"), d.file("out")));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_LT(testing::max_abs_error(read_npy(d.file("out/logits.npy")), ort.at("logits")), 1e-4);
+  EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "image", x, "logits", d.path()), 1e-4);
   // Distillation tuning works on float codes too (the scale gradient through the decoded code, the
   // latent weights straight through): it runs, and keeps the held-out loss from getting worse.
   const auto t = testing::run_command(fmt::format("{} quantize {} --bits fp8 --calib {} --tune-steps 5 --json -o {}",

@@ -49,13 +49,8 @@ TEST(ReduceRange, DigitsInt8MatchesOnnxRuntimeExactlyOnAnyCpu) {
   }
   EXPECT_EQ(weights, 5);
   const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
-  const auto ort = testing::ort_run(d.file("q.onnx"), {{"image", x}});
-  write_npy(d.file("x.npy"), x);
-  const auto r = testing::run_command(fmt::format("{} run {} -i {} -o {}", testing::qtool_bin(), d.file("q.onnx"),
-                                                  d.file("x.npy"), d.file("out")));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
   // No VNNI needed: the u8s8 pair sums cannot saturate, so ONNX Runtime's integer result is exact.
-  EXPECT_LT(testing::max_abs_error(read_npy(d.file("out/logits.npy")), ort.at("logits")), 1e-5);
+  EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "image", x, "logits", d.path()), 1e-5);
 }
 
 }  // namespace

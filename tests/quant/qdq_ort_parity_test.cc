@@ -125,8 +125,7 @@ void check_parity(const Case& c) {
   data::SelectOptions sel;
   sel.samples = c.samples;
   auto samples = data::select_samples(src, sel);
-  StaticQuantConfig cfg;
-  cfg.guard = false;
+  StaticQuantConfig cfg;  // (no guard: that is the pipeline's)
   for (const char* op : {"MatMul"})
     if (c.exclude_op_types.find(op) != std::string::npos) cfg.qdq.exclude_op_types.insert(op);
   const StaticQuantResult res = quantize_static(model, *samples, cfg);

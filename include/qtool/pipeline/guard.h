@@ -81,7 +81,8 @@ struct QualityFloor {
   double min_top1_agreement = 0.97;
 };
 
-/// The lowest SQNR over the outputs of `result` (dB).
+/// The guard's single figure for a comparison, lower is worse: the lowest output SQNR in dB (an
+/// output with nothing measured counts as exact).
 double worst_output_sqnr(const report::CompareResult& result);
 /// True when every output of `result` meets `floor`; otherwise `why` names the outputs below it.
 bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why);

@@ -49,8 +49,6 @@ struct StaticPlan {
 /// `kept_float` (name -> reason).
 nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, DataType type, const std::string& reason,
                                    const std::map<std::string, std::string>& kept_float);
-/// Whether a plan file is a static plan ("path": "static").
-bool is_static_plan(const std::string& path);
 /// Reads a static plan. Throws kConfig naming the file and the tensor for an unknown precision or
 /// a mix of activation types.
 StaticPlan load_static_plan(const std::string& path);

@@ -40,9 +40,6 @@ struct StaticQuantConfig {
   double percentile = 99.999;        ///< for method "percentile"
   /// Ranges read from a file instead of calibrating (matched by tensor name; others stay float).
   const calib::RangesFile* ranges = nullptr;
-  /// Unused: the quality guard is the pipeline's (pipeline/guard.h), switched by
-  /// pipeline::QuantizeJob::guard. Kept only because tests/quant/qdq_ort_parity_test.cc sets it.
-  bool guard = true;
   /// Cross-layer equalization of Conv pairs before calibration (passes/cross_layer_equalization.h).
   bool cle = false;
   /// With cle: replace Clip(0, 6) by Relu inside equalizable pairs, as DFQ does (changes the float model).

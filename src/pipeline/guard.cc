@@ -4,23 +4,25 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "internal.h"
-#include "qtool/runtime/executor.h"
+#include "qtool/pipeline/sensitivity.h"
 
 namespace qtool::pipeline {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
-/// The probe's bounds: suspects (widest ranges first) and held-out samples it runs on.
-constexpr size_t kMaxSuspects = 24, kProbeSamples = 4;
-
-/// (score, activation name): the lowest output SQNR with that activation alone quantized.
-using Scored = std::vector<std::pair<double, std::string>>;
+/// Margins over the floor: the round's prediction aims at floor + kTargetMargin; a raised tensor
+/// must alone score floor + kAloneMargin.
+constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0;
+/// Raised tensors named one by one in the actions (the rest are counted).
+constexpr size_t kMaxNamed = 12;
 
 /// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model.
 report::CompareResult compare_on(const ir::Model& reference, const ir::Model& quantized, data::SampleSource& held_out,
@@ -31,90 +33,172 @@ report::CompareResult compare_on(const ir::Model& reference, const ir::Model& qu
   return report::compare_models(reference, quantized, detail::sample_provider(held_out), options);
 }
 
-/// Every quantized activation of an emission, by name.
-std::set<std::string> quantized_activations(const quant::QdqSummary& qdq) {
-  std::set<std::string> all;
-  for (const auto& entry : qdq.activation_params) all.insert(entry.first);
-  return all;
+/// Relative noise power of an SQNR: 10^(-dB/10); exact is 0, NaN or -inf is overwhelming.
+double noise_of(double db) {
+  if (std::isnan(db) || db == -kInf) return 1e30;
+  return db == kInf ? 0.0 : std::pow(10.0, -db / 10.0);
 }
 
-/// The probe's suspects: quantized activations, widest calibrated range first, at most kMaxSuspects.
-std::vector<std::string> suspects(const quant::CalibratedModel& calibrated, const std::set<std::string>& quantized) {
-  std::vector<std::pair<double, std::string>> by_width;
-  for (const auto& [v, rg] : calibrated.ranges)
-    if (quantized.count(v->name())) by_width.emplace_back(-(static_cast<double>(rg.max) - rg.min), v->name());
-  std::sort(by_width.begin(), by_width.end());
-  if (by_width.size() > kMaxSuspects) by_width.resize(kMaxSuspects);
-  std::vector<std::string> names;
-  for (auto& entry : by_width) names.push_back(std::move(entry.second));
-  return names;
-}
+/// How a raised tensor is quantized.
+enum class Raise { kObserved, kWide, kFloat };
 
-/// Step 2: scores each suspect alone quantized on the first kProbeSamples held-out samples,
-/// against FP32 outputs computed once; sorted, lowest (most harmful) first.
-Scored probe_sensitivity(const ir::Model& reference, const quant::CalibratedModel& calibrated,
-                         const quant::StaticQuantConfig& config, data::SampleSource& held_out,
-                         const std::set<std::string>& quantized) {
-  runtime::ExecutorOptions eo;
-  eo.threads = config.threads;
-  const size_t probes = std::min(kProbeSamples, held_out.size());
-  std::vector<data::Sample> inputs;
-  std::vector<std::vector<Tensor>> ref_out;
-  std::vector<std::string> names;
-  {
-    runtime::Executor ref(reference, eo);
-    names = ref.output_names();
-    for (size_t i = 0; i < probes; ++i) {
-      inputs.push_back(held_out.load(i));
-      ref_out.push_back(ref.run(inputs.back()));
+/// Steps 2-4 of the guard (see guard.h).
+class Escalation {
+ public:
+  Escalation(const ir::Model& reference, const quant::CalibratedModel& calibrated, const quant::StaticQuantConfig& config,
+             data::SampleSource& calib, data::SampleSource& held_out, const GuardOptions& options, GuardResult& g)
+      : reference_(reference), calibrated_(calibrated), config_(config), calib_(calib), held_out_(held_out),
+        options_(options), g_(g), type8_(config.qdq.activation_type), sym_(config.qdq.activation_symmetric) {}
+
+  /// Replaces `emitted` (and g's comparison and choices) by the best emission with raised tensors.
+  void run(quant::StaticEmission& emitted) {
+    params_ = emitted.qdq.activation_params;
+    rank_tensors();
+    if (order_.empty()) return;
+    size_t k = first_round_size();
+    double best = worst_output_sqnr(g_.comparison);
+    for (size_t round = 1; round <= options_.max_rounds; ++round) {
+      decide(k);
+      const quant::TensorChoices choices = choices_for(k);
+      quant::StaticEmission again = quant::emit_static(calibrated_, choices, config_);
+      if (again.qdq.quantized_nodes == 0) {  // float is not a quantized model: the floor decides what then
+        g_.actions.push_back(fmt::format("guard round {}: raising {} tensors would leave nothing quantized", round, k));
+        break;
+      }
+      const std::string corrected =
+          quant::correct_static_biases(calibrated_, again.model, calib_, config_, " (model with raised tensors)");
+      if (!corrected.empty()) g_.actions.push_back(corrected);
+      report::CompareResult outs = compare_on(reference_, again.model, held_out_, config_.threads);
+      const bool ok = meets_floor(outs, options_.floor, nullptr);
+      g_.actions.push_back(fmt::format("guard round {}: {} of {} tensors raised ({} at their observed range, {} at 16 "
+                                       "bits, {} float): {}{}",
+                                       round, k, order_.size(), count(k, Raise::kObserved), count(k, Raise::kWide),
+                                       count(k, Raise::kFloat), describe_outputs(outs), ok ? "" : " (below the floor)"));
+      if (ok || worst_output_sqnr(outs) > best) {
+        best = worst_output_sqnr(outs);
+        emitted = std::move(again);
+        g_.comparison = std::move(outs);
+        g_.choices = choices;
+      }
+      if (ok || k == order_.size()) break;
+      k = std::min(order_.size(), 2 * k);
     }
   }
-  Scored scored;
-  for (const std::string& name : suspects(calibrated, quantized)) {
-    std::set<std::string> others = quantized;
-    others.erase(name);
-    const quant::StaticEmission alone = quant::emit_static(calibrated, others, config);
-    runtime::Executor ex(alone.model, eo);
-    std::vector<report::OutputComparison> outs(names.size());
-    for (size_t k = 0; k < outs.size(); ++k) outs[k].name = names[k];
-    for (size_t i = 0; i < probes; ++i) {
-      const std::vector<Tensor> got = ex.run(inputs[i]);
-      for (size_t k = 0; k < outs.size() && k < got.size(); ++k) outs[k].add(ref_out[i][k], got[k]);
-    }
-    double worst = kInf;
-    for (const auto& o : outs) worst = std::min(worst, o.error.sqnr_db());
-    scored.emplace_back(worst, name);
-  }
-  std::sort(scored.begin(), scored.end());
-  return scored;
-}
 
-/// Step 3: the activations worth keeping in float (alone they lose much more than the threshold),
-/// worst first, then the quantized inputs of each kept Add/Mul.
-std::set<std::string> choose_float(const Scored& scored, const ir::Model& float_model,
-                                   const std::set<std::string>& quantized, const GuardOptions& options,
-                                   std::vector<std::string>& actions) {
-  std::set<std::string> kept;
-  for (const auto& [score, name] : scored) {
-    if (kept.size() >= options.max_float_groups || score >= options.min_sqnr_db + 10.0) break;
-    kept.insert(name);
-    actions.push_back(fmt::format("kept '{}' in float: quantized alone it gives output SQNR {:.1f} dB", name, score));
+ private:
+  /// Step 2: every quantized activation alone at 8 bits, noisiest first.
+  void rank_tensors() {
+    std::vector<FakeQuantTensor> each;
+    for (const auto& [name, p] : params_) each.push_back({name, p, type8_});
+    std::sort(each.begin(), each.end(), [](const FakeQuantTensor& a, const FakeQuantTensor& b) { return a.name < b.name; });
+    const std::vector<Quality> q =
+        score_alone(calibrated_.float_model, each, held_out_, options_.probe_samples, config_.threads);
+    for (size_t i = 0; i < each.size(); ++i) scored_.emplace_back(q[i].sqnr_db, each[i].name);
+    std::stable_sort(scored_.begin(), scored_.end(),
+                     [](const auto& a, const auto& b) { return noise_of(a.first) > noise_of(b.first); });
+    for (const auto& entry : scored_)
+      if (entry.first < kInf) order_.push_back(entry.second);
+    g_.actions.push_back(fmt::format("guard probe: {} quantized tensors scored alone on {} held-out samples; noisiest "
+                                     "'{}' (output SQNR {:.1f} dB alone)",
+                                     scored_.size(), std::min(options_.probe_samples, held_out_.size()),
+                                     order_.empty() ? "" : order_.front(), scored_.empty() ? kInf : scored_.front().first));
   }
-  for (const std::string& name : std::set<std::string>(kept)) {
-    const ir::Value* v = float_model.graph->find_value(name);
-    const ir::Node* p = v ? v->producer() : nullptr;
-    if (p == nullptr || (p->op_type() != "Add" && p->op_type() != "Mul")) continue;
-    for (const ir::Value* in : p->inputs())
-      if (in && quantized.count(in->name()) && kept.insert(in->name()).second)
-        actions.push_back(fmt::format("kept '{}' in float with '{}' (input of {})", in->name(), name, p->describe()));
+
+  /// The fewest noisiest tensors whose removal leaves the predicted output SQNR at floor + margin.
+  size_t first_round_size() const {
+    const double allowed = noise_of(options_.floor.min_sqnr_db + kTargetMargin);
+    double rest = 0.0;
+    for (const auto& entry : scored_) rest += noise_of(entry.first);
+    size_t k = 0;
+    while (k < order_.size() && rest > allowed) rest -= noise_of(scored_[k++].first);
+    return std::max<size_t>(1, k);
   }
-  if (kept.empty())
-    actions.push_back(fmt::format(
-        "sensitivity: no single activation among the {} widest-range ones explains the loss (worst alone: "
-        "{:.1f} dB); the error is spread over many tensors: try --method percentile or --exclude-op-types",
-        scored.size(), scored.empty() ? 0.0 : scored.front().first));
-  return kept;
-}
+
+  const quant::Range* observed(const std::string& name) const {
+    for (const auto& [v, r] : calibrated_.observed)
+      if (v->name() == name) return &r;
+    return nullptr;
+  }
+
+  /// Step 3 for the first k tensors not yet decided.
+  void decide(size_t k) {
+    std::vector<std::string> fresh;
+    for (size_t i = 0; i < k; ++i)
+      if (!raise_.count(order_[i])) fresh.push_back(order_[i]);
+    if (fresh.empty()) return;
+    std::vector<FakeQuantTensor> trial;  // observed range at 8 bits (where clipped), then 16 bits
+    for (const std::string& name : fresh)
+      if (const quant::Range* r = observed(name)) trial.push_back({name, quant::compute_qparams(*r, type8_, sym_), type8_});
+    const size_t n8 = trial.size();
+    for (const std::string& name : fresh) {
+      const quant::Range* r = observed(name);
+      const DataType t16 = wide_activation_type(type8_);
+      trial.push_back({name, r ? quant::compute_qparams(*r, t16, sym_) : widen_params(params_.at(name), type8_, sym_), t16});
+    }
+    const std::vector<Quality> q =
+        score_alone(calibrated_.float_model, trial, held_out_, options_.probe_samples, config_.threads);
+    const double need = options_.floor.min_sqnr_db + kAloneMargin;
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      const std::string& name = fresh[i];
+      double at8 = -kInf;
+      for (size_t j = 0; j < n8; ++j)
+        if (trial[j].name == name) at8 = q[j].sqnr_db;
+      const double at16 = q[n8 + i].sqnr_db;
+      const Raise r = at8 >= need ? Raise::kObserved : at16 >= need ? Raise::kWide : Raise::kFloat;
+      raise_[name] = r;
+      if (raise_.size() > kMaxNamed) continue;
+      const double alone = std::find_if(scored_.begin(), scored_.end(), [&](const auto& e) { return e.second == name; })->first;
+      g_.actions.push_back(fmt::format(
+          "guard: '{}' {}: quantized alone it gives output SQNR {:.1f} dB ({}16 bits: {:.1f} dB)", name,
+          r == Raise::kObserved ? "takes its observed range" : r == Raise::kWide ? "raised to 16 bits" : "kept in float",
+          alone, at8 > -kInf ? fmt::format("observed range: {:.1f} dB, ", at8) : "", at16));
+    }
+  }
+
+  size_t count(size_t k, Raise what) const {
+    size_t n = 0;
+    for (size_t i = 0; i < k; ++i) n += raise_.at(order_[i]) == what;
+    return n;
+  }
+
+  /// The emission choices for the first k tensors (with the quantized inputs of a float Add/Mul).
+  quant::TensorChoices choices_for(size_t k) const {
+    quant::TensorChoices c;
+    for (size_t i = 0; i < k; ++i) {
+      const std::string& name = order_[i];
+      switch (raise_.at(name)) {
+        case Raise::kObserved: c.observed.insert(name); break;
+        case Raise::kWide:
+          c.wide.insert(name);
+          if (observed(name)) c.observed.insert(name);
+          break;
+        case Raise::kFloat: c.keep_float.insert(name); break;
+      }
+    }
+    for (const std::string& name : std::set<std::string>(c.keep_float)) {
+      const ir::Value* v = calibrated_.float_model.graph->find_value(name);
+      const ir::Node* p = v ? v->producer() : nullptr;
+      if (p == nullptr || (p->op_type() != "Add" && p->op_type() != "Mul")) continue;
+      for (const ir::Value* in : p->inputs())
+        if (in && params_.count(in->name())) c.keep_float.insert(in->name());
+    }
+    return c;
+  }
+
+  const ir::Model& reference_;
+  const quant::CalibratedModel& calibrated_;
+  const quant::StaticQuantConfig& config_;
+  data::SampleSource& calib_;
+  data::SampleSource& held_out_;
+  const GuardOptions& options_;
+  GuardResult& g_;
+  DataType type8_;
+  bool sym_;
+  std::unordered_map<std::string, quant::QParams> params_;
+  std::vector<std::pair<double, std::string>> scored_;  ///< (alone SQNR, tensor), noisiest first
+  std::vector<std::string> order_;                      ///< the tensors that lose anything, noisiest first
+  std::map<std::string, Raise> raise_;
+};
 
 }  // namespace
 
@@ -144,14 +228,6 @@ double GuardResult::min_top1_agreement() const {
   return m;
 }
 
-bool looks_poor(const report::CompareResult& result, const GuardOptions& options) {
-  for (const auto& o : result.outputs) {
-    if (o.classifier && o.classes.top1_agreement() < options.min_top1_agreement) return true;
-    if (o.error.sqnr_db() < options.min_sqnr_db) return true;
-  }
-  return false;
-}
-
 double worst_output_sqnr(const report::CompareResult& r) {
   double s = std::numeric_limits<double>::infinity();
   for (const auto& o : r.outputs) s = std::min(s, o.error.sqnr_db());
@@ -169,6 +245,10 @@ bool meets_floor(const report::CompareResult& result, const QualityFloor& floor,
       if (top1 < floor.min_top1_agreement)
         below += fmt::format("{}{}: top-1 agreement {:.1f}% < {:.1f}%", below.empty() ? "" : "; ", o.name, 100.0 * top1,
                              100.0 * floor.min_top1_agreement);
+      else if (!(o.error.sqnr_db() >= floor.min_classifier_sqnr_db))
+        below += fmt::format("{}{}: scores' SQNR {:.1f} dB < {:.1f} dB (top-1 agreement {:.1f}%)",
+                             below.empty() ? "" : "; ", o.name, o.error.sqnr_db(), floor.min_classifier_sqnr_db,
+                             100.0 * top1);
     } else if (!std::isnan(o.error.sqnr_db()) && o.error.sqnr_db() < floor.min_sqnr_db) {  // NaN: not measured
       below += fmt::format("{}{}: SQNR {:.1f} dB < {:.1f} dB", below.empty() ? "" : "; ", o.name, o.error.sqnr_db(),
                            floor.min_sqnr_db);
@@ -200,29 +280,16 @@ std::string describe_outputs(const report::CompareResult& result) {
 
 GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& calibrated,
                       const quant::StaticQuantConfig& config, data::SampleSource& calib, data::SampleSource& held_out,
-                      quant::StaticEmission& emitted, const GuardOptions& options) {
+                      quant::StaticEmission& emitted, const GuardOptions& options, const quant::TensorChoices& choices) {
   GuardResult g;
+  g.choices = choices;
   g.comparison = compare_on(reference, emitted.model, held_out, config.threads);
   spdlog::info("quality guard: {}", describe_outputs(g.comparison));
-  if (options.search && looks_poor(g.comparison, options)) {
-    const std::set<std::string> quantized = quantized_activations(emitted.qdq);
-    const Scored scored = probe_sensitivity(reference, calibrated, config, held_out, quantized);
-    std::set<std::string> kept = choose_float(scored, calibrated.float_model, quantized, options, g.actions);
-    if (!kept.empty()) {
-      quant::StaticEmission again = quant::emit_static(calibrated, kept, config);
-      const std::string corrected =
-          quant::correct_static_biases(calibrated, again.model, calib, config, " (model with float tensors)");
-      if (!corrected.empty()) g.actions.push_back(corrected);
-      report::CompareResult outs = compare_on(reference, again.model, held_out, config.threads);
-      g.actions.push_back(fmt::format("after keeping {} tensor(s) in float: {}", kept.size(), describe_outputs(outs)));
-      if (worst_output_sqnr(outs) >= worst_output_sqnr(g.comparison)) {
-        emitted = std::move(again);
-        g.comparison = std::move(outs);
-        g.kept_float = std::move(kept);
-      } else {
-        g.actions.push_back("no improvement: kept the fully quantized model");
-      }
-    }
+  std::string why;
+  const bool below = !meets_floor(g.comparison, options.floor, &why);
+  if (options.search && below && choices.empty() && dtype_bits(config.qdq.activation_type) == 8) {
+    g.actions.push_back("guard: below the quality floor at 8 bits (" + why + ")");
+    Escalation(reference, calibrated, config, calib, held_out, options, g).run(emitted);
   }
   g.looks_broken = looks_broken(g.comparison);
   if (g.looks_broken)

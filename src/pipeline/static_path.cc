@@ -71,25 +71,31 @@ struct StaticRun {
 };
 
 /// Calibrates, emits, bias-corrects and guards the prepared model (`reference`).
-/// `keep` (a --plan's float tensors) stays float from the first emission; `search` lets the guard
-/// keep more (off with a --plan: the plan decides).
+/// `planned` (a --plan's per-tensor choices) applies from the first emission; `search` lets the
+/// guard raise tensors (off with a --plan: the plan decides).
 StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples,
-                           const std::set<std::string>& keep = {}, bool search = true) {
+                           const QualityFloor& floor, const quant::TensorChoices& planned = {}, bool search = true) {
   quant::CalibratedModel calibrated = quant::calibrate_static(reference, *samples.calib, cfg);
-  StaticRun run{quant::emit_static(calibrated, keep, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
+  StaticRun run{quant::emit_static(calibrated, planned, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
   if (!samples.warning.empty()) run.warnings.push_back(samples.warning);
   if (std::string a = quant::correct_static_biases(calibrated, run.emitted.model, *samples.calib, cfg); !a.empty())
     run.actions.push_back(std::move(a));
   if (samples.guard) {
     GuardOptions go;
     go.search = search;
-    run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted, go);
+    go.floor = floor;
+    run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted, go, planned);
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
   }
   if (std::string a = quant::subgraph_float_note(run.emitted.model); !a.empty()) run.actions.push_back(std::move(a));
   run.equalized_weights = std::move(calibrated.equalized_weights);
   return run;
+}
+
+/// The job's floor (--min-sqnr, --min-agreement); a classifier's loose SQNR bound never exceeds --min-sqnr.
+QualityFloor floor_of(const QuantizeJob& job) {
+  return QualityFloor{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db)};
 }
 
 /// The 16-bit twin of an 8-bit activation type.
@@ -104,7 +110,7 @@ DataType widened(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : 
 std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* original, const quant::StaticQuantConfig& cfg,
                                  StaticSamples& samples, StaticRun& run, int& bits) {
   if (!run.guard) return std::nullopt;
-  const QualityFloor floor{job.floor_sqnr_db, job.floor_agreement};
+  const QualityFloor floor = floor_of(job);
   std::string why;
   if (meets_floor(run.guard->comparison, floor, &why)) return std::nullopt;
   run.actions.push_back("quality floor: below it with " + std::to_string(bits) + "-bit activations (" + why + ")");
@@ -114,7 +120,7 @@ std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* origin
     quant::prepare_model(wide, 21);
     quant::StaticQuantConfig c16 = cfg;
     c16.qdq.activation_type = widened(cfg.qdq.activation_type);
-    StaticRun r16 = quantize_guarded(wide, c16, samples);
+    StaticRun r16 = quantize_guarded(wide, c16, samples, floor);
     std::string why16;
     const bool ok = meets_floor(r16.guard->comparison, floor, &why16);
     run.actions.push_back(fmt::format("quality floor: activations raised to 16 bits: {}{}",
@@ -186,15 +192,19 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   // The prepared FP32 model stays as the reference of the guard and the evaluation.
   const ir::Model reference = std::move(model);
   // Calibration, Q/DQ placement and the guard (the held-out check) are timed together as "quantize".
-  std::set<std::string> planned_float;
+  quant::TensorChoices planned;
   if (plan) {
     cfg.qdq.activation_type = plan->activation_type;
-    for (const auto& entry : plan->float_tensors) planned_float.insert(entry.first);
+    for (const auto& entry : plan->float_tensors) planned.keep_float.insert(entry.first);
+    planned.wide = plan->wide_tensors;
+    planned.observed = plan->observed_range;
   }
-  StaticRun run = quantize_guarded(reference, cfg, samples, planned_float, !plan);
+  const QualityFloor floor = floor_of(job);
+  StaticRun run = quantize_guarded(reference, cfg, samples, floor, planned, !plan);
   if (plan)
-    run.actions.push_back(fmt::format("--plan: {} activations, {} kept in float", dtype_name(plan->activation_type),
-                                      planned_float.size()));
+    run.actions.push_back(fmt::format("--plan: {} activations, {} at 16 bits, {} kept in float",
+                                      dtype_name(plan->activation_type), planned.wide.size(),
+                                      planned.keep_float.size()));
   const int bits_before = bits;
   std::optional<Error> floor_failure = apply_floor(job, original ? &*original : nullptr, cfg, samples, run, bits);
   if (bits != bits_before) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
@@ -216,11 +226,17 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
     for (const auto& entry : run.emitted.qdq.activation_params) quantized.push_back(entry.first);
     std::sort(quantized.begin(), quantized.end());
     std::map<std::string, std::string> kept = plan ? plan->float_tensors : std::map<std::string, std::string>{};
-    if (run.guard)
-      for (const std::string& t : run.guard->kept_float) kept.emplace(t, "guard: quantized it ruins the output");
+    quant::StaticPlan written;
+    written.activation_type = cfg.qdq.activation_type;
+    if (run.guard) {
+      for (const std::string& t : run.guard->choices.keep_float)
+        kept.emplace(t, plan ? "--plan" : "guard: quantized it ruins the output");
+      written.wide_tensors = run.guard->choices.wide;
+      written.observed_range = run.guard->choices.observed;
+    }
+    written.float_tensors = std::move(kept);
     const std::string reason = plan ? "--plan" : bits != job.activation_bits ? "quality floor" : "";
-    write_file_atomic(job.plan_out,
-                      quant::static_plan_to_json(quantized, cfg.qdq.activation_type, reason, kept).dump(2) + "\n");
+    write_file_atomic(job.plan_out, quant::static_plan_to_json(quantized, written, reason).dump(2) + "\n");
   }
   timings.push_back({"save", seconds_since(t)});
 
@@ -229,7 +245,8 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
                "{} Relu/Clip folded",
                job.model_path, job.out_path, bits, cfg.method, dtype_name(cfg.qdq.activation_type),
                qdq.quantized_nodes, qdq.quantized_weights, qdq.quantized_biases, qdq.folded_activations);
-  const std::string headline = fmt::format("W8A{} {}", bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
+  std::string headline = fmt::format("W8A{} {}", bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
+  if (!qdq.wide_activations.empty()) headline += fmt::format(", {} activations at 16 bits", qdq.wide_activations.size());
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = cfg.method;

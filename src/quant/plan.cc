@@ -64,17 +64,27 @@ nlohmann::json read_plan_json(const std::string& path) {
 
 LayerPlanMap load_plan(const std::string& path) { return plan_from_json(read_plan_json(path), path); }
 
-nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, DataType type, const std::string& reason,
-                                   const std::map<std::string, std::string>& kept_float) {
+namespace {
+DataType twin16(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
+}  // namespace
+
+nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, const StaticPlan& plan,
+                                   const std::string& reason) {
   nlohmann::ordered_json j;
   j["schema"] = "qtool.plan";
-  j["schema_version"] = "1.1";
+  j["schema_version"] = "1.2";
   j["bits"] = "8";
   j["path"] = "static";
   j["activations"] = nlohmann::ordered_json::array();
-  for (const std::string& t : quantized)
-    j["activations"].push_back({{"tensor", t}, {"precision", std::string(dtype_name(type))}, {"reason", reason}});
-  for (const auto& entry : kept_float)
+  for (const std::string& t : quantized) {
+    const bool wide = plan.wide_tensors.count(t) != 0;
+    nlohmann::ordered_json e = {{"tensor", t},
+                                {"precision", std::string(dtype_name(wide ? twin16(plan.activation_type) : plan.activation_type))},
+                                {"reason", wide ? "guard: 8 bits lose too much here" : reason}};
+    if (plan.observed_range.count(t)) e["range"] = "observed";
+    j["activations"].push_back(std::move(e));
+  }
+  for (const auto& entry : plan.float_tensors)
     j["activations"].push_back({{"tensor", entry.first}, {"precision", "float"}, {"reason", entry.second}});
   return nlohmann::json(j);
 }
@@ -86,7 +96,8 @@ StaticPlan load_static_plan(const std::string& path) {
     bad("not a static qtool plan (\"schema\": \"qtool.plan\", \"path\": \"static\")");
   if (!j.contains("activations") || !j["activations"].is_array()) bad("no \"activations\" array");
   StaticPlan plan;
-  std::string type;
+  std::map<std::string, std::string> typed;  // tensor -> precision
+  std::set<std::string> types;
   for (size_t i = 0; i < j["activations"].size(); ++i) {
     const auto& e = j["activations"][i];
     if (!e.is_object() || !e.contains("tensor") || !e["tensor"].is_string() || !e.contains("precision") ||
@@ -100,15 +111,30 @@ StaticPlan load_static_plan(const std::string& path) {
     }
     if (precision != "uint8" && precision != "int8" && precision != "uint16" && precision != "int16")
       bad(fmt::format("tensor '{}': precision '{}' is not uint8, int8, uint16, int16 or float", tensor, precision));
-    if (!type.empty() && precision != type)
-      bad(fmt::format("tensor '{}' is {} where others are {}: one activation type per model (per-tensor types are "
-                      "not supported yet)", tensor, precision, type));
-    type = precision;
+    const std::string range = e.value("range", "method");
+    if (range != "method" && range != "observed")
+      bad(fmt::format("tensor '{}': range '{}' is not \"method\" or \"observed\"", tensor, range));
+    if (range == "observed") plan.observed_range.insert(tensor);
+    typed[tensor] = precision;
+    types.insert(precision);
   }
-  plan.activation_type = type == "int8"     ? DataType::kInt8
-                         : type == "uint16" ? DataType::kUint16
-                         : type == "int16"  ? DataType::kInt16
-                                            : DataType::kUint8;
+  auto type_of = [](const std::string& t) {
+    return t == "int8" ? DataType::kInt8 : t == "uint16" ? DataType::kUint16 : t == "int16" ? DataType::kInt16 : DataType::kUint8;
+  };
+  if (types.size() == 2) {  // an 8-bit type and its 16-bit twin: the 16-bit tensors are raised ones
+    const DataType a = type_of(*types.begin()), b = type_of(*types.rbegin());
+    const DataType narrow = dtype_bits(a) == 8 ? a : b, wide = dtype_bits(a) == 8 ? b : a;
+    if (dtype_bits(narrow) != 8 || twin16(narrow) != wide)
+      bad(fmt::format("activations of types {} and {}: a plan mixes only an 8-bit type with its 16-bit twin "
+                      "(uint8 with uint16, int8 with int16)", *types.begin(), *types.rbegin()));
+    plan.activation_type = narrow;
+    for (const auto& [tensor, precision] : typed)
+      if (type_of(precision) == wide) plan.wide_tensors.insert(tensor);
+  } else if (types.size() > 2) {
+    bad("more than two activation types: a plan mixes only an 8-bit type with its 16-bit twin");
+  } else {
+    plan.activation_type = types.empty() ? DataType::kUint8 : type_of(*types.begin());
+  }
   return plan;
 }
 

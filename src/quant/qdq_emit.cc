@@ -101,7 +101,7 @@ class Emitter {
       for (Fold& f : folds_) {
         if (!f.active) continue;
         const QParams p = params_of(f.y);
-        if (!quantized_.count(f.y) || !activation_redundant(f, p, opt_.activation_type)) {
+        if (!quantized_.count(f.y) || !activation_redundant(f, p, type_of(f.y))) {
           f.active = false;
           changed = true;
         }
@@ -110,7 +110,7 @@ class Emitter {
     }
     apply_folds();
     rewrite();
-    const int64_t need = (dtype_bits(opt_.activation_type) == 16) ? 21 : 13;
+    const int64_t need = (dtype_bits(opt_.activation_type) == 16 || !wide_roots_.empty()) ? 21 : 13;
     if (model_.opset("") < need) model_.set_opset("", need);
     model_.ir_version = std::max<int64_t>(model_.ir_version, need >= 21 ? 10 : 7);
     g_.topo_sort();
@@ -124,7 +124,14 @@ class Emitter {
                 ErrorCode::kConfig, "activation type {} is not supported (uint8, int8, uint16, int16)", dtype_name(t));
     QTOOL_CHECK(opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
                 "static quantization stores weights as int8 (got {})", dtype_name(opt_.weight_type));
+    QTOOL_CHECK(opt_.wide_names.empty() || dtype_bits(t) == 8, ErrorCode::kConfig,
+                "16-bit tensors in a model whose activations are already {}", dtype_name(t));
   }
+
+  /// The 16-bit twin of the 8-bit activation type.
+  DataType wide_type() const { return opt_.activation_type == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
+  /// The integer type of v's Q/DQ group.
+  DataType type_of(const ir::Value* v) { return wide_roots_.count(find(v)) ? wide_type() : opt_.activation_type; }
 
   bool has_range(const ir::Value* v) const { return ranges_.count(v) != 0; }
 
@@ -257,6 +264,11 @@ class Emitter {
         for (ir::Value* v : n->inputs()) unite(out, v);
       }
     }
+    wide_roots_.clear();
+    for (const ir::Value* v : quantized_)
+      if (opt_.wide_names.count(v->name())) wide_roots_.insert(find(v));
+    for (const Fold& f : folds_)  // a folded activation's name stands for its producer's output
+      if (f.active && opt_.wide_names.count(f.z->name()) && quantized_.count(f.y)) wide_roots_.insert(find(f.y));
     for (const ir::Value* v : quantized_) {
       const Range r = has_range(v) || is_fold_target(v) ? range_of(v) : Range{0.0f, 0.0f};
       const ir::Value* root = find(v);
@@ -283,7 +295,7 @@ class Emitter {
     const ir::Value* root = find(v);
     auto it = group_range_.find(root);
     const Range r = it == group_range_.end() ? Range{} : it->second;
-    return compute_qparams(r, opt_.activation_type, opt_.activation_symmetric);
+    return compute_qparams(r, type_of(v), opt_.activation_symmetric);
   }
 
   void apply_folds() {
@@ -309,11 +321,12 @@ class Emitter {
   // Q -> DQ after v; every consumer in this graph (but the Q itself and excluded nodes) reads the DQ.
   void quantize_activation(ir::Value* v) {
     const QParams p = params_of(v);
+    const DataType type = type_of(v);
     ir::Value* scale = add_init(v->name() + "_scale", Tensor::scalar<float>(p.scale));
-    ir::Value* zp = add_init(v->name() + "_zero_point", make_int_tensor(opt_.activation_type, {}, {p.zero_point}));
+    ir::Value* zp = add_init(v->name() + "_zero_point", make_int_tensor(type, {}, {p.zero_point}));
     ir::Node* q = g_.add_node("QuantizeLinear", {v, scale, zp}, {g_.unique_name(v->name() + "_QuantizeLinear_Output")},
                               g_.unique_name(v->name() + "_QuantizeLinear"));
-    set_type(q->output(0), opt_.activation_type, v);
+    set_type(q->output(0), type, v);
     ir::Node* dq = g_.add_node("DequantizeLinear", {q->output(0), scale, zp},
                                {g_.unique_name(v->name() + "_DequantizeLinear_Output")},
                                g_.unique_name(v->name() + "_DequantizeLinear"));
@@ -326,12 +339,14 @@ class Emitter {
     }
     dq_of_[v] = dq->output(0);
     summary_.activation_params[v->name()] = p;
+    if (type != opt_.activation_type) summary_.wide_activations.insert(v->name());
     ++summary_.quantized_activations;
   }
 
   // Constant operand of Add/Mul quantized like an activation (own per-tensor range).
-  ir::Value* quantize_constant_as_activation(ir::Value* c) {
-    if (auto it = const_dq_.find(c); it != const_dq_.end()) return it->second;
+  ir::Value* quantize_constant_as_activation(ir::Value* c, DataType type) {
+    const auto key = std::make_pair(static_cast<const ir::Value*>(c), type);
+    if (auto it = const_dq_.find(key); it != const_dq_.end()) return it->second;
     const Tensor& t = *c->initializer();
     Range r{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
     for (int64_t i = 0; i < t.numel(); ++i) {
@@ -340,16 +355,16 @@ class Emitter {
       r.max = std::max(r.max, x);
     }
     if (t.numel() == 0) r = Range{};
-    const QParams p = compute_qparams(r, opt_.activation_type, opt_.activation_symmetric);
+    const QParams p = compute_qparams(r, type, opt_.activation_symmetric);
     std::vector<int32_t> q(t.numel());
-    for (int64_t i = 0; i < t.numel(); ++i) q[i] = quantize_value(t.data<float>()[i], p, opt_.activation_type);
-    ir::Value* qv = add_init(c->name() + "_quantized", make_int_tensor(opt_.activation_type, t.shape(), q));
+    for (int64_t i = 0; i < t.numel(); ++i) q[i] = quantize_value(t.data<float>()[i], p, type);
+    ir::Value* qv = add_init(c->name() + "_quantized", make_int_tensor(type, t.shape(), q));
     ir::Value* scale = add_init(c->name() + "_scale", Tensor::scalar<float>(p.scale));
-    ir::Value* zp = add_init(c->name() + "_zero_point", make_int_tensor(opt_.activation_type, {}, {p.zero_point}));
+    ir::Value* zp = add_init(c->name() + "_zero_point", make_int_tensor(type, {}, {p.zero_point}));
     ir::Node* dq = g_.add_node("DequantizeLinear", {qv, scale, zp}, {g_.unique_name(c->name() + "_DequantizeLinear_Output")},
                                g_.unique_name(c->name() + "_DequantizeLinear"));
     set_type(dq->output(0), DataType::kFloat, c);
-    const_dq_[c] = dq->output(0);
+    const_dq_[key] = dq->output(0);
     return dq->output(0);
   }
 
@@ -467,12 +482,18 @@ class Emitter {
     }
     if (r.constants_as_activations) {
       bool other_quantized = false;
-      for (size_t i = 0; i < n->inputs().size(); ++i) other_quantized |= quantized_source(n, static_cast<int>(i)) != nullptr;
+      DataType type = opt_.activation_type;  // 16-bit when a quantized input is
+      for (size_t i = 0; i < n->inputs().size(); ++i) {
+        if (const ir::Value* src = quantized_source(n, static_cast<int>(i))) {
+          other_quantized = true;
+          if (type_of(src) != opt_.activation_type) type = type_of(src);
+        }
+      }
       if (other_quantized) {
         for (size_t i = 0; i < n->inputs().size(); ++i) {
           ir::Value* c = n->input(i);
           if (float_const(c) && c->owner() == &g_ && !opt_.keep_float.count(c)) {
-            n->set_input(i, quantize_constant_as_activation(c));
+            n->set_input(i, quantize_constant_as_activation(c, type));
             any = true;
           }
         }
@@ -496,7 +517,9 @@ class Emitter {
   std::unordered_map<const ir::Value*, const ir::Value*> alias_, parent_;
   std::set<const ir::Value*> quantized_;
   std::unordered_map<const ir::Value*, Range> group_range_;
-  std::unordered_map<const ir::Value*, ir::Value*> dq_of_, const_dq_;
+  std::unordered_map<const ir::Value*, ir::Value*> dq_of_;
+  std::map<std::pair<const ir::Value*, DataType>, ir::Value*> const_dq_;
+  std::set<const ir::Value*> wide_roots_;  ///< union-find roots of the 16-bit groups
   std::map<std::pair<const ir::Value*, int64_t>, WeightDq> weight_dq_;
 };
 

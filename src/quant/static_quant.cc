@@ -1,11 +1,15 @@
 // The static path's mechanics: prepare, calibrate (with CLE), emit, bias-correct (see static_quant.h).
 #include "qtool/quant/static_quant.h"
 
+#include <cmath>
+#include <unordered_map>
+
 #include <fmt/format.h>
 
 #include "qtool/calib/calibrate.h"
 #include "qtool/passes/cross_layer_equalization.h"
 #include "qtool/passes/pass.h"
+#include "qtool/passes/upgrade_opset.h"
 #include "qtool/quant/bias_correction.h"
 
 namespace qtool::quant {
@@ -57,7 +61,7 @@ RangeMap ranges_for_model(const ir::Model& model, const calib::RangesFile& file)
 
 CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& calib, const StaticQuantConfig& config) {
   QTOOL_CHECK(calib.size() > 0 || config.ranges != nullptr, ErrorCode::kConfig, "no calibration samples");
-  CalibratedModel c{prepared.clone(), {}, {}, {}};
+  CalibratedModel c{prepared.clone(), {}, {}, {}, {}};
   ir::Model& model = c.float_model;
   if (config.cle) {
     c.actions.push_back(equalize(model, config));
@@ -79,18 +83,47 @@ CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& 
   cc.run.label = "calibrating";
   const calib::CalibrationResult cr = calib::calibrate(model, calib, cc);
   c.ranges = ranges_for_model(model, cr.ranges);
+  for (const calib::TensorRange& t : cr.ranges.tensors) {
+    const ir::Value* v = model.graph->find_value(t.name);
+    if (v == nullptr || !c.ranges.count(v)) continue;
+    const Range full{static_cast<float>(t.min), static_cast<float>(t.max)};
+    const Range used = c.ranges.at(v);
+    if (std::isfinite(full.min) && std::isfinite(full.max) && (full.min < used.min || full.max > used.max))
+      c.observed[v] = full;
+  }
   return c;
 }
 
-StaticEmission emit_static(const CalibratedModel& calibrated, const std::set<std::string>& keep_float,
+StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoices& choices,
                            const StaticQuantConfig& config) {
   StaticEmission e{calibrated.float_model.clone(), {}};
   QdqOptions o = config.qdq;
-  o.keep_float_names.insert(keep_float.begin(), keep_float.end());
+  o.keep_float_names.insert(choices.keep_float.begin(), choices.keep_float.end());
+  o.wide_names.insert(choices.wide.begin(), choices.wide.end());
+  if (!choices.wide.empty() && e.model.opset("") < 21) {  // 16-bit QuantizeLinear needs opset 21
+    passes::PassOptions po;
+    po.target_opset = 21;
+    passes::upgrade_opset(e.model, po);
+  }
   // The ranges are keyed by the calibrated model's values: re-key them by name on the copy.
   RangeMap r;
   for (const auto& [v, rg] : calibrated.ranges)
     if (const ir::Value* mv = e.model.graph->find_value(v->name())) r[mv] = rg;
+  // A tensor chosen for its observed range takes it, and so does a Relu/Clip reading it (the
+  // emitter folds that activation into the producer, with the activation's range).
+  std::unordered_map<std::string, Range> observed;
+  for (const auto& [v, rg] : calibrated.observed) observed[v->name()] = rg;
+  auto take_observed = [&](const ir::Value* mv) {
+    const auto it = observed.find(mv->name());
+    if (it != observed.end() && r.count(mv)) r[mv] = it->second;
+  };
+  for (const std::string& name : choices.observed) {
+    const ir::Value* mv = e.model.graph->find_value(name);
+    if (mv == nullptr) continue;
+    take_observed(mv);
+    for (const ir::Use& u : mv->uses())
+      if (u.node->op_type() == "Relu" || u.node->op_type() == "Clip") take_observed(u.node->output(0));
+  }
   e.qdq = emit_qdq(e.model, r, o);
   return e;
 }
@@ -120,7 +153,7 @@ std::string subgraph_float_note(const ir::Model& quantized) {
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {
   CalibratedModel calibrated = calibrate_static(model, samples, config);
-  StaticEmission emitted = emit_static(calibrated, {}, config);
+  StaticEmission emitted = emit_static(calibrated, TensorChoices{}, config);
   StaticQuantResult result;
   result.calib_samples = static_cast<int64_t>(samples.size());
   result.actions = std::move(calibrated.actions);

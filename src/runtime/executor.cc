@@ -490,6 +490,10 @@ struct Executor::Impl : public SubgraphRunner {
         const int s = step.outputs[i];
         if (s < 0) continue;
         frame.slots[s] = std::move(outs[i]);
+        if (top && observer) {
+          Tensor replaced;
+          if (observer->replace(*step.node->outputs()[i], frame.slots[s], replaced)) frame.slots[s] = std::move(replaced);
+        }
         track_alloc(frame.slots[s]);
         if (top && observer) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
       }
@@ -575,6 +579,8 @@ struct Executor::Impl : public SubgraphRunner {
       }
       check_input(*v, it->second);
       frame.slots[p.input_slots[i]] = it->second;
+      Tensor replaced;
+      if (obs && obs->replace(*v, it->second, replaced)) frame.slots[p.input_slots[i]] = std::move(replaced);
     }
     ScopedBufferSource use_pool(buffer_pool.get());
     observer = obs;

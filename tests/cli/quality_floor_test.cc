@@ -53,17 +53,24 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
   const std::string base = fmt::format("{} quantize {} --bits 8 --calib {} --json", testing::qtool_bin(),
                                        d.file("head.onnx"), d.file("calib"));
   // Default floor (20 dB): the whole tensor's SQNR sees only the coordinates; the scores' channel
-  // group is ruined at 8 bits, so the activations are raised to 16 bits.
+  // group is ruined at 8 bits. The guard raises the concatenation's Q/DQ group (cat and the inputs
+  // sharing its scale) to 16 bits; everything else stays 8-bit.
   const auto q = testing::run_command(base + " -o " + d.file("q.onnx") + " --plan-out " + d.file("plan.json"));
   ASSERT_EQ(q.exit_code, 0) << q.err;
   const nlohmann::json rep = nlohmann::json::parse(q.out);
-  EXPECT_EQ(rep["precision"], "W8A16 QDQ");
+  EXPECT_EQ(rep["precision"], "W8A8 QDQ, 3 activations at 16 bits");
   std::string actions;
   for (const auto& a : rep["actions"]) actions += a.get<std::string>() + "\n";
   EXPECT_NE(actions.find("one family of its channels"), std::string::npos) << actions;
-  EXPECT_NE(actions.find("activations raised to 16 bits"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("guard: 'cat' raised to 16 bits"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("guard round 1: 2 of 7 tensors raised"), std::string::npos) << actions;
   EXPECT_TRUE(std::filesystem::exists(d.file("q.onnx")));
-  // The plan it carried out (every activation uint16, reason "quality floor") gives the same model
+  // The output meets the floor in qtool's comparison of the written model.
+  for (const auto& o : rep["evaluation"]["outputs"]) EXPECT_GE(o["sqnr_db"].get<double>(), 20.0) << o;
+  // ONNX Runtime runs the mixed model (16-bit groups in float, 8-bit ones fused) as qtool does.
+  const Tensor x = Tensor::from_vector<float>({1, 16}, testing::gaussian(16, rng));
+  EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "x", x, "y", d.path()), 1e-3);
+  // The plan it carried out (the raised tensors uint16, the rest uint8) gives the same model
   // byte for byte, without the search.
   const auto p = testing::run_command(fmt::format("{} quantize {} --calib {} --plan {} -o {}", testing::qtool_bin(),
                                                   d.file("head.onnx"), d.file("calib"), d.file("plan.json"),

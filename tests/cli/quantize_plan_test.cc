@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "qtool/onnx_io/onnx_io.h"
 #include "test_util.h"
 
 namespace qtool {
@@ -107,7 +108,7 @@ TEST(CliQuantizePlan, StaticPlanReproducesTheModelAndAnEditIsHonoured) {
   const nlohmann::json rep = nlohmann::json::parse(c.out);
   std::string actions;
   for (const auto& x : rep["actions"]) actions += x.get<std::string>() + "\n";
-  EXPECT_NE(actions.find("--plan: uint8 activations, 1 kept in float"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("--plan: uint8 activations, 0 at 16 bits, 1 kept in float"), std::string::npos) << actions;
   // Its plan-out lists conv2 as float, the reason naming the plan.
   const auto e = testing::run_command(quantize(fmt::format("--plan {} -o {} --plan-out {}", d.file("edited.json"),
                                                            d.file("e.onnx"), d.file("plan2.json"))));
@@ -126,12 +127,26 @@ TEST(CliQuantizePlan, StaticPlanReproducesTheModelAndAnEditIsHonoured) {
                                                            d.file("x.onnx"))));
   EXPECT_EQ(x.exit_code, 2) << x.err;
   EXPECT_NE(x.err.find("contradicts"), std::string::npos) << x.err;
-  // One activation type per model.
-  plan["activations"][0]["precision"] = "uint16";
+  // An 8-bit type mixes with its 16-bit twin: the image is read at 16 bits (opset 21), the rest at 8.
+  for (auto& e : plan["activations"])
+    if (e["tensor"] == "image") e["precision"] = "uint16";
   { std::ofstream(d.file("mixed.json")) << plan.dump(2); }
   const auto m = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("mixed.json"), d.file("m.onnx"))));
-  EXPECT_EQ(m.exit_code, 2) << m.err;
-  EXPECT_NE(m.err.find("one activation type per model"), std::string::npos) << m.err;
+  ASSERT_EQ(m.exit_code, 0) << m.err;
+  const ir::Model mixed = onnx_io::load_model(d.file("m.onnx"));
+  EXPECT_EQ(mixed.opset(""), 21);
+  std::map<std::string, int> zero_point_types;
+  for (const auto& node : mixed.graph->nodes())
+    if (node->op_type() == "QuantizeLinear") ++zero_point_types[std::string(dtype_name(node->input(2)->initializer()->dtype()))];
+  EXPECT_EQ(zero_point_types["uint16"], 1);
+  EXPECT_EQ(zero_point_types["uint8"], 5);
+  // Other mixes are refused.
+  for (auto& e : plan["activations"])
+    if (e["tensor"] == "image") e["precision"] = "int16";
+  { std::ofstream(d.file("bad.json")) << plan.dump(2); }
+  const auto bm = testing::run_command(quantize(fmt::format("--plan {} -o {}", d.file("bad.json"), d.file("bm.onnx"))));
+  EXPECT_EQ(bm.exit_code, 2) << bm.err;
+  EXPECT_NE(bm.err.find("16-bit twin"), std::string::npos) << bm.err;
   // A static plan with --bits 4 is refused.
   const auto w = testing::run_command(quantize(fmt::format("--bits 4 --plan {} -o {}", d.file("plan.json"), d.file("w.onnx"))));
   EXPECT_EQ(w.exit_code, 2) << w.err;

@@ -103,9 +103,11 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
     EXPECT_NE(all.find("inside If/Loop/Scan bodies left in float"), std::string::npos) << all;
     if (std::string(name) == "silero_vad_16k_op15") {
       // op15 has its 16 kHz network in the main graph: it is quantized, and the guard keeps the
-      // power spectrum (re² + im², many decades) in float together with the squares it adds.
-      EXPECT_NE(all.find("kept '/model/stft/Add_output_0' in float"), std::string::npos) << all;
-      EXPECT_NE(all.find("kept '/model/stft/Pow_output_0' in float with"), std::string::npos) << all;
+      // power spectrum (re² + im², many decades) in float (with the squares it adds) and raises
+      // the STFT's tensors to 16 bits.
+      EXPECT_NE(all.find("guard: '/model/stft/Add_output_0' kept in float"), std::string::npos) << all;
+      EXPECT_NE(all.find("guard: '/model/stft/Conv_output_0' raised to 16 bits"), std::string::npos) << all;
+      EXPECT_NE(all.find("guard round 1:"), std::string::npos) << all;
       EXPECT_GE(doc["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 25.0) << doc["evaluation"].dump();
     }
 

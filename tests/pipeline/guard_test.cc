@@ -51,7 +51,7 @@ report::CompareResult one_output(const std::vector<float>& ref, const std::vecto
 TEST(GuardVerdicts, NanInTheQuantizedOutputLooksBroken) {
   // Three exact logits and one NaN: skipping the NaN would measure an exact, agreeing output.
   const report::CompareResult r = one_output({1, 4, 2, 3}, {1, 4, NAN, 3});
-  EXPECT_TRUE(looks_poor(r));
+  EXPECT_FALSE(meets_floor(r, QualityFloor{}, nullptr));
   EXPECT_TRUE(looks_broken(r));
   EXPECT_EQ(describe_outputs(r), "logits: SQNR -inf dB, top-1 agreement 0.0%");
   GuardResult g;
@@ -62,16 +62,27 @@ TEST(GuardVerdicts, NanInTheQuantizedOutputLooksBroken) {
 TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   // sum r² = 30, sum e² = 0.01 -> 34.8 dB, same argmax: fine.
   const report::CompareResult good = one_output({1, 4, 2, 3}, {1, 4.1f, 2, 3});
-  EXPECT_FALSE(looks_poor(good));
+  EXPECT_TRUE(meets_floor(good, QualityFloor{}, nullptr));
   EXPECT_FALSE(looks_broken(good));
   EXPECT_EQ(describe_outputs(good), "logits: SQNR 34.8 dB, top-1 agreement 100.0%");
-  // 10·log10(30 / 1) = 14.8 dB: poor (< 15) but not broken (>= 5).
+  // 10·log10(30 / 1) = 14.8 dB but the same argmax: a classifier is judged by its agreement.
   const report::CompareResult poor = one_output({1, 4, 2, 3}, {1, 3, 2, 3});
-  EXPECT_TRUE(looks_poor(poor));
+  EXPECT_TRUE(meets_floor(poor, QualityFloor{}, nullptr));
   EXPECT_FALSE(looks_broken(poor));
-  GuardOptions lenient;
-  lenient.min_sqnr_db = 10.0;
-  EXPECT_FALSE(looks_poor(poor, lenient));
+  // Agreeing rows do not hide scores distorted beyond use: 10·log10(30 / 13) = 3.6 dB.
+  std::string distorted;
+  EXPECT_FALSE(meets_floor(one_output({1, 4, 2, 3}, {3, 5, 0, 1}), QualityFloor{}, &distorted));
+  EXPECT_EQ(distorted, "logits: scores' SQNR 3.6 dB < 10.0 dB (top-1 agreement 100.0%)");
+  // The same values as a flat output (not a classifier): below a 20 dB floor, above a 10 dB one.
+  report::CompareResult map;
+  map.samples = 1;
+  map.outputs.resize(1);
+  map.outputs[0].name = "map";
+  map.outputs[0].add(Tensor::from_vector<float>({4}, {1, 4, 2, 3}), Tensor::from_vector<float>({4}, {1, 3, 2, 3}));
+  std::string why;
+  EXPECT_FALSE(meets_floor(map, QualityFloor{}, &why));
+  EXPECT_EQ(why, "map: SQNR 14.8 dB < 20.0 dB");
+  EXPECT_TRUE(meets_floor(map, QualityFloor{10.0, 0.97}, nullptr));
   // Not a classifier: no agreement, and "not measured" is NaN.
   report::CompareResult flat;
   flat.samples = 1;
@@ -130,7 +141,7 @@ TEST(Guard, GoodModelPassesUntouched) {
   quant::StaticEmission e = quant::emit_static(c, {}, cfg);
   const GuardResult g = run_guard(d.reference, c, cfg, *d.calib, *d.held_out, e);
   EXPECT_TRUE(g.actions.empty());
-  EXPECT_TRUE(g.kept_float.empty());
+  EXPECT_TRUE(g.choices.empty());
   EXPECT_FALSE(g.looks_broken);
   EXPECT_EQ(g.comparison.samples, 16);
   ASSERT_EQ(g.comparison.outputs.size(), 1u);
@@ -139,7 +150,7 @@ TEST(Guard, GoodModelPassesUntouched) {
   expect_same_comparison(g.comparison, compare_directly(d.reference, e.model, *d.held_out));
 }
 
-TEST(Guard, RuinedRangesRunTheProbeAndWarn) {
+TEST(Guard, ClippedRangesAreRaisedUntilTheFloorHolds) {
   Digits d;
   quant::StaticQuantConfig cfg;
   cfg.method = "percentile";
@@ -147,25 +158,36 @@ TEST(Guard, RuinedRangesRunTheProbeAndWarn) {
   const quant::CalibratedModel c = quant::calibrate_static(d.reference, *d.calib, cfg);
   quant::StaticEmission e = quant::emit_static(c, {}, cfg);
   const report::CompareResult before = compare_directly(d.reference, e.model, *d.held_out);
-  ASSERT_TRUE(looks_poor(before));
-  const size_t activations = e.qdq.activation_params.size();
+  ASSERT_FALSE(meets_floor(before, QualityFloor{}, nullptr));
   const GuardResult g = run_guard(d.reference, c, cfg, *d.calib, *d.held_out, e);
-  ASSERT_FALSE(g.actions.empty());
-  EXPECT_EQ(g.actions.front().rfind("kept '", 0), 0u) << g.actions.front();
-  // Whatever it kept, the model it kept is no worse than the fully quantized one (else it keeps that).
-  const double sqnr_before = before.outputs[0].error.sqnr_db();
-  EXPECT_GE(g.comparison.outputs[0].error.sqnr_db(), sqnr_before);
-  if (g.kept_float.empty()) {
-    EXPECT_EQ(g.actions.back(), "no improvement: kept the fully quantized model");
-    EXPECT_EQ(e.qdq.activation_params.size(), activations);
-  } else {
-    EXPECT_NE(g.actions.back().find(fmt::format("after keeping {} tensor(s) in float", g.kept_float.size())),
-              std::string::npos) << g.actions.back();
-    EXPECT_LT(e.qdq.activation_params.size(), activations);
-  }
+  ASSERT_GE(g.actions.size(), 2u);
+  EXPECT_EQ(g.actions[0], "guard: below the quality floor at 8 bits (logits: scores' SQNR 2.6 dB < 10.0 dB (top-1 "
+                          "agreement 100.0%))");
+  EXPECT_EQ(g.actions[1].rfind("guard probe: 6 quantized tensors scored alone", 0), 0u) << g.actions[1];
+  // The clipped tensors take their observed ranges (no 16 bits or float needed), and the floor holds.
+  EXPECT_FALSE(g.choices.observed.empty());
+  EXPECT_TRUE(g.choices.keep_float.empty());
+  std::string why;
+  EXPECT_TRUE(meets_floor(g.comparison, QualityFloor{}, &why)) << why;
+  EXPECT_GT(g.comparison.outputs[0].error.sqnr_db(), before.outputs[0].error.sqnr_db());
   expect_same_comparison(g.comparison, compare_directly(d.reference, e.model, *d.held_out));
-  EXPECT_EQ(g.looks_broken, looks_broken(g.comparison));
-  EXPECT_EQ(g.looks_broken, !g.warnings.empty());
+  EXPECT_FALSE(g.looks_broken);
+  EXPECT_TRUE(g.warnings.empty());
+}
+
+TEST(Guard, APlanRunOnlyMeasures) {
+  Digits d;
+  quant::StaticQuantConfig cfg;
+  cfg.method = "percentile";
+  cfg.percentile = 50.0;
+  const quant::CalibratedModel c = quant::calibrate_static(d.reference, *d.calib, cfg);
+  quant::StaticEmission e = quant::emit_static(c, {}, cfg);
+  GuardOptions options;
+  options.search = false;
+  const GuardResult g = run_guard(d.reference, c, cfg, *d.calib, *d.held_out, e, options);
+  EXPECT_TRUE(g.actions.empty());
+  EXPECT_TRUE(g.choices.empty());
+  EXPECT_FALSE(meets_floor(g.comparison, QualityFloor{}, nullptr));
 }
 
 }  // namespace

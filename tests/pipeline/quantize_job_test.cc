@@ -103,7 +103,8 @@ TEST(QuantizeJob, MaxDropGateIsReturnedNotThrownOnBothPaths) {
     job.out_path = d.file("g" + bits + ".onnx");
     job.max_drop = 0.0;
     job.static_cfg.method = "percentile";
-    job.static_cfg.percentile = 50.0;  // ruins the static model
+    job.static_cfg.percentile = 50.0;  // ruins the static model (the guard repairs it: observed ranges)
+    job.floor_sqnr_db = 200.0;         // ... so an unreachable floor makes it fail
     job.weight_cfg.bits_first_last = "";  // every layer binary, plain RTN
     job.algorithm = quant::WeightAlgorithm::kRtn;
     job.force = true;  // write even below the quality floor / when it looks broken (exit 3 all the same)

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "qtool/runtime/executor.h"
+
 #include "qtool/core/error.h"
 #include "qtool/core/npy.h"
 #include "qtool/data/sample_source.h"
@@ -42,7 +44,9 @@ TEST(StaticQuant, EmitKeepsTheNamedActivationsInFloat) {
   // The model input, which conv1 reads through a Q/DQ pair.
   const std::string kept = "image";
   ASSERT_EQ(all.qdq.activation_params.count(kept), 1u);
-  const StaticEmission one_float = emit_static(c, {kept}, cfg);
+  TensorChoices keep;
+  keep.keep_float = {kept};
+  const StaticEmission one_float = emit_static(c, keep, cfg);
   EXPECT_EQ(one_float.qdq.activation_params.count(kept), 0u);
   EXPECT_EQ(one_float.qdq.activation_params.size(), all.qdq.activation_params.size() - 1);
   EXPECT_LT(count_op(one_float.model, "QuantizeLinear"), count_op(all.model, "QuantizeLinear"));
@@ -55,6 +59,47 @@ TEST(StaticQuant, EmitKeepsTheNamedActivationsInFloat) {
     ASSERT_EQ(again.qdq.activation_params.count(name), 1u) << name;
     EXPECT_EQ(again.qdq.activation_params.at(name).scale, p.scale) << name;
   }
+}
+
+/// The integer type of the QuantizeLinear that reads `tensor` (kUndefined when none does).
+DataType q_type_of(const ir::Model& m, const std::string& tensor) {
+  for (const auto& node : m.graph->nodes())
+    if (node->op_type() == "QuantizeLinear" && node->input(0)->name() == tensor) return node->input(2)->initializer()->dtype();
+  return DataType::kUndefined;
+}
+
+TEST(StaticQuant, WideTensorsAreSixteenBitWithTheirGroupAtOpset21) {
+  const ir::Model m = prepared_digits();
+  auto samples = digits_samples(m, 32);
+  StaticQuantConfig cfg;
+  cfg.method = "percentile";
+  cfg.percentile = 99.0;  // clips: the observed ranges differ from the method's
+  const CalibratedModel c = calibrate_static(m, *samples, cfg);
+  const StaticEmission all = emit_static(c, {}, cfg);
+  EXPECT_EQ(all.model.opset(""), 13);
+  EXPECT_TRUE(all.qdq.wide_activations.empty());
+  TensorChoices choices;
+  choices.wide = {"conv2"};
+  choices.observed = {"conv2"};
+  const StaticEmission e = emit_static(c, choices, cfg);
+  EXPECT_EQ(e.model.opset(""), 21);  // 16-bit QuantizeLinear
+  EXPECT_EQ(e.qdq.wide_activations, std::set<std::string>{"conv2"});
+  EXPECT_EQ(q_type_of(e.model, "conv2"), DataType::kUint16);
+  EXPECT_EQ(q_type_of(e.model, "conv1"), DataType::kUint8);
+  EXPECT_EQ(e.qdq.activation_params.size(), all.qdq.activation_params.size());
+  // conv2 covers its observed max at 16 bits: (65535 - z) · s >= max, where the percentile range stopped short.
+  float observed_max = 0.0f;
+  for (const auto& [v, r] : c.observed)
+    if (v->name() == "conv2") observed_max = r.max;
+  ASSERT_GT(observed_max, 0.0f);
+  const quant::QParams p16 = e.qdq.activation_params.at("conv2"), p8 = all.qdq.activation_params.at("conv2");
+  EXPECT_GE((65535 - p16.zero_point) * p16.scale, observed_max * 0.999f);
+  EXPECT_LT((255 - p8.zero_point) * p8.scale, observed_max);
+  // The model runs in the executor and stays close to the 8-bit one's outputs.
+  runtime::Executor ex(e.model);
+  const std::vector<Tensor> out = ex.run(samples->load(0));
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].numel(), 10);
 }
 
 TEST(StaticQuant, QuantizeStaticIsCalibrateThenEmit) {

@@ -25,5 +25,6 @@ void add_run_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
+void add_sensitivity_command(CLI::App& app);
 
 }  // namespace qtool::cli

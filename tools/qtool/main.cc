@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
   cli::add_calibrate_command(app);
   cli::add_quantize_command(app);
   cli::add_compare_command(app);
+  cli::add_sensitivity_command(app);
 
   install_interrupt_handler();  // Ctrl-C: stop cleanly in every phase, exit 130, nothing left behind
   try {

@@ -1,25 +1,30 @@
 // The static path's quality guard: checks the quantized model against FP32 on held-out samples
-// and keeps in float the activations whose quantization ruins it.
+// and, when it is below the quality floor, raises the precision of the tensors that cost the
+// most quality until the floor holds.
 //
 // Given the prepared FP32 model (the reference), the calibrated float model the quantizer emits
 // from (quant::CalibratedModel; with CLE the equalized copy) and its first emission:
 //  1. both models run on the held-out samples through report::compare_models (the one comparison,
-//     QDQ groups fused as ONNX Runtime runs them): per output SQNR, and top-1 agreement for
-//     classifier-like outputs ([N,C] or [N,C,1,1]). A NaN/inf in the quantized output counts as
-//     maximal error (SQNR -inf), so a model that produces NaN always looks broken;
-//  2. when an output is poor (top-1 agreement < min_top1_agreement or SQNR < min_sqnr_db), the
-//     sensitivity probe: each of the kMaxSuspects widest-range quantized activations alone is
-//     quantized (every other activation float) and run, unfused, on the first kProbeSamples
-//     held-out samples against FP32 outputs computed once; its score is the lowest output SQNR.
-//     Wide ranges (a -1e9 mask, mixed scales) are the usual culprits, and the bound keeps the
-//     search to a fixed number of runs;
-//  3. activations that alone score below min_sqnr_db + 10 dB are kept in float, worst first, at
-//     most max_float_groups of them, together with the quantized inputs of a kept Add/Mul (it runs
-//     in float in ONNX Runtime anyway, and quantizing its inputs can still ruin it: a power
-//     spectrum re² + im² loses its quiet bins); the model is emitted again (and bias-corrected)
-//     and kept if its lowest output SQNR is no worse than the first emission's;
-//  4. the model kept looks broken when a classifier output agrees on < 50% of rows or an output's
-//     SQNR is < 5 dB; the result then carries a warning.
+//     QDQ groups fused as ONNX Runtime runs them); each output is judged by the metric that fits
+//     it (QualityFloor below). A NaN/inf in the quantized output counts as maximal error;
+//  2. below the floor, the sensitivity probe (pipeline/sensitivity.h): every quantized activation
+//     alone is fake-quantized on the float model (everything else float) on the first
+//     probe_samples held-out samples; its score is the lowest output SQNR. Its noise power
+//     10^(-score/10) ranks it, and the noise of the tensors not raised is taken as additive: the
+//     first round raises the fewest noisiest tensors whose removal brings the predicted output
+//     SQNR to the floor + 6 dB;
+//  3. each tensor raised takes the cheapest step that alone scores at least floor + 10 dB:
+//     its observed min/max at 8 bits (only when the range method clipped it: entropy, percentile,
+//     mse), 16 bits over the observed range (its whole Q/DQ group; ONNX Runtime runs the groups
+//     with a 16-bit side in float), or float (with the quantized inputs of a float Add/Mul, which
+//     ONNX Runtime runs in float anyway);
+//  4. the model is emitted again with those choices, bias-corrected and compared as in 1; below
+//     the floor, the next round raises twice as many tensors (at most max_rounds, and never more
+//     than all); the best emission is kept (the first one that meets the floor, else the highest
+//     lowest output SQNR);
+//  5. the model kept looks broken when a classifier output agrees on < 50% of rows or an output's
+//     SQNR is < 5 dB; the result then carries a warning. The static path then tries 16-bit
+//     activations everywhere and fails with exit 3 when even that is below the floor.
 #pragma once
 
 #include <cstddef>
@@ -34,13 +39,26 @@
 
 namespace qtool::pipeline {
 
+/// The quality floor of a static model (README "Quality floor"): each output judged by the metric
+/// that fits it: a classifier-like output ([N,C] or [N,C,1,1]) by its top-1 agreement with FP32,
+/// any other output (dense maps, detector heads, regression, recurrent state) by its SQNR, and
+/// a tensor whose channels fall into families of very different magnitudes (scores beside box
+/// coordinates) by the SQNR of each family.
+struct QualityFloor {
+  double min_sqnr_db = 20.0;
+  double min_top1_agreement = 0.97;
+  /// A classifier's scores also need this SQNR: a few dozen agreeing rows cannot hide scores
+  /// distorted beyond use (a 3 dB logit SQNR agreed on all 16 rows of a digits CNN).
+  double min_classifier_sqnr_db = 10.0;
+};
+
 /// How the guard splits the samples and when it acts.
 struct GuardOptions {
   double holdout_fraction = 0.1;     ///< part of the samples held out for the guard
   size_t min_holdout = 16;           ///< fewest held-out samples (else all samples serve both roles)
-  double min_top1_agreement = 0.9;   ///< fraction; below it the sensitivity probe runs
-  double min_sqnr_db = 15.0;         ///< below it the sensitivity probe runs
-  size_t max_float_groups = 8;       ///< most activations (before Add/Mul partners) kept in float
+  QualityFloor floor;                ///< below it the guard raises precision
+  size_t probe_samples = 8;          ///< held-out samples each probe run uses
+  size_t max_rounds = 6;             ///< emissions with raised tensors at most
   bool search = true;                ///< false: only measure (a --plan run: the plan decides)
 };
 
@@ -58,7 +76,7 @@ GuardSplit split_for_guard(size_t n, bool guard, const GuardOptions& options = {
 /// What the guard measured and did.
 struct GuardResult {
   report::CompareResult comparison;   ///< of the model kept, on the held-out samples (no per-layer)
-  std::set<std::string> kept_float;   ///< activations kept in float in the model kept
+  quant::TensorChoices choices;       ///< the tensors raised in the model kept
   std::vector<std::string> actions;   ///< probe decisions, in order
   std::vector<std::string> warnings;  ///< "THE QUANTIZED MODEL LOOKS BROKEN ..."
   bool looks_broken = false;
@@ -66,20 +84,14 @@ struct GuardResult {
   double min_top1_agreement() const;
 };
 
-/// Runs the guard (see the header comment) on `emitted`, the first emission of `calibrated`,
-/// already bias-corrected; replaces it by the emission with tensors kept in float when that is
-/// kept. `calib` is what a new emission is bias-corrected on. Needs a non-empty `held_out`.
+/// Runs the guard (see the header comment) on `emitted`, the first emission of `calibrated`
+/// with `choices` (a plan's, else none), already bias-corrected; replaces it by the emission
+/// with raised tensors when that is kept. `calib` is what a new emission is bias-corrected on.
+/// Needs a non-empty `held_out`.
 GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& calibrated,
                       const quant::StaticQuantConfig& config, data::SampleSource& calib, data::SampleSource& held_out,
-                      quant::StaticEmission& emitted, const GuardOptions& options = {});
-
-/// The quality floor of a static model (README "Quality floor"): each output judged by the metric
-/// that fits it: a classifier-like output ([N,C] or [N,C,1,1]) by its top-1 agreement with FP32,
-/// any other output (dense maps, detector heads, regression, recurrent state) by its SQNR.
-struct QualityFloor {
-  double min_sqnr_db = 20.0;
-  double min_top1_agreement = 0.97;
-};
+                      quant::StaticEmission& emitted, const GuardOptions& options = {},
+                      const quant::TensorChoices& choices = {});
 
 /// The guard's single figure for a comparison, lower is worse: the lowest output SQNR in dB (an
 /// output with nothing measured counts as exact).
@@ -87,9 +99,7 @@ double worst_output_sqnr(const report::CompareResult& result);
 /// True when every output of `result` meets `floor`; otherwise `why` names the outputs below it.
 bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why);
 
-/// True when an output is poor enough for the sensitivity probe (step 2).
-bool looks_poor(const report::CompareResult& result, const GuardOptions& options = {});
-/// True when the model looks broken (step 4).
+/// True when the model looks broken (step 5).
 bool looks_broken(const report::CompareResult& result);
 /// "name: SQNR 21.3 dB, top-1 agreement 98.0%; ..." for the log and the actions.
 std::string describe_outputs(const report::CompareResult& result);

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,17 +41,21 @@ nlohmann::json plan_to_json(const WeightOnlyReport& report, const std::string& b
 LayerPlanMap plan_from_json(const nlohmann::json& j, const std::string& what);
 /// Reads a plan file (plan_from_json). Throws kIo / kConfig naming the file.
 LayerPlanMap load_plan(const std::string& path);
-/// A static (--bits 8) plan: one activation type and the tensors kept in float (name -> reason).
+/// A static (--bits 8) plan: the activation type, the tensors raised to its 16-bit twin, the
+/// tensors quantized over their observed min/max instead of the method's range, and the tensors
+/// kept in float (name -> reason).
 struct StaticPlan {
   DataType activation_type = DataType::kUint8;
+  std::set<std::string> wide_tensors;
+  std::set<std::string> observed_range;
   std::map<std::string, std::string> float_tensors;
 };
-/// The static plan a run carried out: `quantized` activations at `type` (each with `reason`), and
-/// `kept_float` (name -> reason).
-nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, DataType type, const std::string& reason,
-                                   const std::map<std::string, std::string>& kept_float);
+/// The static plan a run carried out: `quantized` activations (each with `reason`) at the plan's
+/// type or its 16-bit twin ("range": "observed" where so), then the float ones.
+nlohmann::json static_plan_to_json(const std::vector<std::string>& quantized, const StaticPlan& plan,
+                                   const std::string& reason);
 /// Reads a static plan. Throws kConfig naming the file and the tensor for an unknown precision or
-/// a mix of activation types.
+/// a mix of activation types other than an 8-bit type and its 16-bit twin.
 StaticPlan load_static_plan(const std::string& path);
 
 /// The default bits a plan file was written with (its "bits"), for --plan without --bits.

@@ -99,6 +99,11 @@ struct QdqOptions {
   std::set<const ir::Value*> keep_float;
   /// Same, by tensor name (for decisions made on another copy of the model).
   std::set<std::string> keep_float_names;
+  /// Tensors (by name) quantized at the 16-bit twin of an 8-bit activation_type (uint8 -> uint16,
+  /// int8 -> int16): the whole Q/DQ group (shared scale) of each one is widened. Any widened
+  /// tensor raises the model to opset 21; the groups ONNX Runtime cannot fuse (a 16-bit input or
+  /// output) run in float there, the others stay integer.
+  std::set<std::string> wide_names;
   /// Leave out the all-zero zero-point inputs of weight (int8) and bias (int32) DequantizeLinear
   /// nodes: optional in ONNX (zero of x's type is assumed) and 18 KB + 72 KB on MobileNetV2.
   bool omit_zero_points = true;
@@ -116,6 +121,8 @@ struct QdqSummary {
   std::vector<std::string> float_nodes;  ///< quantizable nodes left in float, with the reason
   /// Per-tensor parameters chosen for activations (value name after emission -> params).
   std::unordered_map<std::string, QParams> activation_params;
+  /// The activations quantized at 16 bits because of QdqOptions::wide_names (whole groups).
+  std::set<std::string> wide_activations;
 };
 
 /// True if qtool knows how to place Q/DQ for this op type (the op table of qdq_ops.cc).

@@ -55,6 +55,9 @@ struct CalibratedModel {
   /// The prepared model, or with cle its equalized copy (which the int8 weights approximate).
   ir::Model float_model;
   RangeMap ranges;                   ///< keyed by float_model's values
+  /// The observed min/max of each calibrated tensor when the method's ranges differ from them
+  /// (entropy, percentile, mse clip), for tensors whose clipping ruins the output; else empty.
+  RangeMap observed;
   /// With cle: the equalized float weights (initializer name -> tensor, float, >= 16 elements),
   /// which the int8 weights approximate (the input model's weights no longer match them).
   std::map<std::string, Tensor> equalized_weights;
@@ -85,9 +88,18 @@ size_t prepare_model(ir::Model& model, int64_t target_opset);
 /// ranges), kInvalidInput for bad samples.
 CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& calib, const StaticQuantConfig& config);
 
-/// Step 3: places Q/DQ on a copy of the calibrated float model; the activations named in
-/// `keep_float` stay float (in addition to config.qdq's own exclusions).
-StaticEmission emit_static(const CalibratedModel& calibrated, const std::set<std::string>& keep_float,
+/// Per-tensor decisions of the guard (or a plan) for an emission, by tensor name.
+struct TensorChoices {
+  std::set<std::string> keep_float;  ///< stay float (in addition to config.qdq's own exclusions)
+  std::set<std::string> wide;        ///< quantized at 16 bits with their Q/DQ groups
+  std::set<std::string> observed;    ///< the observed min/max instead of the method's range
+  bool empty() const { return keep_float.empty() && wide.empty() && observed.empty(); }
+  size_t size() const { return keep_float.size() + wide.size() + observed.size(); }
+};
+
+/// Step 3: places Q/DQ on a copy of the calibrated float model with the per-tensor `choices`
+/// (a copy with 16-bit tensors is upgraded to opset 21 first).
+StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoices& choices,
                            const StaticQuantConfig& config);
 
 /// Step 4: with config.bias_correction, corrects the biases of `emitted` against the calibrated

@@ -20,6 +20,13 @@ class Observer {
  public:
   virtual ~Observer() = default;
   virtual void on_value(const ir::Value& value, const Tensor& tensor) = 0;
+  /// Optionally replaces a main-graph value before any node reads it (and before on_value sees
+  /// it): returns true with `out` set. Called for the graph's runtime inputs too. The sensitivity
+  /// probe fake-quantizes tensors this way. Default: never.
+  virtual bool replace(const ir::Value& value, const Tensor& tensor, Tensor& out) {
+    (void)value, (void)tensor, (void)out;
+    return false;
+  }
 };
 
 struct ExecutorOptions {

@@ -75,8 +75,14 @@ std::vector<Tensor> evaluate(const ir::Model& model, const ir::Node& n) {
   return ex.run({});
 }
 
+/// An initializer of `g` or of a graph enclosing it (a body reading its parent's weights: an LSTM
+/// export slices, concatenates and unsqueezes them inside the If branch).
 bool is_constant(const ir::Graph& g, const ir::Value* v) {
-  return v == nullptr || (v->owner() == &g && v->is_initializer() && !v->is_graph_input());
+  if (v == nullptr) return true;
+  if (!v->is_initializer() || v->is_graph_input()) return false;
+  for (const ir::Graph* s = &g; s != nullptr; s = s->parent())
+    if (v->owner() == s) return true;
+  return false;
 }
 
 size_t run_on_graph(ir::Model& model, ir::Graph& g, const PassOptions& options) {

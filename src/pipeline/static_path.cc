@@ -88,7 +88,7 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
   }
-  if (std::string a = quant::subgraph_float_note(run.emitted.model); !a.empty()) run.actions.push_back(std::move(a));
+  if (std::string a = quant::subgraph_note(run.emitted); !a.empty()) run.actions.push_back(std::move(a));
   run.equalized_weights = std::move(calibrated.equalized_weights);
   return run;
 }
@@ -210,9 +210,8 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   if (bits != bits_before) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
   model = std::move(run.emitted.model);
   timings.push_back({"quantize", seconds_since(t)});
-  QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0, ErrorCode::kUnsupported,
-              "no node of '{}' was quantized (nothing quantizable outside If/Loop/Scan bodies, or everything excluded); "
-              "nothing is written",
+  QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0 || run.emitted.body_weights > 0, ErrorCode::kUnsupported,
+              "no node of '{}' was quantized (nothing quantizable, or everything excluded); nothing is written",
               job.model_path);
   if (job.qoperator && bits == 8) to_qoperator(model);
   if (job.qoperator && bits != 8)

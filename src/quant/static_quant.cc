@@ -125,6 +125,7 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
       if (u.node->op_type() == "Relu" || u.node->op_type() == "Clip") take_observed(u.node->output(0));
   }
   e.qdq = emit_qdq(e.model, r, o);
+  e.body_weights = quantize_body_weights(e.model, o.reduce_range);
   return e;
 }
 
@@ -144,11 +145,11 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
       br.skipped.empty() ? "" : fmt::format(", {} skipped ({})", br.skipped.size(), br.skipped.front()));
 }
 
-std::string subgraph_float_note(const ir::Model& quantized) {
-  const size_t n = quantizable_in_bodies(*quantized.graph, false);
+std::string subgraph_note(const StaticEmission& emission) {
+  const size_t n = quantizable_in_bodies(*emission.model.graph, false);
   if (n == 0) return "";
-  return fmt::format("{} quantizable nodes inside If/Loop/Scan bodies left in float (values inside subgraphs are "
-                     "not calibrated)", n);
+  return fmt::format("{} quantizable nodes inside If/Loop/Scan bodies: {} weights stored as int8, activations left in "
+                     "float (values inside subgraphs are not calibrated)", n, emission.body_weights);
 }
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {
@@ -159,7 +160,7 @@ StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples,
   result.actions = std::move(calibrated.actions);
   if (std::string a = correct_static_biases(calibrated, emitted.model, samples, config); !a.empty())
     result.actions.push_back(std::move(a));
-  if (std::string a = subgraph_float_note(emitted.model); !a.empty()) result.actions.push_back(std::move(a));
+  if (std::string a = subgraph_note(emitted); !a.empty()) result.actions.push_back(std::move(a));
   result.qdq = std::move(emitted.qdq);
   result.equalized_weights = std::move(calibrated.equalized_weights);
   model = std::move(emitted.model);

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <random>
+
 #include "qtool/runtime/executor.h"
 
 #include "qtool/core/error.h"
@@ -122,7 +125,8 @@ TEST(StaticQuant, QuantizeStaticIsCalibrateThenEmit) {
   onnx_io::save_model(e.model, dir.file("b.onnx"));
   EXPECT_EQ(read_file(dir.file("a.onnx")), read_file(dir.file("b.onnx")));
   // No subgraphs: no note about If/Loop/Scan bodies.
-  EXPECT_EQ(subgraph_float_note(m), "");
+  EXPECT_EQ(subgraph_note(e), "");
+  EXPECT_EQ(e.body_weights, 0u);
 }
 
 TEST(StaticQuant, OptionChecks) {
@@ -152,6 +156,90 @@ TEST(StaticQuant, OptionChecks) {
   EXPECT_TRUE(c.ranges.empty());
   ASSERT_EQ(c.actions.size(), 1u);
   EXPECT_EQ(c.actions[0], "ranges of 0 tensors read from the ranges file");
+}
+
+}  // namespace
+}  // namespace qtool::quant
+
+namespace qtool::quant {
+namespace {
+
+/// If(c) { then: MatMul(x, Unsqueeze(Wp)) with Wp a main-graph initializer; else: MatMul(x,
+/// Unsqueeze(We)) with We an else-body initializer holding the same values } -> y: the two
+/// [1, 8, 16] weights are equal, as an LSTM export's folded gates are in both branches of an If.
+ir::Model if_with_weights(std::vector<float> w) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* c = g.add_input("c");
+  ir::Value* x = g.add_input("x");
+  ir::Value* wp = g.add_initializer("w_parent", Tensor::from_vector<float>({8, 16}, w));
+  ir::Node* n = g.add_node("If", {c}, {"y"}, "if");
+  auto then_g = std::make_unique<ir::Graph>("then", &g);
+  ir::Value* taxes = then_g->add_initializer("then_axes", Tensor::from_vector<int64_t>({1}, {0}));
+  ir::Value* tu = then_g->add_node("Unsqueeze", {wp, taxes}, {"then_w"}, "then_unsqueeze")->output(0);
+  then_g->add_output(then_g->add_node("MatMul", {x, tu}, {"t"}, "mm_then")->output(0));
+  auto else_g = std::make_unique<ir::Graph>("else", &g);
+  ir::Value* we = else_g->add_initializer("w_else", Tensor::from_vector<float>({8, 16}, w));
+  ir::Value* eaxes = else_g->add_initializer("else_axes", Tensor::from_vector<int64_t>({1}, {0}));
+  ir::Value* eu = else_g->add_node("Unsqueeze", {we, eaxes}, {"else_w"}, "else_unsqueeze")->output(0);
+  else_g->add_output(else_g->add_node("MatMul", {x, eu}, {"e"}, "mm_else")->output(0));
+  for (auto [name, body] : {std::pair{"then_branch", &then_g}, std::pair{"else_branch", &else_g}}) {
+    ir::Attribute a;
+    a.name = name;
+    a.type = ir::AttrType::kGraph;
+    a.graphs.push_back(std::move(*body));
+    n->set_attr(std::move(a));
+  }
+  g.add_output(n->output(0));
+  return m;
+}
+
+TEST(BodyWeights, StoredOnceAsInt8InTheMainGraphAndRunClose) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> w(128);
+  for (float& v : w) v = d(rng);
+  const ir::Model original = if_with_weights(w);
+  ir::Model m = original.clone();
+  // Both branches hold the same 128 values: one int8 copy (per tensor: a 3-D MatMul weight).
+  EXPECT_EQ(quantize_body_weights(m, false), 1u);
+  size_t int8 = 0, float_weights = 0;
+  for (const ir::Value* v : m.graph->initializers()) {
+    int8 += v->initializer()->dtype() == DataType::kInt8;
+    float_weights += v->initializer()->dtype() == DataType::kFloat && v->initializer()->numel() >= 64;
+  }
+  EXPECT_EQ(int8, 1u);
+  EXPECT_EQ(float_weights, 0u);  // the parent's float weight, unread now, is gone
+  for (const auto& n : m.graph->nodes())
+    for (const ir::Graph* body : n->subgraphs()) {
+      size_t dq = 0;
+      for (const auto& b : body->nodes()) {
+        dq += b->op_type() == "DequantizeLinear";
+        EXPECT_NE(b->op_type(), "Unsqueeze") << body->name();  // folded into the stored tensor
+      }
+      EXPECT_EQ(dq, 1u) << body->name();
+      for (const ir::Value* v : body->initializers()) EXPECT_NE(v->initializer()->dtype(), DataType::kFloat) << v->name();
+    }
+  // Both branches compute x·W with int8 weights: within 1% of the float result.
+  std::vector<float> xv(8);
+  for (float& v : xv) v = d(rng);
+  const Tensor x = Tensor::from_vector<float>({1, 8}, xv);
+  runtime::Executor ref(original), q(m);
+  for (bool branch : {true, false}) {
+    const std::map<std::string, Tensor> in = {{"c", Tensor::scalar<bool>(branch)}, {"x", x}};
+    const Tensor a = ref.run(in)[0], b = q.run(in)[0];
+    ASSERT_EQ(b.numel(), 16) << branch;  // [1, 8] x [1, 8, 16] -> [1, 1, 16]
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < 16; ++i) {
+      num += std::pow(a.data<float>()[i] - b.data<float>()[i], 2);
+      den += std::pow(a.data<float>()[i], 2);
+    }
+    EXPECT_LT(std::sqrt(num / den), 0.01) << branch;
+  }
+  // The main graph only: nothing to do.
+  ir::Model plain = prepared_digits();
+  EXPECT_EQ(quantize_body_weights(plain, false), 0u);
 }
 
 }  // namespace

@@ -68,6 +68,7 @@ struct CalibratedModel {
 struct StaticEmission {
   ir::Model model;
   QdqSummary qdq;
+  size_t body_weights = 0;  ///< weights inside If/Loop/Scan bodies stored as int8 (quantize_body_weights)
 };
 
 /// What quantize_static did.
@@ -108,9 +109,17 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
 std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& emitted, data::SampleSource& calib,
                                   const StaticQuantConfig& config, const std::string& what = "");
 
-/// The note for quantizable nodes inside If/Loop/Scan bodies, which stay in float (calibration
-/// observes main-graph values only); "" when there are none.
-std::string subgraph_float_note(const ir::Model& quantized);
+/// Stores the weights of Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU and RNN nodes inside
+/// If/Loop/Scan bodies (initializers or Constant nodes, at least 64 elements) as int8, symmetric
+/// per output channel, read through a DequantizeLinear in the body (the node then runs in float
+/// on the dequantized weight, in ONNX Runtime as in qtool). The activations there stay float:
+/// the executor's observers see main-graph values only. Returns the number of weights stored.
+/// emit_static calls it on every emission.
+size_t quantize_body_weights(ir::Model& model, bool reduce_range);
+
+/// The note for quantizable nodes inside If/Loop/Scan bodies: their weights int8, their
+/// activations float; "" when there are none.
+std::string subgraph_note(const StaticEmission& emission);
 
 /// Quantizes `model` (already prepared) in place: calibrates on all of `samples` and emits with
 /// nothing kept in float (steps 2-4, no guard; pipeline/guard.h adds the guard).

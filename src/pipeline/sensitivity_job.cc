@@ -132,6 +132,7 @@ std::string sensitivity_table(const SensitivityRun& run, size_t rows) {
   for (const LayerSensitivity& l : r.layers)
     for (const CandidateScore& c : l.candidates)
       if (std::find(cols.begin(), cols.end(), c.precision) == cols.end()) cols.push_back(c.precision);
+  std::sort(cols.begin(), cols.end());  // the order of LayerPrecision: W8A8, W8A16, W4A32, float
   s += fmt::format("{:>4}  {:<40} {:<14}", "rank", "layer", "op");
   for (LayerPrecision p : cols) s += fmt::format(" {:>16}", std::string(layer_precision_name(p)) + " dB (bytes)");
   s += "\n";

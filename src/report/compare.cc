@@ -238,6 +238,41 @@ double OutputComparison::channel_group_sqnr_db() const {
   return worst;
 }
 
+void OutputComparison::add_lm_positions(const Tensor& r, const Tensor& t) {
+  const int64_t v = r.dim(2), positions = r.numel() / v;
+  std::vector<double> p(static_cast<size_t>(v));
+  for (int64_t i = 0; i < positions; ++i) {
+    const float* a = r.data<float>() + i * v;
+    const float* b = t.data<float>() + i * v;
+    double ma = -std::numeric_limits<double>::infinity(), mb = ma;
+    for (int64_t k = 0; k < v; ++k) {
+      ma = std::max(ma, static_cast<double>(a[k]));
+      mb = std::max(mb, static_cast<double>(b[k]));
+    }
+    double za = 0.0, zb = 0.0;
+    for (int64_t k = 0; k < v; ++k) {
+      za += std::exp(a[k] - ma);
+      zb += std::exp(b[k] - mb);
+    }
+    const double la = ma + std::log(za), lb = mb + std::log(zb);  // log-sum-exp
+    double kl = 0.0, h = 0.0;
+    for (int64_t k = 0; k < v; ++k) {
+      const double lpa = a[k] - la, lpb = b[k] - lb, pa = std::exp(lpa);
+      kl += pa * (lpa - lpb);
+      h -= pa * lpa;
+    }
+    if (!std::isfinite(kl)) kl = std::numeric_limits<double>::infinity();
+    lm_kl += kl;
+    lm_entropy += h;
+    ++lm_positions;
+  }
+}
+
+double OutputComparison::lm_nll_increase() const {
+  if (lm_positions == 0) return std::numeric_limits<double>::quiet_NaN();
+  return lm_entropy > 0.0 ? lm_kl / lm_entropy : (lm_kl > 0.0 ? std::numeric_limits<double>::infinity() : 0.0);
+}
+
 void OutputComparison::add(const Tensor& ref, const Tensor& test, const std::vector<int64_t>& labels) {
   const Tensor r = as_float(ref);
   const Tensor t = as_float(test);
@@ -251,6 +286,10 @@ void OutputComparison::add(const Tensor& ref, const Tensor& test, const std::vec
     for (ChannelStats& c : channel_stats) add_channel_sums(r, t, c);
   }
   shape = r.shape();
+  if (token_model && r.rank() == 3 && r.dim(2) >= 32 && r.shape() == t.shape() && (samples == 0 || lm_positions > 0))
+    add_lm_positions(r, t);
+  else
+    lm_positions = 0;
   if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
     // Every sample must be classifier-shaped for the output to count as a classifier.
     if (samples == 0) classifier = true;
@@ -499,6 +538,12 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
         return test_exec.run(sample.inputs, observe ? &drift : nullptr);
       });
       capture.captured().clear();
+      if (result.samples == 0) {  // a model reading only integers (token ids) may output next-token logits
+        bool tokens = !sample.inputs.empty();
+        for (const auto& in : sample.inputs)
+          tokens &= in.second.dtype() == DataType::kInt64 || in.second.dtype() == DataType::kInt32;
+        for (auto& o : result.outputs) o.token_model = tokens;
+      }
       for (size_t i = 0; i < ref_out.size(); ++i) result.outputs[i].add(ref_out[i], test_out[i], sample.labels);
       return 0;
     });

@@ -59,6 +59,35 @@ TEST(GuardVerdicts, NanInTheQuantizedOutputLooksBroken) {
   EXPECT_DOUBLE_EQ(g.min_top1_agreement(), 0.0);
 }
 
+/// A comparison of `rows` one-row [1,2] classifier samples, the last `misses` of them disagreeing.
+report::CompareResult rows_with_misses(int rows, int misses) {
+  report::CompareResult r;
+  r.samples = rows;
+  r.outputs.resize(1);
+  r.outputs[0].name = "logits";
+  for (int i = 0; i < rows; ++i) {
+    const bool miss = i >= rows - misses;
+    r.outputs[0].add(Tensor::from_vector<float>({1, 2}, {1.0f, 0.9f}), Tensor::from_vector<float>({1, 2}, {miss ? 0.9f : 1.0f, miss ? 1.0f : 0.9f}));
+  }
+  return r;
+}
+
+TEST(GuardVerdicts, AgreementFloorCountsRowsItCanResolve) {
+  // 97%: 20 rows cannot resolve it: one disagreement (95%) passes, two do not.
+  EXPECT_TRUE(meets_floor(rows_with_misses(20, 1), QualityFloor{}, nullptr));
+  std::string why;
+  EXPECT_FALSE(meets_floor(rows_with_misses(20, 2), QualityFloor{}, &why));
+  EXPECT_EQ(why, "logits: top-1 agreement 90.0% < 97.0%");
+  // 50 rows allow floor(1.5) = 1; 100 rows allow 3; fewer than 16 rows allow none.
+  EXPECT_TRUE(meets_floor(rows_with_misses(50, 1), QualityFloor{}, nullptr));
+  EXPECT_FALSE(meets_floor(rows_with_misses(50, 2), QualityFloor{}, nullptr));
+  EXPECT_TRUE(meets_floor(rows_with_misses(100, 3), QualityFloor{}, nullptr));
+  EXPECT_FALSE(meets_floor(rows_with_misses(100, 4), QualityFloor{}, nullptr));
+  EXPECT_FALSE(meets_floor(rows_with_misses(8, 1), QualityFloor{}, nullptr));
+  // A floor of 100% allows none.
+  EXPECT_FALSE(meets_floor(rows_with_misses(20, 1), QualityFloor{20.0, 1.0}, nullptr));
+}
+
 TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   // sum r² = 30, sum e² = 0.01 -> 34.8 dB, same argmax: fine.
   const report::CompareResult good = one_output({1, 4, 2, 3}, {1, 4.1f, 2, 3});
@@ -163,7 +192,8 @@ TEST(Guard, ClippedRangesAreRaisedUntilTheFloorHolds) {
   ASSERT_GE(g.actions.size(), 2u);
   EXPECT_EQ(g.actions[0], "guard: below the quality floor at 8 bits (logits: scores' SQNR 2.6 dB < 10.0 dB (top-1 "
                           "agreement 100.0%))");
-  EXPECT_EQ(g.actions[1].rfind("guard probe: 6 quantized tensors scored alone", 0), 0u) << g.actions[1];
+  EXPECT_EQ(g.actions[1].rfind("guard probe: 6 quantized tensors scored alone (24 runs on up to 4 held-out samples", 0), 0u)
+      << g.actions[1];
   // The clipped tensors take their observed ranges (no 16 bits or float needed), and the floor holds.
   EXPECT_FALSE(g.choices.observed.empty());
   EXPECT_TRUE(g.choices.keep_float.empty());

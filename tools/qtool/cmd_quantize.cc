@@ -50,6 +50,7 @@ struct QuantizeArgs {
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
   double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
+  double max_nll_increase = 1.0;                 ///< percent, for next-token logits
   bool force = false;
   int threads = 1;
   int64_t block_size = 32;
@@ -145,6 +146,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.per_layer_eval = a.json || !a.report_path.empty();
   job.max_drop = a.max_drop;
   job.floor_sqnr_db = a.min_sqnr;
+  job.floor_lm_nll_increase = a.max_nll_increase / 100.0;
   job.floor_agreement = a.min_agreement;
   job.force = a.force;
   job.threads = a.threads;
@@ -286,6 +288,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--min-agreement", a.min_agreement,
                  "static path: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs (default 0.97)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd.add_option("--max-nll-increase", a.max_nll_increase,
+                 "static path: quality floor for next-token logits of a token model: the NLL increase on the model's "
+                 "own predictions (KL / entropy) in percent (default 1)")
+      ->check(CLI::Range(0.0, 1000.0));
   cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));

@@ -17,7 +17,7 @@ constexpr PathOption kPathOptions[] = {
     {"--exclude-op-types", true, false}, {"--op-types", true, false},         {"--keep-fp", true, false},
     {"--cle", true, false},              {"--cle-relu6", true, false},        {"--bias-correction", true, false},
     {"--no-bias-correction", true, false}, {"--min-sqnr", true, false},       {"--min-agreement", true, false},
-    {"--force", true, true},             {"--reduce-range", true, false},
+    {"--force", true, true},             {"--reduce-range", true, false},     {"--max-nll-increase", true, false},
     {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
     {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
     {"--symmetric", false, true},

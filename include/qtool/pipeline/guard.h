@@ -50,6 +50,10 @@ struct QualityFloor {
   /// A classifier's scores also need this SQNR: a few dozen agreeing rows cannot hide scores
   /// distorted beyond use (a 3 dB logit SQNR agreed on all 16 rows of a digits CNN).
   double min_classifier_sqnr_db = 10.0;
+  /// Next-token logits of a token model ([B, T, V] of a model reading only integers) are judged
+  /// by the NLL increase on the model's own predictions (report::OutputComparison::lm_nll_increase)
+  /// as well as by SQNR.
+  double max_lm_nll_increase = 0.01;
 };
 
 /// How the guard splits the samples and when it acts.
@@ -57,7 +61,7 @@ struct GuardOptions {
   double holdout_fraction = 0.1;     ///< part of the samples held out for the guard
   size_t min_holdout = 16;           ///< fewest held-out samples (else all samples serve both roles)
   QualityFloor floor;                ///< below it the guard raises precision
-  size_t probe_samples = 8;          ///< held-out samples each probe run uses
+  size_t probe_samples = 4;          ///< held-out samples the noisiest tensors are scored on
   size_t max_rounds = 6;             ///< emissions with raised tensors at most
   bool search = true;                ///< false: only measure (a --plan run: the plan decides)
 };

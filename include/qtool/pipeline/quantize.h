@@ -53,6 +53,7 @@ struct QuantizeJob {
   /// The static path's quality floor (guard.h): below it precision is raised (16-bit activations);
   /// when even that cannot reach it the run exits 3 and writes no model unless `force`.
   double floor_sqnr_db = 20.0;          ///< --min-sqnr: every non-classifier output
+  double floor_lm_nll_increase = 0.01;  ///< --max-nll-increase / 100: next-token logits of a token model
   double floor_agreement = 0.97;        ///< --min-agreement: every classifier output's top-1 agreement
   bool force = false;                   ///< --force: write the model even below the floor
   int threads = 1;

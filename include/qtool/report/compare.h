@@ -138,6 +138,16 @@ struct OutputComparison {
   };
   std::vector<ChannelStats> channel_stats;
   static constexpr int64_t kMaxChannels = 4096;
+  /// Set by the caller before the first sample when the model reads only integer inputs (token
+  /// ids): a [B, T, V] output with V >= 32 is then judged as next-token logits.
+  bool token_model = false;
+  /// Over every position of such logits: Σ KL(softmax(ref) ‖ softmax(test)) and Σ H(softmax(ref)).
+  double lm_kl = 0.0, lm_entropy = 0.0;
+  int64_t lm_positions = 0;
+  /// The relative NLL increase on the model's own next-token distribution: Σ KL / Σ H (the
+  /// expected cross-entropy of the test model minus the reference's, over the reference's); NaN
+  /// when the output is not next-token logits.
+  double lm_nll_increase() const;
 
   /// The lower SQNR (dB) of two families of channels along an axis whose channels' FP32 RMS fall
   /// into two families at least two decades apart (the widest gap between sorted levels), e.g. 0..1
@@ -149,6 +159,9 @@ struct OutputComparison {
   /// and the classifier rows while the output stays classifier-like. `labels` as
   /// ClassifierAccumulator::add. Throws kInvalidInput when the element counts differ.
   void add(const Tensor& ref, const Tensor& test, const std::vector<int64_t>& labels = {});
+
+ private:
+  void add_lm_positions(const Tensor& ref, const Tensor& test);
 };
 
 /// Drift of one intermediate tensor present in both models under the same name.

@@ -20,7 +20,7 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 /// Margins over the floor: the round's prediction aims at floor + kTargetMargin; a raised tensor
 /// must alone score floor + kAloneMargin.
-constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0;
+constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0, kUnclipGain = 6.0;
 /// Raised tensors named one by one in the actions (the rest are counted).
 constexpr size_t kMaxNamed = 12;
 /// The probe's first pass and the 16-bit / observed-range trials run on this many held-out
@@ -83,7 +83,11 @@ class Escalation {
         g_.comparison = std::move(outs);
         g_.choices = choices;
       }
-      if (ok || k == order_.size()) break;
+      if (ok) break;
+      if (k == order_.size()) {  // every tensor raised: those at 8 bits (observed range) go to 16 bits, once
+        if (promoted_ || !promote()) break;
+        continue;
+      }
       k = std::min(order_.size(), 2 * k);
     }
   }
@@ -165,15 +169,34 @@ class Escalation {
       for (size_t j = 0; j < n8; ++j)
         if (trial[j].name == name) at8 = q[j].sqnr_db;
       const double at16 = q[n8 + i].sqnr_db;
-      const Raise r = at8 >= need ? Raise::kObserved : at16 >= need ? Raise::kWide : Raise::kFloat;
+      const double alone = std::find_if(scored_.begin(), scored_.end(), [&](const auto& e) { return e.second == name; })->first;
+      // The observed range at 8 bits only when un-clipping is what the tensor needed (6 dB better
+      // than the method's range): mild clipping is not why 8 bits lose too much.
+      const Raise r = at8 >= need && at8 >= alone + kUnclipGain ? Raise::kObserved
+                      : at16 >= need                            ? Raise::kWide
+                                                                : Raise::kFloat;
       raise_[name] = r;
       if (raise_.size() > kMaxNamed) continue;
-      const double alone = std::find_if(scored_.begin(), scored_.end(), [&](const auto& e) { return e.second == name; })->first;
       g_.actions.push_back(fmt::format(
           "guard: '{}' {}: quantized alone it gives output SQNR {:.1f} dB ({}16 bits: {:.1f} dB)", name,
           r == Raise::kObserved ? "takes its observed range" : r == Raise::kWide ? "raised to 16 bits" : "kept in float",
           alone, at8 > -kInf ? fmt::format("observed range: {:.1f} dB, ", at8) : "", at16));
     }
+  }
+
+  /// The tensors raised to their observed range at 8 bits go to 16 bits (8 bits each were enough
+  /// alone, not together); false when there were none.
+  bool promote() {
+    size_t n = 0;
+    for (auto& entry : raise_)
+      if (entry.second == Raise::kObserved) {
+        entry.second = Raise::kWide;
+        ++n;
+      }
+    promoted_ = true;
+    if (n > 0) g_.actions.push_back(fmt::format("guard: {} tensors at their observed range are not enough together: "
+                                                "raised to 16 bits", n));
+    return n > 0;
   }
 
   size_t count(size_t k, Raise what) const {
@@ -219,6 +242,7 @@ class Escalation {
   std::vector<std::pair<double, std::string>> scored_;  ///< (alone SQNR, tensor), noisiest first
   std::vector<std::string> order_;                      ///< the tensors that lose anything, noisiest first
   std::map<std::string, Raise> raise_;
+  bool promoted_ = false;
 };
 
 }  // namespace
@@ -255,13 +279,32 @@ double worst_output_sqnr(const report::CompareResult& r) {
   return s;
 }
 
+const char* output_metric_name(OutputMetric m) {
+  switch (m) {
+    case OutputMetric::kAuto: return "auto";
+    case OutputMetric::kAgreement: return "agreement";
+    case OutputMetric::kSqnr: return "sqnr";
+    case OutputMetric::kNll: return "nll";
+  }
+  return "?";
+}
+
+OutputMetric parse_output_metric(const std::string& name) {
+  for (OutputMetric m : {OutputMetric::kAuto, OutputMetric::kAgreement, OutputMetric::kSqnr, OutputMetric::kNll})
+    if (name == output_metric_name(m)) return m;
+  fail(ErrorCode::kConfig, "--metric '{}' is not auto, agreement, sqnr or nll", name);
+}
+
 bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why) {
   std::string below;
   for (const auto& o : result.outputs) {
     // Channels of very different magnitudes (scores beside coordinates) are not class scores, even
     // in an [N, C] tensor: judged by SQNR per channel group.
-    const double groups = o.channel_group_sqnr_db();
-    const double top1 = o.classifier && std::isnan(groups) ? o.classes.top1_agreement() : std::nan("");
+    const double groups = floor.metric == OutputMetric::kAgreement ? std::nan("") : o.channel_group_sqnr_db();
+    const bool as_classifier = o.classifier && floor.metric != OutputMetric::kSqnr && floor.metric != OutputMetric::kNll;
+    const double top1 = as_classifier && std::isnan(groups) ? o.classes.top1_agreement() : std::nan("");
+    const double nll =
+        floor.metric == OutputMetric::kAuto || floor.metric == OutputMetric::kNll ? o.lm_nll_increase() : std::nan("");
     if (!std::isnan(top1)) {
       // The counted disagreements may reach floor(rows · (1 - min)); a held-out set of 16 to
       // 1 / (1 - min) rows (33 at 97%) cannot tell one disagreement from the floor, so one is allowed.
@@ -279,7 +322,7 @@ bool meets_floor(const report::CompareResult& result, const QualityFloor& floor,
     } else if (!std::isnan(o.error.sqnr_db()) && o.error.sqnr_db() < floor.min_sqnr_db) {  // NaN: not measured
       below += fmt::format("{}{}: SQNR {:.1f} dB < {:.1f} dB", below.empty() ? "" : "; ", o.name, o.error.sqnr_db(),
                            floor.min_sqnr_db);
-    } else if (const double nll = o.lm_nll_increase(); !std::isnan(nll) && !(nll <= floor.max_lm_nll_increase)) {
+    } else if (!std::isnan(nll) && !(nll <= floor.max_lm_nll_increase)) {
       below += fmt::format("{}{}: NLL +{:.2f}% on the model's own next-token predictions > +{:.2f}%",
                            below.empty() ? "" : "; ", o.name, 100.0 * nll, 100.0 * floor.max_lm_nll_increase);
     } else if (!std::isnan(groups) && groups < floor.min_sqnr_db) {

@@ -87,6 +87,11 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
   const auto w = testing::run_command(base + " --min-sqnr 200 --force -o " + d.file("w.onnx"));
   EXPECT_EQ(w.exit_code, 3) << w.err;
   EXPECT_TRUE(std::filesystem::exists(d.file("w.onnx")));
+  // --metric agreement judges the [1, 8] output as class scores (families ignored): it agrees, so
+  // nothing is raised.
+  const auto ag = testing::run_command(base + " --metric agreement -o " + d.file("ag.onnx"));
+  ASSERT_EQ(ag.exit_code, 0) << ag.err;
+  EXPECT_EQ(nlohmann::json::parse(ag.out)["precision"], "W8A8 QDQ");
   // A floor the 8-bit model meets keeps it at 8 bits.
   const auto l = testing::run_command(base + " --min-sqnr -100 -o " + d.file("l.onnx"));
   ASSERT_EQ(l.exit_code, 0) << l.err;

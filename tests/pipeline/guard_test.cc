@@ -102,6 +102,12 @@ TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   std::string distorted;
   EXPECT_FALSE(meets_floor(one_output({1, 4, 2, 3}, {3, 5, 0, 1}), QualityFloor{}, &distorted));
   EXPECT_EQ(distorted, "logits: scores' SQNR 3.6 dB < 10.0 dB (top-1 agreement 100.0%)");
+  // --metric sqnr judges the classifier-shaped output by its SQNR: 14.8 < 20 dB.
+  QualityFloor by_sqnr;
+  by_sqnr.metric = OutputMetric::kSqnr;
+  EXPECT_FALSE(meets_floor(poor, by_sqnr, nullptr));
+  EXPECT_EQ(parse_output_metric("sqnr"), OutputMetric::kSqnr);
+  EXPECT_THROW(parse_output_metric("iou"), Error);
   // The same values as a flat output (not a classifier): below a 20 dB floor, above a 10 dB one.
   report::CompareResult map;
   map.samples = 1;

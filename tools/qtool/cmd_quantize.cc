@@ -51,6 +51,7 @@ struct QuantizeArgs {
   std::optional<double> max_drop;
   double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
   double max_nll_increase = 1.0;                 ///< percent, for next-token logits
+  std::string metric = "auto";                   ///< how the floor judges outputs
   bool force = false;
   int threads = 1;
   int64_t block_size = 32;
@@ -147,6 +148,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.max_drop = a.max_drop;
   job.floor_sqnr_db = a.min_sqnr;
   job.floor_lm_nll_increase = a.max_nll_increase / 100.0;
+  job.floor_metric = pipeline::parse_output_metric(a.metric);
   job.floor_agreement = a.min_agreement;
   job.force = a.force;
   job.threads = a.threads;
@@ -292,6 +294,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "static path: quality floor for next-token logits of a token model: the NLL increase on the model's "
                  "own predictions (KL / entropy) in percent (default 1)")
       ->check(CLI::Range(0.0, 1000.0));
+  cmd.add_option("--metric", a.metric,
+                 "static path: how the quality floor judges outputs: auto (by output kind), agreement, sqnr, nll")
+      ->check(CLI::IsMember({"auto", "agreement", "sqnr", "nll"}));
   cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));

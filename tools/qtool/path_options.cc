@@ -18,6 +18,7 @@ constexpr PathOption kPathOptions[] = {
     {"--cle", true, false},              {"--cle-relu6", true, false},        {"--bias-correction", true, false},
     {"--no-bias-correction", true, false}, {"--min-sqnr", true, false},       {"--min-agreement", true, false},
     {"--force", true, true},             {"--reduce-range", true, false},     {"--max-nll-increase", true, false},
+    {"--metric", true, false},
     {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
     {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
     {"--symmetric", false, true},

@@ -44,6 +44,17 @@ namespace qtool::pipeline {
 /// any other output (dense maps, detector heads, regression, recurrent state) by its SQNR, and
 /// a tensor whose channels fall into families of very different magnitudes (scores beside box
 /// coordinates) by the SQNR of each family.
+/// How the floor judges outputs (`--metric`): kAuto picks per output as QualityFloor says; the
+/// others force one metric wherever it applies: kAgreement judges every classifier-shaped output by
+/// top-1 agreement (even with channel families), kSqnr judges every output by SQNR alone (a
+/// probability map that looks like [N, C]), kNll judges next-token logits by their NLL increase;
+/// outputs the forced metric does not apply to are judged by SQNR.
+enum class OutputMetric { kAuto, kAgreement, kSqnr, kNll };
+/// "auto", "agreement", "sqnr", "nll".
+const char* output_metric_name(OutputMetric m);
+/// The metric a name gives; throws kConfig naming the choices.
+OutputMetric parse_output_metric(const std::string& name);
+
 struct QualityFloor {
   double min_sqnr_db = 20.0;
   double min_top1_agreement = 0.97;
@@ -54,6 +65,7 @@ struct QualityFloor {
   /// by the NLL increase on the model's own predictions (report::OutputComparison::lm_nll_increase)
   /// as well as by SQNR.
   double max_lm_nll_increase = 0.01;
+  OutputMetric metric = OutputMetric::kAuto;
 };
 
 /// How the guard splits the samples and when it acts.

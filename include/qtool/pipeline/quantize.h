@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "qtool/core/error.h"
+#include "qtool/pipeline/guard.h"
 #include "qtool/pipeline/samples.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/precision.h"
@@ -54,6 +55,7 @@ struct QuantizeJob {
   /// when even that cannot reach it the run exits 3 and writes no model unless `force`.
   double floor_sqnr_db = 20.0;          ///< --min-sqnr: every non-classifier output
   double floor_lm_nll_increase = 0.01;  ///< --max-nll-increase / 100: next-token logits of a token model
+  OutputMetric floor_metric = OutputMetric::kAuto;  ///< --metric
   double floor_agreement = 0.97;        ///< --min-agreement: every classifier output's top-1 agreement
   bool force = false;                   ///< --force: write the model even below the floor
   int threads = 1;

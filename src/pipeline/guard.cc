@@ -25,7 +25,7 @@ constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0, kUnclipGain = 6.0;
 constexpr size_t kMaxNamed = 12;
 /// The probe's first pass and the 16-bit / observed-range trials run on this many held-out
 /// samples; the kRescored noisiest tensors of the first pass are scored again on probe_samples.
-constexpr size_t kScreenSamples = 2, kRescored = 48;
+constexpr size_t kScreenSamples = 1, kRescored = 48;
 
 /// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model.
 report::CompareResult compare_on(const ir::Model& reference, const ir::Model& quantized, data::SampleSource& held_out,

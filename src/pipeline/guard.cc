@@ -26,13 +26,17 @@ constexpr size_t kMaxNamed = 12;
 /// The probe's first pass and the 16-bit / observed-range trials run on this many held-out
 /// samples; the kRescored noisiest tensors of the first pass are scored again on probe_samples.
 constexpr size_t kScreenSamples = 1, kRescored = 48;
+/// Rows a borderline classifier verdict is judged on (held-out, then calibration samples).
+constexpr size_t kJudgeRows = 200;
 
-/// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model.
+/// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model; the FP32
+/// outputs come from `cache` after the first call on the same samples.
 report::CompareResult compare_on(const ir::Model& reference, const ir::Model& quantized, data::SampleSource& held_out,
-                                 int threads) {
+                                 int threads, report::ReferenceCache* cache = nullptr) {
   report::CompareOptions options;
   options.per_layer = false;
   options.threads = threads;
+  options.reference_cache = cache;
   return report::compare_models(reference, quantized, detail::sample_provider(held_out), options);
 }
 
@@ -42,6 +46,33 @@ double noise_of(double db) {
   return db == kInf ? 0.0 : std::pow(10.0, -db / 10.0);
 }
 
+/// The held-out samples followed by the first calibration samples, up to `total`.
+class ExtendedSource final : public data::SampleSource {
+ public:
+  ExtendedSource(data::SampleSource& held_out, data::SampleSource& calib, size_t total)
+      : held_out_(held_out), calib_(calib),
+        extra_(std::min(calib.size(), total > held_out.size() ? total - held_out.size() : 0)) {}
+  size_t size() const override { return held_out_.size() + extra_; }
+  data::Sample load(size_t i) override { return i < held_out_.size() ? held_out_.load(i) : calib_.load(i - held_out_.size()); }
+  std::string describe(size_t i) const override {
+    return i < held_out_.size() ? held_out_.describe(i) : calib_.describe(i - held_out_.size());
+  }
+  std::string kind() const override { return held_out_.kind(); }
+
+ private:
+  data::SampleSource& held_out_;
+  data::SampleSource& calib_;
+  size_t extra_;
+};
+
+/// True when a classifier output meets the floor with disagreements: the verdict rests on a few rows.
+bool borderline(const report::CompareResult& result, const QualityFloor& floor) {
+  if (!meets_floor(result, floor, nullptr)) return false;
+  for (const auto& o : result.outputs)
+    if (o.classifier && std::isnan(o.channel_group_sqnr_db()) && o.classes.top1_agreement() < 1.0) return true;
+  return false;
+}
+
 /// How a raised tensor is quantized.
 enum class Raise { kObserved, kWide, kFloat };
 
@@ -49,9 +80,11 @@ enum class Raise { kObserved, kWide, kFloat };
 class Escalation {
  public:
   Escalation(const ir::Model& reference, const quant::CalibratedModel& calibrated, const quant::StaticQuantConfig& config,
-             data::SampleSource& calib, data::SampleSource& held_out, const GuardOptions& options, GuardResult& g)
+             data::SampleSource& calib, data::SampleSource& held_out, const GuardOptions& options, GuardResult& g,
+             report::ReferenceCache& cache)
       : reference_(reference), calibrated_(calibrated), config_(config), calib_(calib), held_out_(held_out),
-        options_(options), g_(g), type8_(config.qdq.activation_type), sym_(config.qdq.activation_symmetric) {}
+        options_(options), g_(g), cache_(cache), type8_(config.qdq.activation_type),
+        sym_(config.qdq.activation_symmetric) {}
 
   /// Replaces `emitted` (and g's comparison and choices) by the best emission with raised tensors.
   void run(quant::StaticEmission& emitted) {
@@ -71,7 +104,7 @@ class Escalation {
       const std::string corrected =
           quant::correct_static_biases(calibrated_, again.model, calib_, config_, " (model with raised tensors)");
       if (!corrected.empty()) g_.actions.push_back(corrected);
-      report::CompareResult outs = compare_on(reference_, again.model, held_out_, config_.threads);
+      report::CompareResult outs = compare_on(reference_, again.model, held_out_, config_.threads, &cache_);
       const bool ok = meets_floor(outs, options_.floor, nullptr);
       g_.actions.push_back(fmt::format("guard round {}: {} of {} tensors raised ({} at their observed range, {} at 16 "
                                        "bits, {} float): {}{}",
@@ -236,6 +269,7 @@ class Escalation {
   data::SampleSource& held_out_;
   const GuardOptions& options_;
   GuardResult& g_;
+  report::ReferenceCache& cache_;
   DataType type8_;
   bool sym_;
   std::unordered_map<std::string, quant::QParams> params_;
@@ -357,17 +391,32 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
                       quant::StaticEmission& emitted, const GuardOptions& options, const quant::TensorChoices& choices) {
   GuardResult g;
   g.choices = choices;
-  g.comparison = compare_on(reference, emitted.model, held_out, config.threads);
+  report::ReferenceCache held_out_cache, extended_cache;
+  g.comparison = compare_on(reference, emitted.model, held_out, config.threads, &held_out_cache);
   spdlog::info("quality guard: {}", describe_outputs(g.comparison));
+  // A classifier that meets the floor with disagreements is judged again on more rows: the
+  // held-out ones and calibration samples, up to kJudgeRows (their ranges came from those
+  // samples, which matters little for agreement; a few dozen rows cannot resolve a few points).
+  ExtendedSource extended(held_out, calib, kJudgeRows);
+  data::SampleSource* judge = &held_out;
+  report::ReferenceCache* judge_cache = &held_out_cache;
+  if (options.extend_with_calib && borderline(g.comparison, options.floor) && extended.size() > held_out.size()) {
+    judge = &extended;
+    judge_cache = &extended_cache;
+    g.comparison = compare_on(reference, emitted.model, extended, config.threads, judge_cache);
+    g.actions.push_back(fmt::format("guard: disagreements on the {} held-out rows: judged on {} rows (with calibration "
+                                    "samples): {}",
+                                    held_out.size(), extended.size(), describe_outputs(g.comparison)));
+  }
   std::string why;
   const bool below = !meets_floor(g.comparison, options.floor, &why);
   if (options.search && below && choices.empty() && dtype_bits(config.qdq.activation_type) == 8) {
     g.actions.push_back("guard: below the quality floor at 8 bits (" + why + ")");
-    Escalation(reference, calibrated, config, calib, held_out, options, g).run(emitted);
+    Escalation(reference, calibrated, config, calib, *judge, options, g, *judge_cache).run(emitted);
   }
   g.looks_broken = looks_broken(g.comparison);
   if (g.looks_broken)
-    g.warnings.push_back(fmt::format("THE QUANTIZED MODEL LOOKS BROKEN on {} held-out samples: {}", held_out.size(),
+    g.warnings.push_back(fmt::format("THE QUANTIZED MODEL LOOKS BROKEN on {} samples: {}", judge->size(),
                                      describe_outputs(g.comparison)));
   return g;
 }

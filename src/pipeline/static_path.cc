@@ -84,6 +84,7 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
     GuardOptions go;
     go.search = search;
     go.floor = floor;
+    go.extend_with_calib = samples.warning.empty();  // else the held-out samples are the calibration ones
     run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted, go, planned);
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());

@@ -531,9 +531,29 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
     if (!next(sample)) break;
     with_context(fmt::format("on sample '{}'", sample.name), [&] {
       capture.captured().clear();
-      std::vector<Tensor> ref_out = with_context("while running the FP32 model", [&] {
-        return ref_exec.run(sample.inputs, observe ? &capture : nullptr);
-      });
+      ReferenceCache* cache = observe || options.reference_cache == nullptr || options.reference_cache->overflow
+                                  ? nullptr
+                                  : options.reference_cache;
+      const size_t index = static_cast<size_t>(result.samples);
+      std::vector<Tensor> ref_out;
+      if (cache && index < cache->outputs.size()) {
+        ref_out = cache->outputs[index];
+      } else {
+        ref_out = with_context("while running the FP32 model", [&] {
+          return ref_exec.run(sample.inputs, observe ? &capture : nullptr);
+        });
+        if (cache && index == cache->outputs.size()) {
+          for (const Tensor& t : ref_out) cache->bytes += t.nbytes();
+          if (cache->bytes > cache->max_bytes) {
+            cache->outputs.clear();
+            cache->overflow = true;
+          } else {  // copies: the executor's buffers belong to its pool, which goes with it
+            std::vector<Tensor> kept;
+            for (const Tensor& t : ref_out) kept.push_back(t.clone());
+            cache->outputs.push_back(std::move(kept));
+          }
+        }
+      }
       std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
         return test_exec.run(sample.inputs, observe ? &drift : nullptr);
       });

@@ -109,6 +109,17 @@ struct CompareSample {
 };
 using SampleProvider = std::function<bool(CompareSample& sample)>;
 
+/// The reference model's outputs of a fixed sequence of samples, kept between comparisons against
+/// several quantized models (the quality guard's rounds): sample i's outputs are taken from here
+/// instead of running the reference when present, stored when absent, until `max_bytes` (then the
+/// cache empties itself and stays off).
+struct ReferenceCache {
+  std::vector<std::vector<Tensor>> outputs;
+  size_t bytes = 0;
+  size_t max_bytes = size_t{256} << 20;
+  bool overflow = false;
+};
+
 struct CompareOptions {
   int64_t max_samples = 0;   ///< 0: all the provider gives
   bool per_layer = true;     ///< match intermediate tensors by name and rank them
@@ -118,6 +129,8 @@ struct CompareOptions {
   /// (passes::fuse_qdq_to_qoperator), so that its outputs and accuracy are ONNX Runtime's; false
   /// runs the QDQ graph as written (dequantize, float op, quantize).
   bool fuse_qdq = true;
+  /// Reference outputs kept between calls on the same samples (used only without per_layer).
+  ReferenceCache* reference_cache = nullptr;
 };
 
 /// Metrics of one graph output.

@@ -27,7 +27,7 @@ constexpr size_t kMaxNamed = 12;
 /// samples; the kRescored noisiest tensors of the first pass are scored again on probe_samples.
 constexpr size_t kScreenSamples = 1, kRescored = 48;
 /// Rows a borderline classifier verdict is judged on (held-out, then calibration samples).
-constexpr size_t kJudgeRows = 200;
+constexpr size_t kJudgeRows = 150;
 
 /// report::compare_models on the held-out samples, fused as ONNX Runtime runs the model; the FP32
 /// outputs come from `cache` after the first call on the same samples.

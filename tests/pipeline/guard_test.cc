@@ -228,3 +228,39 @@ TEST(Guard, APlanRunOnlyMeasures) {
 
 }  // namespace
 }  // namespace qtool::pipeline
+
+namespace qtool::pipeline {
+namespace {
+
+TEST(ReferenceCache, SameComparisonFromCachedFp32OutputsAndBounded) {
+  Digits d;
+  quant::StaticQuantConfig cfg;
+  const quant::CalibratedModel c = quant::calibrate_static(d.reference, *d.calib, cfg);
+  const quant::StaticEmission e = quant::emit_static(c, {}, cfg);
+  auto compare = [&](report::ReferenceCache* cache) {
+    size_t next = 0;
+    report::CompareOptions co;
+    co.per_layer = false;
+    co.reference_cache = cache;
+    return report::compare_models(d.reference, e.model, [&](report::CompareSample& s) {
+      if (next >= d.held_out->size()) return false;
+      s.inputs = d.held_out->load(next++);
+      return true;
+    }, co);
+  };
+  report::ReferenceCache cache;
+  const report::CompareResult plain = compare(nullptr), filled = compare(&cache), reused = compare(&cache);
+  EXPECT_EQ(cache.outputs.size(), 16u);
+  EXPECT_EQ(cache.bytes, 16u * 10 * sizeof(float));  // 16 samples of [1, 10] logits
+  expect_same_comparison(filled, plain);
+  expect_same_comparison(reused, plain);
+  // Over its bound the cache empties itself and stays off; the comparison is unchanged.
+  report::ReferenceCache small;
+  small.max_bytes = 100;
+  expect_same_comparison(compare(&small), plain);
+  EXPECT_TRUE(small.overflow);
+  EXPECT_TRUE(small.outputs.empty());
+}
+
+}  // namespace
+}  // namespace qtool::pipeline

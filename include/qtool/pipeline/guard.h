@@ -76,7 +76,7 @@ struct GuardOptions {
   size_t probe_samples = 4;          ///< held-out samples the noisiest tensors are scored on
   size_t max_rounds = 6;             ///< emissions with raised tensors at most
   bool search = true;                ///< false: only measure (a --plan run: the plan decides)
-  /// A classifier that meets the floor with disagreements is judged again on up to 200 rows, the
+  /// A classifier that meets the floor with disagreements is judged again on up to 150 rows, the
   /// held-out ones then calibration samples (false when the two sets are the same samples).
   bool extend_with_calib = true;
 };

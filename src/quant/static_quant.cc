@@ -99,6 +99,13 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
   StaticEmission e{calibrated.float_model.clone(), {}};
   QdqOptions o = config.qdq;
   o.keep_float_names.insert(choices.keep_float.begin(), choices.keep_float.end());
+  // A tensor kept float whose only reader is a Relu/Clip: the emitter would otherwise quantize the
+  // activation's output in its place (with the same parameters as the folded pair): it stays float too.
+  for (const std::string& name : choices.keep_float)
+    if (const ir::Value* v = e.model.graph->find_value(name); v && v->uses().size() == 1) {
+      const ir::Node* a = v->uses()[0].node;
+      if ((a->op_type() == "Relu" || a->op_type() == "Clip") && a->output(0)) o.keep_float_names.insert(a->output(0)->name());
+    }
   o.wide_names.insert(choices.wide.begin(), choices.wide.end());
   if (!choices.wide.empty() && e.model.opset("") < 21) {  // 16-bit QuantizeLinear needs opset 21
     passes::PassOptions po;

@@ -71,6 +71,23 @@ DataType q_type_of(const ir::Model& m, const std::string& tensor) {
   return DataType::kUndefined;
 }
 
+TEST(StaticQuant, KeepingAFoldedProducerOutputFloatKeepsItsReluOutputFloatToo) {
+  const ir::Model m = prepared_digits();
+  auto samples = digits_samples(m, 32);
+  const StaticQuantConfig cfg;
+  const CalibratedModel c = calibrate_static(m, *samples, cfg);
+  const StaticEmission all = emit_static(c, {}, cfg);
+  ASSERT_EQ(all.qdq.activation_params.count("conv1"), 1u);  // conv1 -> Relu, folded
+  TensorChoices keep;
+  keep.keep_float = {"conv1"};
+  const StaticEmission e = emit_static(c, keep, cfg);
+  // Without the Relu's output kept too, the Relu's output would be quantized in conv1's place
+  // with the same parameters, and nothing would change.
+  EXPECT_EQ(e.qdq.activation_params.size(), all.qdq.activation_params.size() - 1);
+  EXPECT_EQ(count_op(e.model, "Relu"), count_op(all.model, "Relu") + 1);
+  EXPECT_EQ(count_op(e.model, "QuantizeLinear"), count_op(all.model, "QuantizeLinear") - 1);
+}
+
 TEST(StaticQuant, WideTensorsAreSixteenBitWithTheirGroupAtOpset21) {
   const ir::Model m = prepared_digits();
   auto samples = digits_samples(m, 32);

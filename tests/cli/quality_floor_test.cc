@@ -68,8 +68,10 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
   // The output meets the floor in qtool's comparison of the written model.
   for (const auto& o : rep["evaluation"]["outputs"]) EXPECT_GE(o["sqnr_db"].get<double>(), 20.0) << o;
   // ONNX Runtime runs the mixed model (16-bit groups in float, 8-bit ones fused) as qtool does.
-  const Tensor x = Tensor::from_vector<float>({1, 16}, testing::gaussian(16, rng));
-  EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "x", x, "y", d.path()), 1e-3);
+  if (testing::ort_available() || testing::under_ci()) {  // (CI installs onnxruntime-node: a miss fails there)
+    const Tensor x = Tensor::from_vector<float>({1, 16}, testing::gaussian(16, rng));
+    EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("q.onnx"), "x", x, "y", d.path()), 1e-3);
+  }
   // The plan it carried out (the raised tensors uint16, the rest uint8) gives the same model
   // byte for byte, without the search.
   const auto p = testing::run_command(fmt::format("{} quantize {} --calib {} --plan {} -o {}", testing::qtool_bin(),

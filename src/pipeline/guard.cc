@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 #include <unordered_map>
@@ -134,32 +135,74 @@ class Escalation {
     std::vector<FakeQuantTensor> each;
     for (const auto& [name, p] : params_) each.push_back({name, p, type8_});
     std::sort(each.begin(), each.end(), [](const FakeQuantTensor& a, const FakeQuantTensor& b) { return a.name < b.name; });
+    // One score per family: a tensor whose producer moves one tensor with the same parameters
+    // (Reshape, Transpose, MaxPool) holds that tensor's values rearranged.
+    const std::vector<size_t> family = families(each);
+    std::vector<FakeQuantTensor> reps;
+    std::vector<size_t> rep_of(each.size());
+    std::map<size_t, size_t> rep_index;
+    for (size_t i = 0; i < each.size(); ++i) {
+      auto [it, inserted] = rep_index.emplace(family[i], reps.size());
+      if (inserted) reps.push_back(each[family[i]]);
+      rep_of[i] = it->second;
+    }
     // Few tensors: one pass on probe_samples.
-    const size_t screen = each.size() > kRescored ? std::min(kScreenSamples, options_.probe_samples) : options_.probe_samples;
-    std::vector<Quality> q = score_alone(calibrated_.float_model, each, held_out_, screen, config_.threads);
-    size_t runs = each.size() * std::min(screen, held_out_.size());
+    const size_t screen = reps.size() > kRescored ? std::min(kScreenSamples, options_.probe_samples) : options_.probe_samples;
+    std::vector<Quality> q = score_alone(calibrated_.float_model, reps, held_out_, screen, config_.threads);
+    size_t runs = reps.size() * std::min(screen, held_out_.size());
     if (options_.probe_samples > screen) {
-      std::vector<size_t> idx(each.size());
+      std::vector<size_t> idx(reps.size());
       for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
       std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return noise_of(q[a].sqnr_db) > noise_of(q[b].sqnr_db); });
       idx.resize(kRescored);
       std::vector<FakeQuantTensor> top;
-      for (size_t i : idx) top.push_back(each[i]);
+      for (size_t i : idx) top.push_back(reps[i]);
       const std::vector<Quality> again =
           score_alone(calibrated_.float_model, top, held_out_, options_.probe_samples, config_.threads);
       for (size_t j = 0; j < idx.size(); ++j) q[idx[j]] = again[j];
       runs += top.size() * std::min(options_.probe_samples, held_out_.size());
     }
-    for (size_t i = 0; i < each.size(); ++i) scored_.emplace_back(q[i].sqnr_db, each[i].name);
+    for (size_t i = 0; i < each.size(); ++i) scored_.emplace_back(q[rep_of[i]].sqnr_db, each[i].name);
+    families_ = reps.size();
     std::stable_sort(scored_.begin(), scored_.end(),
                      [](const auto& a, const auto& b) { return noise_of(a.first) > noise_of(b.first); });
     for (const auto& entry : scored_)
       if (entry.first < kInf) order_.push_back(entry.second);
-    g_.actions.push_back(fmt::format("guard probe: {} quantized tensors scored alone ({} runs on up to {} held-out "
-                                     "samples, {:.1f} s); noisiest '{}' (output SQNR {:.1f} dB alone)",
-                                     scored_.size(), runs, std::min(options_.probe_samples, held_out_.size()),
+    g_.actions.push_back(fmt::format("guard probe: {} quantized tensors ({} groups) scored alone ({} runs on up to {} "
+                                     "held-out samples, {:.1f} s); noisiest '{}' (output SQNR {:.1f} dB alone)",
+                                     scored_.size(), families_, runs, std::min(options_.probe_samples, held_out_.size()),
                                      detail::seconds_since(t0), order_.empty() ? "" : order_.front(),
                                      scored_.empty() ? kInf : scored_.front().first));
+  }
+
+  /// For each tensor (sorted by name), the index of its family's first member: tensors joined
+  /// through a producer whose one quantized input has identical parameters (Reshape, Transpose,
+  /// MaxPool: the same values moved).
+  std::vector<size_t> families(const std::vector<FakeQuantTensor>& each) const {
+    std::map<std::string, size_t> index;
+    for (size_t i = 0; i < each.size(); ++i) index[each[i].name] = i;
+    std::vector<size_t> parent(each.size());
+    for (size_t i = 0; i < parent.size(); ++i) parent[i] = i;
+    std::function<size_t(size_t)> root = [&](size_t i) { return parent[i] == i ? i : parent[i] = root(parent[i]); };
+    for (size_t i = 0; i < each.size(); ++i) {
+      const ir::Value* v = calibrated_.float_model.graph->find_value(each[i].name);
+      const ir::Node* p = v ? v->producer() : nullptr;
+      if (p == nullptr) continue;
+      // Only a producer with one quantized input moves that input's values (a Concat's inputs
+      // share its parameters but hold different values: scores beside coordinates).
+      std::vector<size_t> quantized_inputs;
+      for (const ir::Value* in : p->inputs())
+        if (const auto it = in ? index.find(in->name()) : index.end(); it != index.end()) quantized_inputs.push_back(it->second);
+      if (quantized_inputs.size() != 1) continue;
+      const quant::QParams& a = each[i].params;
+      const quant::QParams& b = each[quantized_inputs[0]].params;
+      if (a.scale != b.scale || a.zero_point != b.zero_point) continue;
+      const size_t ra = root(i), rb = root(quantized_inputs[0]);
+      parent[std::max(ra, rb)] = std::min(ra, rb);
+    }
+    std::vector<size_t> out(each.size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = root(i);
+    return out;
   }
 
   /// The fewest noisiest tensors whose removal leaves the predicted output SQNR at floor + margin.
@@ -277,6 +320,7 @@ class Escalation {
   std::vector<std::string> order_;                      ///< the tensors that lose anything, noisiest first
   std::map<std::string, Raise> raise_;
   bool promoted_ = false;
+  size_t families_ = 0;
 };
 
 }  // namespace

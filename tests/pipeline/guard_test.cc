@@ -198,7 +198,7 @@ TEST(Guard, ClippedRangesAreRaisedUntilTheFloorHolds) {
   ASSERT_GE(g.actions.size(), 2u);
   EXPECT_EQ(g.actions[0], "guard: below the quality floor at 8 bits (logits: scores' SQNR 2.6 dB < 10.0 dB (top-1 "
                           "agreement 100.0%))");
-  EXPECT_EQ(g.actions[1].rfind("guard probe: 6 quantized tensors scored alone (24 runs on up to 4 held-out samples", 0), 0u)
+  EXPECT_EQ(g.actions[1].rfind("guard probe: 6 quantized tensors (6 groups) scored alone (24 runs on up to 4 held-out samples", 0), 0u)
       << g.actions[1];
   // The clipped tensors take their observed ranges (no 16 bits or float needed), and the floor holds.
   EXPECT_FALSE(g.choices.observed.empty());

@@ -11,6 +11,7 @@
 
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/pipeline/samples.h"
+#include "digits_split.h"
 #include "test_util.h"
 
 namespace qtool::pipeline {
@@ -130,22 +131,7 @@ TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   EXPECT_EQ(describe_outputs(flat), "y: SQNR inf dB");
 }
 
-struct Digits {
-  ir::Model reference = onnx_io::load_model(testing::source_path("calibration_samples/digits/digits_cnn.onnx"));
-  std::shared_ptr<data::SelectedSource> samples;
-  std::unique_ptr<data::SelectedSource> calib, held_out;
-
-  Digits() {
-    quant::prepare_model(reference, 13);
-    SampleSpec spec;
-    spec.path = testing::source_path("calibration_samples/digits");
-    spec.samples = 64;
-    samples = open_samples(spec, reference, "--calib");
-    GuardSplit split = split_for_guard(samples->size(), true);
-    calib = std::make_unique<data::SelectedSource>(samples, split.calib);
-    held_out = std::make_unique<data::SelectedSource>(samples, split.held_out);
-  }
-};
+using Digits = testing_digits::DigitsSplit;
 
 /// The guard's figures are report::compare_models' on the model it keeps.
 void expect_same_comparison(const report::CompareResult& guard, const report::CompareResult& direct) {

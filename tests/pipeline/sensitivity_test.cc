@@ -11,28 +11,18 @@
 #include "qtool/pipeline/guard.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
+#include "digits_split.h"
 #include "test_util.h"
 
 namespace qtool::pipeline {
 namespace {
 
-struct Emitted {
-  ir::Model reference = onnx_io::load_model(testing::source_path("calibration_samples/digits/digits_cnn.onnx"));
-  std::shared_ptr<data::SelectedSource> samples;
-  std::unique_ptr<data::SelectedSource> calib, held_out;
+struct Emitted : testing_digits::DigitsSplit {
   quant::StaticQuantConfig cfg;
   quant::CalibratedModel calibrated;
   quant::StaticEmission emission;
 
   Emitted() {
-    quant::prepare_model(reference, 13);
-    SampleSpec spec;
-    spec.path = testing::source_path("calibration_samples/digits");
-    spec.samples = 64;
-    samples = open_samples(spec, reference, "--calib");
-    const GuardSplit split = split_for_guard(samples->size(), true);
-    calib = std::make_unique<data::SelectedSource>(samples, split.calib);
-    held_out = std::make_unique<data::SelectedSource>(samples, split.held_out);
     calibrated = quant::calibrate_static(reference, *calib, cfg);
     emission = quant::emit_static(calibrated, {}, cfg);
   }

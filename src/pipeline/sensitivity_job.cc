@@ -126,6 +126,9 @@ std::string sensitivity_table(const SensitivityRun& run, size_t rows) {
       "agreement for classifiers; lower loses more)\nall layers at W8A8: {}{}\n",
       run.model_path, r.layers.size(), r.samples, db_text(r.whole_model.sqnr_db),
       agreement_text(r.whole_model.top1_agreement));
+  if (r.layers.empty())
+    return s + "no layer of the main graph is quantized at 8 bits (layers inside If/Loop/Scan bodies are not measured: "
+               "quantize stores their weights as int8, their activations stay float)\n";
   std::vector<LayerPrecision> cols;
   if (!r.layers.empty())
     for (const CandidateScore& c : r.layers.front().candidates) cols.push_back(c.precision);

@@ -355,7 +355,7 @@ SensitivityResult measure_layer_sensitivity(const EmissionView& view, data::Samp
           break;
         case LayerPrecision::kFloat:
           c.bytes = 4 * n;
-          c.quality = {kInf, 1.0};
+          c.quality.sqnr_db = kInf;  // agreement set once the model's outputs are known
           break;
       }
       if (p != LayerPrecision::kFloat) {
@@ -377,10 +377,11 @@ SensitivityResult measure_layer_sensitivity(const EmissionView& view, data::Samp
   result.whole_model = q.back();
   q.pop_back();
   for (size_t j = 0; j < jobs.size(); ++j) sites[where[j].first].info.candidates[where[j].second].quality = q[j];
+  // Float is exact: SQNR +inf, and agreement 1 where the model has a classifier output.
+  const double float_agreement = std::isnan(result.whole_model.top1_agreement) ? std::nan("") : 1.0;
   for (auto& s : sites) {
-    for (CandidateScore& c : s.info.candidates)  // a classifier's agreement is 1 at float
-      if (c.precision == LayerPrecision::kFloat && !jobs.empty() && std::isnan(q.front().top1_agreement))
-        c.quality.top1_agreement = std::nan("");
+    for (CandidateScore& c : s.info.candidates)
+      if (c.precision == LayerPrecision::kFloat) c.quality.top1_agreement = float_agreement;
     result.layers.push_back(std::move(s.info));
   }
   std::stable_sort(result.layers.begin(), result.layers.end(), [](const LayerSensitivity& a, const LayerSensitivity& b) {

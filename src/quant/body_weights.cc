@@ -39,13 +39,12 @@ std::vector<std::pair<int, int64_t>> weight_inputs(const ir::Node& n) {
 /// unsqueeze LSTM weights to [directions, 4·hidden, in] in the graph).
 struct Resolved {
   Tensor tensor;
-  bool direct = true;                ///< the value itself is the constant
   std::vector<ir::Node*> chain;      ///< the Identity / Unsqueeze nodes between (consumer side first)
   ir::Value* root = nullptr;         ///< the constant value
 };
 
 std::optional<Resolved> resolve(ir::Value* v) {
-  if (const Tensor* t = float_constant(v)) return Resolved{*t, true, {}, v};
+  if (const Tensor* t = float_constant(v)) return Resolved{*t, {}, v};
   ir::Node* p = v ? v->producer() : nullptr;
   if (p == nullptr || !p->domain().empty() || v->uses().size() != 1) return std::nullopt;
   if (p->op_type() != "Identity" && p->op_type() != "Unsqueeze") return std::nullopt;
@@ -71,7 +70,6 @@ std::optional<Resolved> resolve(ir::Value* v) {
     for (int64_t d = 0; d < rank; ++d) shape.push_back(unit[static_cast<size_t>(d)] ? 1 : r->tensor.shape()[k++]);
     r->tensor = r->tensor.reshaped(shape);
   }
-  r->direct = false;
   r->chain.insert(r->chain.begin(), p);
   return r;
 }

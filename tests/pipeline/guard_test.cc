@@ -89,6 +89,34 @@ TEST(GuardVerdicts, AgreementFloorCountsRowsItCanResolve) {
   EXPECT_FALSE(meets_floor(rows_with_misses(20, 1), QualityFloor{20.0, 1.0}, nullptr));
 }
 
+TEST(GuardVerdicts, NextTokenLogitsAreJudgedByTheirNllIncrease) {
+  // Uniform reference over 32 tokens; the test model doubles one token's weight:
+  // KL = ln(33/32) - ln(2)/32, H = ln 32: +0.263%.
+  report::CompareResult r;
+  r.samples = 1;
+  r.outputs.resize(1);
+  r.outputs[0].name = "logits";
+  r.outputs[0].token_model = true;
+  std::vector<float> test(32, 1.0f);
+  test[5] = 1.0f + std::log(2.0f);
+  r.outputs[0].add(Tensor::from_vector<float>({1, 1, 32}, std::vector<float>(32, 1.0f)),
+                   Tensor::from_vector<float>({1, 1, 32}, test));
+  const double expected = (std::log(33.0 / 32.0) - std::log(2.0) / 32.0) / std::log(32.0);
+  EXPECT_NEAR(r.outputs[0].lm_nll_increase(), expected, 1e-6);
+  QualityFloor floor;
+  floor.min_sqnr_db = -100.0;  // judged by NLL alone here
+  EXPECT_TRUE(meets_floor(r, floor, nullptr));
+  floor.max_lm_nll_increase = 0.002;
+  std::string why;
+  EXPECT_FALSE(meets_floor(r, floor, &why));
+  EXPECT_EQ(why, "logits: NLL +0.26% on the model's own next-token predictions > +0.20%");
+  // Not a token model (float inputs): no NLL, SQNR only.
+  r.outputs[0] = report::OutputComparison{};
+  r.outputs[0].add(Tensor::from_vector<float>({1, 1, 32}, std::vector<float>(32, 1.0f)),
+                   Tensor::from_vector<float>({1, 1, 32}, test));
+  EXPECT_TRUE(std::isnan(r.outputs[0].lm_nll_increase()));
+}
+
 TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   // sum r² = 30, sum e² = 0.01 -> 34.8 dB, same argmax: fine.
   const report::CompareResult good = one_output({1, 4, 2, 3}, {1, 4.1f, 2, 3});
@@ -240,6 +268,10 @@ TEST(ReferenceCache, SameComparisonFromCachedFp32OutputsAndBounded) {
   EXPECT_EQ(cache.bytes, 16u * 10 * sizeof(float));  // 16 samples of [1, 10] logits
   expect_same_comparison(filled, plain);
   expect_same_comparison(reused, plain);
+  // The FP32 outputs really come from the cache: altered there, the comparison changes.
+  report::ReferenceCache altered = cache;
+  for (auto& outs : altered.outputs) outs[0] = Tensor::from_vector<float>({1, 10}, std::vector<float>(10, 1.0f));
+  EXPECT_NE(compare(&altered).outputs[0].error.sqnr_db(), plain.outputs[0].error.sqnr_db());
   // Over its bound the cache empties itself and stays off; the comparison is unchanged.
   report::ReferenceCache small;
   small.max_bytes = 100;

@@ -8,20 +8,8 @@
 const fs = require('fs');
 const path = require('path');
 const ort = require(path.join(__dirname, '..', '..', 'node_modules', 'onnxruntime-node'));
+const {readWav} = require('./wav.js');
 
-function readWav(file) {
-  const b = fs.readFileSync(file);
-  let off = 12, rate = 0, data = null;
-  while (off + 8 <= b.length) {
-    const id = b.toString('ascii', off, off + 4), size = b.readUInt32LE(off + 4);
-    if (id === 'fmt ') rate = b.readUInt32LE(off + 12);
-    else if (id === 'data') data = b.subarray(off + 8, off + 8 + size);
-    off += 8 + size + (size & 1);
-  }
-  const pcm = new Float32Array(Math.floor(data.length / 2));
-  for (let i = 0; i < pcm.length; i++) pcm[i] = data.readInt16LE(2 * i) / 32768;
-  return {pcm, rate};
-}
 
 function writeNpy(file, descr, shape, bytes) {
   let header = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(', ')}${shape.length === 1 ? ',' : ''}), }`;

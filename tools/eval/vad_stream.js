@@ -8,32 +8,10 @@
 // 256 with 32 of context (Silero's own streaming). Each model carries its own state. Prints
 // {"chunks":..,"agreement":..,"speech_ref":..,"max_abs_diff":..,"mean_abs_diff":..} on stdout.
 'use strict';
-const fs = require('fs');
 const path = require('path');
 const ort = require(path.join(__dirname, '..', '..', 'node_modules', 'onnxruntime-node'));
+const {readWav} = require('./wav.js');
 
-/// Mono PCM16 samples scaled to [-1, 1) and the sample rate of a RIFF/WAVE file.
-function readWav(file) {
-  const b = fs.readFileSync(file);
-  if (b.toString('ascii', 0, 4) !== 'RIFF' || b.toString('ascii', 8, 12) !== 'WAVE') throw new Error(`${file}: not a WAV file`);
-  let off = 12, rate = 0, channels = 1, bits = 16, data = null;
-  while (off + 8 <= b.length) {
-    const id = b.toString('ascii', off, off + 4), size = b.readUInt32LE(off + 4);
-    if (id === 'fmt ') {
-      channels = b.readUInt16LE(off + 10);
-      rate = b.readUInt32LE(off + 12);
-      bits = b.readUInt16LE(off + 22);
-    } else if (id === 'data') {
-      data = b.subarray(off + 8, off + 8 + size);
-    }
-    off += 8 + size + (size & 1);
-  }
-  if (!data || bits !== 16) throw new Error(`${file}: expected 16-bit PCM`);
-  const n = Math.floor(data.length / 2 / channels);
-  const pcm = new Float32Array(n);
-  for (let i = 0; i < n; i++) pcm[i] = data.readInt16LE(i * 2 * channels) / 32768;
-  return {pcm, rate};
-}
 
 async function stream(modelPath, pcm, rate) {
   const session = await ort.InferenceSession.create(modelPath, {intraOpNumThreads: 1});

@@ -8,20 +8,24 @@
 //     QDQ groups fused as ONNX Runtime runs them); each output is judged by the metric that fits
 //     it (QualityFloor below). A NaN/inf in the quantized output counts as maximal error;
 //  2. below the floor, the sensitivity probe (pipeline/sensitivity.h): every quantized activation
-//     alone is fake-quantized on the float model (everything else float) on the first
-//     probe_samples held-out samples; its score is the lowest output SQNR. Its noise power
+//     alone is fake-quantized on the float model (everything else float); its score is the lowest
+//     output SQNR. A tensor that a Reshape/Transpose/MaxPool moves unchanged from one with the same
+//     parameters is scored with it; each such group is screened on one held-out sample, and the
+//     48 noisiest again on probe_samples. Its noise power
 //     10^(-score/10) ranks it, and the noise of the tensors not raised is taken as additive: the
 //     first round raises the fewest noisiest tensors whose removal brings the predicted output
 //     SQNR to the floor + 6 dB;
 //  3. each tensor raised takes the cheapest step that alone scores at least floor + 10 dB:
-//     its observed min/max at 8 bits (only when the range method clipped it: entropy, percentile,
-//     mse), 16 bits over the observed range (its whole Q/DQ group; ONNX Runtime runs the groups
+//     its observed min/max at 8 bits (only when the range method clipped it, as entropy,
+//     percentile and mse do, and un-clipping gains 6 dB alone), 16 bits over the observed range
+//     (its whole Q/DQ group; ONNX Runtime runs the groups
 //     with a 16-bit side in float), or float (with the quantized inputs of a float Add/Mul, which
 //     ONNX Runtime runs in float anyway);
 //  4. the model is emitted again with those choices, bias-corrected and compared as in 1; below
 //     the floor, the next round raises twice as many tensors (at most max_rounds, and never more
-//     than all); the best emission is kept (the first one that meets the floor, else the highest
-//     lowest output SQNR);
+//     than all; when all are raised and it still misses, those at 8 bits go to 16 bits once); the
+//     best emission is kept (the first one that meets the floor, else the highest lowest output
+//     SQNR);
 //  5. the model kept looks broken when a classifier output agrees on < 50% of rows or an output's
 //     SQNR is < 5 dB; the result then carries a warning. The static path then tries 16-bit
 //     activations everywhere and fails with exit 3 when even that is below the floor.

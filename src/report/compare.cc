@@ -563,6 +563,10 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
         for (const auto& in : sample.inputs)
           tokens &= in.second.dtype() == DataType::kInt64 || in.second.dtype() == DataType::kInt32;
         for (auto& o : result.outputs) o.token_model = tokens;
+        for (size_t i = 0; i < ref_out.size() && sample.inputs.size() > 1; ++i)
+          for (const auto& in : sample.inputs)
+            if (in.second.dtype() == DataType::kFloat && in.second.shape() == ref_out[i].shape())
+              result.outputs[i].recurrent_state = true;
       }
       for (size_t i = 0; i < ref_out.size(); ++i) result.outputs[i].add(ref_out[i], test_out[i], sample.labels);
       return 0;

@@ -117,6 +117,38 @@ TEST(GuardVerdicts, NextTokenLogitsAreJudgedByTheirNllIncrease) {
   EXPECT_TRUE(std::isnan(r.outputs[0].lm_nll_increase()));
 }
 
+TEST(GuardVerdicts, RecurrentStateIsDetectedAndAimedHigher) {
+  // y = x + s: two inputs, and the output has the state input's shape.
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* y = g.add_node("Add", {g.add_input("x"), g.add_input("s")}, {"y"}, "add")->output(0);
+  g.add_output(y);
+  const Tensor x = Tensor::from_vector<float>({1, 4}, {1, 2, 3, 4});
+  bool given = false;
+  auto once = [&](report::CompareSample& sample) {
+    if (given) return false;
+    sample.inputs = {{"x", x}, {"s", x}};
+    return given = true;
+  };
+  report::CompareOptions co;
+  co.per_layer = false;
+  EXPECT_TRUE(report::compare_models(m, m, once, co).outputs[0].recurrent_state);
+  // One state at 30 dB: it meets the floor, not a 15 dB target above it.
+  report::CompareResult r;
+  r.samples = 1;
+  r.outputs.resize(1);
+  r.outputs[0].name = "state";
+  r.outputs[0].recurrent_state = true;
+  r.outputs[0].add(Tensor::from_vector<float>({1, 1}, {1000.0f}), Tensor::from_vector<float>({1, 1}, {1031.6228f}));
+  QualityFloor floor;
+  EXPECT_TRUE(meets_floor(r, floor, nullptr));
+  floor.state_extra_db = GuardOptions{}.state_target_extra_db;
+  std::string why;
+  EXPECT_FALSE(meets_floor(r, floor, &why));
+  EXPECT_EQ(why, "state: SQNR 30.0 dB < 35.0 dB (a recurrent state, fed back at every step)");
+}
+
 TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   // sum r² = 30, sum e² = 0.01 -> 34.8 dB, same argmax: fine.
   const report::CompareResult good = one_output({1, 4, 2, 3}, {1, 4.1f, 2, 3});

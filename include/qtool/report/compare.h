@@ -154,6 +154,10 @@ struct OutputComparison {
   /// Set by the caller before the first sample when the model reads only integer inputs (token
   /// ids): a [B, T, V] output with V >= 32 is then judged as next-token logits.
   bool token_model = false;
+  /// Set by the caller before the first sample when the output has the shape of one of the
+  /// model's float inputs and the model reads more than one input: a recurrent state that a
+  /// stream feeds back at the next step (Silero VAD's stateN for state).
+  bool recurrent_state = false;
   /// Over every position of such logits: Σ KL(softmax(ref) ‖ softmax(test)) and Σ H(softmax(ref)).
   double lm_kl = 0.0, lm_entropy = 0.0;
   int64_t lm_positions = 0;

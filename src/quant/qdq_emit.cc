@@ -122,8 +122,8 @@ class Emitter {
     const DataType t = opt_.activation_type;
     QTOOL_CHECK(t == DataType::kUint8 || t == DataType::kInt8 || t == DataType::kUint16 || t == DataType::kInt16,
                 ErrorCode::kConfig, "activation type {} is not supported (uint8, int8, uint16, int16)", dtype_name(t));
-    QTOOL_CHECK(opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
-                "static quantization stores weights as int8 (got {})", dtype_name(opt_.weight_type));
+    QTOOL_CHECK(opt_.weight_type == DataType::kInt8 || opt_.weight_type == DataType::kUint8, ErrorCode::kConfig,
+                "static quantization stores weights as int8 or uint8 (got {})", dtype_name(opt_.weight_type));
     QTOOL_CHECK(opt_.wide_names.empty() || dtype_bits(t) == 8, ErrorCode::kConfig,
                 "16-bit tensors in a model whose activations are already {}", dtype_name(t));
   }
@@ -373,18 +373,42 @@ class Emitter {
     std::vector<float> scales;
   };
 
-  WeightDq quantize_weight_input(ir::Value* w, int64_t axis) {
-    const auto key = std::make_pair(static_cast<const ir::Value*>(w), axis);
+  /// The storage type of n's weight: opt_.weight_type, except under opt_.saturation_safe an int8
+  /// weight of a node whose GEMM may saturate in ONNX Runtime on x86 CPUs without VNNI becomes
+  /// uint8 (same levels, zero point 128; exact u8u8 kernels): a Conv (not depthwise), MatMul or
+  /// Gemm whose input x is quantized at an 8-bit unsigned type with a non-zero zero point. Such an
+  /// input sits near 128 at its float zero and often well above it, where a pair of products with
+  /// two large same-sign weights exceeds int16 (VPMADDUBSW); an input with zero point 0 (a Relu
+  /// output) reaches the upper half of its range rarely.
+  DataType weight_type_for(const ir::Node* n, const ir::Value* x) {
+    if (!opt_.saturation_safe || opt_.weight_type != DataType::kInt8 || opt_.reduce_range) return opt_.weight_type;
+    if (type_of(x) != DataType::kUint8 || params_of(x).zero_point == 0) return opt_.weight_type;
+    const std::string& op = n->op_type();
+    if (op == "Conv") {
+      const int64_t group = n->attr_int("group", 1);
+      const ir::Value* w = n->input(1);
+      const Tensor* wt = w ? float_const(w) : nullptr;
+      // Depthwise (one input channel per group): ONNX Runtime's direct kernel accumulates in int32.
+      if (group > 1 && wt && wt->rank() >= 2 && wt->dim(1) == 1) return opt_.weight_type;
+      return DataType::kUint8;
+    }
+    if (op == "MatMul" || op == "Gemm") return DataType::kUint8;
+    return opt_.weight_type;
+  }
+
+  WeightDq quantize_weight_input(ir::Value* w, int64_t axis, DataType type) {
+    const auto key = std::make_tuple(static_cast<const ir::Value*>(w), axis, type);
     if (auto it = weight_dq_.find(key); it != weight_dq_.end()) return it->second;
     const bool per_channel = opt_.per_channel && axis >= 0;
-    QuantizedWeight qw = quantize_weight(*w->initializer(), per_channel, axis, opt_.weight_type, opt_.reduce_range);
+    QuantizedWeight qw = quantize_weight(*w->initializer(), per_channel, axis, type, opt_.reduce_range);
     ir::Value* qv = add_init(w->name() + "_quantized", qw.values);
     const Shape sshape = per_channel ? Shape{static_cast<int64_t>(qw.scales.size())} : Shape{};
     ir::Value* scale = add_init(w->name() + "_scale", Tensor::from_vector<float>(sshape, qw.scales));
-    ir::Value* zp = opt_.omit_zero_points
+    ir::Value* zp = opt_.omit_zero_points && qw.zero_point == 0
                         ? nullptr
-                        : add_init(w->name() + "_zero_point", make_int_tensor(opt_.weight_type, sshape,
-                                                                               std::vector<int32_t>(qw.scales.size(), 0)));
+                        : add_init(w->name() + "_zero_point",
+                                   make_int_tensor(type, sshape,
+                                                   std::vector<int32_t>(qw.scales.size(), qw.zero_point)));
     std::vector<ir::Value*> dq_in = {qv, scale};
     if (zp) dq_in.push_back(zp);
     ir::Node* dq = g_.add_node("DequantizeLinear", dq_in, {g_.unique_name(w->name() + "_DequantizeLinear_Output")},
@@ -445,7 +469,7 @@ class Emitter {
       ir::Value* w = n->input(r.weight_input);
       if (const Tensor* wt = float_const(w); wt && w->owner() == &g_ && !opt_.keep_float.count(w)) {
         const int64_t axis = r.weight_axis ? r.weight_axis(*n, *wt) : -1;
-        WeightDq wdq = quantize_weight_input(w, axis);
+        WeightDq wdq = quantize_weight_input(w, axis, weight_type_for(n, x));
         n->set_input(r.weight_input, wdq.out);
         any = true;
         ir::Value* b = r.bias_input >= 0 ? n->input(r.bias_input) : nullptr;
@@ -520,7 +544,7 @@ class Emitter {
   std::unordered_map<const ir::Value*, ir::Value*> dq_of_;
   std::map<std::pair<const ir::Value*, DataType>, ir::Value*> const_dq_;
   std::set<const ir::Value*> wide_roots_;  ///< union-find roots of the 16-bit groups
-  std::map<std::pair<const ir::Value*, int64_t>, WeightDq> weight_dq_;
+  std::map<std::tuple<const ir::Value*, int64_t, DataType>, WeightDq> weight_dq_;
 };
 
 }  // namespace

@@ -47,12 +47,18 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
               dtype_name(w.dtype()));
   int64_t qmin = 0, qmax = 0;
   dtype_int_range(type, &qmin, &qmax);
-  QTOOL_CHECK(dtype_is_signed(type) && dtype_bits(type) == 8, ErrorCode::kUnsupported,
-              "static weights must be int8, got {}", dtype_name(type));
+  QTOOL_CHECK(dtype_bits(type) == 8, ErrorCode::kUnsupported, "static weights must be int8 or uint8, got {}",
+              dtype_name(type));
+  // Symmetric levels in [-127, 127] ([-64, 63] with reduce_range); uint8 stores them + 128 with
+  // zero point 128.
+  const int32_t offset = dtype_is_signed(type) ? 0 : 128;
+  qmin = -127;
+  qmax = 127;
   if (reduce_range) {
     qmin = -64;
     qmax = 63;
   }
+  if (dtype_is_signed(type) && !reduce_range) qmin = -128;
   QuantizedWeight out;
   const float* x = w.data<float>();
   const int64_t n = w.numel();
@@ -76,13 +82,14 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
   out.scales.resize(channels);
   for (int64_t c = 0; c < channels; ++c) out.scales[c] = absmax[c] > 0.0f ? absmax[c] / static_cast<float>(qmax) : 1.0f;
   out.values = Tensor(type, w.shape());
-  int8_t* q = out.values.mutable_data<int8_t>();
+  out.zero_point = offset;
+  uint8_t* q = out.values.mutable_raw();
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t c = 0; c < channels; ++c)
       for (int64_t i = 0; i < inner; ++i) {
         const int64_t k = (o * channels + c) * inner + i;
-        const int32_t v = quantize_value(x[k], QParams{out.scales[c], 0}, type);
-        q[k] = static_cast<int8_t>(std::clamp<int32_t>(v, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax)));
+        const int32_t v = quantize_value(x[k], QParams{out.scales[c], 0}, DataType::kInt8);
+        q[k] = static_cast<uint8_t>(std::clamp<int32_t>(v, static_cast<int32_t>(qmin), static_cast<int32_t>(qmax)) + offset);
       }
   return out;
 }

@@ -51,6 +51,22 @@ TEST(QdqParams, WeightPerChannelAndBias) {
   EXPECT_EQ(b.data<int32_t>()[1], -300);
 }
 
+TEST(QdqParams, Uint8WeightsAreTheSameLevelsPlus128) {
+  const Tensor w = Tensor::from_vector<float>({2, 3}, {1.27f, -0.5f, 0.2f, 0.5f, -0.25f, 0.0f});
+  const QuantizedWeight s = quantize_weight(w, true, 0, DataType::kInt8);
+  const QuantizedWeight u = quantize_weight(w, true, 0, DataType::kUint8);
+  EXPECT_EQ(s.zero_point, 0);
+  EXPECT_EQ(u.zero_point, 128);
+  EXPECT_EQ(u.values.dtype(), DataType::kUint8);
+  EXPECT_EQ(u.scales, s.scales);
+  for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(u.values.data<uint8_t>()[i], s.values.data<int8_t>()[i] + 128);
+  EXPECT_EQ(u.values.data<uint8_t>()[0], 255);  // 127 + 128
+  EXPECT_EQ(u.values.data<uint8_t>()[4], 64);   // -64 + 128
+  // 7-bit levels keep their range in uint8 too: [-64, 63] + 128.
+  const QuantizedWeight r = quantize_weight(w, true, 0, DataType::kUint8, true);
+  EXPECT_EQ(r.values.data<uint8_t>()[0], 63 + 128);
+}
+
 class MinMax : public runtime::Observer {
  public:
   void on_value(const ir::Value& v, const Tensor& t) override {
@@ -131,6 +147,10 @@ float dq_scale(const ir::Value* dq_out) {
   return dq_out->producer()->input(1)->initializer()->data<float>()[0];
 }
 
+int dq_zero_point_u8(const ir::Value* dq_out) {
+  return dq_out->producer()->input(2)->initializer()->data<uint8_t>()[0];
+}
+
 TEST(QdqEmit, PlacementForOrtFusion) {
   Net n = make_net();
   const Tensor ref = runtime::Executor(n.model).run({{"x", n.input}})[0];
@@ -145,12 +165,23 @@ TEST(QdqEmit, PlacementForOrtFusion) {
   EXPECT_EQ(c1->uses()[0].node->op_type(), "QuantizeLinear");
   // Its zero point is 0 and its range is the Relu's.
   EXPECT_EQ(c1->uses()[0].node->input(2)->initializer()->data<uint8_t>()[0], 0);
-  // Weight: int8 per channel on axis 0; bias int32 with scale s_x * s_w.
+  // Weight per channel on axis 0; bias int32 with scale s_x * s_w. conv1 reads x in [-2, 2]
+  // (uint8 with zero point near 128), whose u8s8 GEMM could saturate on AVX2 without VNNI: its
+  // weight is stored as uint8 with zero point 128 (exact u8u8 kernels). conv2 reads a Relu output
+  // (zero point 0): int8.
   const ir::Node* conv1 = producer_of(g, "conv1.out");
   const ir::Node* wdq = conv1->input(1)->producer();
   ASSERT_EQ(wdq->op_type(), "DequantizeLinear");
   EXPECT_EQ(wdq->attr_int("axis", -1), 0);
-  EXPECT_EQ(wdq->input(0)->initializer()->dtype(), DataType::kInt8);
+  EXPECT_NE(dq_zero_point_u8(conv1->input(0)), 0);
+  EXPECT_EQ(wdq->input(0)->initializer()->dtype(), DataType::kUint8);
+  ASSERT_EQ(wdq->inputs().size(), 3u);
+  for (int64_t c = 0; c < 4; ++c) EXPECT_EQ(wdq->input(2)->initializer()->data<uint8_t>()[c], 128);
+  const ir::Node* conv2 = producer_of(g, "conv2.out");
+  const ir::Node* w2dq = conv2->input(1)->producer();
+  EXPECT_EQ(dq_zero_point_u8(conv2->input(0)), 0);
+  EXPECT_EQ(w2dq->input(0)->initializer()->dtype(), DataType::kInt8);
+  EXPECT_EQ(w2dq->inputs().size(), 2u);  // zero point 0 omitted
   const ir::Node* bdq = conv1->input(2)->producer();
   ASSERT_EQ(bdq->op_type(), "DequantizeLinear");
   EXPECT_EQ(bdq->input(0)->initializer()->dtype(), DataType::kInt32);
@@ -190,6 +221,27 @@ TEST(QdqEmit, Int8ActivationsKeepRelu) {
   int relus = 0;
   for (const auto& node : n.model.graph->nodes()) relus += node->op_type() == "Relu";
   EXPECT_EQ(relus, 2);
+  // int8 activations run s8s8 kernels (exact): every weight stays int8.
+  for (const char* out : {"conv1.out", "conv2.out"})
+    EXPECT_EQ(producer_of(*n.model.graph, out)->input(1)->producer()->input(0)->initializer()->dtype(), DataType::kInt8);
+}
+
+TEST(QdqEmit, SaturationSafeOffKeepsInt8Weights) {
+  Net n = make_net(), m = make_net();  // the same seeded net twice
+  QdqOptions safe, plain;
+  plain.saturation_safe = false;
+  emit_qdq(n.model, n.ranges, safe);
+  emit_qdq(m.model, m.ranges, plain);
+  const ir::Node* w_safe = producer_of(*n.model.graph, "conv1.out")->input(1)->producer();
+  const ir::Node* w_plain = producer_of(*m.model.graph, "conv1.out")->input(1)->producer();
+  EXPECT_EQ(w_safe->input(0)->initializer()->dtype(), DataType::kUint8);
+  EXPECT_EQ(w_plain->input(0)->initializer()->dtype(), DataType::kInt8);
+  // Both store the same levels: the two models compute the same values.
+  const Tensor a = runtime::Executor(n.model).run({{"x", n.input}})[0];
+  const Tensor b = runtime::Executor(m.model).run({{"x", m.input}})[0];
+  ASSERT_EQ(a.numel(), b.numel());
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_FLOAT_EQ(a.data<float>()[i], b.data<float>()[i]);
+  EXPECT_GT(a.numel(), 0);
 }
 
 TEST(QdqEmit, ExclusionsAndPerTensor) {

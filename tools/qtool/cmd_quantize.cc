@@ -42,6 +42,7 @@ struct QuantizeArgs {
   bool per_tensor = false;
   bool reduce_range = false;
   std::string activation_type = "uint8";
+  std::string weight_type = "auto";
   int activation_bits = 8;
   std::string format = "qdq";
   std::string exclude_nodes, exclude_op_types, op_types, keep_fp;
@@ -173,6 +174,8 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
     cfg.qdq.activation_symmetric = is_signed;
     cfg.qdq.per_channel = !a.per_tensor;
     cfg.qdq.reduce_range = a.reduce_range;
+    cfg.qdq.weight_type = a.weight_type == "uint8" ? DataType::kUint8 : DataType::kInt8;
+    cfg.qdq.saturation_safe = a.weight_type == "auto";
     for (const auto& x : job.exclude_nodes) cfg.qdq.exclude_nodes.insert(x);
     for (const auto& x : split_list(a.exclude_op_types)) cfg.qdq.exclude_op_types.insert(x);
     for (const auto& x : job.keep_fp) cfg.qdq.keep_float_names.insert(x);
@@ -266,6 +269,11 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--reduce-range", a.reduce_range,
                "7-bit weights: exact in ONNX Runtime on x86 CPUs without VNNI, whose u8s8 kernels saturate 8-bit ones");
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
+  cmd.add_option("--weight-type", a.weight_type,
+                 "static path: auto (default: int8, but uint8 for the Conv/MatMul/Gemm weights whose input has a non-zero "
+                 "zero point, so ONNX Runtime is exact on x86 CPUs without VNNI), int8, or uint8 (the same symmetric levels "
+                 "+ 128, zero point 128)")
+      ->check(CLI::IsMember({"auto", "int8", "uint8"}));
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,
                  "qdq (default); with --bits 8 also qoperator (QLinearConv, QLinearMatMul, com.microsoft QLinearAdd, ...); "

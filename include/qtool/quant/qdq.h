@@ -68,11 +68,13 @@ struct QuantizedWeight {
   Tensor values;               ///< int8 (or the requested type), same shape as the float weight
   std::vector<float> scales;   ///< one per slice along axis, or one
   int64_t axis = -1;           ///< -1: per tensor
+  int32_t zero_point = 0;      ///< 0 for int8; 128 for uint8 (the same symmetric levels, offset)
 };
 
 /// Symmetric quantization of a float weight: s_c = max|W_c| / qmax (qmax = 127 for int8; 63 with
 /// `reduce_range`: 7-bit levels in [-64, 63]), per slice along `axis` (negative counts from the
-/// end; pass per_channel = false for one scale).
+/// end; pass per_channel = false for one scale). `type` kUint8 stores the same levels plus 128,
+/// zero point 128 (ONNX Runtime's u8u8 kernels, exact on every CPU).
 QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8,
                                 bool reduce_range = false);
 
@@ -91,6 +93,11 @@ struct QdqOptions {
   /// 2·255·63 < 32767 cannot saturate, so those CPUs compute the model exactly (ONNX Runtime's
   /// quantizer recommends reduce_range there). Costs one bit of weight resolution.
   bool reduce_range = false;
+  /// int8 weights of the nodes whose integer GEMM can saturate on those CPUs are stored as uint8
+  /// instead (the same levels + 128, zero point 128): ONNX Runtime then runs its u8u8 kernels,
+  /// exact on every CPU, without giving up the eighth bit. These are the Conv (not depthwise),
+  /// MatMul and Gemm nodes whose input is uint8 with a non-zero zero point (see the emitter).
+  bool saturation_safe = true;
   bool per_channel = true;                       ///< weights per output channel
   bool quantize_bias = true;                     ///< int32 bias DQ for Conv/Gemm
   std::set<std::string> exclude_nodes;           ///< node names left in float

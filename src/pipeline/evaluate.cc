@@ -35,6 +35,11 @@ report::SampleProvider sample_provider(data::SampleSource& source) {
 /// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
 /// puts the result into the report: outputs (to_output_quality), eval_samples, and each layer's
 /// output SQNR (matched by the node that produces the layer's output in the quantized model).
+QualityFloor floor_of(const QuantizeJob& job) {
+  return QualityFloor{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db),
+                      job.floor_lm_nll_increase, job.floor_metric};
+}
+
 void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
                    data::SampleSource& held_out, int threads) {
   report::CompareOptions options;

@@ -8,6 +8,7 @@
 
 #include "qtool/data/sample_source.h"
 #include "qtool/ir/graph.h"
+#include "qtool/pipeline/guard.h"
 #include "qtool/pipeline/quantize.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
@@ -43,8 +44,14 @@ void fill_weight_sqnr(report::QuantizeReport& rep, const ir::Model& quantized,
 /// Weight SQNR in dB from a relative MSE ‖W - Q‖² / ‖W‖².
 double sqnr_from_rel_mse(double rel_mse);
 
-/// The two paths. Each saves the model and returns the report (without settings and timings).
+/// The job's quality floor (--min-sqnr, --min-agreement, --max-nll-increase, --metric); a
+/// classifier's loose SQNR bound never exceeds --min-sqnr.
+QualityFloor floor_of(const QuantizeJob& job);
+
+/// The three paths. Each saves the model and returns the report (without settings and timings).
 QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings);
 QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings);
+/// --mode dynamic (quant/dynamic.h): no calibration; judged on the samples when given.
+QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings);
 
 }  // namespace qtool::pipeline::detail

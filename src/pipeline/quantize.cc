@@ -65,7 +65,9 @@ QuantizeOutcome quantize(const QuantizeJob& job) {
   check_outputs(job);  // before any work: never over an input (the loader protected the model)
   check_names_exist(job, model);
   QTOOL_CHECK(!job.max_drop || !job.data.path.empty(), ErrorCode::kConfig, "--max-drop needs calibration data (--calib)");
-  QuantizeOutcome out = job.bits.is_int8() ? run_static(job, model, timings) : run_weight_only(job, model, timings);
+  QuantizeOutcome out = job.dynamic && job.bits.is_int8() ? run_dynamic(job, model, timings)
+                        : job.bits.is_int8()                ? run_static(job, model, timings)
+                                                            : run_weight_only(job, model, timings);
   out.report.settings = job.settings;
   out.report.timings = std::move(timings);
   if (!job.report_path.empty()) report::write_report(out.report, job.report_path);

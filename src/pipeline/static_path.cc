@@ -94,12 +94,6 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
   return run;
 }
 
-/// The job's floor (--min-sqnr, --min-agreement); a classifier's loose SQNR bound never exceeds --min-sqnr.
-QualityFloor floor_of(const QuantizeJob& job) {
-  return QualityFloor{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db),
-                      job.floor_lm_nll_increase, job.floor_metric};
-}
-
 /// The 16-bit twin of an 8-bit activation type.
 DataType widened(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
 

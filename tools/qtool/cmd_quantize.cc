@@ -43,6 +43,7 @@ struct QuantizeArgs {
   bool reduce_range = false;
   std::string activation_type = "uint8";
   std::string weight_type = "auto";
+  std::string mode = "static";  ///< --mode: static or dynamic
   int activation_bits = 8;
   std::string format = "qdq";
   std::string exclude_nodes, exclude_op_types, op_types, keep_fp;
@@ -77,11 +78,20 @@ struct QuantizeArgs {
 };
 
 /// --bits 8 / int8: the static W8A8 path (precision.h parses the value; kConfig if unknown).
-bool is_static(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8(); }
+bool is_static(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic"; }
+/// --bits 8 --mode dynamic.
+bool is_dynamic(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode == "dynamic"; }
+QuantizePath path_of(const QuantizeArgs& a) {
+  return is_static(a) ? QuantizePath::kStatic : is_dynamic(a) ? QuantizePath::kDynamic : QuantizePath::kWeightOnly;
+}
 
 /// The options of a run as given, for QuantizeReport::settings.
 std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
-  std::map<std::string, std::string> m{{"bits", a.bits}};
+  std::map<std::string, std::string> m{{"bits", a.bits}, {"mode", a.mode}};
+  if (is_dynamic(a)) {
+    m["weight-type"] = a.weight_type == "int8" ? "int8" : "uint8";
+    m["per-channel"] = a.per_tensor ? "false" : "true";
+  }
   if (!a.data.path.empty()) m["calib"] = a.data.path;
   if (!a.ranges_path.empty()) m["ranges"] = a.ranges_path;
   if (is_static(a)) {
@@ -131,7 +141,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
 }
 
 /// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
-void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) { check_path_options(cmd, is_static(a), a.bits); }
+void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) { check_path_options(cmd, path_of(a), a.bits); }
 
 /// The typed job for one run: every string option parsed and checked here, once.
 pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
@@ -156,6 +166,20 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.exclude_nodes = split_list(a.exclude_nodes);
   job.keep_fp = split_list(a.keep_fp);
   job.settings = settings_of(a);
+  if (is_dynamic(a)) {
+    QTOOL_CHECK(a.format == "qdq", ErrorCode::kConfig,
+                "--format {} does not apply to --mode dynamic (DynamicQuantizeLinear + MatMulInteger/ConvInteger)",
+                a.format);
+    job.dynamic = true;
+    quant::DynamicOptions& d = job.dynamic_cfg;
+    d.weight_type = a.weight_type == "int8" ? DataType::kInt8 : DataType::kUint8;
+    d.per_channel = !a.per_tensor;
+    if (!a.op_types.empty()) {
+      d.op_types.clear();
+      for (const auto& x : split_list(a.op_types)) d.op_types.insert(x);
+    }
+    return job;
+  }
   if (job.bits.is_int8()) {
     QTOOL_CHECK(a.format == "qdq" || a.format == "qoperator", ErrorCode::kConfig,
                 "--format {} is not valid with --bits 8: use qdq (QuantizeLinear/DequantizeLinear) or qoperator "
@@ -269,6 +293,11 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--reduce-range", a.reduce_range,
                "7-bit weights: exact in ONNX Runtime on x86 CPUs without VNNI, whose u8s8 kernels saturate 8-bit ones");
   cmd.add_option("--activation-type", a.activation_type, "uint8 (asymmetric, default) or int8 (symmetric)");
+  cmd.add_option("--mode", a.mode,
+                 "static (default: calibrated activation ranges) or dynamic (with --bits 8: int8 weights, activations "
+                 "quantized on the fly by DynamicQuantizeLinear; no --calib needed, and with it the floor is judged on "
+                 "the samples)")
+      ->check(CLI::IsMember({"static", "dynamic"}));
   cmd.add_option("--weight-type", a.weight_type,
                  "static path: auto (default: int8, but uint8 for the Conv/MatMul/Gemm weights whose input has a non-zero "
                  "zero point, so ONNX Runtime is exact on x86 CPUs without VNNI), int8, or uint8 (the same symmetric levels "

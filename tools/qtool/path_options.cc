@@ -10,36 +10,86 @@ struct PathOption {
   const char* name;
   bool static_path;  ///< --bits 8 (W8A8 / W8A16 QDQ)
   bool weight_only;  ///< --bits below 8
+  bool dynamic;      ///< --bits 8 --mode dynamic
 };
+// clang-format off
 constexpr PathOption kPathOptions[] = {
-    {"--method", true, false},           {"--percentile", true, false},       {"--ranges", true, false},
-    {"--per-tensor", true, false},       {"--activation-type", true, false},  {"--activation-bits", true, false},
-    {"--exclude-op-types", true, false}, {"--op-types", true, false},         {"--keep-fp", true, false},
-    {"--cle", true, false},              {"--cle-relu6", true, false},        {"--bias-correction", true, false},
-    {"--no-bias-correction", true, false}, {"--min-sqnr", true, false},       {"--min-agreement", true, false},
-    {"--force", true, true},             {"--reduce-range", true, false},     {"--max-nll-increase", true, false},
-    {"--metric", true, false},
-    {"--block-size", false, true},       {"--weight-algorithm", false, true}, {"--gptq-act-order", false, true},
-    {"--gptq-damp", false, true},        {"--asymmetric", false, true},       {"--outlier-fraction", false, true},
-    {"--symmetric", false, true},
-    {"--bits-first-last", false, true},  {"--layer-bits", false, true},       {"--scale-type", false, true},
-    {"--bits-depthwise", false, true},   {"--tune-steps", false, true},       {"--tune-batch", false, true},
-    {"--tune-lr", false, true},          {"--tune-scale-lr", false, true},    {"--tune-float-lr", false, true},
-    {"--tune-loss", false, true},        {"--tune-holdout", false, true},     {"--tune-eval-every", false, true},
-    {"--tune-augment", false, true},     {"--tune-features", false, true},    {"--tune-stages", false, true},
-    {"--tune-quant-noise", false, true}, {"--tune-range", false, true},       {"--tune-mixup", false, true},
-    {"--no-tune-weights", false, true},  {"--no-tune-scales", false, true},   {"--no-tune-float", false, true},
-    {"--plan", true, true},              {"--plan-out", true, true},
+    {"--method", true, false, false},
+    {"--percentile", true, false, false},
+    {"--ranges", true, false, false},
+    {"--per-tensor", true, false, true},
+    {"--activation-type", true, false, false},
+    {"--activation-bits", true, false, false},
+    {"--exclude-op-types", true, false, false},
+    {"--op-types", true, false, true},
+    {"--keep-fp", true, false, false},
+    {"--cle", true, false, false},
+    {"--cle-relu6", true, false, false},
+    {"--bias-correction", true, false, false},
+    {"--no-bias-correction", true, false, false},
+    {"--min-sqnr", true, false, true},
+    {"--min-agreement", true, false, true},
+    {"--force", true, true, true},
+    {"--reduce-range", true, false, false},
+    {"--max-nll-increase", true, false, true},
+    {"--metric", true, false, true},
+    {"--block-size", false, true, false},
+    {"--weight-algorithm", false, true, false},
+    {"--gptq-act-order", false, true, false},
+    {"--gptq-damp", false, true, false},
+    {"--asymmetric", false, true, false},
+    {"--outlier-fraction", false, true, false},
+    {"--symmetric", false, true, false},
+    {"--bits-first-last", false, true, false},
+    {"--layer-bits", false, true, false},
+    {"--scale-type", false, true, false},
+    {"--bits-depthwise", false, true, false},
+    {"--tune-steps", false, true, false},
+    {"--tune-batch", false, true, false},
+    {"--tune-lr", false, true, false},
+    {"--tune-scale-lr", false, true, false},
+    {"--tune-float-lr", false, true, false},
+    {"--tune-loss", false, true, false},
+    {"--tune-holdout", false, true, false},
+    {"--tune-eval-every", false, true, false},
+    {"--tune-augment", false, true, false},
+    {"--tune-features", false, true, false},
+    {"--tune-stages", false, true, false},
+    {"--tune-quant-noise", false, true, false},
+    {"--tune-range", false, true, false},
+    {"--tune-mixup", false, true, false},
+    {"--no-tune-weights", false, true, false},
+    {"--no-tune-scales", false, true, false},
+    {"--no-tune-float", false, true, false},
+    {"--plan", true, true, false},
+    {"--plan-out", true, true, false},
+    {"--weight-type", true, false, true},
 };
+// clang-format on
+
+const char* path_name(QuantizePath p) {
+  switch (p) {
+    case QuantizePath::kStatic: return "static W8A8 (--bits 8)";
+    case QuantizePath::kWeightOnly: return "weight-only (--bits 4, 2, ternary, binary, fp8, fp4)";
+    case QuantizePath::kDynamic: return "dynamic (--bits 8 --mode dynamic)";
+  }
+  return "";
+}
+
+bool applies(const PathOption& o, QuantizePath p) {
+  return p == QuantizePath::kStatic ? o.static_path : p == QuantizePath::kWeightOnly ? o.weight_only : o.dynamic;
+}
 
 }  // namespace
 
-void check_path_options(const CLI::App& cmd, bool static_path, const std::string& bits) {
+void check_path_options(const CLI::App& cmd, QuantizePath path, const std::string& bits) {
   for (const PathOption& o : kPathOptions) {
-    if (cmd.count(o.name) == 0 || (static_path ? o.static_path : o.weight_only)) continue;
-    fail(ErrorCode::kConfig, "{} applies to {} quantization, not to --bits {} ({})", o.name,
-         o.static_path ? "static W8A8 (--bits 8)" : "weight-only (--bits 4, 2, ternary, binary, fp8, fp4)", bits,
-         static_path ? "static W8A8 QDQ" : "weight-only");
+    if (cmd.count(o.name) == 0 || applies(o, path)) continue;
+    std::string where;
+    for (QuantizePath p : {QuantizePath::kStatic, QuantizePath::kWeightOnly, QuantizePath::kDynamic})
+      if (applies(o, p)) where += (where.empty() ? "" : " and ") + std::string(path_name(p));
+    fail(ErrorCode::kConfig, "{} applies to {} quantization, not to {} with --bits {}", o.name, where, path_name(path),
+         bits);
   }
 }
 

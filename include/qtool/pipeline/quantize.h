@@ -16,6 +16,7 @@
 #include "qtool/core/error.h"
 #include "qtool/pipeline/guard.h"
 #include "qtool/pipeline/samples.h"
+#include "qtool/quant/dynamic.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/precision.h"
 #include "qtool/quant/static_quant.h"
@@ -39,6 +40,10 @@ struct QuantizeJob {
   std::vector<std::string> op_types;    ///< quantize only these op types ("" = all)
   int activation_bits = 8;
   bool qoperator = false;               ///< --format qoperator
+
+  // Dynamic path (--mode dynamic with --bits 8): quant/dynamic.h.
+  bool dynamic = false;
+  quant::DynamicOptions dynamic_cfg;
 
   // Weight-only path.
   quant::WeightOnlyConfig weight_cfg;   ///< formats, algorithm, rules, tuning (plan loaded from plan_path)

@@ -1,0 +1,60 @@
+// Dynamic quantization (`qtool quantize --mode dynamic`): int8 weights stored once, activations
+// quantized on the fly from their actual range on every run, no calibration data.
+//
+// Each chosen node is rewritten in standard ONNX ops, the form ONNX Runtime's quantize_dynamic
+// writes and its graph optimizer fuses (DynamicQuantizeLinear + MatMulInteger + Cast + Mul + Mul
+// -> com.microsoft DynamicQuantizeMatMul / MatMulIntegerToFloat):
+//
+//   MatMul(A, W[K, N])           ->  a, s_a, z_a = DynamicQuantizeLinear(A)
+//   Gemm(A, W, C; transB, alpha)     y = Cast(MatMulInteger(a, Wq[K, N], z_a, z_w)) · (s_a · s_w[N])
+//                                    (+ beta·C for Gemm)
+//   Conv(X, W, B) (opt-in)       ->  y = Cast(ConvInteger(x, Wq, z_x, z_w)) · (s_x · s_w[C,1,1]) + B[C,1,1]
+//
+// Weights: symmetric levels per output channel (s_w[c] = max|W_c| / 127). Stored as uint8 with
+// zero point 128 (`weight_type` kUint8, the default) they run in ONNX Runtime's u8u8 kernels, exact
+// on every CPU; int8 (kInt8) runs the u8s8 kernels, whose AVX2 form (VPMADDUBSW, on x86 CPUs
+// without VNNI) saturates pairs of products: DynamicQuantizeLinear's zero point sits anywhere in
+// 0..255, so an input near its maximum meets two large weights often. ConvInteger takes uint8
+// weights only in ONNX Runtime's CPU provider. One DynamicQuantizeLinear per activation, shared by
+// every node that reads it (the q, k and v projections of a block read one).
+//
+// Not rewritten (left float, with the reason in DynamicSummary::float_nodes): a weight that is not
+// a float initializer of this graph, a batched (rank > 2) MatMul weight, Gemm with transA, a
+// non-constant Gemm bias with beta != 1, nodes inside If/Loop/Scan bodies.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "qtool/core/dtype.h"
+#include "qtool/ir/graph.h"
+
+namespace qtool::quant {
+
+struct DynamicOptions {
+  DataType weight_type = DataType::kUint8;  ///< kUint8 (zero point 128) or kInt8
+  bool per_channel = true;                  ///< one weight scale per output channel
+  /// Op types rewritten: MatMul, Gemm (default) and Conv (ConvInteger; opt-in, see the README).
+  std::set<std::string> op_types = {"MatMul", "Gemm"};
+  std::set<std::string> exclude_nodes;      ///< node names left in float (globs allowed)
+  /// Weights with fewer elements are left in float (their int8 copy plus a scale saves nothing).
+  int64_t min_weight_elements = 16;
+};
+
+struct DynamicSummary {
+  size_t matmuls = 0, gemms = 0, convs = 0;  ///< nodes rewritten, by op type
+  size_t quantize_nodes = 0;                 ///< DynamicQuantizeLinear nodes placed
+  int64_t float_weight_bytes = 0;            ///< float32 bytes of the weights quantized
+  int64_t quant_weight_bytes = 0;            ///< their integer levels + scales
+  std::vector<std::string> quantized_nodes;  ///< names, in graph order
+  std::vector<std::string> float_nodes;      ///< "node (op): reason" for candidates left in float
+  size_t rewritten() const { return matmuls + gemms + convs; }
+};
+
+/// Rewrites the chosen nodes of `model`'s main graph (see the header comment). Raises the
+/// default-domain opset to 11 when lower (DynamicQuantizeLinear). Throws kConfig for bad options.
+DynamicSummary emit_dynamic(ir::Model& model, const DynamicOptions& options);
+
+}  // namespace qtool::quant

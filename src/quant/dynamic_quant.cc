@@ -1,0 +1,246 @@
+// Dynamic quantization: see include/qtool/quant/dynamic.h.
+#include "qtool/quant/dynamic.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <tuple>
+
+#include "qtool/core/error.h"
+#include "qtool/quant/lowbit.h"
+#include "qtool/quant/qdq.h"
+
+namespace qtool::quant {
+namespace {
+
+const Tensor* float_initializer(const ir::Graph& g, const ir::Value* v) {
+  if (v == nullptr || v->owner() != &g) return nullptr;
+  const Tensor* t = v->initializer();
+  return t && t->dtype() == DataType::kFloat ? t : nullptr;
+}
+
+bool is_float_value(const ir::Value* v) {
+  return v && (v->type().elem_type == DataType::kFloat || v->type().elem_type == DataType::kUndefined);
+}
+
+Tensor transpose2d(const Tensor& w) {
+  const int64_t r = w.dim(0), c = w.dim(1);
+  std::vector<float> out(static_cast<size_t>(r * c));
+  const float* x = w.data<float>();
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) out[static_cast<size_t>(j * r + i)] = x[i * c + j];
+  return Tensor::from_vector<float>({c, r}, out);
+}
+
+class DynamicEmitter {
+ public:
+  DynamicEmitter(ir::Model& model, const DynamicOptions& o) : model_(model), g_(*model.graph), opt_(o) {}
+
+  DynamicSummary run() {
+    QTOOL_CHECK(opt_.weight_type == DataType::kUint8 || opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
+                "dynamic quantization stores weights as uint8 or int8 (got {})", dtype_name(opt_.weight_type));
+    for (const std::string& op : opt_.op_types)
+      QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv", ErrorCode::kConfig,
+                  "dynamic quantization rewrites MatMul, Gemm and Conv, not '{}'", op);
+    std::vector<ir::Node*> order = g_.topo_order();
+    for (ir::Node* n : order) {
+      if (!opt_.op_types.count(n->op_type()) || !n->domain().empty()) continue;
+      if (excluded(*n)) {
+        s_.float_nodes.push_back(fmt::format("{}: excluded", n->describe()));
+        continue;
+      }
+      const std::string why = n->op_type() == "Conv" ? rewrite_conv(n) : rewrite_matmul(n);
+      if (!why.empty()) s_.float_nodes.push_back(fmt::format("{}: {}", n->describe(), why));
+    }
+    if (s_.rewritten() > 0) {
+      if (model_.opset("") < 11) model_.set_opset("", 11);
+      g_.eliminate_dead_nodes();
+    }
+    return std::move(s_);
+  }
+
+ private:
+  bool excluded(const ir::Node& n) const {
+    for (const std::string& p : opt_.exclude_nodes)
+      if (p == n.name() || glob_match(p, n.name())) return true;
+    return false;
+  }
+
+  ir::Value* add_init(const std::string& base, Tensor t) {
+    const DataType dt = t.dtype();
+    ir::Value* v = g_.add_initializer(g_.unique_name(base), std::move(t));
+    v->type().elem_type = dt;
+    return v;
+  }
+
+  ir::Node* add_before(ir::Node* pos, const std::string& op, const std::vector<ir::Value*>& in,
+                       const std::vector<std::pair<std::string, DataType>>& outs) {
+    std::vector<std::string> names;
+    for (const auto& o : outs) names.push_back(g_.unique_name(o.first));
+    ir::Node* n = g_.insert_node_before(pos, op, in, names, g_.unique_name(outs[0].first + "_" + op));
+    for (size_t i = 0; i < outs.size(); ++i) n->output(i)->type().elem_type = outs[i].second;
+    return n;
+  }
+
+  /// The DynamicQuantizeLinear outputs of activation `a` (placed once, before its first reader).
+  const std::vector<ir::Value*>& quantized(ir::Value* a, ir::Node* first_reader) {
+    auto it = dql_.find(a);
+    if (it != dql_.end()) return it->second;
+    const std::string base = a->name();
+    ir::Node* q = add_before(first_reader, "DynamicQuantizeLinear", {a},
+                             {{base + "_quantized", DataType::kUint8},
+                              {base + "_scale", DataType::kFloat},
+                              {base + "_zero_point", DataType::kUint8}});
+    q->output(0)->type().has_shape = a->type().has_shape;
+    q->output(0)->type().dims = a->type().dims;
+    for (int i : {1, 2}) q->output(i)->type().has_shape = true;  // scalars
+    ++s_.quantize_nodes;
+    return dql_[a] = {q->output(0), q->output(1), q->output(2)};
+  }
+
+  struct QWeight {
+    ir::Value* levels = nullptr;
+    ir::Value* zero_point = nullptr;
+    std::vector<float> scales;
+  };
+
+  /// w quantized per slice along `axis` (per tensor when !per_channel), stored once per
+  /// (weight, layout) in `type`.
+  QWeight weight(const ir::Value* key, const std::string& base, const Tensor& w, int64_t axis, DataType type,
+                 bool transposed) {
+    const auto k = std::make_tuple(key, transposed, type);
+    if (auto it = weights_.find(k); it != weights_.end()) return it->second;
+    const QuantizedWeight qw = quantize_weight(w, opt_.per_channel, axis, type);
+    QWeight r;
+    r.scales = qw.scales;
+    r.levels = add_init(base + "_quantized", qw.values);
+    Tensor zp(type, {});
+    if (type == DataType::kUint8) zp.mutable_data<uint8_t>()[0] = static_cast<uint8_t>(qw.zero_point);
+    else zp.mutable_data<int8_t>()[0] = 0;
+    r.zero_point = add_init(base + "_zero_point", std::move(zp));
+    s_.float_weight_bytes += static_cast<int64_t>(w.nbytes());
+    s_.quant_weight_bytes += static_cast<int64_t>(qw.values.nbytes() + qw.scales.size() * sizeof(float) + 1);
+    weights_[k] = r;
+    return r;
+  }
+
+  /// Turns n into the last op of its rewrite (so its output keeps its name and consumers).
+  static void become(ir::Node* n, const std::string& op, ir::Value* a, ir::Value* b) {
+    n->set_op_type(op);
+    n->mutable_attributes().clear();
+    n->truncate_inputs(0);
+    n->set_input(0, a);
+    n->set_input(1, b);
+  }
+
+  /// n becomes Add(y, bias), or (no bias) the final Mul itself: it takes that Mul's inputs, and
+  /// the Mul goes.
+  void finish(ir::Node* n, ir::Value* y, ir::Value* bias) {
+    if (bias) {
+      become(n, "Add", y, bias);
+      return;
+    }
+    ir::Node* m = y->producer();
+    ir::Value* x0 = m->input(0);
+    ir::Value* x1 = m->input(1);
+    become(n, "Mul", x0, x1);
+    g_.remove_node(m);
+  }
+
+  /// y_int32 -> float, times s_a · s_w (per channel, shaped `scale_shape`).
+  ir::Value* rescale(ir::Node* n, ir::Value* acc, ir::Value* s_a, const QWeight& w, const Shape& scale_shape,
+                     float alpha) {
+    const std::string base = n->output(0)->name();
+    ir::Node* cast = add_before(n, "Cast", {acc}, {{base + "_float", DataType::kFloat}});
+    cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    std::vector<float> s = w.scales;
+    for (float& x : s) x *= alpha;
+    ir::Value* sw = add_init(base + "_weight_scale", s.size() == 1 ? Tensor::scalar<float>(s[0])
+                                                                    : Tensor::from_vector<float>(scale_shape, s));
+    ir::Node* scale = add_before(n, "Mul", {s_a, sw}, {{base + "_scale", DataType::kFloat}});
+    return add_before(n, "Mul", {cast->output(0), scale->output(0)}, {{base + "_rescaled", DataType::kFloat}})
+        ->output(0);
+  }
+
+  std::string rewrite_matmul(ir::Node* n) {
+    const bool gemm = n->op_type() == "Gemm";
+    ir::Value* a = n->input(0);
+    ir::Value* wv = n->input(1);
+    if (!is_float_value(a)) return "input is not float";
+    const Tensor* w = float_initializer(g_, wv);
+    if (w == nullptr) return "weight is not a float initializer";
+    if (w->rank() != 2) return fmt::format("weight of rank {} (2 expected)", w->rank());
+    if (w->numel() < opt_.min_weight_elements) return fmt::format("weight of {} elements", w->numel());
+    if (gemm && n->attr_int("transA", 0) != 0) return "Gemm with transA";
+    const bool trans_b = gemm && n->attr_int("transB", 0) != 0;
+    const float alpha = gemm ? n->attr_float("alpha", 1.0f) : 1.0f;
+    const float beta = gemm ? n->attr_float("beta", 1.0f) : 1.0f;
+    ir::Value* c = gemm ? n->input(2) : nullptr;
+    const Tensor* ct = c ? float_initializer(g_, c) : nullptr;
+    if (c && !ct && beta != 1.0f) return "Gemm with a computed bias and beta != 1";
+    if (c && !ct && !is_float_value(c)) return "Gemm bias is not float";
+    // Weight as [K, N], one scale per column N.
+    const Tensor wkn = trans_b ? transpose2d(*w) : *w;
+    const QWeight qw = weight(wv, wv->name(), wkn, 1, opt_.weight_type, trans_b);
+    const int64_t cols = wkn.dim(1);
+    const auto& q = quantized(a, n);
+    ir::Node* mm = add_before(n, "MatMulInteger", {q[0], qw.levels, q[2], qw.zero_point},
+                              {{n->output(0)->name() + "_int32", DataType::kInt32}});
+    ir::Value* y = rescale(n, mm->output(0), q[1], qw, Shape{cols}, alpha);
+    if (c && ct && beta != 1.0f) {
+      Tensor scaled = *ct;
+      Tensor out(DataType::kFloat, scaled.shape());
+      for (int64_t i = 0; i < scaled.numel(); ++i) out.mutable_data<float>()[i] = beta * scaled.data<float>()[i];
+      c = add_init(c->name() + "_beta", std::move(out));
+    }
+    finish(n, y, c);
+    ++(gemm ? s_.gemms : s_.matmuls);
+    s_.quantized_nodes.push_back(n->name());
+    return "";
+  }
+
+  std::string rewrite_conv(ir::Node* n) {
+    ir::Value* x = n->input(0);
+    ir::Value* wv = n->input(1);
+    if (!is_float_value(x)) return "input is not float";
+    const Tensor* w = float_initializer(g_, wv);
+    if (w == nullptr) return "weight is not a float initializer";
+    if (w->numel() < opt_.min_weight_elements) return fmt::format("weight of {} elements", w->numel());
+    ir::Value* b = n->input(2);
+    const Tensor* bt = b ? float_initializer(g_, b) : nullptr;
+    if (b && !bt) return "bias is not a float initializer";
+    // ONNX Runtime's CPU ConvInteger takes uint8 weights only.
+    const QWeight qw = weight(wv, wv->name(), *w, 0, DataType::kUint8, false);
+    const int64_t channels = w->dim(0);
+    const auto& q = quantized(x, n);
+    ir::Node* conv = add_before(n, "ConvInteger", {q[0], qw.levels, q[2], qw.zero_point},
+                                {{n->output(0)->name() + "_int32", DataType::kInt32}});
+    for (const ir::Attribute& at : n->attributes()) conv->set_attr(at.clone());
+    Shape cshape{channels};
+    for (size_t d = 2; d < w->rank(); ++d) cshape.push_back(1);
+    ir::Value* y = rescale(n, conv->output(0), q[1], qw, cshape, 1.0f);
+    ir::Value* bias = nullptr;
+    if (bt)
+      bias = add_init(b->name() + "_reshaped",
+                      Tensor::from_vector<float>(cshape, std::vector<float>(bt->data<float>(), bt->data<float>() + bt->numel())));
+    finish(n, y, bias);
+    ++s_.convs;
+    s_.quantized_nodes.push_back(n->name());
+    return "";
+  }
+
+  ir::Model& model_;
+  ir::Graph& g_;
+  const DynamicOptions& opt_;
+  DynamicSummary s_;
+  std::map<const ir::Value*, std::vector<ir::Value*>> dql_;
+  std::map<std::tuple<const ir::Value*, bool, DataType>, QWeight> weights_;
+};
+
+}  // namespace
+
+DynamicSummary emit_dynamic(ir::Model& model, const DynamicOptions& options) {
+  return DynamicEmitter(model, options).run();
+}
+
+}  // namespace qtool::quant

@@ -1,0 +1,193 @@
+// Dynamic quantization (quant/dynamic.h): the rewrite's structure, its arithmetic against a
+// hand computation, and qtool's executor against ONNX Runtime on the emitted ops (the integer parts
+// bit for bit).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "graph_builders.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "qtool/quant/dynamic.h"
+#include "qtool/runtime/executor.h"
+#include "test_util.h"
+
+namespace qtool {
+namespace {
+
+using quant::DynamicOptions;
+using quant::emit_dynamic;
+using testing::float_type;
+using testing::gaussian;
+
+/// x [2, 8] -> MatMul(W1 [8, 6]) -> Gemm(W2 [4, 6], transB, alpha 0.5, C [4], beta 2) -> y [2, 4];
+/// x2 [1, 3, 6, 6] -> Conv(W3 [4, 3, 3, 3], B3) -> z; and MatMul(x, W1) read twice (shared DQL).
+ir::Model make_model(std::mt19937& rng) {
+  ir::Model m;
+  m.opset_imports = {{"", 13}};
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({2, 8}));
+  ir::Value* x2 = g.add_input("x2", float_type({1, 3, 6, 6}));
+  ir::Value* w1 = g.add_initializer("W1", Tensor::from_vector<float>({8, 6}, gaussian(48, rng)));
+  ir::Node* mm = g.add_node("MatMul", {x, w1}, {"h"}, "mm");
+  ir::Node* gemm = g.add_node("Gemm", {mm->output(0), g.add_initializer("W2", Tensor::from_vector<float>({4, 6}, gaussian(24, rng))),
+                                       g.add_initializer("C", Tensor::from_vector<float>({4}, gaussian(4, rng)))},
+                              {"y"}, "gemm");
+  gemm->set_attr(ir::Attribute::make_int("transB", 1));
+  gemm->set_attr(ir::Attribute::make_float("alpha", 0.5f));
+  gemm->set_attr(ir::Attribute::make_float("beta", 2.0f));
+  ir::Node* mm2 = g.add_node("MatMul", {x, w1}, {"h2"}, "mm2");
+  ir::Node* conv = g.add_node("Conv", {x2, g.add_initializer("W3", Tensor::from_vector<float>({4, 3, 3, 3}, gaussian(108, rng))),
+                                       g.add_initializer("B3", Tensor::from_vector<float>({4}, gaussian(4, rng)))},
+                              {"z"}, "conv");
+  conv->set_attr(ir::Attribute::make_ints("kernel_shape", {3, 3}));
+  conv->set_attr(ir::Attribute::make_ints("pads", {1, 1, 1, 1}));
+  for (ir::Value* v : {mm->output(0), gemm->output(0), mm2->output(0), conv->output(0)}) {
+    v->type().elem_type = DataType::kFloat;
+    g.add_output(v);
+  }
+  return m;
+}
+
+std::map<std::string, Tensor> inputs(std::mt19937& rng) {
+  return {{"x", Tensor::from_vector<float>({2, 8}, gaussian(16, rng))},
+          {"x2", Tensor::from_vector<float>({1, 3, 6, 6}, gaussian(108, rng))}};
+}
+
+int count(const ir::Graph& g, const std::string& op) {
+  int n = 0;
+  for (const auto& node : g.nodes()) n += node->op_type() == op;
+  return n;
+}
+
+TEST(DynamicQuant, RewritesMatMulGemmAndOptInConv) {
+  std::mt19937 rng(3);
+  ir::Model m = make_model(rng);
+  DynamicOptions o;
+  o.op_types = {"MatMul", "Gemm", "Conv"};
+  const auto s = emit_dynamic(m, o);
+  EXPECT_EQ(s.matmuls, 2u);
+  EXPECT_EQ(s.gemms, 1u);
+  EXPECT_EQ(s.convs, 1u);
+  const ir::Graph& g = *m.graph;
+  // x is read by two MatMuls: one DynamicQuantizeLinear for it, one for h, one for x2.
+  EXPECT_EQ(s.quantize_nodes, 3u);
+  EXPECT_EQ(count(g, "DynamicQuantizeLinear"), 3);
+  EXPECT_EQ(count(g, "MatMulInteger"), 3);
+  EXPECT_EQ(count(g, "ConvInteger"), 1);
+  EXPECT_EQ(count(g, "Gemm") + count(g, "Conv"), 0);
+  // W1 is stored once (both MatMuls read the same levels), as uint8 with zero point 128.
+  int w1_copies = 0;
+  for (const ir::Value* v : g.initializers()) {
+    if (v->name().rfind("W1", 0) != 0) continue;
+    if (v->initializer()->dtype() == DataType::kFloat) ADD_FAILURE() << "float W1 left: " << v->name();
+    if (v->name().find("_quantized") != std::string::npos) {
+      ++w1_copies;
+      EXPECT_EQ(v->initializer()->dtype(), DataType::kUint8);
+    }
+    if (v->name().find("_zero_point") != std::string::npos) EXPECT_EQ(v->initializer()->data<uint8_t>()[0], 128);
+  }
+  EXPECT_EQ(w1_copies, 1);
+  // The graph outputs keep their names; opset raised to 11 at least for DynamicQuantizeLinear.
+  EXPECT_EQ(g.outputs()[1]->name(), "y");
+  EXPECT_GE(m.opset(""), 13);
+  g.validate();
+}
+
+TEST(DynamicQuant, MatchesTheHandComputation) {
+  std::mt19937 rng(4);
+  ir::Model fp = make_model(rng);
+  ir::Model q = fp.clone();
+  DynamicOptions o;
+  o.op_types = {"MatMul", "Gemm", "Conv"};
+  emit_dynamic(q, o);
+  const auto in = inputs(rng);
+  const std::vector<Tensor> ref = runtime::Executor(fp).run(in);
+  const std::vector<Tensor> got = runtime::Executor(q).run(in);
+  // Hand computation of output 0 (MatMul x W1): DynamicQuantizeLinear's scale and zero point,
+  // W1's per-column symmetric levels, the exact integer sum, times s_x·s_w[n].
+  const Tensor& x = in.at("x");
+  const Tensor* w = fp.graph->find_value("W1")->initializer();
+  float lo = 0, hi = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) lo = std::min(lo, x.data<float>()[i]), hi = std::max(hi, x.data<float>()[i]);
+  const float sx = (hi - lo) / 255.0f;
+  const float zx = std::clamp(std::nearbyint(-lo / sx), 0.0f, 255.0f);
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t n = 0; n < 6; ++n) {
+      float amax = 0;
+      for (int64_t k = 0; k < 8; ++k) amax = std::max(amax, std::fabs(w->data<float>()[k * 6 + n]));
+      const float sw = amax / 127.0f;
+      int64_t acc = 0;
+      for (int64_t k = 0; k < 8; ++k) {
+        const float qa = std::clamp(std::nearbyint(x.data<float>()[r * 8 + k] / sx) + zx, 0.0f, 255.0f);
+        const float qw = std::nearbyint(w->data<float>()[k * 6 + n] / sw);
+        acc += static_cast<int64_t>(qa - zx) * static_cast<int64_t>(qw);
+      }
+      const float expect = static_cast<float>(acc) * (sx * sw);
+      EXPECT_NEAR(got[0].data<float>()[r * 6 + n], expect, 1e-5f * std::max(1.0f, std::fabs(expect)));
+    }
+  // And every output is close to FP32 (8-bit noise, not a wiring error).
+  for (size_t o2 = 0; o2 < ref.size(); ++o2) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < ref[o2].numel(); ++i) {
+      const double d = got[o2].data<float>()[i] - ref[o2].data<float>()[i];
+      num += d * d;
+      den += static_cast<double>(ref[o2].data<float>()[i]) * ref[o2].data<float>()[i];
+    }
+    EXPECT_GT(10 * std::log10(den / num), 30.0) << "output " << o2;
+  }
+}
+
+TEST(DynamicQuant, Int8WeightsAndExclusions) {
+  std::mt19937 rng(5);
+  ir::Model m = make_model(rng);
+  DynamicOptions o;
+  o.weight_type = DataType::kInt8;
+  o.exclude_nodes = {"mm2"};
+  const auto s = emit_dynamic(m, o);
+  EXPECT_EQ(s.matmuls, 1u);
+  EXPECT_EQ(s.convs, 0u);  // Conv is opt-in
+  ASSERT_EQ(s.float_nodes.size(), 1u);
+  EXPECT_NE(s.float_nodes[0].find("excluded"), std::string::npos);
+  for (const auto& n : m.graph->nodes())
+    if (n->op_type() == "MatMulInteger") EXPECT_EQ(n->input(1)->initializer()->dtype(), DataType::kInt8);
+  EXPECT_EQ(count(*m.graph, "Conv"), 1);
+  EXPECT_EQ(count(*m.graph, "MatMul"), 1);
+}
+
+TEST(DynamicQuant, OnnxRuntimeComputesTheSameIntegers) {
+  QTOOL_REQUIRE_ORT();
+  std::mt19937 rng(6);
+  ir::Model m = make_model(rng);
+  DynamicOptions o;
+  o.op_types = {"MatMul", "Gemm", "Conv"};
+  emit_dynamic(m, o);
+  // Expose the integer tensors: every DynamicQuantizeLinear and MatMulInteger/ConvInteger output.
+  std::vector<std::string> ints;
+  for (const auto& n : m.graph->nodes())
+    if (n->op_type() == "DynamicQuantizeLinear" || n->op_type() == "MatMulInteger" || n->op_type() == "ConvInteger")
+      for (ir::Value* v : n->outputs()) {
+        m.graph->add_output(v);
+        ints.push_back(v->name());
+      }
+  testing::TempDir dir;
+  const std::string path = dir.file("dyn.onnx");
+  onnx_io::save_model(m, path);
+  const auto in = inputs(rng);
+  const auto ort = testing::ort_run(path, in);
+  runtime::Executor ex(m);
+  const std::vector<Tensor> got = ex.run(in);
+  const std::vector<std::string> names = ex.output_names();
+  for (size_t i = 0; i < names.size(); ++i) {
+    const Tensor& ref = ort.at(names[i]);
+    const bool integer = std::find(ints.begin(), ints.end(), names[i]) != ints.end();
+    if (integer && got[i].dtype() != DataType::kFloat) {
+      EXPECT_EQ(testing::max_abs_error(got[i], ref), 0.0) << names[i];  // bit for bit
+    } else {
+      EXPECT_LE(testing::max_rel_error(got[i], ref, 1.0), 1e-6) << names[i];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qtool

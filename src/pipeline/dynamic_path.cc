@@ -10,6 +10,7 @@
 #include "internal.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/quant/dynamic.h"
+#include "qtool/quant/static_quant.h"
 
 namespace qtool::pipeline::detail {
 namespace {
@@ -19,9 +20,15 @@ constexpr size_t kMaxJudgeSamples = 64;
 /// Samples each node is probed on when the model is below the floor.
 constexpr size_t kProbeSamples = 4;
 
-quant::DynamicSummary emit(ir::Model& out, const ir::Model& fp32, const quant::DynamicOptions& o) {
+/// The dynamic rewrite of a copy of fp32; then the weights it leaves float (Conv unless opted in,
+/// LSTM/GRU/RNN: no integer form ONNX Runtime runs faster than float) are stored as int8 levels
+/// read through Cast · scales, which ONNX Runtime folds at load (static_quant.h:
+/// quantize_body_weights): a smaller file at float speed.
+quant::DynamicSummary emit(ir::Model& out, const ir::Model& fp32, const quant::DynamicOptions& o, size_t* body_weights) {
   out = fp32.clone();
-  return quant::emit_dynamic(out, o);
+  quant::DynamicSummary s = quant::emit_dynamic(out, o);
+  *body_weights = quant::quantize_body_weights(out, false, {"LSTM", "GRU", "RNN", "Conv", "ConvTranspose"}, true);
+  return s;
 }
 
 report::CompareResult judge(const ir::Model& fp32, const ir::Model& q, data::SampleSource& samples, int threads,
@@ -37,11 +44,13 @@ report::CompareResult judge(const ir::Model& fp32, const ir::Model& q, data::Sam
 
 QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
   auto t = clock_type::now();
+  quant::prepare_model(model, 13);  // the static path's preparation (constant folding reaches LSTM weights)
   const ir::Model fp32 = model.clone();
   quant::DynamicOptions opt = job.dynamic_cfg;
   for (const auto& x : job.exclude_nodes) opt.exclude_nodes.insert(x);
-  quant::DynamicSummary s = emit(model, fp32, opt);
-  QTOOL_CHECK(s.rewritten() > 0, ErrorCode::kUnsupported,
+  size_t body_weights = 0;
+  quant::DynamicSummary s = emit(model, fp32, opt, &body_weights);
+  QTOOL_CHECK(s.rewritten() > 0 || body_weights > 0, ErrorCode::kUnsupported,
               "no node of '{}' was quantized dynamically ({} candidates left in float{}{}); nothing is written",
               job.model_path, s.float_nodes.size(), s.float_nodes.empty() ? "" : ", e.g. ",
               s.float_nodes.empty() ? "" : s.float_nodes.front());
@@ -51,6 +60,10 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
       "dynamic: {} MatMul, {} Gemm, {} Conv nodes with {} weights per {} and {} DynamicQuantizeLinear; weights {} -> {} bytes",
       s.matmuls, s.gemms, s.convs, dtype_name(opt.weight_type), opt.per_channel ? "output channel" : "tensor",
       s.quantize_nodes, s.float_weight_bytes, s.quant_weight_bytes));
+  if (body_weights > 0)
+    actions.push_back(fmt::format("{} other weights (Conv, LSTM/GRU/RNN) stored as int8 levels read through Cast and "
+                                  "their scales, which ONNX Runtime folds at load (they compute in float)",
+                                  body_weights));
   for (const auto& f : s.float_nodes) spdlog::info("dynamic: left in float: {}", f);
 
   std::optional<report::CompareResult> verdict;
@@ -80,7 +93,8 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
         for (const std::string& other : s.quantized_nodes)
           if (other != name) one.exclude_nodes.insert(other);
         ir::Model m;
-        emit(m, fp32, one);
+        size_t bw = 0;
+        emit(m, fp32, one, &bw);
         score.emplace_back(worst_output_sqnr(judge(fp32, m, probe, job.threads, &probe_cache)), name);
       }
       std::sort(score.begin(), score.end());
@@ -90,7 +104,8 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
         quant::DynamicOptions raised = opt;
         for (size_t i = 0; i < k; ++i) raised.exclude_nodes.insert(score[i].second);
         ir::Model m;
-        const quant::DynamicSummary sk = emit(m, fp32, raised);
+        size_t bw = 0;
+        const quant::DynamicSummary sk = emit(m, fp32, raised, &bw);
         report::CompareResult r = judge(fp32, m, judged, job.threads, &cache);
         ok = meets_floor(r, floor, &why);
         actions.push_back(fmt::format("kept {} of {} nodes in float: {}{}", k, s.quantized_nodes.size(),

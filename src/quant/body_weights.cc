@@ -3,6 +3,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -76,7 +77,8 @@ std::optional<Resolved> resolve(ir::Value* v) {
 
 class BodyWeights {
  public:
-  explicit BodyWeights(bool reduce_range) : reduce_range_(reduce_range) {}
+  BodyWeights(bool reduce_range, const std::set<std::string>& main_ops, bool cast_form)
+      : reduce_range_(reduce_range), main_ops_(main_ops), cast_form_(cast_form) {}
 
   size_t run(ir::Graph& main) {
     main_ = &main;
@@ -113,7 +115,7 @@ class BodyWeights {
     for (const auto& n : g.nodes()) nodes.push_back(n.get());
     bool changed = false;
     for (ir::Node* n : nodes) {
-      if (body) {
+      if (body || main_ops_.count(n->op_type())) {
         for (const auto& [index, axis] : weight_inputs(*n)) {
           ir::Value* w = n->input(index);
           const std::optional<Resolved> r = resolve(w);
@@ -143,7 +145,10 @@ class BodyWeights {
     if (found == nullptr) {
       const QuantizedWeight q = quantize_weight(t, per_channel, axis, DataType::kInt8, reduce_range_);
       ir::Value* values = main_->add_initializer(main_->unique_name(w->name() + "_quantized"), q.values);
-      const Shape sshape = per_channel ? Shape{static_cast<int64_t>(q.scales.size())} : Shape{};
+      Shape sshape = per_channel ? Shape{static_cast<int64_t>(q.scales.size())} : Shape{};
+      // The cast form multiplies by the scales with broadcasting: [C, 1, ...] for a channel axis.
+      if (cast_form_ && per_channel)
+        for (size_t d = static_cast<size_t>(axis) + 1; d < t.rank(); ++d) sshape.push_back(1);
       ir::Value* scale = main_->add_initializer(main_->unique_name(w->name() + "_scale"), Tensor::from_vector<float>(sshape, q.scales));
       found = &stored_.emplace(h, Stored{values, scale, key_axis, t})->second;
       ++count_;
@@ -151,10 +156,19 @@ class BodyWeights {
     for (ir::Node* n : r.chain) remember(dead_nodes_, n);
     if (r.root->producer()) remember(dead_nodes_, r.root->producer());
     remember(dead_values_, r.root);
-    ir::Node* dq = g.add_node("DequantizeLinear", {found->values, found->scale},
-                              {g.unique_name(w->name() + "_DequantizeLinear_Output")},
-                              g.unique_name(w->name() + "_DequantizeLinear"));
-    if (found->axis >= 0) dq->set_attr(ir::Attribute::make_int("axis", found->axis));
+    ir::Node* dq = nullptr;
+    if (cast_form_) {  // levels -> Cast -> Mul(scales): constants ONNX Runtime folds when it loads the model
+      ir::Node* cast = g.add_node("Cast", {found->values}, {g.unique_name(w->name() + "_levels_float")},
+                                  g.unique_name(w->name() + "_Cast"));
+      cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+      cast->output(0)->type().elem_type = DataType::kFloat;
+      dq = g.add_node("Mul", {cast->output(0), found->scale}, {g.unique_name(w->name() + "_dequantized")},
+                      g.unique_name(w->name() + "_scale_Mul"));
+    } else {
+      dq = g.add_node("DequantizeLinear", {found->values, found->scale},
+                      {g.unique_name(w->name() + "_DequantizeLinear_Output")}, g.unique_name(w->name() + "_DequantizeLinear"));
+      if (found->axis >= 0) dq->set_attr(ir::Attribute::make_int("axis", found->axis));
+    }
     dq->output(0)->type() = w->type();
     dq->output(0)->type().elem_type = DataType::kFloat;
     return dq->output(0);
@@ -184,6 +198,8 @@ class BodyWeights {
     Tensor source;  ///< the float values (to tell equal contents from a hash collision)
   };
   bool reduce_range_;
+  const std::set<std::string>& main_ops_;
+  bool cast_form_;
   ir::Graph* main_ = nullptr;
   size_t count_ = 0;
   std::multimap<uint64_t, Stored> stored_;
@@ -193,6 +209,9 @@ class BodyWeights {
 
 }  // namespace
 
-size_t quantize_body_weights(ir::Model& model, bool reduce_range) { return BodyWeights(reduce_range).run(*model.graph); }
+size_t quantize_body_weights(ir::Model& model, bool reduce_range, const std::set<std::string>& main_graph_ops,
+                             bool cast_form) {
+  return BodyWeights(reduce_range, main_graph_ops, cast_form).run(*model.graph);
+}
 
 }  // namespace qtool::quant

@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include <map>
-#include <tuple>
+#include <algorithm>
 
 #include "qtool/core/error.h"
 #include "qtool/quant/lowbit.h"
@@ -13,10 +13,30 @@
 namespace qtool::quant {
 namespace {
 
+/// The float constant v holds: an initializer of g or of a graph g is nested in (outer scope), or
+/// a Constant node's value.
 const Tensor* float_initializer(const ir::Graph& g, const ir::Value* v) {
-  if (v == nullptr || v->owner() != &g) return nullptr;
+  if (v == nullptr) return nullptr;
+  bool visible = false;
+  for (const ir::Graph* a = &g; a && !visible; a = a->parent()) visible = v->owner() == a;
+  if (!visible) return nullptr;
   const Tensor* t = v->initializer();
+  if (t == nullptr && v->producer() && v->producer()->op_type() == "Constant" && v->producer()->domain().empty()) {
+    const ir::Attribute* a = v->producer()->find_attr("value");
+    if (a && a->type == ir::AttrType::kTensor && !a->tensors.empty()) t = &a->tensors[0];
+  }
   return t && t->dtype() == DataType::kFloat ? t : nullptr;
+}
+
+/// FNV-1a over the shape and the float bytes (equal weights in two If branches are stored once).
+uint64_t content_hash(const Tensor& t) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const unsigned char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  for (int64_t d : t.shape()) mix(reinterpret_cast<const unsigned char*>(&d), sizeof d);
+  mix(reinterpret_cast<const unsigned char*>(t.data<float>()), static_cast<size_t>(t.numel()) * sizeof(float));
+  return h;
 }
 
 bool is_float_value(const ir::Value* v) {
@@ -34,7 +54,7 @@ Tensor transpose2d(const Tensor& w) {
 
 class DynamicEmitter {
  public:
-  DynamicEmitter(ir::Model& model, const DynamicOptions& o) : model_(model), g_(*model.graph), opt_(o) {}
+  DynamicEmitter(ir::Model& model, const DynamicOptions& o) : model_(model), main_(*model.graph), opt_(o) {}
 
   DynamicSummary run() {
     QTOOL_CHECK(opt_.weight_type == DataType::kUint8 || opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
@@ -42,8 +62,20 @@ class DynamicEmitter {
     for (const std::string& op : opt_.op_types)
       QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv", ErrorCode::kConfig,
                   "dynamic quantization rewrites MatMul, Gemm and Conv, not '{}'", op);
-    std::vector<ir::Node*> order = g_.topo_order();
-    for (ir::Node* n : order) {
+    visit(main_);
+    if (s_.rewritten() > 0) {
+      if (model_.opset("") < 11) model_.set_opset("", 11);
+      sweep(main_);
+    }
+    return std::move(s_);
+  }
+
+ private:
+  /// Rewrites the chosen nodes of graph g, then those of its If/Loop/Scan bodies.
+  void visit(ir::Graph& g) {
+    g_ = &g;
+    dql_.clear();  // a quantized activation is shared within its graph only
+    for (ir::Node* n : g.topo_order()) {
       if (!opt_.op_types.count(n->op_type()) || !n->domain().empty()) continue;
       if (excluded(*n)) {
         s_.float_nodes.push_back(fmt::format("{}: excluded", n->describe()));
@@ -52,14 +84,20 @@ class DynamicEmitter {
       const std::string why = n->op_type() == "Conv" ? rewrite_conv(n) : rewrite_matmul(n);
       if (!why.empty()) s_.float_nodes.push_back(fmt::format("{}: {}", n->describe(), why));
     }
-    if (s_.rewritten() > 0) {
-      if (model_.opset("") < 11) model_.set_opset("", 11);
-      g_.eliminate_dead_nodes();
-    }
-    return std::move(s_);
+    std::vector<ir::Graph*> bodies;
+    for (const auto& n : g.nodes())
+      for (ir::Graph* sub : n->subgraphs()) bodies.push_back(sub);
+    for (ir::Graph* sub : bodies) visit(*sub);
+    g_ = &g;
   }
 
- private:
+  /// Dead nodes (the float weights' Constant nodes) and unread initializers, bodies first.
+  static void sweep(ir::Graph& g) {
+    for (const auto& n : g.nodes())
+      for (ir::Graph* sub : n->subgraphs()) sweep(*sub);
+    g.eliminate_dead_nodes();
+  }
+
   bool excluded(const ir::Node& n) const {
     for (const std::string& p : opt_.exclude_nodes)
       if (p == n.name() || glob_match(p, n.name())) return true;
@@ -68,7 +106,7 @@ class DynamicEmitter {
 
   ir::Value* add_init(const std::string& base, Tensor t) {
     const DataType dt = t.dtype();
-    ir::Value* v = g_.add_initializer(g_.unique_name(base), std::move(t));
+    ir::Value* v = main_.add_initializer(main_.unique_name(base), std::move(t));
     v->type().elem_type = dt;
     return v;
   }
@@ -76,8 +114,8 @@ class DynamicEmitter {
   ir::Node* add_before(ir::Node* pos, const std::string& op, const std::vector<ir::Value*>& in,
                        const std::vector<std::pair<std::string, DataType>>& outs) {
     std::vector<std::string> names;
-    for (const auto& o : outs) names.push_back(g_.unique_name(o.first));
-    ir::Node* n = g_.insert_node_before(pos, op, in, names, g_.unique_name(outs[0].first + "_" + op));
+    for (const auto& o : outs) names.push_back(g_->unique_name(o.first));
+    ir::Node* n = g_->insert_node_before(pos, op, in, names, g_->unique_name(outs[0].first + "_" + op));
     for (size_t i = 0; i < outs.size(); ++i) n->output(i)->type().elem_type = outs[i].second;
     return n;
   }
@@ -106,10 +144,12 @@ class DynamicEmitter {
 
   /// w quantized per slice along `axis` (per tensor when !per_channel), stored once per
   /// (weight, layout) in `type`.
-  QWeight weight(const ir::Value* key, const std::string& base, const Tensor& w, int64_t axis, DataType type,
-                 bool transposed) {
-    const auto k = std::make_tuple(key, transposed, type);
-    if (auto it = weights_.find(k); it != weights_.end()) return it->second;
+  QWeight weight(const std::string& base, const Tensor& w, int64_t axis, DataType type) {
+    const uint64_t h = content_hash(w);
+    for (auto [it, end] = weights_.equal_range(h); it != end; ++it)
+      if (it->second.axis == axis && it->second.type == type && it->second.source.shape() == w.shape() &&
+          std::equal(w.data<float>(), w.data<float>() + w.numel(), it->second.source.data<float>()))
+        return it->second.q;
     const QuantizedWeight qw = quantize_weight(w, opt_.per_channel, axis, type);
     QWeight r;
     r.scales = qw.scales;
@@ -120,7 +160,7 @@ class DynamicEmitter {
     r.zero_point = add_init(base + "_zero_point", std::move(zp));
     s_.float_weight_bytes += static_cast<int64_t>(w.nbytes());
     s_.quant_weight_bytes += static_cast<int64_t>(qw.values.nbytes() + qw.scales.size() * sizeof(float) + 1);
-    weights_[k] = r;
+    weights_.emplace(h, Stored{r, axis, type, w});
     return r;
   }
 
@@ -144,7 +184,7 @@ class DynamicEmitter {
     ir::Value* x0 = m->input(0);
     ir::Value* x1 = m->input(1);
     become(n, "Mul", x0, x1);
-    g_.remove_node(m);
+    g_->remove_node(m);
   }
 
   /// y_int32 -> float, times s_a · s_w (per channel, shaped `scale_shape`).
@@ -167,7 +207,7 @@ class DynamicEmitter {
     ir::Value* a = n->input(0);
     ir::Value* wv = n->input(1);
     if (!is_float_value(a)) return "input is not float";
-    const Tensor* w = float_initializer(g_, wv);
+    const Tensor* w = float_initializer(*g_, wv);
     if (w == nullptr) return "weight is not a float initializer";
     if (w->rank() != 2) return fmt::format("weight of rank {} (2 expected)", w->rank());
     if (w->numel() < opt_.min_weight_elements) return fmt::format("weight of {} elements", w->numel());
@@ -176,12 +216,12 @@ class DynamicEmitter {
     const float alpha = gemm ? n->attr_float("alpha", 1.0f) : 1.0f;
     const float beta = gemm ? n->attr_float("beta", 1.0f) : 1.0f;
     ir::Value* c = gemm ? n->input(2) : nullptr;
-    const Tensor* ct = c ? float_initializer(g_, c) : nullptr;
+    const Tensor* ct = c ? float_initializer(*g_, c) : nullptr;
     if (c && !ct && beta != 1.0f) return "Gemm with a computed bias and beta != 1";
     if (c && !ct && !is_float_value(c)) return "Gemm bias is not float";
     // Weight as [K, N], one scale per column N.
     const Tensor wkn = trans_b ? transpose2d(*w) : *w;
-    const QWeight qw = weight(wv, wv->name(), wkn, 1, opt_.weight_type, trans_b);
+    const QWeight qw = weight(wv->name(), wkn, 1, opt_.weight_type);
     const int64_t cols = wkn.dim(1);
     const auto& q = quantized(a, n);
     ir::Node* mm = add_before(n, "MatMulInteger", {q[0], qw.levels, q[2], qw.zero_point},
@@ -203,14 +243,14 @@ class DynamicEmitter {
     ir::Value* x = n->input(0);
     ir::Value* wv = n->input(1);
     if (!is_float_value(x)) return "input is not float";
-    const Tensor* w = float_initializer(g_, wv);
+    const Tensor* w = float_initializer(*g_, wv);
     if (w == nullptr) return "weight is not a float initializer";
     if (w->numel() < opt_.min_weight_elements) return fmt::format("weight of {} elements", w->numel());
     ir::Value* b = n->input(2);
-    const Tensor* bt = b ? float_initializer(g_, b) : nullptr;
+    const Tensor* bt = b ? float_initializer(*g_, b) : nullptr;
     if (b && !bt) return "bias is not a float initializer";
     // ONNX Runtime's CPU ConvInteger takes uint8 weights only.
-    const QWeight qw = weight(wv, wv->name(), *w, 0, DataType::kUint8, false);
+    const QWeight qw = weight(wv->name(), *w, 0, DataType::kUint8);
     const int64_t channels = w->dim(0);
     const auto& q = quantized(x, n);
     ir::Node* conv = add_before(n, "ConvInteger", {q[0], qw.levels, q[2], qw.zero_point},
@@ -229,12 +269,19 @@ class DynamicEmitter {
     return "";
   }
 
+  struct Stored {
+    QWeight q;
+    int64_t axis;
+    DataType type;
+    Tensor source;  ///< the float values (to tell equal contents from a hash collision)
+  };
   ir::Model& model_;
-  ir::Graph& g_;
+  ir::Graph& main_;   ///< holds every quantized weight (bodies read them as outer scope)
+  ir::Graph* g_ = nullptr;  ///< the graph being rewritten
   const DynamicOptions& opt_;
   DynamicSummary s_;
   std::map<const ir::Value*, std::vector<ir::Value*>> dql_;
-  std::map<std::tuple<const ir::Value*, bool, DataType>, QWeight> weights_;
+  std::multimap<uint64_t, Stored> weights_;
 };
 
 }  // namespace

@@ -18,9 +18,13 @@
 // weights only in ONNX Runtime's CPU provider. One DynamicQuantizeLinear per activation, shared by
 // every node that reads it (the q, k and v projections of a block read one).
 //
+// Nodes inside If/Loop/Scan bodies are rewritten too (Silero VAD's network lives in If branches):
+// their weights (initializers of any enclosing graph, or Constant nodes) are stored in the main
+// graph, once per distinct content (the branches of an If often hold equal weights).
+//
 // Not rewritten (left float, with the reason in DynamicSummary::float_nodes): a weight that is not
-// a float initializer of this graph, a batched (rank > 2) MatMul weight, Gemm with transA, a
-// non-constant Gemm bias with beta != 1, nodes inside If/Loop/Scan bodies.
+// a float constant, a batched (rank > 2) MatMul weight, Gemm with transA, a non-constant Gemm bias
+// with beta != 1.
 #pragma once
 
 #include <cstdint>

@@ -115,7 +115,13 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
 /// on the dequantized weight, in ONNX Runtime as in qtool). The activations there stay float:
 /// the executor's observers see main-graph values only. Returns the number of weights stored.
 /// emit_static calls it on every emission.
-size_t quantize_body_weights(ir::Model& model, bool reduce_range);
+/// `main_graph_ops`: op types whose weights are stored so in the main graph too (the dynamic path
+/// passes those it does not rewrite). `cast_form`: Cast(int8 levels) · scales instead of the
+/// DequantizeLinear: constants ONNX Runtime folds when it loads the model, so the node runs at
+/// float speed on a prepacked weight (with a DequantizeLinear in front, ONNX Runtime's Conv runs
+/// 2× slower than FP32 on MobileNetV2; the file is the same size).
+size_t quantize_body_weights(ir::Model& model, bool reduce_range, const std::set<std::string>& main_graph_ops = {},
+                             bool cast_form = false);
 
 /// The note for quantizable nodes inside If/Loop/Scan bodies: their weights int8, their
 /// activations float; "" when there are none.

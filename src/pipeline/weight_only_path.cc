@@ -164,6 +164,18 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   auto t = clock_type::now();
   const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, job.data.path.empty() ? nullptr : &calib);
   timings.push_back({"quantize", seconds_since(t)});
+  if (job.matmulnbits_accuracy_level > 0) {
+    size_t nbits = 0;
+    for (const auto& n : model.graph->nodes())
+      // 4 and 8 bits: the widths ONNX Runtime quantizes A for (and qtool's executor emulates).
+      if (n->op_type() == "MatMulNBits" && n->domain() == "com.microsoft" &&
+          (n->attr_int("bits", 4) == 4 || n->attr_int("bits", 4) == 8)) {
+        n->set_attr(ir::Attribute::make_int("accuracy_level", job.matmulnbits_accuracy_level));
+        ++nbits;
+      }
+    spdlog::info("dynamic: {} MatMulNBits nodes with accuracy_level {} (activations quantized to int8 per block on the fly)",
+                 nbits, job.matmulnbits_accuracy_level);
+  }
   const auto quantized = std::count_if(rep.layers.begin(), rep.layers.end(),
                                        [](const quant::WeightOnlyLayer& l) { return l.format != "float"; });
   QTOOL_CHECK(quantized > 0, ErrorCode::kUnsupported,
@@ -178,7 +190,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
   if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
     headline += fmt::format(" (block {})", cfg.block_size);
-  headline += " A32";
+  headline += job.matmulnbits_accuracy_level > 0 ? " A8 dynamic" : " A32";
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   out.report.output_file_bytes = 0;  // measured once written (a file already there is not ours)
   join_layers(out.report, rep);

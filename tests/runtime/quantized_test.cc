@@ -1,6 +1,8 @@
 // Quantized kernels against hand-computed values (ONNX operator doc examples where they exist).
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include "nn_test_util.h"
 
 namespace qtool::testing {
@@ -142,6 +144,35 @@ TEST(MatMulNBitsKernel, FourBitDefaultAndPackedZeroPoints) {
   auto yz = run_node({.op = "MatMulNBits", .inputs = {a, b, scales, Tensor::from_vector<uint8_t>({2}, {0, 15})},
                       .attrs = {ai("K", k), ai("N", n), ai("bits", 4), ai("block_size", block)}, .domain = "com.microsoft"});
   EXPECT_VALUES_NEAR(yz[0], (std::vector<float>{3, -12}), 1e-5);
+}
+
+TEST(MatMulNBitsKernel, AccuracyLevel4QuantizesAPerBlockAsOnnxRuntime) {
+  // K = 32 (one block), N = 1, every 4-bit code 9 (w = (9 - 8) · 1 = 1): y = the sum of A as the
+  // kernel sees it. accuracy_level 4: A to int8 with scale max|a| / 127 = 1 here, codes rounded half
+  // to even: 127 + 0 (0.4) + 2 (1.5) + 2 (2.5) = 131; level 0 keeps 131.4. A second block-row with
+  // max|a| = 254 (scale 2): 254 + 2·round(1.4 / 2 = 0.7 -> 1) = 256 where the float sum is 255.4.
+  const int64_t k = 32, n = 1;
+  Tensor b(DataType::kUint8, {n, 1, 16});
+  for (int i = 0; i < 32; ++i) packed_set(b.mutable_raw(), i, 4, 9);
+  std::vector<float> av(64, 0.0f);
+  av[0] = 127.0f, av[1] = 0.4f, av[2] = 1.5f, av[3] = 2.5f;
+  av[32] = 254.0f, av[33] = 1.4f;
+  const Tensor a = ft({2, 32}, av), scales = ft({1}, {1.0f});
+  for (int64_t bits : {4, 8}) {
+    Tensor bb = b;
+    if (bits == 8) {
+      bb = Tensor(DataType::kUint8, {n, 1, 32});
+      for (int i = 0; i < 32; ++i) bb.mutable_raw()[i] = 129;  // 8-bit zero point 128: w = 1
+    }
+    auto level = [&](int64_t l) {
+      return run_node({.op = "MatMulNBits", .inputs = {a, bb, scales},
+                       .attrs = {ai("K", k), ai("N", n), ai("bits", bits), ai("block_size", 32), ai("accuracy_level", l)},
+                       .domain = "com.microsoft"})[0];
+    };
+    SCOPED_TRACE(fmt::format("{} bits", bits));
+    EXPECT_VALUES_NEAR(level(4), (std::vector<float>{131, 256}), 1e-4);
+    EXPECT_VALUES_NEAR(level(0), (std::vector<float>{131.4f, 255.4f}), 1e-4);
+  }
 }
 
 TEST(MatMulNBitsKernel, TwoAndEightBitsWithFloatZeroPointsAndBias) {

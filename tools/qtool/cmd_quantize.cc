@@ -103,6 +103,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     m["guard"] = a.no_guard ? "false" : "true";
     m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
     m["bias-correction"] = a.no_bias_correction ? "false" : a.bias_correction ? "true" : "auto (on for models with depthwise convs)";
+  } else if (is_dynamic(a)) {
+    m["guard"] = a.no_guard ? "false" : "true";
   } else {
     m["block-size"] = std::to_string(a.block_size);
     m["weight-algorithm"] = a.weight_algorithm;
@@ -234,6 +236,14 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
               "(Cast/Mul dequantization that ONNX Runtime folds at load)",
               a.format, a.bits);
   cfg.format = a.format == "matmulnbits" ? quant::WeightLayout::kMatMulNBits : quant::WeightLayout::kQdq;
+  if (a.mode == "dynamic") {  // weights below 8 bits, activations quantized on the fly: MatMulNBits accuracy_level 4
+    QTOOL_CHECK(a.format == "qdq" || a.format == "matmulnbits", ErrorCode::kConfig,
+                "--mode dynamic with --bits {} writes MatMul weights as MatMulNBits (accuracy_level 4); --format {} "
+                "does not apply",
+                a.bits, a.format);
+    cfg.format = quant::WeightLayout::kMatMulNBits;
+    job.matmulnbits_accuracy_level = 4;
+  }
   cfg.cast_dequant = a.format == "cast";
   cfg.symmetric = !a.asymmetric;  // the pipeline's default when neither flag was given
   QTOOL_CHECK(a.outlier_fraction >= 0.0 && a.outlier_fraction < 0.5, ErrorCode::kConfig,

@@ -52,6 +52,9 @@ struct QuantizeJob {
   std::optional<quant::WeightAlgorithm> algorithm;
   std::optional<bool> symmetric;
   bool tune_given = false;
+  /// --bits < 8 --mode dynamic: MatMul weights as MatMulNBits with this accuracy_level (4: ONNX
+  /// Runtime quantizes A to int8 per block on the fly and runs integer dot products); 0 = unset.
+  int64_t matmulnbits_accuracy_level = 0;
 
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)

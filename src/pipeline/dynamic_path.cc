@@ -57,9 +57,10 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
   timings.push_back({"quantize", seconds_since(t)});
   std::vector<std::string> actions;
   actions.push_back(fmt::format(
-      "dynamic: {} MatMul, {} Gemm, {} Conv nodes with {} weights per {} and {} DynamicQuantizeLinear; weights {} -> {} bytes",
+      "dynamic: {} MatMul, {} Gemm, {} Conv nodes with {} weights per {} and {} DynamicQuantizeLinear, {} embedding "
+      "tables int8 per row; weights {} -> {} bytes",
       s.matmuls, s.gemms, s.convs, dtype_name(opt.weight_type), opt.per_channel ? "output channel" : "tensor",
-      s.quantize_nodes, s.float_weight_bytes, s.quant_weight_bytes));
+      s.quantize_nodes, s.gathers, s.float_weight_bytes, s.quant_weight_bytes));
   if (body_weights > 0)
     actions.push_back(fmt::format("{} other weights (Conv, LSTM/GRU/RNN) stored as int8 levels read through Cast and "
                                   "their scales, which ONNX Runtime folds at load (they compute in float)",
@@ -132,6 +133,20 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
                                                    fmt::format("W8 {} dynamic A8", dtype_name(opt.weight_type))),
                       std::nullopt};
   out.report.output_file_bytes = 0;
+  for (const quant::DynamicLayer& l : s.layers) {  // the graph reader does not parse MatMulInteger forms
+    report::LayerReport r;
+    r.node = l.node;
+    r.op_type = l.op_type;
+    r.weight = l.weight;
+    r.precision = l.precision;
+    r.bits = 8;
+    r.scheme = l.scheme;
+    r.method = "dynamic";
+    r.params = l.params;
+    r.fp32_bytes = 4 * l.params;
+    r.bytes = l.bytes;
+    out.report.layers.push_back(std::move(r));
+  }
   out.report.actions = actions;
   out.report.warnings = warnings;
   if (verdict) {

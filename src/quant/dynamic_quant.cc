@@ -60,8 +60,8 @@ class DynamicEmitter {
     QTOOL_CHECK(opt_.weight_type == DataType::kUint8 || opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
                 "dynamic quantization stores weights as uint8 or int8 (got {})", dtype_name(opt_.weight_type));
     for (const std::string& op : opt_.op_types)
-      QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv", ErrorCode::kConfig,
-                  "dynamic quantization rewrites MatMul, Gemm and Conv, not '{}'", op);
+      QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv" || op == "Gather", ErrorCode::kConfig,
+                  "dynamic quantization rewrites MatMul, Gemm, Gather and Conv, not '{}'", op);
     visit(main_);
     if (s_.rewritten() > 0) {
       if (model_.opset("") < 11) model_.set_opset("", 11);
@@ -81,7 +81,9 @@ class DynamicEmitter {
         s_.float_nodes.push_back(fmt::format("{}: excluded", n->describe()));
         continue;
       }
-      const std::string why = n->op_type() == "Conv" ? rewrite_conv(n) : rewrite_matmul(n);
+      const std::string why = n->op_type() == "Conv"     ? rewrite_conv(n)
+                              : n->op_type() == "Gather" ? rewrite_gather(n)
+                                                         : rewrite_matmul(n);
       if (!why.empty()) s_.float_nodes.push_back(fmt::format("{}: {}", n->describe(), why));
     }
     std::vector<ir::Graph*> bodies;
@@ -144,7 +146,7 @@ class DynamicEmitter {
 
   /// w quantized per slice along `axis` (per tensor when !per_channel), stored once per
   /// (weight, layout) in `type`.
-  QWeight weight(const std::string& base, const Tensor& w, int64_t axis, DataType type) {
+  QWeight weight(const ir::Node* n, const std::string& base, const Tensor& w, int64_t axis, DataType type) {
     const uint64_t h = content_hash(w);
     for (auto [it, end] = weights_.equal_range(h); it != end; ++it)
       if (it->second.axis == axis && it->second.type == type && it->second.source.shape() == w.shape() &&
@@ -159,7 +161,17 @@ class DynamicEmitter {
     else zp.mutable_data<int8_t>()[0] = 0;
     r.zero_point = add_init(base + "_zero_point", std::move(zp));
     s_.float_weight_bytes += static_cast<int64_t>(w.nbytes());
-    s_.quant_weight_bytes += static_cast<int64_t>(qw.values.nbytes() + qw.scales.size() * sizeof(float) + 1);
+    const int64_t bytes = static_cast<int64_t>(qw.values.nbytes() + qw.scales.size() * sizeof(float) + 1);
+    s_.quant_weight_bytes += bytes;
+    DynamicLayer l;
+    l.node = n->name();
+    l.op_type = n->op_type();
+    l.weight = base;
+    l.precision = dtype_name(type);
+    l.scheme = opt_.per_channel ? fmt::format("per-channel(axis={})", axis) : std::string("per-tensor");
+    l.params = w.numel();
+    l.bytes = bytes;
+    s_.layers.push_back(std::move(l));
     weights_.emplace(h, Stored{r, axis, type, w});
     return r;
   }
@@ -221,7 +233,7 @@ class DynamicEmitter {
     if (c && !ct && !is_float_value(c)) return "Gemm bias is not float";
     // Weight as [K, N], one scale per column N.
     const Tensor wkn = trans_b ? transpose2d(*w) : *w;
-    const QWeight qw = weight(wv->name(), wkn, 1, opt_.weight_type);
+    const QWeight qw = weight(n, wv->name(), wkn, 1, opt_.weight_type);
     const int64_t cols = wkn.dim(1);
     const auto& q = quantized(a, n);
     ir::Node* mm = add_before(n, "MatMulInteger", {q[0], qw.levels, q[2], qw.zero_point},
@@ -239,6 +251,33 @@ class DynamicEmitter {
     return "";
   }
 
+  /// An embedding table: Gather(T[V, D], ids) -> Cast(Gather(Tq, ids)) · Gather(s[V, 1], ids), int8
+  /// symmetric per row. Only the rows read are converted (a DequantizeLinear of the whole table
+  /// would expand all V rows on every run).
+  std::string rewrite_gather(ir::Node* n) {
+    ir::Value* tv = n->input(0);
+    ir::Value* ids = n->input(1);
+    const Tensor* t = float_initializer(*g_, tv);
+    if (t == nullptr) return "table is not a float initializer";
+    if (t->rank() != 2 || n->attr_int("axis", 0) != 0) return "not a rank-2 table gathered along axis 0";
+    if (t->numel() < opt_.min_weight_elements) return fmt::format("table of {} elements", t->numel());
+    const QWeight qw = weight(n, tv->name(), *t, 0, DataType::kInt8);
+    const std::string base = n->output(0)->name();
+    ir::Node* rows = add_before(n, "Gather", {qw.levels, ids}, {{base + "_levels", DataType::kInt8}});
+    ir::Node* cast = add_before(n, "Cast", {rows->output(0)}, {{base + "_float", DataType::kFloat}});
+    cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+    const int64_t v = t->dim(0);
+    ir::Value* sv = add_init(tv->name() + "_row_scale",
+                             qw.scales.size() == 1 ? Tensor::scalar<float>(qw.scales[0])
+                                                   : Tensor::from_vector<float>({v, 1}, qw.scales));
+    ir::Value* scale = sv;
+    if (qw.scales.size() > 1) scale = add_before(n, "Gather", {sv, ids}, {{base + "_scale", DataType::kFloat}})->output(0);
+    become(n, "Mul", cast->output(0), scale);
+    ++s_.gathers;
+    s_.quantized_nodes.push_back(n->name());
+    return "";
+  }
+
   std::string rewrite_conv(ir::Node* n) {
     ir::Value* x = n->input(0);
     ir::Value* wv = n->input(1);
@@ -250,7 +289,7 @@ class DynamicEmitter {
     const Tensor* bt = b ? float_initializer(*g_, b) : nullptr;
     if (b && !bt) return "bias is not a float initializer";
     // ONNX Runtime's CPU ConvInteger takes uint8 weights only.
-    const QWeight qw = weight(wv->name(), *w, 0, DataType::kUint8);
+    const QWeight qw = weight(n, wv->name(), *w, 0, DataType::kUint8);
     const int64_t channels = w->dim(0);
     const auto& q = quantized(x, n);
     ir::Node* conv = add_before(n, "ConvInteger", {q[0], qw.levels, q[2], qw.zero_point},

@@ -137,6 +137,73 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
   return bytes;
 }
 
+/// True when every consumer of an embedding table gathers rows from it (axis 0, the table as input 0).
+bool gathers_rows_only(const Target& t) {
+  if (t.kind != Kind::kGather || t.shape.size() != 2) return false;
+  for (const ir::Use& u : t.weight->uses())
+    if (u.node->op_type() != "Gather" || !u.node->domain().empty() || u.index != 0 || u.node->attr_int("axis", 0) != 0)
+      return false;
+  return !t.weight->uses().empty();
+}
+
+/// An 8-bit embedding table read only by Gathers, rewritten per Gather as
+/// Cast(Gather(levels, ids)) [- Gather(zero points, ids)] · Gather(scales[V, 1], ids): only the rows
+/// read are converted. A DequantizeLinear of the table would expand every row on every run (ONNX
+/// Runtime never folds it: a 32000×768 table is 24.6 M values per call, most of the 4-bit Llama's
+/// latency at sequence 1).
+int64_t emit_gather_rows(ir::Graph& g, const Target& t, const QuantizedMatrix& q, WeightOnlyLayer& L) {
+  const DataType dt = t.format->storage_type();
+  const int64_t v = t.rows, d = t.cols;
+  std::vector<int32_t> levels(v * d), zps(v);
+  std::vector<float> scales(v);
+  for (int64_t r = 0; r < v; ++r) {
+    for (int64_t c = 0; c < d; ++c) levels[r * d + c] = q.levels[r * d + c];
+    scales[r] = q.grids[r].scale;
+    zps[r] = q.grids[r].zero_point;
+  }
+  const std::string& wn = t.weight->name();
+  ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, {v, d}, levels));
+  ir::Value* sv = g.add_initializer(g.unique_name(wn + "_row_scale"), Tensor::from_vector<float>({v, 1}, scales));
+  ir::Value* zv = nullptr;
+  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes() + sv->initializer()->nbytes());
+  if (!t.format->symmetric) {
+    zv = g.add_initializer(g.unique_name(wn + "_row_zero_point"), packed_tensor(dt, {v, 1}, zps));
+    bytes += static_cast<int64_t>(zv->initializer()->nbytes());
+  }
+  L.stored = lv->name();
+  L.scheme = "per-channel(axis=0), rows gathered";
+  const std::vector<ir::Use> uses = t.weight->uses();
+  for (const ir::Use& u : uses) {
+    ir::Node* n = u.node;
+    ir::Value* ids = n->input(1);
+    const std::string base = n->output(0)->name();
+    auto gather = [&](ir::Value* table, const std::string& what) {
+      return g.insert_node_before(n, "Gather", {table, ids}, {g.unique_name(base + "_" + what)},
+                                  g.unique_name(base + "_" + what + "_Gather"))
+          ->output(0);
+    };
+    auto cast = [&](ir::Value* x, const std::string& what) {
+      ir::Node* c = g.insert_node_before(n, "Cast", {x}, {g.unique_name(base + "_" + what + "_float")},
+                                         g.unique_name(base + "_" + what + "_Cast"));
+      c->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+      return c->output(0);
+    };
+    ir::Value* rows = cast(gather(lv, "levels"), "levels");
+    if (zv) {
+      rows = g.insert_node_before(n, "Sub", {rows, cast(gather(zv, "zero_point"), "zero_point")},
+                                  {g.unique_name(base + "_centered")}, g.unique_name(base + "_Sub"))
+                 ->output(0);
+    }
+    ir::Value* s = gather(sv, "scale");
+    n->set_op_type("Mul");
+    n->mutable_attributes().clear();
+    n->set_input(0, rows);
+    n->set_input(1, s);
+  }
+  g.remove_initializer(t.weight);
+  return bytes;
+}
+
 /// Rewrites target t with its dequantization written as plain arithmetic on constants,
 /// levels -> Cast(to=float) [-> Reshape to blocks] [-> Sub(zero points)] -> Mul(scales)
 /// [-> Reshape back [-> Slice off the padding of a short last block]] -> consumers, which ONNX
@@ -328,6 +395,7 @@ int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, boo
                     WeightOnlyLayer& L) {
   const WeightFormat& f = *t.format;
   const int64_t bytes = f.layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q, L)
+                        : gathers_rows_only(t) && f.bits == 8 && f.block_size == 0 ? emit_gather_rows(g, t, q, L)
                         : cast_form || f.scheme == WeightScheme::kFloat4 ? emit_cast_mul(g, t, q, fp16_scales, L)
                                                                          : emit_qdq(g, t, q, fp16_scales, L);
   L.precision = f.layout == WeightLayout::kMatMulNBits ? fmt::format("uint{}", f.bits) : std::string(f.type->name);

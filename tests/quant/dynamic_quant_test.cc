@@ -155,6 +155,41 @@ TEST(DynamicQuant, Int8WeightsAndExclusions) {
   EXPECT_EQ(count(*m.graph, "MatMul"), 1);
 }
 
+TEST(DynamicQuant, EmbeddingRowsInt8PerRow) {
+  // ids [2, 3] -> Gather(T [10, 4]) -> y [2, 3, 4]: only the rows read are converted.
+  std::mt19937 rng(7);
+  ir::Model m;
+  m.opset_imports = {{"", 13}};
+  ir::Graph& g = *m.graph;
+  ir::TypeInfo it;
+  it.elem_type = DataType::kInt64;
+  it.has_shape = true;
+  it.dims = {ir::Dim{2, ""}, ir::Dim{3, ""}};
+  ir::Value* ids = g.add_input("ids", it);
+  std::vector<float> table = gaussian(40, rng);
+  table[4 * 7 + 2] = 3.0f;  // row 7's max: its scale is 3 / 127
+  ir::Node* ga = g.add_node("Gather", {g.add_initializer("T", Tensor::from_vector<float>({10, 4}, table)), ids}, {"y"}, "emb");
+  ga->output(0)->type().elem_type = DataType::kFloat;
+  g.add_output(ga->output(0));
+  const ir::Model fp = m.clone();
+  const auto s = emit_dynamic(m, {});
+  EXPECT_EQ(s.gathers, 1u);
+  for (const ir::Value* v : m.graph->initializers())  // the float table is gone, its int8 copy stays
+    EXPECT_FALSE(v->initializer()->numel() == 40 && v->initializer()->dtype() != DataType::kInt8) << v->name();
+  const Tensor idt = Tensor::from_vector<int64_t>({2, 3}, {7, 0, 9, -3, 7, 1});  // -3 is row 7 too
+  const Tensor ref = runtime::Executor(fp).run({{"ids", idt}})[0];
+  const Tensor got = runtime::Executor(m).run({{"ids", idt}})[0];
+  ASSERT_EQ(got.shape(), (Shape{2, 3, 4}));
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const int64_t row = std::vector<int64_t>{7, 0, 9, 7, 7, 1}[i / 4];
+    float amax = 0;
+    for (int64_t c = 0; c < 4; ++c) amax = std::max(amax, std::fabs(table[row * 4 + c]));
+    const float step = amax / 127.0f;
+    EXPECT_NEAR(got.data<float>()[i], std::nearbyint(ref.data<float>()[i] / step) * step, 1e-6f) << i;
+  }
+  EXPECT_FLOAT_EQ(got.data<float>()[2], 3.0f);  // the row's max is a level exactly
+}
+
 TEST(DynamicQuant, OnnxRuntimeComputesTheSameIntegers) {
   QTOOL_REQUIRE_ORT();
   std::mt19937 rng(6);

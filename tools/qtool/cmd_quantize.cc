@@ -22,6 +22,7 @@
 #include "qtool/core/strings.h"
 #include "sample_options.h"
 #include "qtool/core/error.h"
+#include "qtool/pipeline/ladder.h"
 #include "qtool/pipeline/quantize.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/plan.h"
@@ -44,6 +45,7 @@ struct QuantizeArgs {
   std::string activation_type = "uint8";
   std::string weight_type = "auto";
   std::string mode = "static";  ///< --mode: static or dynamic
+  std::string ladder;           ///< --ladder 8,4,2: one variant per entry under -o DIR
   int activation_bits = 8;
   std::string format = "qdq";
   std::string exclude_nodes, exclude_op_types, op_types, keep_fp;
@@ -308,6 +310,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "quantized on the fly by DynamicQuantizeLinear; no --calib needed, and with it the floor is judged on "
                  "the samples)")
       ->check(CLI::IsMember({"static", "dynamic"}));
+  cmd.add_option("--ladder", a.ladder,
+                 "a precision ladder: one variant per --bits value (e.g. 8,4,2), each with the other options, written "
+                 "to -o DIR as <model>.<w8|w4|...>.onnx with DIR/ladder.json (file, size, bits per weight, measured "
+                 "quality of each) for an app to pick from at run time");
   cmd.add_option("--weight-type", a.weight_type,
                  "static path: auto (default: int8, but uint8 for the Conv/MatMul/Gemm weights whose input has a non-zero "
                  "zero point, so ONNX Runtime is exact on x86 CPUs without VNNI), int8, or uint8 (the same symmetric levels "
@@ -466,8 +472,54 @@ int run_config(const QuantizeArgs& base) {
   return exit_code::kOk;
 }
 
+/// The ladder's variants: the run's options with --bits set to each entry.
+std::vector<QuantizeArgs> ladder_variants(const QuantizeArgs& a) {
+  std::vector<QuantizeArgs> out;
+  for (const std::string& b : split_list(a.ladder)) {
+    QuantizeArgs v = a;
+    v.bits = b;
+    v.ladder.clear();
+    v.out_path = pipeline::ladder_output_path(a.out_path, a.model_path, pipeline::ladder_rung_name(b));
+    v.report_path.clear();
+    v.json = false;
+    out.push_back(std::move(v));
+  }
+  QTOOL_CHECK(!out.empty(), ErrorCode::kConfig, "--ladder needs a comma-separated list of --bits values, e.g. 8,4,2");
+  return out;
+}
+
+int run_ladder(const QuantizeArgs& a) {
+  QTOOL_CHECK(a.config_path.empty() && a.report_path.empty() && a.plan_path.empty() && a.plan_out.empty(),
+              ErrorCode::kConfig, "--ladder writes its variants and ladder.json under -o DIR: --config, --report, "
+                                  "--plan and --plan-out do not apply");
+  QTOOL_CHECK(!a.out_path.empty(), ErrorCode::kConfig, "--ladder needs -o DIR (the folder for the variants)");
+  protect_input(a.model_path);
+  std::vector<pipeline::LadderRung> rungs;
+  for (const QuantizeArgs& v : ladder_variants(a))
+    rungs.push_back({pipeline::ladder_rung_name(v.bits), v.bits, make_job(v)});
+  const pipeline::LadderOutcome out = pipeline::run_ladder(a.model_path, a.out_path, std::move(rungs));
+  if (a.json) {
+    std::cout << out.manifest.dump(2) << "\n";
+  } else {
+    for (const auto& v : out.manifest["variants"])
+      std::cout << fmt::format("{:10} {:8} {:>14} {:>8}  {}\n", v["name"].get<std::string>(),
+                               v.value("status", std::string("?")),
+                               v.contains("size_bytes") ? fmt::format("{} B", v["size_bytes"].get<int64_t>()) : "-",
+                               v.contains("bits_per_weight") ? fmt::format("{:.2f} bpw", v["bits_per_weight"].get<double>()) : "",
+                               v.value("error", v.value("precision", std::string())));
+    std::cout << fmt::format("manifest: {}\n", out.manifest_path);
+  }
+  std::cout.flush();
+  if (out.failed > 0)
+    throw Error(ErrorCode::kQualityGate,
+                fmt::format("{} of {} ladder variants failed and were not written (see {})", out.failed,
+                            out.manifest["variants"].size(), out.manifest_path));
+  return exit_code::kOk;
+}
+
 int run_quantize(const QuantizeArgs& a) {
   if (!a.config_path.empty()) return run_config(a);
+  if (!a.ladder.empty()) return run_ladder(a);
   pipeline::QuantizeOutcome out = quantize_once(a);
   print_outcome(a, out);
   if (out.gate_failure) throw *out.gate_failure;
@@ -484,7 +536,12 @@ void add_quantize_command(CLI::App& app) {
   cmd->callback([a, cmd] {
     if (cmd->count("--plan") && !cmd->count("--bits")) a->bits = quant::plan_default_bits(a->plan_path);
     a->tune_given = cmd->count("--tune-steps") > 0;
-    check_options_apply(*cmd, *a);
+    if (a->ladder.empty()) {
+      check_options_apply(*cmd, *a);
+    } else {  // every rung's path must accept the options given
+      for (const QuantizeArgs& v : ladder_variants(*a))
+        with_context(fmt::format("--ladder rung --bits {}", v.bits), [&] { check_options_apply(*cmd, v); });
+    }
     run_quantize(*a);
   });
 }

@@ -9,6 +9,7 @@
 //   Gemm(A, W, C; transB, alpha)     y = Cast(MatMulInteger(a, Wq[K, N], z_a, z_w)) · (s_a · s_w[N])
 //                                    (+ beta·C for Gemm)
 //   Conv(X, W, B) (opt-in)       ->  y = Cast(ConvInteger(x, Wq, z_x, z_w)) · (s_x · s_w[C,1,1]) + B[C,1,1]
+//   Gather(T[V, D], ids)         ->  y = Cast(Gather(Tq, ids)) · Gather(s[V, 1], ids)   (int8 per row)
 //
 // Weights: symmetric levels per output channel (s_w[c] = max|W_c| / 127). Stored as uint8 with
 // zero point 128 (`weight_type` kUint8, the default) they run in ONNX Runtime's u8u8 kernels, exact
@@ -40,21 +41,32 @@ namespace qtool::quant {
 struct DynamicOptions {
   DataType weight_type = DataType::kUint8;  ///< kUint8 (zero point 128) or kInt8
   bool per_channel = true;                  ///< one weight scale per output channel
-  /// Op types rewritten: MatMul, Gemm (default) and Conv (ConvInteger; opt-in, see the README).
-  std::set<std::string> op_types = {"MatMul", "Gemm"};
+  /// Op types rewritten: MatMul, Gemm, Gather (embedding tables; default) and Conv (ConvInteger;
+  /// opt-in, see the README).
+  std::set<std::string> op_types = {"MatMul", "Gemm", "Gather"};
   std::set<std::string> exclude_nodes;      ///< node names left in float (globs allowed)
   /// Weights with fewer elements are left in float (their int8 copy plus a scale saves nothing).
   int64_t min_weight_elements = 16;
 };
 
+/// One weight the dynamic rewrite stored (once, at its first reader).
+struct DynamicLayer {
+  std::string node, op_type, weight;
+  std::string precision;  ///< "uint8" or "int8"
+  std::string scheme;     ///< "per-channel(axis=1)", ...
+  int64_t params = 0;
+  int64_t bytes = 0;      ///< levels + scales
+};
+
 struct DynamicSummary {
-  size_t matmuls = 0, gemms = 0, convs = 0;  ///< nodes rewritten, by op type
+  size_t matmuls = 0, gemms = 0, convs = 0, gathers = 0;  ///< nodes rewritten, by op type
   size_t quantize_nodes = 0;                 ///< DynamicQuantizeLinear nodes placed
   int64_t float_weight_bytes = 0;            ///< float32 bytes of the weights quantized
   int64_t quant_weight_bytes = 0;            ///< their integer levels + scales
   std::vector<std::string> quantized_nodes;  ///< names, in graph order
+  std::vector<DynamicLayer> layers;          ///< the weights stored
   std::vector<std::string> float_nodes;      ///< "node (op): reason" for candidates left in float
-  size_t rewritten() const { return matmuls + gemms + convs; }
+  size_t rewritten() const { return matmuls + gemms + convs + gathers; }
 };
 
 /// Rewrites the chosen nodes of `model`'s main graph (see the header comment). Raises the

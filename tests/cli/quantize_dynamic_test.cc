@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -18,6 +19,11 @@ namespace qtool {
 namespace {
 
 namespace fs = std::filesystem;
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
 
 struct Shared {
   const char* model;     ///< under ../shared/models
@@ -127,6 +133,41 @@ TEST(DynamicCli, RefusesStaticOptionsAndJudgesWithSamples) {
   int conv_integer = 0;
   for (const auto& n : m.graph->nodes()) conv_integer += n->op_type() == "ConvInteger";
   EXPECT_GT(conv_integer, 0);
+}
+
+TEST(LadderCli, WritesEveryRungAndTheManifest) {
+  testing::TempDir d;
+  const std::string model = testing::source_path("calibration_samples/digits/digits_cnn.onnx");
+  const std::string dir = d.file("ladder");
+  const auto r = testing::run_command(fmt::format("{} quantize {} --ladder 8,4 --calib {} --samples 40 -o {}",
+                                                  testing::qtool_bin(), model,
+                                                  testing::source_path("calibration_samples/digits"), dir));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto man = nlohmann::json::parse(slurp(dir + "/ladder.json"));
+  EXPECT_EQ(man["schema"], "qtool.ladder");
+  ASSERT_EQ(man["variants"].size(), 2u);
+  // Largest first: the static W8A8 model, then the 4-bit weight-only one, each judged on samples.
+  const auto& w8 = man["variants"][0];
+  const auto& w4 = man["variants"][1];
+  EXPECT_EQ(w8["name"], "w8");
+  EXPECT_EQ(w4["name"], "w4");
+  for (const auto* v : {&w8, &w4}) {
+    EXPECT_EQ((*v)["status"], "ok");
+    const std::string file = dir + "/" + (*v)["file"].get<std::string>();
+    ASSERT_TRUE(fs::exists(file)) << file;
+    EXPECT_EQ(static_cast<int64_t>(fs::file_size(file)), (*v)["size_bytes"].get<int64_t>());
+    EXPECT_GT((*v)["eval_samples"].get<int>(), 0);
+    EXPECT_TRUE((*v).contains("top1_agreement"));
+  }
+  EXPECT_GT(w8["size_bytes"].get<int64_t>(), w4["size_bytes"].get<int64_t>());
+  EXPECT_GT(w8["bits_per_weight"].get<double>(), w4["bits_per_weight"].get<double>());
+  // An option that does not apply to a rung is refused before anything is written.
+  const auto bad = testing::run_command(fmt::format("{} quantize {} --ladder 8,4 --method entropy --calib {} -o {}",
+                                                    testing::qtool_bin(), model,
+                                                    testing::source_path("calibration_samples/digits"), d.file("bad")));
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--ladder rung --bits 4"), std::string::npos) << bad.err;
+  EXPECT_FALSE(fs::exists(d.file("bad")));
 }
 
 }  // namespace

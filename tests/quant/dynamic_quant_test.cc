@@ -224,5 +224,127 @@ TEST(DynamicQuant, OnnxRuntimeComputesTheSameIntegers) {
   }
 }
 
+
+/// Random 8-bit tensor of `type` (levels in [lo, hi]).
+Tensor random_q(DataType type, const Shape& shape, std::mt19937& rng, int lo, int hi) {
+  std::uniform_int_distribution<int> d(lo, hi);
+  Tensor t(type, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const int v = d(rng);
+    if (type == DataType::kInt8) t.mutable_data<int8_t>()[i] = static_cast<int8_t>(v);
+    else t.mutable_data<uint8_t>()[i] = static_cast<uint8_t>(v);
+  }
+  return t;
+}
+
+/// Runs a one-node com.microsoft model in qtool's executor and in ONNX Runtime; returns the largest
+/// relative difference (floor 1) over the outputs.
+double ort_gap(ir::Model& m, const std::map<std::string, Tensor>& in) {
+  testing::TempDir dir;
+  const std::string path = dir.file("m.onnx");
+  onnx_io::save_model(m, path);
+  const auto ort = testing::ort_run(path, in);
+  runtime::Executor ex(m);
+  const std::vector<Tensor> got = ex.run(in);
+  const std::vector<std::string> names = ex.output_names();
+  double worst = 0;
+  for (size_t i = 0; i < names.size(); ++i) worst = std::max(worst, testing::max_rel_error(got[i], ort.at(names[i]), 1.0));
+  return worst;
+}
+
+TEST(DynamicQuantOps, DynamicQuantizeMatMulAsOnnxRuntime) {
+  QTOOL_REQUIRE_ORT();
+  std::mt19937 rng(8);
+  for (DataType bt : {DataType::kInt8, DataType::kUint8}) {
+    ir::Model m;
+    m.opset_imports = {{"", 13}, {"com.microsoft", 1}};
+    ir::Graph& g = *m.graph;
+    ir::Value* a = g.add_input("a", float_type({3, 16}));
+    const bool u = bt == DataType::kUint8;
+    Tensor zp = random_q(bt, {4}, rng, u ? 120 : -3, u ? 136 : 3);
+    ir::Node* n = g.add_node("DynamicQuantizeMatMul",
+                             // int8 levels within ±63: ONNX Runtime's u8s8 kernels saturate larger ones on
+                             // x86 CPUs without VNNI (README "ONNX Runtime parity"); uint8 runs exact u8u8.
+                             {a, g.add_initializer("B", random_q(bt, {16, 4}, rng, u ? 0 : -63, u ? 255 : 63)),
+                              g.add_initializer("b_scale", Tensor::from_vector<float>({4}, {0.01f, 0.02f, 0.005f, 0.03f})),
+                              g.add_initializer("b_zp", zp),
+                              g.add_initializer("bias", Tensor::from_vector<float>({4}, gaussian(4, rng)))},
+                             {"y"}, "dqmm", "com.microsoft");
+    n->output(0)->type().elem_type = DataType::kFloat;
+    g.add_output(n->output(0));
+    EXPECT_LE(ort_gap(m, {{"a", Tensor::from_vector<float>({3, 16}, gaussian(48, rng, 2.0f))}}), 1e-6) << dtype_name(bt);
+  }
+}
+
+TEST(DynamicQuantOps, DynamicQuantizeLstmAsOnnxRuntime) {
+  QTOOL_REQUIRE_ORT();
+  std::mt19937 rng(9);
+  const int64_t seq = 6, batch = 2, in = 5, hid = 4;
+  for (const char* direction : {"forward", "bidirectional"}) {
+    const int64_t dirs = std::string(direction) == "bidirectional" ? 2 : 1;
+    ir::Model m;
+    m.opset_imports = {{"", 13}, {"com.microsoft", 1}};
+    ir::Graph& g = *m.graph;
+    ir::Value* x = g.add_input("x", float_type({seq, batch, in}));
+    // Per-gate-column scales for W, one per direction for R; uint8 weights (exact u8u8 kernels).
+    std::vector<float> ws(static_cast<size_t>(dirs * 4 * hid));
+    for (auto& v : ws) v = 0.004f + 0.004f * std::uniform_real_distribution<float>(0, 1)(rng);
+    ir::Node* n = g.add_node(
+        "DynamicQuantizeLSTM",
+        {x, g.add_initializer("W", random_q(DataType::kUint8, {dirs, in, 4 * hid}, rng, 0, 255)),
+         g.add_initializer("R", random_q(DataType::kUint8, {dirs, hid, 4 * hid}, rng, 0, 255)),
+         g.add_initializer("B", Tensor::from_vector<float>({dirs, 8 * hid}, gaussian(dirs * 8 * hid, rng, 0.1f))), nullptr,
+         nullptr, nullptr, nullptr, g.add_initializer("W_scale", Tensor::from_vector<float>({dirs, 4 * hid}, ws)),
+         g.add_initializer("W_zero_point", random_q(DataType::kUint8, {dirs, 4 * hid}, rng, 128, 128)),
+         g.add_initializer("R_scale", Tensor::from_vector<float>({dirs}, std::vector<float>(dirs, 0.01f))),
+         g.add_initializer("R_zero_point", random_q(DataType::kUint8, {dirs}, rng, 128, 128))},
+        {"y", "y_h", "y_c"}, "dqlstm", "com.microsoft");
+    n->set_attr(ir::Attribute::make_int("hidden_size", hid));
+    n->set_attr(ir::Attribute::make_string("direction", direction));
+    for (ir::Value* v : n->outputs()) {
+      v->type().elem_type = DataType::kFloat;
+      g.add_output(v);
+    }
+    const Tensor xt = Tensor::from_vector<float>({seq, batch, in}, gaussian(seq * batch * in, rng, 1.5f));
+    EXPECT_LE(ort_gap(m, {{"x", xt}}), 1e-5) << direction;
+    // The on-the-fly quantization of X and H matters: a float ONNX LSTM on the same dequantized
+    // weights is 1e-3 or more away from ONNX Runtime's DynamicQuantizeLSTM.
+    auto dequant = [&](const std::string& w, const std::string& sc, int64_t rows) {
+      const Tensor* q = g.find_value(w)->initializer();
+      const Tensor* sv = g.find_value(sc)->initializer();
+      const Tensor* zv = g.find_value(w + "_zero_point")->initializer();
+      std::vector<float> out(static_cast<size_t>(dirs * 4 * hid * rows));
+      for (int64_t d = 0; d < dirs; ++d)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < 4 * hid; ++c) {
+            const int64_t si = sv->numel() == dirs ? d : d * 4 * hid + c;
+            out[(d * 4 * hid + c) * rows + r] =
+                static_cast<float>(q->get_as_double((d * rows + r) * 4 * hid + c) - zv->get_as_double(si)) *
+                sv->data<float>()[si];
+          }
+      return Tensor::from_vector<float>({dirs, 4 * hid, rows}, out);
+    };
+    ir::Model f;
+    f.opset_imports = {{"", 13}};
+    ir::Graph& fg = *f.graph;
+    ir::Node* l = fg.add_node("LSTM",
+                              {fg.add_input("x", float_type({seq, batch, in})), fg.add_initializer("W", dequant("W", "W_scale", in)),
+                               fg.add_initializer("R", dequant("R", "R_scale", hid)),
+                               fg.add_initializer("B", *g.find_value("B")->initializer())},
+                              {"y", "y_h", "y_c"}, "lstm");
+    l->set_attr(ir::Attribute::make_int("hidden_size", hid));
+    l->set_attr(ir::Attribute::make_string("direction", direction));
+    for (ir::Value* v : l->outputs()) {
+      v->type().elem_type = DataType::kFloat;
+      fg.add_output(v);
+    }
+    testing::TempDir dir;
+    onnx_io::save_model(m, dir.file("q.onnx"));
+    const auto ort = testing::ort_run(dir.file("q.onnx"), {{"x", xt}});
+    const Tensor float_y = runtime::Executor(f).run({{"x", xt}})[0];
+    EXPECT_GT(testing::max_abs_error(float_y, ort.at("y")), 1e-3) << direction;
+  }
+}
+
 }  // namespace
 }  // namespace qtool

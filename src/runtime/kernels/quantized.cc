@@ -307,6 +307,45 @@ std::vector<float> scale_values(const KernelContext& ctx, size_t i) {
   return std::vector<float>(s.data<float>(), s.data<float>() + s.numel());
 }
 
+/// com.microsoft DynamicQuantizeMatMul: A (float) quantized as DynamicQuantizeLinear does (uint8,
+/// range including 0), B 8-bit with b_scale and optional b_zero_point per tensor or per column, then
+/// Y = float((A_q - a_zp)(B - b_zp)) · (a_scale · b_scale[n]) + bias[n], as ONNX Runtime's
+/// MatMulIntegerToFloat computes it.
+void dynamic_quantize_matmul_kernel(KernelContext& ctx) {
+  Tensor a = nn::float_input(ctx, 0);
+  const float* ap = a.data<float>();
+  float mn = 0.0f, mx = 0.0f;
+  for (int64_t i = 0; i < a.numel(); ++i) mn = std::min(mn, ap[i]), mx = std::max(mx, ap[i]);
+  const float a_scale = (mx - mn) / 255.0f;
+  const int32_t a_zp =
+      a_scale == 0.0f ? 0 : static_cast<int32_t>(std::clamp(std::nearbyint(0.0f - mn / a_scale), 0.0f, 255.0f));
+  std::vector<double> av(static_cast<size_t>(a.numel()));
+  for (int64_t i = 0; i < a.numel(); ++i)
+    av[i] = (a_scale == 0.0f ? a_zp : quantize_one(ap[i], a_scale, a_zp, 0, 255)) - a_zp;
+  const Tensor& b = ctx.input(1);
+  std::vector<double> bv = centered(ctx, b, 3, -1, "B");
+  Shape ys;
+  int64_t m, n;
+  std::vector<double> acc = dmatmul(ctx, a.shape(), av, b.shape(), bv, &ys, &m, &n);
+  const std::vector<float> bs = scale_values(ctx, 2);
+  if (bs.size() != 1 && static_cast<int64_t>(bs.size()) != n)
+    nn::bad_node(ctx, "b_scale has {} values, expected 1 or {}", bs.size(), n);
+  std::vector<float> bias;
+  if (ctx.has_input(4)) {
+    const Tensor bt = nn::float_input(ctx, 4);
+    if (bt.numel() != n) nn::bad_node(ctx, "bias has {} values, expected {}", bt.numel(), n);
+    bias.assign(bt.data<float>(), bt.data<float>() + n);
+  }
+  Tensor y = Tensor::empty(DataType::kFloat, ys);
+  float* yp = y.mutable_data<float>();
+  for (size_t i = 0; i < acc.size(); ++i) {
+    const int64_t c = static_cast<int64_t>(i) % n;
+    const float mult = a_scale * bs[bs.size() == 1 ? 0 : c];
+    yp[i] = static_cast<float>(static_cast<int32_t>(acc[i])) * mult + (bias.empty() ? 0.0f : bias[c]);
+  }
+  ctx.set_output(0, std::move(y));
+}
+
 /// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = (i / inner) % channels.
 Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, const Shape& shape,
                   const std::vector<float>& mult, size_t y_zp_input, int64_t inner, int64_t channels) {
@@ -770,6 +809,7 @@ void kernels::register_quantized_kernels(KernelRegistry& r) {
   r.add("", "QLinearMatMul", 10, qlinear_matmul_kernel);
   r.add("", "QLinearConv", 10, qlinear_conv_kernel);
   r.add("com.microsoft", "MatMulNBits", 1, matmul_nbits_kernel);
+  r.add("com.microsoft", "DynamicQuantizeMatMul", 1, dynamic_quantize_matmul_kernel);
   r.add("com.microsoft", "QLinearAdd", 1, qlinear_add_kernel);
   r.add("com.microsoft", "QLinearConcat", 1, qlinear_concat_kernel);
   r.add("com.microsoft", "QGemm", 1, qgemm_kernel);

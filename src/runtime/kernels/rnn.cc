@@ -2,6 +2,13 @@
 // alpha/beta, clip, sequence_lens, initial states, peepholes, layout 0/1 from opset 14).
 // The input projection X W^T + Wb for every time step is one GEMM; each step then adds
 // H_{t-1} R^T (+ Rb) and applies the cell equations.
+//
+// com.microsoft DynamicQuantizeLSTM is the same LSTM with 8-bit W [dirs, in, 4H] and R [dirs, H, 4H]
+// (scales and zero points per direction or per gate column), computed as ONNX Runtime computes it:
+// the GEMM's float operand quantized to uint8 on the fly (min/max including 0, scale (max - min) / 255,
+// 1 when max == min) — all of X at once per direction, H_{t-1} at every step — then integer products
+// scaled back. Here the operand is replaced by its dequantized value, which gives the same sums up to
+// float summation order.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -92,7 +99,8 @@ struct Direction {
 /// working buffers of the time loop, all in time-major layout.
 class RnnLayer {
  public:
-  RnnLayer(KernelContext& ctx, Cell cell);
+  /// `quantized`: a com.microsoft DynamicQuantizeLSTM node (see the header comment).
+  RnnLayer(KernelContext& ctx, Cell cell, bool quantized = false);
   /// Runs every direction and sets the wanted outputs.
   void run();
 
@@ -106,6 +114,9 @@ class RnnLayer {
   void gru_candidates(const Direction& dir, int64_t step);
   void write_outputs();
   float clipv(float v) const { return has_clip_ ? std::clamp(v, -clip_, clip_) : v; }
+  /// DynamicQuantizeLSTM's weight input `w` ([dirs, rows, gh], 8-bit) dequantized and transposed to
+  /// the ONNX layout [dirs, gh, rows].
+  Tensor dequantized_weight(size_t w, size_t scale, size_t zero_point) const;
   /// Time index of `step` for batch row b, or -1 when b's sequence is shorter.
   int64_t time_at(const Direction& dir, int64_t step, int64_t b) const {
     const int64_t t = dir.reverse ? lens_[b] - 1 - step : step;
@@ -121,6 +132,8 @@ class RnnLayer {
   int dirs_ = 1;
   float clip_ = 0.0f;
   bool has_clip_ = false, input_forget_ = false, lbr_ = false;
+  bool quantized_ = false;          // DynamicQuantizeLSTM: GEMM operands quantized on the fly
+  std::vector<float> xq_, hq_;      // their dequantized copies
   std::vector<Act> acts_;
   size_t per_dir_ = 1;
 
@@ -133,12 +146,50 @@ class RnnLayer {
   std::vector<float> rh_, hh_;      // GRU: r * H, then (r * H) R_h^T [batch, hid]
 };
 
-RnnLayer::RnnLayer(KernelContext& ctx, Cell cell) : ctx_(ctx), cell_(cell) {
+/// x replaced by dequantize(quantize(x)) with ONNX Runtime's dynamic uint8 parameters for a GEMM
+/// operand (rnn_helpers' GetQuantizationParameter): the range widened to include 0, scale
+/// (max - min) / 255 (1 when the range is empty), zero point round-half-even(-min / scale).
+void fake_quantize_operand(const float* x, int64_t n, float* out) {
+  float mn = 0.0f, mx = 0.0f;
+  for (int64_t i = 0; i < n; ++i) mn = std::min(mn, x[i]), mx = std::max(mx, x[i]);
+  const float scale = mx == mn ? 1.0f : (mx - mn) / 255.0f;
+  const float zp = std::nearbyint(std::clamp(0.0f - mn / scale, 0.0f, 255.0f));
+  for (int64_t i = 0; i < n; ++i) out[i] = (std::clamp(std::nearbyint(x[i] / scale) + zp, 0.0f, 255.0f) - zp) * scale;
+}
+
+Tensor RnnLayer::dequantized_weight(size_t w, size_t scale, size_t zero_point) const {
+  const Tensor& q = ctx_.input(w);
+  if (q.rank() != 3 || (q.dtype() != DataType::kInt8 && q.dtype() != DataType::kUint8))
+    nn::bad_node(ctx_, "quantized weight input {} must be 3-D int8/uint8, got {} {}", w, dtype_name(q.dtype()),
+                 shape_str(q.shape()));
+  const int64_t dirs = q.dim(0), rows = q.dim(1), cols = q.dim(2);
+  const Tensor s = nn::float_input(ctx_, scale);
+  if (s.numel() != dirs && s.numel() != dirs * cols)
+    nn::bad_node(ctx_, "scale of input {} has {} values, expected {} or {}", w, s.numel(), dirs, dirs * cols);
+  std::vector<double> z(static_cast<size_t>(s.numel()), 0.0);
+  if (ctx_.has_input(zero_point)) {
+    const Tensor& zt = ctx_.input(zero_point);
+    if (zt.numel() != s.numel()) nn::bad_node(ctx_, "zero point of input {} has {} values, expected {}", w, zt.numel(), s.numel());
+    for (int64_t i = 0; i < zt.numel(); ++i) z[i] = zt.get_as_double(i);
+  }
+  Tensor out = Tensor::empty(DataType::kFloat, {dirs, cols, rows});
+  float* o = out.mutable_data<float>();
+  for (int64_t d = 0; d < dirs; ++d)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t si = s.numel() == dirs ? d : d * cols + c;
+        o[(d * cols + c) * rows + r] =
+            static_cast<float>(q.get_as_double((d * rows + r) * cols + c) - z[si]) * s.data<float>()[si];
+      }
+  return out;
+}
+
+RnnLayer::RnnLayer(KernelContext& ctx, Cell cell, bool quantized) : ctx_(ctx), cell_(cell), quantized_(quantized) {
   const ir::Node& node = ctx_.node();
   gates_ = cell_ == Cell::kLstm ? 4 : cell_ == Cell::kGru ? 3 : 1;
   x_ = nn::float_input(ctx_, 0);
-  w_ = nn::float_input(ctx_, 1);
-  r_ = nn::float_input(ctx_, 2);
+  w_ = quantized_ ? dequantized_weight(1, 8, 9) : nn::float_input(ctx_, 1);
+  r_ = quantized_ ? dequantized_weight(2, 10, 11) : nn::float_input(ctx_, 2);
   layout_ = ctx_.opset() >= 14 ? node.attr_int("layout", 0) : 0;
   if (x_.rank() != 3 || w_.rank() != 3 || r_.rank() != 3) {
     nn::bad_node(ctx_, "X {}, W {}, R {} must be 3-D", shape_str(x_.shape()), shape_str(w_.shape()),
@@ -245,7 +296,13 @@ void RnnLayer::run_direction(int d) {
 
 /// xw = X W^T + Wb (+ Rb except for GRU's hidden gate, whose Rb sits inside the reset product).
 void RnnLayer::project_inputs(const Direction& dir) {
-  nn::sgemm(false, true, seq_ * batch_, gh_, in_, 1.0f, xp_, in_, dir.wd, in_, 0.0f, xw_.data(), gh_, &ctx_.pool());
+  const float* x = xp_;
+  if (quantized_) {
+    xq_.resize(static_cast<size_t>(seq_ * batch_ * in_));
+    fake_quantize_operand(xp_, seq_ * batch_ * in_, xq_.data());
+    x = xq_.data();
+  }
+  nn::sgemm(false, true, seq_ * batch_, gh_, in_, 1.0f, x, in_, dir.wd, in_, 0.0f, xw_.data(), gh_, &ctx_.pool());
   if (dir.wb) {
     for (int64_t i = 0; i < seq_ * batch_; ++i) {
       float* row = xw_.data() + i * gh_;
@@ -261,7 +318,13 @@ void RnnLayer::project_inputs(const Direction& dir) {
 void RnnLayer::recurrent_step(const Direction& dir, int64_t step) {
   // GRU without linear_before_reset needs (r * H) R_h^T, so only the z/r part is done here.
   const int64_t ncols = cell_ == Cell::kGru && !lbr_ ? 2 * hid_ : gh_;
-  nn::sgemm(false, true, batch_, ncols, hid_, 1.0f, h_.data(), hid_, dir.rd, hid_, 0.0f, hr_.data(), gh_, nullptr);
+  const float* h = h_.data();
+  if (quantized_) {
+    hq_.resize(h_.size());
+    fake_quantize_operand(h_.data(), batch_ * hid_, hq_.data());
+    h = hq_.data();
+  }
+  nn::sgemm(false, true, batch_, ncols, hid_, 1.0f, h, hid_, dir.rd, hid_, 0.0f, hr_.data(), gh_, nullptr);
   for (int64_t b = 0; b < batch_; ++b) {
     const int64_t t = time_at(dir, step, b);
     if (t < 0) continue;
@@ -378,6 +441,7 @@ void RnnLayer::write_outputs() {
 }
 
 void rnn_common(KernelContext& ctx, Cell cell) { RnnLayer(ctx, cell).run(); }
+void dynamic_quantize_lstm_kernel(KernelContext& ctx) { RnnLayer(ctx, Cell::kLstm, true).run(); }
 
 void lstm_kernel(KernelContext& ctx) { rnn_common(ctx, Cell::kLstm); }
 void gru_kernel(KernelContext& ctx) { rnn_common(ctx, Cell::kGru); }
@@ -390,6 +454,7 @@ void kernels::register_rnn_kernels(KernelRegistry& r) {
   r.add("", "LSTM", 1, lstm_kernel);
   r.add("", "GRU", 1, gru_kernel);
   r.add("", "RNN", 1, rnn_kernel);
+  r.add("com.microsoft", "DynamicQuantizeLSTM", 1, dynamic_quantize_lstm_kernel);
 }
 
 }  // namespace qtool::runtime

@@ -58,11 +58,11 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
   std::vector<std::string> actions;
   actions.push_back(fmt::format(
       "dynamic: {} MatMul, {} Gemm, {} Conv nodes with {} weights per {} and {} DynamicQuantizeLinear, {} embedding "
-      "tables int8 per row; weights {} -> {} bytes",
+      "tables int8 per row, {} LSTM as DynamicQuantizeLSTM; weights {} -> {} bytes",
       s.matmuls, s.gemms, s.convs, dtype_name(opt.weight_type), opt.per_channel ? "output channel" : "tensor",
-      s.quantize_nodes, s.gathers, s.float_weight_bytes, s.quant_weight_bytes));
+      s.quantize_nodes, s.gathers, s.lstms, s.float_weight_bytes, s.quant_weight_bytes));
   if (body_weights > 0)
-    actions.push_back(fmt::format("{} other weights (Conv, LSTM/GRU/RNN) stored as int8 levels read through Cast and "
+    actions.push_back(fmt::format("{} other weights (Conv, GRU/RNN) stored as int8 levels read through Cast and "
                                   "their scales, which ONNX Runtime folds at load (they compute in float)",
                                   body_weights));
   for (const auto& f : s.float_nodes) spdlog::info("dynamic: left in float: {}", f);

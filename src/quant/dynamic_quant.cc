@@ -60,8 +60,8 @@ class DynamicEmitter {
     QTOOL_CHECK(opt_.weight_type == DataType::kUint8 || opt_.weight_type == DataType::kInt8, ErrorCode::kConfig,
                 "dynamic quantization stores weights as uint8 or int8 (got {})", dtype_name(opt_.weight_type));
     for (const std::string& op : opt_.op_types)
-      QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv" || op == "Gather", ErrorCode::kConfig,
-                  "dynamic quantization rewrites MatMul, Gemm, Gather and Conv, not '{}'", op);
+      QTOOL_CHECK(op == "MatMul" || op == "Gemm" || op == "Conv" || op == "Gather" || op == "LSTM", ErrorCode::kConfig,
+                  "dynamic quantization rewrites MatMul, Gemm, Gather, LSTM and Conv, not '{}'", op);
     visit(main_);
     if (s_.rewritten() > 0) {
       if (model_.opset("") < 11) model_.set_opset("", 11);
@@ -83,6 +83,7 @@ class DynamicEmitter {
       }
       const std::string why = n->op_type() == "Conv"     ? rewrite_conv(n)
                               : n->op_type() == "Gather" ? rewrite_gather(n)
+                              : n->op_type() == "LSTM"   ? rewrite_lstm(n)
                                                          : rewrite_matmul(n);
       if (!why.empty()) s_.float_nodes.push_back(fmt::format("{}: {}", n->describe(), why));
     }
@@ -278,6 +279,86 @@ class DynamicEmitter {
     return "";
   }
 
+  struct LstmWeight {
+    ir::Value* levels = nullptr;
+    ir::Value* scale = nullptr;
+    ir::Value* zero_point = nullptr;
+    Tensor source;
+  };
+
+  /// An LSTM weight w [dirs, gh, k] as DynamicQuantizeLSTM takes it: [dirs, k, gh] uint8 levels, zero
+  /// point 128, one scale per (direction, gate column); stored once per content.
+  const LstmWeight& lstm_weight(const ir::Node* n, const std::string& base, const Tensor& w) {
+    const uint64_t h = content_hash(w);
+    for (auto [it, end] = lstm_weights_.equal_range(h); it != end; ++it)
+      if (it->second.source.shape() == w.shape() &&
+          std::equal(w.data<float>(), w.data<float>() + w.numel(), it->second.source.data<float>()))
+        return it->second;
+    const int64_t dirs = w.dim(0), gh = w.dim(1), k = w.dim(2);
+    Tensor levels(DataType::kUint8, {dirs, k, gh});
+    std::vector<float> sc;
+    for (int64_t d = 0; d < dirs; ++d) {
+      std::vector<float> slice(static_cast<size_t>(k * gh));  // [k, gh] of direction d
+      for (int64_t r = 0; r < gh; ++r)
+        for (int64_t c = 0; c < k; ++c) slice[c * gh + r] = w.data<float>()[(d * gh + r) * k + c];
+      const QuantizedWeight qw = quantize_weight(Tensor::from_vector<float>({k, gh}, slice), true, 1, DataType::kUint8);
+      std::copy(qw.values.data<uint8_t>(), qw.values.data<uint8_t>() + k * gh, levels.mutable_data<uint8_t>() + d * k * gh);
+      sc.insert(sc.end(), qw.scales.begin(), qw.scales.end());
+    }
+    LstmWeight r;
+    r.source = w;
+    r.levels = add_init(base + "_quantized", levels);
+    r.scale = add_init(base + "_scale", Tensor::from_vector<float>({dirs, gh}, sc));
+    Tensor zp(DataType::kUint8, {dirs, gh});
+    std::fill(zp.mutable_raw(), zp.mutable_raw() + dirs * gh, uint8_t{128});
+    r.zero_point = add_init(base + "_zero_point", std::move(zp));
+    const int64_t bytes = w.numel() + 5 * dirs * gh;
+    s_.float_weight_bytes += static_cast<int64_t>(w.nbytes());
+    s_.quant_weight_bytes += bytes;
+    DynamicLayer l;
+    l.node = n->name();
+    l.op_type = "LSTM";
+    l.weight = base;
+    l.precision = "uint8";
+    l.scheme = "per-channel(gate column)";
+    l.params = w.numel();
+    l.bytes = bytes;
+    s_.layers.push_back(std::move(l));
+    return lstm_weights_.emplace(h, std::move(r))->second;
+  }
+
+  /// LSTM -> com.microsoft DynamicQuantizeLSTM: W [dirs, 4H, in] and R [dirs, 4H, H] transposed to
+  /// [dirs, in, 4H] / [dirs, H, 4H], uint8 with zero point 128 (ONNX Runtime wants one zero point per
+  /// tensor), one scale per gate column; X and H are quantized on the fly by the runtime.
+  std::string rewrite_lstm(ir::Node* n) {
+    if (n->attr_int("layout", 0) != 0) return "layout 1";
+    if (!is_float_value(n->input(0))) return "input is not float";
+    std::vector<ir::Value*> in(12, nullptr);
+    for (size_t i = 0; i < std::min<size_t>(8, n->inputs().size()); ++i) in[i] = n->input(i);
+    const std::string base = n->name().empty() ? n->output(0)->name() : n->name();
+    for (int j : {0, 1}) {
+      const Tensor* w = float_initializer(*g_, n->input(1 + j));
+      if (w == nullptr || w->rank() != 3) return fmt::format("{} is not a float constant of rank 3", j == 0 ? "W" : "R");
+    }
+    for (int j : {0, 1}) {
+      const Tensor& w = *float_initializer(*g_, n->input(1 + j));
+      const LstmWeight& q = lstm_weight(n, base + (j == 0 ? "_W" : "_R"), w);
+      in[1 + j] = q.levels;
+      in[8 + 2 * j] = q.scale;
+      in[9 + 2 * j] = q.zero_point;
+    }
+    while (!in.empty() && in.back() == nullptr) in.pop_back();
+    n->truncate_inputs(0);
+    for (size_t i = 0; i < in.size(); ++i) n->set_input(i, in[i]);
+    n->set_op_type("DynamicQuantizeLSTM");
+    n->set_domain("com.microsoft");
+    n->remove_attr("layout");
+    if (model_.opset("com.microsoft") < 1) model_.set_opset("com.microsoft", 1);
+    ++s_.lstms;
+    s_.quantized_nodes.push_back(n->name());
+    return "";
+  }
+
   std::string rewrite_conv(ir::Node* n) {
     ir::Value* x = n->input(0);
     ir::Value* wv = n->input(1);
@@ -321,6 +402,7 @@ class DynamicEmitter {
   DynamicSummary s_;
   std::map<const ir::Value*, std::vector<ir::Value*>> dql_;
   std::multimap<uint64_t, Stored> weights_;
+  std::multimap<uint64_t, LstmWeight> lstm_weights_;
 };
 
 }  // namespace

@@ -56,15 +56,25 @@ TEST_P(DynamicShared, RunsInOnnxRuntimeAsInQtool) {
   };
   count(*m.graph);
   // Every model with a MatMul/Gemm gets DynamicQuantizeLinear (a classifier Gemm, the LM's MatMuls,
-  // the VAD op18 export's unrolled LSTM); SqueezeNet (all Conv) and the op15/op16 VAD exports (Conv
-  // and LSTM) store their weights as int8 levels only.
+  // the VAD op18 export's unrolled LSTM); the op15/op16 VAD exports' LSTMs become
+  // DynamicQuantizeLSTM; SqueezeNet (all Conv) stores int8 weight levels only.
   const std::string name = GetParam().name;
   int nbits_level4 = 0;
   for (const auto& n : m.graph->nodes())
     nbits_level4 += n->op_type() == "MatMulNBits" && n->attr_int("accuracy_level", 0) == 4;
+  int dq_lstm = 0;
+  std::function<void(const ir::Graph&)> count_lstm = [&](const ir::Graph& g) {
+    for (const auto& n : g.nodes()) {
+      dq_lstm += n->op_type() == "DynamicQuantizeLSTM";
+      for (const ir::Graph* s : n->subgraphs()) count_lstm(*s);
+    }
+  };
+  count_lstm(*m.graph);
   if (std::string(GetParam().bits) == "4")
     EXPECT_GT(nbits_level4, 0);  // 4-bit weights, A quantized to int8 per block by ONNX Runtime
-  else if (name.find("VadLstm") == std::string::npos && name != "SqueezeNet")
+  else if (name.find("VadLstm") != std::string::npos)
+    EXPECT_GT(dq_lstm, 0);  // their LSTMs become com.microsoft DynamicQuantizeLSTM
+  else if (name != "SqueezeNet")
     EXPECT_GT(dynamic, 0);
 
   const fs::path set = fs::path(model).parent_path() / GetParam().test_set;

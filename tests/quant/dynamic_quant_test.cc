@@ -346,5 +346,51 @@ TEST(DynamicQuantOps, DynamicQuantizeLstmAsOnnxRuntime) {
   }
 }
 
+
+TEST(DynamicQuant, LstmBecomesDynamicQuantizeLstm) {
+  std::mt19937 rng(10);
+  const int64_t seq = 5, batch = 1, in = 6, hid = 4;
+  ir::Model m;
+  m.opset_imports = {{"", 14}};
+  ir::Graph& g = *m.graph;
+  ir::Node* l = g.add_node("LSTM",
+                           {g.add_input("x", float_type({seq, batch, in})),
+                            g.add_initializer("W", Tensor::from_vector<float>({1, 4 * hid, in}, gaussian(4 * hid * in, rng, 0.3f))),
+                            g.add_initializer("R", Tensor::from_vector<float>({1, 4 * hid, hid}, gaussian(16 * hid, rng, 0.3f)))},
+                           {"y", "y_h"}, "lstm");
+  l->set_attr(ir::Attribute::make_int("hidden_size", hid));
+  for (ir::Value* v : l->outputs()) {
+    v->type().elem_type = DataType::kFloat;
+    g.add_output(v);
+  }
+  const ir::Model fp = m.clone();
+  const auto s = emit_dynamic(m, {});
+  EXPECT_EQ(s.lstms, 1u);
+  const ir::Node* q = m.graph->find_value("y")->producer();
+  ASSERT_EQ(q->op_type(), "DynamicQuantizeLSTM");
+  EXPECT_EQ(q->domain(), "com.microsoft");
+  const Tensor* wq = q->input(1)->initializer();
+  EXPECT_EQ(wq->dtype(), DataType::kUint8);
+  EXPECT_EQ(wq->shape(), (Shape{1, in, 4 * hid}));  // transposed to [dirs, input, 4H]
+  EXPECT_EQ(q->input(9)->initializer()->data<uint8_t>()[0], 128);
+  EXPECT_EQ(q->input(8)->initializer()->shape(), (Shape{1, 4 * hid}));  // one scale per gate column
+  // W's largest entry of gate column 0 maps to level 127 (+128).
+  const Tensor* w = fp.graph->find_value("W")->initializer();
+  int64_t arg = 0;
+  for (int64_t c = 1; c < in; ++c)
+    if (std::fabs(w->data<float>()[c]) > std::fabs(w->data<float>()[arg])) arg = c;
+  EXPECT_EQ(wq->data<uint8_t>()[arg * 4 * hid], w->data<float>()[arg] > 0 ? 255 : 1);
+  const std::map<std::string, Tensor> in_x{{"x", Tensor::from_vector<float>({seq, batch, in}, gaussian(seq * in, rng))}};
+  const Tensor ref = runtime::Executor(fp).run(in_x)[0], got = runtime::Executor(m).run(in_x)[0];
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    const double d = got.data<float>()[i] - ref.data<float>()[i];
+    num += d * d;
+    den += static_cast<double>(ref.data<float>()[i]) * ref.data<float>()[i];
+  }
+  EXPECT_GT(10 * std::log10(den / num), 30.0);
+  EXPECT_LT(10 * std::log10(den / num), 80.0);  // quantized, not the float LSTM
+}
+
 }  // namespace
 }  // namespace qtool

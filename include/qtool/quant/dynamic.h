@@ -10,6 +10,7 @@
 //                                    (+ beta·C for Gemm)
 //   Conv(X, W, B) (opt-in)       ->  y = Cast(ConvInteger(x, Wq, z_x, z_w)) · (s_x · s_w[C,1,1]) + B[C,1,1]
 //   Gather(T[V, D], ids)         ->  y = Cast(Gather(Tq, ids)) · Gather(s[V, 1], ids)   (int8 per row)
+//   LSTM(X, W, R, ...)           ->  com.microsoft DynamicQuantizeLSTM (uint8 W/R per gate column)
 //
 // Weights: symmetric levels per output channel (s_w[c] = max|W_c| / 127). Stored as uint8 with
 // zero point 128 (`weight_type` kUint8, the default) they run in ONNX Runtime's u8u8 kernels, exact
@@ -41,9 +42,9 @@ namespace qtool::quant {
 struct DynamicOptions {
   DataType weight_type = DataType::kUint8;  ///< kUint8 (zero point 128) or kInt8
   bool per_channel = true;                  ///< one weight scale per output channel
-  /// Op types rewritten: MatMul, Gemm, Gather (embedding tables; default) and Conv (ConvInteger;
-  /// opt-in, see the README).
-  std::set<std::string> op_types = {"MatMul", "Gemm", "Gather"};
+  /// Op types rewritten: MatMul, Gemm, Gather (embedding tables), LSTM (DynamicQuantizeLSTM; default)
+  /// and Conv (ConvInteger; opt-in, see the README).
+  std::set<std::string> op_types = {"MatMul", "Gemm", "Gather", "LSTM"};
   std::set<std::string> exclude_nodes;      ///< node names left in float (globs allowed)
   /// Weights with fewer elements are left in float (their int8 copy plus a scale saves nothing).
   int64_t min_weight_elements = 16;
@@ -59,14 +60,14 @@ struct DynamicLayer {
 };
 
 struct DynamicSummary {
-  size_t matmuls = 0, gemms = 0, convs = 0, gathers = 0;  ///< nodes rewritten, by op type
+  size_t matmuls = 0, gemms = 0, convs = 0, gathers = 0, lstms = 0;  ///< nodes rewritten, by op type
   size_t quantize_nodes = 0;                 ///< DynamicQuantizeLinear nodes placed
   int64_t float_weight_bytes = 0;            ///< float32 bytes of the weights quantized
   int64_t quant_weight_bytes = 0;            ///< their integer levels + scales
   std::vector<std::string> quantized_nodes;  ///< names, in graph order
   std::vector<DynamicLayer> layers;          ///< the weights stored
   std::vector<std::string> float_nodes;      ///< "node (op): reason" for candidates left in float
-  size_t rewritten() const { return matmuls + gemms + convs + gathers; }
+  size_t rewritten() const { return matmuls + gemms + convs + gathers + lstms; }
 };
 
 /// Rewrites the chosen nodes of `model`'s main graph (see the header comment). Raises the

@@ -11,7 +11,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "graph_builders.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
 
@@ -178,6 +180,52 @@ TEST(LadderCli, WritesEveryRungAndTheManifest) {
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("--ladder rung --bits 4"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(d.file("bad")));
+}
+
+
+TEST(DynamicCli, RaisesPrecisionWhenBelowTheFloor) {
+  // x [1, 64] -> MatMul(W1) -> h -> MatMul(W2) -> y. x carries one huge value (1000) beside N(0, 1)
+  // entries: DynamicQuantizeLinear's per-tensor scale (≈ 4) rounds the normal entries to 0, so the
+  // first MatMul alone ruins y; h is well behaved. The floor keeps the first MatMul in float.
+  testing::TempDir d;
+  std::mt19937 rng(12);
+  ir::Model m;
+  m.opset_imports = {{"", 13}};
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", testing::float_type({1, 64}));
+  std::vector<float> w1 = testing::gaussian(64 * 32, rng, 0.1f);
+  for (int c = 0; c < 32; ++c) w1[63 * 32 + c] = 0.0f;  // the outlier input feeds nothing
+  ir::Node* a = g.add_node("MatMul", {x, g.add_initializer("W1", Tensor::from_vector<float>({64, 32}, w1))}, {"h"}, "first");
+  ir::Node* b = g.add_node("MatMul", {a->output(0), g.add_initializer("W2", Tensor::from_vector<float>({32, 16},
+                                                                                 testing::gaussian(512, rng, 0.2f)))},
+                           {"y"}, "second");
+  a->output(0)->type().elem_type = DataType::kFloat;
+  b->output(0)->type().elem_type = DataType::kFloat;
+  g.add_output(b->output(0));
+  onnx_io::save_model(m, d.file("m.onnx"));
+  fs::create_directories(d.file("data"));
+  for (int i = 0; i < 8; ++i) {
+    std::vector<float> v = testing::gaussian(64, rng);
+    v[63] = 1000.0f;
+    write_npy(d.file(fmt::format("data/s{}.npy", i)), Tensor::from_vector<float>({1, 64}, v));
+  }
+  const auto r = testing::run_command(fmt::format("{} quantize {} --bits 8 --mode dynamic --calib {} --json -o {}",
+                                                  testing::qtool_bin(), d.file("m.onnx"), d.file("data"), d.file("q.onnx")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto rep = nlohmann::json::parse(r.out);
+  EXPECT_GE(rep["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 20.0);
+  std::string actions;
+  for (const auto& x2 : rep["actions"]) actions += x2.get<std::string>() + "\n";
+  EXPECT_NE(actions.find("below the quality floor"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("noisiest 'first'"), std::string::npos) << actions;
+  const ir::Model q = onnx_io::load_model(d.file("q.onnx"));
+  EXPECT_EQ(q.graph->find_value("h")->producer()->op_type(), "MatMul");  // kept in float
+  EXPECT_EQ(q.graph->find_value("y")->producer()->op_type(), "Mul");     // still dynamic
+  // With a floor nothing can meet (y judged by SQNR, not as classifier scores), exit 3 and no model.
+  const auto f = testing::run_command(fmt::format("{} quantize {} --bits 8 --mode dynamic --calib {} --metric sqnr --min-sqnr 200 -o {}",
+                                                  testing::qtool_bin(), d.file("m.onnx"), d.file("data"), d.file("f.onnx")));
+  EXPECT_EQ(f.exit_code, 3) << f.err;
+  EXPECT_FALSE(fs::exists(d.file("f.onnx")));
 }
 
 }  // namespace

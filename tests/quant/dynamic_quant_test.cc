@@ -392,5 +392,37 @@ TEST(DynamicQuant, LstmBecomesDynamicQuantizeLstm) {
   EXPECT_LT(10 * std::log10(den / num), 80.0);  // quantized, not the float LSTM
 }
 
+
+TEST(DynamicQuantOps, MatMulNBitsAccuracyLevel4AsOnnxRuntime) {
+  QTOOL_REQUIRE_ORT();
+  std::mt19937 rng(11);
+  for (int64_t bits : {4, 8}) {
+    const int64_t k = 80, n = 6, block = 32, nblk = (k + block - 1) / block;  // a partial last block
+    ir::Model m;
+    m.opset_imports = {{"", 21}, {"com.microsoft", 1}};
+    ir::Graph& g = *m.graph;
+    ir::Value* a = g.add_input("a", float_type({3, k}));
+    std::vector<float> sc(static_cast<size_t>(n * nblk));
+    for (auto& v : sc) v = 0.01f + 0.02f * std::uniform_real_distribution<float>(0, 1)(rng);
+    ir::Node* node = g.add_node(
+        "MatMulNBits",
+        {a, g.add_initializer("B", random_q(DataType::kUint8, {n, nblk, block * bits / 8}, rng, 0, 255)),
+         g.add_initializer("S", Tensor::from_vector<float>({n * nblk}, sc))},
+        {"y"}, "nbits", "com.microsoft");
+    for (auto [name, v] : {std::pair{"K", k}, {"N", n}, {"bits", bits}, {"block_size", block}, {"accuracy_level", int64_t{4}}})
+      node->set_attr(ir::Attribute::make_int(name, v));
+    node->output(0)->type().elem_type = DataType::kFloat;
+    g.add_output(node->output(0));
+    const std::map<std::string, Tensor> in{{"a", Tensor::from_vector<float>({3, k}, gaussian(3 * k, rng, 3.0f))}};
+    EXPECT_LE(ort_gap(m, in), 1e-5) << bits << " bits";
+    // With A left in float (accuracy_level 0) the same weights are visibly off ONNX Runtime's level 4.
+    testing::TempDir dir;
+    onnx_io::save_model(m, dir.file("l4.onnx"));
+    const auto ort4 = testing::ort_run(dir.file("l4.onnx"), in);
+    node->set_attr(ir::Attribute::make_int("accuracy_level", 0));
+    EXPECT_GT(testing::max_abs_error(runtime::Executor(m).run(in)[0], ort4.at("y")), 1e-3) << bits << " bits";
+  }
+}
+
 }  // namespace
 }  // namespace qtool

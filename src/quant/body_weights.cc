@@ -174,16 +174,6 @@ class BodyWeights {
     return dq->output(0);
   }
 
-  /// FNV-1a over the shape and the float bytes.
-  static uint64_t content_hash(const Tensor& t) {
-    uint64_t h = 1469598103934665603ull;
-    auto mix = [&](const unsigned char* p, size_t n) {
-      for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-    };
-    for (int64_t d : t.shape()) mix(reinterpret_cast<const unsigned char*>(&d), sizeof d);
-    mix(reinterpret_cast<const unsigned char*>(t.data<float>()), static_cast<size_t>(t.numel()) * sizeof(float));
-    return h;
-  }
 
   template <typename T>
   static void remember(std::vector<T*>& list, T* x) {

@@ -28,16 +28,6 @@ const Tensor* float_initializer(const ir::Graph& g, const ir::Value* v) {
   return t && t->dtype() == DataType::kFloat ? t : nullptr;
 }
 
-/// FNV-1a over the shape and the float bytes (equal weights in two If branches are stored once).
-uint64_t content_hash(const Tensor& t) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const unsigned char* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  };
-  for (int64_t d : t.shape()) mix(reinterpret_cast<const unsigned char*>(&d), sizeof d);
-  mix(reinterpret_cast<const unsigned char*>(t.data<float>()), static_cast<size_t>(t.numel()) * sizeof(float));
-  return h;
-}
 
 bool is_float_value(const ir::Value* v) {
   return v && (v->type().elem_type == DataType::kFloat || v->type().elem_type == DataType::kUndefined);

@@ -94,6 +94,16 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
   return out;
 }
 
+uint64_t content_hash(const Tensor& t) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const unsigned char* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  for (int64_t d : t.shape()) mix(reinterpret_cast<const unsigned char*>(&d), sizeof d);
+  mix(reinterpret_cast<const unsigned char*>(t.data<float>()), static_cast<size_t>(t.numel()) * sizeof(float));
+  return h;
+}
+
 Tensor quantize_bias(const Tensor& b, float input_scale, const std::vector<float>& w_scales) {
   QTOOL_CHECK(b.dtype() == DataType::kFloat, ErrorCode::kUnsupported, "bias of type {} (expected float32)",
               dtype_name(b.dtype()));

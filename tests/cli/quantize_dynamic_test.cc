@@ -49,14 +49,16 @@ TEST_P(DynamicShared, RunsInOnnxRuntimeAsInQtool) {
   EXPECT_LT(rep["size"]["output_file_bytes"].get<double>(), 0.4 * static_cast<double>(fs::file_size(model)));
 
   const ir::Model m = onnx_io::load_model(d.file("dyn.onnx"));
-  int dynamic = 0;
-  std::function<void(const ir::Graph&)> count = [&](const ir::Graph& g) {
+  // Nodes of an op type in the model, bodies included.
+  std::function<int(const ir::Graph&, const std::string&)> count = [&](const ir::Graph& g, const std::string& op) {
+    int c = 0;
     for (const auto& n : g.nodes()) {
-      dynamic += n->op_type() == "DynamicQuantizeLinear";
-      for (const ir::Graph* s : n->subgraphs()) count(*s);
+      c += n->op_type() == op;
+      for (const ir::Graph* s : n->subgraphs()) c += count(*s, op);
     }
+    return c;
   };
-  count(*m.graph);
+  const int dynamic = count(*m.graph, "DynamicQuantizeLinear");
   // Every model with a MatMul/Gemm gets DynamicQuantizeLinear (a classifier Gemm, the LM's MatMuls,
   // the VAD op18 export's unrolled LSTM); the op15/op16 VAD exports' LSTMs become
   // DynamicQuantizeLSTM; SqueezeNet (all Conv) stores int8 weight levels only.
@@ -64,14 +66,7 @@ TEST_P(DynamicShared, RunsInOnnxRuntimeAsInQtool) {
   int nbits_level4 = 0;
   for (const auto& n : m.graph->nodes())
     nbits_level4 += n->op_type() == "MatMulNBits" && n->attr_int("accuracy_level", 0) == 4;
-  int dq_lstm = 0;
-  std::function<void(const ir::Graph&)> count_lstm = [&](const ir::Graph& g) {
-    for (const auto& n : g.nodes()) {
-      dq_lstm += n->op_type() == "DynamicQuantizeLSTM";
-      for (const ir::Graph* s : n->subgraphs()) count_lstm(*s);
-    }
-  };
-  count_lstm(*m.graph);
+  const int dq_lstm = count(*m.graph, "DynamicQuantizeLSTM");
   if (std::string(GetParam().bits) == "4")
     EXPECT_GT(nbits_level4, 0);  // 4-bit weights, A quantized to int8 per block by ONNX Runtime
   else if (name.find("VadLstm") != std::string::npos)

@@ -78,6 +78,10 @@ struct QuantizedWeight {
 QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8,
                                 bool reduce_range = false);
 
+/// FNV-1a over a float tensor's shape and bytes: finds equal weights (the branches of an If often
+/// hold equal copies) so that their quantized form is stored once; callers compare the contents too.
+uint64_t content_hash(const Tensor& t);
+
 /// Bias quantization for integer accumulation: b_q[c] = round(b[c] / (s_x · s_w[c])), int32,
 /// zero point 0. `w_scales` holds one scale per output channel or a single scale. Values beyond
 /// int32 saturate (they would only arise for a degenerate input scale).

@@ -305,12 +305,14 @@ RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model,
 }
 
 CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, const CalibConfig& config) {
-  find_method(config.method);
+  const MethodInfo& method = find_method(config.method);
   runtime::ExecutorOptions eo;
   eo.threads = std::max(config.threads, 1);
   runtime::Executor executor(model, eo);
   CalibrationResult res;
-  res.stats = std::make_unique<StatsObserver>(config.observe);
+  ObserverOptions observe = config.observe;
+  observe.histogram = observe.histogram && method.needs_histogram;  // minmax: no histogram to fill
+  res.stats = std::make_unique<StatsObserver>(observe);
   res.run = run_samples(executor, source, *res.stats, config.run);
   res.ranges = ranges_from_stats(*res.stats, model, config.method, config.range, res.run.samples);
   res.ranges.source = config.source;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "qtool/core/error.h"
+#include "qtool/core/simd_clones.h"
 
 namespace qtool::calib {
 
@@ -81,6 +82,25 @@ void Histogram::add(const float* x, size_t n) {
   add_finite(kept.data(), kept.size(), bmin, bmax);
 }
 
+namespace {
+/// ++c[floor(v · scale) - off] for every v (exact in double; scale a power of two). Built for AVX2
+/// too (core/simd_clones.h): the portable baseline has no rounding instruction and calls floor().
+QTOOL_SIMD_CLONES void count_bins(const float* x, size_t n, double scale, double off, uint64_t* c) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {  // unrolled by 4 so the conversions overlap
+    const auto k0 = static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
+    const auto k1 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 1]) * scale) - off);
+    const auto k2 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 2]) * scale) - off);
+    const auto k3 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 3]) * scale) - off);
+    ++c[k0];
+    ++c[k1];
+    ++c[k2];
+    ++c[k3];
+  }
+  for (; i < n; ++i) ++c[static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off)];
+}
+}  // namespace
+
 void Histogram::add_finite(const float* x, size_t n, float bmin, float bmax) {
   if (n == 0) return;
   if (counts_.empty()) {
@@ -101,22 +121,7 @@ void Histogram::add_finite(const float* x, size_t n, float bmin, float bmax) {
     }
     if (kmax > last) counts_.resize(counts_.size() + static_cast<size_t>(kmax - last), 0);
   }
-  // floor(v * 2^-e) - first, exact in double. Unrolled by 4 so the conversions overlap.
-  const double scale = std::ldexp(1.0, -exp_);
-  const double off = static_cast<double>(first_);
-  uint64_t* c = counts_.data();
-  size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const auto k0 = static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
-    const auto k1 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 1]) * scale) - off);
-    const auto k2 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 2]) * scale) - off);
-    const auto k3 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 3]) * scale) - off);
-    ++c[k0];
-    ++c[k1];
-    ++c[k2];
-    ++c[k3];
-  }
-  for (; i < n; ++i) ++c[static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off)];
+  count_bins(x, n, std::ldexp(1.0, -exp_), static_cast<double>(first_), counts_.data());
   total_ += n;
 }
 

@@ -5,7 +5,7 @@ namespace qtool::calib {
 
 void register_minmax(std::vector<MethodInfo>& methods) {
   methods.push_back({"minmax", "observed minimum and maximum (no clipping)",
-                     [](const TensorStats& s, const RangeConfig&) { return Range{s.min, s.max}; }});
+                     [](const TensorStats& s, const RangeConfig&) { return Range{s.min, s.max}; }, false});
 }
 
 }  // namespace qtool::calib

@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+
+#include "qtool/core/simd_clones.h"
 
 namespace qtool::calib {
 
@@ -28,24 +31,38 @@ struct BlockStats {
 };
 
 // One pass: min, max and shifted first/second moments (shift = a value near the mean, so that
-// M2 = s2 - s1^2/n loses no precision in double).
+// M2 = s2 - s1^2/n loses no precision in double). The finite fast path keeps 8 lanes of float
+// partial sums over chunks of 512 values (relative error ~1e-5 on the moments, which only feed
+// the reported mean and std) and adds each chunk into double: the loop vectorizes.
 template <bool kCheckFinite>
-void scan_block(const float* p, int64_t len, double shift, BlockStats& b) {
+inline __attribute__((always_inline)) void scan_block(const float* p, int64_t len, double shift, BlockStats& b) {
   float mn = b.mn, mx = b.mx;
-  double a1[4] = {0, 0, 0, 0}, a2[4] = {0, 0, 0, 0};
+  double a1 = 0.0, a2 = 0.0;
   uint64_t n = 0;
   int64_t i = 0;
   if constexpr (!kCheckFinite) {
-    for (; i + 4 <= len; i += 4) {
-      for (int k = 0; k < 4; ++k) {
-        const float v = p[i + k];
-        mn = v < mn ? v : mn;
-        mx = v > mx ? v : mx;
-        const double d = static_cast<double>(v) - shift;
-        a1[k] += d;
-        a2[k] += d * d;
+    // GCC/Clang vector extensions: 8 float lanes (one AVX2 register, two SSE ones).
+    typedef float v8f __attribute__((vector_size(32)));
+    constexpr int kLanes = 8;
+    constexpr int64_t kChunk = 512;
+    v8f vmn = {mn, mn, mn, mn, mn, mn, mn, mn}, vmx = {mx, mx, mx, mx, mx, mx, mx, mx};
+    const float fs = static_cast<float>(shift);
+    const v8f vs = {fs, fs, fs, fs, fs, fs, fs, fs};
+    while (i + kLanes <= len) {
+      const int64_t end = std::min(len, i + kChunk);
+      v8f f1 = {}, f2 = {};
+      for (; i + kLanes <= end; i += kLanes) {
+        v8f v;
+        std::memcpy(&v, p + i, sizeof v);
+        vmn = v < vmn ? v : vmn;
+        vmx = v > vmx ? v : vmx;
+        const v8f d = v - vs;
+        f1 += d;
+        f2 += d * d;
       }
+      for (int k = 0; k < kLanes; ++k) a1 += f1[k], a2 += f2[k];
     }
+    for (int k = 0; k < kLanes; ++k) mn = std::min(mn, vmn[k]), mx = std::max(mx, vmx[k]);
   }
   for (; i < len; ++i) {
     const float v = p[i];
@@ -55,15 +72,24 @@ void scan_block(const float* p, int64_t len, double shift, BlockStats& b) {
     mn = v < mn ? v : mn;
     mx = v > mx ? v : mx;
     const double d = static_cast<double>(v) - shift;
-    a1[0] += d;
-    a2[0] += d * d;
+    a1 += d;
+    a2 += d * d;
     ++n;
   }
   b.mn = mn;
   b.mx = mx;
-  b.s1 += (a1[0] + a1[1]) + (a1[2] + a1[3]);
-  b.s2 += (a2[0] + a2[1]) + (a2[2] + a2[3]);
+  b.s1 += a1;
+  b.s2 += a2;
   b.n += kCheckFinite ? n : static_cast<uint64_t>(len);
+}
+
+// The scans, built for AVX2 as well as the portable baseline (core/simd_clones.h).
+
+QTOOL_SIMD_CLONES void scan_finite(const float* p, int64_t len, double shift, BlockStats& b) {
+  scan_block<false>(p, len, shift, b);
+}
+QTOOL_SIMD_CLONES void scan_checked(const float* p, int64_t len, double shift, BlockStats& b) {
+  scan_block<true>(p, len, shift, b);
 }
 
 }  // namespace
@@ -111,7 +137,8 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
     for (int64_t ob = 0; ob < outer; ++ob) {
       for (int64_t c = 0; c < C; ++c) {
         BlockStats b;
-        scan_block<kCheck>(data + (ob * C + c) * inner, inner, shift, b);
+        if constexpr (kCheck) scan_checked(data + (ob * C + c) * inner, inner, shift, b);
+        else scan_finite(data + (ob * C + c) * inner, inner, shift, b);
         if (axis >= 0 && b.n > 0) {
           channel_min[static_cast<size_t>(c)] = std::min(channel_min[static_cast<size_t>(c)], b.mn);
           channel_max[static_cast<size_t>(c)] = std::max(channel_max[static_cast<size_t>(c)], b.mx);

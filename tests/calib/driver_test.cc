@@ -60,6 +60,7 @@ TEST(Calibrate, RangesDoNotDependOnBatchSize) {
   std::map<std::string, RangesFile> by_batch;
   for (size_t bs : {1, 4, 23}) {
     CalibConfig c;
+    c.method = "entropy";  // a method that reads histograms: its statistics serve every method
     c.run.batch_size = bs;
     c.run.progress = false;
     CalibrationResult r = calibrate(m, src, c);
@@ -79,7 +80,9 @@ TEST(Calibrate, RangesDoNotDependOnBatchSize) {
         EXPECT_EQ(a.tensors[i].range_max, b.tensors[i].range_max) << meth.name << " " << a.tensors[i].name;
         EXPECT_EQ(a.tensors[i].hist_counts, b.tensors[i].hist_counts);
         EXPECT_EQ(a.tensors[i].per_channel_max, b.tensors[i].per_channel_max);
-        EXPECT_NEAR(a.tensors[i].mean, b.tensors[i].mean, 1e-9);
+        // The moments sum 8 float lanes per chunk of 512 values (observers.cc): the mean moves in the
+        // 8th digit with the batch size; min, max and the histograms do not move at all.
+        EXPECT_NEAR(a.tensors[i].mean, b.tensors[i].mean, 1e-6);
       }
     }
   }
@@ -102,6 +105,25 @@ class InterruptingObserver final : public BatchObserver {
   }
   int batches_ = 0;
 };
+
+TEST(Calibrate, MinmaxFillsNoHistogramAndSeesTheSameRange) {
+  const ir::Model m = tiny_model();
+  VectorSource src(random_samples(9, 3));
+  CalibConfig mm, en;
+  mm.run.progress = en.run.progress = false;
+  en.method = "entropy";
+  const CalibrationResult a = calibrate(m, src, mm), b = calibrate(m, src, en);
+  ASSERT_EQ(a.stats->stats().size(), b.stats->stats().size());
+  for (size_t i = 0; i < a.stats->stats().size(); ++i) {
+    const TensorStats& x = *a.stats->stats()[i];
+    const TensorStats& y = *b.stats->stats()[i];
+    EXPECT_TRUE(x.hist.empty()) << x.name;   // minmax reads no histogram: none is filled
+    EXPECT_FALSE(y.hist.empty()) << y.name;
+    EXPECT_EQ(x.min, y.min);
+    EXPECT_EQ(x.max, y.max);
+    EXPECT_TRUE(a.ranges.tensors[i].hist_counts.empty());
+  }
+}
 
 TEST(Calibrate, CtrlCStopsBetweenSamples) {
   const ir::Model m = tiny_model();

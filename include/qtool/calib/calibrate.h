@@ -70,7 +70,9 @@ struct CalibrationResult {
   RunSummary run;
 };
 
-/// Calibrates `model` on `source`: StatsObserver + run_samples + ranges_from_stats.
+/// Calibrates `model` on `source`: StatsObserver + run_samples + ranges_from_stats. The
+/// histograms are filled only for a method that reads them (not for minmax), so the stats of a
+/// minmax run serve minmax only and its ranges file carries no histogram summaries.
 CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, const CalibConfig& config);
 
 /// Computes `method`'s range for every observed tensor and fills a RangesFile (model name and

@@ -40,6 +40,9 @@ struct MethodInfo {
   std::string name;  ///< --method value
   std::string help;  ///< one line for --help
   RangeFn fn;
+  /// Whether fn reads TensorStats::hist. A method that does not (minmax) lets calibration skip
+  /// filling the histograms, which cost as much as the model's own inference.
+  bool needs_histogram = true;
 };
 
 /// The methods, in registration order (built once from the one list in methods.cc).

@@ -68,6 +68,7 @@ struct StaticRun {
   std::optional<GuardResult> guard;              ///< nullopt when the guard did not run
   std::vector<std::string> actions, warnings;    ///< in the order the report lists them
   std::map<std::string, Tensor> equalized_weights;
+  std::vector<report::Timing> timings;           ///< its phases ("quantize: calibrate", ...)
 };
 
 /// Calibrates, emits, bias-corrects and guards the prepared model (`reference`).
@@ -75,11 +76,19 @@ struct StaticRun {
 /// guard raise tensors (off with a --plan: the plan decides).
 StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples,
                            const QualityFloor& floor, const quant::TensorChoices& planned = {}, bool search = true) {
+  auto t = clock_type::now();
   quant::CalibratedModel calibrated = quant::calibrate_static(reference, *samples.calib, cfg);
-  StaticRun run{quant::emit_static(calibrated, planned, cfg), std::nullopt, std::move(calibrated.actions), {}, {}};
+  const double t_calib = seconds_since(t);
+  t = clock_type::now();
+  StaticRun run{quant::emit_static(calibrated, planned, cfg), std::nullopt, std::move(calibrated.actions), {}, {}, {}};
+  run.timings.push_back({"quantize: calibrate", t_calib});
+  run.timings.push_back({"quantize: emit", seconds_since(t)});
   if (!samples.warning.empty()) run.warnings.push_back(samples.warning);
+  t = clock_type::now();
   if (std::string a = quant::correct_static_biases(calibrated, run.emitted.model, *samples.calib, cfg); !a.empty())
     run.actions.push_back(std::move(a));
+  run.timings.push_back({"quantize: bias correction", seconds_since(t)});
+  t = clock_type::now();
   if (samples.guard) {
     GuardOptions go;
     go.search = search;
@@ -88,6 +97,7 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
     run.guard = run_guard(reference, calibrated, cfg, *samples.calib, *samples.held_out, run.emitted, go, planned);
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
+    run.timings.push_back({"quantize: guard", seconds_since(t)});
   }
   if (std::string a = quant::subgraph_note(run.emitted); !a.empty()) run.actions.push_back(std::move(a));
   run.equalized_weights = std::move(calibrated.equalized_weights);
@@ -202,10 +212,15 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
                                       dtype_name(plan->activation_type), planned.wide.size(),
                                       planned.keep_float.size()));
   const int bits_before = bits;
+  std::vector<report::Timing> phases = run.timings;
+  const auto t_floor = clock_type::now();
   std::optional<Error> floor_failure = apply_floor(job, original ? &*original : nullptr, cfg, samples, run, bits);
+  const double floor_seconds = seconds_since(t_floor);
+  if (floor_seconds > 0.05) phases.push_back({"quantize: 16-bit floor run", floor_seconds});
   if (bits != bits_before) cfg.qdq.activation_type = widened(cfg.qdq.activation_type);
   model = std::move(run.emitted.model);
   timings.push_back({"quantize", seconds_since(t)});
+  timings.insert(timings.end(), phases.begin(), phases.end());
   QTOOL_CHECK(run.emitted.qdq.quantized_nodes > 0 || run.emitted.body_weights > 0, ErrorCode::kUnsupported,
               "no node of '{}' was quantized (nothing quantizable, or everything excluded); nothing is written",
               job.model_path);

@@ -2,6 +2,8 @@
 // ONNX Runtime and agrees with qtool's executor.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -81,6 +83,14 @@ TEST(CliQuantizeCleBiasCorrection, SmallCnnReportsActionsAndRunsInOrt) {
   EXPECT_NE(all.find("bias correction: 3 layers corrected on 24 calibration samples"), std::string::npos) << all;
   EXPECT_EQ(doc["settings"]["cle"], "true") << doc["settings"].dump();
   EXPECT_EQ(doc["settings"]["bias-correction"], "true");
+  // The report's timings break the static run into its phases, each within the whole.
+  std::map<std::string, double> phases;
+  for (const auto& t : doc["timings"]) phases[t["phase"].get<std::string>()] = t["seconds"].get<double>();
+  for (const char* p : {"quantize", "quantize: calibrate", "quantize: emit", "quantize: bias correction", "quantize: guard"})
+    ASSERT_TRUE(phases.count(p)) << p << " " << doc["timings"].dump();
+  EXPECT_LE(phases["quantize: calibrate"] + phases["quantize: emit"] + phases["quantize: bias correction"] +
+                phases["quantize: guard"],
+            phases["quantize"] + 1e-3);
 
   // The emitted model: int8 Conv weights, int32 biases; ONNX Runtime and qtool's executor agree
   // to within one step of the last quantized activation.

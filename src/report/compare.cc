@@ -11,6 +11,7 @@
 #include <numeric>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -513,65 +514,131 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   const ir::Model& test_model = fused ? *fused : quantized;
   add_qlinear_aliases(test_model, aliases);
   follow_folded_activations(fp32, aliases);
-  runtime::ExecutorOptions exec_options;
-  exec_options.threads = std::max(1, options.threads);
-  runtime::Executor ref_exec(fp32, exec_options);
-  runtime::Executor test_exec(test_model, exec_options);
-
   CompareResult result;
-  result.outputs = output_slots(ref_exec, test_exec);
   LayerMatch match;
   if (options.per_layer) match = match_layers(test_model, fp32, aliases, result.layers);
   const bool observe = !match.names.empty();
+  // Without per-layer capture, and with threads to spare, samples run in parallel (below): each
+  // worker's executors then run on one thread.
+  const int workers = observe ? 1 : std::max(1, options.threads);
+  runtime::ExecutorOptions exec_options;
+  exec_options.threads = workers > 1 ? 1 : std::max(1, options.threads);
+  runtime::Executor ref_exec(fp32, exec_options);
+  runtime::Executor test_exec(test_model, exec_options);
+  result.outputs = output_slots(ref_exec, test_exec);
   CaptureObserver capture(match.names);
   DriftObserver drift(capture.captured(), match.index, result.layers, aliases);
-  CompareSample sample;
-  while (options.max_samples <= 0 || result.samples < options.max_samples) {
-    sample = CompareSample{};
-    if (!next(sample)) break;
-    with_context(fmt::format("on sample '{}'", sample.name), [&] {
-      capture.captured().clear();
-      ReferenceCache* cache = observe || options.reference_cache == nullptr || options.reference_cache->overflow
-                                  ? nullptr
-                                  : options.reference_cache;
-      const size_t index = static_cast<size_t>(result.samples);
-      std::vector<Tensor> ref_out;
-      if (cache && index < cache->outputs.size()) {
-        ref_out = cache->outputs[index];
-      } else {
-        ref_out = with_context("while running the FP32 model", [&] {
-          return ref_exec.run(sample.inputs, observe ? &capture : nullptr);
-        });
-        if (cache && index == cache->outputs.size()) {
-          for (const Tensor& t : ref_out) cache->bytes += t.nbytes();
-          if (cache->bytes > cache->max_bytes) {
-            cache->outputs.clear();
-            cache->overflow = true;
-          } else {  // copies: the executor's buffers belong to its pool, which goes with it
-            std::vector<Tensor> kept;
-            for (const Tensor& t : ref_out) kept.push_back(t.clone());
-            cache->outputs.push_back(std::move(kept));
-          }
-        }
-      }
-      std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
-        return test_exec.run(sample.inputs, observe ? &drift : nullptr);
-      });
-      capture.captured().clear();
-      if (result.samples == 0) {  // a model reading only integers (token ids) may output next-token logits
-        bool tokens = !sample.inputs.empty();
+  // Adds one sample's outputs to the result (in sample order, whichever worker ran it).
+  auto accumulate = [&](const CompareSample& sample, const std::vector<Tensor>& ref_out,
+                        const std::vector<Tensor>& test_out) {
+    if (result.samples == 0) {  // a model reading only integers (token ids) may output next-token logits
+      bool tokens = !sample.inputs.empty();
+      for (const auto& in : sample.inputs)
+        tokens &= in.second.dtype() == DataType::kInt64 || in.second.dtype() == DataType::kInt32;
+      for (auto& o : result.outputs) o.token_model = tokens;
+      for (size_t i = 0; i < ref_out.size() && sample.inputs.size() > 1; ++i)
         for (const auto& in : sample.inputs)
-          tokens &= in.second.dtype() == DataType::kInt64 || in.second.dtype() == DataType::kInt32;
-        for (auto& o : result.outputs) o.token_model = tokens;
-        for (size_t i = 0; i < ref_out.size() && sample.inputs.size() > 1; ++i)
-          for (const auto& in : sample.inputs)
-            if (in.second.dtype() == DataType::kFloat && in.second.shape() == ref_out[i].shape())
-              result.outputs[i].recurrent_state = true;
-      }
-      for (size_t i = 0; i < ref_out.size(); ++i) result.outputs[i].add(ref_out[i], test_out[i], sample.labels);
-      return 0;
-    });
+          if (in.second.dtype() == DataType::kFloat && in.second.shape() == ref_out[i].shape())
+            result.outputs[i].recurrent_state = true;
+    }
+    for (size_t i = 0; i < ref_out.size(); ++i) result.outputs[i].add(ref_out[i], test_out[i], sample.labels);
     ++result.samples;
+  };
+  ReferenceCache* const cache_opt =
+      observe || options.reference_cache == nullptr ? nullptr : options.reference_cache;
+  // The FP32 outputs of sample `index`: from the cache, or run (and kept while the cache has room).
+  auto cached = [&](size_t index) -> const std::vector<Tensor>* {
+    return cache_opt && !cache_opt->overflow && index < cache_opt->outputs.size() ? &cache_opt->outputs[index] : nullptr;
+  };
+  auto keep = [&](size_t index, const std::vector<Tensor>& ref_out) {
+    if (!cache_opt || cache_opt->overflow || index != cache_opt->outputs.size()) return;
+    for (const Tensor& t : ref_out) cache_opt->bytes += t.nbytes();
+    if (cache_opt->bytes > cache_opt->max_bytes) {
+      cache_opt->outputs.clear();
+      cache_opt->overflow = true;
+    } else {  // copies: the executor's buffers belong to its pool, which goes with it
+      std::vector<Tensor> kept;
+      for (const Tensor& t : ref_out) kept.push_back(t.clone());
+      cache_opt->outputs.push_back(std::move(kept));
+    }
+  };
+
+  // Parallel samples: one pair of single-threaded executors per worker (batch-1 models use a
+  // second core better this way than inside one convolution), the results added in sample order.
+  if (workers > 1) {
+    std::vector<std::unique_ptr<runtime::Executor>> extra_refs, extra_tests;
+    std::vector<runtime::Executor*> refs{&ref_exec}, tests{&test_exec};
+    for (int w = 1; w < workers; ++w) {
+      extra_refs.push_back(std::make_unique<runtime::Executor>(fp32, exec_options));
+      extra_tests.push_back(std::make_unique<runtime::Executor>(test_model, exec_options));
+      refs.push_back(extra_refs.back().get());
+      tests.push_back(extra_tests.back().get());
+    }
+    bool more = true;
+    while (more && (options.max_samples <= 0 || result.samples < options.max_samples)) {
+      std::vector<CompareSample> batch;
+      while (static_cast<int>(batch.size()) < workers &&
+             (options.max_samples <= 0 || result.samples + static_cast<int64_t>(batch.size()) < options.max_samples)) {
+        CompareSample next_sample;
+        if (!next(next_sample)) {
+          more = false;
+          break;
+        }
+        batch.push_back(std::move(next_sample));
+      }
+      if (batch.empty()) break;
+      const size_t base = static_cast<size_t>(result.samples);
+      std::vector<std::vector<Tensor>> ref_out(batch.size()), test_out(batch.size());
+      std::vector<std::exception_ptr> errors(batch.size());
+      auto work = [&](size_t j) {
+        try {
+          with_context(fmt::format("on sample '{}'", batch[j].name), [&] {
+            if (const std::vector<Tensor>* c = cached(base + j)) ref_out[j] = *c;
+            else
+              ref_out[j] = with_context("while running the FP32 model", [&] { return refs[j]->run(batch[j].inputs); });
+            test_out[j] =
+                with_context("while running the quantized model", [&] { return tests[j]->run(batch[j].inputs); });
+            return 0;
+          });
+        } catch (...) {
+          errors[j] = std::current_exception();
+        }
+      };
+      std::vector<std::thread> threads;
+      for (size_t j = 1; j < batch.size(); ++j) threads.emplace_back(work, j);
+      work(0);
+      for (auto& t : threads) t.join();
+      for (size_t j = 0; j < batch.size(); ++j) {
+        if (errors[j]) std::rethrow_exception(errors[j]);
+        keep(base + j, ref_out[j]);
+        accumulate(batch[j], ref_out[j], test_out[j]);
+      }
+    }
+  } else {
+    CompareSample sample;
+    while (options.max_samples <= 0 || result.samples < options.max_samples) {
+      sample = CompareSample{};
+      if (!next(sample)) break;
+      with_context(fmt::format("on sample '{}'", sample.name), [&] {
+        capture.captured().clear();
+        const size_t index = static_cast<size_t>(result.samples);
+        std::vector<Tensor> ref_out;
+        if (const std::vector<Tensor>* c = cached(index)) {
+          ref_out = *c;
+        } else {
+          ref_out = with_context("while running the FP32 model", [&] {
+            return ref_exec.run(sample.inputs, observe ? &capture : nullptr);
+          });
+          keep(index, ref_out);
+        }
+        std::vector<Tensor> test_out = with_context("while running the quantized model", [&] {
+          return test_exec.run(sample.inputs, observe ? &drift : nullptr);
+        });
+        capture.captured().clear();
+        accumulate(sample, ref_out, test_out);
+        return 0;
+      });
+    }
   }
   QTOOL_CHECK(result.samples > 0, ErrorCode::kInvalidInput, "no samples to compare the models on");
 

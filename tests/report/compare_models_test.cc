@@ -78,6 +78,49 @@ TEST(CompareModels, PerLayerDriftFindsThePlantedLayer) {
   EXPECT_GT(r8.outputs[0].error.sqnr_db(), o.error.sqnr_db() + 10);
 }
 
+TEST(CompareModels, ParallelSamplesGiveTheSequentialResult) {
+  // Without per-layer drift, threads > 1 runs samples in parallel workers; the sums are added in
+  // sample order, so every metric equals the one-thread comparison's, and the reference cache
+  // fills the same way.
+  const ir::Model fp32 = onnx_io::load_model(example_model());
+  const ir::Model qdq = make_qdq(example_model(), {{"conv2", 7.f}});
+  CompareOptions one, two;
+  one.per_layer = two.per_layer = false;
+  two.threads = 2;
+  ReferenceCache c1, c2;
+  one.reference_cache = &c1;
+  two.reference_cache = &c2;
+  const CompareResult a = compare_models(fp32, qdq, eval_provider(37, true), one);
+  const CompareResult b = compare_models(fp32, qdq, eval_provider(37, true), two);
+  EXPECT_EQ(a.samples, 37);
+  EXPECT_EQ(b.samples, 37);
+  EXPECT_EQ(a.outputs[0].error.sqnr_db(), b.outputs[0].error.sqnr_db());
+  EXPECT_EQ(a.outputs[0].error.max_abs(), b.outputs[0].error.max_abs());
+  EXPECT_EQ(a.outputs[0].classes.top1_agreement(), b.outputs[0].classes.top1_agreement());
+  EXPECT_EQ(a.outputs[0].classes.accuracy_test(), b.outputs[0].classes.accuracy_test());
+  EXPECT_LT(a.outputs[0].error.sqnr_db(), 30.0);  // the planted error is there to be measured
+  ASSERT_EQ(c2.outputs.size(), 37u);
+  EXPECT_EQ(c1.outputs.size(), c2.outputs.size());
+  // Read back from the cache (no FP32 run), the parallel comparison is still the same.
+  const CompareResult again = compare_models(fp32, qdq, eval_provider(37, true), two);
+  EXPECT_EQ(again.outputs[0].error.sqnr_db(), a.outputs[0].error.sqnr_db());
+  // max_samples holds in parallel too, and an error names its sample.
+  two.max_samples = 5;
+  EXPECT_EQ(compare_models(fp32, qdq, eval_provider(37, true), two).samples, 5);
+  auto bad = [n = 0](CompareSample& s) mutable {
+    if (n == 3) return false;
+    s.name = fmt::format("s{}", n++);
+    s.inputs["image"] = Tensor::from_vector<float>({1, 1, 2, 2}, {0, 0, 0, 0});  // wrong shape
+    return true;
+  };
+  try {
+    compare_models(fp32, qdq, bad, two);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("on sample 's"), std::string::npos) << e.what();
+  }
+}
+
 /// The example model with the bias of logit `cls` set to `value` (NaN: that logit is NaN on every
 /// row, the nine others are exact).
 ir::Model with_logit_bias(float value, int64_t cls) {

@@ -355,10 +355,12 @@ class DynamicEmitter {
     if (!is_float_value(x)) return "input is not float";
     const Tensor* w = float_initializer(*g_, wv);
     if (w == nullptr) return "weight is not a float initializer";
+    if (w->rank() < 3) return fmt::format("weight of rank {} (3 or more expected)", w->rank());
     if (w->numel() < opt_.min_weight_elements) return fmt::format("weight of {} elements", w->numel());
     ir::Value* b = n->input(2);
     const Tensor* bt = b ? float_initializer(*g_, b) : nullptr;
     if (b && !bt) return "bias is not a float initializer";
+    if (bt && bt->numel() != w->dim(0)) return fmt::format("bias of {} values for {} output channels", bt->numel(), w->dim(0));
     // ONNX Runtime's CPU ConvInteger takes uint8 weights only.
     const QWeight qw = weight(n, wv->name(), *w, 0, DataType::kUint8);
     const int64_t channels = w->dim(0);

@@ -162,20 +162,26 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     if (evaluate) fp32.emplace(model.clone());
   }
   auto t = clock_type::now();
-  const quant::WeightOnlyReport rep = quant::apply_weight_only(model, cfg, job.data.path.empty() ? nullptr : &calib);
+  // One quantization of `m` with `c` (then the accuracy level of --mode dynamic).
+  auto quantize_once = [&](ir::Model& m, const quant::WeightOnlyConfig& c) {
+    quant::WeightOnlyReport r = quant::apply_weight_only(m, c, job.data.path.empty() ? nullptr : &calib);
+    if (job.matmulnbits_accuracy_level > 0) {
+      size_t nbits = 0;
+      for (const auto& n : m.graph->nodes())
+        // 4 and 8 bits: the widths ONNX Runtime quantizes A for (and qtool's executor emulates).
+        if (n->op_type() == "MatMulNBits" && n->domain() == "com.microsoft" &&
+            (n->attr_int("bits", 4) == 4 || n->attr_int("bits", 4) == 8)) {
+          n->set_attr(ir::Attribute::make_int("accuracy_level", job.matmulnbits_accuracy_level));
+          ++nbits;
+        }
+      spdlog::info("dynamic: {} MatMulNBits nodes with accuracy_level {} (activations quantized to int8 per block on "
+                   "the fly)",
+                   nbits, job.matmulnbits_accuracy_level);
+    }
+    return r;
+  };
+  quant::WeightOnlyReport rep = quantize_once(model, cfg);
   timings.push_back({"quantize", seconds_since(t)});
-  if (job.matmulnbits_accuracy_level > 0) {
-    size_t nbits = 0;
-    for (const auto& n : model.graph->nodes())
-      // 4 and 8 bits: the widths ONNX Runtime quantizes A for (and qtool's executor emulates).
-      if (n->op_type() == "MatMulNBits" && n->domain() == "com.microsoft" &&
-          (n->attr_int("bits", 4) == 4 || n->attr_int("bits", 4) == 8)) {
-        n->set_attr(ir::Attribute::make_int("accuracy_level", job.matmulnbits_accuracy_level));
-        ++nbits;
-      }
-    spdlog::info("dynamic: {} MatMulNBits nodes with accuracy_level {} (activations quantized to int8 per block on the fly)",
-                 nbits, job.matmulnbits_accuracy_level);
-  }
   const auto quantized = std::count_if(rep.layers.begin(), rep.layers.end(),
                                        [](const quant::WeightOnlyLayer& l) { return l.format != "float"; });
   QTOOL_CHECK(quantized > 0, ErrorCode::kUnsupported,
@@ -210,6 +216,50 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     evaluate_into(out.report, *fp32, model, *held_out, job.threads);
     timings.push_back({"evaluate", seconds_since(t)});
     if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
+  }
+  // Never a broken model: raise precision first. The layers where the noise enters (per-layer
+  // drift on the held-out samples, lowest added-noise SQNR first) go to 8 bits, 1, 2, 4, ... of
+  // them, each try quantized and judged again, until the outputs no longer look broken.
+  if (std::string broken = broken_outputs(out.report.outputs); !broken.empty() && fp32 && cfg.plan.empty()) {
+    t = clock_type::now();
+    report::CompareOptions co;
+    co.threads = job.threads;
+    const report::CompareResult drift = report::compare_models(*fp32, model, sample_provider(*held_out), co);
+    std::vector<std::string> low;  // quantized below 8 bits, in order of the noise they add
+    for (const report::LayerDrift& d : drift.layers)
+      for (const quant::WeightOnlyLayer& l : rep.layers)
+        if (l.node == d.node && l.format != "float" && l.bits_per_weight < 8.0 &&
+            std::find(low.begin(), low.end(), l.node) == low.end())
+          low.push_back(l.node);
+    out.report.actions.push_back(fmt::format("the quantized model looks broken ({}): raising the layers that add the "
+                                             "most noise to 8 bits ({} candidates)",
+                                             broken, low.size()));
+    for (size_t k = 1; !low.empty(); k = std::min(low.size(), 2 * k)) {
+      quant::WeightOnlyConfig raised = cfg;
+      for (size_t i = 0; i < k; ++i) raised.layer_bits.push_back({low[i], quant::BitsChoice("8")});
+      ir::Model m = fp32->clone();
+      quant::WeightOnlyReport r = quantize_once(m, raised);
+      report::QuantizeReport trial;
+      evaluate_into(trial, *fp32, m, *held_out, job.threads);
+      broken = broken_outputs(trial.outputs);
+      out.report.actions.push_back(fmt::format("{} of {} layers at 8 bits: {}", k, low.size(),
+                                               broken.empty() ? "no longer broken" : broken));
+      if (broken.empty()) {
+        std::vector<std::string> actions = std::move(out.report.actions);
+        model = std::move(m);
+        rep = std::move(r);
+        out.report = report::make_quantize_report(job.model_path, job.out_path, model, headline);
+        out.report.output_file_bytes = 0;
+        join_layers(out.report, rep);
+        out.report.warnings = rep.warnings;
+        out.report.actions = std::move(actions);
+        evaluate_into(out.report, *fp32, model, *held_out, job.threads);
+        if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
+        break;
+      }
+      if (k == low.size()) break;
+    }
+    timings.push_back({"raise precision", seconds_since(t)});
   }
   // Never a broken model with exit 0: judged on the held-out evaluation before anything is written.
   if (const std::string broken = broken_outputs(out.report.outputs); !broken.empty()) {

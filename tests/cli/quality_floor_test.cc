@@ -105,19 +105,44 @@ TEST(QualityFloor, ConcatOfScoresAndBoxesIsRaisedTo16BitsOrRefused) {
 }
 
 // The weight-only path: a model that looks broken on the held-out evaluation (binary weights in
-// every layer of the digits CNN: SQNR ~3 dB) exits 3 and writes nothing, unless --force.
-TEST(QualityFloor, WeightOnlyModelThatLooksBrokenIsNotWritten) {
+// every layer of the digits CNN: SQNR ~3 dB) gets the layers that add the most noise raised to 8
+// bits until it no longer looks broken; with a --plan (the plan decides) it exits 3 and writes
+// nothing, unless --force.
+TEST(QualityFloor, WeightOnlyModelThatLooksBrokenIsRaisedOrNotWritten) {
   testing::TempDir d;
   const std::string base = fmt::format("{} quantize {} --bits binary --bits-first-last same --calib {} --samples 64",
                                        testing::qtool_bin(),
                                        testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
                                        testing::source_path("calibration_samples/digits"));
-  const auto b = testing::run_command(base + " -o " + d.file("b.onnx") + " --plan-out " + d.file("b.json"));
+  const auto r = testing::run_command(base + " --json -o " + d.file("r.onnx") + " --plan-out " + d.file("r.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto rep = nlohmann::json::parse(r.out);
+  std::string actions;
+  for (const auto& a : rep["actions"]) actions += a.get<std::string>() + "\n";
+  EXPECT_NE(actions.find("looks broken"), std::string::npos) << actions;
+  EXPECT_NE(actions.find("no longer broken"), std::string::npos) << actions;
+  EXPECT_GE(rep["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 5.0);
+  int eight = 0, one = 0;
+  for (const auto& l : rep["layers"]) (l["bits"].get<int>() == 8 ? eight : one) += 1;
+  EXPECT_GT(eight, 0);
+  EXPECT_GT(one, 0);  // only the layers that needed it
+  EXPECT_TRUE(std::filesystem::exists(d.file("r.json")));
+  // An all-binary plan (written without the guard), replayed: the plan decides, nothing is raised.
+  const auto nb = testing::run_command(base + " --no-guard -o " + d.file("nb.onnx") + " --plan-out " + d.file("nb.json"));
+  ASSERT_EQ(nb.exit_code, 0) << nb.err;
+  const auto b = testing::run_command(fmt::format("{} quantize {} --plan {} --calib {} --samples 64 -o {}",
+                                                  testing::qtool_bin(),
+                                                  testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                  d.file("nb.json"), testing::source_path("calibration_samples/digits"),
+                                                  d.file("b.onnx")));
   EXPECT_EQ(b.exit_code, 3) << b.err;
   EXPECT_NE(b.err.find("looks broken"), std::string::npos) << b.err;
   EXPECT_FALSE(std::filesystem::exists(d.file("b.onnx")));
-  EXPECT_FALSE(std::filesystem::exists(d.file("b.json")));
-  const auto f = testing::run_command(base + " --force -o " + d.file("f.onnx"));
+  const auto f = testing::run_command(fmt::format("{} quantize {} --plan {} --calib {} --samples 64 --force -o {}",
+                                                  testing::qtool_bin(),
+                                                  testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                  d.file("nb.json"), testing::source_path("calibration_samples/digits"),
+                                                  d.file("f.onnx")));
   EXPECT_EQ(f.exit_code, 3) << f.err;
   EXPECT_TRUE(std::filesystem::exists(d.file("f.onnx")));
   // The same with the first and last layers at 8 bits (the default) is a usable model.

@@ -36,8 +36,10 @@ report::SampleProvider sample_provider(data::SampleSource& source) {
 /// puts the result into the report: outputs (to_output_quality), eval_samples, and each layer's
 /// output SQNR (matched by the node that produces the layer's output in the quantized model).
 QualityFloor floor_of(const QuantizeJob& job) {
-  return QualityFloor{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db),
-                      job.floor_lm_nll_increase, job.floor_metric};
+  QualityFloor f{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db),
+                 job.floor_lm_nll_increase, job.floor_metric};
+  f.min_mask_iou = job.floor_mask_iou;
+  return f;
 }
 
 void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,

@@ -371,14 +371,16 @@ const char* output_metric_name(OutputMetric m) {
     case OutputMetric::kAgreement: return "agreement";
     case OutputMetric::kSqnr: return "sqnr";
     case OutputMetric::kNll: return "nll";
+    case OutputMetric::kIou: return "iou";
   }
   return "?";
 }
 
 OutputMetric parse_output_metric(const std::string& name) {
-  for (OutputMetric m : {OutputMetric::kAuto, OutputMetric::kAgreement, OutputMetric::kSqnr, OutputMetric::kNll})
+  for (OutputMetric m :
+       {OutputMetric::kAuto, OutputMetric::kAgreement, OutputMetric::kSqnr, OutputMetric::kNll, OutputMetric::kIou})
     if (name == output_metric_name(m)) return m;
-  fail(ErrorCode::kConfig, "--metric '{}' is not auto, agreement, sqnr or nll", name);
+  fail(ErrorCode::kConfig, "--metric '{}' is not auto, agreement, sqnr, nll or iou", name);
 }
 
 bool meets_floor(const report::CompareResult& result, const QualityFloor& floor, std::string* why) {
@@ -391,6 +393,14 @@ bool meets_floor(const report::CompareResult& result, const QualityFloor& floor,
     const double top1 = as_classifier && std::isnan(groups) ? o.classes.top1_agreement() : std::nan("");
     const double nll =
         floor.metric == OutputMetric::kAuto || floor.metric == OutputMetric::kNll ? o.lm_nll_increase() : std::nan("");
+    const double iou =
+        floor.metric == OutputMetric::kAuto || floor.metric == OutputMetric::kIou ? o.mask_iou() : std::nan("");
+    if (!std::isnan(iou)) {
+      if (!(iou >= floor.min_mask_iou))
+        below += fmt::format("{}{}: mask IoU {:.3f} < {:.3f} (probability map thresholded at 0.5)",
+                             below.empty() ? "" : "; ", o.name, iou, floor.min_mask_iou);
+      continue;
+    }
     if (!std::isnan(top1)) {
       // The counted disagreements may reach floor(rows · (1 - min)); a held-out set of 16 to
       // 1 / (1 - min) rows (33 at 97%) cannot tell one disagreement from the floor, so one is allowed.
@@ -423,7 +433,8 @@ bool meets_floor(const report::CompareResult& result, const QualityFloor& floor,
 
 bool looks_broken(const report::CompareResult& result) {
   for (const auto& o : result.outputs)
-    if ((o.classifier && o.classes.top1_agreement() < 0.5) || o.error.sqnr_db() < 5.0) return true;
+    if ((o.classifier && o.classes.top1_agreement() < 0.5) || (o.error.sqnr_db() < 5.0 && !(o.mask_iou() >= 0.5)))
+      return true;
   return false;
 }
 
@@ -435,6 +446,7 @@ std::string describe_outputs(const report::CompareResult& result) {
     const double top1 = o.classifier ? o.classes.top1_agreement() : std::nan("");
     if (!std::isnan(top1)) s += fmt::format(", top-1 agreement {:.1f}%", 100.0 * top1);
     if (const double nll = o.lm_nll_increase(); !std::isnan(nll)) s += fmt::format(", NLL +{:.2f}%", 100.0 * nll);
+    if (const double iou = o.mask_iou(); !std::isnan(iou)) s += fmt::format(", mask IoU {:.3f}", iou);
   }
   return s;
 }

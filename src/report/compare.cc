@@ -269,6 +269,11 @@ void OutputComparison::add_lm_positions(const Tensor& r, const Tensor& t) {
   }
 }
 
+double OutputComparison::mask_iou() const {
+  if (!prob_map || mask_union == 0 || 5 * map_mid_values > map_values) return std::numeric_limits<double>::quiet_NaN();
+  return static_cast<double>(mask_intersection) / static_cast<double>(mask_union);
+}
+
 double OutputComparison::lm_nll_increase() const {
   if (lm_positions == 0) return std::numeric_limits<double>::quiet_NaN();
   return lm_entropy > 0.0 ? lm_kl / lm_entropy : (lm_kl > 0.0 ? std::numeric_limits<double>::infinity() : 0.0);
@@ -291,6 +296,29 @@ void OutputComparison::add(const Tensor& ref, const Tensor& test, const std::vec
     add_lm_positions(r, t);
   else
     lm_positions = 0;
+  // A dense probability map: one channel of spatial positions, FP32 values within [0, 1].
+  bool map = r.shape() == t.shape() && r.rank() >= 3 && !is_classifier_shape(r.shape()) && !token_model &&
+             !recurrent_state;
+  if (map) {
+    const int64_t channels = r.dim(1), per_map = r.numel() / std::max<int64_t>(1, r.dim(0) * channels);
+    map = channels == 1 && per_map >= 16;
+    const float* a = r.data<float>();
+    for (int64_t i = 0; map && i < r.numel(); ++i) map = a[i] >= 0.0f && a[i] <= 1.0f;
+  }
+  if (map && (samples == 0 || prob_map)) {
+    prob_map = true;
+    const float* a = r.data<float>();
+    const float* b = t.data<float>();
+    for (int64_t i = 0; i < r.numel(); ++i) {
+      const bool x = a[i] > 0.5f, y = b[i] > 0.5f;
+      mask_intersection += x && y;
+      mask_union += x || y;
+      map_mid_values += a[i] > 0.1f && a[i] < 0.9f;
+    }
+    map_values += r.numel();
+  } else {
+    prob_map = false;
+  }
   if (is_classifier_shape(r.shape()) && r.shape() == t.shape()) {
     // Every sample must be classifier-shaped for the output to count as a classifier.
     if (samples == 0) classifier = true;
@@ -725,6 +753,8 @@ std::string format_compare_text(const CompareResult& r, const std::vector<GateRe
     if (o.error.non_finite() > o.error.broken())
       s += fmt::format("  non-finite values {} in the FP32 output (left out of the figures above)\n",
                        o.error.non_finite() - o.error.broken());
+    if (const double iou = o.mask_iou(); !std::isnan(iou))
+      s += fmt::format("  mask IoU          {:.4f} (probability map thresholded at 0.5)\n", iou);
     if (o.classifier) {
       s += fmt::format("  top-1 agreement   {} of {} rows\n", pct(o.classes.top1_agreement()), o.classes.rows());
       s += fmt::format("  top-5 agreement   {}\n", pct(o.classes.top5_agreement()));
@@ -782,6 +812,7 @@ nlohmann::json compare_to_json(const CompareResult& r, const std::vector<GateRes
     e["max_abs_error"] = o.error.max_abs();
     e["mean_abs_error"] = o.error.mean_abs();
     e["non_finite"] = o.error.non_finite();
+    e["mask_iou"] = num(o.mask_iou());
     e["classifier"] = o.classifier;
     if (o.classifier) {
       e["rows"] = o.classes.rows();

@@ -79,7 +79,8 @@ TEST_F(CompareCli, JsonDocumentWithFailedGate) {
   EXPECT_EQ(r.exit_code, exit_code::kQualityGate) << r.err;
   const auto j = nlohmann::json::parse(r.out);  // stdout holds exactly one JSON document
   EXPECT_EQ(j["schema"], "qtool.compare");
-  EXPECT_EQ(j["schema_version"], "1.0");
+  EXPECT_EQ(j["schema_version"], "1.1");
+  EXPECT_TRUE(j["outputs"][0]["mask_iou"].is_null());  // logits are not a probability map
   EXPECT_EQ(j["samples"], 50);
   EXPECT_FALSE(j["passed"].get<bool>());
   ASSERT_EQ(j["outputs"].size(), 1u);

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -89,6 +91,44 @@ TEST(GuardVerdicts, AgreementFloorCountsRowsItCanResolve) {
   EXPECT_FALSE(meets_floor(rows_with_misses(20, 1), QualityFloor{20.0, 1.0}, nullptr));
 }
 
+/// A [1, 1, 10, 10] map: the reference marks positions 0..19 (0.95, else 0.02); the test model
+/// drops `lost` of them to 0.3 and adds `noise` to every value (kept within [0, 1]).
+report::CompareResult prob_map(int lost, float noise, bool image_like = false) {
+  std::vector<float> ref(100), test(100);
+  for (int i = 0; i < 100; ++i) {
+    ref[i] = image_like ? 0.2f + 0.6f * static_cast<float>(i) / 99.0f : (i < 20 ? 0.95f : 0.02f);
+    test[i] = std::clamp(ref[i] + (i % 2 ? noise : -noise), 0.0f, 1.0f);
+    if (i < lost) test[i] = 0.3f;
+  }
+  report::CompareResult r;
+  r.samples = 1;
+  r.outputs.resize(1);
+  r.outputs[0].name = "map";
+  r.outputs[0].add(Tensor::from_vector<float>({1, 1, 10, 10}, ref), Tensor::from_vector<float>({1, 1, 10, 10}, test));
+  return r;
+}
+
+TEST(GuardVerdicts, ProbabilityMapsAreJudgedByMaskIou) {
+  // 2 of 20 marked positions lost: IoU 18/20 = 0.9 exactly; the map's SQNR is far below 20 dB.
+  const report::CompareResult r = prob_map(2, 0.05f);
+  EXPECT_DOUBLE_EQ(r.outputs[0].mask_iou(), 0.9);
+  EXPECT_LT(r.outputs[0].error.sqnr_db(), 20.0);
+  EXPECT_TRUE(meets_floor(r, QualityFloor{}, nullptr));  // the masks agree: not held to SQNR
+  std::string why;
+  EXPECT_FALSE(meets_floor(prob_map(4, 0.05f), QualityFloor{}, &why));  // 16/20 = 0.8
+  EXPECT_EQ(why, "map: mask IoU 0.800 < 0.900 (probability map thresholded at 0.5)");
+  EXPECT_NE(describe_outputs(r).find("mask IoU 0.900"), std::string::npos);
+  // --metric sqnr judges the same map by SQNR (below the floor).
+  QualityFloor by_sqnr;
+  by_sqnr.metric = OutputMetric::kSqnr;
+  EXPECT_FALSE(meets_floor(r, by_sqnr, nullptr));
+  // An image-like output in [0, 1] (mostly mid-range values) is no probability map: SQNR.
+  const report::CompareResult img = prob_map(0, 0.15f, true);
+  EXPECT_TRUE(std::isnan(img.outputs[0].mask_iou()));
+  EXPECT_FALSE(meets_floor(img, QualityFloor{}, nullptr));
+  EXPECT_EQ(parse_output_metric("iou"), OutputMetric::kIou);
+}
+
 TEST(GuardVerdicts, NextTokenLogitsAreJudgedByTheirNllIncrease) {
   // Uniform reference over 32 tokens; the test model doubles one token's weight:
   // KL = ln(33/32) - ln(2)/32, H = ln 32: +0.263%.
@@ -168,7 +208,7 @@ TEST(GuardVerdicts, ThresholdsAndNotMeasured) {
   by_sqnr.metric = OutputMetric::kSqnr;
   EXPECT_FALSE(meets_floor(poor, by_sqnr, nullptr));
   EXPECT_EQ(parse_output_metric("sqnr"), OutputMetric::kSqnr);
-  EXPECT_THROW(parse_output_metric("iou"), Error);
+  EXPECT_THROW(parse_output_metric("mAP"), Error);
   // The same values as a flat output (not a classifier): below a 20 dB floor, above a 10 dB one.
   report::CompareResult map;
   map.samples = 1;

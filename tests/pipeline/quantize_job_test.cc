@@ -98,14 +98,14 @@ TEST(QuantizeJob, StaticReportTakesTheGuardsComparison) {
 
 TEST(QuantizeJob, MaxDropGateIsReturnedNotThrownOnBothPaths) {
   testing::TempDir d;
-  for (const std::string bits : {"8", "binary"}) {
+  for (const std::string bits : {"8", "2"}) {
     QuantizeJob job = digits_job(d, bits);
     job.out_path = d.file("g" + bits + ".onnx");
     job.max_drop = 0.0;
     job.static_cfg.method = "percentile";
     job.static_cfg.percentile = 50.0;  // ruins the static model (the guard repairs it: observed ranges)
     job.floor_sqnr_db = 200.0;         // ... so an unreachable floor makes it fail
-    job.weight_cfg.bits_first_last = "";  // every layer binary, plain RTN
+    job.weight_cfg.bits_first_last = "";  // every layer 2-bit, plain RTN: not broken, but agreement drops
     job.algorithm = quant::WeightAlgorithm::kRtn;
     job.force = true;  // write even below the quality floor / when it looks broken (exit 3 all the same)
     const QuantizeOutcome out = quantize(job);

@@ -54,6 +54,7 @@ struct QuantizeArgs {
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
   double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
+  double min_iou = 0.9;                           ///< ... for one-channel probability maps
   double max_nll_increase = 1.0;                 ///< percent, for next-token logits
   std::string metric = "auto";                   ///< how the floor judges outputs
   bool force = false;
@@ -165,6 +166,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.floor_lm_nll_increase = a.max_nll_increase / 100.0;
   job.floor_metric = pipeline::parse_output_metric(a.metric);
   job.floor_agreement = a.min_agreement;
+  job.floor_mask_iou = a.min_iou;
   job.force = a.force;
   job.threads = a.threads;
   job.exclude_nodes = split_list(a.exclude_nodes);
@@ -340,6 +342,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "static path: quality floor, output SQNR in dB for outputs that are not classifiers (default 20); "
                  "below it activations are raised to 16 bits, then exit 3 with no model")
       ->check(CLI::Range(-1000.0, 1000.0));
+  cmd.add_option("--min-iou", a.min_iou,
+                 "static/dynamic path: quality floor for a one-channel probability map (text, saliency, binary "
+                 "segmentation): IoU of its masks thresholded at 0.5 (default 0.9)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd.add_option("--min-agreement", a.min_agreement,
                  "static path: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs (default 0.97)")
       ->check(CLI::Range(0.0, 1.0));
@@ -348,8 +354,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "own predictions (KL / entropy) in percent (default 1)")
       ->check(CLI::Range(0.0, 1000.0));
   cmd.add_option("--metric", a.metric,
-                 "static path: how the quality floor judges outputs: auto (by output kind), agreement, sqnr, nll")
-      ->check(CLI::IsMember({"auto", "agreement", "sqnr", "nll"}));
+                 "static path: how the quality floor judges outputs: auto (by output kind), agreement, sqnr, nll, iou "
+                 "(a one-channel probability map: IoU of its masks at 0.5, at least --min-iou)")
+      ->check(CLI::IsMember({"auto", "agreement", "sqnr", "nll", "iou"}));
   cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));

@@ -64,6 +64,7 @@ constexpr PathOption kPathOptions[] = {
     {"--plan", true, true, false},
     {"--plan-out", true, true, false},
     {"--weight-type", true, false, true},
+    {"--min-iou", true, false, true},
 };
 // clang-format on
 

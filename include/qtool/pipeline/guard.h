@@ -53,7 +53,7 @@ namespace qtool::pipeline {
 /// top-1 agreement (even with channel families), kSqnr judges every output by SQNR alone (a
 /// probability map that looks like [N, C]), kNll judges next-token logits by their NLL increase;
 /// outputs the forced metric does not apply to are judged by SQNR.
-enum class OutputMetric { kAuto, kAgreement, kSqnr, kNll };
+enum class OutputMetric { kAuto, kAgreement, kSqnr, kNll, kIou };
 /// "auto", "agreement", "sqnr", "nll".
 const char* output_metric_name(OutputMetric m);
 /// The metric a name gives; throws kConfig naming the choices.
@@ -73,6 +73,11 @@ struct QualityFloor {
   /// A recurrent state (report::OutputComparison::recurrent_state) needs min_sqnr_db plus this
   /// (0 for the floor itself; the guard aims higher, GuardOptions::state_target_extra_db).
   double state_extra_db = 0.0;
+  /// A dense probability map (report::OutputComparison::mask_iou: [N, 1, H, W] with FP32 values in
+  /// [0, 1], mostly near 0 or 1, such as a text or binary segmentation map) is judged by the IoU of its masks
+  /// thresholded at 0.5; its SQNR is not held against it (a text detector's map at 12 dB kept its
+  /// masks at IoU 0.92). A map whose masks are empty on both sides falls back to SQNR.
+  double min_mask_iou = 0.9;
 };
 
 /// How the guard splits the samples and when it acts.

@@ -65,6 +65,7 @@ struct QuantizeJob {
   double floor_lm_nll_increase = 0.01;  ///< --max-nll-increase / 100: next-token logits of a token model
   OutputMetric floor_metric = OutputMetric::kAuto;  ///< --metric
   double floor_agreement = 0.97;        ///< --min-agreement: every classifier output's top-1 agreement
+  double floor_mask_iou = 0.9;          ///< --min-iou: a one-channel probability map's mask IoU
   bool force = false;                   ///< --force: write the model even below the floor
   int threads = 1;
   std::vector<std::string> exclude_nodes, keep_fp;  ///< as given, to check that they name something

@@ -41,7 +41,7 @@
 namespace qtool::report {
 
 /// Version of the `qtool compare --json` document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kCompareSchemaVersion = "1.0";
+inline constexpr const char* kCompareSchemaVersion = "1.1";  // 1.1: outputs[].mask_iou
 
 /// Running sums for SQNR, cosine and absolute errors of one tensor stream (reference vs test).
 /// O(1) memory; add() may be called any number of times with tensors of any (equal) size.
@@ -161,6 +161,17 @@ struct OutputComparison {
   /// Over every position of such logits: Σ KL(softmax(ref) ‖ softmax(test)) and Σ H(softmax(ref)).
   double lm_kl = 0.0, lm_entropy = 0.0;
   int64_t lm_positions = 0;
+  /// Dense probability map: every sample gave a reference output of rank >= 3 with one channel of
+  /// at least 16 positions ([N, 1, H, W] or [N, 1, L]: a text, saliency or binary segmentation
+  /// map) and values in [0, 1]. Its masks thresholded at 0.5 are compared: intersection and union
+  /// counted over all samples. An image-like output in [0, 1] (many mid-range values) is not one.
+  bool prob_map = false;
+  int64_t mask_intersection = 0, mask_union = 0;
+  int64_t map_values = 0, map_mid_values = 0;  ///< reference values, and those in (0.1, 0.9)
+  /// IoU of the thresholded masks (FP32 vs quantized); NaN when the output is not a dense
+  /// probability map, when more than 20% of its FP32 values lie in (0.1, 0.9) (not a map of
+  /// decisions but of intensities), or when neither side marks any position.
+  double mask_iou() const;
   /// The relative NLL increase on the model's own next-token distribution: Σ KL / Σ H (the
   /// expected cross-entropy of the test model minus the reference's, over the reference's); NaN
   /// when the output is not next-token logits.

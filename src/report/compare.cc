@@ -871,6 +871,7 @@ std::vector<OutputQuality> to_output_quality(const CompareResult& r) {
     e.samples = r.samples;
     e.sqnr_db = o.error.sqnr_db();
     e.cosine = o.error.cosine();
+    e.mask_iou = o.mask_iou();
     if (o.classifier) {
       e.top1_agreement = o.classes.top1_agreement();
       e.top5_agreement = o.classes.top5_agreement();

@@ -354,7 +354,8 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
                                           {"identical", std::isinf(o.sqnr_db) && o.sqnr_db > 0},
                                           {"cosine", num(o.cosine)},
                                           {"top1_agreement", num(o.top1_agreement)},
-                                          {"top5_agreement", num(o.top5_agreement)}});
+                                          {"top5_agreement", num(o.top5_agreement)},
+                                          {"mask_iou", num(o.mask_iou)}});
   }
   j["timings"] = nlohmann::json::array();
   double total = 0;

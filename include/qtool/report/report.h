@@ -26,7 +26,7 @@
 namespace qtool::report {
 
 /// Version of the report JSON document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kQuantizeReportSchemaVersion = "1.1";  // 1.1: "actions"
+inline constexpr const char* kQuantizeReportSchemaVersion = "1.2";  // 1.1: "actions"; 1.2: outputs' "mask_iou"
 
 /// "Not measured" for the double fields below (written as JSON null, shown as "-").
 inline constexpr double kNotMeasured = std::numeric_limits<double>::quiet_NaN();
@@ -71,6 +71,7 @@ struct OutputQuality {
   double cosine = kNotMeasured;
   double top1_agreement = kNotMeasured;  ///< fraction in [0,1]; NaN for non-classifier outputs
   double top5_agreement = kNotMeasured;
+  double mask_iou = kNotMeasured;    ///< a one-channel probability map's mask IoU at 0.5 (schema 1.2)
 };
 
 /// Wall time of one phase of the run ("load", "calibrate", "quantize", "evaluate", "save").

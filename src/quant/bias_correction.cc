@@ -6,6 +6,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -150,6 +151,11 @@ class ProbeBuilder {
 };
 
 // Streams FP32 values into the probes that wait for them (one sample at a time).
+/// Feeds each probe the FP32 values it reads, as the reference run produces them. A probe whose
+/// inputs are all there is queued with copies of them (the reference executor reuses its buffers);
+/// finish_sample() runs the queue on `threads` threads and adds each probe's sums. A probe runs once
+/// per sample and owns its executor and sums, so the threads share nothing, and each probe's sums
+/// grow in sample order: the result does not depend on the thread count.
 class ProbeObserver final : public runtime::Observer {
  public:
   explicit ProbeObserver(std::vector<Probe>& probes) : probes_(probes) {
@@ -160,6 +166,7 @@ class ProbeObserver final : public runtime::Observer {
   void start_sample() {
     held_.clear();
     remaining_.clear();
+    queue_.clear();
     for (auto& p : probes_) p.missing = p.inputs.size();
     for (const auto& [name, list] : readers_) remaining_[name] = list.size();
   }
@@ -169,15 +176,47 @@ class ProbeObserver final : public runtime::Observer {
   void offer(const std::string& name, const Tensor& tensor) {
     auto it = readers_.find(name);
     if (it == readers_.end() || held_.count(name)) return;
-    held_.emplace(name, tensor);
+    held_.emplace(name, tensor.clone());
     for (size_t i : it->second)
-      if (--probes_[i].missing == 0) run_probe(probes_[i]);
+      if (--probes_[i].missing == 0) enqueue(probes_[i]);
+  }
+
+  /// Runs the probes queued during this sample, on up to `threads` threads.
+  void finish_sample(int threads) {
+    const size_t n = queue_.size();
+    const size_t workers = std::min<size_t>(std::max(threads, 1), n);
+    std::vector<std::exception_ptr> errors(workers);
+    auto work = [&](size_t w) {
+      try {
+        for (size_t k = w; k < n; k += workers) run_probe(*queue_[k].probe, queue_[k].inputs);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    };
+    std::vector<std::thread> pool;
+    for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+    if (workers > 0) work(0);
+    for (auto& t : pool) t.join();
+    queue_.clear();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
   }
 
  private:
-  void run_probe(Probe& p) {
-    std::map<std::string, Tensor> in;
-    for (const std::string& n : p.inputs) in.emplace(n, held_.at(n));
+  struct Task {
+    Probe* probe;
+    std::map<std::string, Tensor> inputs;
+  };
+
+  void enqueue(Probe& p) {
+    Task t{&p, {}};
+    for (const std::string& n : p.inputs) t.inputs.emplace(n, held_.at(n));
+    queue_.push_back(std::move(t));
+    for (const std::string& n : p.inputs)
+      if (--remaining_[n] == 0) held_.erase(n);  // nobody else waits for it: the task holds its copy
+  }
+
+  static void run_probe(Probe& p, const std::map<std::string, Tensor>& in) {
     const std::vector<Tensor> out = with_context(fmt::format("bias correction probe of '{}'", p.label),
                                                  [&] { return p.exec->run(in); });
     const Tensor yq = out.at(0).to_float(), yf = out.at(1).to_float();
@@ -200,14 +239,13 @@ class ProbeObserver final : public runtime::Observer {
       }
     p.per_channel_count += outer * inner;
     p.abs_count += yq.numel();
-    for (const std::string& n : p.inputs)
-      if (--remaining_[n] == 0) held_.erase(n);  // nobody else waits for it: free it now
   }
 
   std::vector<Probe>& probes_;
   std::unordered_map<std::string, std::vector<size_t>> readers_;
   std::unordered_map<std::string, Tensor> held_;
   std::unordered_map<std::string, size_t> remaining_;
+  std::vector<Task> queue_;
 };
 
 ir::Value* add_init(ir::Graph& g, const std::string& base, Tensor t) {
@@ -328,8 +366,8 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
 
   std::vector<Probe> probes;
   ProbeBuilder builder(fp32, quantized);
-  runtime::ExecutorOptions eo;
-  eo.threads = options.threads;
+  runtime::ExecutorOptions eo;  // the probes run side by side on one thread each (ProbeObserver)
+  eo.threads = 1;
   for (ir::Node* n : qg.topo_order()) {
     if (!n->domain().empty() || (n->op_type() != "Conv" && n->op_type() != "Gemm" && n->op_type() != "MatMul")) continue;
     const ir::Node* wdq = weight_dq(*n);
@@ -379,7 +417,9 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
 
   const size_t n = samples.size();
   const size_t use = std::min(n, std::max<size_t>(1, options.max_samples));
-  runtime::Executor ref(fp32, eo);
+  runtime::ExecutorOptions ref_options;
+  ref_options.threads = options.threads;
+  runtime::Executor ref(fp32, ref_options);
   ProbeObserver obs(probes);
   for (size_t k = 0; k < use; ++k) {
     const size_t idx = k * n / use;  // spread evenly over the source
@@ -387,6 +427,7 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
     obs.start_sample();
     for (const auto& [name, t] : s) obs.offer(name, t);
     ref.run(s, &obs);
+    obs.finish_sample(options.threads);
   }
   result.samples = use;
 

@@ -70,7 +70,13 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
   std::optional<report::CompareResult> verdict;
   std::optional<Error> failure;
   std::vector<std::string> warnings;
-  if (!job.data.path.empty() && job.guard) {
+  // As on the weight-only path, a model above kMaxEvalModelBytes is not judged (it would hold a
+  // second copy, and each probe of the floor's search another one).
+  const bool too_big = file_size(job.model_path) > kMaxEvalModelBytes;
+  if (too_big && !job.data.path.empty() && job.guard)
+    warnings.push_back(fmt::format("the model is over {} MB: its dynamic form was not judged on the samples",
+                                   kMaxEvalModelBytes >> 20));
+  if (!job.data.path.empty() && job.guard && !too_big) {
     t = clock_type::now();
     auto samples = open_samples(job.data, fp32, "--calib");
     std::vector<size_t> idx;

@@ -142,6 +142,46 @@ bool has_nan(const float* v, int64_t n) {
 }
 }  // namespace
 
+namespace {
+/// True when the row is a probability distribution (entries in [0, 1], sum 1 within 1e-3).
+bool is_distribution(const float* x, int64_t n) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!(x[i] >= 0.0f && x[i] <= 1.0f)) return false;
+    sum += x[i];
+  }
+  return std::fabs(sum - 1.0) <= 1e-3;
+}
+
+/// log p of a row: log of the row itself when both rows are distributions, else log-softmax.
+void log_probs(const float* x, int64_t n, bool given, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  if (given) {
+    for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.0f ? std::log(static_cast<double>(x[i])) : -std::numeric_limits<double>::infinity();
+    return;
+  }
+  double mx = -std::numeric_limits<double>::infinity(), z = 0.0;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  for (int64_t i = 0; i < n; ++i) z += std::exp(x[i] - mx);
+  const double lz = mx + std::log(z);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] - lz;
+}
+
+/// KL(p_a ‖ p_b) of two score rows (see ClassifierAccumulator::mean_kl).
+double row_kl(const float* a, const float* b, int64_t n) {
+  const bool given = is_distribution(a, n) && is_distribution(b, n);
+  std::vector<double> la, lb;
+  log_probs(a, n, given, la);
+  log_probs(b, n, given, lb);
+  double kl = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double p = std::exp(la[i]);
+    if (p > 0.0) kl += p * (la[i] - lb[i]);
+  }
+  return std::isnan(kl) ? std::numeric_limits<double>::infinity() : std::max(0.0, kl);
+}
+}  // namespace
+
 void ClassifierAccumulator::add(const float* ref, const float* test, int64_t rows, int64_t classes,
                                 const std::vector<int64_t>& labels) {
   const int64_t k = std::min<int64_t>(5, classes);
@@ -159,9 +199,12 @@ void ClassifierAccumulator::add(const float* ref, const float* test, int64_t row
       correct_ref_ += ra == labels[r];
       correct_test_ += tb == labels[r];
     }
+    kl_sum_ += broken ? std::numeric_limits<double>::infinity() : row_kl(a, b, classes);
     ++rows_;
   }
 }
+
+double ClassifierAccumulator::mean_kl() const { return rows_ ? kl_sum_ / static_cast<double>(rows_) : kNaN; }
 
 double ClassifierAccumulator::top1_agreement() const {
   return rows_ ? static_cast<double>(top1_) / static_cast<double>(rows_) : kNaN;
@@ -758,6 +801,7 @@ std::string format_compare_text(const CompareResult& r, const std::vector<GateRe
     if (o.classifier) {
       s += fmt::format("  top-1 agreement   {} of {} rows\n", pct(o.classes.top1_agreement()), o.classes.rows());
       s += fmt::format("  top-5 agreement   {}\n", pct(o.classes.top5_agreement()));
+      s += fmt::format("  mean KL           {:.6g} nats (FP32 ‖ quantized, per row)\n", o.classes.mean_kl());
       if (o.classes.labeled_rows() > 0) {
         s += fmt::format("  accuracy          FP32 {}   quantized {}   drop {:.2f} points ({} labelled)\n",
                          pct(o.classes.accuracy_ref()), pct(o.classes.accuracy_test()),
@@ -818,10 +862,12 @@ nlohmann::json compare_to_json(const CompareResult& r, const std::vector<GateRes
       e["rows"] = o.classes.rows();
       e["top1_agreement"] = num(o.classes.top1_agreement());
       e["top5_agreement"] = num(o.classes.top5_agreement());
+      e["mean_kl"] = num(o.classes.mean_kl());
     } else {
       e["rows"] = nullptr;
       e["top1_agreement"] = nullptr;
       e["top5_agreement"] = nullptr;
+      e["mean_kl"] = nullptr;
     }
     if (o.classifier && o.classes.labeled_rows() > 0) {
       e["accuracy"] = {{"labelled", o.classes.labeled_rows()},

@@ -263,3 +263,33 @@ TEST(Labels, CsvWithHeaderPlainAndNpy) {
 
 }  // namespace
 }  // namespace qtool::report
+
+namespace qtool::report {
+namespace {
+
+TEST(ClassifierAccumulator, MeanKlOfLogitsAndOfProbabilities) {
+  // Logits [0, 0] vs [ln 3, 0]: p = (1/2, 1/2), q = (3/4, 1/4);
+  // KL = 1/2 ln(2/3) + 1/2 ln 2 = 0.143841.
+  const double kl = 0.5 * std::log(2.0 / 3.0) + 0.5 * std::log(2.0);
+  ClassifierAccumulator logits;
+  const float a[2] = {0.0f, 0.0f}, b[2] = {static_cast<float>(std::log(3.0)), 0.0f};
+  logits.add(a, b, 1, 2, {});
+  EXPECT_NEAR(logits.mean_kl(), kl, 1e-6);
+  // The same distributions given as probabilities are taken as they are (no second softmax).
+  ClassifierAccumulator probs;
+  const float p[2] = {0.5f, 0.5f}, q[2] = {0.75f, 0.25f};
+  probs.add(p, q, 1, 2, {});
+  EXPECT_NEAR(probs.mean_kl(), kl, 1e-6);
+  // Identical rows: 0; averaged over rows.
+  probs.add(p, p, 1, 2, {});
+  EXPECT_NEAR(probs.mean_kl(), kl / 2, 1e-6);
+  // A zero where FP32 has mass: infinite.
+  ClassifierAccumulator zero;
+  const float z[2] = {1.0f, 0.0f};
+  zero.add(p, z, 1, 2, {});
+  EXPECT_TRUE(std::isinf(zero.mean_kl()));
+  EXPECT_TRUE(std::isnan(ClassifierAccumulator().mean_kl()));
+}
+
+}  // namespace
+}  // namespace qtool::report

@@ -92,9 +92,14 @@ class ClassifierAccumulator {
   int64_t labeled_rows() const { return labeled_; }
   double accuracy_ref() const;    ///< NaN when no labeled rows
   double accuracy_test() const;   ///< NaN when no labeled rows
+  /// Mean over rows of KL(p_ref ‖ p_test) in nats: rows that are already distributions (entries in
+  /// [0, 1] summing to 1 within 1e-3, on both sides) are taken as given, other rows (logits) go
+  /// through a softmax. NaN when no rows; +inf when a test row has NaN or puts 0 where FP32 does not.
+  double mean_kl() const;
 
  private:
   int64_t rows_ = 0, top1_ = 0, top5_ = 0, labeled_ = 0, correct_ref_ = 0, correct_test_ = 0;
+  double kl_sum_ = 0.0;
 };
 
 /// True for [N,C] or [N,C,1,1] with C >= 2 (one score vector per row).

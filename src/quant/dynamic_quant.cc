@@ -1,10 +1,10 @@
 // Dynamic quantization: see include/qtool/quant/dynamic.h.
 #include "qtool/quant/dynamic.h"
 
-#include <fmt/format.h>
-
-#include <map>
 #include <algorithm>
+#include <map>
+
+#include <fmt/format.h>
 
 #include "qtool/core/error.h"
 #include "qtool/quant/lowbit.h"
@@ -27,7 +27,6 @@ const Tensor* float_initializer(const ir::Graph& g, const ir::Value* v) {
   }
   return t && t->dtype() == DataType::kFloat ? t : nullptr;
 }
-
 
 bool is_float_value(const ir::Value* v) {
   return v && (v->type().elem_type == DataType::kFloat || v->type().elem_type == DataType::kUndefined);

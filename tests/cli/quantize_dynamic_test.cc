@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -86,15 +87,14 @@ TEST_P(DynamicShared, RunsInOnnxRuntimeAsInQtool) {
   runtime::Executor ex(m);
   const std::vector<Tensor> got = ex.run(feeds);
   const std::vector<std::string> names = ex.output_names();
+  // The integer parts agree exactly (DynamicQuantOps tests); through a model, float noise in the
+  // ops between two DynamicQuantizeLinear can flip a code now and then, on some CPUs more than on
+  // others, so the outputs are compared by SQNR: 8-bit dynamic models agree to 60 dB or more
+  // (exactly, here), far above the 30-45 dB of the quantization itself. MatMulNBits at
+  // accuracy_level 4 quantizes A per block of 32, where flips are more frequent: 44.2 dB here,
+  // against 43.0 dB between ONNX Runtime's own level-4 and level-0 runs.
+  const double min_db = std::string(GetParam().bits) == "8" ? 60.0 : 38.0;
   for (size_t i = 0; i < names.size(); ++i) {
-    if (std::string(GetParam().bits) == "8") {
-      EXPECT_LE(testing::max_rel_error(got[i], ort.at(names[i]), 1.0), 1e-4) << names[i];
-      continue;
-    }
-    // MatMulNBits at accuracy_level 4 quantizes A per block of 32 on every call: float noise from
-    // earlier ops flips a code now and then, so two runtimes drift apart by a few steps through the
-    // layers (each op alone agrees to 1e-6: quantized_test.cc). Measured: 44.2 dB against ONNX
-    // Runtime, which is itself 43.0 dB from the same weights with A in float.
     const Tensor& r = ort.at(names[i]);
     double num = 0, den = 0;
     for (int64_t j = 0; j < r.numel(); ++j) {
@@ -102,7 +102,8 @@ TEST_P(DynamicShared, RunsInOnnxRuntimeAsInQtool) {
       num += e * e;
       den += r.get_as_double(j) * r.get_as_double(j);
     }
-    EXPECT_GT(10 * std::log10(den / num), 38.0) << names[i];
+    const double db = num == 0 ? std::numeric_limits<double>::infinity() : 10 * std::log10(den / num);
+    EXPECT_GT(db, min_db) << names[i];
   }
 }
 

@@ -118,6 +118,24 @@ TEST(InspectCli, QdqModelQuantizationSummary) {
   EXPECT_EQ(q["qdq_bit_widths"], (json{{"8", 195}, {"32", 53}}));
 }
 
+TEST(InspectCli, DynamicModelQuantizationSummary) {
+  // --mode dynamic: the Gemms become DynamicQuantizeLinear + MatMulInteger, the Conv weights int8
+  // levels read through Cast (and scales): both count as quantized.
+  qtool::testing::TempDir d;
+  const auto q = run_command(fmt::format("'{}' quantize '{}' --bits 8 --mode dynamic -o '{}'", qtool::testing::qtool_bin(),
+                                         qtool::testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                         d.file("dyn.onnx")));
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  const json j = inspect_json(d.file("dyn.onnx"))["quantization"];
+  EXPECT_EQ(j["quantized"], true);
+  EXPECT_EQ(j["formats"], (json{"integer", "cast"}));
+  EXPECT_EQ(j["integer_ops"], (json{{"DynamicQuantizeLinear", 2}, {"MatMulInteger", 2}}));
+  EXPECT_EQ(j["cast_weights"], 3);  // conv1..3
+  EXPECT_EQ(j["weight_bits"], (json{{"int8", 3}}));
+  const auto text = run_command(fmt::format("'{}' inspect '{}'", qtool::testing::qtool_bin(), d.file("dyn.onnx")));
+  EXPECT_NE(text.out.find("weight levels read through Cast: 3"), std::string::npos) << text.out;
+}
+
 TEST(InspectCli, SileroSubgraphsListed) {
   QTOOL_REQUIRE_SHARED();
   const json j = inspect_json(qtool::testing::shared_path("models/silero-vad/silero_vad.onnx"));

@@ -28,17 +28,20 @@
 //   "functions": [{"domain": "local", "name": "Twice"}],
 //   "quantization": {
 //     "quantized": true,                     // any of the formats below is present
-//     "formats": ["qdq", "qoperator", "integer", "matmul_nbits"],   // which ones are present
+//     "formats": ["qdq", "qoperator", "integer", "matmul_nbits", "cast"],   // which ones are present
 //     "quantize_linear": 10, "dequantize_linear": 12,
 //     "qdq_pairs": 10,                       // QuantizeLinear outputs read by a DequantizeLinear
 //                                            // (directly or through Cast/Identity)
 //     "qdq_bits": {"uint8": 20, "int8": 2},  // Q/DQ nodes by quantized dtype (zero point / input dtype)
 //     "qdq_bit_widths": {"8": 22},           // the same nodes by bit width of that dtype
 //     "dequantized_weights": 2,              // DequantizeLinear reading an initializer
-//     "weight_bits": {"int8": 2},            // dtype of those initializers
+//     "cast_weights": 0,                     // integer initializers read through Cast(to=float)
+//                                            // (weight levels of --format cast / --mode dynamic)
+//     "weight_bits": {"int8": 2},            // dtype of the dequantized and cast weights
 //     "matmul_nbits": [{"bits": 4, "block_size": 32, "count": 36}],
 //     "qlinear_ops": {"QLinearConv": 3},     // QLinear* operators (QOperator format)
-//     "integer_ops": {"MatMulInteger": 1}    // MatMulInteger, ConvInteger, DynamicQuantizeLinear
+//     "integer_ops": {"MatMulInteger": 1}    // MatMulInteger, ConvInteger, DynamicQuantizeLinear,
+//                                            // DynamicQuantizeMatMul, DynamicQuantizeLSTM
 //   }
 // }
 #include <algorithm>
@@ -113,7 +116,7 @@ struct Stats {
   std::vector<TensorEntry> tensors;
   ordered_json subgraphs = ordered_json::array();
   // quantization
-  int64_t q = 0, dq = 0, pairs = 0, dq_weights = 0;
+  int64_t q = 0, dq = 0, pairs = 0, dq_weights = 0, cast_weights = 0;
   std::map<std::string, int64_t> qdq_bits, weight_bits, qlinear, integer;
   std::map<std::pair<int64_t, int64_t>, int64_t> nbits;
 };
@@ -169,8 +172,17 @@ void walk(const ir::Graph& g, int depth, Stats& s) {
     } else if (op.rfind("QLinear", 0) == 0) {
       ++s.qlinear[op];
     } else if (op == "MatMulInteger" || op == "ConvInteger" || op == "DynamicQuantizeLinear" ||
-               op == "MatMulIntegerToFloat" || op == "DynamicQuantizeMatMul") {
+               op == "MatMulIntegerToFloat" || op == "DynamicQuantizeMatMul" || op == "DynamicQuantizeLSTM") {
       ++s.integer[op];
+    } else if (onnx_domain && op == "Cast" && n->input(0) && n->input(0)->is_initializer() &&
+               n->attr_int("to", 0) == static_cast<int64_t>(DataType::kFloat)) {
+      // Weight levels read through Cast (-> Sub) -> Mul by their scales: qtool's --format cast and the
+      // Conv/LSTM weights of --mode dynamic (constants ONNX Runtime folds when it loads the model).
+      const DataType dt = value_dtype(n->input(0));
+      if (dtype_is_integer(dt) && dtype_bits(dt) <= 8) {
+        ++s.cast_weights;
+        ++s.weight_bits[dtype_text(dt)];
+      }
     }
     for (const auto& a : n->attributes()) {
       for (const auto& sg : a.graphs) {
@@ -268,6 +280,7 @@ ordered_json inspect_json(const ir::Model& m, const std::string& path) {
   if (!s.qlinear.empty()) formats.push_back("qoperator");
   if (!s.integer.empty()) formats.push_back("integer");
   if (!s.nbits.empty()) formats.push_back("matmul_nbits");
+  if (s.cast_weights > 0) formats.push_back("cast");
   q["quantized"] = !formats.empty();
   q["formats"] = formats;
   q["quantize_linear"] = s.q;
@@ -282,6 +295,7 @@ ordered_json inspect_json(const ir::Model& m, const std::string& path) {
   }
   q["qdq_bit_widths"] = widths;
   q["dequantized_weights"] = s.dq_weights;
+  q["cast_weights"] = s.cast_weights;
   q["weight_bits"] = s.weight_bits;
   q["matmul_nbits"] = ordered_json::array();
   for (const auto& [k, c] : s.nbits) q["matmul_nbits"].push_back({{"bits", k.first}, {"block_size", k.second}, {"count", c}});
@@ -372,6 +386,11 @@ void print_human(const ordered_json& j) {
     }
     for (const char* k : {"qlinear_ops", "integer_ops"}) {
       for (const auto& [op, c] : q[k].items()) line(fmt::format("  {}: {}", op, c.get<int64_t>()));
+    }
+    if (q["cast_weights"].get<int64_t>() > 0) {
+      std::string bits;
+      for (const auto& [k, v] : q["weight_bits"].items()) bits += fmt::format(" {}:{}", k, v.get<int64_t>());
+      line(fmt::format("  weight levels read through Cast: {}; weight dtypes{}", q["cast_weights"].get<int64_t>(), bits));
     }
   }
   std::cout << out << std::flush;

@@ -319,7 +319,7 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--weight-type", a.weight_type,
                  "static path: auto (default: int8, but uint8 for the Conv/MatMul/Gemm weights whose input has a non-zero "
                  "zero point, so ONNX Runtime is exact on x86 CPUs without VNNI), int8, or uint8 (the same symmetric levels "
-                 "+ 128, zero point 128)")
+                 "+ 128, zero point 128); --mode dynamic: auto = uint8 (exact u8u8 kernels), or int8")
       ->check(CLI::IsMember({"auto", "int8", "uint8"}));
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,

@@ -21,8 +21,8 @@ constexpr size_t kMaxJudgeSamples = 64;
 constexpr size_t kProbeSamples = 4;
 
 /// The dynamic rewrite of a copy of fp32; then the weights it leaves float (Conv unless opted in,
-/// LSTM/GRU/RNN: no integer form ONNX Runtime runs faster than float) are stored as int8 levels
-/// read through Cast · scales, which ONNX Runtime folds at load (static_quant.h:
+/// GRU/RNN, which have no integer form in ONNX Runtime, an LSTM it could not rewrite) are stored as
+/// int8 levels read through Cast · scales, which ONNX Runtime folds at load (static_quant.h:
 /// quantize_body_weights): a smaller file at float speed.
 quant::DynamicSummary emit(ir::Model& out, const ir::Model& fp32, const quant::DynamicOptions& o, size_t* body_weights) {
   out = fp32.clone();
@@ -94,28 +94,32 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
       std::vector<size_t> pidx(idx.begin(), idx.begin() + std::min(idx.size(), kProbeSamples));
       data::SelectedSource probe(samples, pidx);
       report::ReferenceCache probe_cache;
-      std::vector<std::pair<double, std::string>> score;
-      for (const std::string& name : s.quantized_nodes) {
+      // Nodes are told apart by their outputs (names may be empty or repeated). Copies: `s` becomes
+      // the summary of the model kept below.
+      const std::vector<std::string> outs = s.quantized_outputs, labels = s.quantized_nodes;
+      std::vector<std::pair<double, size_t>> score;  // (output SQNR alone, index into s.quantized_*)
+      for (size_t i = 0; i < outs.size(); ++i) {
         quant::DynamicOptions one = opt;
-        for (const std::string& other : s.quantized_nodes)
-          if (other != name) one.exclude_nodes.insert(other);
+        for (size_t j = 0; j < outs.size(); ++j)
+          if (j != i) one.exclude_outputs.insert(outs[j]);
         ir::Model m;
         size_t bw = 0;
         emit(m, fp32, one, &bw);
-        score.emplace_back(worst_output_sqnr(judge(fp32, m, probe, job.threads, &probe_cache)), name);
+        score.emplace_back(worst_output_sqnr(judge(fp32, m, probe, job.threads, &probe_cache)), i);
       }
       std::sort(score.begin(), score.end());
       actions.push_back(fmt::format("probe: {} nodes quantized alone on {} samples; noisiest '{}' ({:.1f} dB)",
-                                    score.size(), pidx.size(), score.front().second, score.front().first));
+                                    score.size(), pidx.size(), labels[score.front().second],
+                                    score.front().first));
       for (size_t k = 1; k < score.size() && !ok; k *= 2) {
         quant::DynamicOptions raised = opt;
-        for (size_t i = 0; i < k; ++i) raised.exclude_nodes.insert(score[i].second);
+        for (size_t i = 0; i < k; ++i) raised.exclude_outputs.insert(outs[score[i].second]);
         ir::Model m;
         size_t bw = 0;
         const quant::DynamicSummary sk = emit(m, fp32, raised, &bw);
         report::CompareResult r = judge(fp32, m, judged, job.threads, &cache);
         ok = meets_floor(r, floor, &why);
-        actions.push_back(fmt::format("kept {} of {} nodes in float: {}{}", k, s.quantized_nodes.size(),
+        actions.push_back(fmt::format("kept {} of {} nodes in float: {}{}", k, outs.size(),
                                       describe_outputs(r), ok ? "" : " (below the floor)"));
         if (ok || worst_output_sqnr(r) > worst_output_sqnr(*verdict)) {
           model = std::move(m);

@@ -42,16 +42,17 @@ QualityFloor floor_of(const QuantizeJob& job) {
   return f;
 }
 
-void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
-                   data::SampleSource& held_out, int threads) {
+report::CompareResult evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                                    data::SampleSource& held_out, int threads) {
   report::CompareOptions options;
   options.threads = threads;
-  const report::CompareResult result = report::compare_models(fp32, quantized, sample_provider(held_out), options);
+  report::CompareResult result = report::compare_models(fp32, quantized, sample_provider(held_out), options);
   rep.outputs = report::to_output_quality(result);
   rep.eval_samples = result.samples;
   for (auto& l : rep.layers)
     for (const auto& d : result.layers)
       if (d.node == l.node) l.output_sqnr_db = d.error.sqnr_db();
+  return result;
 }
 
 /// The float weights of a model by name (Tensor copies share their buffers, so this is cheap),

@@ -33,9 +33,10 @@ bool has_subgraphs(const ir::Graph& g);
 /// The samples of `source` in order, as report::compare_models takes them (`source` must outlive it).
 report::SampleProvider sample_provider(data::SampleSource& source);
 /// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
-/// puts the result into the report: outputs, eval_samples, and each layer's output SQNR.
-void evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
-                   data::SampleSource& held_out, int threads);
+/// puts the result into the report: outputs, eval_samples, and each layer's output SQNR. Returns
+/// the comparison (its per-layer drift ranks where the noise enters).
+report::CompareResult evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                                    data::SampleSource& held_out, int threads);
 /// The float weights of a model by name (copies share their buffers).
 std::map<std::string, Tensor> float_weights(const ir::Model& model);
 /// Weight SQNR (dB) of each layer stored as DequantizeLinear of an integer initializer.

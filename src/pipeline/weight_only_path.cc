@@ -211,26 +211,29 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
         tr.levels_changed, tr.float_params, tr.seconds));
     timings.push_back({"tune", tr.seconds});
   }
+  std::optional<report::CompareResult> evaluation;
   if (fp32) {
     t = clock_type::now();
-    evaluate_into(out.report, *fp32, model, *held_out, job.threads);
+    evaluation = evaluate_into(out.report, *fp32, model, *held_out, job.threads);
     timings.push_back({"evaluate", seconds_since(t)});
     if (!eval_note.empty()) out.report.warnings.push_back(eval_note);
   }
   // Never a broken model: raise precision first. The layers where the noise enters (per-layer
   // drift on the held-out samples, lowest added-noise SQNR first) go to 8 bits, 1, 2, 4, ... of
   // them, each try quantized and judged again, until the outputs no longer look broken.
-  if (std::string broken = broken_outputs(out.report.outputs); !broken.empty() && fp32 && cfg.plan.empty()) {
+  if (std::string broken = broken_outputs(out.report.outputs); !broken.empty() && evaluation && cfg.plan.empty()) {
     t = clock_type::now();
-    report::CompareOptions co;
-    co.threads = job.threads;
-    const report::CompareResult drift = report::compare_models(*fp32, model, sample_provider(*held_out), co);
-    std::vector<std::string> low;  // quantized below 8 bits, in order of the noise they add
-    for (const report::LayerDrift& d : drift.layers)
+    // The weights (unique names, which --layer-bits rules match) of the layers quantized below 8
+    // bits, in the order of the noise they add: the evaluation's per-layer drift (ranked).
+    std::vector<std::string> low;
+    for (const report::LayerDrift& d : evaluation->layers)
       for (const quant::WeightOnlyLayer& l : rep.layers)
-        if (l.node == d.node && l.format != "float" && l.bits_per_weight < 8.0 &&
-            std::find(low.begin(), low.end(), l.node) == low.end())
-          low.push_back(l.node);
+        if (!d.node.empty() && l.node == d.node && !l.weight.empty() && l.format != "float" &&
+            l.bits_per_weight < 8.0 && std::find(low.begin(), low.end(), l.weight) == low.end())
+          low.push_back(l.weight);
+    report::CompareOptions trial_options;  // the outputs only: samples run in parallel
+    trial_options.threads = job.threads;
+    trial_options.per_layer = false;
     out.report.actions.push_back(fmt::format("the quantized model looks broken ({}): raising the layers that add the "
                                              "most noise to 8 bits ({} candidates)",
                                              broken, low.size()));
@@ -239,9 +242,8 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
       for (size_t i = 0; i < k; ++i) raised.layer_bits.push_back({low[i], quant::BitsChoice("8")});
       ir::Model m = fp32->clone();
       quant::WeightOnlyReport r = quantize_once(m, raised);
-      report::QuantizeReport trial;
-      evaluate_into(trial, *fp32, m, *held_out, job.threads);
-      broken = broken_outputs(trial.outputs);
+      broken = broken_outputs(
+          report::to_output_quality(report::compare_models(*fp32, m, sample_provider(*held_out), trial_options)));
       out.report.actions.push_back(fmt::format("{} of {} layers at 8 bits: {}", k, low.size(),
                                                broken.empty() ? "no longer broken" : broken));
       if (broken.empty()) {

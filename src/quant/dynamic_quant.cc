@@ -91,9 +91,17 @@ class DynamicEmitter {
   }
 
   bool excluded(const ir::Node& n) const {
+    if (n.output(0) && opt_.exclude_outputs.count(n.output(0)->name())) return true;
     for (const std::string& p : opt_.exclude_nodes)
       if (p == n.name() || glob_match(p, n.name())) return true;
     return false;
+  }
+
+  /// Records a rewritten node: its name (or output when unnamed) and its output (a unique key).
+  void rewritten(const ir::Node* n) {
+    const std::string out = n->output(0) ? n->output(0)->name() : "";
+    s_.quantized_nodes.push_back(n->name().empty() ? out : n->name());
+    s_.quantized_outputs.push_back(out);
   }
 
   ir::Value* add_init(const std::string& base, Tensor t) {
@@ -230,14 +238,13 @@ class DynamicEmitter {
                               {{n->output(0)->name() + "_int32", DataType::kInt32}});
     ir::Value* y = rescale(n, mm->output(0), q[1], qw, Shape{cols}, alpha);
     if (c && ct && beta != 1.0f) {
-      Tensor scaled = *ct;
-      Tensor out(DataType::kFloat, scaled.shape());
-      for (int64_t i = 0; i < scaled.numel(); ++i) out.mutable_data<float>()[i] = beta * scaled.data<float>()[i];
-      c = add_init(c->name() + "_beta", std::move(out));
+      Tensor scaled(DataType::kFloat, ct->shape());
+      for (int64_t i = 0; i < ct->numel(); ++i) scaled.mutable_data<float>()[i] = beta * ct->data<float>()[i];
+      c = add_init(c->name() + "_beta", std::move(scaled));
     }
     finish(n, y, c);
     ++(gemm ? s_.gemms : s_.matmuls);
-    s_.quantized_nodes.push_back(n->name());
+    rewritten(n);
     return "";
   }
 
@@ -264,7 +271,7 @@ class DynamicEmitter {
     if (qw.scales.size() > 1) scale = add_before(n, "Gather", {sv, ids}, {{base + "_scale", DataType::kFloat}})->output(0);
     become(n, "Mul", cast->output(0), scale);
     ++s_.gathers;
-    s_.quantized_nodes.push_back(n->name());
+    rewritten(n);
     return "";
   }
 
@@ -276,7 +283,9 @@ class DynamicEmitter {
   };
 
   /// An LSTM weight w [dirs, gh, k] as DynamicQuantizeLSTM takes it: [dirs, k, gh] uint8 levels, zero
-  /// point 128, one scale per (direction, gate column); stored once per content.
+  /// point 128 (ONNX Runtime wants one zero point value; uint8 keeps its u8u8 kernels exact, so
+  /// --weight-type int8 does not apply here), one scale per (direction, gate column) or per
+  /// direction; stored once per content.
   const LstmWeight& lstm_weight(const ir::Node* n, const std::string& base, const Tensor& w) {
     const uint64_t h = content_hash(w);
     for (auto [it, end] = lstm_weights_.equal_range(h); it != end; ++it)
@@ -290,18 +299,21 @@ class DynamicEmitter {
       std::vector<float> slice(static_cast<size_t>(k * gh));  // [k, gh] of direction d
       for (int64_t r = 0; r < gh; ++r)
         for (int64_t c = 0; c < k; ++c) slice[c * gh + r] = w.data<float>()[(d * gh + r) * k + c];
-      const QuantizedWeight qw = quantize_weight(Tensor::from_vector<float>({k, gh}, slice), true, 1, DataType::kUint8);
+      const QuantizedWeight qw =
+          quantize_weight(Tensor::from_vector<float>({k, gh}, slice), opt_.per_channel, 1, DataType::kUint8);
       std::copy(qw.values.data<uint8_t>(), qw.values.data<uint8_t>() + k * gh, levels.mutable_data<uint8_t>() + d * k * gh);
       sc.insert(sc.end(), qw.scales.begin(), qw.scales.end());
     }
     LstmWeight r;
     r.source = w;
     r.levels = add_init(base + "_quantized", levels);
-    r.scale = add_init(base + "_scale", Tensor::from_vector<float>({dirs, gh}, sc));
-    Tensor zp(DataType::kUint8, {dirs, gh});
-    std::fill(zp.mutable_raw(), zp.mutable_raw() + dirs * gh, uint8_t{128});
+    // One scale per (direction, gate column), or per direction with --per-tensor; zero points alike.
+    const Shape sshape = opt_.per_channel ? Shape{dirs, gh} : Shape{dirs};
+    r.scale = add_init(base + "_scale", Tensor::from_vector<float>(sshape, sc));
+    Tensor zp(DataType::kUint8, sshape);
+    std::fill(zp.mutable_raw(), zp.mutable_raw() + zp.numel(), uint8_t{128});
     r.zero_point = add_init(base + "_zero_point", std::move(zp));
-    const int64_t bytes = w.numel() + 5 * dirs * gh;
+    const int64_t bytes = w.numel() + 5 * static_cast<int64_t>(sc.size());
     s_.float_weight_bytes += static_cast<int64_t>(w.nbytes());
     s_.quant_weight_bytes += bytes;
     DynamicLayer l;
@@ -309,7 +321,7 @@ class DynamicEmitter {
     l.op_type = "LSTM";
     l.weight = base;
     l.precision = "uint8";
-    l.scheme = "per-channel(gate column)";
+    l.scheme = opt_.per_channel ? "per-channel(gate column)" : "per-tensor (per direction)";
     l.params = w.numel();
     l.bytes = bytes;
     s_.layers.push_back(std::move(l));
@@ -344,7 +356,7 @@ class DynamicEmitter {
     n->remove_attr("layout");
     if (model_.opset("com.microsoft") < 1) model_.set_opset("com.microsoft", 1);
     ++s_.lstms;
-    s_.quantized_nodes.push_back(n->name());
+    rewritten(n);
     return "";
   }
 
@@ -376,7 +388,7 @@ class DynamicEmitter {
                       Tensor::from_vector<float>(cshape, std::vector<float>(bt->data<float>(), bt->data<float>() + bt->numel())));
     finish(n, y, bias);
     ++s_.convs;
-    s_.quantized_nodes.push_back(n->name());
+    rewritten(n);
     return "";
   }
 

@@ -45,20 +45,14 @@ int32_t quantize_value(float x, QParams p, DataType type) {
 QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type, bool reduce_range) {
   QTOOL_CHECK(w.dtype() == DataType::kFloat, ErrorCode::kUnsupported, "weight of type {} (expected float32)",
               dtype_name(w.dtype()));
-  int64_t qmin = 0, qmax = 0;
-  dtype_int_range(type, &qmin, &qmax);
-  QTOOL_CHECK(dtype_bits(type) == 8, ErrorCode::kUnsupported, "static weights must be int8 or uint8, got {}",
-              dtype_name(type));
-  // Symmetric levels in [-127, 127] ([-64, 63] with reduce_range); uint8 stores them + 128 with
-  // zero point 128.
-  const int32_t offset = dtype_is_signed(type) ? 0 : 128;
-  qmin = -127;
-  qmax = 127;
-  if (reduce_range) {
-    qmin = -64;
-    qmax = 63;
-  }
-  if (dtype_is_signed(type) && !reduce_range) qmin = -128;
+  QTOOL_CHECK(dtype_bits(type) == 8 && dtype_is_integer(type), ErrorCode::kUnsupported,
+              "8-bit weights must be int8 or uint8, got {}", dtype_name(type));
+  // Symmetric levels, s = max|w| / qmax: [-127, 127] ([-64, 63] with reduce_range); int8 keeps its
+  // type's -128 as the lower clamp (never reached), uint8 stores the levels + 128, zero point 128.
+  const bool is_signed = dtype_is_signed(type);
+  const int32_t offset = is_signed ? 0 : 128;
+  const int64_t qmax = reduce_range ? 63 : 127;
+  const int64_t qmin = reduce_range ? -64 : is_signed ? -128 : -127;
   QuantizedWeight out;
   const float* x = w.data<float>();
   const int64_t n = w.numel();

@@ -222,6 +222,17 @@ TEST(DynamicCli, RaisesPrecisionWhenBelowTheFloor) {
                                                   testing::qtool_bin(), d.file("m.onnx"), d.file("data"), d.file("f.onnx")));
   EXPECT_EQ(f.exit_code, 3) << f.err;
   EXPECT_FALSE(fs::exists(d.file("f.onnx")));
+  // Unnamed nodes (many exporters leave names empty) are told apart by their outputs: the same
+  // search keeps only the one producing 'h' in float.
+  for (const auto& n : g.nodes()) n->set_name("");
+  onnx_io::save_model(m, d.file("u.onnx"));
+  const auto u = testing::run_command(fmt::format("{} quantize {} --bits 8 --mode dynamic --calib {} --json -o {}",
+                                                  testing::qtool_bin(), d.file("u.onnx"), d.file("data"), d.file("uq.onnx")));
+  ASSERT_EQ(u.exit_code, 0) << u.err;
+  EXPECT_NE(u.out.find("noisiest 'h'"), std::string::npos) << u.out;
+  const ir::Model uq = onnx_io::load_model(d.file("uq.onnx"));
+  EXPECT_EQ(uq.graph->find_value("h")->producer()->op_type(), "MatMul");
+  EXPECT_EQ(uq.graph->find_value("y")->producer()->op_type(), "Mul");
 }
 
 }  // namespace

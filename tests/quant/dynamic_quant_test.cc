@@ -390,6 +390,14 @@ TEST(DynamicQuant, LstmBecomesDynamicQuantizeLstm) {
   }
   EXPECT_GT(10 * std::log10(den / num), 30.0);
   EXPECT_LT(10 * std::log10(den / num), 80.0);  // quantized, not the float LSTM
+  // --per-tensor: one scale (and zero point) per direction.
+  ir::Model pt = fp.clone();
+  DynamicOptions o;
+  o.per_channel = false;
+  emit_dynamic(pt, o);
+  const ir::Node* p = pt.graph->find_value("y")->producer();
+  EXPECT_EQ(p->input(8)->initializer()->shape(), (Shape{1}));
+  EXPECT_EQ(p->input(9)->initializer()->shape(), (Shape{1}));
 }
 
 

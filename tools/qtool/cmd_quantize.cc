@@ -319,7 +319,8 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--weight-type", a.weight_type,
                  "static path: auto (default: int8, but uint8 for the Conv/MatMul/Gemm weights whose input has a non-zero "
                  "zero point, so ONNX Runtime is exact on x86 CPUs without VNNI), int8, or uint8 (the same symmetric levels "
-                 "+ 128, zero point 128); --mode dynamic: auto = uint8 (exact u8u8 kernels), or int8")
+                 "+ 128, zero point 128); --mode dynamic: auto = uint8 (exact u8u8 kernels), or int8 (MatMul/Gemm only: "
+                 "ConvInteger and DynamicQuantizeLSTM keep uint8)")
       ->check(CLI::IsMember({"auto", "int8", "uint8"}));
   cmd.add_option("--activation-bits", a.activation_bits, "8 or 16 (A16W8: uint16/int16 Q/DQ, opset 21)");
   cmd.add_option("--format", a.format,
@@ -339,22 +340,24 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--no-bias-correction", a.no_bias_correction, "no bias correction, not even the default for models with depthwise convs");
   cmd.add_flag("--no-guard", a.no_guard, "skip the quality guard (held-out SQNR/agreement; weight-only: the evaluation)");
   cmd.add_option("--min-sqnr", a.min_sqnr,
-                 "static path: quality floor, output SQNR in dB for outputs that are not classifiers (default 20); "
-                 "below it activations are raised to 16 bits, then exit 3 with no model")
+                 "static and dynamic paths: quality floor, output SQNR in dB for outputs that are not classifiers "
+                 "(default 20); below it precision is raised (static: observed ranges, 16 bits, float; dynamic: nodes "
+                 "kept in float), then exit 3 with no model")
       ->check(CLI::Range(-1000.0, 1000.0));
   cmd.add_option("--min-iou", a.min_iou,
-                 "static/dynamic path: quality floor for a one-channel probability map (text, saliency, binary "
+                 "static and dynamic paths: quality floor for a one-channel probability map (text, saliency, binary "
                  "segmentation): IoU of its masks thresholded at 0.5 (default 0.9)")
       ->check(CLI::Range(0.0, 1.0));
   cmd.add_option("--min-agreement", a.min_agreement,
-                 "static path: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs (default 0.97)")
+                 "static and dynamic paths: quality floor, top-1 agreement with FP32 (fraction) for classifier outputs "
+                 "(default 0.97)")
       ->check(CLI::Range(0.0, 1.0));
   cmd.add_option("--max-nll-increase", a.max_nll_increase,
-                 "static path: quality floor for next-token logits of a token model: the NLL increase on the model's "
+                 "static and dynamic paths: quality floor for next-token logits of a token model: the NLL increase on the model's "
                  "own predictions (KL / entropy) in percent (default 1)")
       ->check(CLI::Range(0.0, 1000.0));
   cmd.add_option("--metric", a.metric,
-                 "static path: how the quality floor judges outputs: auto (by output kind), agreement, sqnr, nll, iou "
+                 "static and dynamic paths: how the quality floor judges outputs: auto (by output kind), agreement, sqnr, nll, iou "
                  "(a one-channel probability map: IoU of its masks at 0.5, at least --min-iou)")
       ->check(CLI::IsMember({"auto", "agreement", "sqnr", "nll", "iou"}));
   cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");

@@ -14,7 +14,8 @@
 //
 // Weights: symmetric levels per output channel (s_w[c] = max|W_c| / 127). Stored as uint8 with
 // zero point 128 (`weight_type` kUint8, the default) they run in ONNX Runtime's u8u8 kernels, exact
-// on every CPU; int8 (kInt8) runs the u8s8 kernels, whose AVX2 form (VPMADDUBSW, on x86 CPUs
+// on every CPU; int8 (kInt8, MatMul/Gemm only: ConvInteger and DynamicQuantizeLSTM keep uint8) runs
+// the u8s8 kernels, whose AVX2 form (VPMADDUBSW, on x86 CPUs
 // without VNNI) saturates pairs of products: DynamicQuantizeLinear's zero point sits anywhere in
 // 0..255, so an input near its maximum meets two large weights often. ConvInteger takes uint8
 // weights only in ONNX Runtime's CPU provider. One DynamicQuantizeLinear per activation, shared by
@@ -46,6 +47,9 @@ struct DynamicOptions {
   /// and Conv (ConvInteger; opt-in, see the README).
   std::set<std::string> op_types = {"MatMul", "Gemm", "Gather", "LSTM"};
   std::set<std::string> exclude_nodes;      ///< node names left in float (globs allowed)
+  /// Nodes left in float by their first output's name (unique even where nodes have no name: the
+  /// floor's search uses it).
+  std::set<std::string> exclude_outputs;
   /// Weights with fewer elements are left in float (their int8 copy plus a scale saves nothing).
   int64_t min_weight_elements = 16;
 };
@@ -64,7 +68,8 @@ struct DynamicSummary {
   size_t quantize_nodes = 0;                 ///< DynamicQuantizeLinear nodes placed
   int64_t float_weight_bytes = 0;            ///< float32 bytes of the weights quantized
   int64_t quant_weight_bytes = 0;            ///< their integer levels + scales
-  std::vector<std::string> quantized_nodes;  ///< names, in graph order
+  std::vector<std::string> quantized_nodes;  ///< names (the output's when unnamed), in graph order
+  std::vector<std::string> quantized_outputs;  ///< their first outputs' names, in the same order
   std::vector<DynamicLayer> layers;          ///< the weights stored
   std::vector<std::string> float_nodes;      ///< "node (op): reason" for candidates left in float
   size_t rewritten() const { return matmuls + gemms + convs + gathers + lstms; }

@@ -12,6 +12,7 @@ PKGS=(
   libstb-dev                                       # PNG decoding of calibration images
   libjpeg-dev                                      # JPEG decoding (libjpeg-turbo, the decoder PIL uses)
   zlib1g-dev                                       # .npz (deflate) calibration archives
+  libzstd-dev                                      # zstd-compressed size of sparse / palettized outputs (issue 16 reports)
   libgtest-dev                                     # unit tests
   libonnx-testdata                                 # ONNX's own backend conformance tests
   python3-onnx python3-numpy                       # ../shared/tools/make_llama_onnx.py (benchmarks, external-data tests)

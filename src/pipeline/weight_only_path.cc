@@ -29,6 +29,9 @@ report::LayerReport row_of(const quant::WeightOnlyLayer& w) {
   l.fp32_bytes = 4 * l.params;
   l.bytes = w.bytes;
   l.scales = {w.scale_count, w.scale_min, w.scale_max, w.scale_mean};
+  l.sparsity = w.sparsity;
+  l.pruning = w.pruning;
+  l.sparse_storage = w.sparse_storage;
   return l;
 }
 
@@ -55,6 +58,11 @@ void join_layers(report::QuantizeReport& report, const quant::WeightOnlyReport& 
       if (!same_weight && (w.node.empty() || w.node != l.node)) continue;
       if (w.format != "float") l.weight_sqnr_db = sqnr_from_rel_mse(w.weight_rel_mse);
       if (!w.precision.empty()) l.precision = w.precision;
+      if (w.format != "float") {
+        l.sparsity = w.sparsity;
+        l.pruning = w.pruning;
+        l.sparse_storage = w.sparse_storage;
+      }
       l.method = w.algorithm;
       l.note = w.note;
       break;
@@ -105,17 +113,20 @@ std::string apply_defaults(const QuantizeJob& job, const ir::Model& model, quant
   const bool calib = !job.data.path.empty();
   const bool tokens = is_token_model(model);
   const bool fp8 = job.bits.type() && job.bits.type()->scheme == quant::WeightScheme::kFloat8;
+  // Palettes and pruning are not tuned (tuning moves levels on a uniform grid, and pruned weights off 0):
+  // GPTQ's sweep with the fixed tables / masks instead.
+  const bool compact = cfg.bits.is_palette() || cfg.sparsity.active();
   std::vector<std::string> chosen;
   if (!job.algorithm) {
-    cfg.algorithm = calib && (!tokens || fp8) ? quant::WeightAlgorithm::kGptq : quant::WeightAlgorithm::kRtn;
+    cfg.algorithm = calib && (!tokens || fp8 || compact) ? quant::WeightAlgorithm::kGptq : quant::WeightAlgorithm::kRtn;
     if (calib && fp8) cfg.gptq.act_order = true;
     chosen.push_back(std::string(quant::weight_algorithm_name(cfg.algorithm)) + (calib && fp8 ? " (act order)" : ""));
   }
   if (!job.symmetric && job.bits.width_only()) {  // "4", "2": zero points or not (int4, ternary, ... fix it)
-    cfg.symmetric = !calib;
-    chosen.push_back(calib ? "zero points" : "symmetric");
+    cfg.symmetric = !calib || cfg.sparsity.active();  // pruned weights sit on a zero level shared by the layer
+    chosen.push_back(cfg.symmetric ? "symmetric" : "zero points");
   }
-  if (!job.tune_given && calib && tokens && cfg.plan.empty() && !fp8) {
+  if (!job.tune_given && calib && tokens && cfg.plan.empty() && !fp8 && !compact) {
     cfg.tune.steps = 200;
     chosen.push_back("200 tuning steps (a token model)");
   }
@@ -194,8 +205,11 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
                rep.quant_weight_bytes);
   std::string headline = job.bits.is_sign_scheme() ? bits : "W" + bits;
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
-  if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
+  if (job.bits.is_palette())
+    headline += cfg.palette_group > 0 ? fmt::format(" (group {})", cfg.palette_group) : std::string(" (per tensor)");
+  else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
     headline += fmt::format(" (block {})", cfg.block_size);
+  if (cfg.sparsity.active()) headline += fmt::format(" sparse {}", cfg.sparsity.spelled());
   headline += job.matmulnbits_accuracy_level > 0 ? " A8 dynamic" : " A32";
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   out.report.output_file_bytes = 0;  // measured once written (a file already there is not ours)
@@ -228,7 +242,9 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     std::vector<std::string> low;
     for (const report::LayerDrift& d : evaluation->layers)
       for (const quant::WeightOnlyLayer& l : rep.layers)
-        if (!d.node.empty() && l.node == d.node && !l.weight.empty() && l.format != "float" &&
+        // By node name, or by output for unnamed nodes (SqueezeNet's); d.tensor is the node's output.
+        if (((!d.node.empty() && l.node == d.node) || (!l.output.empty() && d.tensor == l.output)) &&
+            !l.weight.empty() && l.format != "float" &&
             l.bits_per_weight < 8.0 && std::find(low.begin(), low.end(), l.weight) == low.end())
           low.push_back(l.weight);
     report::CompareOptions trial_options;  // the outputs only: samples run in parallel

@@ -138,17 +138,58 @@ Eigen::MatrixXd upper_cholesky_of_inverse(const Eigen::MatrixXd& Hp, int64_t col
 /// The GPTQ sweep: quantizes the permuted columns of Wp in blocks of bc, spreading each column's
 /// error over the columns after it (within the block at once, onto the rest after the block).
 /// Without static groups, a group's grid is taken when the sweep reaches its first column.
+/// SparseGPT's mask choice for the block of columns [i1, i1 + count) of W1 (unstructured: the
+/// lowest saliency w²/d² over the whole block; N:M is chosen per run as the sweep reaches it).
+void choose_block_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, int64_t count, const SparsitySpec& sp,
+                       const std::vector<int64_t>& perm, int64_t cols, std::vector<uint8_t>& mask) {
+  if (sp.structured() || sp.fraction <= 0) return;
+  const int64_t rows = W1.rows();
+  std::vector<float> tmp(static_cast<size_t>(rows * count));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < count; ++i) {
+      const double d = U(i1 + i, i1 + i);
+      tmp[static_cast<size_t>(r * count + i)] = static_cast<float>(W1(r, i) * W1(r, i) / (d * d));
+    }
+  SparsitySpec whole = sp;
+  const std::vector<uint8_t> m = prune_mask(tmp, rows, count, whole, false);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < count; ++i)
+      if (m[static_cast<size_t>(r * count + i)]) mask[static_cast<size_t>(r * cols + perm[i1 + i])] = 1;
+}
+
+/// SparseGPT N:M: the run of columns [i, i + m) (local to the block) is chosen when the sweep reaches it.
+void choose_run_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, int64_t i, int64_t count,
+                     const SparsitySpec& sp, const std::vector<int64_t>& perm, int64_t cols, std::vector<uint8_t>& mask) {
+  const int64_t rows = W1.rows(), len = std::min<int64_t>(sp.m, count - i);
+  std::vector<float> tmp(static_cast<size_t>(len));
+  std::vector<int64_t> idx(static_cast<size_t>(len));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < len; ++j) {
+      const double d = U(i1 + i + j, i1 + i + j);
+      tmp[static_cast<size_t>(j)] = static_cast<float>(W1(r, i + j) * W1(r, i + j) / (d * d));
+    }
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return tmp[a] < tmp[b]; });
+    for (int64_t j = 0; j < len - std::min<int64_t>(len, sp.n); ++j)
+      mask[static_cast<size_t>(r * cols + perm[i1 + i + idx[j]])] = 1;
+  }
+}
+
 void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, const std::vector<int64_t>& perm,
-                      const ColumnGroups& groups, bool static_groups, int64_t bc, bool keep_latent) {
+                      const ColumnGroups& groups, bool static_groups, int64_t bc, bool keep_latent,
+                      std::vector<uint8_t>& mask, const SparsitySpec& adaptive) {
   const int64_t rows = q.rows, cols = q.cols, kb = groups.kb, group = groups.group;
+  const bool pruning = !mask.empty();
   std::vector<float> buf;
   for (int64_t i1 = 0; i1 < cols; i1 += bc) {
     const int64_t i2 = std::min(cols, i1 + bc), count = i2 - i1;
     RowMat W1 = Wp.middleCols(i1, count);
     RowMat Err1 = RowMat::Zero(rows, count);
+    if (adaptive.active()) choose_block_mask(W1, U, i1, count, adaptive, perm, cols, mask);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = perm[i1 + i];  // original column index
       const int64_t b = groups.of(col);
+      if (adaptive.structured() && (i1 + i) % adaptive.m == 0) choose_run_mask(W1, U, i1, i, count, adaptive, perm, cols, mask);
       if (!static_groups && col % group == 0) {
         // Group starting here (natural order): grids from the updated values of its columns.
         for (int64_t r = 0; r < rows; ++r) {
@@ -165,7 +206,7 @@ void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, 
       for (int64_t r = 0; r < rows; ++r) {
         const BlockGrid& g = q.grids[r * kb + b];
         const float wv = static_cast<float>(W1(r, i));
-        const int32_t lv = g.quantize(wv);
+        const int32_t lv = pruning && mask[static_cast<size_t>(r * cols + col)] ? g.quantize(0.0f) : g.quantize(wv);
         q.levels[r * cols + col] = lv;
         if (keep_latent) q.rounded_from[r * cols + col] = wv;
         const double err = (W1(r, i) - g.dequantize(lv)) / d;
@@ -182,7 +223,7 @@ void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, 
 /// move one level by ±1 when that lowers E exactly (ΔE = −2δ·(Hd)_j + δ²·H_jj for a step δ of the
 /// dequantized value), keeping the grids. Monotone: E never increases.
 void coordinate_descent(QuantizedMatrix& q, const RowMat& W, const Eigen::MatrixXd& H, const ColumnGroups& groups,
-                        int passes) {
+                        int passes, const std::vector<uint8_t>& mask) {
   const int64_t rows = q.rows, cols = q.cols, kb = groups.kb;
   for (int pass = 0; pass < passes; ++pass) {
     Eigen::VectorXd d(cols), hd(cols);
@@ -194,7 +235,8 @@ void coordinate_descent(QuantizedMatrix& q, const RowMat& W, const Eigen::Matrix
       hd.noalias() = H * d;
       for (int64_t c = 0; c < cols; ++c) {
         const BlockGrid& g = q.grids[r * kb + groups.of(c)];
-        if (g.binary || g.float_codes()) continue;  // codes are not a ±1 ladder (fp8/fp4: sign bit, NaN code)
+        if (g.binary || g.float_codes() || g.palette) continue;  // codes are not a ±1 ladder (fp8/fp4: sign bit, NaN code)
+        if (!mask.empty() && mask[static_cast<size_t>(r * cols + c)]) continue;  // pruned: stays 0
         const int32_t l = q.levels[r * cols + c];
         for (int32_t step : {1, -1}) {
           const int32_t nl = l + step;
@@ -218,7 +260,7 @@ void coordinate_descent(QuantizedMatrix& q, const RowMat& W, const Eigen::Matrix
 /// updated weights unless act_order or per channel), else grids are static (computed up front).
 QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t cols, std::span<const double> hessian,
                           const QuantSpec& spec, const GptqOptions& options, std::span<const int64_t> col_group,
-                          int64_t ng) {
+                          int64_t ng, const GptqPruning& pruning = {}) {
   QTOOL_CHECK(static_cast<int64_t>(w_in.size()) == rows * cols, ErrorCode::kInternal, "gptq: W size");
   QTOOL_CHECK(static_cast<int64_t>(hessian.size()) == cols * cols, ErrorCode::kInternal, "gptq: H size");
   RowMat W = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w_in.data(), rows,
@@ -245,10 +287,24 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
 
   // Static grids: per channel (one group), act_order (groups fixed before the column permutation),
   // or custom (non-contiguous) groups.
-  const bool static_groups = options.act_order || kb == 1 || groups.custom;
-  if (static_groups) compute_static_grids(q, W, groups);
+  const bool act_order = options.act_order && !pruning.adaptive.active();
+  const bool static_groups = act_order || kb == 1 || groups.custom;
+  if (!pruning.row_grids.empty()) {
+    QTOOL_CHECK(kb == 1 && static_cast<int64_t>(pruning.row_grids.size()) == rows, ErrorCode::kInternal,
+                "gptq: {} preset grids for {} rows", pruning.row_grids.size(), rows);
+    q.grids.assign(pruning.row_grids.begin(), pruning.row_grids.end());
+  } else if (static_groups) {
+    compute_static_grids(q, W, groups);
+  }
+  std::vector<uint8_t> mask;
+  if (!pruning.pruned.empty()) {
+    QTOOL_CHECK(static_cast<int64_t>(pruning.pruned.size()) == rows * cols, ErrorCode::kInternal, "gptq: mask size");
+    mask.assign(pruning.pruned.begin(), pruning.pruned.end());
+  } else if (pruning.adaptive.active()) {
+    mask.assign(static_cast<size_t>(rows * cols), 0);
+  }
 
-  const std::vector<int64_t> perm = column_order(H, cols, options.act_order);
+  const std::vector<int64_t> perm = column_order(H, cols, act_order);
   RowMat Wp(rows, cols);
   Eigen::MatrixXd Hp(cols, cols);
   for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
@@ -259,8 +315,10 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
   // Lazy-update block width: a multiple of the group so that a group's grid is taken from W1.
   int64_t bc = std::max<int64_t>(1, options.block_columns);
   if (!static_groups) bc = std::max<int64_t>(group, bc / group * group);
-  quantize_columns(q, Wp, U, perm, groups, static_groups, bc, options.keep_latent);
-  coordinate_descent(q, W, H, groups, options.cd_passes);
+  if (pruning.adaptive.structured()) bc = std::lcm(bc, static_cast<int64_t>(pruning.adaptive.m));  // runs never straddle blocks
+  quantize_columns(q, Wp, U, perm, groups, static_groups, bc, options.keep_latent, mask, pruning.adaptive);
+  coordinate_descent(q, W, H, groups, options.cd_passes, mask);
+  if (pruning.mask_out) *pruning.mask_out = std::move(mask);
   return q;
 }
 
@@ -271,15 +329,22 @@ QuantizedMatrix quantize_gptq(std::span<const float> w, int64_t rows, int64_t co
   return gptq_impl(w, rows, cols, hessian, spec, options, {}, 0);
 }
 
+QuantizedMatrix quantize_gptq_pruned(std::span<const float> w, int64_t rows, int64_t cols,
+                                     std::span<const double> hessian, const QuantSpec& spec,
+                                     const GptqOptions& options, const GptqPruning& pruning) {
+  return gptq_impl(w, rows, cols, hessian, spec, options, {}, 0, pruning);
+}
+
 QuantizedMatrix quantize_gptq_grouped(std::span<const float> w, int64_t rows, int64_t cols,
                                       std::span<const double> hessian, const QuantSpec& spec,
                                       std::span<const int64_t> column_group, int64_t num_groups,
-                                      const GptqOptions& options) {
+                                      const GptqOptions& options, const GptqPruning* pruning) {
   QTOOL_CHECK(static_cast<int64_t>(column_group.size()) == cols && num_groups > 0, ErrorCode::kInternal,
               "gptq: column groups");
   for (int64_t g : column_group)
     QTOOL_CHECK(g >= 0 && g < num_groups, ErrorCode::kInternal, "gptq: column group {} out of {}", g, num_groups);
-  return gptq_impl(w, rows, cols, hessian, spec, options, column_group, num_groups);
+  return gptq_impl(w, rows, cols, hessian, spec, options, column_group, num_groups,
+                   pruning ? *pruning : GptqPruning{});
 }
 
 double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<const double> h, bool fp16) {

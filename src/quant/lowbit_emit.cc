@@ -212,7 +212,8 @@ int64_t emit_gather_rows(ir::Graph& g, const Target& t, const QuantizedMatrix& q
 /// the zero padding of a short last block), and the model runs at float32 speed with float32
 /// weights in memory. fp4 codes are decoded by Cast(to=int32) -> Gather on the 16 E2M1 values in
 /// place of the Cast to float (ONNX Runtime 1.30 has no FLOAT4E2M1 Cast). Returns the stored bytes.
-int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, WeightOnlyLayer& L) {
+int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, WeightOnlyLayer& L,
+                      bool sparse = false) {
   const DataType dt = t.format->storage_type();
   const int64_t kb = q.k_blocks();
   const bool blocked = t.format->block_size > 0;
@@ -269,9 +270,17 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   auto shape_init = [&](const Shape& s, const std::string& what) {
     return g.add_initializer(g.unique_name(wn + "_" + what), Tensor::from_vector<int64_t>({static_cast<int64_t>(s.size())}, s));
   };
-  ir::Value* lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
-  int64_t bytes = static_cast<int64_t>(lv->initializer()->nbytes());
-  L.stored = lv->name();
+  ir::Value* lv = nullptr;
+  int64_t bytes = 0;
+  if (sparse) {  // a bit mask of the non-zero levels plus those levels (zero level 0: symmetric grids, codes)
+    lv = emit_sparse_levels(g, first, wn + "_quantized", levels, 0, dt, t.format->bits, padded, &bytes);
+    L.stored = wn + "_quantized_values";
+    L.sparse_storage = true;
+  } else {
+    lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
+    bytes = static_cast<int64_t>(lv->initializer()->nbytes());
+    L.stored = lv->name();
+  }
   L.scheme = blocked ? fmt::format("block({}, axis={})", bs, axis)
                      : fmt::format("per-channel(axis={})", (t.kind == Kind::kMatMul || (t.kind == Kind::kGemm && !t.trans_b)) ? 1 : 0);
   ir::Value* x = nullptr;
@@ -388,13 +397,25 @@ int64_t storage_index(const Target& t, int64_t r, int64_t c) {
 /// Opset the emitted DequantizeLinear of `f` needs.
 int64_t required_opset(const WeightFormat& f) {
   if (f.layout == WeightLayout::kMatMulNBits) return 0;
+  if (f.scheme == WeightScheme::kPalette) return f.type->opset;  // Cast of uint4 (21); Mod, BitShift, CumSum (13)
   return std::max<int64_t>(f.type->opset, f.block_size > 0 ? 21 : 0);  // block_size: DQ opset 21
 }
 
 int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, bool cast_form,
                     WeightOnlyLayer& L) {
   const WeightFormat& f = *t.format;
-  const int64_t bytes = f.layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q, L)
+  // A pruned layer on a grid whose level 0 is the value 0 (symmetric integers, ternary, fp8/fp4
+  // codes) is stored sparsely in the Cast form when that is smaller.
+  bool sparse = false;
+  if (!L.pruning.empty() && f.layout == WeightLayout::kQdq && f.symmetric && f.scheme != WeightScheme::kBinary &&
+      f.scheme != WeightScheme::kPalette) {
+    const int64_t n = t.rows * t.cols;
+    const int64_t kept = std::count_if(q.levels.begin(), q.levels.end(), [](int32_t v) { return v != 0; });
+    sparse = sparse_storage_bytes(n, kept, f.bits) < (n * f.bits + 7) / 8;
+  }
+  const int64_t bytes = f.scheme == WeightScheme::kPalette ? emit_palette(g, t, q, fp16_scales, L)
+                        : f.layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q, L)
+                        : sparse ? emit_cast_mul(g, t, q, fp16_scales, L, true)
                         : gathers_rows_only(t) && f.bits == 8 && f.block_size == 0 ? emit_gather_rows(g, t, q, L)
                         : cast_form || f.scheme == WeightScheme::kFloat4 ? emit_cast_mul(g, t, q, fp16_scales, L)
                                                                          : emit_qdq(g, t, q, fp16_scales, L);

@@ -10,6 +10,8 @@
 #include "qtool/ir/graph.h"
 #include "qtool/quant/gptq.h"
 #include "qtool/quant/lowbit.h"
+#include "qtool/quant/palette.h"
+#include "qtool/quant/sparsity.h"
 #include "qtool/quant/weight_quant.h"
 
 namespace qtool::quant::detail {
@@ -103,6 +105,26 @@ int64_t required_opset(const WeightFormat& f);
 /// scheme, precision and scale statistics. Returns the stored bytes.
 int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_scales, bool cast_form,
                     WeightOnlyLayer& L);
+// ---- compact stored forms expanded by folded ops (compact_emit.cc) ----
+
+/// Bytes emit_codes stores for n codes of `bits` bits.
+int64_t code_storage_bytes(int64_t n, int bits);
+/// Bytes emit_sparse_levels stores for n levels of which `kept` are not the zero level.
+int64_t sparse_storage_bytes(int64_t n, int64_t kept, int bits);
+/// Stores codes (0 <= code < 2^bits) in the fewest bytes (uint8, uint4, uint4 + bit planes, bit
+/// planes) and returns an int32 value of `shape` decoding them, computed before `first`. Adds the
+/// stored bytes to *bytes.
+ir::Value* emit_codes(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> codes, int bits,
+                      const Shape& shape, int64_t* bytes);
+/// Stores levels sparsely: a bit plane of the levels that are not `zero_level`, and those levels
+/// (after one zero level) as packed `dt` (kInt32: as emit_codes of `bits` bits). Returns the int32
+/// dense levels of `shape`.
+ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> levels,
+                              int32_t zero_level, DataType dt, int bits, const Shape& shape, int64_t* bytes);
+/// Rewrites a palettized target: indices (sparse when pruned and smaller) -> + table offset of its
+/// group -> Gather on the tables (float16 -> Cast when `fp16_table`). Returns the stored bytes.
+int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_table, WeightOnlyLayer& L);
+
 /// Adds Y += MatMul(Gather(X, cols, axis=-1), DQ(int8 outlier rows)) after the layer. Returns bytes.
 int64_t emit_outliers(ir::Graph& g, const Target& t, const std::vector<int64_t>& cols,
                       const std::vector<float>& w_orig);
@@ -120,7 +142,19 @@ struct LayerJob {
   const std::vector<float>* awq_scales = nullptr;  ///< AWQ scales the input Hessian must be rescaled by
   const std::vector<int64_t>& outlier_columns;     ///< columns carried by the int8 branch
   bool have_hessian = false;                 ///< stats hold a Hessian this layer can use
+  /// Weights pruned before quantization ([rows, cols], 1 = held at 0; t.w is already 0 there), or null.
+  const std::vector<uint8_t>* pruned = nullptr;
+  /// SparseGPT: the GPTQ sweep chooses the mask (needs a Hessian).
+  SparsitySpec adaptive;
+  /// Some weights are (or will be) exactly 0 by pruning: palettes reserve index 0 for 0.
+  bool sparse() const { return pruned != nullptr || adaptive.active(); }
 };
+
+/// Per-column importance of a layer's weights: diag of its input Hessian (k×k Conv: of its im2col
+/// patches), else the input channels' energy E[x_c²], else empty (uniform).
+std::vector<float> column_importance(const LayerJob& job);
+/// The palette of a layer for `job` (k-means per group of rows, weighted by column_importance).
+QuantizedMatrix quantize_palette_layer(const LayerJob& job, std::span<const float> importance);
 
 /// The layer's input Hessian (of x / s when AWQ scales were folded).
 std::vector<double> input_hessian(const LayerJob& job);

@@ -23,6 +23,7 @@
 #include "qtool/passes/upgrade_opset.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/weight_algorithms.h"
+#include "qtool/quant/sparsity.h"
 
 namespace qtool::quant {
 namespace {
@@ -54,11 +55,14 @@ class WeightOnlyRun {
  private:
   void validate();
   void collect_stats();
-  void raise_opset();
+  bool raise_opset();
   void recollect_stats(size_t from);
   void quantize_target(size_t ti);
   QuantizedMatrix quantize_matrix(Target& t, QuantSpec& spec, const InputStats* st, const std::vector<float>* awq_s,
                                   const std::vector<int64_t>& out_cols, WeightOnlyLayer& L);
+  bool prunes(const Target& t) const;
+  std::vector<uint8_t> choose_mask(Target& t, const InputStats* st, const std::vector<float>* awq_s,
+                                   WeightOnlyLayer& L, SparsitySpec* adaptive);
   std::vector<int64_t> outlier_columns(Target& t, const InputStats* st, const std::vector<float>* awq_s,
                                        std::vector<float>& w_before_copy);
   void emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const std::vector<int64_t>& out_cols,
@@ -73,6 +77,7 @@ class WeightOnlyRun {
   WeightOnlyReport report_;
   bool tuning_ = false;
   bool want_stats_ = false;
+  bool sparsegpt_ = false;  ///< --sparsity-method sparsegpt: Hessians collected for the pruned layers
   bool sequential_ = false;
   ir::Model teacher_;  ///< the float model tuning distills from, before AWQ folds its scales
   std::vector<Target> targets_;
@@ -102,6 +107,22 @@ void WeightOnlyRun::validate() {
   QTOOL_CHECK(!algo_.needs_calibration || has_samples(calib_), ErrorCode::kConfig,
               "--algorithm {} needs calibration data (--calib)", algo_.name);
   tuning_ = cfg_.tune.steps > 0;
+  const bool palette = cfg_.bits.is_palette() || cfg_.bits_first_last.is_palette() || cfg_.bits_depthwise.is_palette() ||
+                       std::any_of(cfg_.layer_bits.begin(), cfg_.layer_bits.end(),
+                                   [](const LayerBitsRule& r) { return r.bits.is_palette(); }) ||
+                       std::any_of(cfg_.plan.begin(), cfg_.plan.end(), [](const auto& e) {
+                         return e.second.format && e.second.format->scheme == WeightScheme::kPalette;
+                       });
+  if (cfg_.sparsity.active()) {
+    QTOOL_CHECK(!tuning_, ErrorCode::kConfig, "--tune-steps cannot be combined with --sparsity yet (tuning would move "
+                                              "pruned weights off 0)");
+    QTOOL_CHECK(cfg_.outlier_fraction == 0.0, ErrorCode::kConfig,
+                "--outlier-fraction cannot be combined with --sparsity");
+    QTOOL_CHECK(cfg_.format != WeightLayout::kMatMulNBits, ErrorCode::kConfig,
+                "--sparsity needs --format qdq or cast: MatMulNBits has no sparse form");
+  }
+  QTOOL_CHECK(!(tuning_ && palette), ErrorCode::kConfig,
+              "--tune-steps cannot be combined with palettes yet (tuning moves levels on a uniform grid)");
   if (tuning_) {
     QTOOL_CHECK(has_samples(calib_), ErrorCode::kConfig, "--tune-steps needs calibration data (--calib)");
     QTOOL_CHECK(cfg_.outlier_fraction == 0.0, ErrorCode::kConfig,
@@ -111,19 +132,29 @@ void WeightOnlyRun::validate() {
 
 /// Phase 3: calibration statistics of the inputs of quantized layers.
 void WeightOnlyRun::collect_stats() {
-  want_stats_ = has_samples(calib_) && (algo_.needs_calibration || cfg_.outlier_fraction > 0.0);
+  const bool any_palette = std::any_of(targets_.begin(), targets_.end(), [](const Target& t) {
+    return t.format && t.format->scheme == WeightScheme::kPalette;
+  });
+  const bool sparse_stats = cfg_.sparsity.active() && cfg_.sparsity_method != SparsityMethod::kMagnitude;
+  sparsegpt_ = cfg_.sparsity.active() && cfg_.sparsity_method == SparsityMethod::kSparseGpt;
+  want_stats_ = has_samples(calib_) &&
+                (algo_.needs_calibration || cfg_.outlier_fraction > 0.0 || any_palette || sparse_stats);
   if (!want_stats_) return;
+  const bool hessians = algo_.needs_calibration || sparsegpt_;
   for (const Target& t : targets_)
     if (t.format && t.input && t.kind != Kind::kGather) {
       InputStats& s = stats_[t.input];
       s.channel_axis1 = t.channels_first;
       s.k = t.cols;
-      s.want_hessian = s.want_hessian || algo_.needs_calibration;  // GPTQ, and AWQ's output-error objective
+      // GPTQ, SparseGPT, and AWQ's output-error objective
+      s.want_hessian = s.want_hessian || (hessians && (algo_.needs_calibration || prunes(t)));
     }
   std::vector<std::pair<const ir::Value*, InputStats*>> extra;
-  if (algo_.gptq)
+  if (algo_.gptq || sparsegpt_ || any_palette || sparse_stats)
     for (const Target& t : targets_)
-      if (t.format && detail::gptq_eligible(*t.format) && t.patch_input) {
+      if (t.format && t.patch_input &&
+          ((algo_.gptq && detail::gptq_eligible(*t.format)) || prunes(t) ||
+           t.format->scheme == WeightScheme::kPalette)) {
         InputStats& s = patch_stats_[&t];
         s.k = t.shape[1] * t.taps;
         s.want_hessian = true;
@@ -133,8 +164,10 @@ void WeightOnlyRun::collect_stats() {
   detail::collect_input_stats(model_, *calib_, cfg_.threads, cfg_.max_calib_rows, stats_, extra);
 }
 
-/// The opset the output needs (and com.microsoft for MatMulNBits).
-void WeightOnlyRun::raise_opset() {
+/// The opset the output needs (and com.microsoft for MatMulNBits). Returns true when the opset was
+/// upgraded: the upgrade may rebuild values (initializers that were graph inputs), so the targets
+/// found before must be found again.
+bool WeightOnlyRun::raise_opset() {
   int64_t need = 0;
   bool nbits = false;
   for (const Target& t : targets_)
@@ -152,6 +185,7 @@ void WeightOnlyRun::raise_opset() {
   if (need >= 25) model_.ir_version = std::max<int64_t>(model_.ir_version, 11);
   if (nbits && model_.opset("com.microsoft") == 0) model_.set_opset("com.microsoft", 1);
   report_.opset = model_.opset("");
+  return need > have;
 }
 
 /// Sequential calibration: re-collects the statistics of the inputs of targets[from..] from the
@@ -196,23 +230,91 @@ std::vector<int64_t> WeightOnlyRun::outlier_columns(Target& t, const InputStats*
   return out_cols;
 }
 
+/// Whether a layer is pruned: every quantized layer but the first and last, depthwise convolutions
+/// and embedding tables (few weights that everything downstream rests on).
+bool WeightOnlyRun::prunes(const Target& t) const {
+  if (!cfg_.sparsity.active() || !t.format || t.first_last || t.kind == Kind::kGather) return false;
+  const bool depthwise = t.kind == Kind::kConv && t.shape[1] == 1 && t.out_channels > 1 &&
+                         t.node->attr_int("group", 1) == t.out_channels;
+  return !depthwise;
+}
+
+/// The mask of a pruned layer chosen before quantization (magnitude, Wanda; t.w zeroed there), or
+/// none with `adaptive` set when the GPTQ sweep chooses it (SparseGPT with a Hessian).
+std::vector<uint8_t> WeightOnlyRun::choose_mask(Target& t, const InputStats* st, const std::vector<float>* awq_s,
+                                                WeightOnlyLayer& L, SparsitySpec* adaptive) {
+  SparsityMethod method = cfg_.sparsity_method;
+  const bool have_patch = patch_stats_.count(&t) && patch_stats_.at(&t).hessian.samples() > 0;
+  const bool have_h = (st && st->want_hessian && st->hessian.samples() > 0 &&
+                       (t.kind != Kind::kConv || t.channels_first)) ||
+                      have_patch;
+  // Input channel norms ‖x_c‖ in the layer's column order (Wanda), when known.
+  std::vector<float> norm;
+  if (have_patch && !t.conv_blocked) {
+    norm = patch_stats_.at(&t).hessian.channel_energy();
+  } else if (st && st->rows > 0 && st->k == t.cols && (t.kind != Kind::kConv || t.channels_first)) {
+    norm = st->energy();
+    if (awq_s)
+      for (int64_t c = 0; c < t.cols; ++c) norm[c] /= (*awq_s)[c] * (*awq_s)[c];
+  }
+  for (float& v : norm) v = std::sqrt(std::max(0.0f, v));
+  if (method == SparsityMethod::kSparseGpt && !have_h) {
+    method = norm.empty() ? SparsityMethod::kMagnitude : SparsityMethod::kWanda;
+    L.note += fmt::format("{}no input Hessian for SparseGPT: pruned by {}", L.note.empty() ? "" : "; ",
+                          sparsity_method_name(method));
+  }
+  if (method == SparsityMethod::kWanda && norm.empty()) {
+    method = SparsityMethod::kMagnitude;
+    L.note += fmt::format("{}no input statistics for Wanda: pruned by magnitude", L.note.empty() ? "" : "; ");
+  }
+  L.pruning = fmt::format("{} {}", sparsity_method_name(method), cfg_.sparsity.spelled());
+  if (method == SparsityMethod::kSparseGpt) {
+    *adaptive = cfg_.sparsity;
+    return {};
+  }
+  const std::vector<float> score = prune_scores(t.w, t.rows, t.cols, method, norm);
+  // Magnitude compares the whole layer; Wanda compares the weights of each output row.
+  std::vector<uint8_t> mask = prune_mask(score, t.rows, t.cols, cfg_.sparsity, method == SparsityMethod::kWanda);
+  for (size_t i = 0; i < mask.size(); ++i)
+    if (mask[i]) t.w[i] = 0.0f;
+  return mask;
+}
+
 /// The algorithm's levels for one layer (again with float32 scales when a float16 scale would
 /// leave float16's normal range).
 QuantizedMatrix WeightOnlyRun::quantize_matrix(Target& t, QuantSpec& spec, const InputStats* st,
                                                const std::vector<float>* awq_s, const std::vector<int64_t>& out_cols,
                                                WeightOnlyLayer& L) {
+  SparsitySpec adaptive;
+  const std::vector<uint8_t> mask = prunes(t) ? choose_mask(t, st, awq_s, L, &adaptive) : std::vector<uint8_t>{};
   auto job = [&] {
-    detail::LayerJob j{t, spec, cfg_, gopt_, st, nullptr, awq_s, out_cols, false};
+    detail::LayerJob j{t, spec, cfg_, gopt_, st, nullptr, awq_s, out_cols, false, nullptr, {}};
     j.patch_stats = patch_stats_.count(&t) ? &patch_stats_.at(&t) : nullptr;
     j.have_hessian = st && st->want_hessian && st->hessian.samples() > 0 &&
                      (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather &&
-                     detail::gptq_eligible(*t.format);
+                     (detail::gptq_eligible(*t.format) || adaptive.active());
+    if (!algo_.gptq && !adaptive.active()) j.patch_stats = nullptr;  // im2col statistics: importance only
+    j.pruned = mask.empty() ? nullptr : &mask;
+    j.adaptive = adaptive;
     return j;
   };
-  QuantizedMatrix q = algo_.quantize(job(), &L.algorithm);
+  // SparseGPT is a GPTQ sweep, whatever the algorithm of the unpruned layers.
+  const LayerQuantizeFn quantize = adaptive.active() ? detail::quantize_gptq_layer : algo_.quantize;
+  auto run = [&] {
+    const detail::LayerJob j = job();
+    if (t.format->scheme == WeightScheme::kPalette && !j.have_hessian && !(j.patch_stats && algo_.gptq) &&
+        !adaptive.active()) {
+      // Palettes without a Hessian sweep: weighted k-means (the importance from any statistics).
+      detail::LayerJob k = j;
+      k.patch_stats = patch_stats_.count(&t) ? &patch_stats_.at(&t) : nullptr;
+      return detail::quantize_rtn_layer(k, &L.algorithm);
+    }
+    return quantize(j, &L.algorithm);
+  };
+  QuantizedMatrix q = run();
   if (spec.fp16_scale && !scales_fit_fp16(q)) {
     spec.fp16_scale = false;  // a scale below float16's normal range (or above it): keep float32
-    q = algo_.quantize(job(), &L.algorithm);
+    q = run();
     L.note += (L.note.empty() ? "" : "; ") + std::string("scales outside float16's normal range: float32 scales");
   }
   return q;
@@ -224,16 +326,20 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
   // Relative weight error (outlier columns count as int8-exact here; their error is tiny),
   // dequantizing element by element rather than materializing the whole matrix.
   double num = 0, den = 0;
+  int64_t zeros = 0;
   std::vector<char> oc(static_cast<size_t>(t.cols), 0);
   for (int64_t c : out_cols) oc[static_cast<size_t>(c)] = 1;
   for (int64_t r = 0; r < t.rows; ++r)
     for (int64_t c = 0; c < t.cols; ++c) {
       const double wv = w_before[r * t.cols + c];
-      const double e = oc[static_cast<size_t>(c)] ? 0.0 : wv - q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
+      const double qv = q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
+      const double e = oc[static_cast<size_t>(c)] ? 0.0 : wv - qv;
+      zeros += qv == 0.0;
       num += e * e;
       den += wv * wv;
     }
   L.weight_rel_mse = den > 0 ? num / den : 0.0;
+  L.sparsity = static_cast<double>(zeros) / static_cast<double>(t.rows * t.cols);
   int64_t bytes = detail::emit_weight(g_, t, q, fp16, cfg_.cast_dequant, L);
   if (!out_cols.empty()) {
     bytes += detail::emit_outliers(g_, t, out_cols, w_before);
@@ -260,6 +366,7 @@ void WeightOnlyRun::quantize_target(size_t ti) {
   check_interrupt(fmt::format("before quantizing weight '{}'", t.weight->name()));  // Ctrl-C between layers
   WeightOnlyLayer L;
   L.node = t.node->name().empty() ? t.node->describe() : t.node->name();
+  L.output = t.node->output(0) ? t.node->output(0)->name() : "";
   L.op_type = detail::kind_name(t.kind);
   L.weight = t.weight->name();
   L.rows = t.rows;
@@ -347,13 +454,16 @@ WeightOnlyReport WeightOnlyRun::run() {
   if (tuning_) teacher_ = model_.clone();
   targets_ = detail::find_targets(g_, cfg_.block_size);
   detail::choose_formats(targets_, cfg_);
+  if (raise_opset()) {  // before anything holds on to the graph's values
+    targets_ = detail::find_targets(g_, cfg_.block_size);
+    detail::choose_formats(targets_, cfg_);
+  }
   // Weights are read when quantized (streaming), except that AWQ needs them all before folding.
   if (algo_.awq_scales)
     for (Target& t : targets_)
       if (t.format) with_context("while reading weight '" + t.weight->name() + "'", [&] { detail::extract_matrix(t); });
   collect_stats();
   if (algo_.awq_scales) detail::awq_prepass(g_, targets_, stats_, cfg_, awq_scales_, awq_where_);
-  raise_opset();
   main_format_ = &resolve_weight_format(cfg_.bits, cfg_.block_size, cfg_.symmetric,
                                         cfg_.bits.is_int8() ? WeightLayout::kQdq : cfg_.format);
   sequential_ = cfg_.sequential && want_stats_ && algo_.needs_calibration;

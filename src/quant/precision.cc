@@ -10,10 +10,13 @@ namespace {
 
 using S = WeightScheme;
 constexpr std::array<int16_t, 5> kAllBlocks = {0, 16, 32, 64, 128};
+/// Palette groups: output channels sharing one table (0 = one table per tensor).
+constexpr std::array<int16_t, 5> kPaletteGroups = {0, 1, 4, 8, 16};
+constexpr std::array<int16_t, 4> kNoMnb = {-1, -1, -1, -1};
 
 // clang-format off
 /// name, width alias, scheme, bits, signed, ONNX type, opset, DQ blocks, MatMulNBits name and blocks, help.
-constexpr std::array<ElementType, 9> kElementTypes = {{
+constexpr std::array<ElementType, 17> kElementTypes = {{
   {"int8",    "8", S::kInt,     8, true,  DataType::kInt8,  13, {0, -1, -1, -1, -1}, "mnb8",  {32, 128, -1, -1},
    "int8 symmetric levels (opset 13; always per output channel)"},
   {"int4",    "4", S::kInt,     4, true,  DataType::kInt4,  21, kAllBlocks,          "mnb4",  {16, 32, 64, 128},
@@ -35,6 +38,18 @@ constexpr std::array<ElementType, 9> kElementTypes = {{
   // DequantizeLinear nor Cast of FLOAT4E2M1 (type 23), and folds this chain when it loads the model.
   {"fp4",     "",  S::kFloat4,  4, true,  DataType::kUint4, 21, kAllBlocks,          "",      {-1, -1, -1, -1},
    "FP4 E2M1 levels, scale = amax/6 per block (NVFP4-style, float16 scales; E2M1 codes as uint4 decoded by a Gather table, opset 21)"},
+  // Palettes (k-means clustering): 2^bits centroids per tensor or per group of output channels,
+  // levels are indices into the table. Stored as uint8 (8 bits), uint4 (4 bits), bit planes (1-3
+  // bits) or uint4 plus bit planes (5-7 bits), expanded by Cast -> Gather on the table, which ONNX
+  // Runtime folds when it loads the model. "DQ blocks" are the palette groups.
+  {"pal1", "", S::kPalette, 1, true, DataType::kUint8, 13, kPaletteGroups, "", kNoMnb, "1-bit palette (2 centroids)"},
+  {"pal2", "", S::kPalette, 2, true, DataType::kUint8, 13, kPaletteGroups, "", kNoMnb, "2-bit palette (4 centroids)"},
+  {"pal3", "", S::kPalette, 3, true, DataType::kUint8, 13, kPaletteGroups, "", kNoMnb, "3-bit palette (8 centroids)"},
+  {"pal4", "", S::kPalette, 4, true, DataType::kUint4, 21, kPaletteGroups, "", kNoMnb, "4-bit palette (16 centroids, opset 21)"},
+  {"pal5", "", S::kPalette, 5, true, DataType::kUint4, 21, kPaletteGroups, "", kNoMnb, "5-bit palette (32 centroids, opset 21)"},
+  {"pal6", "", S::kPalette, 6, true, DataType::kUint4, 21, kPaletteGroups, "", kNoMnb, "6-bit palette (64 centroids, opset 21)"},
+  {"pal7", "", S::kPalette, 7, true, DataType::kUint4, 21, kPaletteGroups, "", kNoMnb, "7-bit palette (128 centroids, opset 21)"},
+  {"pal8", "", S::kPalette, 8, true, DataType::kUint8, 13, kPaletteGroups, "", kNoMnb, "8-bit palette (256 centroids)"},
 }};
 // clang-format on
 

@@ -25,9 +25,13 @@ struct Table {
     for (const ElementType& t : element_types()) {
       for (int16_t b : t.qdq_blocks) {
         if (b < 0) continue;
-        const std::string name = b > 0 ? fmt::format("{}_b{}", t.name, b) : std::string(t.name);
-        const std::string help = b > 0 ? fmt::format("{}, blocks of {} along K (DQ block_size)", t.help, b)
-                                       : fmt::format("{}, per output channel (DQ axis)", t.help);
+        const bool pal = t.scheme == WeightScheme::kPalette;
+        const std::string name = b > 0 ? fmt::format("{}_{}{}", t.name, pal ? "g" : "b", b) : std::string(t.name);
+        const std::string help =
+            pal ? (b > 0 ? fmt::format("{}, one table per {} output channel{}", t.help, b, b > 1 ? "s" : "")
+                         : fmt::format("{}, one table per tensor", t.help))
+            : b > 0 ? fmt::format("{}, blocks of {} along K (DQ block_size)", t.help, b)
+                    : fmt::format("{}, per output channel (DQ axis)", t.help);
         rows.push_back({keep(name), &t, t.scheme, t.bits, t.is_signed, t.is_signed, b, WeightLayout::kQdq, keep(help)});
       }
     }
@@ -57,7 +61,10 @@ DataType WeightFormat::storage_type() const {
 }
 
 void WeightFormat::level_range(int* lo, int* hi) const {
-  if (is_float_scheme(scheme)) {  // codes
+  if (scheme == WeightScheme::kPalette) {  // table indices
+    *lo = 0;
+    *hi = (1 << bits) - 1;
+  } else if (is_float_scheme(scheme)) {  // codes
     *lo = 0;
     *hi = scheme == WeightScheme::kFloat8 ? 255 : 15;
   } else if (scheme != WeightScheme::kInt) {
@@ -81,7 +88,7 @@ const WeightFormat* find_weight_format(std::string_view name) {
 }
 
 const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
-                                          WeightLayout layout) {
+                                          WeightLayout layout, int64_t palette_group) {
   QTOOL_CHECK(!bits.is_float() && !bits.inherits(), ErrorCode::kInternal, "no weight format for '{}'",
               bits.spelled());
   const ElementType* t = bits.type(symmetric);
@@ -89,7 +96,12 @@ const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_
   // row (an error below); DequantizeLinear int8 is always symmetric.
   const bool unsigned_wanted = bits.width_only() && !symmetric;
   std::string name;
-  if (layout == WeightLayout::kMatMulNBits) {
+  if (t->scheme == WeightScheme::kPalette) {
+    if (layout == WeightLayout::kMatMulNBits)
+      fail(ErrorCode::kConfig, "--format matmulnbits has no palette form; {} weights are written as table indices "
+                               "(use --format qdq)", t->name);
+    name = palette_group > 0 ? fmt::format("{}_g{}", t->name, palette_group) : std::string(t->name);
+  } else if (layout == WeightLayout::kMatMulNBits) {
     if (t->scheme != WeightScheme::kInt || t->mnb_name.empty())
       fail(ErrorCode::kConfig, "--format matmulnbits supports --bits 2, 4 and 8; {} weights are written with "
                                "DequantizeLinear (use --format qdq)", t->name);
@@ -119,8 +131,10 @@ const WeightFormat& select_weight_format(std::string_view bits, int64_t block_si
 std::string weight_formats_help() {
   std::string s = "Weight formats (--plan files name a layer's format; name: bits, block, layout - description):\n";
   for (const auto& f : table().rows) {
+    const bool pal = f.scheme == WeightScheme::kPalette;
     s += fmt::format("  {:<13} {} bit  {:<9} {:<12} {}\n", f.name, f.bits,
-                     f.block_size > 0 ? fmt::format("block {}", f.block_size) : "channel",
+                     pal ? (f.block_size > 0 ? fmt::format("group {}", f.block_size) : "tensor")
+                     : f.block_size > 0 ? fmt::format("block {}", f.block_size) : "channel",
                      f.layout == WeightLayout::kQdq ? "DQ" : "MatMulNBits", f.help);
   }
   return s;
@@ -128,6 +142,12 @@ std::string weight_formats_help() {
 
 double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols, int scale_bits) {
   QTOOL_CHECK(rows > 0 && cols > 0, ErrorCode::kInternal, "bits per weight of an empty matrix");
+  if (format.scheme == WeightScheme::kPalette) {  // indices + one table of 2^bits entries per group
+    const int64_t groups = format.block_size > 0 ? (rows + format.block_size - 1) / format.block_size : 1;
+    const double bits = static_cast<double>((rows * cols * format.bits + 7) / 8 * 8) +
+                        static_cast<double>(groups * (int64_t{1} << format.bits) * scale_bits);
+    return bits / static_cast<double>(rows * cols);
+  }
   const int64_t kb = format.block_size > 0 ? (cols + format.block_size - 1) / format.block_size : 1;
   double bits = 0;
   if (format.layout == WeightLayout::kMatMulNBits) {

@@ -4,11 +4,35 @@
 #include <numeric>
 
 #include "qtool/core/error.h"
+#include "qtool/quant/palette.h"
 #include "qtool/quant/weight_quant.h"
 
 namespace qtool::quant {
 
+std::shared_ptr<const Palette> Palette::make(std::vector<float> table) {
+  auto p = std::make_shared<Palette>();
+  p->values = std::move(table);
+  std::vector<int32_t> order(p->values.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p->values[a] < p->values[b]; });
+  for (int32_t i : order) {
+    if (!p->sorted.empty() && p->sorted.back() == p->values[i]) continue;  // duplicates: the first index
+    p->sorted.push_back(p->values[i]);
+    p->sorted_index.push_back(i);
+  }
+  return p;
+}
+
+int32_t Palette::nearest(float w) const {
+  const auto it = std::lower_bound(sorted.begin(), sorted.end(), w);
+  size_t j = static_cast<size_t>(it - sorted.begin());
+  if (j == sorted.size()) return sorted_index.back();
+  if (j > 0 && w - sorted[j - 1] <= sorted[j] - w) --j;
+  return sorted_index[j];
+}
+
 int32_t BlockGrid::quantize(float w) const {
+  if (palette) return palette->nearest(w);
   if (binary) return w >= 0.0f ? 1 : -1;
   if (float8) return float_to_float8e4m3fn(w / scale);
   if (float4) return float_to_float4e2m1(w / scale);
@@ -22,12 +46,15 @@ QuantSpec QuantSpec::from_format(const WeightFormat& f) {
   s.bits = f.bits;
   s.is_signed = f.is_signed;
   s.symmetric = f.symmetric;
-  s.block_size = f.block_size;
+  s.block_size = f.scheme == WeightScheme::kPalette ? 0 : f.block_size;  // a palette's group runs over rows
   return s;
 }
 
 void QuantSpec::level_range(int32_t* lo, int32_t* hi) const {
-  if (is_float_scheme(scheme)) {  // codes
+  if (scheme == WeightScheme::kPalette) {
+    *lo = 0;
+    *hi = (1 << bits) - 1;
+  } else if (is_float_scheme(scheme)) {  // codes
     *lo = 0;
     *hi = scheme == WeightScheme::kFloat8 ? 255 : 15;
   } else if (scheme != WeightScheme::kInt) {
@@ -262,6 +289,15 @@ BlockGrid find_block_grid(std::span<const float> x, const QuantSpec& spec, std::
     case WeightScheme::kBinary: {
       BlockGrid g = binary_grid(x, weights);
       g.scale = spec.stored_scale(g.scale);
+      return g;
+    }
+    case WeightScheme::kPalette: {  // a table for this block alone
+      std::vector<float> table = kmeans_1d(x, weights, 1 << spec.bits).centroids;
+      if (spec.fp16_scale)
+        for (float& v : table) v = half_to_float(float_to_half(v));
+      BlockGrid g;
+      spec.level_range(&g.lo, &g.hi);
+      g.palette = Palette::make(std::move(table));
       return g;
     }
   }

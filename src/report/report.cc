@@ -344,6 +344,9 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
                              {"mean", l.scales.mean}}},
                            {"weight_sqnr_db", num(l.weight_sqnr_db)},
                            {"output_sqnr_db", num(l.output_sqnr_db)},
+                           {"sparsity", num(l.sparsity)},
+                           {"pruning", l.pruning},
+                           {"sparse_storage", l.sparse_storage},
                            {"note", l.note}});
   }
   j["evaluation"] = {{"samples", r.eval_samples}, {"outputs", nlohmann::json::array()}};

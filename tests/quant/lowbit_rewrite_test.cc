@@ -8,6 +8,7 @@
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/quant/lowbit.h"
+#include "qtool/quant/sparsity.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
 #include "graph_builders.h"
@@ -395,6 +396,117 @@ TEST(LowbitRewrite, CastFormComputesTheSameWeightsAsDequantizeLinear) {
     EXPECT_LT(qtool::testing::max_abs_error(oc_all, oq), 1e-5 * (1.0 + max_abs(oq)));  // folded, not fused
     EXPECT_LT(qtool::testing::max_abs_error(run_executor(cast, in), oq), 1e-5 * (1.0 + max_abs(oq)));
   }
+}
+
+struct CompactCase {
+  const char* bits;
+  int64_t palette_group;
+  const char* sparsity;  ///< "" = not pruned
+  double max_rel;        ///< bound on the output error against the float model
+};
+
+// Palettes of every width (indices in uint8, uint4, uint4 + bit planes, bit planes) and pruned
+// layers stored as a bit mask plus the kept levels: each model runs in ONNX Runtime, matches qtool's
+// executor, and the pruned layers hold exactly the requested pattern and fewer bytes than dense.
+TEST(LowbitRewrite, PalettesAndSparseLayersRunInOrtAndMatchExecutor) {
+  QTOOL_REQUIRE_ORT();
+  const std::vector<CompactCase> cases = {
+      {"pal1", 0, "", 3.0},      {"pal2", 4, "", 1.0},     {"pal3", 0, "", 0.5},   {"pal4", 0, "", 0.3},
+      {"pal4", 16, "", 0.3},     {"pal5", 1, "", 0.2},     {"pal6", 0, "", 0.1},   {"pal7", 8, "", 0.1},
+      {"pal8", 0, "", 0.05},     {"pal4", 4, "0.5", 1.5},  {"4", 32, "2:4", 1.5},  {"int8", 0, "0.6", 1.5},
+      {"fp4", 32, "0.5", 1.5},
+  };
+  for (bool conv : {false, true}) {
+    const ir::Model fp = conv ? make_convnet(5) : make_mlp(1);
+    const auto in = input_for(fp, 2);
+    TempDir dir;
+    onnx_io::save_model(fp, dir.file("fp.onnx"));
+    const Tensor ref = qtool::testing::ort_run(dir.file("fp.onnx"), in).begin()->second;
+    for (const CompactCase& c : cases) {
+      SCOPED_TRACE(::testing::Message() << (conv ? "convnet " : "mlp ") << c.bits << " group " << c.palette_group
+                                        << " sparsity '" << c.sparsity << "'");
+      ir::Model m = fp.clone();
+      WeightOnlyConfig cfg;
+      cfg.bits = c.bits;
+      cfg.block_size = std::string(c.bits) == "int8" ? 0 : 32;
+      cfg.palette_group = c.palette_group;
+      cfg.sparsity = SparsitySpec::parse(c.sparsity);
+      cfg.sparsity_method = SparsityMethod::kMagnitude;
+      cfg.bits_first_last = "";
+      const WeightOnlyReport rep = apply_weight_only(m, cfg);
+      const bool sparse = std::string(c.sparsity) != "";
+      // The same layers without pruning: each pruned layer must store fewer bytes.
+      std::map<std::string, int64_t> dense_bytes;
+      if (sparse) {
+        ir::Model d = fp.clone();
+        WeightOnlyConfig dc = cfg;
+        dc.sparsity = {};
+        for (const auto& l : apply_weight_only(d, dc).layers) dense_bytes[l.weight] = l.bytes;
+      }
+      int sparse_layers = 0;
+      for (const auto& l : rep.layers) {
+        ASSERT_NE(l.format, "float") << l.weight;
+        if (!sparse) continue;
+        const bool pruned = !l.pruning.empty();
+        // First and last layers are not pruned (the convnet has only those two).
+        EXPECT_EQ(pruned, !conv && l.weight != "layer.gate_proj.weight" && l.weight != "lm_head.weight") << l.weight;
+        if (!pruned) continue;
+        ++sparse_layers;
+        EXPECT_GE(l.sparsity, cfg.sparsity.target() - 0.01) << l.weight;
+        EXPECT_TRUE(l.sparse_storage) << l.weight;
+        EXPECT_LT(l.bytes, dense_bytes.at(l.weight)) << l.weight;
+      }
+      if (sparse && !conv) EXPECT_EQ(sparse_layers, 2);
+      const std::string path = dir.file("m.onnx");
+      onnx_io::save_model(m, path);
+      // As written ("basic"); with every optimization ONNX Runtime may fuse the int8/int4
+      // DequantizeLinear -> MatMul of the unpruned layers into MatMulNBits (int8 activations).
+      const Tensor ort = ort_output(path, in.at("x"), "basic");
+      const Tensor ort_all = ort_output(path, in.at("x"), "all");
+      EXPECT_LT(rel_l2(ort_all, ort), 0.05);
+      if (executor_ready()) {
+        const Tensor ours = run_executor(m, in);
+        EXPECT_LT(qtool::testing::max_abs_error(ours, ort), 1e-4 * (1.0 + max_abs(ref)));
+      }
+      EXPECT_LT(rel_l2(ort, ref), c.max_rel);
+      EXPECT_GT(rel_l2(ort, ref), 0.0);
+    }
+  }
+}
+
+// The stored 2:4 pattern, read back from the model: in every run of 4 weights along the reduction
+// axis at most 2 are non-zero, and exactly half of the pruned layer's weights are zero.
+TEST(LowbitRewrite, TwoFourPatternHoldsInTheWrittenWeights) {
+  if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks kernels";
+  ir::Model m = make_mlp(4);
+  WeightOnlyConfig cfg;
+  cfg.bits = "int8";
+  cfg.block_size = 0;
+  cfg.sparsity = SparsitySpec::parse("2:4");
+  cfg.sparsity_method = SparsityMethod::kMagnitude;
+  const WeightOnlyReport rep = apply_weight_only(m, cfg);
+  // The dequantized up_proj weight [K=40, N=64]: evaluate the value its MatMul reads.
+  ir::Node* up = nullptr;
+  for (const auto& n : m.graph->nodes())
+    if (n->name() == "up_proj") up = n.get();
+  ASSERT_NE(up, nullptr);
+  ir::Value* w = up->input(1);
+  m.graph->add_output(w);
+  runtime::Executor ex(m);
+  const auto outs = ex.run(input_for(m, 1));
+  const Tensor& wt = outs.back();
+  ASSERT_EQ(wt.shape(), (Shape{40, 64}));
+  int64_t zeros = 0;
+  for (int64_t n = 0; n < 64; ++n)
+    for (int64_t k0 = 0; k0 < 40; k0 += 4) {
+      int nz = 0;
+      for (int64_t k = k0; k < k0 + 4; ++k) nz += wt.data<float>()[k * 64 + n] != 0.0f;
+      EXPECT_LE(nz, 2) << "column " << n << " run " << k0;
+      zeros += 4 - nz;
+    }
+  EXPECT_GE(zeros, 40 * 64 / 2);
+  for (const auto& l : rep.layers)
+    if (l.weight == "layer.up_proj.weight") EXPECT_EQ(l.pruning, "magnitude 2:4");
 }
 
 TEST(LowbitRewrite, DepthwiseConvsStayAtEightBitsByDefault) {

@@ -25,7 +25,8 @@ TEST(WeightFormats, TableIsConsistentAndNamesUnique) {
   std::set<std::string_view> names;
   for (const auto& f : weight_formats()) {
     EXPECT_TRUE(names.insert(f.name).second) << f.name;
-    EXPECT_TRUE(f.bits == 2 || f.bits == 4 || f.bits == 8) << f.name;
+    if (f.scheme == WeightScheme::kPalette) EXPECT_TRUE(f.bits >= 1 && f.bits <= 8) << f.name;
+    else EXPECT_TRUE(f.bits == 2 || f.bits == 4 || f.bits == 8) << f.name;
     if (f.layout == WeightLayout::kMatMulNBits) {
       EXPECT_GE(f.block_size, 16) << f.name;
       EXPECT_EQ(f.block_size & (f.block_size - 1), 0) << f.name;
@@ -53,10 +54,12 @@ TEST(ElementTypes, EveryRowParsesAndDerivesItsFormats) {
     EXPECT_EQ(c.is_float_kind(), is_float_scheme(t.scheme)) << t.name;
     for (int16_t b : t.qdq_blocks) {
       if (b < 0) continue;
-      const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kQdq);
+      const bool pal = t.scheme == WeightScheme::kPalette;  // its "blocks" are palette groups
+      const WeightFormat& f = resolve_weight_format(c, pal ? 0 : b, t.is_signed, WeightLayout::kQdq, pal ? b : 0);
       EXPECT_EQ(f.type, &t) << f.name;
       EXPECT_EQ(f.storage_type(), t.onnx_type) << f.name;
-      EXPECT_EQ(f.block_size, t.bits == 8 ? 0 : b) << f.name;
+      EXPECT_EQ(f.block_size, t.bits == 8 && !pal ? 0 : b) << f.name;
+      EXPECT_EQ(c.is_palette(), pal) << f.name;
       ++derived;
     }
     for (int16_t b : t.mnb_blocks) {
@@ -94,6 +97,13 @@ TEST(WeightFormats, SelectMapsCliChoices) {
   EXPECT_THROW(select_weight_format("3", 32, true, WeightLayout::kQdq), Error);
   EXPECT_THROW(select_weight_format("4", 0, true, WeightLayout::kMatMulNBits), Error);
   EXPECT_THROW(select_weight_format("4", 48, true, WeightLayout::kQdq), Error);
+  // Palettes take their group, not the block size.
+  EXPECT_EQ(select_weight_format("pal4", 32, true, WeightLayout::kQdq).name, "pal4");
+  EXPECT_EQ(resolve_weight_format(BitsChoice("pal6"), 32, true, WeightLayout::kQdq, 8).name, "pal6_g8");
+  EXPECT_THROW(resolve_weight_format(BitsChoice("pal4"), 32, true, WeightLayout::kQdq, 3), Error);
+  EXPECT_THROW(select_weight_format("pal4", 32, true, WeightLayout::kMatMulNBits), Error);
+  // Indices plus one float16 table of 16 entries per group of 8 rows: 4 + 8·16·16 / (64·256) bits per weight.
+  EXPECT_DOUBLE_EQ(format_bits_per_weight(*find_weight_format("pal4_g8"), 64, 256, 16), 4.0 + 0.125);
 }
 
 // Every format: pack its levels (odd sizes included) with the fast path and the scalar reference,
@@ -105,7 +115,12 @@ TEST(WeightFormats, EveryFormatPacksBitExactAgainstReference) {
     f.level_range(&lo, &hi);
     for (int64_t cols : {int64_t{172}, int64_t{64}, int64_t{7}}) {
       const int64_t rows = 3;
-      if (f.layout == WeightLayout::kQdq) {
+      if (f.scheme == WeightScheme::kPalette) {
+        // Indices are stored by the compact forms (tested bit for bit through the executor in
+        // tests/quant/lowbit_rewrite_test.cc); the level range is the table size.
+        EXPECT_EQ(lo, 0);
+        EXPECT_EQ(hi, (1 << f.bits) - 1);
+      } else if (f.layout == WeightLayout::kQdq) {
         const auto lv = random_levels(rows * cols, lo, hi, seed++);
         const auto ref = pack_onnx_reference(lv, f.bits);
         const auto fast = pack_onnx(lv, f.bits);

@@ -73,6 +73,10 @@ struct QuantizeArgs {
   bool gptq_act_order = false;            ///< weight-only: GPTQ columns by decreasing H_jj
   double gptq_damp = 0.01;                ///< weight-only: GPTQ dampening (fraction of mean diag H)
   bool no_tune_weights = false, no_tune_scales = false, no_tune_float = false;
+  int palette = 0;                        ///< weight-only: --palette BITS (= --bits palBITS)
+  int64_t palette_group = 0;              ///< weight-only: output channels per palette table (0 = per tensor)
+  std::string sparsity;                   ///< weight-only: --sparsity 0.5 | 50% | 2:4
+  std::string sparsity_method = "auto";   ///< weight-only: auto | magnitude | wanda | sparsegpt
   std::string report_path;  ///< --report: .json or .html
   std::string plan_path;    ///< --plan: per-layer formats (weight-only)
   std::string plan_out;     ///< --plan-out: write the plan the run carried out
@@ -80,8 +84,11 @@ struct QuantizeArgs {
   bool json = false;        ///< --json: print the report JSON instead of the table
 };
 
-/// --bits 8 / int8: the static W8A8 path (precision.h parses the value; kConfig if unknown).
-bool is_static(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic"; }
+/// --bits 8 / int8: the static W8A8 path (precision.h parses the value; kConfig if unknown), unless
+/// pruned (--sparsity: int8 weights, float activations) or palettized.
+bool is_static(const QuantizeArgs& a) {
+  return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic" && a.sparsity.empty() && a.palette == 0;
+}
 /// --bits 8 --mode dynamic.
 bool is_dynamic(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode == "dynamic"; }
 QuantizePath path_of(const QuantizeArgs& a) {
@@ -110,6 +117,11 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     m["guard"] = a.no_guard ? "false" : "true";
   } else {
     m["block-size"] = std::to_string(a.block_size);
+    if (a.palette > 0) m["palette-group"] = std::to_string(a.palette_group);
+    if (!a.sparsity.empty()) {
+      m["sparsity"] = a.sparsity;
+      m["sparsity-method"] = a.sparsity_method;
+    }
     m["weight-algorithm"] = a.weight_algorithm;
     if (a.gptq_act_order) m["gptq-act-order"] = "true";
     if (a.gptq_damp != 0.01) m["gptq-damp"] = fmt::format("{}", a.gptq_damp);
@@ -159,6 +171,11 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.plan_out = a.plan_out;
   job.data = a.data;
   job.bits = quant::BitsChoice(a.bits);
+  if (a.palette > 0) {
+    QTOOL_CHECK(a.bits == "8", ErrorCode::kConfig, "--palette {} replaces --bits (it is --bits pal{}); give one of them",
+                a.palette, a.palette);
+    job.bits = quant::BitsChoice(fmt::format("pal{}", a.palette));
+  }
   job.guard = !a.no_guard;
   job.per_layer_eval = a.json || !a.report_path.empty();
   job.max_drop = a.max_drop;
@@ -186,7 +203,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
     }
     return job;
   }
-  if (job.bits.is_int8()) {
+  if (is_static(a)) {
     QTOOL_CHECK(a.format == "qdq" || a.format == "qoperator", ErrorCode::kConfig,
                 "--format {} is not valid with --bits 8: use qdq (QuantizeLinear/DequantizeLinear) or qoperator "
                 "(QLinearConv, QLinearMatMul, com.microsoft QLinearAdd, ...)",
@@ -223,6 +240,14 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   quant::WeightOnlyConfig& cfg = job.weight_cfg;
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
+  cfg.palette_group = a.palette_group;
+  cfg.sparsity = quant::SparsitySpec::parse(a.sparsity);
+  if (a.sparsity_method == "auto")  // SparseGPT needs the layers' input Hessians (calibration data)
+    cfg.sparsity_method = a.data.path.empty() ? quant::SparsityMethod::kMagnitude : quant::SparsityMethod::kSparseGpt;
+  else
+    cfg.sparsity_method = quant::parse_sparsity_method(a.sparsity_method);
+  QTOOL_CHECK(cfg.sparsity_method == quant::SparsityMethod::kMagnitude || !cfg.sparsity.active() || !a.data.path.empty(),
+              ErrorCode::kConfig, "--sparsity-method {} needs calibration data (--calib)", a.sparsity_method);
   if (a.weight_algorithm != "auto") job.algorithm = cfg.algorithm = quant::parse_weight_algorithm(a.weight_algorithm);
   QTOOL_CHECK(!(a.asymmetric && a.symmetric), ErrorCode::kConfig, "--asymmetric and --symmetric exclude each other");
   if (a.asymmetric || a.symmetric) job.symmetric = a.symmetric;
@@ -365,6 +390,22 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
       ->check(CLI::Range(0.0, 100.0));
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
+  cmd.add_option("--palette", a.palette,
+                 "weight-only: palettize the weights: each one an index into a table of 2^BITS values found by "
+                 "k-means (weighted by the input channels' energy with --calib), BITS 1-8; the same as --bits palBITS")
+      ->check(CLI::Range(1, 8));
+  cmd.add_option("--palette-group", a.palette_group,
+                 "palettes: output channels sharing one table: 0 (default, one table per tensor), 1, 4, 8 or 16")
+      ->check(CLI::IsMember({0, 1, 4, 8, 16}));
+  cmd.add_option("--sparsity", a.sparsity,
+                 "weight-only: prune before quantizing: a fraction of zeros per layer (0.5 or 50%) or N:M (2:4: at most "
+                 "2 non-zeros in every 4 weights along the input channels); every quantized layer but the first and last, "
+                 "depthwise convs and embeddings; pruned layers are stored as a bit mask plus the kept levels where "
+                 "smaller. With --bits 8: int8 weights, float activations");
+  cmd.add_option("--sparsity-method", a.sparsity_method,
+                 "pruning: auto (default: sparsegpt with --calib, else magnitude), magnitude, wanda (|w|·‖x‖ per output "
+                 "row) or sparsegpt (mask chosen in the GPTQ sweep, errors compensated)")
+      ->check(CLI::IsMember({"auto", "magnitude", "wanda", "sparsegpt"}));
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm,
                  "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), " +
                      quant::weight_algorithms_help());

@@ -65,13 +65,17 @@ constexpr PathOption kPathOptions[] = {
     {"--plan-out", true, true, false},
     {"--weight-type", true, false, true},
     {"--min-iou", true, false, true},
+    {"--palette", false, true, false},
+    {"--palette-group", false, true, false},
+    {"--sparsity", false, true, false},
+    {"--sparsity-method", false, true, false},
 };
 // clang-format on
 
 const char* path_name(QuantizePath p) {
   switch (p) {
     case QuantizePath::kStatic: return "static W8A8 (--bits 8)";
-    case QuantizePath::kWeightOnly: return "weight-only (--bits 4, 2, ternary, binary, fp8, fp4)";
+    case QuantizePath::kWeightOnly: return "weight-only (--bits 4, 2, ternary, binary, fp8, fp4, pal1..pal8; --bits 8 with --sparsity)";
     case QuantizePath::kDynamic: return "dynamic (--bits 8 --mode dynamic)";
   }
   return "";

@@ -40,7 +40,8 @@ struct WeightFormat {
   int bits;                 ///< stored bits per weight (ternary and binary are stored on 2 bits)
   bool is_signed;           ///< levels are signed (int*) or unsigned with a zero point (uint*, MatMulNBits)
   bool symmetric;           ///< no zero points stored (signed: zp = 0; MatMulNBits: default zp 2^(bits-1))
-  int64_t block_size;       ///< 0 = per output channel; else elements per block along K
+  int64_t block_size;       ///< 0 = per output channel; else elements per block along K (palettes:
+                            ///< output channels per table, 0 = one table per tensor)
   WeightLayout layout;
   std::string_view help;    ///< one line for --help
   /// ONNX element type of the stored levels (kInt4, kUint4, kInt2, kUint2, kInt8, or kUint8 for
@@ -56,9 +57,10 @@ std::span<const WeightFormat> weight_formats();
 const WeightFormat* find_weight_format(std::string_view name);
 /// The format for a parsed choice (not float, not inherit): block_size 0 = per channel (int8 is
 /// always per channel); `symmetric` picks the twin of a width alias; `layout` selects MatMulNBits
-/// variants. Throws kConfig naming the valid choices when no row matches.
+/// variants; a palette takes its group (output channels per table, 0 = per tensor) from `palette_group`
+/// instead of `block_size`. Throws kConfig naming the valid choices when no row matches.
 const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
-                                          WeightLayout layout);
+                                          WeightLayout layout, int64_t palette_group = 0);
 /// resolve_weight_format(BitsChoice(bits), ...).
 const WeightFormat& select_weight_format(std::string_view bits, int64_t block_size, bool symmetric,
                                          WeightLayout layout);
@@ -67,7 +69,7 @@ std::string weight_formats_help();
 
 /// Weight bits per element including the scale and zero point storage, for a [N, K] matrix in
 /// `format`: (N*K*bits + N*k_blocks*scale_bits + zero point bits) / (N*K). `scale_bits` is 32 for
-/// float scales, 16 for the float16 scales qtool writes by default for DequantizeLinear weights below
+/// float scales, 16 for the float16 scales (palettes: the table entries) qtool writes by default for DequantizeLinear weights below
 /// 8 bits (MatMulNBits scales are always float: its scale type follows the activations).
 double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols, int scale_bits = 32);
 

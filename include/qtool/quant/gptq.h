@@ -15,6 +15,7 @@
 #include <span>
 #include <vector>
 
+#include "qtool/quant/sparsity.h"
 #include "qtool/quant/weight_quant.h"
 
 namespace qtool::quant {
@@ -55,6 +56,8 @@ struct GptqOptions {
   bool keep_latent = false;
 };
 
+struct GptqPruning;  // below
+
 /// GPTQ with arbitrary (static) column groups: column c of each row is quantized on grid
 /// column_group[c] ∈ [0, num_groups) of that row, the grids computed up front from W (as with
 /// act_order). Used for k×k Conv weights, whose columns are (input channel, kernel tap) pairs and
@@ -63,7 +66,7 @@ struct GptqOptions {
 QuantizedMatrix quantize_gptq_grouped(std::span<const float> w, int64_t rows, int64_t cols,
                                       std::span<const double> hessian, const QuantSpec& spec,
                                       std::span<const int64_t> column_group, int64_t num_groups,
-                                      const GptqOptions& options = {});
+                                      const GptqOptions& options = {}, const GptqPruning* pruning = nullptr);
 
 /// Refits the block scales of each row of q to its fixed integer levels, minimizing the layer's output
 /// error tr((W − Q) H (W − Q)ᵀ) exactly: with Q_row = A s (A [cols, k_blocks], column b holding
@@ -80,5 +83,26 @@ double refine_scales(QuantizedMatrix& q, std::span<const float> w, std::span<con
 /// dampening.
 QuantizedMatrix quantize_gptq(std::span<const float> w, int64_t rows, int64_t cols, std::span<const double> hessian,
                               const QuantSpec& spec, const GptqOptions& options = {});
+
+/// What the GPTQ sweep prunes and which grids it rounds on, beyond quantize_gptq.
+struct GptqPruning {
+  /// Weights held at exactly 0 ([rows, cols], 1 = pruned; empty = none): chosen before the sweep
+  /// (magnitude, Wanda); their whole value is error pushed onto the later columns.
+  std::span<const uint8_t> pruned;
+  /// SparseGPT: the sweep chooses the mask itself, at the start of each block of columns (N:M: of
+  /// each run of m), pruning the weights with the least w²/[H⁻¹]_cc² (the OBS saliency). act_order is
+  /// ignored (the pattern runs along the natural column order).
+  SparsitySpec adaptive;
+  /// Fixed grids, one per row (block = cols): palettes fitted before the sweep. Empty: grids of `spec`.
+  std::span<const BlockGrid> row_grids;
+  /// Filled with the final mask ([rows, cols]) when not null.
+  std::vector<uint8_t>* mask_out = nullptr;
+};
+
+/// GPTQ (or, with pruning, SparseGPT's joint pruning and quantization) of W [rows, cols]: pruned
+/// weights take the grid's level of 0 (which must dequantize to exactly 0). Throws as quantize_gptq.
+QuantizedMatrix quantize_gptq_pruned(std::span<const float> w, int64_t rows, int64_t cols,
+                                     std::span<const double> hessian, const QuantSpec& spec,
+                                     const GptqOptions& options, const GptqPruning& pruning);
 
 }  // namespace qtool::quant

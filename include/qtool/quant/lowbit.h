@@ -40,6 +40,7 @@
 #include "qtool/quant/format.h"
 #include "qtool/quant/gptq.h"
 #include "qtool/quant/precision.h"
+#include "qtool/quant/sparsity.h"
 #include "qtool/quant/tune.h"
 
 namespace qtool::data {
@@ -93,6 +94,16 @@ struct WeightOnlyConfig {
   std::vector<LayerBitsRule> layer_bits;   ///< later rules win
   std::vector<std::string> exclude;        ///< node or weight names / globs left in float
   LayerPlanMap plan;                       ///< --plan: per-weight formats that override the rules
+  /// Palettes (pal1..pal8): output channels sharing one table (0 = one table per tensor; 1, 4, 8, 16).
+  int64_t palette_group = 0;
+  /// Pruning before / with quantization (sparsity.h) of every quantized layer except the first and
+  /// last, depthwise convolutions and embedding tables. Pruned weights are exactly 0 and stored
+  /// sparsely (a bit mask plus the kept levels, expanded by ops ONNX Runtime folds at load) where
+  /// that is smaller than the dense levels.
+  SparsitySpec sparsity;
+  /// kSparseGpt needs calibration data (the layers' input Hessians); a layer without one is pruned
+  /// by Wanda's score when its input statistics exist, else by magnitude (noted in its report).
+  SparsityMethod sparsity_method = SparsityMethod::kSparseGpt;
   bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)
   int clip_steps = 20;                     ///< RTN clipping search steps (0 = plain min/max)
   /// Store the scales of DequantizeLinear weights below 8 bits as float16 (a float16 initializer read
@@ -132,7 +143,8 @@ struct CalibrationInputs {
 
 /// What happened to one weight.
 struct WeightOnlyLayer {
-  std::string node;           ///< first node reading the weight
+  std::string node;           ///< first node reading the weight (its name, or "<output Y>" when unnamed)
+  std::string output;         ///< that node's first output (names unnamed nodes' layers in drift reports)
   std::string op_type;
   std::string weight;         ///< initializer name
   std::string format;         ///< WeightFormat::name, or "float" when skipped
@@ -143,6 +155,9 @@ struct WeightOnlyLayer {
   std::string scale_type;         ///< "float16" or "float" (empty when not quantized)
   double weight_rel_mse = 0.0;    ///< ‖W - Q‖² / ‖W‖²
   std::string note;               ///< why it was skipped / kept at 8 bits / folded where
+  double sparsity = 0.0;          ///< fraction of weights that are exactly 0 in the output
+  std::string pruning;            ///< "sparsegpt 2:4", "magnitude 0.5", ... ("" = not pruned)
+  bool sparse_storage = false;    ///< stored as a bit mask plus the kept levels
   // What was written, for the report (which is built from these records, not re-read from the graph):
   std::string stored;             ///< initializer holding the stored levels ("<weight>_quantized")
   std::string precision;          ///< the element type row ("int4", "fp4", "ternary"; MatMulNBits "uint4")

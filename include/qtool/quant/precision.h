@@ -30,6 +30,7 @@ enum class WeightScheme {
   kBinary,   ///< w ≈ α·sign(w), α = mean|w| of the block (the L2-optimal α for fixed signs)
   kFloat8,   ///< w ≈ decode(code)·scale, code a FLOAT8E4M3FN byte, scale = amax/448 per block (clipped)
   kFloat4,   ///< w ≈ decode(code)·scale, code a FLOAT4E2M1 nibble, scale = amax/6 per block (clipped)
+  kPalette,  ///< w ≈ table[index], 2^bits centroids by weighted k-means per tensor or group of output channels
 };
 
 /// Float element codes (fp8, fp4): levels are unsigned codes decoded by a table, not an integer ladder.
@@ -45,6 +46,7 @@ struct ElementType {
   DataType onnx_type;       ///< element type of the DequantizeLinear input
   int64_t opset;            ///< default-domain opset its per-channel DequantizeLinear needs
   /// Block sizes of the DequantizeLinear form, in --help order (0 = per output channel; -1 = unused).
+  /// Palettes: the output channels per table (0 = one table per tensor).
   std::array<int16_t, 5> qdq_blocks;
   /// MatMulNBits form: its name prefix ("mnb4", "mnb4z"; "" = none) and block sizes (-1 = unused).
   std::string_view mnb_name;
@@ -78,6 +80,8 @@ class BitsChoice {
   bool is_sign_scheme() const {
     return type_ != nullptr && (type_->scheme == WeightScheme::kTernary || type_->scheme == WeightScheme::kBinary);
   }
+  /// A palette (k-means table): no scales, no MatMulNBits form.
+  bool is_palette() const { return type_ != nullptr && type_->scheme == WeightScheme::kPalette; }
   /// A float element type (fp8, fp4): no zero points, no MatMulNBits form, no distillation tuning.
   bool is_float_kind() const { return type_ != nullptr && is_float_scheme(type_->scheme); }
   /// The element type, for a given --asymmetric: a width alias picks the signed (symmetric) or the

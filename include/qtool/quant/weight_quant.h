@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -14,6 +15,17 @@
 #include "qtool/quant/format.h"
 
 namespace qtool::quant {
+
+/// A palette: the table of values a level indexes (palette.h fits it by weighted k-means).
+struct Palette {
+  std::vector<float> values;           ///< table order: level q dequantizes to values[q]
+  std::vector<float> sorted;           ///< the values ascending
+  std::vector<int32_t> sorted_index;   ///< the level of each sorted value
+  /// A palette of `table` (any order; duplicates allowed: the first index of a value wins).
+  static std::shared_ptr<const Palette> make(std::vector<float> table);
+  /// The level whose value is nearest to w (ties: the smaller value).
+  int32_t nearest(float w) const;
+};
 
 /// The quantization grid of one block.
 struct BlockGrid {
@@ -23,6 +35,8 @@ struct BlockGrid {
   bool binary = false;  ///< levels {-1, +1} only (sign), zero never produced
   bool float8 = false;  ///< levels are FLOAT8E4M3FN codes (0..255): w ≈ decode(code)·scale
   bool float4 = false;  ///< levels are FLOAT4E2M1 codes (0..15): w ≈ decode(code)·scale
+  /// Levels index this table (palettes; shared by the rows of a group): w ≈ palette->values[q].
+  std::shared_ptr<const Palette> palette;
   /// Levels are float codes (fp8, fp4), not an integer ladder.
   bool float_codes() const { return float8 || float4; }
   /// The value of float code q before scaling (fp8 / fp4 grids only).
@@ -32,6 +46,7 @@ struct BlockGrid {
   /// Nearest level of w on this grid.
   int32_t quantize(float w) const;
   float dequantize(int32_t q) const {
+    if (palette) return palette->values[static_cast<size_t>(q)];
     if (float_codes()) return code_value(q) * scale;
     return static_cast<float>(q - zero_point) * scale;
   }

@@ -26,7 +26,7 @@
 namespace qtool::report {
 
 /// Version of the report JSON document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kQuantizeReportSchemaVersion = "1.2";  // 1.1: "actions"; 1.2: outputs' "mask_iou"
+inline constexpr const char* kQuantizeReportSchemaVersion = "1.3";  // 1.1: "actions"; 1.2: outputs' "mask_iou"; 1.3: layers' "sparsity", "pruning", "sparse_storage"
 
 /// "Not measured" for the double fields below (written as JSON null, shown as "-").
 inline constexpr double kNotMeasured = std::numeric_limits<double>::quiet_NaN();
@@ -58,6 +58,11 @@ struct LayerReport {
   /// SQNR in dB of this layer's output (quantized vs FP32 model) on held-out data; NaN when not measured.
   double output_sqnr_db = kNotMeasured;
   std::string note;        ///< e.g. "kept in float: output SQNR 3 dB when quantized"
+  /// Fraction of the weights that are exactly 0 in the output (NaN: not recorded), and how they
+  /// were pruned ("sparsegpt 2:4"; "" = not pruned) and whether they are stored as mask + kept levels.
+  double sparsity = kNotMeasured;
+  std::string pruning;
+  bool sparse_storage = false;
 
   /// Effective bits per weight including scales and zero points: 8 * bytes / params.
   double bits_per_weight() const { return params > 0 ? 8.0 * static_cast<double>(bytes) / params : 0.0; }

@@ -47,8 +47,39 @@ QuantizedMatrix quantize_rtn_rows_parallel(std::span<const float> w, int64_t row
 
 }  // namespace
 
+std::vector<float> column_importance(const LayerJob& job) {
+  const Target& t = job.t;
+  if (job.patch_stats && job.patch_stats->hessian.samples() > 0 && !t.conv_blocked)
+    return job.patch_stats->hessian.channel_energy();
+  if (job.stats && job.stats->rows > 0 && t.kind != Kind::kGather && (t.kind != Kind::kConv || t.channels_first) &&
+      job.stats->k == t.cols) {
+    std::vector<float> e = job.stats->energy();
+    if (job.awq_scales)
+      for (int64_t c = 0; c < t.cols; ++c) e[c] /= (*job.awq_scales)[c] * (*job.awq_scales)[c];  // of x / s
+    return e;
+  }
+  return {};
+}
+
+QuantizedMatrix quantize_palette_layer(const LayerJob& job, std::span<const float> importance) {
+  const Target& t = job.t;
+  PaletteSpec ps;
+  ps.bits = t.format->bits;
+  ps.group = t.format->block_size;
+  ps.fp16_table = job.spec.fp16_scale;
+  ps.zero_entry = job.sparse();
+  std::span<const uint8_t> pruned;
+  if (job.pruned) pruned = *job.pruned;
+  return quantize_palette(t.w, t.rows, t.cols, ps, importance, pruned, job.cfg.threads);
+}
+
 QuantizedMatrix quantize_rtn_layer(const LayerJob& job, std::string* label) {
   const Target& t = job.t;
+  if (t.format->scheme == WeightScheme::kPalette) {
+    const std::vector<float> importance = column_importance(job);
+    *label = importance.empty() ? "k-means" : "weighted k-means";
+    return quantize_palette_layer(job, importance);
+  }
   *label = t.format->scheme == WeightScheme::kTernary  ? "optimal-ternary"
            : t.format->scheme == WeightScheme::kBinary ? "binary"
                                                        : "rtn";

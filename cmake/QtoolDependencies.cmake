@@ -11,6 +11,8 @@ find_package(yaml-cpp QUIET)             # libyaml-cpp-dev (optional): YAML conf
 find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)  # libstb-dev: PNG decoding for calibration images
 find_package(JPEG REQUIRED)              # libjpeg-dev (libjpeg-turbo): JPEG decoding, the decoder PIL uses
 find_package(ZLIB REQUIRED)              # zlib1g-dev: deflate in .npz archives, gzip IDX files (calibration data)
+find_package(PkgConfig REQUIRED)         # pkg-config: finds libzstd
+pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)  # libzstd-dev: zstd-compressed size of outputs (reports)
 if(QTOOL_BUILD_TESTS)
   find_package(GTest REQUIRED)           # libgtest-dev
 endif()

@@ -172,7 +172,7 @@ QuantizeOutcome run_dynamic(const QuantizeJob& job, ir::Model& model, std::vecto
     model.source_path.clear();
     onnx_io::save_model(model, job.out_path);
     timings.push_back({"save", seconds_since(t)});
-    out.report.output_file_bytes = file_size(job.out_path);
+    report::measure_output_file(out.report);
   }
   if (job.max_drop && !out.gate_failure) {
     QTOOL_CHECK(verdict.has_value(), ErrorCode::kConfig, "--max-drop needs samples (--calib) and the guard");

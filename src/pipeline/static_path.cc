@@ -258,6 +258,7 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   std::string headline = fmt::format("W8A{} {}", bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
   if (!qdq.wide_activations.empty()) headline += fmt::format(", {} activations at 16 bits", qdq.wide_activations.size());
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
+  if (write) report::measure_output_file(out.report);
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = cfg.method;
   fill_weight_sqnr(out.report, model, run.equalized_weights.empty() ? fp32_weights : run.equalized_weights);

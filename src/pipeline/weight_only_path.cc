@@ -206,13 +206,16 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   std::string headline = job.bits.is_sign_scheme() ? bits : "W" + bits;
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
   if (job.bits.is_palette())
-    headline += cfg.palette_group > 0 ? fmt::format(" (group {})", cfg.palette_group) : std::string(" (per tensor)");
+    headline += cfg.palette_group > 0   ? fmt::format(" (group {})", cfg.palette_group)
+                : cfg.palette_block > 0 ? fmt::format(" (scaled, block {})", cfg.palette_block)
+                                        : std::string(" (per tensor)");
   else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
     headline += fmt::format(" (block {})", cfg.block_size);
   if (cfg.sparsity.active()) headline += fmt::format(" sparse {}", cfg.sparsity.spelled());
   headline += job.matmulnbits_accuracy_level > 0 ? " A8 dynamic" : " A32";
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   out.report.output_file_bytes = 0;  // measured once written (a file already there is not ours)
+  out.report.output_zstd_bytes = 0;
   join_layers(out.report, rep);
   out.report.warnings = rep.warnings;
   if (!defaults.empty()) out.report.actions.push_back(defaults);
@@ -268,6 +271,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
         rep = std::move(r);
         out.report = report::make_quantize_report(job.model_path, job.out_path, model, headline);
         out.report.output_file_bytes = 0;
+        out.report.output_zstd_bytes = 0;
         join_layers(out.report, rep);
         out.report.warnings = rep.warnings;
         out.report.actions = std::move(actions);
@@ -294,7 +298,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     onnx_io::save_model(model, job.out_path);
     if (!job.plan_out.empty()) write_file_atomic(job.plan_out, quant::plan_to_json(rep, bits).dump(2) + "\n");
     timings.push_back({"save", seconds_since(t)});
-    out.report.output_file_bytes = file_size(job.out_path);
+    report::measure_output_file(out.report);
   }
   if (job.max_drop && !out.gate_failure) {  // the same gate as the static path: top-1 agreement drop on held-out samples
     double agree = 2.0;

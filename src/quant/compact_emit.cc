@@ -14,24 +14,34 @@
 
 #include "lowbit_internal.h"
 #include "qtool/core/error.h"
+#include "qtool/quant/palette.h"
 
 namespace qtool::quant::detail {
 namespace {
 
-/// Nodes inserted before `first`, named after `base`.
+/// Nodes inserted before `first`. Their values get short names (a graph-unique "qc_N" prefix plus a
+/// few letters) and the nodes none: a small model has as many of these nodes as weights, and long
+/// names would cost more bytes than the compression saves.
 struct Builder {
   ir::Graph& g;
   ir::Node* first;
   std::string base;
   int64_t* bytes;
 
+  Builder(ir::Graph& graph, ir::Node* before, const std::string& /*what*/, int64_t* stored)
+      : g(graph), first(before), base(graph.unique_name("qc")), bytes(stored) {}
+
   ir::Value* init(const std::string& what, Tensor t, bool stored = true) {
     if (stored) *bytes += static_cast<int64_t>(t.nbytes());
     return g.add_initializer(g.unique_name(base + "_" + what), std::move(t));
   }
+  /// A constant shared by every compact form of the graph (stored once, not counted per layer).
+  ir::Value* shared(const std::string& name, Tensor t) {
+    if (ir::Value* v = g.find_value(name); v && v->initializer()) return v;
+    return g.add_initializer(g.unique_name(name), std::move(t));
+  }
   ir::Node* node(const std::string& op, std::vector<ir::Value*> ins, const std::string& what) {
-    return g.insert_node_before(first, op, ins, {g.unique_name(base + "_" + what)},
-                                g.unique_name(base + "_" + what + "_" + op));
+    return g.insert_node_before(first, op, ins, {g.unique_name(base + "_" + what)}, "");
   }
   ir::Value* cast(ir::Value* x, DataType to, const std::string& what) {
     ir::Node* c = node("Cast", {x}, what);
@@ -76,33 +86,33 @@ ir::Value* emit_codes(ir::Graph& g, ir::Node* first, const std::string& base, st
   Builder b{g, first, base, bytes};
   const int64_t n = static_cast<int64_t>(codes.size());
   QTOOL_ASSERT(shape_numel(shape) == n && bits >= 1 && bits <= 8);
-  if (bits == 8) return b.cast(b.init("codes", packed(DataType::kUint8, shape, codes)), DataType::kInt32, "codes_int");
-  if (bits == 4) return b.cast(b.init("codes", packed(DataType::kUint4, shape, codes)), DataType::kInt32, "codes_int");
+  if (bits == 8) return b.cast(b.init("u8", packed(DataType::kUint8, shape, codes)), DataType::kInt32, "c");
+  if (bits == 4) return b.cast(b.init("u4", packed(DataType::kUint4, shape, codes)), DataType::kInt32, "c");
   ir::Value* sum = nullptr;
   int first_plane = 0;
   if (bits > 4) {  // the low 4 bits as uint4
     std::vector<int32_t> low(codes.begin(), codes.end());
     for (int32_t& v : low) v &= 15;
-    sum = b.cast(b.init("codes_low", packed(DataType::kUint4, {n}, low)), DataType::kInt32, "codes_low_int");
+    sum = b.cast(b.init("u4", packed(DataType::kUint4, {n}, low)), DataType::kInt32, "l");
     first_plane = 4;
   }
   const int64_t nb = (n + 7) / 8;
-  ir::Value* shifts = b.init("bit_shifts", Tensor::from_vector<uint8_t>({1, 8}, {0, 1, 2, 3, 4, 5, 6, 7}), false);
-  ir::Value* two = b.init("two", Tensor::from_vector<uint8_t>({}, {2}), false);
+  ir::Value* shifts = b.shared("qc_bit_shifts", Tensor::from_vector<uint8_t>({1, 8}, {0, 1, 2, 3, 4, 5, 6, 7}));
+  ir::Value* two = b.shared("qc_two", Tensor::from_vector<uint8_t>({}, {2}));
   for (int bit = first_plane; bit < bits; ++bit) {
-    const std::string w = fmt::format("plane{}", bit);
-    ir::Node* sh = b.node("BitShift", {b.init(w, bit_plane(codes, bit)), shifts}, w + "_shifted");
+    const std::string w = fmt::format("p{}", bit);
+    ir::Node* sh = b.node("BitShift", {b.init(w, bit_plane(codes, bit)), shifts}, w + "s");
     sh->set_attr(ir::Attribute::make_string("direction", "RIGHT"));
-    ir::Value* x = b.node("Mod", {sh->output(0), two}, w + "_bits")->output(0);
-    x = b.reshape(b.cast(x, DataType::kInt32, w + "_int"), {nb * 8}, w + "_flat");
-    if (nb * 8 != n)
-      x = b.node("Slice", {x, b.i64(w + "_start", {0}), b.i64(w + "_end", {n})}, w + "_codes")->output(0);
+    ir::Value* x = b.node("Mod", {sh->output(0), two}, w + "b")->output(0);
+    x = b.reshape(b.cast(x, DataType::kInt32, w + "i"), {nb * 8}, w + "f");
+    if (nb * 8 != n) x = b.node("Slice", {x, b.shared("qc_zero", Tensor::from_vector<int64_t>({1}, {0})),
+                                          b.i64(w + "e", {n})}, w + "c")->output(0);
     if (bit > 0)
-      x = b.node("Mul", {x, b.init(w + "_weight", Tensor::from_vector<int32_t>({}, {1 << bit}), false)}, w + "_value")
+      x = b.node("Mul", {x, b.shared(fmt::format("qc_bit{}", bit), Tensor::from_vector<int32_t>({}, {1 << bit}))}, w + "v")
               ->output(0);
-    sum = sum ? b.node("Add", {sum, x}, w + "_sum")->output(0) : x;
+    sum = sum ? b.node("Add", {sum, x}, w + "a")->output(0) : x;
   }
-  return b.reshape(sum, shape, "codes_shaped");
+  return b.reshape(sum, shape, "c");
 }
 
 ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> levels,
@@ -115,16 +125,15 @@ ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& 
     kept_flags[i] = levels[i] != zero_level ? 1 : 0;
     if (kept_flags[i]) kept.push_back(levels[i]);
   }
-  ir::Value* flags = emit_codes(g, first, base + "_kept", kept_flags, 1, {n}, bytes);
-  ir::Value* axis = b.init("cumsum_axis", Tensor::from_vector<int32_t>({}, {0}), false);
-  ir::Value* rank = b.node("CumSum", {flags, axis}, "kept_rank")->output(0);
-  ir::Value* idx = b.node("Mul", {rank, flags}, "kept_index")->output(0);  // 0 for pruned, 1.. for kept
+  ir::Value* flags = emit_codes(g, first, base, kept_flags, 1, {n}, bytes);
+  ir::Value* axis = b.shared("qc_axis0", Tensor::from_vector<int32_t>({}, {0}));
+  ir::Value* rank = b.node("CumSum", {flags, axis}, "r")->output(0);
+  ir::Value* idx = b.node("Mul", {rank, flags}, "k")->output(0);  // 0 for pruned, 1.. for kept
   const int64_t nk = static_cast<int64_t>(kept.size());
-  ir::Value* values = dt == DataType::kInt32
-                          ? emit_codes(g, first, base + "_values", kept, bits, {nk}, bytes)
-                          : b.cast(b.init("values", packed(dt, {nk}, kept)), DataType::kInt32, "values_int");
-  ir::Value* dense = b.node("Gather", {values, idx}, "levels_dense")->output(0);
-  return b.reshape(dense, shape, "levels");
+  ir::Value* values = dt == DataType::kInt32 ? emit_codes(g, first, base, kept, bits, {nk}, bytes)
+                                             : b.cast(b.init("v", packed(dt, {nk}, kept)), DataType::kInt32, "vi");
+  ir::Value* dense = b.node("Gather", {values, idx}, "d")->output(0);
+  return b.reshape(dense, shape, "l");
 }
 
 int64_t sparse_storage_bytes(int64_t n, int64_t kept, int bits) {
@@ -134,7 +143,8 @@ int64_t sparse_storage_bytes(int64_t n, int64_t kept, int bits) {
 int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool fp16_table, WeightOnlyLayer& L) {
   const WeightFormat& f = *t.format;
   const int64_t k = int64_t{1} << f.bits, n = t.rows * t.cols;
-  const int64_t group = f.block_size > 0 ? f.block_size : t.rows, groups = (t.rows + group - 1) / group;
+  const std::vector<std::vector<int64_t>> members = palette_groups(q);
+  const int64_t groups = static_cast<int64_t>(members.size());
   std::vector<int32_t> codes(static_cast<size_t>(n));
   for (int64_t r = 0; r < t.rows; ++r)
     for (int64_t c = 0; c < t.cols; ++c) codes[storage_index(t, r, c)] = q.levels[r * t.cols + c];
@@ -143,7 +153,8 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
   Builder b{g, t.consumers.front(), wn, &bytes};
   // Index 0 holds 0 in every table when the layer was pruned: store it sparsely when that is smaller.
   bool zero_first = true;
-  for (int64_t gi = 0; gi < groups && zero_first; ++gi) zero_first = q.grids[gi * group].palette->values[0] == 0.0f;
+  const int64_t kb = q.k_blocks();
+  for (const auto& m : members) zero_first = zero_first && q.grids[m.front() * kb].palette->values[0] == 0.0f;
   const int64_t kept = std::count_if(codes.begin(), codes.end(), [](int32_t v) { return v != 0; });
   ir::Value* idx = nullptr;
   if (zero_first && sparse_storage_bytes(n, kept, f.bits) < code_storage_bytes(n, f.bits)) {
@@ -158,13 +169,14 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
     Shape oshape(t.shape.size(), 1);
     oshape[out_axis] = t.out_channels;
     std::vector<int32_t> off(static_cast<size_t>(t.out_channels));
-    for (int64_t r = 0; r < t.out_channels; ++r) off[r] = static_cast<int32_t>((r / group) * k);
+    for (int64_t gi = 0; gi < groups; ++gi)
+      for (int64_t r : members[gi]) off[r] = static_cast<int32_t>(gi * k);
     idx = b.node("Add", {idx, b.init("table_offset", Tensor::from_vector<int32_t>(oshape, off))}, "table_index")
               ->output(0);
   }
   std::vector<float> table(static_cast<size_t>(groups * k));
   for (int64_t gi = 0; gi < groups; ++gi) {
-    const std::vector<float>& v = q.grids[gi * group].palette->values;
+    const std::vector<float>& v = q.grids[members[gi].front() * kb].palette->values;
     std::copy(v.begin(), v.end(), table.begin() + gi * k);
   }
   ir::Value* tv = nullptr;
@@ -178,7 +190,8 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
     tv = b.init("palette", Tensor::from_vector<float>({groups * k}, table));
   }
   ir::Value* w = b.node("Gather", {tv, idx}, "dequantized")->output(0);
-  L.scheme = groups > 1 ? fmt::format("palette({} entries, {} tables of {} output channels)", k, groups, group)
+  L.scheme = groups > 1 ? fmt::format("palette({} entries, {} tables of {} output channels)", k, groups,
+                                       members.front().size())
                         : fmt::format("palette({} entries, per tensor)", k);
   g.replace_all_uses(t.weight, w);
   g.remove_initializer(t.weight);

@@ -288,10 +288,11 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
   // Static grids: per channel (one group), act_order (groups fixed before the column permutation),
   // or custom (non-contiguous) groups.
   const bool act_order = options.act_order && !pruning.adaptive.active();
-  const bool static_groups = act_order || kb == 1 || groups.custom;
-  if (!pruning.row_grids.empty()) {
-    QTOOL_CHECK(kb == 1 && static_cast<int64_t>(pruning.row_grids.size()) == rows, ErrorCode::kInternal,
-                "gptq: {} preset grids for {} rows", pruning.row_grids.size(), rows);
+  const bool presets = !pruning.row_grids.empty();
+  const bool static_groups = act_order || kb == 1 || groups.custom || presets;
+  if (presets) {
+    QTOOL_CHECK(static_cast<int64_t>(pruning.row_grids.size()) == rows * kb, ErrorCode::kInternal,
+                "gptq: {} preset grids for {} rows of {} blocks", pruning.row_grids.size(), rows, kb);
     q.grids.assign(pruning.row_grids.begin(), pruning.row_grids.end());
   } else if (static_groups) {
     compute_static_grids(q, W, groups);

@@ -272,10 +272,15 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   };
   ir::Value* lv = nullptr;
   int64_t bytes = 0;
+  const bool palette = t.format->scheme == WeightScheme::kPalette;
   if (sparse) {  // a bit mask of the non-zero levels plus those levels (zero level 0: symmetric grids, codes)
-    lv = emit_sparse_levels(g, first, wn + "_quantized", levels, 0, dt, t.format->bits, padded, &bytes);
+    lv = emit_sparse_levels(g, first, wn + "_quantized", levels, 0, palette ? DataType::kInt32 : dt, t.format->bits,
+                            padded, &bytes);
     L.stored = wn + "_quantized_values";
     L.sparse_storage = true;
+  } else if (palette) {  // indices of any width 1-8 (uint8, uint4, bit planes)
+    lv = emit_codes(g, first, wn + "_index", levels, t.format->bits, padded, &bytes);
+    L.stored = wn + "_index_codes";
   } else {
     lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
     bytes = static_cast<int64_t>(lv->initializer()->nbytes());
@@ -284,7 +289,25 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   L.scheme = blocked ? fmt::format("block({}, axis={})", bs, axis)
                      : fmt::format("per-channel(axis={})", (t.kind == Kind::kMatMul || (t.kind == Kind::kGemm && !t.trans_b)) ? 1 : 0);
   ir::Value* x = nullptr;
-  if (t.format->scheme == WeightScheme::kFloat4) {
+  if (palette) {  // indices -> Gather on the table (per tensor) of values before scaling
+    const std::vector<float>& table = q.grids.front().palette->values;
+    const int64_t k = static_cast<int64_t>(table.size());
+    ir::Value* tv = nullptr;
+    if (fp16_scales) {
+      std::vector<uint16_t> half(table.size());
+      for (size_t i = 0; i < table.size(); ++i) half[i] = float_to_half(table[i]);
+      Tensor ht = Tensor::empty(DataType::kFloat16, {k});
+      std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+      bytes += static_cast<int64_t>(ht.nbytes());
+      ir::Node* tc = before("Cast", {g.add_initializer(g.unique_name(wn + "_palette_fp16"), std::move(ht))}, "palette");
+      tc->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+      tv = tc->output(0);
+    } else {
+      tv = g.add_initializer(g.unique_name(wn + "_palette"), Tensor::from_vector<float>({k}, table));
+      bytes += static_cast<int64_t>(tv->initializer()->nbytes());
+    }
+    x = before("Gather", {tv, lv}, "levels_float")->output(0);
+  } else if (t.format->scheme == WeightScheme::kFloat4) {
     // E2M1 codes -> Cast(to=int32) -> Gather on the 16 code values: the decoded levels.
     ir::Node* cast = before("Cast", {lv}, "codes");
     cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kInt32)));
@@ -407,13 +430,15 @@ int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, boo
   // A pruned layer on a grid whose level 0 is the value 0 (symmetric integers, ternary, fp8/fp4
   // codes) is stored sparsely in the Cast form when that is smaller.
   bool sparse = false;
+  const bool palette = f.scheme == WeightScheme::kPalette;
   if (!L.pruning.empty() && f.layout == WeightLayout::kQdq && f.symmetric && f.scheme != WeightScheme::kBinary &&
-      f.scheme != WeightScheme::kPalette) {
+      (!palette || (f.block_size > 0 && q.grids.front().palette->values[0] == 0.0f))) {
     const int64_t n = t.rows * t.cols;
     const int64_t kept = std::count_if(q.levels.begin(), q.levels.end(), [](int32_t v) { return v != 0; });
     sparse = sparse_storage_bytes(n, kept, f.bits) < (n * f.bits + 7) / 8;
   }
-  const int64_t bytes = f.scheme == WeightScheme::kPalette ? emit_palette(g, t, q, fp16_scales, L)
+  const int64_t bytes = palette && f.block_size == 0 ? emit_palette(g, t, q, fp16_scales, L)
+                        : palette                      ? emit_cast_mul(g, t, q, fp16_scales, L, sparse)
                         : f.layout == WeightLayout::kMatMulNBits ? emit_matmulnbits(g, t, q, L)
                         : sparse ? emit_cast_mul(g, t, q, fp16_scales, L, true)
                         : gathers_rows_only(t) && f.bits == 8 && f.block_size == 0 ? emit_gather_rows(g, t, q, L)

@@ -258,9 +258,12 @@ std::vector<uint8_t> WeightOnlyRun::choose_mask(Target& t, const InputStats* st,
       for (int64_t c = 0; c < t.cols; ++c) norm[c] /= (*awq_s)[c] * (*awq_s)[c];
   }
   for (float& v : norm) v = std::sqrt(std::max(0.0f, v));
-  if (method == SparsityMethod::kSparseGpt && !have_h) {
+  // A k×k conv's palette scaled per block of input channels is not swept on its im2col Hessian.
+  const bool no_sweep = t.format->scheme == WeightScheme::kPalette && t.conv_blocked && t.taps > 1;
+  if (method == SparsityMethod::kSparseGpt && (!have_h || no_sweep)) {
     method = norm.empty() ? SparsityMethod::kMagnitude : SparsityMethod::kWanda;
-    L.note += fmt::format("{}no input Hessian for SparseGPT: pruned by {}", L.note.empty() ? "" : "; ",
+    L.note += fmt::format("{}{}: pruned by {}", L.note.empty() ? "" : "; ",
+                          no_sweep ? "no SparseGPT sweep for a scaled palette of a k×k conv" : "no input Hessian for SparseGPT",
                           sparsity_method_name(method));
   }
   if (method == SparsityMethod::kWanda && norm.empty()) {
@@ -360,8 +363,8 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
 /// Phase 5 for one target: quantize, then write it (or keep it for tuning).
 void WeightOnlyRun::quantize_target(size_t ti) {
   Target& t = targets_[ti];
-  if (sequential_ && stale_ && t.format && detail::gptq_eligible(*t.format) && t.input && t.input != last_input_ &&
-      stats_.count(t.input))
+  if (sequential_ && stale_ && t.format && (detail::gptq_eligible(*t.format) || prunes(t)) && t.input &&
+      t.input != last_input_ && stats_.count(t.input))
     recollect_stats(ti);
   check_interrupt(fmt::format("before quantizing weight '{}'", t.weight->name()));  // Ctrl-C between layers
   WeightOnlyLayer L;
@@ -466,7 +469,8 @@ WeightOnlyReport WeightOnlyRun::run() {
   if (algo_.awq_scales) detail::awq_prepass(g_, targets_, stats_, cfg_, awq_scales_, awq_where_);
   main_format_ = &resolve_weight_format(cfg_.bits, cfg_.block_size, cfg_.symmetric,
                                         cfg_.bits.is_int8() ? WeightLayout::kQdq : cfg_.format);
-  sequential_ = cfg_.sequential && want_stats_ && algo_.needs_calibration;
+  sequential_ = cfg_.sequential && want_stats_ &&
+                (algo_.needs_calibration || (cfg_.sparsity.active() && cfg_.sparsity_method != SparsityMethod::kMagnitude));
   gopt_ = cfg_.gptq;
   gopt_.keep_latent = tuning_;
   for (size_t ti = 0; ti < targets_.size(); ++ti) quantize_target(ti);

@@ -36,7 +36,7 @@ void release_mapped_pages(const Tensor& t) {
 void set_format(Target& t, const WeightFormat& f) {
   t.format = &f;
   if (t.kind == Kind::kConv) {
-    t.conv_blocked = f.block_size > 0 && f.scheme != WeightScheme::kPalette;  // palette groups run over rows
+    t.conv_blocked = f.block_size > 0;  // (a palette's group runs over rows: its block_size is its scale block)
     t.rows = t.conv_blocked ? t.out_channels * t.taps : t.out_channels;
     t.cols = t.conv_blocked ? t.shape[1] : t.shape[1] * t.taps;
   }
@@ -56,9 +56,7 @@ void apply_planned(Target& t, const PlannedLayer& p) {
               f.name);
   QTOOL_CHECK(t.kind != Kind::kGather || (f.block_size == 0 && f.bits == 8), ErrorCode::kConfig,
               "{}: an embedding table is int8 per row or float, not {}", what, f.name);
-  QTOOL_CHECK(t.kind != Kind::kConv || f.block_size == 0 || f.scheme == WeightScheme::kPalette ||
-                  t.shape[1] >= f.block_size,
-              ErrorCode::kConfig,
+  QTOOL_CHECK(t.kind != Kind::kConv || f.block_size == 0 || t.shape[1] >= f.block_size, ErrorCode::kConfig,
               "{}: {} needs blocks of {} input channels, the conv has {}", what, f.name, f.block_size, t.shape[1]);
   set_format(t, f);
 }
@@ -238,7 +236,9 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
                                          : "ternary/binary: int2 DequantizeLinear";
     }
     if (t.kind == Kind::kGather || (t.kind == Kind::kConv && !t.conv_blocked)) block = 0;
-    set_format(t, resolve_weight_format(bits, block, cfg.symmetric, layout, cfg.palette_group));
+    int64_t palette_block = cfg.palette_block;  // scale blocks along the input channels, as for integer blocks
+    if (t.kind == Kind::kGather || (t.kind == Kind::kConv && t.shape[1] < palette_block)) palette_block = 0;
+    set_format(t, resolve_weight_format(bits, block, cfg.symmetric, layout, cfg.palette_group, palette_block));
   }
   for (const auto& entry : cfg.plan) {
     const std::string& name = entry.first;  // (clang 14 cannot capture a structured binding)

@@ -210,36 +210,99 @@ QuantizedMatrix quantize_palette(std::span<const float> w, int64_t rows, int64_t
   const int64_t group = spec.group > 0 ? spec.group : rows;
   const int64_t groups = (rows + group - 1) / group;
   const int k = 1 << spec.bits;
+  // Rows of similar spread share a table: the rows ordered by their RMS (ties: by index), then taken
+  // `group` at a time (the stored table offset is per row, so a group need not be contiguous).
+  std::vector<int64_t> order(static_cast<size_t>(rows));
+  std::iota(order.begin(), order.end(), 0);
+  if (group < rows) {
+    std::vector<double> rms(static_cast<size_t>(rows), 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) rms[r] += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rms[a] < rms[b]; });
+  }
   QuantizedMatrix q;
   q.rows = rows;
   q.cols = cols;
-  q.block_size = cols;
+  const int64_t bs = spec.block > 0 ? spec.block : cols, kb = (cols + bs - 1) / bs;
+  q.block_size = bs;
   q.levels.assign(static_cast<size_t>(rows * cols), 0);
-  q.grids.assign(static_cast<size_t>(rows), BlockGrid{});
+  q.grids.assign(static_cast<size_t>(rows * kb), BlockGrid{});
+  auto is_pruned = [&](int64_t i) { return !pruned.empty() && pruned[static_cast<size_t>(i)]; };
+  auto rounded = [&](float v) { return spec.fp16_table ? half_to_float(float_to_half(v)) : v; };
+  // Block scales (spec.block > 0): the absmax of each block's kept values, the table fitted to w / scale.
+  std::vector<float> scale(static_cast<size_t>(rows * kb), 1.0f);
+  if (spec.block > 0)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < kb; ++b) {
+        float amax = 0.0f;
+        for (int64_t c = b * bs; c < std::min(cols, (b + 1) * bs); ++c)
+          if (!is_pruned(r * cols + c)) amax = std::max(amax, std::fabs(w[r * cols + c]));
+        const float sv = rounded(amax);
+        scale[r * kb + b] = sv > 0.0f && std::isfinite(sv) ? sv : 1.0f;
+      }
   auto fit_group = [&](int64_t gi) {
     const int64_t r0 = gi * group, r1 = std::min(rows, r0 + group);
     std::vector<float> xs, es;
     xs.reserve(static_cast<size_t>((r1 - r0) * cols));
-    for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t ri = r0; ri < r1; ++ri)
+      for (int64_t c = 0, r = order[ri]; c < cols; ++c) {
         const int64_t i = r * cols + c;
-        if (!pruned.empty() && pruned[static_cast<size_t>(i)]) continue;
-        xs.push_back(w[static_cast<size_t>(i)]);
-        if (!col_importance.empty()) es.push_back(col_importance[static_cast<size_t>(c)]);
+        if (is_pruned(i)) continue;
+        const float sv = scale[r * kb + c / bs];
+        xs.push_back(w[static_cast<size_t>(i)] / sv);
+        // The error of w is scale² times the error of w / scale.
+        if (!col_importance.empty() || spec.block > 0)
+          es.push_back((col_importance.empty() ? 1.0f : col_importance[static_cast<size_t>(c)]) * sv * sv);
       }
     std::vector<float> table = kmeans_1d(xs, es, k, spec.zero_entry).centroids;
-    if (spec.fp16_table)
-      for (float& v : table) v = half_to_float(float_to_half(v));
+    for (float& v : table) v = rounded(v);
     BlockGrid g;
     g.lo = 0;
     g.hi = k - 1;
     g.palette = Palette::make(std::move(table));
-    for (int64_t r = r0; r < r1; ++r) {
-      q.grids[static_cast<size_t>(r)] = g;
-      for (int64_t c = 0; c < cols; ++c) {
-        const int64_t i = r * cols + c;
-        q.levels[static_cast<size_t>(i)] =
-            !pruned.empty() && pruned[static_cast<size_t>(i)] ? 0 : g.palette->nearest(w[static_cast<size_t>(i)]);
+    const Palette& p = *g.palette;
+    for (int64_t ri = r0; ri < r1; ++ri) {
+      const int64_t r = order[ri];
+      for (int64_t b = 0; b < kb; ++b) {
+        const int64_t c0 = b * bs, c1 = std::min(cols, c0 + bs);
+        BlockGrid gb = g;
+        gb.scale = scale[r * kb + b];
+        auto assign = [&](const BlockGrid& grid) {
+          double err = 0;
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t i = r * cols + c;
+            const int32_t lv = is_pruned(i) ? 0 : grid.quantize(w[i]);
+            q.levels[i] = lv;
+            const double d = w[i] - grid.dequantize(lv);
+            err += (col_importance.empty() ? 1.0 : col_importance[c]) * d * d;
+          }
+          return err;
+        };
+        double err = assign(gb);
+        // Scaled blocks: least-squares scale for the chosen indices, kept while it lowers the error.
+        for (int it = 0; spec.block > 0 && it < 2; ++it) {
+          double num = 0, den = 0;
+          for (int64_t c = c0; c < c1; ++c) {
+            const double t = p.values[q.levels[r * cols + c]];
+            const double e = col_importance.empty() ? 1.0 : col_importance[c];
+            num += e * w[r * cols + c] * t;
+            den += e * t * t;
+          }
+          if (den <= 0) break;
+          BlockGrid cand = gb;
+          cand.scale = rounded(static_cast<float>(num / den));
+          if (!(cand.scale > 0.0f) || !std::isfinite(cand.scale) || cand.scale == gb.scale) break;
+          std::vector<int32_t> keep(q.levels.begin() + r * cols + c0, q.levels.begin() + r * cols + c1);
+          const double e2 = assign(cand);
+          if (e2 < err) {
+            err = e2;
+            gb = cand;
+          } else {
+            std::copy(keep.begin(), keep.end(), q.levels.begin() + r * cols + c0);
+            break;
+          }
+        }
+        q.grids[static_cast<size_t>(r * kb + b)] = gb;
       }
     }
   };
@@ -264,35 +327,52 @@ QuantizedMatrix quantize_palette(std::span<const float> w, int64_t rows, int64_t
   return q;
 }
 
+std::vector<std::vector<int64_t>> palette_groups(const QuantizedMatrix& q) {
+  std::vector<std::vector<int64_t>> groups;
+  std::vector<const Palette*> seen;
+  const int64_t kb = q.k_blocks();
+  for (int64_t r = 0; r < q.rows; ++r) {
+    const Palette* p = q.grids[static_cast<size_t>(r * kb)].palette.get();
+    QTOOL_CHECK(p != nullptr, ErrorCode::kInternal, "palette_groups: row {} has no palette", r);
+    const auto it = std::find(seen.begin(), seen.end(), p);
+    if (it == seen.end()) {
+      seen.push_back(p);
+      groups.push_back({r});
+    } else {
+      groups[static_cast<size_t>(it - seen.begin())].push_back(r);
+    }
+  }
+  return groups;
+}
+
 double refine_palettes(QuantizedMatrix& q, std::span<const float> w, std::span<const double> h, bool fp16,
                        bool zero_entry) {
   const int64_t rows = q.rows, cols = q.cols;
+  const int64_t kb = q.k_blocks();
   QTOOL_CHECK(static_cast<int64_t>(w.size()) == rows * cols && static_cast<int64_t>(h.size()) == cols * cols &&
-                  static_cast<int64_t>(q.grids.size()) == rows,
+                  static_cast<int64_t>(q.grids.size()) == rows * kb,
               ErrorCode::kInternal, "refine_palettes: sizes");
   double total = 0;
-  std::vector<double> hrow(static_cast<size_t>(cols));
-  for (int64_t r0 = 0; r0 < rows;) {
-    const std::shared_ptr<const Palette> pal = q.grids[r0].palette;
-    QTOOL_CHECK(pal != nullptr, ErrorCode::kInternal, "refine_palettes: row {} has no palette", r0);
-    int64_t r1 = r0 + 1;
-    while (r1 < rows && q.grids[r1].palette == pal) ++r1;
+  std::vector<double> sc(static_cast<size_t>(cols));
+  for (const std::vector<int64_t>& members : palette_groups(q)) {
+    const std::shared_ptr<const Palette> pal = q.grids[members.front() * kb].palette;
     const int64_t k = static_cast<int64_t>(pal->values.size());
     Eigen::MatrixXd M = Eigen::MatrixXd::Zero(k, k);
     Eigen::VectorXd b = Eigen::VectorXd::Zero(k);
     // Σ_r dᵀ H d for table t: the quadratic form in c plus the constant Σ wᵀ H w.
     double whw = 0;
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t r : members) {
       const int32_t* idx = q.levels.data() + r * cols;
       const float* wr = w.data() + r * cols;
+      for (int64_t i = 0; i < cols; ++i) sc[i] = q.grid(r, i).scale;  // element i's value is table[idx_i]·sc_i
       for (int64_t i = 0; i < cols; ++i) {
         const double* hi = h.data() + i * cols;
         double hw = 0;
         for (int64_t j = 0; j < cols; ++j) {
-          M(idx[i], idx[j]) += hi[j];
+          M(idx[i], idx[j]) += sc[i] * sc[j] * hi[j];
           hw += hi[j] * wr[j];
         }
-        b(idx[i]) += hw;
+        b(idx[i]) += sc[i] * hw;
         whw += wr[i] * hw;
       }
     }
@@ -329,12 +409,12 @@ double refine_palettes(QuantizedMatrix& q, std::span<const float> w, std::span<c
       std::vector<float> table(static_cast<size_t>(k));
       for (int64_t j = 0; j < k; ++j) table[static_cast<size_t>(j)] = static_cast<float>(c(j));
       const std::shared_ptr<const Palette> np = Palette::make(std::move(table));
-      for (int64_t r = r0; r < r1; ++r) q.grids[r].palette = np;
+      for (int64_t r : members)
+        for (int64_t bk = 0; bk < kb; ++bk) q.grids[r * kb + bk].palette = np;
       total += e_new;
     } else {
       total += e_old;
     }
-    r0 = r1;
   }
   return total;
 }

@@ -23,17 +23,24 @@ struct Table {
 
   Table() {
     for (const ElementType& t : element_types()) {
+      const bool pal = t.scheme == WeightScheme::kPalette;
       for (int16_t b : t.qdq_blocks) {
         if (b < 0) continue;
-        const bool pal = t.scheme == WeightScheme::kPalette;
         const std::string name = b > 0 ? fmt::format("{}_{}{}", t.name, pal ? "g" : "b", b) : std::string(t.name);
         const std::string help =
             pal ? (b > 0 ? fmt::format("{}, one table per {} output channel{}", t.help, b, b > 1 ? "s" : "")
                          : fmt::format("{}, one table per tensor", t.help))
             : b > 0 ? fmt::format("{}, blocks of {} along K (DQ block_size)", t.help, b)
                     : fmt::format("{}, per output channel (DQ axis)", t.help);
-        rows.push_back({keep(name), &t, t.scheme, t.bits, t.is_signed, t.is_signed, b, WeightLayout::kQdq, keep(help)});
+        rows.push_back({keep(name), &t, t.scheme, t.bits, t.is_signed, t.is_signed, pal ? 0 : b, WeightLayout::kQdq,
+                        keep(help), pal ? b : 0});
       }
+      if (pal)  // one table per tensor of values scaled per block of K (a learned, non-uniform NF4)
+        for (int16_t b : {16, 32, 64, 128})
+          rows.push_back({keep(fmt::format("{}_b{}", t.name, b)), &t, t.scheme, t.bits, true, true, b,
+                          WeightLayout::kQdq,
+                          keep(fmt::format("{}, one table per tensor, a float16 scale per block of {} along K", t.help, b)),
+                          0});
     }
     for (const ElementType& t : element_types()) {
       for (int16_t b : t.mnb_blocks) {
@@ -43,7 +50,7 @@ struct Table {
                                                          : std::string(" with packed zero points"),
                                              b);
         rows.push_back({keep(fmt::format("{}_b{}", t.mnb_name, b)), &t, t.scheme, t.bits, t.is_signed, t.is_signed, b,
-                        WeightLayout::kMatMulNBits, keep(help)});
+                        WeightLayout::kMatMulNBits, keep(help), 0});
       }
     }
   }
@@ -88,7 +95,7 @@ const WeightFormat* find_weight_format(std::string_view name) {
 }
 
 const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
-                                          WeightLayout layout, int64_t palette_group) {
+                                          WeightLayout layout, int64_t palette_group, int64_t palette_block) {
   QTOOL_CHECK(!bits.is_float() && !bits.inherits(), ErrorCode::kInternal, "no weight format for '{}'",
               bits.spelled());
   const ElementType* t = bits.type(symmetric);
@@ -100,7 +107,11 @@ const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_
     if (layout == WeightLayout::kMatMulNBits)
       fail(ErrorCode::kConfig, "--format matmulnbits has no palette form; {} weights are written as table indices "
                                "(use --format qdq)", t->name);
-    name = palette_group > 0 ? fmt::format("{}_g{}", t->name, palette_group) : std::string(t->name);
+    QTOOL_CHECK(palette_group == 0 || palette_block == 0, ErrorCode::kConfig,
+                "a palette has one table per group of output channels or scales per block of K, not both");
+    name = palette_group > 0   ? fmt::format("{}_g{}", t->name, palette_group)
+           : palette_block > 0 ? fmt::format("{}_b{}", t->name, palette_block)
+                               : std::string(t->name);
   } else if (layout == WeightLayout::kMatMulNBits) {
     if (t->scheme != WeightScheme::kInt || t->mnb_name.empty())
       fail(ErrorCode::kConfig, "--format matmulnbits supports --bits 2, 4 and 8; {} weights are written with "
@@ -133,7 +144,9 @@ std::string weight_formats_help() {
   for (const auto& f : table().rows) {
     const bool pal = f.scheme == WeightScheme::kPalette;
     s += fmt::format("  {:<13} {} bit  {:<9} {:<12} {}\n", f.name, f.bits,
-                     pal ? (f.block_size > 0 ? fmt::format("group {}", f.block_size) : "tensor")
+                     pal ? (f.group > 0        ? fmt::format("group {}", f.group)
+                            : f.block_size > 0 ? fmt::format("block {}", f.block_size)
+                                               : "tensor")
                      : f.block_size > 0 ? fmt::format("block {}", f.block_size) : "channel",
                      f.layout == WeightLayout::kQdq ? "DQ" : "MatMulNBits", f.help);
   }
@@ -142,10 +155,12 @@ std::string weight_formats_help() {
 
 double format_bits_per_weight(const WeightFormat& format, int64_t rows, int64_t cols, int scale_bits) {
   QTOOL_CHECK(rows > 0 && cols > 0, ErrorCode::kInternal, "bits per weight of an empty matrix");
-  if (format.scheme == WeightScheme::kPalette) {  // indices + one table of 2^bits entries per group
-    const int64_t groups = format.block_size > 0 ? (rows + format.block_size - 1) / format.block_size : 1;
+  if (format.scheme == WeightScheme::kPalette) {  // indices + one table of 2^bits entries per group (+ scales)
+    const int64_t groups = format.group > 0 ? (rows + format.group - 1) / format.group : 1;
+    const int64_t kb = format.block_size > 0 ? (cols + format.block_size - 1) / format.block_size : 0;
     const double bits = static_cast<double>((rows * cols * format.bits + 7) / 8 * 8) +
-                        static_cast<double>(groups * (int64_t{1} << format.bits) * scale_bits);
+                        static_cast<double>(groups * (int64_t{1} << format.bits) * scale_bits) +
+                        static_cast<double>(rows * kb * scale_bits);
     return bits / static_cast<double>(rows * cols);
   }
   const int64_t kb = format.block_size > 0 ? (cols + format.block_size - 1) / format.block_size : 1;

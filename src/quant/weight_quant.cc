@@ -32,7 +32,7 @@ int32_t Palette::nearest(float w) const {
 }
 
 int32_t BlockGrid::quantize(float w) const {
-  if (palette) return palette->nearest(w);
+  if (palette) return palette->nearest(scale == 1.0f ? w : w / scale);
   if (binary) return w >= 0.0f ? 1 : -1;
   if (float8) return float_to_float8e4m3fn(w / scale);
   if (float4) return float_to_float4e2m1(w / scale);
@@ -46,7 +46,7 @@ QuantSpec QuantSpec::from_format(const WeightFormat& f) {
   s.bits = f.bits;
   s.is_signed = f.is_signed;
   s.symmetric = f.symmetric;
-  s.block_size = f.scheme == WeightScheme::kPalette ? 0 : f.block_size;  // a palette's group runs over rows
+  s.block_size = f.block_size;  // palettes: the scale blocks (0: one grid per row; the group runs over rows)
   return s;
 }
 

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "qtool/core/compressed_size.h"
 #include "qtool/core/npy.h"
 
 namespace qtool::report {
@@ -230,6 +231,13 @@ QuantizeReport make_quantize_report(const std::string& input_path, const std::st
   return r;
 }
 
+void measure_output_file(QuantizeReport& r) {
+  std::error_code ec;
+  const auto out_size = std::filesystem::file_size(r.output_model, ec);
+  r.output_file_bytes = ec ? 0 : static_cast<int64_t>(out_size);
+  r.output_zstd_bytes = ec || r.output_model.empty() ? 0 : zstd_compressed_size(r.output_model);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Summary table
 
@@ -296,6 +304,22 @@ std::string format_summary_table(const QuantizeReport& r) {
     for (const auto& [p, n] : by_precision) parts += fmt::format("{}{} {}", parts.empty() ? "" : ", ", n, p);
     s += fmt::format("weights: {} ({} parameters)\n", parts, group_digits(r.total_params()));
   }
+  // Pruned layers: how many and their zeros.
+  int pruned = 0;
+  int64_t zeros = 0, pruned_params = 0;
+  for (const auto& l : r.layers)
+    if (!l.pruning.empty()) {
+      ++pruned;
+      pruned_params += l.params;
+      zeros += static_cast<int64_t>(std::llround(l.sparsity * static_cast<double>(l.params)));
+    }
+  if (pruned > 0)
+    s += fmt::format("pruned: {} layers, {:.1f}% of their weights zero ({} stored as mask + kept levels)\n", pruned,
+                     100.0 * static_cast<double>(zeros) / static_cast<double>(pruned_params),
+                     std::count_if(r.layers.begin(), r.layers.end(), [](const LayerReport& l) { return l.sparse_storage; }));
+  if (r.output_zstd_bytes > 0 && r.fp32_file_bytes > 0)
+    s += fmt::format("zstd-compressed: {} B ({:.1f}% of FP32)\n", group_digits(r.output_zstd_bytes),
+                     100.0 * static_cast<double>(r.output_zstd_bytes) / static_cast<double>(r.fp32_file_bytes));
   for (const auto& an : r.actions) s += "action: " + an + "\n";
   for (const auto& wn : r.warnings) s += "warning: " + wn + "\n";
   return s;
@@ -319,6 +343,7 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
   j["settings"] = r.settings;
   j["size"] = {{"fp32_file_bytes", r.fp32_file_bytes},
                {"output_file_bytes", r.output_file_bytes},
+               {"output_zstd_bytes", r.output_zstd_bytes},
                {"percent_of_fp32", num(r.size_percent())},
                {"weight_params", r.total_params()},
                {"weight_bytes", r.total_weight_bytes()},
@@ -507,9 +532,9 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#b42318
   kv("output model", r.output_model);
   kv("precision", r.precision);
   kv("size", r.output_file_bytes > 0
-                 ? fmt::format("{} bytes ({} of FP32's {} bytes)", r.output_file_bytes,
+                 ? fmt::format("{} bytes ({} of FP32's {} bytes); zstd-compressed {} bytes", r.output_file_bytes,
                                std::isnan(r.size_percent()) ? "-" : fmt::format("{:.1f}%", r.size_percent()),
-                               r.fp32_file_bytes)
+                               r.fp32_file_bytes, r.output_zstd_bytes)
                  : "-");
   kv("bits per weight", html_num(r.bits_per_weight()));
   kv("qtool", r.qtool_version);

@@ -456,7 +456,9 @@ TEST(LowbitRewrite, PalettesAndSparseLayersRunInOrtAndMatchExecutor) {
         EXPECT_TRUE(l.sparse_storage) << l.weight;
         EXPECT_LT(l.bytes, dense_bytes.at(l.weight)) << l.weight;
       }
-      if (sparse && !conv) EXPECT_EQ(sparse_layers, 2);
+      if (sparse && !conv) {
+        EXPECT_EQ(sparse_layers, 2);
+      }
       const std::string path = dir.file("m.onnx");
       onnx_io::save_model(m, path);
       // As written ("basic"); with every optimization ONNX Runtime may fuse the int8/int4
@@ -506,7 +508,9 @@ TEST(LowbitRewrite, TwoFourPatternHoldsInTheWrittenWeights) {
     }
   EXPECT_GE(zeros, 40 * 64 / 2);
   for (const auto& l : rep.layers)
-    if (l.weight == "layer.up_proj.weight") EXPECT_EQ(l.pruning, "magnitude 2:4");
+    if (l.weight == "layer.up_proj.weight") {
+      EXPECT_EQ(l.pruning, "magnitude 2:4");
+    }
 }
 
 TEST(LowbitRewrite, DepthwiseConvsStayAtEightBitsByDefault) {

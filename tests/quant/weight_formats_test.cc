@@ -58,10 +58,18 @@ TEST(ElementTypes, EveryRowParsesAndDerivesItsFormats) {
       const WeightFormat& f = resolve_weight_format(c, pal ? 0 : b, t.is_signed, WeightLayout::kQdq, pal ? b : 0);
       EXPECT_EQ(f.type, &t) << f.name;
       EXPECT_EQ(f.storage_type(), t.onnx_type) << f.name;
-      EXPECT_EQ(f.block_size, t.bits == 8 && !pal ? 0 : b) << f.name;
+      EXPECT_EQ(f.block_size, t.bits == 8 || pal ? 0 : b) << f.name;
+      EXPECT_EQ(f.group, pal ? b : 0) << f.name;
       EXPECT_EQ(c.is_palette(), pal) << f.name;
       ++derived;
     }
+    if (t.scheme == WeightScheme::kPalette)  // one table of values scaled per block of K
+      for (int64_t b : {16, 32, 64, 128}) {
+        const WeightFormat& f = resolve_weight_format(c, 0, true, WeightLayout::kQdq, 0, b);
+        EXPECT_EQ(f.block_size, b) << f.name;
+        EXPECT_EQ(f.group, 0) << f.name;
+        ++derived;
+      }
     for (int16_t b : t.mnb_blocks) {
       if (b < 0) continue;
       const WeightFormat& f = resolve_weight_format(c, b, t.is_signed, WeightLayout::kMatMulNBits);

@@ -71,10 +71,12 @@ struct QuantizeArgs {
   std::string bits_depthwise = "8";       ///< weight-only: depthwise conv bits ('same' = like --bits)
   quant::TuneOptions tune{.threads = 0};  ///< weight-only: distillation tuning (--tune-*)
   bool gptq_act_order = false;            ///< weight-only: GPTQ columns by decreasing H_jj
+  bool sequential = false;                ///< weight-only: statistics re-collected from the partly quantized model
   double gptq_damp = 0.01;                ///< weight-only: GPTQ dampening (fraction of mean diag H)
   bool no_tune_weights = false, no_tune_scales = false, no_tune_float = false;
   int palette = 0;                        ///< weight-only: --palette BITS (= --bits palBITS)
   int64_t palette_group = 0;              ///< weight-only: output channels per palette table (0 = per tensor)
+  int64_t palette_block = 0;              ///< weight-only: palette values scaled per block of K (0 = no scales)
   std::string sparsity;                   ///< weight-only: --sparsity 0.5 | 50% | 2:4
   std::string sparsity_method = "auto";   ///< weight-only: auto | magnitude | wanda | sparsegpt
   std::string report_path;  ///< --report: .json or .html
@@ -87,7 +89,8 @@ struct QuantizeArgs {
 /// --bits 8 / int8: the static W8A8 path (precision.h parses the value; kConfig if unknown), unless
 /// pruned (--sparsity: int8 weights, float activations) or palettized.
 bool is_static(const QuantizeArgs& a) {
-  return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic" && a.sparsity.empty() && a.palette == 0;
+  return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic" && !quant::SparsitySpec::parse(a.sparsity).active() &&
+         a.palette == 0;
 }
 /// --bits 8 --mode dynamic.
 bool is_dynamic(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode == "dynamic"; }
@@ -118,12 +121,14 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   } else {
     m["block-size"] = std::to_string(a.block_size);
     if (a.palette > 0) m["palette-group"] = std::to_string(a.palette_group);
+    if (a.palette > 0 && a.palette_block > 0) m["palette-block"] = std::to_string(a.palette_block);
     if (!a.sparsity.empty()) {
       m["sparsity"] = a.sparsity;
       m["sparsity-method"] = a.sparsity_method;
     }
     m["weight-algorithm"] = a.weight_algorithm;
     if (a.gptq_act_order) m["gptq-act-order"] = "true";
+    if (a.sequential) m["sequential"] = "true";
     if (a.gptq_damp != 0.01) m["gptq-damp"] = fmt::format("{}", a.gptq_damp);
     m["format"] = a.format;
     if (a.asymmetric || a.symmetric) m[a.asymmetric ? "asymmetric" : "symmetric"] = "true";
@@ -241,6 +246,10 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
   cfg.palette_group = a.palette_group;
+  cfg.palette_block = a.palette_block;
+  QTOOL_CHECK(a.palette_group == 0 || a.palette_block == 0, ErrorCode::kConfig,
+              "--palette-group and --palette-block exclude each other (tables per group of output channels, or one "
+              "table of values scaled per block of input channels)");
   cfg.sparsity = quant::SparsitySpec::parse(a.sparsity);
   if (a.sparsity_method == "auto")  // SparseGPT needs the layers' input Hessians (calibration data)
     cfg.sparsity_method = a.data.path.empty() ? quant::SparsityMethod::kMagnitude : quant::SparsityMethod::kSparseGpt;
@@ -286,6 +295,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   if (!a.layer_bits.empty()) cfg.layer_bits = quant::parse_layer_bits(a.layer_bits);
   cfg.tune = a.tune;
   cfg.gptq.act_order = a.gptq_act_order;
+  cfg.sequential = a.sequential;
   QTOOL_CHECK(a.gptq_damp > 0 && a.gptq_damp < 1, ErrorCode::kConfig, "--gptq-damp must be in (0, 1), got {}", a.gptq_damp);
   cfg.gptq.percdamp = a.gptq_damp;
   cfg.tune.tune_weights = !a.no_tune_weights;
@@ -397,6 +407,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--palette-group", a.palette_group,
                  "palettes: output channels sharing one table: 0 (default, one table per tensor), 1, 4, 8 or 16")
       ->check(CLI::IsMember({0, 1, 4, 8, 16}));
+  cmd.add_option("--palette-block", a.palette_block,
+                 "palettes: one table per tensor of values scaled by a float16 scale per block of 16, 32, 64 or 128 "
+                 "input channels (a learned non-uniform 4-bit grid, like NF4 fitted to the layer); 0 (default) = no scales")
+      ->check(CLI::IsMember({0, 16, 32, 64, 128}));
   cmd.add_option("--sparsity", a.sparsity,
                  "weight-only: prune before quantizing: a fraction of zeros per layer (0.5 or 50%) or N:M (2:4: at most "
                  "2 non-zeros in every 4 weights along the input channels); every quantized layer but the first and last, "
@@ -410,6 +424,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), " +
                      quant::weight_algorithms_help());
   cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
+  cmd.add_flag("--sequential", a.sequential,
+               "weight-only GPTQ/AWQ/SparseGPT/Wanda: layers in order, each one's input statistics re-collected from "
+               "the model whose earlier layers are already quantized and pruned (one calibration pass per layer input)");
   cmd.add_option("--gptq-damp", a.gptq_damp, "weight-only GPTQ: dampening, a fraction of the mean Hessian diagonal (default 0.01)");
   cmd.add_flag("--asymmetric", a.asymmetric,
                "weight-only: unsigned levels with zero points (the default with --calib; without, symmetric)");

@@ -37,6 +37,7 @@ constexpr PathOption kPathOptions[] = {
     {"--weight-algorithm", false, true, false},
     {"--gptq-act-order", false, true, false},
     {"--gptq-damp", false, true, false},
+    {"--sequential", false, true, false},
     {"--asymmetric", false, true, false},
     {"--outlier-fraction", false, true, false},
     {"--symmetric", false, true, false},
@@ -67,6 +68,7 @@ constexpr PathOption kPathOptions[] = {
     {"--min-iou", true, false, true},
     {"--palette", false, true, false},
     {"--palette-group", false, true, false},
+    {"--palette-block", false, true, false},
     {"--sparsity", false, true, false},
     {"--sparsity-method", false, true, false},
 };

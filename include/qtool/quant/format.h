@@ -41,9 +41,10 @@ struct WeightFormat {
   bool is_signed;           ///< levels are signed (int*) or unsigned with a zero point (uint*, MatMulNBits)
   bool symmetric;           ///< no zero points stored (signed: zp = 0; MatMulNBits: default zp 2^(bits-1))
   int64_t block_size;       ///< 0 = per output channel; else elements per block along K (palettes:
-                            ///< output channels per table, 0 = one table per tensor)
+                            ///< 0 = no scales; else a float16 scale per block of K, the table per tensor)
   WeightLayout layout;
   std::string_view help;    ///< one line for --help
+  int64_t group = 0;        ///< palettes: output channels sharing one table (0 = one table per tensor)
   /// ONNX element type of the stored levels (kInt4, kUint4, kInt2, kUint2, kInt8, or kUint8 for
   /// MatMulNBits blobs).
   DataType storage_type() const;
@@ -58,9 +59,10 @@ const WeightFormat* find_weight_format(std::string_view name);
 /// The format for a parsed choice (not float, not inherit): block_size 0 = per channel (int8 is
 /// always per channel); `symmetric` picks the twin of a width alias; `layout` selects MatMulNBits
 /// variants; a palette takes its group (output channels per table, 0 = per tensor) from `palette_group`
-/// instead of `block_size`. Throws kConfig naming the valid choices when no row matches.
+/// and its scale blocks (0 = no scales) from `palette_block`, not `block_size`. Throws kConfig naming
+/// the valid choices when no row matches.
 const WeightFormat& resolve_weight_format(const BitsChoice& bits, int64_t block_size, bool symmetric,
-                                          WeightLayout layout, int64_t palette_group = 0);
+                                          WeightLayout layout, int64_t palette_group = 0, int64_t palette_block = 0);
 /// resolve_weight_format(BitsChoice(bits), ...).
 const WeightFormat& select_weight_format(std::string_view bits, int64_t block_size, bool symmetric,
                                          WeightLayout layout);

@@ -93,7 +93,8 @@ struct GptqPruning {
   /// each run of m), pruning the weights with the least w²/[H⁻¹]_cc² (the OBS saliency). act_order is
   /// ignored (the pattern runs along the natural column order).
   SparsitySpec adaptive;
-  /// Fixed grids, one per row (block = cols): palettes fitted before the sweep. Empty: grids of `spec`.
+  /// Fixed grids, [rows, k_blocks] as the sweep's own would be (palettes fitted before the sweep).
+  /// Empty: grids of `spec`.
   std::span<const BlockGrid> row_grids;
   /// Filled with the final mask ([rows, cols]) when not null.
   std::vector<uint8_t>* mask_out = nullptr;

@@ -96,6 +96,9 @@ struct WeightOnlyConfig {
   LayerPlanMap plan;                       ///< --plan: per-weight formats that override the rules
   /// Palettes (pal1..pal8): output channels sharing one table (0 = one table per tensor; 1, 4, 8, 16).
   int64_t palette_group = 0;
+  /// Palettes: one table per tensor of values scaled by a float16 scale per block of K (16, 32, 64,
+  /// 128; 0 = no scales). Excludes palette_group.
+  int64_t palette_block = 0;
   /// Pruning before / with quantization (sparsity.h) of every quantized layer except the first and
   /// last, depthwise convolutions and embedding tables. Pruned weights are exactly 0 and stored
   /// sparsely (a bit mask plus the kept levels, expanded by ops ONNX Runtime folds at load) where

@@ -37,18 +37,26 @@ KMeansResult kmeans_1d(std::span<const float> x, std::span<const float> e, int k
 struct PaletteSpec {
   int bits = 4;             ///< 2^bits entries per table
   int64_t group = 0;        ///< output channels (rows) per table; 0 = one table for the whole matrix
+  /// A scale per block of `block` columns (0 = none): the table holds values of w / scale, each block's
+  /// scale its absmax refined by least squares (float16 when fp16_table).
+  int64_t block = 0;
   bool fp16_table = false;  ///< table values rounded to float16 (stored as float16): levels chosen for them
   bool zero_entry = false;  ///< index 0 is exactly 0 (set when some weights are pruned)
 };
 
-/// Palettizes W [rows, cols]: per group of rows, k-means of its values weighted by
+/// Palettizes W [rows, cols]: the rows ordered by RMS are taken spec.group at a time (rows of similar
+/// spread share a table; a group need not be contiguous), and per group, k-means of its values weighted by
 /// col_importance[c] (empty = uniform); pruned[r·cols + c] != 0 (empty = none) marks weights that
 /// must be exactly 0: they take index 0 and are left out of the fit (spec.zero_entry must be set).
-/// Returns levels = indices and one grid per row (block = cols) sharing its group's Palette.
+/// Returns levels = indices and one grid per row (block = cols), or per row and block of K with its
+/// scale, sharing its group's Palette.
 /// Groups are fitted on up to `threads` threads (the result does not depend on it).
 QuantizedMatrix quantize_palette(std::span<const float> w, int64_t rows, int64_t cols, const PaletteSpec& spec,
                                  std::span<const float> col_importance = {}, std::span<const uint8_t> pruned = {},
                                  int threads = 1);
+
+/// The rows sharing each table of a palettized q (by table identity), in order of first appearance.
+std::vector<std::vector<int64_t>> palette_groups(const QuantizedMatrix& q);
 
 /// Refits the tables of a palettized q (its indices fixed) to the layer's output error
 /// tr((W − Q) H (W − Q)ᵀ), W [rows, cols] the target and H [cols, cols] the input Hessian: per group

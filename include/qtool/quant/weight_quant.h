@@ -35,7 +35,8 @@ struct BlockGrid {
   bool binary = false;  ///< levels {-1, +1} only (sign), zero never produced
   bool float8 = false;  ///< levels are FLOAT8E4M3FN codes (0..255): w ≈ decode(code)·scale
   bool float4 = false;  ///< levels are FLOAT4E2M1 codes (0..15): w ≈ decode(code)·scale
-  /// Levels index this table (palettes; shared by the rows of a group): w ≈ palette->values[q].
+  /// Levels index this table (palettes; shared by the rows of a group): w ≈ palette->values[q]·scale
+  /// (scale 1 unless the palette is scaled per block).
   std::shared_ptr<const Palette> palette;
   /// Levels are float codes (fp8, fp4), not an integer ladder.
   bool float_codes() const { return float8 || float4; }
@@ -46,7 +47,7 @@ struct BlockGrid {
   /// Nearest level of w on this grid.
   int32_t quantize(float w) const;
   float dequantize(int32_t q) const {
-    if (palette) return palette->values[static_cast<size_t>(q)];
+    if (palette) return palette->values[static_cast<size_t>(q)] * scale;
     if (float_codes()) return code_value(q) * scale;
     return static_cast<float>(q - zero_point) * scale;
   }

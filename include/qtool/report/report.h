@@ -95,6 +95,7 @@ struct QuantizeReport {
   std::map<std::string, std::string> settings;
   int64_t fp32_file_bytes = 0;  ///< size of the input model file (0 if unknown)
   int64_t output_file_bytes = 0;///< size of the written model file (0 if unknown)
+  int64_t output_zstd_bytes = 0;///< that file compressed by zstd at its default level 3 (0 if unknown)
   std::vector<LayerReport> layers;
   /// Output quality on held-out calibration data; empty when no data was given.
   std::vector<OutputQuality> outputs;
@@ -127,6 +128,9 @@ std::vector<LayerReport> analyze_quantized_weights(const ir::Model& quantized, i
 /// Starts the report of a finished run: paths, file sizes (read from disk; 0 for a missing file),
 /// the headline precision, and `layers` from analyze_quantized_weights(quantized). The caller adds
 /// settings, per-layer errors, held-out quality (to_output_quality in compare.h), timings, warnings.
+/// Sets r.output_file_bytes and r.output_zstd_bytes from the file r.output_model (0 when absent).
+void measure_output_file(QuantizeReport& r);
+
 QuantizeReport make_quantize_report(const std::string& input_path, const std::string& output_path,
                                     const ir::Model& quantized, const std::string& precision);
 

@@ -152,10 +152,12 @@ QuantizedMatrix quantize_gptq_layer(const LayerJob& job, std::string* label) {
   const std::string name = job.adaptive.active() ? "sparsegpt" : "gptq";
   QuantizedMatrix palette;
   if (job.patch_stats && job.patch_stats->hessian.samples() > 0) {
+    // A palette scaled per block of a k×k conv's input channels: its view is not the im2col order.
+    if (t.format->scheme == WeightScheme::kPalette && t.conv_blocked) return quantize_rtn_layer(job, label);
     *label = name;
     const std::vector<double> h = job.patch_stats->hessian.hessian();
     const GptqPruning p = sweep_pruning(job, h, t.shape[1] * t.taps, palette);
-    if (t.format->scheme == WeightScheme::kPalette)  // never blocked: the view is the natural [M, C·taps]
+    if (t.format->scheme == WeightScheme::kPalette && !t.conv_blocked)  // the view is the natural [M, C·taps]
       return palette_sweeps(job, t.w, t.rows, t.cols, h, p);
     return gptq_conv(t, h, job.spec, job.gptq, p);
   }

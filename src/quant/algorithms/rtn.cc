@@ -65,7 +65,8 @@ QuantizedMatrix quantize_palette_layer(const LayerJob& job, std::span<const floa
   const Target& t = job.t;
   PaletteSpec ps;
   ps.bits = t.format->bits;
-  ps.group = t.format->block_size;
+  ps.group = t.format->group;
+  ps.block = t.format->block_size;
   ps.fp16_table = job.spec.fp16_scale;
   ps.zero_entry = job.sparse();
   std::span<const uint8_t> pruned;

@@ -139,7 +139,7 @@ Eigen::MatrixXd upper_cholesky_of_inverse(const Eigen::MatrixXd& Hp, int64_t col
 /// error over the columns after it (within the block at once, onto the rest after the block).
 /// Without static groups, a group's grid is taken when the sweep reaches its first column.
 /// SparseGPT's mask choice for the block of columns [i1, i1 + count) of W1 (unstructured: the
-/// lowest saliency w²/d² over the whole block; N:M is chosen per run as the sweep reaches it).
+/// lowest saliency w²/d² of each row within the block; N:M is chosen per run as the sweep reaches it).
 void choose_block_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, int64_t count, const SparsitySpec& sp,
                        const std::vector<int64_t>& perm, int64_t cols, std::vector<uint8_t>& mask) {
   if (sp.structured() || sp.fraction <= 0) return;
@@ -151,7 +151,9 @@ void choose_block_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, i
       tmp[static_cast<size_t>(r * count + i)] = static_cast<float>(W1(r, i) * W1(r, i) / (d * d));
     }
   SparsitySpec whole = sp;
-  const std::vector<uint8_t> m = prune_mask(tmp, rows, count, whole, false);
+  // Per output row (Wanda's comparison group): measured better than one threshold over the block
+  // (stories260K 50%: +101% / +26% NLL against +120% / +28%).
+  const std::vector<uint8_t> m = prune_mask(tmp, rows, count, whole, /*per_row=*/true);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < count; ++i)
       if (m[static_cast<size_t>(r * count + i)]) mask[static_cast<size_t>(r * cols + perm[i1 + i])] = 1;

@@ -307,6 +307,7 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
       bytes += static_cast<int64_t>(tv->initializer()->nbytes());
     }
     x = before("Gather", {tv, lv}, "levels_float")->output(0);
+    L.scheme = fmt::format("palette({} entries, per tensor), scaled per {}", k, L.scheme);
   } else if (t.format->scheme == WeightScheme::kFloat4) {
     // E2M1 codes -> Cast(to=int32) -> Gather on the 16 code values: the decoded levels.
     ir::Node* cast = before("Cast", {lv}, "codes");

@@ -248,10 +248,14 @@ std::vector<uint8_t> WeightOnlyRun::choose_mask(Target& t, const InputStats* st,
   const bool have_h = (st && st->want_hessian && st->hessian.samples() > 0 &&
                        (t.kind != Kind::kConv || t.channels_first)) ||
                       have_patch;
-  // Input channel norms ‖x_c‖ in the layer's column order (Wanda), when known.
-  std::vector<float> norm;
+  // Input norms ‖x‖ per weight column (Wanda), when known: for a k×k conv viewed per kernel tap
+  // (rows (m, tap), columns c), the norm of patch element (c, tap) goes with weight (r, c).
+  std::vector<float> norm, blocked_norm;
   if (have_patch && !t.conv_blocked) {
     norm = patch_stats_.at(&t).hessian.channel_energy();
+  } else if (have_patch) {
+    blocked_norm = patch_stats_.at(&t).hessian.channel_energy();
+    for (float& v : blocked_norm) v = std::sqrt(std::max(0.0f, v));
   } else if (st && st->rows > 0 && st->k == t.cols && (t.kind != Kind::kConv || t.channels_first)) {
     norm = st->energy();
     if (awq_s)
@@ -261,12 +265,12 @@ std::vector<uint8_t> WeightOnlyRun::choose_mask(Target& t, const InputStats* st,
   // A k×k conv's palette scaled per block of input channels is not swept on its im2col Hessian.
   const bool no_sweep = t.format->scheme == WeightScheme::kPalette && t.conv_blocked && t.taps > 1;
   if (method == SparsityMethod::kSparseGpt && (!have_h || no_sweep)) {
-    method = norm.empty() ? SparsityMethod::kMagnitude : SparsityMethod::kWanda;
+    method = norm.empty() && blocked_norm.empty() ? SparsityMethod::kMagnitude : SparsityMethod::kWanda;
     L.note += fmt::format("{}{}: pruned by {}", L.note.empty() ? "" : "; ",
                           no_sweep ? "no SparseGPT sweep for a scaled palette of a k×k conv" : "no input Hessian for SparseGPT",
                           sparsity_method_name(method));
   }
-  if (method == SparsityMethod::kWanda && norm.empty()) {
+  if (method == SparsityMethod::kWanda && norm.empty() && blocked_norm.empty()) {
     method = SparsityMethod::kMagnitude;
     L.note += fmt::format("{}no input statistics for Wanda: pruned by magnitude", L.note.empty() ? "" : "; ");
   }
@@ -275,7 +279,10 @@ std::vector<uint8_t> WeightOnlyRun::choose_mask(Target& t, const InputStats* st,
     *adaptive = cfg_.sparsity;
     return {};
   }
-  const std::vector<float> score = prune_scores(t.w, t.rows, t.cols, method, norm);
+  std::vector<float> score = prune_scores(t.w, t.rows, t.cols, method, norm);
+  if (method == SparsityMethod::kWanda && !blocked_norm.empty())
+    for (int64_t r = 0; r < t.rows; ++r)
+      for (int64_t c = 0; c < t.cols; ++c) score[r * t.cols + c] *= blocked_norm[c * t.taps + r % t.taps];
   // Magnitude compares the whole layer; Wanda compares the weights of each output row.
   std::vector<uint8_t> mask = prune_mask(score, t.rows, t.cols, cfg_.sparsity, method == SparsityMethod::kWanda);
   for (size_t i = 0; i < mask.size(); ++i)

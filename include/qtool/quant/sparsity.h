@@ -6,7 +6,7 @@
 //   magnitude  prune the smallest |w| of the layer (unstructured) or of each run of M (N:M);
 //   wanda      prune the smallest |w_rc|·‖x_c‖ of each output row (Sun et al. 2023), ‖x_c‖ the norm
 //              of input channel c over the calibration rows;
-//   sparsegpt  choose the mask inside the GPTQ sweep by w²/[H⁻¹]_cc² per block of 128 columns and
+//   sparsegpt  choose the mask inside the GPTQ sweep by w²/[H⁻¹]_cc² in each row of each block of 128 columns and
 //              push each pruned (and quantized) weight's error onto the columns not yet processed
 //              (Frantar & Alistarh 2023) -- see gptq.h, GptqOptions::sparsity.
 // The pruned weights are exactly 0 in the output: the zero level of a symmetric grid, index 0 of a

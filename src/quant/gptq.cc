@@ -80,10 +80,51 @@ struct ColumnGroups {
     }
   }
   int64_t of(int64_t c) const { return custom ? col_group[c] : c / group; }
-  /// Grid of group b for the values x of its columns.
-  BlockGrid grid(std::span<const float> x, int64_t b) const {
+  /// Grid of group b for the values x of its columns (a palette's grid `preset`: its table kept, the
+  /// block's scale fitted to x).
+  BlockGrid grid(std::span<const float> x, int64_t b, const BlockGrid* preset = nullptr) const {
+    if (preset && preset->palette) return palette_scale(x, gdiag[b], *preset);
     if (output_clip) return find_block_grid_hessian(x, spec, hblocks[b]);
     return find_block_grid(x, spec, gdiag[b]);
+  }
+  /// The scale of a scaled palette's block for x: absmax·r over the clipping ratios r in [0.6, 1],
+  /// the least Σ e (x − Q(x))² kept, then refined by least squares on its indices.
+  BlockGrid palette_scale(std::span<const float> x, std::span<const float> e, BlockGrid g) const {
+    float amax = 0.0f;
+    for (float v : x) amax = std::max(amax, std::fabs(v));
+    if (amax <= 0.0f) return g;
+    auto err = [&](const BlockGrid& c) {
+      double s = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double d = x[i] - c.dequantize(c.quantize(x[i]));
+        s += (e.empty() ? 1.0 : e[i]) * d * d;
+      }
+      return s;
+    };
+    BlockGrid best = g;
+    double best_err = -1;
+    for (int i = 0; i <= 8; ++i) {
+      BlockGrid c = g;
+      c.scale = spec.stored_scale(amax * (1.0f - 0.05f * static_cast<float>(i)));
+      if (!(c.scale > 0.0f)) continue;
+      const double ce = err(c);
+      if (best_err < 0 || ce < best_err) {
+        best_err = ce;
+        best = c;
+      }
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double t = best.palette->values[static_cast<size_t>(best.quantize(x[i]))];
+      num += (e.empty() ? 1.0 : e[i]) * x[i] * t;
+      den += (e.empty() ? 1.0 : e[i]) * t * t;
+    }
+    if (den > 0) {
+      BlockGrid c = best;
+      c.scale = spec.stored_scale(static_cast<float>(num / den));
+      if (c.scale > 0.0f && std::isfinite(c.scale) && err(c) < best_err) best = c;
+    }
+    return best;
   }
 };
 
@@ -201,7 +242,8 @@ void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, 
             const int64_t local = c - i1;
             buf[c - col] = static_cast<float>(local < count ? W1(r, local) : Wp(r, c));
           }
-          q.grids[r * kb + b] = groups.grid(buf, b);
+          BlockGrid& gr = q.grids[r * kb + b];
+          gr = groups.grid(buf, b, gr.palette ? &gr : nullptr);
         }
       }
       const double d = U(i1 + i, i1 + i);
@@ -291,7 +333,10 @@ QuantizedMatrix gptq_impl(std::span<const float> w_in, int64_t rows, int64_t col
   // or custom (non-contiguous) groups.
   const bool act_order = options.act_order && !pruning.adaptive.active();
   const bool presets = !pruning.row_grids.empty();
-  const bool static_groups = act_order || kb == 1 || groups.custom || presets;
+  // A palette scaled per block keeps its table; each block's scale is fitted when the sweep reaches
+  // it, to the weights as GPTQ has updated them (as integer blocks get their grids).
+  const bool lazy_scales = presets && spec.scheme == WeightScheme::kPalette && kb > 1 && !act_order && !groups.custom;
+  const bool static_groups = act_order || kb == 1 || groups.custom || (presets && !lazy_scales);
   if (presets) {
     QTOOL_CHECK(static_cast<int64_t>(pruning.row_grids.size()) == rows * kb, ErrorCode::kInternal,
                 "gptq: {} preset grids for {} rows of {} blocks", pruning.row_grids.size(), rows, kb);

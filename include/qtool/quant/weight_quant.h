@@ -37,7 +37,7 @@ struct BlockGrid {
   bool float4 = false;  ///< levels are FLOAT4E2M1 codes (0..15): w ≈ decode(code)·scale
   /// Levels index this table (palettes; shared by the rows of a group): w ≈ palette->values[q]·scale
   /// (scale 1 unless the palette is scaled per block).
-  std::shared_ptr<const Palette> palette;
+  std::shared_ptr<const Palette> palette{};
   /// Levels are float codes (fp8, fp4), not an integer ladder.
   bool float_codes() const { return float8 || float4; }
   /// The value of float code q before scaling (fp8 / fp4 grids only).

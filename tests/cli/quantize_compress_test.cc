@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -15,6 +17,11 @@
 
 namespace qtool {
 namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
 
 struct QuantizeRun {
   int exit_code;
@@ -94,6 +101,19 @@ TEST(CliQuantizeCompress, PrunedLayersKeepTheirPatternAndShrinkTheFile) {
   EXPECT_EQ(quantize(d, "--bits 4 --sparsity 2:4 --format matmulnbits", "x.onnx").exit_code, 2);
   EXPECT_EQ(quantize(d, "--bits 4 --sparsity 0.5 --tune-steps 5", "x.onnx").exit_code, 2);
   EXPECT_FALSE(std::filesystem::exists(d.file("x.onnx")));
+}
+
+// The same inputs and options give the same bytes, whatever the thread count (palette groups and
+// RTN rows are split over threads; k-means starts from a fixed seed).
+TEST(CliQuantizeCompress, ByteIdenticalAcrossRunsAndThreads) {
+  testing::TempDir d;
+  for (const std::string& args : {std::string("--palette 4 --palette-group 4 --sparsity 0.5"),
+                                  std::string("--palette 3"), std::string("--bits 4 --sparsity 2:4")}) {
+    SCOPED_TRACE(args);
+    ASSERT_EQ(quantize(d, args + " --threads 1", "a.onnx").exit_code, 0);
+    ASSERT_EQ(quantize(d, args + " --threads 2", "b.onnx").exit_code, 0);
+    EXPECT_EQ(slurp(d.file("a.onnx")), slurp(d.file("b.onnx")));
+  }
 }
 
 }  // namespace

@@ -106,6 +106,7 @@ void WeightOnlyRun::validate() {
     fail(ErrorCode::kConfig, "--format matmulnbits needs --block-size 16, 32, 64 or 128");
   QTOOL_CHECK(!algo_.needs_calibration || has_samples(calib_), ErrorCode::kConfig,
               "--algorithm {} needs calibration data (--calib)", algo_.name);
+  QTOOL_CHECK(cfg_.palette_block >= 0, ErrorCode::kInternal, "palette_block {} was not resolved", cfg_.palette_block);
   tuning_ = cfg_.tune.steps > 0;
   const bool palette = cfg_.bits.is_palette() || cfg_.bits_first_last.is_palette() || cfg_.bits_depthwise.is_palette() ||
                        std::any_of(cfg_.layer_bits.begin(), cfg_.layer_bits.end(),

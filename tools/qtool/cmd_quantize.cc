@@ -246,12 +246,13 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
   cfg.palette_group = a.palette_group;
-  // Default: palettes of 4 bits or fewer scaled per block of 32 (a table alone cannot follow each
-  // block's range: MobileNetV2 pal4 82.2% top-1 scaled, 80.2% with tables per 4 channels; stories260K
-  // +3.0% / +0.9% NLL scaled, +12.3% / +3.4% per tensor), wider ones one table per tensor (pal6:
-  // MobileNetV2 within 0.8 points). BENCHMARKS.md "Palettes and pruning".
+  // Default: palettes of 4 bits or fewer get scales per block of 32 or tables per 4 output channels,
+  // whichever the held-out samples judge better (-1 = that choice, pipeline/weight_only_path.cc; a table
+  // alone cannot follow each block's range: stories260K +3.6% / +0.7% NLL scaled, +12.3% / +3.4% per
+  // tensor); wider ones one table per tensor (pal6: MobileNetV2 within 0.8 points). BENCHMARKS.md
+  // "Palettes and pruning".
   const int pal_bits = job.bits.is_palette() ? job.bits.type()->bits : 0;
-  cfg.palette_block = a.palette_block >= 0 ? a.palette_block : (pal_bits > 0 && pal_bits <= 4 && a.palette_group == 0 ? 32 : 0);
+  cfg.palette_block = a.palette_block >= 0 ? a.palette_block : (pal_bits > 0 && pal_bits <= 4 && a.palette_group == 0 ? -1 : 0);
   QTOOL_CHECK(a.palette_group == 0 || a.palette_block <= 0, ErrorCode::kConfig,
               "--palette-group and --palette-block exclude each other (tables per group of output channels, or one "
               "table of values scaled per block of input channels)");
@@ -414,8 +415,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
       ->check(CLI::IsMember({0, 1, 4, 8, 16}));
   cmd.add_option("--palette-block", a.palette_block,
                  "palettes: one table per tensor of values scaled by a float16 scale per block of 16, 32, 64 or 128 "
-                 "input channels (a learned non-uniform grid, like NF4 fitted to the layer), or 0 = no scales; default: "
-                 "32 for palettes of 4 bits or fewer without --palette-group, else 0")
+                 "input channels (a learned non-uniform grid, like NF4 fitted to the layer), or 0 = no scales; default for "
+                 "palettes of 4 bits or fewer without --palette-group: block 32 or tables per 4 output channels, whichever "
+                 "the held-out calibration samples judge better (block 32 without --calib); else 0")
       ->check(CLI::IsMember({0, 16, 32, 64, 128}));
   cmd.add_option("--sparsity", a.sparsity,
                  "weight-only: prune before quantizing: a fraction of zeros per layer (0.5 or 50%) or N:M (2:4: at most "

@@ -97,7 +97,8 @@ struct WeightOnlyConfig {
   /// Palettes (pal1..pal8): output channels sharing one table (0 = one table per tensor; 1, 4, 8, 16).
   int64_t palette_group = 0;
   /// Palettes: one table per tensor of values scaled by a float16 scale per block of K (16, 32, 64,
-  /// 128; 0 = no scales). Excludes palette_group.
+  /// 128; 0 = no scales). Excludes palette_group. -1 (quantize jobs only): chosen by measurement in
+  /// pipeline/weight_only_path.cc (block 32 or groups of 4); apply_weight_only needs a value >= 0.
   int64_t palette_block = 0;
   /// Pruning before / with quantization (sparsity.h) of every quantized layer except the first and
   /// last, depthwise convolutions and embedding tables. Pruned weights are exactly 0 and stored

@@ -78,6 +78,7 @@ class WeightOnlyRun {
   bool tuning_ = false;
   bool want_stats_ = false;
   bool sparsegpt_ = false;  ///< --sparsity-method sparsegpt: Hessians collected for the pruned layers
+  bool compact_ = false;    ///< palettes or pruning in this run: every layer in a form folded at load
   bool sequential_ = false;
   ir::Model teacher_;  ///< the float model tuning distills from, before AWQ folds its scales
   std::vector<Target> targets_;
@@ -122,6 +123,7 @@ void WeightOnlyRun::validate() {
     QTOOL_CHECK(cfg_.format != WeightLayout::kMatMulNBits, ErrorCode::kConfig,
                 "--sparsity needs --format qdq or cast: MatMulNBits has no sparse form");
   }
+  compact_ = palette || cfg_.sparsity.active();
   QTOOL_CHECK(!(tuning_ && palette), ErrorCode::kConfig,
               "--tune-steps cannot be combined with palettes yet (tuning moves levels on a uniform grid)");
   if (tuning_) {
@@ -351,7 +353,10 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
     }
   L.weight_rel_mse = den > 0 ? num / den : 0.0;
   L.sparsity = static_cast<double>(zeros) / static_cast<double>(t.rows * t.cols);
-  int64_t bytes = detail::emit_weight(g_, t, q, fp16, cfg_.cast_dequant, L);
+  // With palettes or pruning the compressed layers are folded by ONNX Runtime at load; the int8 layers
+  // beside them (first/last, depthwise) are written in the Cast form too, so that nothing is left
+  // dequantizing on every run (their DequantizeLinear made MobileNetV2's palette model 2× slower).
+  int64_t bytes = detail::emit_weight(g_, t, q, fp16, cfg_.cast_dequant || compact_, L);
   if (!out_cols.empty()) {
     bytes += detail::emit_outliers(g_, t, out_cols, w_before);
     L.outlier_columns = static_cast<int64_t>(out_cols.size());

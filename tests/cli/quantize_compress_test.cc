@@ -61,6 +61,12 @@ TEST(CliQuantizeCompress, PalettesRunInOnnxRuntimeAndReportTheirTables) {
     EXPECT_LE(r.report["size"]["output_zstd_bytes"].get<int64_t>(), r.report["size"]["output_file_bytes"].get<int64_t>());
     EXPECT_GT(r.report["evaluation"]["outputs"][0]["top1_agreement"].get<double>(), 0.8);
     EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("p.onnx"), "image", x, "logits", d.path()), 1e-4);
+    // qtool inspect recognizes the three palettized layers (and not the input's float tensors).
+    const auto ins = testing::run_command(fmt::format("{} inspect {} --json", testing::qtool_bin(), d.file("p.onnx")));
+    ASSERT_EQ(ins.exit_code, 0) << ins.err;
+    const auto q = nlohmann::json::parse(ins.out)["quantization"];
+    EXPECT_EQ(q["table_weights"], 3) << q;
+    EXPECT_EQ(q["sparse_weights"], 0) << q;
   }
   // A palette has no MatMulNBits form, and its group and scale blocks exclude each other.
   EXPECT_EQ(quantize(d, "--palette 4 --format matmulnbits", "x.onnx").exit_code, 2);
@@ -92,6 +98,9 @@ TEST(CliQuantizeCompress, PrunedLayersKeepTheirPatternAndShrinkTheFile) {
     EXPECT_LT(r.report["size"]["output_file_bytes"].get<int64_t>(), dense.report["size"]["output_file_bytes"].get<int64_t>());
     EXPECT_EQ(r.report["precision"], "W4 (block 32) sparse 2:4 A32");
     EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("s.onnx"), "image", x, "logits", d.path()), 1e-4);
+    const auto ins = testing::run_command(fmt::format("{} inspect {} --json", testing::qtool_bin(), d.file("s.onnx")));
+    ASSERT_EQ(ins.exit_code, 0) << ins.err;
+    EXPECT_EQ(nlohmann::json::parse(ins.out)["quantization"]["sparse_weights"], 3) << ins.out;
   }
   // --bits 8 with --sparsity: int8 weights (weight-only), pruned.
   const QuantizeRun i8 = quantize(d, "--bits 8 --sparsity 0.5", "i8.onnx");

@@ -28,7 +28,7 @@
 //   "functions": [{"domain": "local", "name": "Twice"}],
 //   "quantization": {
 //     "quantized": true,                     // any of the formats below is present
-//     "formats": ["qdq", "qoperator", "integer", "matmul_nbits", "cast"],   // which ones are present
+//     "formats": ["qdq", "qoperator", "integer", "matmul_nbits", "cast", "table"],   // which ones are present
 //     "quantize_linear": 10, "dequantize_linear": 12,
 //     "qdq_pairs": 10,                       // QuantizeLinear outputs read by a DequantizeLinear
 //                                            // (directly or through Cast/Identity)
@@ -37,6 +37,9 @@
 //     "dequantized_weights": 2,              // DequantizeLinear reading an initializer
 //     "cast_weights": 0,                     // integer initializers read through Cast(to=float)
 //                                            // (weight levels of --format cast / --mode dynamic)
+//     "table_weights": 0,                    // weights decoded by a Gather on a float table from
+//                                            // constants only (palettes, fp4 codes)
+//     "sparse_weights": 0,                   // weights expanded from a bit mask and the kept levels (pruned)
 //     "weight_bits": {"int8": 2},            // dtype of the dequantized and cast weights
 //     "matmul_nbits": [{"bits": 4, "block_size": 32, "count": 36}],
 //     "qlinear_ops": {"QLinearConv": 3},     // QLinear* operators (QOperator format)
@@ -117,9 +120,33 @@ struct Stats {
   ordered_json subgraphs = ordered_json::array();
   // quantization
   int64_t q = 0, dq = 0, pairs = 0, dq_weights = 0, cast_weights = 0;
+  int64_t table_weights = 0, sparse_weights = 0;  ///< weights decoded by a Gather on a table; pruned (bit mask)
   std::map<std::string, int64_t> qdq_bits, weight_bits, qlinear, integer;
   std::map<std::pair<int64_t, int64_t>, int64_t> nbits;
 };
+
+/// True when v is computed from constants only (initializers through any ops, up to `depth` hops);
+/// sets *sparse when a CumSum is on the way (the bit-mask expansion of a pruned weight).
+bool constant_only(const ir::Value* v, int depth, bool* sparse) {
+  if (!v) return false;
+  if (v->is_initializer()) return !v->is_graph_input();
+  const ir::Node* p = v->producer();
+  if (!p || depth == 0 || v->is_graph_input()) return false;
+  if (p->op_type() == "CumSum") *sparse = true;
+  if (p->op_type() == "Constant") return true;
+  for (const ir::Value* in : p->inputs())
+    if (in && !constant_only(in, depth - 1, sparse)) return false;
+  return true;
+}
+
+/// A float table: a float initializer, or a float16 one read through Cast.
+bool float_table(const ir::Value* v) {
+  if (!v) return false;
+  if (v->is_initializer()) return v->initializer()->dtype() == DataType::kFloat;
+  const ir::Node* p = v->producer();
+  return p && p->op_type() == "Cast" && p->input(0) && p->input(0)->is_initializer() &&
+         p->input(0)->initializer()->dtype() == DataType::kFloat16;
+}
 
 void walk(const ir::Graph& g, int depth, Stats& s) {
   const std::string gname = g.name().empty() ? (depth == 0 ? "main" : "(unnamed)") : g.name();
@@ -174,6 +201,22 @@ void walk(const ir::Graph& g, int depth, Stats& s) {
     } else if (op == "MatMulInteger" || op == "ConvInteger" || op == "DynamicQuantizeLinear" ||
                op == "MatMulIntegerToFloat" || op == "DynamicQuantizeMatMul" || op == "DynamicQuantizeLSTM") {
       ++s.integer[op];
+    } else if (onnx_domain && op == "Gather" && float_table(n->input(0))) {
+      // Weight indices decoded by a Gather on a table (palettes, fp4 codes), computed from constants
+      // only (an embedding's indices come from a graph input): folded by ONNX Runtime at load.
+      bool sparse = false;
+      if (constant_only(n->input(1), 24, &sparse)) {
+        ++s.table_weights;
+        s.sparse_weights += sparse;
+      }
+    } else if (onnx_domain && op == "Cast" && n->input(0) && !n->input(0)->is_initializer() &&
+               n->attr_int("to", 0) == static_cast<int64_t>(DataType::kFloat)) {
+      // Integer levels of a pruned layer expanded from a bit mask (CumSum -> Gather) and read through Cast.
+      bool sparse = false;
+      if (constant_only(n->input(0), 24, &sparse) && sparse) {
+        ++s.cast_weights;
+        ++s.sparse_weights;
+      }
     } else if (onnx_domain && op == "Cast" && n->input(0) && n->input(0)->is_initializer() &&
                n->attr_int("to", 0) == static_cast<int64_t>(DataType::kFloat)) {
       // Weight levels read through Cast (-> Sub) -> Mul by their scales: qtool's --format cast and the
@@ -281,6 +324,7 @@ ordered_json inspect_json(const ir::Model& m, const std::string& path) {
   if (!s.integer.empty()) formats.push_back("integer");
   if (!s.nbits.empty()) formats.push_back("matmul_nbits");
   if (s.cast_weights > 0) formats.push_back("cast");
+  if (s.table_weights > 0) formats.push_back("table");
   q["quantized"] = !formats.empty();
   q["formats"] = formats;
   q["quantize_linear"] = s.q;
@@ -296,6 +340,8 @@ ordered_json inspect_json(const ir::Model& m, const std::string& path) {
   q["qdq_bit_widths"] = widths;
   q["dequantized_weights"] = s.dq_weights;
   q["cast_weights"] = s.cast_weights;
+  q["table_weights"] = s.table_weights;
+  q["sparse_weights"] = s.sparse_weights;
   q["weight_bits"] = s.weight_bits;
   q["matmul_nbits"] = ordered_json::array();
   for (const auto& [k, c] : s.nbits) q["matmul_nbits"].push_back({{"bits", k.first}, {"block_size", k.second}, {"count", c}});
@@ -392,6 +438,10 @@ void print_human(const ordered_json& j) {
       for (const auto& [k, v] : q["weight_bits"].items()) bits += fmt::format(" {}:{}", k, v.get<int64_t>());
       line(fmt::format("  weight levels read through Cast: {}; weight dtypes{}", q["cast_weights"].get<int64_t>(), bits));
     }
+    if (q["table_weights"].get<int64_t>() > 0)
+      line(fmt::format("  weights decoded by a Gather on a table (palettes, fp4): {}", q["table_weights"].get<int64_t>()));
+    if (q["sparse_weights"].get<int64_t>() > 0)
+      line(fmt::format("  pruned weights expanded from a bit mask and the kept levels: {}", q["sparse_weights"].get<int64_t>()));
   }
   std::cout << out << std::flush;
 }

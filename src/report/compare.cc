@@ -593,6 +593,7 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   // worker's executors then run on one thread.
   const int workers = observe ? 1 : std::max(1, options.threads);
   runtime::ExecutorOptions exec_options;
+  exec_options.fold_constants = true;  // neither model changes while it is compared
   exec_options.threads = workers > 1 ? 1 : std::max(1, options.threads);
   runtime::Executor ref_exec(fp32, exec_options);
   runtime::Executor test_exec(test_model, exec_options);

@@ -128,6 +128,7 @@ struct NodeStep {
   // Conv + activation fusion (used only when no observer watches the top-level graph):
   FusedActivation fused;         // on the Conv: the activation its kernel applies
   int fused_source = -1;         // on the activation: the Conv output slot it just forwards
+  bool constant = false;         // every input a constant: computed once when folding (fold_constants)
 };
 
 struct GraphPlan {
@@ -139,6 +140,9 @@ struct GraphPlan {
   std::vector<SlotRef> output_refs;                      // graph outputs, in order
   std::vector<NodeStep> steps;
   std::vector<int> produced;  // slots written by nodes (freed when a body frame ends)
+  // fold_constants (main graph): the outputs of constant steps, kept from the first complete run.
+  std::vector<std::pair<int, Tensor>> folded;
+  bool folded_ready = false;
 };
 
 /// Node name for messages: its name, else its first output's name.
@@ -289,13 +293,35 @@ struct Executor::Impl : public SubgraphRunner {
     }
     for (const ir::Value* v : g.outputs()) p.output_refs.push_back(resolve(v, nullptr));
 
-    // Values never released: graph outputs, graph inputs and initializers.
+    // Constant steps (main graph, fold_constants): inputs all initializers or constant outputs.
+    std::vector<char> is_const(p.num_slots, 0);
+    if (options.fold_constants && chain.size() == 1) {
+      for (const auto& c : p.constants) is_const[c.first] = 1;
+      for (int s : p.input_slots) is_const[s] = 0;  // an initializer that is also an input can be fed
+      static const std::unordered_set<std::string> kNever = {
+          "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
+          "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli", "Dropout"};
+      for (NodeStep& step : p.steps) {
+        const ir::Node& n = *step.node;
+        bool c = n.domain().empty() && n.subgraphs().empty() && !kNever.count(n.op_type()) && !step.inputs.empty();
+        for (const SlotRef& r : step.inputs) c = c && (r.index < 0 || (r.depth == 0 && is_const[r.index]));
+        step.constant = c;
+        if (c)
+          for (int o : step.outputs)
+            if (o >= 0) is_const[o] = 1;
+      }
+    }
+    // Values never released: graph outputs, graph inputs, initializers and folded constants.
     std::vector<char> keep(p.num_slots, 0);
     for (const SlotRef& r : p.output_refs) {
       if (r.depth == 0) keep[r.index] = 1;
     }
     for (int s : p.input_slots) keep[s] = 1;
     for (const auto& c : p.constants) keep[c.first] = 1;
+    for (const NodeStep& step : p.steps)
+      if (step.constant)
+        for (int o : step.outputs)
+          if (o >= 0) keep[o] = 1;
     for (int s = 0; s < p.num_slots; ++s) {
       if (!keep[s] && last_use[s] >= 0) p.steps[last_use[s]].release.push_back(s);
     }
@@ -425,6 +451,12 @@ struct Executor::Impl : public SubgraphRunner {
     std::vector<const Buffer*> reuse_buffers;
     const bool fuse = !(top && observer);
     for (const NodeStep& step : p.steps) {
+      if (step.constant && p.folded_ready) {  // computed once: its outputs were preloaded
+        if (top && observer)
+          for (size_t i = 0; i < step.outputs.size(); ++i)
+            if (step.outputs[i] >= 0) observer->on_value(*step.node->outputs()[i], frame.slots[step.outputs[i]]);
+        continue;
+      }
       if (interrupt_requested()) {  // Ctrl-C: stop between nodes (core/interrupt.h)
         current = saved;
         check_interrupt(fmt::format("while running node '{}'", step.node->name()));
@@ -570,6 +602,7 @@ struct Executor::Impl : public SubgraphRunner {
     }
     Frame frame{&p, std::vector<Tensor>(p.num_slots), nullptr};
     for (const auto& [slot, t] : p.constants) frame.slots[slot] = *t;
+    for (const auto& [slot, t] : p.folded) frame.slots[slot] = t;
     for (size_t i = 0; i < g.inputs().size(); ++i) {
       const ir::Value* v = g.inputs()[i];
       auto it = inputs.find(v->name());
@@ -595,6 +628,14 @@ struct Executor::Impl : public SubgraphRunner {
       throw;
     }
     observer = nullptr;
+    if (!p.folded_ready && options.fold_constants) {  // keep the constant steps' outputs for later runs
+      GraphPlan& mp = *plans.at(&g);
+      for (const NodeStep& step : mp.steps)
+        if (step.constant)
+          for (int o : step.outputs)
+            if (o >= 0 && frame.slots[o].defined()) mp.folded.emplace_back(o, frame.slots[o]);
+      mp.folded_ready = true;
+    }
     std::vector<Tensor> outs;
     outs.reserve(p.output_refs.size());
     for (size_t i = 0; i < p.output_refs.size(); ++i) {

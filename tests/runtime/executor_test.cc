@@ -365,3 +365,45 @@ TEST(KernelRegistry, PicksGreatestVersionNotAboveOpset) {
 
 }  // namespace
 }  // namespace qtool::runtime
+
+namespace qtool::runtime {
+namespace {
+
+/// x[2,3] -> MatMul(Mul(Cast(int8 levels [3,2]), scales)) -> y: the weight expansion of --format cast.
+ir::Model cast_weight_model() {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", qtool::testing::float_type({2, 3}));
+  ir::Value* lv = g.add_initializer("levels", Tensor::from_vector<int8_t>({3, 2}, {1, -2, 3, -4, 5, -6}));
+  ir::Value* sc = g.add_initializer("scale", Tensor::from_vector<float>({2}, {0.5f, 0.25f}));
+  ir::Node* cast = g.add_node("Cast", {lv}, {"levels_float"}, "cast");
+  cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+  ir::Value* w = g.add_node("Mul", {cast->output(0), sc}, {"w"}, "scale_mul")->output(0);
+  ir::Value* y = g.add_node("MatMul", {x, w}, {"y"}, "matmul")->output(0);
+  g.add_output(y);
+  return m;
+}
+
+// fold_constants computes the constant expansion once and gives the same outputs on every run as
+// running it each time; an observer still sees the folded values on every run.
+TEST(Executor, FoldConstantsComputesConstantNodesOnceWithTheSameResults) {
+  const ir::Model m = cast_weight_model();
+  Executor plain(m), folding(m, {.threads = 1, .fold_constants = true});
+  for (int run = 0; run < 3; ++run) {
+    const Tensor x = Tensor::from_vector<float>({2, 3}, {1.0f + run, 2, 3, 4, 5, 6.0f - run});
+    CountingObserver a, b;
+    const Tensor ya = plain.run({{"x", x}}, &a).at(0);
+    const Tensor yb = folding.run({{"x", x}}, &b).at(0);
+    EXPECT_EQ(values(ya), values(yb)) << "run " << run;
+    // Row 0 of x times column 0 of w = [0.5, 1.5, 2.5]: 1·0.5 + 2·1.5 + 3·2.5 (run 0).
+    if (run == 0) {
+      EXPECT_FLOAT_EQ(values(yb)[0], 11.0f);
+    }
+    EXPECT_EQ(a.seen, b.seen);
+    EXPECT_EQ(b.seen["w"], 1);
+  }
+}
+
+}  // namespace
+}  // namespace qtool::runtime

@@ -141,7 +141,7 @@ void run_command_impl(const RunOptions& o) {
   }
   // ONNX Runtime runs QDQ groups as fused integer kernels; so does `qtool run` unless told not to.
   if (o.qdq == "fuse") passes::fuse_qdq_to_qoperator(model);
-  runtime::Executor ex(model, {o.threads});
+  runtime::Executor ex(model, {.threads = o.threads, .fold_constants = true});
   std::map<std::string, Tensor> feeds = bind_inputs(model, o.inputs);
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<Tensor> outs = ex.run(feeds);

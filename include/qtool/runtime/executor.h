@@ -31,6 +31,12 @@ class Observer {
 
 struct ExecutorOptions {
   int threads = 1;  ///< intra-op threads (1 = run on the caller's thread only)
+  /// Compute the main graph's nodes whose inputs are all constants (initializers, or outputs of such
+  /// nodes) once, on the first run, and reuse their outputs (ONNX Runtime folds them at load): the
+  /// Cast / Gather / CumSum expansions of --format cast, fp4, palettes and pruned weights. Not for
+  /// callers that change initializers between runs of one executor. Quantize/Dequantize and random
+  /// ops, and nodes with subgraphs, are never folded.
+  bool fold_constants = false;
 };
 
 /// Not thread-safe: run() keeps per-run state, so use one Executor per thread (they may share

@@ -42,6 +42,7 @@ struct Pending {
   bool fp16;
   std::vector<float> latent;
   int64_t float_bytes;
+  std::vector<uint8_t> pruned;  ///< weights held at 0 while tuning (a pruned layer's zeros)
 };
 
 /// One run of apply_weight_only: the phases share the targets, statistics and report.
@@ -116,8 +117,6 @@ void WeightOnlyRun::validate() {
                          return e.second.format && e.second.format->scheme == WeightScheme::kPalette;
                        });
   if (cfg_.sparsity.active()) {
-    QTOOL_CHECK(!tuning_, ErrorCode::kConfig, "--tune-steps cannot be combined with --sparsity yet (tuning would move "
-                                              "pruned weights off 0)");
     QTOOL_CHECK(cfg_.outlier_fraction == 0.0, ErrorCode::kConfig,
                 "--outlier-fraction cannot be combined with --sparsity");
     QTOOL_CHECK(cfg_.format != WeightLayout::kMatMulNBits, ErrorCode::kConfig,
@@ -429,7 +428,21 @@ void WeightOnlyRun::quantize_target(size_t ti) {
           float& x = latent[r * t.cols + c];
           if (gr.quantize(x) != q.levels[r * t.cols + c]) x = gr.dequantize(q.levels[r * t.cols + c]);
         }
-      pending_.push_back({ti, report_.layers.size(), std::move(q), spec.fp16_scale, std::move(latent), float_bytes});
+      // A pruned layer's zeros (the pruned weights, and kept ones that rounded to 0) stay 0 while tuning.
+      std::vector<uint8_t> zeros;
+      if (!L.pruning.empty()) {
+        zeros.assign(q.levels.size(), 0);
+        for (int64_t r = 0; r < t.rows; ++r)
+          for (int64_t c = 0; c < t.cols; ++c) {
+            const BlockGrid& gr = q.grid(r, c);
+            if (gr.dequantize(q.levels[r * t.cols + c]) == 0.0f) {
+              zeros[r * t.cols + c] = 1;
+              latent[r * t.cols + c] = 0.0f;
+            }
+          }
+      }
+      pending_.push_back({ti, report_.layers.size(), std::move(q), spec.fp16_scale, std::move(latent), float_bytes,
+                          std::move(zeros)});
     } else {
       emit_layer(t, q, spec.fp16_scale, out_cols, w_before, L, float_bytes);
     }
@@ -450,6 +463,7 @@ void WeightOnlyRun::tune_and_emit() {
     tw.latent = std::move(p.latent);
     tw.fp16_scales = p.fp16;
     tw.storage_index = [&t](int64_t r, int64_t c) { return detail::storage_index(t, r, c); };
+    tw.pruned = std::move(p.pruned);
     tws.push_back(std::move(tw));
   }
   TuneOptions to = cfg_.tune;

@@ -22,7 +22,7 @@
 namespace qtool::quant {
 
 void fake_quantize(const std::vector<float>& latent, QuantizedMatrix& q, const std::vector<float>& scales,
-                   std::vector<float>& out) {
+                   std::vector<float>& out, std::span<const uint8_t> pruned) {
   const int64_t rows = q.rows, cols = q.cols, kb = q.k_blocks(), bs = q.block_size;
   out.resize(rows * cols);
   for (int64_t r = 0; r < rows; ++r)
@@ -30,7 +30,8 @@ void fake_quantize(const std::vector<float>& latent, QuantizedMatrix& q, const s
       const int64_t gi = r * kb + c / bs;
       BlockGrid g = q.grids[gi];
       g.scale = scales[gi];
-      const int32_t l = g.quantize(latent[r * cols + c]);
+      const bool zero = !pruned.empty() && pruned[static_cast<size_t>(r * cols + c)];
+      const int32_t l = g.quantize(zero ? 0.0f : latent[r * cols + c]);
       q.levels[r * cols + c] = l;
       out[r * cols + c] = g.dequantize(l);
     }
@@ -576,13 +577,14 @@ void StageRun::install(int step) {
   for (size_t k = 0; k < tc_.layers.size(); ++k) {
     LayerState& L = tc_.layers[k];
     const std::vector<float> s = L.scales();
-    fake_quantize(L.latent, *L.tw->q, s, deq);
+    fake_quantize(L.latent, *L.tw->q, s, deq, L.tw->pruned);
     L.unq.assign(L.theta.size(), 0);
     if (p_unq > 0 && is_active_[k]) {
       for (auto& x : L.unq) x = u(nrng) < p_unq;
       for (int64_t r = 0; r < L.rows; ++r)
         for (int64_t c = 0; c < L.cols; ++c)
-          if (L.unq[r * L.kb + c / L.bs]) deq[r * L.cols + c] = L.latent[r * L.cols + c];
+          if (L.unq[r * L.kb + c / L.bs] && (L.tw->pruned.empty() || !L.tw->pruned[r * L.cols + c]))
+            deq[r * L.cols + c] = L.latent[r * L.cols + c];
     }
     const Tensor& init = *L.tw->weight->initializer();
     Tensor t(DataType::kFloat, init.shape());
@@ -715,6 +717,7 @@ void StageRun::step_layer(size_t a, const std::vector<std::vector<Tensor>>& sg, 
     for (int64_t c = 0; c < L.cols; ++c) {
       const int64_t gi = r * L.kb + c / L.bs;
       const BlockGrid& g0 = L.tw->q->grids[gi];
+      if (!L.tw->pruned.empty() && L.tw->pruned[r * L.cols + c]) continue;  // held at 0: no gradient
       const double gv = gacc[r * L.cols + c] * inv;
       const double x = L.latent[r * L.cols + c] / sc[gi];
       const int32_t lv = L.tw->q->levels[r * L.cols + c];
@@ -841,7 +844,7 @@ void write_back(std::vector<LayerState>& layers, std::vector<FloatState>& floats
   std::vector<float> deq;
   for (LayerState& L : layers) {
     const std::vector<float> s = L.scales();
-    fake_quantize(L.latent, *L.tw->q, s, deq);
+    fake_quantize(L.latent, *L.tw->q, s, deq, L.tw->pruned);
     for (size_t i = 0; i < s.size(); ++i) L.tw->q->grids[i].scale = s[i];
     for (size_t i = 0; i < L.levels0.size(); ++i) rep.levels_changed += L.tw->q->levels[i] != L.levels0[i];
   }

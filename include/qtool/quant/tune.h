@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,8 @@ struct TunableWeight {
   bool fp16_scales = false;            ///< scales are stored (and rounded) as float16
   /// Initializer element of matrix element (r, c).
   std::function<int64_t(int64_t r, int64_t c)> storage_index;
+  /// [rows, cols], 1 = pruned: held at exactly 0 (its grid's level of 0) and never tuned; empty = none.
+  std::vector<uint8_t> pruned;
 };
 
 struct TuneReport {
@@ -118,6 +121,6 @@ TuneReport tune_quantized(ir::Model& student, const ir::Model& teacher, std::vec
 /// The fake-quantized matrix ŵ of `latent` on q's grids with `scales` (one per grid, row-major
 /// [rows, k_blocks]); writes the levels into q.levels. Exposed for tests.
 void fake_quantize(const std::vector<float>& latent, QuantizedMatrix& q, const std::vector<float>& scales,
-                   std::vector<float>& out);
+                   std::vector<float>& out, std::span<const uint8_t> pruned = {});
 
 }  // namespace qtool::quant

@@ -300,12 +300,21 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     for (size_t k = 1; !low.empty(); k = std::min(low.size(), 2 * k)) {
       quant::WeightOnlyConfig raised = cfg;
       for (size_t i = 0; i < k; ++i) raised.layer_bits.push_back({low[i], quant::BitsChoice("8")});
+      // The tries are judged untuned (tuning only improves on them; a tuned try costs minutes), and
+      // the one that holds is quantized again with the tuning asked for.
+      raised.tune.steps = 0;
       ir::Model m = fp32->clone();
       quant::WeightOnlyReport r = quantize_once(m, raised);
       broken = broken_outputs(
           report::to_output_quality(report::compare_models(*fp32, m, sample_provider(*held_out), trial_options)));
-      out.report.actions.push_back(fmt::format("{} of {} layers at 8 bits: {}", k, low.size(),
+      out.report.actions.push_back(fmt::format("{} of {} layers at 8 bits{}: {}", k, low.size(),
+                                               cfg.tune.steps > 0 ? " (judged untuned)" : "",
                                                broken.empty() ? "no longer broken" : broken));
+      if (broken.empty() && cfg.tune.steps > 0) {
+        raised.tune = cfg.tune;
+        m = fp32->clone();
+        r = quantize_once(m, raised);
+      }
       if (broken.empty()) {
         std::vector<std::string> actions = std::move(out.report.actions);
         model = std::move(m);

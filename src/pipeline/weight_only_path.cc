@@ -295,11 +295,14 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     trial_options.threads = job.threads;
     trial_options.per_layer = false;
     out.report.actions.push_back(fmt::format("the quantized model looks broken ({}): raising the layers that add the "
-                                             "most noise to 8 bits ({} candidates)",
-                                             broken, low.size()));
+                                             "most noise to 8 bits{} ({} candidates)",
+                                             broken, cfg.sparsity.active() ? ", unpruned" : "", low.size()));
     for (size_t k = 1; !low.empty(); k = std::min(low.size(), 2 * k)) {
       quant::WeightOnlyConfig raised = cfg;
-      for (size_t i = 0; i < k; ++i) raised.layer_bits.push_back({low[i], quant::BitsChoice("8")});
+      for (size_t i = 0; i < k; ++i) {
+        raised.layer_bits.push_back({low[i], quant::BitsChoice("8")});
+        raised.keep_dense.push_back(low[i]);  // raising a pruned layer also keeps all its weights
+      }
       // The tries are judged untuned (tuning only improves on them; a tuned try costs minutes), and
       // the one that holds is quantized again with the tuning asked for.
       raised.tune.steps = 0;

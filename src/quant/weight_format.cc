@@ -148,7 +148,7 @@ std::string weight_formats_help() {
                             : f.block_size > 0 ? fmt::format("block {}", f.block_size)
                                                : "tensor")
                      : f.block_size > 0 ? fmt::format("block {}", f.block_size) : "channel",
-                     f.layout == WeightLayout::kQdq ? "DQ" : "MatMulNBits", f.help);
+                     pal ? "Gather" : f.layout == WeightLayout::kQdq ? "DQ" : "MatMulNBits", f.help);
   }
   return s;
 }

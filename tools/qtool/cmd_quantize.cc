@@ -411,7 +411,7 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "k-means (weighted by the input channels' energy with --calib), BITS 1-8; the same as --bits palBITS")
       ->check(CLI::Range(1, 8));
   cmd.add_option("--palette-group", a.palette_group,
-                 "palettes: output channels sharing one table: 0 (default, one table per tensor), 1, 4, 8 or 16")
+                 "palettes: output channels sharing one table: 1, 4, 8 or 16, or 0 = no groups (the default; see --palette-block)")
       ->check(CLI::IsMember({0, 1, 4, 8, 16}));
   cmd.add_option("--palette-block", a.palette_block,
                  "palettes: one table per tensor of values scaled by a float16 scale per block of 16, 32, 64 or 128 "

@@ -108,6 +108,8 @@ struct WeightOnlyConfig {
   /// kSparseGpt needs calibration data (the layers' input Hessians); a layer without one is pruned
   /// by Wanda's score when its input statistics exist, else by magnitude (noted in its report).
   SparsityMethod sparsity_method = SparsityMethod::kSparseGpt;
+  /// Weight initializer names never pruned (the weight-only precision raise adds the layers it raises).
+  std::vector<std::string> keep_dense;
   bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)
   int clip_steps = 20;                     ///< RTN clipping search steps (0 = plain min/max)
   /// Store the scales of DequantizeLinear weights below 8 bits as float16 (a float16 initializer read

@@ -28,7 +28,7 @@ struct Builder {
   std::string base;
   int64_t* bytes;
 
-  Builder(ir::Graph& graph, ir::Node* before, const std::string& /*what*/, int64_t* stored)
+  Builder(ir::Graph& graph, ir::Node* before, int64_t* stored)
       : g(graph), first(before), base(graph.unique_name("qc")), bytes(stored) {}
 
   ir::Value* init(const std::string& what, Tensor t, bool stored = true) {
@@ -75,15 +75,24 @@ Tensor bit_plane(std::span<const int32_t> codes, int bit) {
 
 }  // namespace
 
+Tensor float16_tensor(const Shape& shape, std::span<const float> values) {
+  Tensor t = Tensor::empty(DataType::kFloat16, shape);
+  QTOOL_ASSERT(static_cast<int64_t>(values.size()) == t.numel());
+  std::vector<uint16_t> half(values.size());
+  for (size_t i = 0; i < values.size(); ++i) half[i] = float_to_half(values[i]);
+  std::memcpy(t.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+  return t;
+}
+
 int64_t code_storage_bytes(int64_t n, int bits) {
   if (bits == 8) return n;
   const int planes = bits >= 4 ? bits - 4 : bits;
   return (bits >= 4 ? (n + 1) / 2 : 0) + planes * ((n + 7) / 8);
 }
 
-ir::Value* emit_codes(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> codes, int bits,
+ir::Value* emit_codes(ir::Graph& g, ir::Node* first, std::span<const int32_t> codes, int bits,
                       const Shape& shape, int64_t* bytes) {
-  Builder b{g, first, base, bytes};
+  Builder b{g, first, bytes};
   const int64_t n = static_cast<int64_t>(codes.size());
   QTOOL_ASSERT(shape_numel(shape) == n && bits >= 1 && bits <= 8);
   if (bits == 8) return b.cast(b.init("u8", packed(DataType::kUint8, shape, codes)), DataType::kInt32, "c");
@@ -115,9 +124,9 @@ ir::Value* emit_codes(ir::Graph& g, ir::Node* first, const std::string& base, st
   return b.reshape(sum, shape, "c");
 }
 
-ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> levels,
+ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, std::span<const int32_t> levels,
                               int32_t zero_level, DataType dt, int bits, const Shape& shape, int64_t* bytes) {
-  Builder b{g, first, base, bytes};
+  Builder b{g, first, bytes};
   const int64_t n = static_cast<int64_t>(levels.size());
   std::vector<int32_t> kept_flags(static_cast<size_t>(n));
   std::vector<int32_t> kept = {zero_level};  // index 0: the zero level every pruned weight gathers
@@ -125,12 +134,12 @@ ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& 
     kept_flags[i] = levels[i] != zero_level ? 1 : 0;
     if (kept_flags[i]) kept.push_back(levels[i]);
   }
-  ir::Value* flags = emit_codes(g, first, base, kept_flags, 1, {n}, bytes);
+  ir::Value* flags = emit_codes(g, first, kept_flags, 1, {n}, bytes);
   ir::Value* axis = b.shared("qc_axis0", Tensor::from_vector<int32_t>({}, {0}));
   ir::Value* rank = b.node("CumSum", {flags, axis}, "r")->output(0);
   ir::Value* idx = b.node("Mul", {rank, flags}, "k")->output(0);  // 0 for pruned, 1.. for kept
   const int64_t nk = static_cast<int64_t>(kept.size());
-  ir::Value* values = dt == DataType::kInt32 ? emit_codes(g, first, base, kept, bits, {nk}, bytes)
+  ir::Value* values = dt == DataType::kInt32 ? emit_codes(g, first, kept, bits, {nk}, bytes)
                                              : b.cast(b.init("v", packed(dt, {nk}, kept)), DataType::kInt32, "vi");
   ir::Value* dense = b.node("Gather", {values, idx}, "d")->output(0);
   return b.reshape(dense, shape, "l");
@@ -150,7 +159,7 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
     for (int64_t c = 0; c < t.cols; ++c) codes[storage_index(t, r, c)] = q.levels[r * t.cols + c];
   const std::string& wn = t.weight->name();
   int64_t bytes = 0;
-  Builder b{g, t.consumers.front(), wn, &bytes};
+  Builder b{g, t.consumers.front(), &bytes};
   // Index 0 holds 0 in every table when the layer was pruned: store it sparsely when that is smaller.
   bool zero_first = true;
   const int64_t kb = q.k_blocks();
@@ -158,10 +167,10 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
   const int64_t kept = std::count_if(codes.begin(), codes.end(), [](int32_t v) { return v != 0; });
   ir::Value* idx = nullptr;
   if (zero_first && sparse_storage_bytes(n, kept, f.bits) < code_storage_bytes(n, f.bits)) {
-    idx = emit_sparse_levels(g, b.first, wn + "_index", codes, 0, DataType::kInt32, f.bits, t.shape, &bytes);
+    idx = emit_sparse_levels(g, b.first, codes, 0, DataType::kInt32, f.bits, t.shape, &bytes);
     L.sparse_storage = true;
   } else {
-    idx = emit_codes(g, b.first, wn + "_index", codes, f.bits, t.shape, &bytes);
+    idx = emit_codes(g, b.first, codes, f.bits, t.shape, &bytes);
   }
   L.stored = wn + "_index_codes";
   if (groups > 1) {  // index + group·K on the output-channel axis
@@ -181,11 +190,7 @@ int64_t emit_palette(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bo
   }
   ir::Value* tv = nullptr;
   if (fp16_table) {
-    std::vector<uint16_t> half(table.size());
-    for (size_t i = 0; i < table.size(); ++i) half[i] = float_to_half(table[i]);
-    Tensor ht = Tensor::empty(DataType::kFloat16, {groups * k});
-    std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
-    tv = b.cast(b.init("palette_fp16", std::move(ht)), DataType::kFloat, "palette");
+    tv = b.cast(b.init("palette_fp16", float16_tensor({groups * k}, table)), DataType::kFloat, "palette");
   } else {
     tv = b.init("palette", Tensor::from_vector<float>({groups * k}, table));
   }

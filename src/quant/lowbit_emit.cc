@@ -103,10 +103,7 @@ int64_t emit_qdq(ir::Graph& g, const Target& t, const QuantizedMatrix& q, bool f
   if (fp16_scales) {
     // float16 initializer -> Cast(to=float) -> scale: the weight still dequantizes to float32 exactly
     // (every float16 is a float32), and ONNX Runtime folds the Cast of a constant when it loads the model.
-    std::vector<uint16_t> half(scales.size());
-    for (size_t i = 0; i < scales.size(); ++i) half[i] = float_to_half(scales[i]);
-    Tensor ht = Tensor::empty(DataType::kFloat16, l.scale_shape);
-    std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+    Tensor ht = float16_tensor(l.scale_shape, scales);
     scale_bytes = static_cast<int64_t>(ht.nbytes());
     ir::Value* hv = g.add_initializer(g.unique_name(wn + "_scale_fp16"), std::move(ht));
     ir::Node* cast = g.insert_node_before(first, "Cast", {hv}, {g.unique_name(wn + "_scale")},
@@ -273,13 +270,17 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   ir::Value* lv = nullptr;
   int64_t bytes = 0;
   const bool palette = t.format->scheme == WeightScheme::kPalette;
+  // Sparse fp8 keeps its codes as uint8 (a Cast of FLOAT8E4M3FN to int32 would convert the values,
+  // not the codes) and decodes them by a Gather on the 256 code values, as fp4 does with its 16.
+  const bool fp8_codes = sparse && t.format->scheme == WeightScheme::kFloat8;
   if (sparse) {  // a bit mask of the non-zero levels plus those levels (zero level 0: symmetric grids, codes)
-    lv = emit_sparse_levels(g, first, wn + "_quantized", levels, 0, palette ? DataType::kInt32 : dt, t.format->bits,
-                            padded, &bytes);
+    lv = emit_sparse_levels(g, first, levels, 0,
+                            palette ? DataType::kInt32 : fp8_codes ? DataType::kUint8 : dt, t.format->bits, padded,
+                            &bytes);
     L.stored = wn + "_quantized_values";
     L.sparse_storage = true;
   } else if (palette) {  // indices of any width 1-8 (uint8, uint4, bit planes)
-    lv = emit_codes(g, first, wn + "_index", levels, t.format->bits, padded, &bytes);
+    lv = emit_codes(g, first, levels, t.format->bits, padded, &bytes);
     L.stored = wn + "_index_codes";
   } else {
     lv = g.add_initializer(g.unique_name(wn + "_quantized"), packed_tensor(dt, padded, levels));
@@ -294,10 +295,7 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
     const int64_t k = static_cast<int64_t>(table.size());
     ir::Value* tv = nullptr;
     if (fp16_scales) {
-      std::vector<uint16_t> half(table.size());
-      for (size_t i = 0; i < table.size(); ++i) half[i] = float_to_half(table[i]);
-      Tensor ht = Tensor::empty(DataType::kFloat16, {k});
-      std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+      Tensor ht = float16_tensor({k}, table);
       bytes += static_cast<int64_t>(ht.nbytes());
       ir::Node* tc = before("Cast", {g.add_initializer(g.unique_name(wn + "_palette_fp16"), std::move(ht))}, "palette");
       tc->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
@@ -308,13 +306,19 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
     }
     x = before("Gather", {tv, lv}, "levels_float")->output(0);
     L.scheme = fmt::format("palette({} entries, per tensor), scaled per {}", k, L.scheme);
-  } else if (t.format->scheme == WeightScheme::kFloat4) {
-    // E2M1 codes -> Cast(to=int32) -> Gather on the 16 code values: the decoded levels.
+  } else if (t.format->scheme == WeightScheme::kFloat4 || fp8_codes) {
+    // E2M1 (E4M3FN) codes -> Cast(to=int32) -> Gather on the 16 (256) code values: the decoded levels.
     ir::Node* cast = before("Cast", {lv}, "codes");
     cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kInt32)));
-    std::vector<float> table(16);
-    for (int c = 0; c < 16; ++c) table[c] = float4e2m1_to_float(static_cast<uint8_t>(c));
-    ir::Value* tv = g.add_initializer(g.unique_name(wn + "_e2m1_table"), Tensor::from_vector<float>({16}, table));
+    const int n_codes = fp8_codes ? 256 : 16;
+    std::vector<float> table(n_codes);
+    for (int c = 0; c < n_codes; ++c)
+      table[c] = fp8_codes ? float8e4m3fn_to_float(static_cast<uint8_t>(c)) : float4e2m1_to_float(static_cast<uint8_t>(c));
+    // The NaN codes of E4M3FN are never chosen; their entries stay finite so the table is plain data.
+    for (float& v : table)
+      if (!std::isfinite(v)) v = 0.0f;
+    ir::Value* tv = g.add_initializer(g.unique_name(wn + (fp8_codes ? "_e4m3_table" : "_e2m1_table")),
+                                      Tensor::from_vector<float>({n_codes}, table));
     bytes += static_cast<int64_t>(tv->initializer()->nbytes());
     x = before("Gather", {tv, cast->output(0)}, "levels_float")->output(0);
   } else {
@@ -332,10 +336,7 @@ int64_t emit_cast_mul(ir::Graph& g, const Target& t, const QuantizedMatrix& q, b
   }
   ir::Value* sv = nullptr;
   if (fp16_scales) {
-    std::vector<uint16_t> half(scales.size());
-    for (size_t i = 0; i < scales.size(); ++i) half[i] = float_to_half(scales[i]);
-    Tensor ht = Tensor::empty(DataType::kFloat16, sshape);
-    std::memcpy(ht.mutable_raw(), half.data(), half.size() * sizeof(uint16_t));
+    Tensor ht = float16_tensor(sshape, scales);
     bytes += static_cast<int64_t>(ht.nbytes());
     ir::Value* hv = g.add_initializer(g.unique_name(wn + "_scale_fp16"), std::move(ht));
     ir::Node* sc = before("Cast", {hv}, "scale");

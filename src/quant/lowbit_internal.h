@@ -74,6 +74,8 @@ struct Target {
 };
 
 const char* kind_name(Kind k);
+/// A depthwise convolution: one input channel per filter, group == output channels.
+bool is_depthwise(const Target& t);
 /// W [rows, cols] from the initializer in the target's layout (once; drops mapped pages after).
 void extract_matrix(Target& t);
 /// Finds the weight layers of the main graph, in node order (phase 1).
@@ -107,6 +109,8 @@ int64_t emit_weight(ir::Graph& g, const Target& t, const QuantizedMatrix& q, boo
                     WeightOnlyLayer& L);
 // ---- compact stored forms expanded by folded ops (compact_emit.cc) ----
 
+/// `values` rounded to float16, as a float16 tensor of `shape` (scales and tables stored in half).
+Tensor float16_tensor(const Shape& shape, std::span<const float> values);
 /// Bytes emit_codes stores for n codes of `bits` bits.
 int64_t code_storage_bytes(int64_t n, int bits);
 /// Bytes emit_sparse_levels stores for n levels of which `kept` are not the zero level.
@@ -114,12 +118,12 @@ int64_t sparse_storage_bytes(int64_t n, int64_t kept, int bits);
 /// Stores codes (0 <= code < 2^bits) in the fewest bytes (uint8, uint4, uint4 + bit planes, bit
 /// planes) and returns an int32 value of `shape` decoding them, computed before `first`. Adds the
 /// stored bytes to *bytes.
-ir::Value* emit_codes(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> codes, int bits,
+ir::Value* emit_codes(ir::Graph& g, ir::Node* first, std::span<const int32_t> codes, int bits,
                       const Shape& shape, int64_t* bytes);
 /// Stores levels sparsely: a bit plane of the levels that are not `zero_level`, and those levels
 /// (after one zero level) as packed `dt` (kInt32: as emit_codes of `bits` bits). Returns the int32
 /// dense levels of `shape`.
-ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, const std::string& base, std::span<const int32_t> levels,
+ir::Value* emit_sparse_levels(ir::Graph& g, ir::Node* first, std::span<const int32_t> levels,
                               int32_t zero_level, DataType dt, int bits, const Shape& shape, int64_t* bytes);
 /// Rewrites a palettized target: indices (sparse when pruned and smaller) -> + table offset of its
 /// group -> Gather on the tables (float16 -> Cast when `fp16_table`). Returns the stored bytes.

@@ -306,8 +306,8 @@ ir::Model codes_model(std::span<const int32_t> codes, int bits, bool sparse, int
   ir::Node* id = g.add_node("Identity", {x}, {"y"}, "identity");
   g.add_output(id->output(0));
   const int64_t n = static_cast<int64_t>(codes.size());
-  ir::Value* v = sparse ? detail::emit_sparse_levels(g, id, "w", codes, 0, DataType::kInt32, bits, {n}, bytes)
-                        : detail::emit_codes(g, id, "w", codes, bits, {n}, bytes);
+  ir::Value* v = sparse ? detail::emit_sparse_levels(g, id, codes, 0, DataType::kInt32, bits, {n}, bytes)
+                        : detail::emit_codes(g, id, codes, bits, {n}, bytes);
   g.add_output(v);
   g.topo_sort();
   return m;

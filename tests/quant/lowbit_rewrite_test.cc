@@ -478,39 +478,70 @@ TEST(LowbitRewrite, PalettesAndSparseLayersRunInOrtAndMatchExecutor) {
 
 // The stored 2:4 pattern, read back from the model: in every run of 4 weights along the reduction
 // axis at most 2 are non-zero, and exactly half of the pruned layer's weights are zero.
+// The stored pattern, read back from the model: with 2:4, in every run of 4 weights along the
+// reduction axis at most 2 are non-zero; at least the requested share is zero; and every kept weight
+// decodes to its quantized value (int8: within half a step; fp8 at 20%, which keeps small weights:
+// the E4M3 code's value, within 2^-4 relative, which a numeric Cast of the codes would miss).
 TEST(LowbitRewrite, TwoFourPatternHoldsInTheWrittenWeights) {
   if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks kernels";
-  ir::Model m = make_mlp(4);
-  WeightOnlyConfig cfg;
-  cfg.bits = "int8";
-  cfg.block_size = 0;
-  cfg.sparsity = SparsitySpec::parse("2:4");
-  cfg.sparsity_method = SparsityMethod::kMagnitude;
-  const WeightOnlyReport rep = apply_weight_only(m, cfg);
-  // The dequantized up_proj weight [K=40, N=64]: evaluate the value its MatMul reads.
-  ir::Node* up = nullptr;
-  for (const auto& n : m.graph->nodes())
-    if (n->name() == "up_proj") up = n.get();
-  ASSERT_NE(up, nullptr);
-  ir::Value* w = up->input(1);
-  m.graph->add_output(w);
-  runtime::Executor ex(m);
-  const auto outs = ex.run(input_for(m, 1));
-  const Tensor& wt = outs.back();
-  ASSERT_EQ(wt.shape(), (Shape{40, 64}));
-  int64_t zeros = 0;
-  for (int64_t n = 0; n < 64; ++n)
-    for (int64_t k0 = 0; k0 < 40; k0 += 4) {
-      int nz = 0;
-      for (int64_t k = k0; k < k0 + 4; ++k) nz += wt.data<float>()[k * 64 + n] != 0.0f;
-      EXPECT_LE(nz, 2) << "column " << n << " run " << k0;
-      zeros += 4 - nz;
+  for (const auto& [bits, pattern] : {std::pair{"int8", "2:4"}, std::pair{"fp8", "0.2"}}) {
+    SCOPED_TRACE(bits);
+    const bool two_four = std::string(pattern) == "2:4";
+    ir::Model m = make_mlp(4);
+    // One outlier per output channel (k = 0, ×30): the kept weights then sit at small E4M3 code
+    // values, which are not integers.
+    ir::Value* upw = m.graph->find_value("layer.up_proj.weight");
+    Tensor wide = upw->initializer()->to_float();
+    for (int64_t n = 0; n < 64; ++n) wide.mutable_data<float>()[n] *= 30.0f;
+    upw->set_initializer(wide.clone());
+    const Tensor orig = wide;
+    WeightOnlyConfig cfg;
+    cfg.bits = bits;
+    cfg.block_size = 0;
+    cfg.sparsity = SparsitySpec::parse(pattern);
+    cfg.sparsity_method = SparsityMethod::kMagnitude;
+    cfg.clip_steps = 0;  // grids over the whole range: every kept weight within the bounds below
+    const WeightOnlyReport rep = apply_weight_only(m, cfg);
+    // The dequantized up_proj weight [K=40, N=64]: evaluate the value its MatMul reads.
+    ir::Node* up = nullptr;
+    for (const auto& n : m.graph->nodes())
+      if (n->name() == "up_proj") up = n.get();
+    ASSERT_NE(up, nullptr);
+    ir::Value* w = up->input(1);
+    m.graph->add_output(w);
+    runtime::Executor ex(m);
+    const auto outs = ex.run(input_for(m, 1));
+    const Tensor& wt = outs.back();
+    ASSERT_EQ(wt.shape(), (Shape{40, 64}));
+    const float* q = wt.data<float>();
+    const float* o = orig.data<float>();
+    int64_t zeros = 0;
+    for (int64_t n = 0; n < 64; ++n) {
+      float amax = 0.0f;  // the output channel's range (its scale's upper bound)
+      for (int64_t k = 0; k < 40; ++k) amax = std::max(amax, std::fabs(o[k * 64 + n]));
+      for (int64_t k0 = 0; k0 < 40; k0 += 4) {
+        int nz = 0;
+        for (int64_t k = k0; k < k0 + 4; ++k) {
+          const int64_t i = k * 64 + n;
+          nz += q[i] != 0.0f;
+          if (q[i] == 0.0f) continue;
+          const float tol = std::string(bits) == "int8" ? amax / 254.0f + 1e-6f
+                                                        : 0.0625f * std::fabs(o[i]) + amax / 448.0f / 64.0f;
+          EXPECT_LE(std::fabs(q[i] - o[i]), tol) << "k " << k << " n " << n;
+        }
+        if (two_four) {
+          EXPECT_LE(nz, 2) << "column " << n << " run " << k0;
+        }
+        zeros += 4 - nz;
+      }
     }
-  EXPECT_GE(zeros, 40 * 64 / 2);
-  for (const auto& l : rep.layers)
-    if (l.weight == "layer.up_proj.weight") {
-      EXPECT_EQ(l.pruning, "magnitude 2:4");
-    }
+    EXPECT_GE(zeros, static_cast<int64_t>(40 * 64 * cfg.sparsity.target()));
+    for (const auto& l : rep.layers)
+      if (l.weight == "layer.up_proj.weight") {
+        EXPECT_EQ(l.pruning, std::string("magnitude ") + pattern);
+        EXPECT_TRUE(l.sparse_storage);
+      }
+  }
 }
 
 TEST(LowbitRewrite, DepthwiseConvsStayAtEightBitsByDefault) {

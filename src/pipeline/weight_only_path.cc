@@ -195,7 +195,9 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   };
   // Palettes of 4 bits or fewer with no granularity given: a table per tensor of values scaled per
   // block of 32, or tables per 4 output channels, whichever the held-out samples judge better
-  // (measured: scaled is better on MobileNetV2 and stories260K, grouped on SqueezeNet).
+  // (measured: scaled is better on MobileNetV2 and stories260K, grouped on SqueezeNet). The better
+  // candidate is kept as the quantized model.
+  std::optional<quant::WeightOnlyReport> chosen;
   if (cfg.palette_block < 0) {
     cfg.palette_block = 32;
     if (fp32) {
@@ -205,33 +207,39 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
       report::CompareOptions co;
       co.threads = job.threads;
       co.per_layer = false;
-      // The lowest top-1 agreement of classifier outputs (2 when none) and the lowest output SQNR.
-      auto score = [&](const quant::WeightOnlyConfig& c) {
-        ir::Model m = fp32->clone();
-        quantize_once(m, c);
-        double agree = 2.0, sqnr = std::numeric_limits<double>::infinity();
-        for (const auto& o :
-             report::to_output_quality(report::compare_models(*fp32, m, sample_provider(*held_out), co))) {
-          if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
-          if (!std::isnan(o.sqnr_db)) sqnr = std::min(sqnr, o.sqnr_db);
-        }
-        return std::pair{agree, sqnr};
+      struct Candidate {
+        ir::Model model;
+        quant::WeightOnlyReport report;
+        double agree = 2.0;  ///< the lowest top-1 agreement of classifier outputs (2 when none)
+        double sqnr = std::numeric_limits<double>::infinity();  ///< the lowest output SQNR
       };
-      const auto a = score(cfg), b = score(grouped);
+      auto candidate = [&](const quant::WeightOnlyConfig& c) {
+        Candidate k{fp32->clone(), {}};
+        k.report = quantize_once(k.model, c);
+        for (const auto& o :
+             report::to_output_quality(report::compare_models(*fp32, k.model, sample_provider(*held_out), co))) {
+          if (!std::isnan(o.top1_agreement)) k.agree = std::min(k.agree, o.top1_agreement);
+          if (!std::isnan(o.sqnr_db)) k.sqnr = std::min(k.sqnr, o.sqnr_db);
+        }
+        return k;
+      };
+      Candidate a = candidate(cfg), b = candidate(grouped);
       // The output SQNR decides: it moves smoothly, where top-1 agreement on a few dozen held-out
       // samples moves in steps of a sample (on MobileNetV2's 50 it put the grouped form 10 points
       // ahead; on the 500 evaluation images the scaled one is ahead, as its SQNR said).
-      const bool use_grouped = b.second > a.second;
-      if (use_grouped) cfg = grouped;
+      const bool use_grouped = b.sqnr > a.sqnr;
       actions_before.push_back(fmt::format(
           "palette granularity measured on the held-out samples: scaled per block of 32 (SQNR {:.1f} dB{}) vs "
           "tables per 4 output channels (SQNR {:.1f} dB{}): {}",
-          a.second, a.first <= 1.0 ? fmt::format(", agreement {:.1f}%", 100 * a.first) : "", b.second,
-          b.first <= 1.0 ? fmt::format(", agreement {:.1f}%", 100 * b.first) : "",
-          use_grouped ? "grouped" : "scaled"));
+          a.sqnr, a.agree <= 1.0 ? fmt::format(", agreement {:.1f}%", 100 * a.agree) : "", b.sqnr,
+          b.agree <= 1.0 ? fmt::format(", agreement {:.1f}%", 100 * b.agree) : "", use_grouped ? "grouped" : "scaled"));
+      Candidate& win = use_grouped ? b : a;
+      if (use_grouped) cfg = grouped;
+      model = std::move(win.model);
+      chosen = std::move(win.report);
     }
   }
-  quant::WeightOnlyReport rep = quantize_once(model, cfg);
+  quant::WeightOnlyReport rep = chosen ? std::move(*chosen) : quantize_once(model, cfg);
   timings.push_back({"quantize", seconds_since(t)});
   const auto quantized = std::count_if(rep.layers.begin(), rep.layers.end(),
                                        [](const quant::WeightOnlyLayer& l) { return l.format != "float"; });

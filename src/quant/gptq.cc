@@ -191,10 +191,9 @@ void choose_block_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, i
       const double d = U(i1 + i, i1 + i);
       tmp[static_cast<size_t>(r * count + i)] = static_cast<float>(W1(r, i) * W1(r, i) / (d * d));
     }
-  SparsitySpec whole = sp;
   // Per output row (Wanda's comparison group): measured better than one threshold over the block
   // (stories260K 50%: +101% / +26% NLL against +120% / +28%).
-  const std::vector<uint8_t> m = prune_mask(tmp, rows, count, whole, /*per_row=*/true);
+  const std::vector<uint8_t> m = prune_mask(tmp, rows, count, sp, /*per_row=*/true);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < count; ++i)
       if (m[static_cast<size_t>(r * count + i)]) mask[static_cast<size_t>(r * cols + perm[i1 + i])] = 1;
@@ -204,18 +203,16 @@ void choose_block_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, i
 void choose_run_mask(const RowMat& W1, const Eigen::MatrixXd& U, int64_t i1, int64_t i, int64_t count,
                      const SparsitySpec& sp, const std::vector<int64_t>& perm, int64_t cols, std::vector<uint8_t>& mask) {
   const int64_t rows = W1.rows(), len = std::min<int64_t>(sp.m, count - i);
-  std::vector<float> tmp(static_cast<size_t>(len));
-  std::vector<int64_t> idx(static_cast<size_t>(len));
-  for (int64_t r = 0; r < rows; ++r) {
+  std::vector<float> tmp(static_cast<size_t>(rows * len));
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < len; ++j) {
       const double d = U(i1 + i + j, i1 + i + j);
-      tmp[static_cast<size_t>(j)] = static_cast<float>(W1(r, i + j) * W1(r, i + j) / (d * d));
+      tmp[static_cast<size_t>(r * len + j)] = static_cast<float>(W1(r, i + j) * W1(r, i + j) / (d * d));
     }
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return tmp[a] < tmp[b]; });
-    for (int64_t j = 0; j < len - std::min<int64_t>(len, sp.n); ++j)
-      mask[static_cast<size_t>(r * cols + perm[i1 + i + idx[j]])] = 1;
-  }
+  const std::vector<uint8_t> m = prune_mask(tmp, rows, len, sp, false);  // one run of (at most) m per row
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < len; ++j)
+      if (m[static_cast<size_t>(r * len + j)]) mask[static_cast<size_t>(r * cols + perm[i1 + i + j])] = 1;
 }
 
 void quantize_columns(QuantizedMatrix& q, RowMat& Wp, const Eigen::MatrixXd& U, const std::vector<int64_t>& perm,

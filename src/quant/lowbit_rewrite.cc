@@ -237,9 +237,7 @@ std::vector<int64_t> WeightOnlyRun::outlier_columns(Target& t, const InputStats*
 bool WeightOnlyRun::prunes(const Target& t) const {
   if (!cfg_.sparsity.active() || !t.format || t.first_last || t.kind == Kind::kGather) return false;
   if (std::find(cfg_.keep_dense.begin(), cfg_.keep_dense.end(), t.weight->name()) != cfg_.keep_dense.end()) return false;
-  const bool depthwise = t.kind == Kind::kConv && t.shape[1] == 1 && t.out_channels > 1 &&
-                         t.node->attr_int("group", 1) == t.out_channels;
-  return !depthwise;
+  return !detail::is_depthwise(t);
 }
 
 /// The mask of a pruned layer chosen before quantization (magnitude, Wanda; t.w zeroed there), or

@@ -73,6 +73,10 @@ const char* kind_name(Kind k) {
   return "?";
 }
 
+bool is_depthwise(const Target& t) {
+  return t.kind == Kind::kConv && t.shape[1] == 1 && t.out_channels > 1 && t.node->attr_int("group", 1) == t.out_channels;
+}
+
 /// W [rows, cols] from the initializer in the target's layout.
 void extract_matrix(Target& t) {
   if (!t.w.empty()) return;
@@ -197,8 +201,7 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
     if (t.first_last && !cfg.bits_first_last.inherits()) {
       bits = cfg.bits_first_last;
       t.note = "first/last layer";
-    } else if (t.kind == Kind::kConv && !cfg.bits_depthwise.inherits() && t.shape[1] == 1 && t.out_channels > 1 &&
-               t.node->attr_int("group", 1) == t.out_channels) {
+    } else if (!cfg.bits_depthwise.inherits() && is_depthwise(t)) {
       bits = cfg.bits_depthwise;
       t.note = "depthwise conv";
     }

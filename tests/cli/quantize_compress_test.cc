@@ -73,6 +73,9 @@ TEST(CliQuantizeCompress, PalettesRunInOnnxRuntimeAndReportTheirTables) {
   EXPECT_EQ(quantize(d, "--palette 4 --palette-group 4 --palette-block 32", "x.onnx").exit_code, 2);
   EXPECT_EQ(quantize(d, "--palette 4 --bits 4", "x.onnx").exit_code, 2);
   EXPECT_EQ(quantize(d, "--palette 4 --tune-steps 10", "x.onnx").exit_code, 2);
+  // Palette options without a palette are refused, not ignored.
+  EXPECT_EQ(quantize(d, "--bits 4 --palette-block 32", "x.onnx").exit_code, 2);
+  EXPECT_EQ(quantize(d, "--bits 4 --palette-group 4", "x.onnx").exit_code, 2);
   EXPECT_FALSE(std::filesystem::exists(d.file("x.onnx")));
 }
 
@@ -107,6 +110,7 @@ TEST(CliQuantizeCompress, PrunedLayersKeepTheirPatternAndShrinkTheFile) {
   ASSERT_EQ(i8.exit_code, 0) << i8.err;
   EXPECT_EQ(i8.report["precision"], "W8 sparse 0.5 A32");
   EXPECT_EQ(quantize(d, "--bits 4 --sparsity 1.5", "x.onnx").exit_code, 2);
+  EXPECT_EQ(quantize(d, "--bits 4 --sparsity-method wanda", "x.onnx").exit_code, 2);  // without --sparsity
   EXPECT_EQ(quantize(d, "--bits 4 --sparsity 2:4 --format matmulnbits", "x.onnx").exit_code, 2);
   // Tuning keeps the pruned weights at 0 (they get no gradient): the pattern survives it.
   const QuantizeRun tuned = quantize(d, "--bits 4 --sparsity 2:4 --tune-steps 20", "t.onnx");

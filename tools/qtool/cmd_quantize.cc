@@ -256,7 +256,16 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   QTOOL_CHECK(a.palette_group == 0 || a.palette_block <= 0, ErrorCode::kConfig,
               "--palette-group and --palette-block exclude each other (tables per group of output channels, or one "
               "table of values scaled per block of input channels)");
+  // Options of a palette or of pruning are refused, not ignored, when the run has none.
+  const auto is_pal = [](const std::string& b) { return !b.empty() && b != "same" && quant::BitsChoice(b).is_palette(); };
+  bool any_palette = job.bits.is_palette() || is_pal(a.bits_first_last) || is_pal(a.bits_depthwise);
+  if (!a.layer_bits.empty())
+    for (const quant::LayerBitsRule& r : quant::parse_layer_bits(a.layer_bits)) any_palette = any_palette || r.bits.is_palette();
+  QTOOL_CHECK(any_palette || (a.palette_group == 0 && a.palette_block < 0), ErrorCode::kConfig,
+              "--palette-group and --palette-block apply to palettes (--palette, or --bits/--layer-bits pal1..pal8)");
   cfg.sparsity = quant::SparsitySpec::parse(a.sparsity);
+  QTOOL_CHECK(cfg.sparsity.active() || a.sparsity_method == "auto", ErrorCode::kConfig,
+              "--sparsity-method applies with --sparsity");
   if (a.sparsity_method == "auto")  // SparseGPT needs the layers' input Hessians (calibration data)
     cfg.sparsity_method = a.data.path.empty() ? quant::SparsityMethod::kMagnitude : quant::SparsityMethod::kSparseGpt;
   else

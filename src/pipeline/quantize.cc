@@ -26,7 +26,7 @@ void check_names_exist(const QuantizeJob& job, const ir::Model& model) {
       if (n == pattern || quant::glob_match(pattern, n)) return true;
     return false;
   };
-  const bool st = job.bits.is_int8() && !job.weight_cfg.sparsity.active();
+  const bool st = job.static_path();
   for (const auto& x : job.exclude_nodes) {
     if (matches(nodes, x) || (!st && matches(values, x))) continue;
     fail(ErrorCode::kConfig, "--exclude-nodes: no node of '{}' is named '{}'{}", job.model_path, x,
@@ -66,7 +66,7 @@ QuantizeOutcome quantize(const QuantizeJob& job) {
   check_names_exist(job, model);
   QTOOL_CHECK(!job.max_drop || !job.data.path.empty(), ErrorCode::kConfig, "--max-drop needs calibration data (--calib)");
   QuantizeOutcome out = job.dynamic && job.bits.is_int8() ? run_dynamic(job, model, timings)
-                        : job.bits.is_int8() && !job.weight_cfg.sparsity.active() ? run_static(job, model, timings)
+                        : job.static_path() ? run_static(job, model, timings)
                                                             : run_weight_only(job, model, timings);
   out.report.settings = job.settings;
   out.report.timings = std::move(timings);

@@ -403,6 +403,14 @@ std::vector<Quality> score_alone(const ir::Model& float_model, const std::vector
   return probe.run(jobs);
 }
 
+std::vector<Quality> score_weight_swaps(const ir::Model& float_model, const std::vector<WeightSwap>& swaps,
+                                        data::SampleSource& held_out, size_t samples, int threads) {
+  std::vector<Job> jobs(swaps.size());
+  for (size_t i = 0; i < swaps.size(); ++i) jobs[i].weights = swaps[i];
+  const Probe probe(float_model, held_out, samples, threads);
+  return probe.run(jobs);
+}
+
 DataType wide_activation_type(DataType type8) { return wide_type(type8); }
 
 }  // namespace qtool::pipeline

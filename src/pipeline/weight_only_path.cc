@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "budget_internal.h"
 #include "internal.h"
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
@@ -198,6 +199,23 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   // (measured: scaled is better on MobileNetV2 and stories260K, grouped on SqueezeNet). The better
   // candidate is kept as the quantized model.
   std::optional<quant::WeightOnlyReport> chosen;
+  std::optional<report::BudgetSummary> budget;
+  if (job.budget.active()) {  // --target-size / --target-bpw: the plan comes from the budget search
+    QTOOL_CHECK(fp32.has_value() && held_out, ErrorCode::kConfig,
+                "--target-size / --target-bpw measure each layer's forms on held-out samples: give --calib (and no "
+                "--no-guard)");
+    if (cfg.palette_block < 0) cfg.palette_block = 0;
+    BudgetSearchResult b = search_budget({job, *fp32, cfg, held_out.get(), quantize_once});
+    cfg.plan = std::move(b.plan);
+    for (auto& a : b.actions) actions_before.push_back(std::move(a));
+    budget = std::move(b.summary);
+    if (b.model) {
+      model = std::move(*b.model);
+      chosen = std::move(*b.report);
+    }
+    timings.push_back({"budget search", seconds_since(t)});
+    t = clock_type::now();
+  }
   if (cfg.palette_block < 0) {
     cfg.palette_block = 32;
     if (fp32) {
@@ -251,13 +269,15 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   const std::string& bits = job.bits.spelled();
   spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", bits, rep.layers.size(), rep.float_weight_bytes,
                rep.quant_weight_bytes);
-  std::string headline = job.bits.is_sign_scheme() ? bits : "W" + bits;
+  std::string headline = job.budget.active()       ? "mixed (" + job.budget.describe() + ")"
+                         : job.bits.is_sign_scheme() ? bits
+                                                     : "W" + bits;
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
   if (job.bits.is_palette())
     headline += cfg.palette_group > 0   ? fmt::format(" (group {})", cfg.palette_group)
                 : cfg.palette_block > 0 ? fmt::format(" (scaled, block {})", cfg.palette_block)
                                         : std::string(" (per tensor)");
-  else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type)
+  else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type && !job.budget.active())
     headline += fmt::format(" (block {})", cfg.block_size);
   if (cfg.sparsity.active()) headline += fmt::format(" sparse {}", cfg.sparsity.spelled());
   headline += job.matmulnbits_accuracy_level > 0 ? " A8 dynamic" : " A32";
@@ -266,6 +286,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   out.report.output_zstd_bytes = 0;
   join_layers(out.report, rep);
   out.report.warnings = rep.warnings;
+  out.report.budget = budget;
   if (!defaults.empty()) out.report.actions.push_back(defaults);
   for (auto& a : actions_before) out.report.actions.push_back(std::move(a));
   if (rep.tune.steps > 0) {
@@ -357,7 +378,10 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     t = clock_type::now();
     model.source_path.clear();
     onnx_io::save_model(model, job.out_path);
-    if (!job.plan_out.empty()) write_file_atomic(job.plan_out, quant::plan_to_json(rep, bits).dump(2) + "\n");
+    // A budget run's plan names every weight; its default bits only has to pick the weight-only path
+    // when the plan is read back without --bits.
+    if (!job.plan_out.empty())
+      write_file_atomic(job.plan_out, quant::plan_to_json(rep, job.budget.active() ? "4" : bits).dump(2) + "\n");
     timings.push_back({"save", seconds_since(t)});
     report::measure_output_file(out.report);
   }

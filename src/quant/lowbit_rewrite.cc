@@ -350,6 +350,14 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
       den += wv * wv;
     }
   L.weight_rel_mse = den > 0 ? num / den : 0.0;
+  if (cfg_.keep_dequantized) {
+    L.dequantized = Tensor(DataType::kFloat, t.shape);
+    float* d = L.dequantized.mutable_data<float>();
+    for (int64_t r = 0; r < t.rows; ++r)
+      for (int64_t c = 0; c < t.cols; ++c)
+        d[detail::storage_index(t, r, c)] = oc[static_cast<size_t>(c)] ? w_before[r * t.cols + c]
+                                                                       : q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
+  }
   L.sparsity = static_cast<double>(zeros) / static_cast<double>(t.rows * t.cols);
   // With palettes or pruning the compressed layers are folded by ONNX Runtime at load; the int8 layers
   // beside them (first/last, depthwise) are written in the Cast form too, so that nothing is left

@@ -54,8 +54,8 @@ void apply_planned(Target& t, const PlannedLayer& p) {
   QTOOL_CHECK(f.layout != WeightLayout::kMatMulNBits || (t.kind == Kind::kMatMul && t.consumers.size() == 1),
               ErrorCode::kConfig, "{}: {} is a MatMulNBits format, which applies to a MatMul weight read once", what,
               f.name);
-  QTOOL_CHECK(t.kind != Kind::kGather || (f.block_size == 0 && f.bits == 8), ErrorCode::kConfig,
-              "{}: an embedding table is int8 per row or float, not {}", what, f.name);
+  QTOOL_CHECK(t.kind != Kind::kGather || (f.block_size == 0 && f.scheme == WeightScheme::kInt), ErrorCode::kConfig,
+              "{}: an embedding table is integer per row (int8, int4, uint4, int2, uint2) or float, not {}", what, f.name);
   QTOOL_CHECK(t.kind != Kind::kConv || f.block_size == 0 || t.shape[1] >= f.block_size, ErrorCode::kConfig,
               "{}: {} needs blocks of {} input channels, the conv has {}", what, f.name, f.block_size, t.shape[1]);
   set_format(t, f);
@@ -217,7 +217,8 @@ void choose_formats(std::vector<Target>& targets, const WeightOnlyConfig& cfg) {
       }
     if (t.kind == Kind::kGather) {
       if (!cfg.quantize_embedding) bits = kFloat;
-      else if (!bits.is_float()) {
+      else if (!bits.is_float() &&
+               !(cfg.embedding_low_bits && bits.type() && bits.type()->scheme == WeightScheme::kInt)) {
         bits = kInt8;
         t.note = "embedding table: int8 per row";
       }

@@ -394,6 +394,26 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
   j["total_seconds"] = total;
   j["actions"] = r.actions;
   j["warnings"] = r.warnings;
+  if (r.budget) {
+    const BudgetSummary& b = *r.budget;
+    auto point = [&](const BudgetCurvePoint& p) {
+      return nlohmann::json{{"weight_bytes", p.weight_bytes}, {"predicted_sqnr_db", num(p.predicted_sqnr_db)}};
+    };
+    nlohmann::json curve = nlohmann::json::array();
+    for (const auto& p : b.curve) curve.push_back(point(p));
+    j["budget"] = {{"target", b.target},
+                   {"target_file_bytes", b.target_file_bytes},
+                   {"target_bits_per_weight", b.target_bits_per_weight},
+                   {"weight_budget_bytes", b.weight_budget_bytes},
+                   {"candidates", b.candidates},
+                   {"measurements", b.measurements},
+                   {"samples", b.samples},
+                   {"chosen", point(b.chosen)},
+                   {"bits_per_weight", b.bits_per_weight},
+                   {"layers_by_format", b.layers_by_format},
+                   {"seconds", b.seconds},
+                   {"curve", std::move(curve)}};
+  }
   return j;
 }
 
@@ -464,6 +484,47 @@ std::string svg_layer_error(const QuantizeReport& r) {
   }
   s += "</svg>\n";
   return s;
+}
+
+/// The budget search's curve: predicted output SQNR against the searched weights' bytes, one dot
+/// per plan, the chosen one ringed.
+std::string svg_budget_curve(const BudgetSummary& b) {
+  const int w = 640, h = 300, left = 60, bottom = 40, top = 24, right = 20;
+  int64_t x0 = std::numeric_limits<int64_t>::max(), x1 = 0;
+  double y0 = 1e300, y1 = -1e300;
+  for (const auto& p : b.curve) {
+    if (!std::isfinite(p.predicted_sqnr_db)) continue;
+    x0 = std::min(x0, p.weight_bytes);
+    x1 = std::max(x1, p.weight_bytes);
+    y0 = std::min(y0, p.predicted_sqnr_db);
+    y1 = std::max(y1, p.predicted_sqnr_db);
+  }
+  std::string s = fmt::format("<svg id=\"chart-budget\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
+                              "role=\"img\" aria-label=\"size against quality\">\n",
+                              w, h);
+  s += "<text x=\"0\" y=\"14\" class=\"ct\">predicted output SQNR (dB) against weight bytes, one dot per plan; "
+       "the chosen plan ringed</text>\n";
+  if (x1 <= x0 || y1 <= y0) return s + "</svg>\n";
+  auto px = [&](int64_t x) {
+    return left + (w - left - right) * static_cast<double>(x - x0) / static_cast<double>(x1 - x0);
+  };
+  auto py = [&](double y) { return top + (h - top - bottom) * (1.0 - (y - y0) / (y1 - y0)); };
+  s += fmt::format("<text x=\"{}\" y=\"{}\" class=\"lb\">{} B</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\" "
+                   "class=\"lb\">{} B</text>\n",
+                   left, h - 8, x0, w - right, h - 8, x1);
+  s += fmt::format("<text x=\"2\" y=\"{:.0f}\" class=\"lb\">{:.1f}</text><text x=\"2\" y=\"{:.0f}\" "
+                   "class=\"lb\">{:.1f}</text>\n",
+                   py(y1) + 4, y1, py(y0) + 4, y0);
+  for (const auto& p : b.curve)
+    if (std::isfinite(p.predicted_sqnr_db))
+      s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"#2f80ed\"><title>{} B: {:.2f} dB</title></circle>",
+                       px(p.weight_bytes), py(p.predicted_sqnr_db), p.weight_bytes, p.predicted_sqnr_db);
+  if (std::isfinite(b.chosen.predicted_sqnr_db))
+    s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"7\" fill=\"none\" stroke=\"#eb5757\" stroke-width=\"2\">"
+                     "<title>chosen: {} B, {:.2f} dB</title></circle>",
+                     px(b.chosen.weight_bytes), py(std::clamp(b.chosen.predicted_sqnr_db, y0, y1)), b.chosen.weight_bytes,
+                     b.chosen.predicted_sqnr_db);
+  return s + "\n</svg>\n";
 }
 
 /// Stacked bar: stored weight bytes by precision, against the FP32 bytes of the same weights.
@@ -563,6 +624,16 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#b42318
                        std::isnan(o.top5_agreement) ? "-" : fmt::format("{:.2f}%", 100 * o.top5_agreement));
     }
     h += "</table>\n";
+  }
+  if (r.budget) {
+    const BudgetSummary& b = *r.budget;
+    std::string formats;
+    for (const auto& [f, n] : b.layers_by_format) formats += fmt::format("{}{} {}", formats.empty() ? "" : ", ", n, f);
+    h += fmt::format("<h2>Size budget</h2>\n<p>target {}: {} plans traced, {} layer forms measured on {} held-out "
+                     "samples in {:.1f} s; chosen: {} B of weights, {:.2f} bits per weight ({}).</p>\n",
+                     esc(b.target), b.curve.size(), b.measurements, b.samples, b.seconds, b.chosen.weight_bytes,
+                     b.bits_per_weight, esc(formats));
+    h += svg_budget_curve(b);
   }
   h += "<h2>Per-layer error</h2>\n" + svg_layer_error(r);
   h += "<h2>Size breakdown</h2>\n" + svg_size_breakdown(r);

@@ -79,6 +79,8 @@ struct QuantizeArgs {
   int64_t palette_block = -1;             ///< weight-only: palette values scaled per block of K (0 = no scales; -1 = auto)
   std::string sparsity;                   ///< weight-only: --sparsity 0.5 | 50% | 2:4
   std::string sparsity_method = "auto";   ///< weight-only: auto | magnitude | wanda | sparsegpt
+  std::string target_size;                ///< weight-only: --target-size BYTES|PCT (a budget search)
+  double target_bpw = 0.0;                ///< weight-only: --target-bpw B (0 = none)
   std::string report_path;  ///< --report: .json or .html
   std::string plan_path;    ///< --plan: per-layer formats (weight-only)
   std::string plan_out;     ///< --plan-out: write the plan the run carried out
@@ -90,7 +92,7 @@ struct QuantizeArgs {
 /// pruned (--sparsity: int8 weights, float activations) or palettized.
 bool is_static(const QuantizeArgs& a) {
   return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic" && !quant::SparsitySpec::parse(a.sparsity).active() &&
-         a.palette == 0;
+         a.palette == 0 && a.target_size.empty() && a.target_bpw <= 0;
 }
 /// --bits 8 --mode dynamic.
 bool is_dynamic(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode == "dynamic"; }
@@ -119,6 +121,8 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   } else if (is_dynamic(a)) {
     m["guard"] = a.no_guard ? "false" : "true";
   } else {
+    if (!a.target_size.empty()) m["target-size"] = a.target_size;
+    if (a.target_bpw > 0) m["target-bpw"] = fmt::format("{}", a.target_bpw);
     m["block-size"] = std::to_string(a.block_size);
     if (a.palette > 0) m["palette-group"] = std::to_string(a.palette_group);
     if (a.palette > 0 && a.palette_block >= 0) m["palette-block"] = std::to_string(a.palette_block);
@@ -243,6 +247,10 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
     return job;
   }
   quant::WeightOnlyConfig& cfg = job.weight_cfg;
+  QTOOL_CHECK(a.target_size.empty() || a.target_bpw <= 0, ErrorCode::kConfig,
+              "--target-size and --target-bpw are two budgets: give one");
+  if (!a.target_size.empty()) job.budget = pipeline::parse_target_size(a.target_size);
+  if (a.target_bpw > 0) job.budget = pipeline::target_bits_per_weight(a.target_bpw);
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
   cfg.palette_group = a.palette_group;
@@ -413,6 +421,14 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_flag("--force", a.force, "write the model even when it stays below the quality floor or looks broken (still exit 3)");
   cmd.add_option("--max-drop", a.max_drop, "fail (exit 3) if top-1 agreement with FP32 drops more than P points")
       ->check(CLI::Range(0.0, 100.0));
+  cmd.add_option("--target-size", a.target_size,
+                 "weight-only: the file must fit this size: bytes (1500000, 1.5MB, 800KiB) or a percentage of the FP32 "
+                 "file (15%); every layer's forms (int8, 4-bit, 2-bit, palettes, float) are measured on held-out "
+                 "samples and the plan with the best predicted quality that fits is written (needs --calib)");
+  cmd.add_option("--target-bpw", a.target_bpw,
+                 "weight-only: average stored bits per weight over the quantizable weights, scales included (a budget "
+                 "search as --target-size)")
+      ->check(CLI::Range(0.5, 32.0));
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
   cmd.add_option("--palette", a.palette,

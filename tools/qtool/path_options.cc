@@ -71,6 +71,8 @@ constexpr PathOption kPathOptions[] = {
     {"--palette-block", false, true, false},
     {"--sparsity", false, true, false},
     {"--sparsity-method", false, true, false},
+    {"--target-size", false, true, false},
+    {"--target-bpw", false, true, false},
 };
 // clang-format on
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "qtool/core/error.h"
+#include "qtool/pipeline/budget.h"
 #include "qtool/pipeline/guard.h"
 #include "qtool/pipeline/samples.h"
 #include "qtool/quant/dynamic.h"
@@ -55,6 +56,8 @@ struct QuantizeJob {
   /// --bits < 8 --mode dynamic: MatMul weights as MatMulNBits with this accuracy_level (4: ONNX
   /// Runtime quantizes A to int8 per block on the fly and runs integer dot products); 0 = unset.
   int64_t matmulnbits_accuracy_level = 0;
+  /// --target-size / --target-bpw: the per-layer plan is searched to fit it (pipeline/budget.h).
+  SizeBudget budget;
 
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)
@@ -70,6 +73,9 @@ struct QuantizeJob {
   int threads = 1;
   std::vector<std::string> exclude_nodes, keep_fp;  ///< as given, to check that they name something
   std::map<std::string, std::string> settings;      ///< the options as given, for the report
+
+  /// The static W8A8 path: --bits 8 without pruning or a size budget (those are weight-only).
+  bool static_path() const { return bits.is_int8() && !dynamic && !weight_cfg.sparsity.active() && !budget.active(); }
 };
 
 /// What one run produced: the report, and the quality-gate failure (if any).

@@ -103,6 +103,13 @@ struct FakeQuantTensor {
 std::vector<Quality> score_alone(const ir::Model& float_model, const std::vector<FakeQuantTensor>& each,
                                  data::SampleSource& held_out, size_t samples, int threads);
 
+/// Weights replaced in one simulated model: initializer name -> the values it computes with.
+using WeightSwap = std::vector<std::pair<std::string, Tensor>>;
+/// The quality of `float_model` with only `swaps[i]`'s weights replaced (everything else float), on
+/// the first `samples` held-out samples; one entry per swap (the budget search's per-layer costs).
+std::vector<Quality> score_weight_swaps(const ir::Model& float_model, const std::vector<WeightSwap>& swaps,
+                                        data::SampleSource& held_out, size_t samples, int threads);
+
 /// `qtool sensitivity MODEL --calib DATA`: prepare (opset 13), split the samples as the quantize
 /// guard does (the last part held out), calibrate on the rest, emit at 8 bits, and measure.
 struct SensitivityJob {

@@ -110,7 +110,10 @@ struct WeightOnlyConfig {
   SparsityMethod sparsity_method = SparsityMethod::kSparseGpt;
   /// Weight initializer names never pruned (the weight-only precision raise adds the layers it raises).
   std::vector<std::string> keep_dense;
-  bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (never below 8 bits)
+  bool quantize_embedding = true;          ///< Gather tables -> int8 per row DQ (below 8 bits only as below)
+  /// Embedding tables take the rules' integer bits per row (int4, uint2, ...) instead of int8 (the
+  /// budget search measures them; a plan may name such a format for a table in any run).
+  bool embedding_low_bits = false;
   int clip_steps = 20;                     ///< RTN clipping search steps (0 = plain min/max)
   /// Store the scales of DequantizeLinear weights below 8 bits as float16 (a float16 initializer read
   /// through Cast(to=float) into the DequantizeLinear's scale input; the dequantized weight stays
@@ -136,6 +139,10 @@ struct WeightOnlyConfig {
   TuneOptions tune{.threads = 0};
   int64_t max_calib_rows = 4096;           ///< activation rows kept per layer for AWQ / outlier search
   int threads = 1;                         ///< threads for the calibration pass and for RTN (rows split across threads)
+  /// Also return each quantized weight's dequantized values (WeightOnlyLayer::dequantized), in the
+  /// weight's own layout: what the layer computes with once written (the budget search measures
+  /// each layer's candidates with them on the float model).
+  bool keep_dequantized = false;
 };
 
 /// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: samples (graph input name ->
@@ -172,6 +179,9 @@ struct WeightOnlyLayer {
   int64_t bytes = 0;              ///< stored bytes (levels, scales, zero points, tables; not the outlier branch)
   int64_t scale_count = 0;        ///< scales stored, and their range and mean
   double scale_min = 0.0, scale_max = 0.0, scale_mean = 0.0;
+  /// WeightOnlyConfig::keep_dequantized: the weight's values as written (outlier columns exact), in
+  /// the initializer's shape; empty otherwise.
+  Tensor dequantized;
 };
 
 struct WeightOnlyReport {

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,7 @@
 namespace qtool::report {
 
 /// Version of the report JSON document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kQuantizeReportSchemaVersion = "1.3";  // 1.1: "actions"; 1.2: outputs' "mask_iou"; 1.3: layers' "sparsity", "pruning", "sparse_storage"
+inline constexpr const char* kQuantizeReportSchemaVersion = "1.4";  // 1.1: "actions"; 1.2: outputs' "mask_iou"; 1.3: layers' "sparsity", "pruning", "sparse_storage"; 1.4: "budget"
 
 /// "Not measured" for the double fields below (written as JSON null, shown as "-").
 inline constexpr double kNotMeasured = std::numeric_limits<double>::quiet_NaN();
@@ -86,6 +87,28 @@ struct Timing {
 };
 
 /// Everything a quantize run reports. Fields left empty/NaN are shown as "-" and written as null.
+/// One plan on the size/quality curve the budget search traced (--target-size / --target-bpw).
+struct BudgetCurvePoint {
+  int64_t weight_bytes = 0;         ///< stored bytes of the searched layers' weights
+  double predicted_sqnr_db = 0.0;   ///< from the per-layer noise measured alone (summed)
+};
+
+/// What the budget search did (JSON "budget"; an HTML chart of the curve).
+struct BudgetSummary {
+  std::string target;               ///< as given: "15%", "1500000", "3.0 bits per weight"
+  int64_t target_file_bytes = 0;    ///< the file size aimed at (0 for a bits-per-weight target)
+  double target_bits_per_weight = 0.0;  ///< 0 for a size target
+  int64_t weight_budget_bytes = 0;  ///< the searched layers' byte budget the last solve used
+  std::vector<std::string> candidates;  ///< the forms offered to every layer
+  size_t measurements = 0;          ///< (layer, form) pairs measured
+  size_t samples = 0;               ///< held-out samples each measurement ran on
+  std::vector<BudgetCurvePoint> curve;  ///< smallest plan first
+  BudgetCurvePoint chosen;
+  double bits_per_weight = 0.0;     ///< of the chosen plan, over every searched layer (float ones at 32)
+  std::map<std::string, int> layers_by_format;  ///< the chosen plan: format -> layers
+  double seconds = 0.0;
+};
+
 struct QuantizeReport {
   std::string qtool_version = "0.1.0";
   std::string input_model;      ///< path of the FP32 model
@@ -105,6 +128,7 @@ struct QuantizeReport {
   /// quality guard kept in float): text "action: ..." lines, JSON "actions".
   std::vector<std::string> actions;
   std::vector<std::string> warnings;  ///< things the user must know (a broken-looking model, skipped layers)
+  std::optional<BudgetSummary> budget;  ///< the budget search, when one ran
 
   /// Weight elements over all layers.
   int64_t total_params() const;

@@ -1,0 +1,270 @@
+// The budget search of the weight-only path (pipeline/budget.h): candidates per layer, their
+// measured costs, the solver (quant/budget.h), and the size correction on the written file.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "budget_internal.h"
+#include "qtool/core/error.h"
+#include "qtool/onnx_io/onnx_io.h"
+#include "qtool/pipeline/budget.h"
+#include "qtool/pipeline/sensitivity.h"
+#include "qtool/quant/budget.h"
+
+namespace qtool::pipeline {
+
+std::string SizeBudget::describe() const {
+  switch (kind) {
+    case Kind::kNone: return "none";
+    case Kind::kBytes: return fmt::format("{:.0f} bytes", value);
+    case Kind::kPercent: return fmt::format("{:g}% of the FP32 file", value);
+    case Kind::kBitsPerWeight: return fmt::format("{:g} bits per weight", value);
+  }
+  return "";
+}
+
+int64_t SizeBudget::file_bytes(int64_t fp32_file_bytes) const {
+  if (kind == Kind::kBytes) return static_cast<int64_t>(value);
+  if (kind == Kind::kPercent) return static_cast<int64_t>(std::floor(value / 100.0 * static_cast<double>(fp32_file_bytes)));
+  return 0;
+}
+
+SizeBudget parse_target_size(const std::string& text) {
+  const std::string bad = fmt::format(
+      "--target-size '{}': give a file size in bytes (1500000, 1.5MB, 800KiB) or a percentage of the FP32 file (15%)",
+      text);
+  QTOOL_CHECK(!text.empty(), ErrorCode::kConfig, "{}", bad);
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  const double v = std::strtod(begin, &end);
+  QTOOL_CHECK(end != begin && std::isfinite(v) && v > 0, ErrorCode::kConfig, "{}", bad);
+  std::string unit(end);
+  SizeBudget b;
+  if (unit == "%") {
+    QTOOL_CHECK(v <= 100.0, ErrorCode::kConfig, "--target-size {}: a percentage of the FP32 file is at most 100%", text);
+    b.kind = SizeBudget::Kind::kPercent;
+    b.value = v;
+    return b;
+  }
+  double scale = 0.0;
+  for (const auto& [u, s] : {std::pair<const char*, double>{"", 1.0}, {"B", 1.0}, {"KB", 1e3}, {"kB", 1e3}, {"MB", 1e6},
+                             {"GB", 1e9}, {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}})
+    if (unit == u) scale = s;
+  QTOOL_CHECK(scale > 0, ErrorCode::kConfig, "{}", bad);
+  b.kind = SizeBudget::Kind::kBytes;
+  b.value = std::floor(v * scale);
+  QTOOL_CHECK(b.value >= 1, ErrorCode::kConfig, "{}", bad);
+  return b;
+}
+
+SizeBudget target_bits_per_weight(double bits) {
+  QTOOL_CHECK(std::isfinite(bits) && bits > 0 && bits <= 32, ErrorCode::kConfig,
+              "--target-bpw {} must be in (0, 32] bits per weight", bits);
+  return {SizeBudget::Kind::kBitsPerWeight, bits};
+}
+
+namespace detail {
+namespace {
+
+/// One form of the menu: the rule-path settings that give it to every layer that can take it
+/// (a layer that cannot, a conv with fewer input channels than the block, falls back as the rules do).
+struct Form {
+  std::string bits;
+  int64_t block = 0;
+};
+
+/// The menu. Palettes join where nothing is tuned afterwards (tuning moves levels on a uniform grid).
+std::vector<Form> menu(const quant::WeightOnlyConfig& cfg) {
+  std::vector<Form> forms{{"8", 0}, {"4", 32}, {"4", 128}, {"2", 16}, {"2", 32}, {"2", 64}};
+  if (cfg.tune.steps == 0) {
+    forms.push_back({"pal3", 0});
+    forms.push_back({"pal4", 0});
+  }
+  return forms;
+}
+
+/// Relative output noise power from the lowest output SQNR (0 when exact, huge when non-finite).
+double noise_of(const Quality& q) {
+  if (std::isnan(q.sqnr_db) || q.sqnr_db == -std::numeric_limits<double>::infinity()) return 1e6;
+  if (q.sqnr_db == std::numeric_limits<double>::infinity()) return 0.0;
+  return std::pow(10.0, -q.sqnr_db / 10.0);
+}
+
+double sqnr_of_noise(double noise) {
+  return noise > 0 ? -10.0 * std::log10(noise) : std::numeric_limits<double>::infinity();
+}
+
+bool pinned_by_user(const quant::WeightOnlyConfig& cfg, const quant::WeightOnlyLayer& l) {
+  auto hit = [&](const std::string& pattern) {
+    return quant::glob_match(pattern, l.node) || quant::glob_match(pattern, l.weight);
+  };
+  for (const auto& r : cfg.layer_bits)
+    if (hit(r.pattern)) return true;
+  for (const auto& e : cfg.exclude)
+    if (hit(e)) return true;
+  return false;
+}
+
+}  // namespace
+
+BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
+  const auto t0 = clock_type::now();
+  const QuantizeJob& job = in.job;
+  QTOOL_CHECK(in.held_out != nullptr, ErrorCode::kConfig,
+              "--target-size / --target-bpw measure each layer's forms on held-out samples: give --calib (and no "
+              "--no-guard)");
+  QTOOL_CHECK(!in.cfg.sparsity.active(), ErrorCode::kConfig,
+              "--target-size / --target-bpw cannot be combined with --sparsity yet");
+  QTOOL_CHECK(in.cfg.plan.empty(), ErrorCode::kConfig,
+              "--target-size / --target-bpw choose the plan; --plan gives one: use one of them");
+  BudgetSearchResult res;
+  report::BudgetSummary& sum = res.summary;
+  sum.target = job.budget.describe();
+
+  // 1. Every layer quantized at every form of the menu, from the float model each time.
+  std::vector<quant::BudgetLayer> layers;
+  std::vector<std::vector<Tensor>> values;  // per layer, per candidate: the weight as written ("float": empty)
+  std::map<std::string, size_t> index;
+  std::vector<bool> pinned;
+  for (const Form& f : menu(in.cfg)) {
+    quant::WeightOnlyConfig c = in.cfg;
+    c.bits = quant::BitsChoice(f.bits);
+    c.bits_first_last = c.bits;  // first and last layers are measured like any other
+    c.bits_depthwise = c.bits;
+    c.block_size = f.block;
+    c.palette_block = 0;
+    c.palette_group = 0;
+    c.tune.steps = 0;
+    c.keep_dequantized = true;
+    c.embedding_low_bits = true;  // measured like the rest
+    const std::string label = f.block > 0 && !c.bits.is_palette() && !c.bits.is_int8()
+                                  ? fmt::format("{} bits, block {}", f.bits, f.block)
+                                  : c.bits.is_int8() ? "int8 per channel" : f.bits + " per tensor";
+    sum.candidates.push_back(label);
+    ir::Model m = in.fp32.clone();
+    quant::WeightOnlyReport r =
+        with_context(fmt::format("while quantizing every layer as {} for the budget search", label),
+                     [&] { return in.quantize(m, c); });
+    for (quant::WeightOnlyLayer& l : r.layers) {
+      if (l.weight.empty()) continue;
+      auto [it, fresh] = index.emplace(l.weight, layers.size());
+      if (fresh) {
+        quant::BudgetLayer bl;
+        bl.weight = l.weight;
+        const ir::Value* v = in.fp32.graph->find_value(l.weight);
+        bl.params = v && v->initializer() ? v->initializer()->numel() : l.rows * l.cols;
+        pinned.push_back(pinned_by_user(in.cfg, l));
+        if (!pinned.back() || l.format == "float") bl.candidates.push_back({"float", 4 * bl.params, 0.0});
+        values.push_back(std::vector<Tensor>(bl.candidates.size()));
+        layers.push_back(std::move(bl));
+      }
+      quant::BudgetLayer& bl = layers[it->second];
+      if (l.format == "float" || l.dequantized.numel() == 0) continue;
+      if (std::any_of(bl.candidates.begin(), bl.candidates.end(),
+                      [&](const quant::BudgetCandidate& k) { return k.format == l.format; }))
+        continue;
+      bl.candidates.push_back({l.format, l.bytes, 0.0});
+      values[it->second].push_back(std::move(l.dequantized));
+    }
+  }
+  // 2. The cost of each (layer, form): the model with only that weight replaced, on held-out samples.
+  std::vector<WeightSwap> swaps;
+  std::vector<std::pair<size_t, size_t>> where;
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (size_t k = 0; k < layers[i].candidates.size(); ++k)
+      if (layers[i].candidates[k].format != "float" && layers[i].candidates.size() > 1) {
+        swaps.push_back({{layers[i].weight, values[i][k]}});
+        where.emplace_back(i, k);
+      }
+  sum.samples = std::min(in.held_out->size(), kBudgetSamples);
+  sum.measurements = swaps.size();
+  spdlog::info("budget search: {} layers, {} forms measured on {} held-out samples", layers.size(), swaps.size(),
+               sum.samples);
+  const std::vector<Quality> q = score_weight_swaps(in.fp32, swaps, *in.held_out, sum.samples, job.threads);
+  for (size_t j = 0; j < q.size(); ++j) layers[where[j].first].candidates[where[j].second].noise = noise_of(q[j]);
+  values.clear();
+  swaps.clear();
+
+  // 3. The curve and the budget.
+  int64_t params = 0, fp32_weight_bytes = 0;
+  for (const auto& l : layers) {
+    params += l.params;
+    fp32_weight_bytes += 4 * l.params;
+  }
+  for (const quant::BudgetPoint& p : quant::budget_curve(layers)) sum.curve.push_back({p.bytes, sqnr_of_noise(p.noise)});
+  auto plan_of = [&](const quant::BudgetPoint& p) {
+    quant::LayerPlanMap plan;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const std::string& f = layers[i].candidates[p.choice[i]].format;
+      plan[layers[i].weight] = {f == "float" ? nullptr : quant::find_weight_format(f),
+                                pinned[i] ? "--layer-bits / --exclude" : "budget search"};
+    }
+    return plan;
+  };
+  const int64_t fp32_file = file_size(job.model_path);
+  quant::BudgetPoint chosen;
+  if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
+    sum.target_bits_per_weight = job.budget.value;
+    sum.weight_budget_bytes = static_cast<int64_t>(std::floor(job.budget.value * static_cast<double>(params) / 8.0));
+    chosen = quant::solve_budget(layers, sum.weight_budget_bytes);
+    res.plan = plan_of(chosen);
+  } else {
+    // A file size: what the rest of the file takes is measured on the written plan and corrected.
+    const int64_t target = job.budget.file_bytes(fp32_file);
+    sum.target_file_bytes = target;
+    int64_t rest = fp32_file - fp32_weight_bytes;  // first guess: the float model's non-weight bytes
+    std::optional<int64_t> best_size;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      const int64_t budget = target - rest;
+      QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
+                  "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
+                  job.budget.describe(), target, rest);
+      quant::BudgetPoint p = quant::solve_budget(layers, budget);
+      quant::WeightOnlyConfig c = in.cfg;
+      c.plan = plan_of(p);
+      c.tune.steps = 0;  // sizes do not depend on tuning
+      ir::Model m = in.fp32.clone();
+      quant::WeightOnlyReport r = in.quantize(m, c);
+      m.source_path.clear();
+      const int64_t size = static_cast<int64_t>(onnx_io::serialize_model(m).size());
+      spdlog::info("budget search: weights {} B -> file {} B (target {} B)", p.bytes, size, target);
+      const bool fits = size <= target;
+      if (fits && (!best_size || size > *best_size)) {
+        best_size = size;
+        chosen = p;
+        sum.weight_budget_bytes = budget;
+        res.plan = c.plan;
+        if (in.cfg.tune.steps == 0) {
+          res.model.emplace(std::move(m));
+          res.report.emplace(std::move(r));
+        }
+      }
+      if (fits && size >= target - target / 50) break;  // within 2% of the budget
+      const int64_t next_rest = size - p.bytes;
+      if (next_rest == rest && fits) break;  // nothing left to correct: the menu's steps are too coarse
+      rest = next_rest + (fits ? 0 : 1);
+    }
+    QTOOL_CHECK(best_size.has_value(), ErrorCode::kConfig,
+                "--target-size {}: no plan of the measured forms gives a file within {} bytes", job.budget.describe(),
+                target);
+  }
+  sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
+  sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
+  for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];
+  sum.seconds = seconds_since(t0);
+  std::string formats;
+  for (const auto& [f, n] : sum.layers_by_format) formats += fmt::format("{}{} {}", formats.empty() ? "" : ", ", n, f);
+  res.actions.push_back(fmt::format(
+      "budget search ({}): {} layers x {} forms measured on {} held-out samples, {} plans traced; chosen {} B of "
+      "weights, {:.2f} bits per weight, predicted output SQNR {:.1f} dB: {} ({:.1f} s)",
+      sum.target, layers.size(), sum.candidates.size(), sum.samples, sum.curve.size(), chosen.bytes,
+      sum.bits_per_weight, sum.chosen.predicted_sqnr_db, formats, sum.seconds));
+  return res;
+}
+
+}  // namespace detail
+}  // namespace qtool::pipeline

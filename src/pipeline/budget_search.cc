@@ -79,11 +79,14 @@ struct Form {
 
 /// The menu. Palettes join where nothing is tuned afterwards (tuning moves levels on a uniform grid).
 std::vector<Form> menu(const quant::WeightOnlyConfig& cfg) {
-  std::vector<Form> forms{{"8", 0}, {"4", 32}, {"4", 128}, {"2", 16}, {"2", 32}, {"2", 64}};
+  // Low bits first: their run collects the input Hessians that every later run then reads from the
+  // statistics cache (an int8 run first would collect them without Hessians).
+  std::vector<Form> forms{{"4", 32}, {"4", 128}, {"2", 16}, {"2", 32}, {"2", 64}};
   if (cfg.tune.steps == 0) {
     forms.push_back({"pal3", 0});
     forms.push_back({"pal4", 0});
   }
+  forms.push_back({"8", 0});
   return forms;
 }
 

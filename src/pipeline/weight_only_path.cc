@@ -205,6 +205,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
                 "--target-size / --target-bpw measure each layer's forms on held-out samples: give --calib (and no "
                 "--no-guard)");
     if (cfg.palette_block < 0) cfg.palette_block = 0;
+    calib.cache = quant::make_stats_cache();  // one calibration pass for every form and the final plan
     BudgetSearchResult b = search_budget({job, *fp32, cfg, held_out.get(), quantize_once});
     cfg.plan = std::move(b.plan);
     for (auto& a : b.actions) actions_before.push_back(std::move(a));

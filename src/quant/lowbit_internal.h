@@ -1,6 +1,7 @@
 // Internal pieces of the weight-only rewrite shared by src/quant/lowbit_*.cc (not a public header).
 #pragma once
 
+#include <map>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -36,6 +37,19 @@ struct InputStats {
   std::vector<float> mean_abs() const;
   std::vector<float> energy() const;
 };
+
+}  // namespace qtool::quant::detail
+
+namespace qtool::quant {
+/// CalibrationInputs::cache: statistics by the name of the value a layer reads (and, for k×k convs'
+/// im2col patches, by the weight's name).
+struct CalibrationStatsCache {
+  std::map<std::string, detail::InputStats> by_value;
+  std::map<std::string, detail::InputStats> patches_by_weight;
+};
+}  // namespace qtool::quant
+
+namespace qtool::quant::detail {
 
 /// Runs the calibration samples through the executor and fills `stats` (keyed by the input
 /// value of the weight layers; each entry's k and want_hessian set by the caller).

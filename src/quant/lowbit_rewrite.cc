@@ -56,6 +56,7 @@ class WeightOnlyRun {
  private:
   void validate();
   void collect_stats();
+  bool from_cache();
   bool raise_opset();
   void recollect_stats(size_t from);
   void quantize_target(size_t ti);
@@ -163,7 +164,34 @@ void WeightOnlyRun::collect_stats() {
         s.conv_geometry = t.conv_geometry;
         extra.emplace_back(t.patch_input, &s);
       }
+  if (from_cache()) return;
   detail::collect_input_stats(model_, *calib_, cfg_.threads, cfg_.max_calib_rows, stats_, extra);
+  if (calib_->cache) {
+    for (const auto& [v, s] : stats_) calib_->cache->by_value[v->name()] = s;
+    for (const auto& [t, s] : patch_stats_) calib_->cache->patches_by_weight[t->weight_name] = s;
+  }
+}
+
+/// Fills every statistic this run needs from CalibrationInputs::cache; false (nothing changed) when
+/// one is missing there or was collected without the Hessian this run needs.
+bool WeightOnlyRun::from_cache() {
+  if (!calib_->cache) return false;
+  auto usable = [](const InputStats& want, const InputStats& have) {
+    return have.k == want.k && have.channel_axis1 == want.channel_axis1 && have.conv_geometry == want.conv_geometry &&
+           (have.want_hessian || !want.want_hessian);
+  };
+  const CalibrationStatsCache& c = *calib_->cache;
+  for (const auto& [v, s] : stats_) {
+    const auto it = c.by_value.find(v->name());
+    if (it == c.by_value.end() || !usable(s, it->second)) return false;
+  }
+  for (const auto& [t, s] : patch_stats_) {
+    const auto it = c.patches_by_weight.find(t->weight_name);
+    if (it == c.patches_by_weight.end() || !usable(s, it->second)) return false;
+  }
+  for (auto& [v, s] : stats_) s = c.by_value.at(v->name());
+  for (auto& [t, s] : patch_stats_) s = c.patches_by_weight.at(t->weight_name);
+  return true;
 }
 
 /// The opset the output needs (and com.microsoft for MatMulNBits). Returns true when the opset was
@@ -518,6 +546,8 @@ WeightOnlyReport WeightOnlyRun::run() {
 }
 
 }  // namespace
+
+std::shared_ptr<CalibrationStatsCache> make_stats_cache() { return std::make_shared<CalibrationStatsCache>(); }
 
 WeightOnlyReport apply_weight_only(ir::Model& model, const WeightOnlyConfig& cfg, const CalibrationInputs* calib) {
   return WeightOnlyRun(model, cfg, calib).run();

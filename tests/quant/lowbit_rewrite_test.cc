@@ -6,6 +6,7 @@
 #include <random>
 
 #include "qtool/core/npy.h"
+#include "qtool/data/sample_source.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/quant/lowbit.h"
 #include "qtool/quant/sparsity.h"
@@ -894,6 +895,71 @@ TEST(LowbitRewrite, GptqWithoutCalibrationIsAConfigError) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kConfig);
+  }
+}
+
+}  // namespace
+}  // namespace qtool::quant
+
+namespace qtool::quant {
+namespace {
+
+// The statistics cache (CalibrationInputs::cache): a second run on a copy of the model reads every
+// statistic from the cache (its samples are never loaded: the in-memory list is empty and the
+// source is a stub that throws) and writes the same model byte for byte; an int8 run's statistics
+// (no Hessians) do not satisfy a GPTQ run. keep_dequantized returns what the layer computes with.
+class ThrowingSource : public data::SampleSource {
+ public:
+  size_t size() const override { return 4; }
+  data::Sample load(size_t) override { throw std::runtime_error("loaded"); }
+  std::string describe(size_t) const override { return "stub"; }
+  std::string kind() const override { return "stub"; }
+};
+
+TEST(LowbitRewrite, StatisticsCacheSkipsTheCalibrationPassAndChangesNothing) {
+  if (!executor_ready()) GTEST_SKIP() << "runtime::Executor lacks kernels";
+  for (const bool conv : {false, true}) {
+    SCOPED_TRACE(conv ? "convnet" : "mlp");
+    const ir::Model fp = conv ? make_convnet(5) : make_mlp(7);
+    CalibrationInputs calib;
+    for (uint32_t i = 0; i < 8; ++i) calib.samples.push_back(input_for(fp, 100 + i, true));
+    WeightOnlyConfig cfg;
+    cfg.bits = "4";
+    cfg.algorithm = WeightAlgorithm::kGptq;
+    cfg.bits_first_last = "";
+    ir::Model plain = fp.clone();
+    apply_weight_only(plain, cfg, &calib);
+    calib.cache = make_stats_cache();
+    WeightOnlyConfig int8 = cfg;
+    int8.bits = "8";
+    ir::Model m8 = fp.clone();
+    apply_weight_only(m8, int8, &calib);  // fills the cache without Hessians
+    ir::Model first = fp.clone();
+    apply_weight_only(first, cfg, &calib);  // needs Hessians: calibrates again, and caches them
+    ThrowingSource stub;
+    CalibrationInputs cached;
+    cached.source = &stub;
+    cached.cache = calib.cache;
+    ir::Model second = fp.clone();
+    WeightOnlyConfig keep = cfg;
+    keep.keep_dequantized = true;
+    const WeightOnlyReport rep = apply_weight_only(second, keep, &cached);
+    EXPECT_EQ(onnx_io::serialize_model(first), onnx_io::serialize_model(plain));
+    EXPECT_EQ(onnx_io::serialize_model(second), onnx_io::serialize_model(plain));
+    // The dequantized weights have the initializer's shape and sit on a 4-bit grid near the original.
+    for (const WeightOnlyLayer& l : rep.layers) {
+      if (l.format == "float") continue;
+      const Tensor* w = fp.graph->find_value(l.weight)->initializer();
+      ASSERT_EQ(l.dequantized.shape(), w->shape()) << l.weight;
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < w->numel(); ++i) {
+        const double d = w->data<float>()[i] - l.dequantized.data<float>()[i];
+        num += d * d;
+        den += static_cast<double>(w->data<float>()[i]) * w->data<float>()[i];
+      }
+      EXPECT_NEAR(num / den, l.weight_rel_mse, 1e-6 + 1e-3 * l.weight_rel_mse) << l.weight;
+      EXPECT_GT(num, 0.0) << l.weight;
+    }
   }
 }
 

@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -148,11 +149,18 @@ struct WeightOnlyConfig {
 /// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: samples (graph input name ->
 /// tensor) run through runtime::Executor with an observer on the weight layers' inputs. Activations
 /// are streamed: per layer only H (K×K), mean |x| and at most max_calib_rows rows are kept.
+struct CalibrationStatsCache;  // lowbit_internal.h
 struct CalibrationInputs {
   std::vector<std::map<std::string, Tensor>> samples;  ///< in-memory samples (used when source is null)
   data::SampleSource* source = nullptr;                ///< or samples loaded one at a time from here
   size_t max_samples = 0;                              ///< 0 = all of them
+  /// Statistics of the layers' inputs kept between runs on copies of one model with the same
+  /// samples (by value and weight name): a run that finds every statistic it needs there skips its
+  /// calibration pass (the budget search quantizes the model once per form). make_stats_cache().
+  std::shared_ptr<CalibrationStatsCache> cache;
 };
+/// An empty cache for CalibrationInputs::cache.
+std::shared_ptr<CalibrationStatsCache> make_stats_cache();
 
 /// What happened to one weight.
 struct WeightOnlyLayer {

@@ -75,6 +75,8 @@ void fill_weight_sqnr(report::QuantizeReport& rep, const ir::Model& quantized,
   for (const auto& n : quantized.graph->nodes()) {
     if (n->op_type() != "DequantizeLinear" || n->attr_int("block_size", 0) != 0) continue;
     const ir::Value* qv = n->input(0);
+    // W4A8: the levels behind the Cast(to=int8) that reads the packed int4 initializer.
+    if (qv && !qv->initializer() && qv->producer() && qv->producer()->op_type() == "Cast") qv = qv->producer()->input(0);
     const ir::Value* sv = n->input(1);
     const ir::Value* zv = n->input(2);
     if (!qv || !sv || !qv->initializer() || !sv->initializer() || (zv && !zv->initializer())) continue;

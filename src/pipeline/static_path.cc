@@ -75,9 +75,10 @@ struct StaticRun {
 /// `planned` (a --plan's per-tensor choices) applies from the first emission; `search` lets the
 /// guard raise tensors (off with a --plan: the plan decides).
 StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantConfig& cfg, StaticSamples& samples,
-                           const QualityFloor& floor, const quant::TensorChoices& planned = {}, bool search = true) {
+                           const QualityFloor& floor, const quant::TensorChoices& planned = {}, bool search = true,
+                           const ir::Model* calibrate_on = nullptr) {
   auto t = clock_type::now();
-  quant::CalibratedModel calibrated = quant::calibrate_static(reference, *samples.calib, cfg);
+  quant::CalibratedModel calibrated = quant::calibrate_static(calibrate_on ? *calibrate_on : reference, *samples.calib, cfg);
   const double t_calib = seconds_since(t);
   t = clock_type::now();
   StaticRun run{quant::emit_static(calibrated, planned, cfg), std::nullopt, std::move(calibrated.actions), {}, {}, {}};
@@ -102,6 +103,46 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
   if (std::string a = quant::subgraph_note(run.emitted); !a.empty()) run.actions.push_back(std::move(a));
   run.equalized_weights = std::move(calibrated.equalized_weights);
   return run;
+}
+
+/// W4A8 (QdqOptions::weight_bits): the model whose 4-bit layers hold GPTQ's int4 weights (per output
+/// channel, symmetric, fitted on the calibration samples' input Hessians), for calibration and
+/// emission (quantize_weight4 finds their grid exactly); the FP32 reference stays the guard's and
+/// the evaluation's. nullopt when no layer is at 4 bits or there are no samples (RTN then).
+std::optional<ir::Model> w4_gptq_model(const ir::Model& prepared, const quant::StaticQuantConfig& cfg,
+                                       data::SampleSource* calib, int threads, std::vector<std::string>& actions) {
+  const bool any4 = std::any_of(cfg.qdq.weight_bits.begin(), cfg.qdq.weight_bits.end(),
+                                [](const auto& r) { return r.second == 4; });
+  if (!any4 || calib == nullptr || calib->size() == 0) return std::nullopt;
+  quant::WeightOnlyConfig w;
+  w.bits = "int4";
+  w.layer_bits.push_back({"*", "float"});  // only the layers the rules put at 4 bits
+  w.bits_first_last = "";
+  w.bits_depthwise = "";
+  w.block_size = 0;
+  w.symmetric = true;
+  w.algorithm = quant::WeightAlgorithm::kGptq;
+  w.quantize_embedding = false;
+  w.keep_dequantized = true;
+  w.threads = threads;
+  for (const auto& [pattern, bits] : cfg.qdq.weight_bits) w.layer_bits.push_back({pattern, bits == 4 ? "int4" : "float"});
+  for (const auto& x : cfg.qdq.exclude_nodes) w.exclude.push_back(x);
+  ir::Model scratch = prepared.clone();
+  quant::CalibrationInputs ci;
+  ci.source = calib;
+  const quant::WeightOnlyReport rep = quant::apply_weight_only(scratch, w, &ci);
+  ir::Model m = prepared.clone();
+  size_t replaced = 0;
+  for (const quant::WeightOnlyLayer& l : rep.layers) {
+    ir::Value* v = m.graph->find_value(l.weight);
+    if (l.format == "float" || l.dequantized.numel() == 0 || v == nullptr || !v->is_initializer()) continue;
+    v->set_initializer(l.dequantized);
+    ++replaced;
+  }
+  actions.push_back(fmt::format("W4A8: {} weights at 4 bits (int4 per output channel, GPTQ on {} calibration samples; "
+                                "stored packed, read through Cast(to=int8) by the int8 DequantizeLinear)",
+                                replaced, calib->size()));
+  return m;
 }
 
 /// The 16-bit twin of an 8-bit activation type.
@@ -184,7 +225,9 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   // The model as given, for the floor's 16-bit run (prepared the way --activation-bits 16 prepares it).
   std::optional<ir::Model> original;
   if (!plan && bits == 8 && job.guard) original.emplace(model.clone());
-  const int64_t target_opset = bits == 16 ? 21 : 13;
+  const bool w4 = std::any_of(job.static_cfg.qdq.weight_bits.begin(), job.static_cfg.qdq.weight_bits.end(),
+                              [](const auto& r) { return r.second == 4; });
+  const int64_t target_opset = bits == 16 || w4 ? 21 : 13;  // int4 levels need opset 21
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
   quant::StaticQuantConfig cfg = static_config(job, model);
@@ -206,7 +249,10 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
     planned.observed = plan->observed_range;
   }
   const QualityFloor floor = floor_of(job);
-  StaticRun run = quantize_guarded(reference, cfg, samples, floor, planned, !plan);
+  std::vector<std::string> w4_actions;
+  const std::optional<ir::Model> w4_model = w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions);
+  StaticRun run = quantize_guarded(reference, cfg, samples, floor, planned, !plan, w4_model ? &*w4_model : nullptr);
+  run.actions.insert(run.actions.begin(), w4_actions.begin(), w4_actions.end());
   if (plan)
     run.actions.push_back(fmt::format("--plan: {} activations, {} at 16 bits, {} kept in float",
                                       dtype_name(plan->activation_type), planned.wide.size(),
@@ -255,7 +301,9 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
                "{} Relu/Clip folded",
                job.model_path, job.out_path, bits, cfg.method, dtype_name(cfg.qdq.activation_type),
                qdq.quantized_nodes, qdq.quantized_weights, qdq.quantized_biases, qdq.folded_activations);
-  std::string headline = fmt::format("W8A{} {}", bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
+  const bool all4 = qdq.int4_weights > 0 && qdq.int4_weights == qdq.quantized_weights;
+  std::string headline = fmt::format("W{}A{} {}", all4 ? 4 : 8, bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
+  if (qdq.int4_weights > 0 && !all4) headline += fmt::format(", {} weights at 4 bits", qdq.int4_weights);
   if (!qdq.wide_activations.empty()) headline += fmt::format(", {} activations at 16 bits", qdq.wide_activations.size());
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
   if (write) report::measure_output_file(out.report);

@@ -2,12 +2,15 @@
 // the graph (see qdq.h for the placement rules).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 
 #include <fmt/format.h>
 
 #include "qdq_ops.h"
+#include "qtool/quant/format.h"
+#include "qtool/quant/lowbit.h"
 #include "qtool/quant/qdq.h"
 
 namespace qtool::quant {
@@ -110,8 +113,9 @@ class Emitter {
     }
     apply_folds();
     rewrite();
-    const int64_t need = (dtype_bits(opt_.activation_type) == 16 || !wide_roots_.empty()) ? 21 : 13;
+    const int64_t need = (dtype_bits(opt_.activation_type) == 16 || !wide_roots_.empty() || int4_weights_ > 0) ? 21 : 13;
     if (model_.opset("") < need) model_.set_opset("", need);
+    summary_.int4_weights = int4_weights_;
     model_.ir_version = std::max<int64_t>(model_.ir_version, need >= 21 ? 10 : 7);
     g_.topo_sort();
     return std::move(summary_);
@@ -396,12 +400,38 @@ class Emitter {
     return opt_.weight_type;
   }
 
-  WeightDq quantize_weight_input(ir::Value* w, int64_t axis, DataType type) {
-    const auto key = std::make_tuple(static_cast<const ir::Value*>(w), axis, type);
+  /// The bits of n's weight w: QdqOptions::weight_bits (last matching rule), else 8.
+  int weight_bits_for(const ir::Node* n, const ir::Value* w) const {
+    int bits = 8;
+    for (const auto& [pattern, b] : opt_.weight_bits)
+      if (glob_match(pattern, n->name()) || glob_match(pattern, w->name())) bits = b;
+    return bits;
+  }
+
+  WeightDq quantize_weight_input(ir::Value* w, int64_t axis, DataType type, int bits = 8) {
+    if (bits == 4) type = DataType::kInt8;  // |level| <= 8: no u8s8 pair of products can saturate
+    const auto key = std::make_tuple(static_cast<const ir::Value*>(w), axis, type, bits);
     if (auto it = weight_dq_.find(key); it != weight_dq_.end()) return it->second;
     const bool per_channel = opt_.per_channel && axis >= 0;
-    QuantizedWeight qw = quantize_weight(*w->initializer(), per_channel, axis, type, opt_.reduce_range);
-    ir::Value* qv = add_init(w->name() + "_quantized", qw.values);
+    QuantizedWeight qw = bits == 4 ? quantize_weight4(*w->initializer(), per_channel ? axis : -1)
+                                   : quantize_weight(*w->initializer(), per_channel, axis, type, opt_.reduce_range);
+    ir::Value* qv = nullptr;
+    if (bits == 4) {  // packed int4 levels -> Cast(to=int8) -> the int8 DequantizeLinear
+      const int8_t* l = qw.values.data<int8_t>();
+      const std::vector<int32_t> levels(l, l + qw.values.numel());
+      Tensor packed = Tensor::empty(DataType::kInt4, qw.values.shape());
+      const std::vector<uint8_t> bytes = pack_onnx(levels, 4);
+      std::memcpy(packed.mutable_raw(), bytes.data(), bytes.size());
+      ir::Value* q4 = add_init(w->name() + "_quantized", std::move(packed));
+      ir::Node* cast = g_.add_node("Cast", {q4}, {g_.unique_name(w->name() + "_levels")},
+                                   g_.unique_name(w->name() + "_Cast"));
+      cast->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kInt8)));
+      set_type(cast->output(0), DataType::kInt8, w);
+      qv = cast->output(0);
+      ++int4_weights_;
+    } else {
+      qv = add_init(w->name() + "_quantized", qw.values);
+    }
     const Shape sshape = per_channel ? Shape{static_cast<int64_t>(qw.scales.size())} : Shape{};
     ir::Value* scale = add_init(w->name() + "_scale", Tensor::from_vector<float>(sshape, qw.scales));
     ir::Value* zp = opt_.omit_zero_points && qw.zero_point == 0
@@ -469,7 +499,7 @@ class Emitter {
       ir::Value* w = n->input(r.weight_input);
       if (const Tensor* wt = float_const(w); wt && w->owner() == &g_ && !opt_.keep_float.count(w)) {
         const int64_t axis = r.weight_axis ? r.weight_axis(*n, *wt) : -1;
-        WeightDq wdq = quantize_weight_input(w, axis, weight_type_for(n, x));
+        WeightDq wdq = quantize_weight_input(w, axis, weight_type_for(n, x), weight_bits_for(n, w));
         n->set_input(r.weight_input, wdq.out);
         any = true;
         ir::Value* b = r.bias_input >= 0 ? n->input(r.bias_input) : nullptr;
@@ -544,7 +574,8 @@ class Emitter {
   std::unordered_map<const ir::Value*, ir::Value*> dq_of_;
   std::map<std::pair<const ir::Value*, DataType>, ir::Value*> const_dq_;
   std::set<const ir::Value*> wide_roots_;  ///< union-find roots of the 16-bit groups
-  std::map<std::tuple<const ir::Value*, int64_t, DataType>, WeightDq> weight_dq_;
+  std::map<std::tuple<const ir::Value*, int64_t, DataType, int>, WeightDq> weight_dq_;
+  size_t int4_weights_ = 0;  ///< weights written with 4-bit levels (the model needs opset 21)
 };
 
 }  // namespace

@@ -88,6 +88,58 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
   return out;
 }
 
+QuantizedWeight quantize_weight4(const Tensor& w, int64_t axis) {
+  QTOOL_CHECK(w.dtype() == DataType::kFloat, ErrorCode::kUnsupported, "weight of type {} (expected float32)",
+              dtype_name(w.dtype()));
+  QuantizedWeight out;
+  const float* x = w.data<float>();
+  const int64_t n = w.numel();
+  int64_t channels = 1, inner = n, outer = 1;
+  if (axis >= 0 && w.rank() > 0) {
+    QTOOL_CHECK(axis < static_cast<int64_t>(w.rank()), ErrorCode::kInternal, "bad channel axis");
+    channels = w.dim(static_cast<int>(axis));
+    inner = 1;
+    for (size_t d = axis + 1; d < w.rank(); ++d) inner *= w.shape()[d];
+    outer = n / std::max<int64_t>(1, channels * inner);
+    out.axis = axis;
+  }
+  auto level = [](float v, float s) { return std::clamp<int32_t>(static_cast<int32_t>(std::nearbyint(v / s)), -8, 7); };
+  out.scales.assign(channels, 1.0f);
+  for (int64_t c = 0; c < channels; ++c) {
+    float amax = 0.0f;
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t i = 0; i < inner; ++i) amax = std::max(amax, std::fabs(x[(o * channels + c) * inner + i]));
+    if (!(amax > 0.0f) || !std::isfinite(amax)) continue;
+    double best = std::numeric_limits<double>::infinity();
+    // amax / k: a slice already on a 4-bit grid whose largest level is k (GPTQ's output).
+    std::vector<float> candidates;
+    for (int k = 8; k >= 1; --k) candidates.push_back(amax / static_cast<float>(k));
+    for (int k = 0; k <= 20; ++k) candidates.push_back((1.0f - 0.025f * static_cast<float>(k)) * amax / 7.0f);
+    for (const float s : candidates) {
+      double err = 0;
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t i = 0; i < inner; ++i) {
+          const float v = x[(o * channels + c) * inner + i];
+          const double d = v - s * static_cast<float>(level(v, s));
+          err += d * d;
+        }
+      if (err < best) {
+        best = err;
+        out.scales[c] = s;
+      }
+    }
+  }
+  out.values = Tensor(DataType::kInt8, w.shape());
+  int8_t* q = out.values.mutable_data<int8_t>();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t i = 0; i < inner; ++i) {
+        const int64_t k = (o * channels + c) * inner + i;
+        q[k] = static_cast<int8_t>(level(x[k], out.scales[c]));
+      }
+  return out;
+}
+
 uint64_t content_hash(const Tensor& t) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const unsigned char* p, size_t n) {

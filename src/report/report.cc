@@ -121,7 +121,8 @@ std::vector<LayerReport> analyze_quantized_weights(const ir::Model& model, int64
     const ir::Node& n = *np;
     try {
       if (n.op_type() == "DequantizeLinear" && n.domain().empty()) {
-        const Tensor* q = init_of(n, 0);
+        // Levels are an initializer, or one behind a Cast (W4A8: packed int4 read as int8).
+        const Tensor* q = scale_of(n, 0);
         const Tensor* scale = scale_of(n, 1);
         if (!q || !scale || !n.output(0)) continue;
         const int bits = dtype_bits(q->dtype());
@@ -138,7 +139,7 @@ std::vector<LayerReport> analyze_quantized_weights(const ir::Model& model, int64
         }
         l.node = consumer ? consumer->name() : n.input(0)->name();
         l.op_type = consumer ? consumer->op_type() : "";
-        l.weight = n.input(0)->name();
+        l.weight = init_of(n, 0) ? n.input(0)->name() : n.input(0)->producer()->input(0)->name();
         l.precision = precision_name(*q);
         l.bits = bits;
         const int64_t axis = n.attr_int("axis", 1);

@@ -130,3 +130,47 @@ TEST(CliQuantizeBudget, BadBudgetsAreRefusedAndNothingIsWritten) {
 
 }  // namespace
 }  // namespace qtool
+
+namespace qtool {
+namespace {
+
+// W4A8 on the static path: --bits 8 --layer-bits '*=4' writes packed int4 levels read through
+// Cast(to=int8) by the int8 DequantizeLinear (ONNX Runtime folds the Cast and fuses QLinearConv,
+// BENCHMARKS.md "W4A8"): a smaller file, the report sees the 4-bit layers, ONNX Runtime and qtool's
+// executor agree, and other widths are refused.
+TEST(CliQuantizeW4A8, FourBitLevelsReadAsInt8RunInOnnxRuntime) {
+  testing::TempDir d;
+  const BudgetRun w8 = quantize(d, "--bits 8", "w8.onnx");
+  ASSERT_EQ(w8.exit_code, 0) << w8.err;
+  const BudgetRun w4 = quantize(d, "--bits 8 --layer-bits '*=4'", "w4.onnx");
+  ASSERT_EQ(w4.exit_code, 0) << w4.err;
+  EXPECT_EQ(w4.report["precision"].get<std::string>().rfind("W4A8", 0), 0u) << w4.report["precision"];
+  const int64_t s8 = w8.report["size"]["output_file_bytes"], s4 = w4.report["size"]["output_file_bytes"];
+  EXPECT_LT(s4, s8 * 6 / 10) << s4 << " vs " << s8;
+  int int4 = 0;
+  for (const auto& l : w4.report["layers"])
+    if (l["precision"] == "int4") {
+      ++int4;
+      EXPECT_EQ(l["bits"], 4);
+      EXPECT_GT(l["weight_sqnr_db"].get<double>(), 3.0) << l;  // measured through the Cast (GPTQ moves fc2's most)
+    }
+  EXPECT_EQ(int4, 5) << w4.report["layers"].dump();
+  EXPECT_GT(w4.report["evaluation"]["outputs"][0]["top1_agreement"].get<double>(), 0.8);
+  EXPECT_GT(w4.report["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 20.0);
+  if (testing::ort_available()) {
+    const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
+    EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("w4.onnx"), "image", x, "logits", d.path()), 1e-3);
+  }
+  // Only conv1 at 4 bits: a mixed model.
+  const BudgetRun one = quantize(d, "--bits 8 --layer-bits 'conv1=4'", "one.onnx");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_NE(one.report["precision"].get<std::string>().find("1 weights at 4 bits"), std::string::npos)
+      << one.report["precision"];
+  const BudgetRun bad = quantize(d, "--bits 8 --layer-bits '*=2'", "bad.onnx");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("4 (W4A8"), std::string::npos) << bad.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("bad.onnx")));
+}
+
+}  // namespace
+}  // namespace qtool

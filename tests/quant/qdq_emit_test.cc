@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -31,6 +32,42 @@ TEST(QdqParams, SymmetricAndDegenerate) {
   EXPECT_EQ(z.zero_point, 0);
   EXPECT_EQ(quantize_value(2.5f, {1.0f, 0}, DataType::kUint8), 2);  // half to even
   EXPECT_EQ(quantize_value(-3.0f, {1.0f, 0}, DataType::kUint8), 0);  // saturates
+}
+
+TEST(QdqParams, FourBitWeightsFindAGridExactlyAndClipHeavyTails) {
+  // Channel 0 on a grid of 0.1 whose largest level is 5 (as GPTQ leaves a channel), channel 1 on a
+  // grid of 0.25 reaching -8: both reproduced exactly.
+  Tensor w(DataType::kFloat, {2, 6});
+  const float on_grid[12] = {0.1f, -0.3f, 0.5f, 0.0f, -0.2f, 0.4f, 0.25f, -2.0f, 1.75f, 0.5f, -0.75f, 1.0f};
+  std::copy(on_grid, on_grid + 12, w.mutable_data<float>());
+  const QuantizedWeight q = quantize_weight4(w, 0);
+  ASSERT_EQ(q.scales.size(), 2u);
+  EXPECT_NEAR(q.scales[0], 0.1f, 1e-7);
+  EXPECT_NEAR(q.scales[1], 0.25f, 1e-7);
+  for (int64_t i = 0; i < 12; ++i) {
+    const int v = q.values.data<int8_t>()[i];
+    EXPECT_GE(v, -8);
+    EXPECT_LE(v, 7);
+    EXPECT_NEAR(v * q.scales[i / 6], on_grid[i], 1e-6) << i;
+  }
+  // One outlier among small weights: a clipped scale beats max|w| / 7 on the squared error.
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 0.1f);
+  Tensor h(DataType::kFloat, {1, 256});
+  for (int64_t i = 0; i < 256; ++i) h.mutable_data<float>()[i] = nd(rng);
+  h.mutable_data<float>()[7] = 0.9f;
+  const QuantizedWeight c = quantize_weight4(h, 0);
+  auto err = [&](float s) {
+    double e = 0;
+    for (int64_t i = 0; i < 256; ++i) {
+      const float x = h.data<float>()[i];
+      const float l = std::clamp(std::nearbyint(x / s), -8.0f, 7.0f);
+      e += (x - l * s) * (x - l * s);
+    }
+    return e;
+  };
+  EXPECT_LT(err(c.scales[0]), 0.95 * err(0.9f / 7.0f));
+  EXPECT_LT(c.scales[0], 0.9f / 7.0f);
 }
 
 TEST(QdqParams, WeightPerChannelAndBias) {

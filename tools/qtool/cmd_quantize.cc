@@ -235,6 +235,17 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
     for (const auto& x : job.exclude_nodes) cfg.qdq.exclude_nodes.insert(x);
     for (const auto& x : split_list(a.exclude_op_types)) cfg.qdq.exclude_op_types.insert(x);
     for (const auto& x : job.keep_fp) cfg.qdq.keep_float_names.insert(x);
+    // W4A8: --layer-bits 'PATTERN=4' stores those weights with 4-bit levels (8 = the default).
+    if (!a.layer_bits.empty())
+      for (const quant::LayerBitsRule& r : quant::parse_layer_bits(a.layer_bits)) {
+        const quant::ElementType* t = r.bits.type();
+        const bool int_type = t && t->scheme == quant::WeightScheme::kInt && t->is_signed;
+        QTOOL_CHECK(int_type && (t->bits == 4 || t->bits == 8), ErrorCode::kConfig,
+                    "--layer-bits {}={}: with --bits 8 (static W8A8) a layer's weights are 4 (W4A8: int4 levels "
+                    "read as int8, INT8 speed) or 8 bits",
+                    r.pattern, r.bits.spelled());
+        cfg.qdq.weight_bits.emplace_back(r.pattern, static_cast<int>(t->bits));
+      }
     cfg.method = a.method;
     cfg.percentile = a.percentile;
     cfg.cle = a.cle;

@@ -42,7 +42,7 @@ constexpr PathOption kPathOptions[] = {
     {"--outlier-fraction", false, true, false},
     {"--symmetric", false, true, false},
     {"--bits-first-last", false, true, false},
-    {"--layer-bits", false, true, false},
+    {"--layer-bits", true, true, false},
     {"--scale-type", false, true, false},
     {"--bits-depthwise", false, true, false},
     {"--tune-steps", false, true, false},

@@ -78,6 +78,11 @@ struct QuantizedWeight {
 QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8,
                                 bool reduce_range = false);
 
+/// 4-bit symmetric levels in [-8, 7] per slice along `axis` (stored int8; W4A8): each slice's scale
+/// is the one of {max|W_c|/k, k = 1..8} ∪ {r·max|W_c|/7, r = 1, 0.975, ..., 0.5} with the least
+/// squared error (weights already on a 4-bit grid, as GPTQ leaves them, are reproduced exactly).
+QuantizedWeight quantize_weight4(const Tensor& w, int64_t axis);
+
 /// FNV-1a over a float tensor's shape and bytes: finds equal weights (the branches of an If often
 /// hold equal copies) so that their quantized form is stored once; callers compare the contents too.
 uint64_t content_hash(const Tensor& t);
@@ -118,6 +123,12 @@ struct QdqOptions {
   /// Leave out the all-zero zero-point inputs of weight (int8) and bias (int32) DequantizeLinear
   /// nodes: optional in ONNX (zero of x's type is assumed) and 18 KB + 72 KB on MobileNetV2.
   bool omit_zero_points = true;
+  /// W4A8: the weights stored with 4-bit levels, as (glob over the consuming node's name or the
+  /// weight's name, bits 4 or 8) rules, later rules winning. A 4-bit weight (per output channel,
+  /// quantize_weight4) is a packed int4 initializer read through Cast(to=int8) by the usual int8
+  /// DequantizeLinear: ONNX Runtime folds the Cast at load and fuses DQ -> Conv -> Q into
+  /// QLinearConv as for 8 bits, so the model runs at INT8 speed from a 4-bit file. Needs opset 21.
+  std::vector<std::pair<std::string, int>> weight_bits;
   /// Remove Relu/Clip made redundant by the output quantization (see the header comment).
   bool fold_activations = true;
 };
@@ -127,6 +138,7 @@ struct QdqSummary {
   size_t quantized_nodes = 0;       ///< nodes whose inputs/weights were quantized
   size_t quantized_activations = 0; ///< Q->DQ pairs placed on activations
   size_t quantized_weights = 0;     ///< weights stored as integers
+  size_t int4_weights = 0;          ///< of those, stored with 4-bit levels (QdqOptions::weight_bits)
   size_t quantized_biases = 0;      ///< biases stored as int32
   size_t folded_activations = 0;    ///< Relu/Clip removed
   std::vector<std::string> float_nodes;  ///< quantizable nodes left in float, with the reason

@@ -25,6 +25,7 @@ struct BudgetSearchInputs {
 
 struct BudgetSearchResult {
   quant::LayerPlanMap plan;                 ///< every searched weight's form ("budget search")
+  bool cast_form = false;                   ///< the forms were measured (and must be written) in the Cast form
   report::BudgetSummary summary;
   std::vector<std::string> actions;
   /// The written plan, untuned, when the search already quantized it and nothing is tuned after.

@@ -133,7 +133,10 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
   std::vector<std::vector<Tensor>> values;  // per layer, per candidate: the weight as written ("float": empty)
   std::map<std::string, size_t> index;
   std::vector<bool> pinned;
-  for (const Form& f : menu(in.cfg)) {
+  const std::vector<Form> forms = menu(in.cfg);
+  const bool has_palettes = std::any_of(forms.begin(), forms.end(), [](const Form& f) { return f.bits.rfind("pal", 0) == 0; });
+  res.cast_form = in.cfg.cast_dequant || has_palettes;
+  for (const Form& f : forms) {
     quant::WeightOnlyConfig c = in.cfg;
     c.bits = quant::BitsChoice(f.bits);
     c.bits_first_last = c.bits;  // first and last layers are measured like any other
@@ -144,6 +147,9 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
     c.tune.steps = 0;
     c.keep_dequantized = true;
     c.embedding_low_bits = true;  // measured like the rest
+    // Every form in the form its plan is written in: a plan with palettes writes every layer in the
+    // Cast form (quant/lowbit.h, folded at load), whose blocks are padded to whole blocks.
+    c.cast_dequant = in.cfg.cast_dequant || has_palettes;
     const std::string label = f.block > 0 && !c.bits.is_palette() && !c.bits.is_int8()
                                   ? fmt::format("{} bits, block {}", f.bits, f.block)
                                   : c.bits.is_int8() ? "int8 per channel" : f.bits + " per tensor";
@@ -229,6 +235,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
       quant::BudgetPoint p = quant::solve_budget(layers, budget);
       quant::WeightOnlyConfig c = in.cfg;
       c.plan = plan_of(p);
+      c.cast_dequant = res.cast_form;
       c.tune.steps = 0;  // sizes do not depend on tuning
       ir::Model m = in.fp32.clone();
       quant::WeightOnlyReport r = in.quantize(m, c);

@@ -208,6 +208,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     calib.cache = quant::make_stats_cache();  // one calibration pass for every form and the final plan
     BudgetSearchResult b = search_budget({job, *fp32, cfg, held_out.get(), quantize_once});
     cfg.plan = std::move(b.plan);
+    cfg.cast_dequant = b.cast_form;
     for (auto& a : b.actions) actions_before.push_back(std::move(a));
     budget = std::move(b.summary);
     if (b.model) {

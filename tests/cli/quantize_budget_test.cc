@@ -92,9 +92,15 @@ TEST(CliQuantizeBudget, BitsPerWeightBudgetPlanReproducesAndRunsInOnnxRuntime) {
   const BudgetRun again = quantize(d, fmt::format("--plan {}", d.file("plan.json")), "b.onnx");
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_EQ(slurp(d.file("a.onnx")), slurp(d.file("b.onnx")));
-  const BudgetRun twice = quantize(d, "--target-bpw 3", "c.onnx");
+  const BudgetRun twice = quantize(d, fmt::format("--target-bpw 3 --report {}", d.file("r.html")), "c.onnx");
   ASSERT_EQ(twice.exit_code, 0) << twice.err;
   EXPECT_EQ(slurp(d.file("a.onnx")), slurp(d.file("c.onnx")));
+  // The HTML report draws the traced curve, one dot per plan.
+  const std::string html = slurp(d.file("r.html"));
+  EXPECT_NE(html.find("id=\"chart-budget\""), std::string::npos);
+  size_t dots = 0;
+  for (size_t p = html.find("<circle"); p != std::string::npos; p = html.find("<circle", p + 1)) ++dots;
+  EXPECT_EQ(dots, b["curve"].size());  // every plan but the all-float one (exact: no SQNR), and the ring
   if (testing::ort_available()) {
     const Tensor x = read_npy(testing::source_path("calibration_samples/digits/calib_0001.npy"));
     EXPECT_LT(testing::ort_vs_qtool_run_error(d.file("a.onnx"), "image", x, "logits", d.path()), 1e-4);

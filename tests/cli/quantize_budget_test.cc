@@ -107,6 +107,25 @@ TEST(CliQuantizeBudget, BitsPerWeightBudgetPlanReproducesAndRunsInOnnxRuntime) {
   }
 }
 
+TEST(CliQuantizeBudget, ConfigSweepTracesTheSizeQualityCurve) {
+  testing::TempDir d;
+  std::ofstream(d.file("exp.json")) << fmt::format(
+      R"({{"output_dir": "out", "defaults": {{"calib": "{}", "samples": 64}},
+          "sweep": {{"target-size": ["15%", "20%"]}}}})",
+      testing::source_path("calibration_samples/digits"));
+  const auto r = testing::run_command(fmt::format("{} quantize {} --config {}", testing::qtool_bin(),
+                                                  testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                  d.file("exp.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json rows = nlohmann::json::parse(slurp(d.file("out/results.json")));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["status"], "ok");
+  EXPECT_LE(rows[0]["size_percent"].get<double>(), 15.0);
+  EXPECT_LE(rows[1]["size_percent"].get<double>(), 20.0);
+  EXPECT_GT(rows[1]["size_percent"].get<double>(), rows[0]["size_percent"].get<double>());
+  EXPECT_GE(rows[1]["sqnr_db"].get<double>(), rows[0]["sqnr_db"].get<double>());
+}
+
 TEST(CliQuantizeBudget, BadBudgetsAreRefusedAndNothingIsWritten) {
   testing::TempDir d;
   struct Case {

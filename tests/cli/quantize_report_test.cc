@@ -85,7 +85,8 @@ TEST(CliQuantizeReport, JsonReportHasSchemaAndLayers) {
   ASSERT_TRUE(fs::exists(rep));
   const auto j = nlohmann::json::parse(slurp(rep));
   EXPECT_EQ(j["schema"], "qtool.quantize_report");
-  EXPECT_EQ(j["schema_version"], "1.3");
+  EXPECT_EQ(j["schema_version"], "1.4");
+  EXPECT_FALSE(j.contains("budget"));  // only a --target-size / --target-bpw run has one
   EXPECT_EQ(j["output_model"], out);
   EXPECT_EQ(j["settings"]["bits"], "4");
   EXPECT_EQ(j["size"]["output_file_bytes"].get<int64_t>(), static_cast<int64_t>(fs::file_size(out)));

@@ -12,6 +12,7 @@
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/pipeline/guard.h"
+#include "qtool/pipeline/sensitivity.h"
 #include "qtool/quant/bias_correction.h"
 #include "qtool/quant/plan.h"
 
@@ -110,7 +111,9 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
 /// emission (quantize_weight4 finds their grid exactly); the FP32 reference stays the guard's and
 /// the evaluation's. nullopt when no layer is at 4 bits or there are no samples (RTN then).
 std::optional<ir::Model> w4_gptq_model(const ir::Model& prepared, const quant::StaticQuantConfig& cfg,
-                                       data::SampleSource* calib, int threads, std::vector<std::string>& actions) {
+                                       data::SampleSource* calib, int threads, std::vector<std::string>& actions,
+                                       std::vector<WeightSwap>* layers = nullptr,
+                                       std::shared_ptr<quant::CalibrationStatsCache> cache = nullptr) {
   const bool any4 = std::any_of(cfg.qdq.weight_bits.begin(), cfg.qdq.weight_bits.end(),
                                 [](const auto& r) { return r.second == 4; });
   if (!any4 || calib == nullptr || calib->size() == 0) return std::nullopt;
@@ -130,6 +133,7 @@ std::optional<ir::Model> w4_gptq_model(const ir::Model& prepared, const quant::S
   ir::Model scratch = prepared.clone();
   quant::CalibrationInputs ci;
   ci.source = calib;
+  ci.cache = std::move(cache);
   const quant::WeightOnlyReport rep = quant::apply_weight_only(scratch, w, &ci);
   ir::Model m = prepared.clone();
   size_t replaced = 0;
@@ -137,12 +141,55 @@ std::optional<ir::Model> w4_gptq_model(const ir::Model& prepared, const quant::S
     ir::Value* v = m.graph->find_value(l.weight);
     if (l.format == "float" || l.dequantized.numel() == 0 || v == nullptr || !v->is_initializer()) continue;
     v->set_initializer(l.dequantized);
+    if (layers) layers->push_back({{l.weight, l.dequantized}});
     ++replaced;
   }
   actions.push_back(fmt::format("W4A8: {} weights at 4 bits (int4 per output channel, GPTQ on {} calibration samples; "
                                 "stored packed, read through Cast(to=int8) by the int8 DequantizeLinear)",
                                 replaced, calib->size()));
   return m;
+}
+
+/// W4A8 below the quality floor: the 4-bit layers that cost the most output quality alone (each
+/// one's GPTQ int4 weights on the float model, on held-out samples) go back to 8 bits, 1, 2, 4, ...
+/// of them, each try calibrated, emitted and guarded again, until the floor holds; the activations
+/// stay 8-bit where they can, so the model keeps its INT8 speed. `cfg` and `run` become the try that
+/// holds (unchanged when none does: the 16-bit floor run and exit 3 follow).
+void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg, StaticSamples& samples,
+                      const QualityFloor& floor, int threads, const std::vector<WeightSwap>& layers,
+                      const std::shared_ptr<quant::CalibrationStatsCache>& cache, StaticRun& run) {
+  std::string why;
+  if (meets_floor(run.guard->comparison, floor, &why)) return;
+  const std::vector<Quality> alone =
+      score_weight_swaps(reference, layers, *samples.held_out, std::min<size_t>(samples.held_out->size(), 16), threads);
+  std::vector<size_t> order(layers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return alone[a].sqnr_db < alone[b].sqnr_db; });  // noisiest first
+  run.actions.push_back(fmt::format("W4A8 below the quality floor ({}): raising the 4-bit weights that cost the most "
+                                    "to 8 bits ({} candidates)",
+                                    why, layers.size()));
+  for (size_t k = 1; !order.empty(); k = std::min(order.size(), 2 * k)) {
+    quant::StaticQuantConfig c = cfg;
+    for (size_t i = 0; i < k; ++i) c.qdq.weight_bits.emplace_back(layers[order[i]].front().first, 8);
+    std::vector<std::string> actions;
+    const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), threads, actions, nullptr, cache);
+    StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
+    const bool ok = meets_floor(r.guard->comparison, floor, &why);
+    run.actions.push_back(fmt::format("{} of {} weights at 8 bits: {}{}", k, layers.size(),
+                                      describe_outputs(r.guard->comparison), ok ? "" : " (below the floor)"));
+    if (ok) {
+      // The try's own "W4A8: N weights at 4 bits" line first, then the first run's story (without its
+      // line, which counted every weight at 4 bits), then the try's guard.
+      std::vector<std::string> story = std::move(actions);
+      story.insert(story.end(), run.actions.begin() + std::min<size_t>(1, run.actions.size()), run.actions.end());
+      r.actions.insert(r.actions.begin(), story.begin(), story.end());
+      run = std::move(r);
+      cfg = std::move(c);
+      return;
+    }
+    if (k == order.size()) return;
+  }
 }
 
 /// The 16-bit twin of an 8-bit activation type.
@@ -250,13 +297,18 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   }
   const QualityFloor floor = floor_of(job);
   std::vector<std::string> w4_actions;
-  const std::optional<ir::Model> w4_model = w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions);
+  std::vector<WeightSwap> w4_layers;
+  const auto w4_cache = quant::make_stats_cache();  // the raise below quantizes again without calibrating again
+  const std::optional<ir::Model> w4_model =
+      w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions, &w4_layers, w4_cache);
   StaticRun run = quantize_guarded(reference, cfg, samples, floor, planned, !plan, w4_model ? &*w4_model : nullptr);
   run.actions.insert(run.actions.begin(), w4_actions.begin(), w4_actions.end());
   if (plan)
     run.actions.push_back(fmt::format("--plan: {} activations, {} at 16 bits, {} kept in float",
                                       dtype_name(plan->activation_type), planned.wide.size(),
                                       planned.keep_float.size()));
+  if (w4_model && run.guard && !plan)
+    raise_w4_weights(reference, cfg, samples, floor, job.threads, w4_layers, w4_cache, run);
   const int bits_before = bits;
   std::vector<report::Timing> phases = run.timings;
   const auto t_floor = clock_type::now();

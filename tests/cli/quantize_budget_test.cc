@@ -191,6 +191,18 @@ TEST(CliQuantizeW4A8, FourBitLevelsReadAsInt8RunInOnnxRuntime) {
   ASSERT_EQ(one.exit_code, 0) << one.err;
   EXPECT_NE(one.report["precision"].get<std::string>().find("1 weights at 4 bits"), std::string::npos)
       << one.report["precision"];
+  // Below the floor (judged by SQNR at 33 dB; all at 4 bits gives 28.5 dB): the 4-bit weights that
+  // cost the most go back to 8 bits, fewest first, until the floor holds; activations stay 8-bit.
+  const BudgetRun raised = quantize(d, "--bits 8 --layer-bits '*=4' --metric sqnr --min-sqnr 33", "raised.onnx");
+  ASSERT_EQ(raised.exit_code, 0) << raised.err;
+  EXPECT_GE(raised.report["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 33.0);
+  const std::string prec = raised.report["precision"];
+  EXPECT_EQ(prec.rfind("W8A8 QDQ, ", 0), 0u) << prec;
+  EXPECT_NE(prec.find("weights at 4 bits"), std::string::npos) << prec;  // some stay at 4 bits
+  EXPECT_EQ(prec.find("at 16 bits"), std::string::npos) << prec;
+  bool told = false;
+  for (const auto& a : raised.report["actions"]) told = told || a.get<std::string>().find("raising the 4-bit weights") != std::string::npos;
+  EXPECT_TRUE(told) << raised.report["actions"].dump();
   const BudgetRun bad = quantize(d, "--bits 8 --layer-bits '*=2'", "bad.onnx");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("4 (W4A8"), std::string::npos) << bad.err;

@@ -112,6 +112,76 @@ bool pinned_by_user(const quant::WeightOnlyConfig& cfg, const quant::WeightOnlyL
   return false;
 }
 
+/// --max-drop with a budget: the smallest plan of the curve (up to the one the budget allows) whose
+/// model, written and run on the held-out samples, keeps top-1 agreement within --max-drop points
+/// (binary search: predicted quality grows along the curve). Judged untuned. Returns `largest` when
+/// no smaller plan holds (the gate then judges it); `res` gets the winner's plan (and model).
+template <typename PlanOf>
+quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const std::vector<quant::BudgetPoint>& curve,
+                                             const quant::BudgetPoint& largest, const PlanOf& plan_of,
+                                             BudgetSearchResult& res) {
+  std::vector<quant::BudgetPoint> pts;
+  for (const quant::BudgetPoint& p : curve)
+    if (p.bytes < largest.bytes) pts.push_back(p);
+  pts.push_back(largest);
+  report::CompareOptions co;
+  co.threads = in.job.threads;
+  co.per_layer = false;
+  struct Try {
+    bool ok = false;
+    double drop = 0;
+    quant::LayerPlanMap plan;
+    std::optional<ir::Model> model;
+    std::optional<quant::WeightOnlyReport> report;
+  };
+  auto attempt = [&](const quant::BudgetPoint& p) {
+    Try t;
+    quant::WeightOnlyConfig c = in.cfg;
+    c.plan = plan_of(p);
+    c.cast_dequant = res.cast_form;
+    c.tune.steps = 0;
+    ir::Model m = in.fp32.clone();
+    quant::WeightOnlyReport r = in.quantize(m, c);
+    double agree = 2.0;
+    for (const auto& o : report::to_output_quality(report::compare_models(in.fp32, m, sample_provider(*in.held_out), co)))
+      if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+    t.drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
+    t.ok = t.drop <= *in.job.max_drop;
+    t.plan = std::move(c.plan);
+    if (in.cfg.tune.steps == 0) {
+      t.model.emplace(std::move(m));
+      t.report.emplace(std::move(r));
+    }
+    return t;
+  };
+  size_t lo = 0, hi = pts.size() - 1;
+  Try best = attempt(pts[hi]);
+  std::string story = fmt::format("{} B: drop {:.2f}", pts[hi].bytes, best.drop);
+  if (best.ok) {
+    while (lo < hi) {
+      const size_t mid = lo + (hi - lo) / 2;
+      Try t = attempt(pts[mid]);
+      story += fmt::format("; {} B: drop {:.2f}", pts[mid].bytes, t.drop);
+      if (t.ok) {
+        hi = mid;
+        best = std::move(t);
+      } else {
+        lo = mid + 1;
+      }
+    }
+  }
+  res.actions.push_back(fmt::format(
+      "--max-drop {:.2f} with a budget: the smallest plan on the curve that keeps it on the held-out samples "
+      "(untuned): {} ({})",
+      *in.job.max_drop, best.ok ? fmt::format("{} B of weights", pts[hi].bytes) : "none, the budget's plan is kept",
+      story));
+  if (!best.ok) return largest;
+  res.plan = std::move(best.plan);
+  res.model = std::move(best.model);
+  res.report = std::move(best.report);
+  return pts[hi];
+}
+
 }  // namespace
 
 BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
@@ -204,7 +274,8 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
     params += l.params;
     fp32_weight_bytes += 4 * l.params;
   }
-  for (const quant::BudgetPoint& p : quant::budget_curve(layers)) sum.curve.push_back({p.bytes, sqnr_of_noise(p.noise)});
+  const std::vector<quant::BudgetPoint> curve = quant::budget_curve(layers);
+  for (const quant::BudgetPoint& p : curve) sum.curve.push_back({p.bytes, sqnr_of_noise(p.noise)});
   auto plan_of = [&](const quant::BudgetPoint& p) {
     quant::LayerPlanMap plan;
     for (size_t i = 0; i < layers.size(); ++i) {
@@ -262,6 +333,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
                 "--target-size {}: no plan of the measured forms gives a file within {} bytes", job.budget.describe(),
                 target);
   }
+  if (job.max_drop) chosen = smallest_meeting_max_drop(in, curve, chosen, plan_of, res);
   sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
   sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
   for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];

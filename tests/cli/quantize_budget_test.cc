@@ -107,6 +107,20 @@ TEST(CliQuantizeBudget, BitsPerWeightBudgetPlanReproducesAndRunsInOnnxRuntime) {
   }
 }
 
+TEST(CliQuantizeBudget, MaxDropWithABudgetGivesTheSmallestPlanThatKeepsIt) {
+  testing::TempDir d;
+  const BudgetRun big = quantize(d, "--target-size 20%", "big.onnx");
+  ASSERT_EQ(big.exit_code, 0) << big.err;
+  const BudgetRun small = quantize(d, "--target-size 20% --max-drop 0", "small.onnx");
+  ASSERT_EQ(small.exit_code, 0) << small.err;
+  const int64_t b = big.report["size"]["output_file_bytes"], s = small.report["size"]["output_file_bytes"];
+  EXPECT_LT(s, b * 3 / 4) << s << " vs " << b;  // far below the budget: the quality target decides
+  EXPECT_DOUBLE_EQ(small.report["evaluation"]["outputs"][0]["top1_agreement"].get<double>(), 1.0);
+  bool told = false;
+  for (const auto& a : small.report["actions"]) told = told || a.get<std::string>().rfind("--max-drop 0.00 with a budget", 0) == 0;
+  EXPECT_TRUE(told) << small.report["actions"].dump();
+}
+
 TEST(CliQuantizeBudget, ConfigSweepTracesTheSizeQualityCurve) {
   testing::TempDir d;
   std::ofstream(d.file("exp.json")) << fmt::format(

@@ -1,18 +1,32 @@
 // The budget search's entry point for the weight-only path (src/pipeline); not a public header.
 #pragma once
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "internal.h"
+#include "qtool/pipeline/sensitivity.h"
 #include "qtool/quant/lowbit.h"
 
 namespace qtool::pipeline::detail {
 
 /// Held-out samples each (layer, form) is measured on (at most).
 inline constexpr size_t kBudgetSamples = 16;
+
+/// Relative output noise power from the lowest output SQNR (0 when exact, huge when non-finite):
+/// the budget search's additive cost.
+inline double noise_of(const Quality& q) {
+  if (std::isnan(q.sqnr_db) || q.sqnr_db == -std::numeric_limits<double>::infinity()) return 1e6;
+  if (q.sqnr_db == std::numeric_limits<double>::infinity()) return 0.0;
+  return std::pow(10.0, -q.sqnr_db / 10.0);
+}
+inline double sqnr_of_noise(double noise) {
+  return noise > 0 ? -10.0 * std::log10(noise) : std::numeric_limits<double>::infinity();
+}
 
 struct BudgetSearchInputs {
   const QuantizeJob& job;

@@ -90,17 +90,6 @@ std::vector<Form> menu(const quant::WeightOnlyConfig& cfg) {
   return forms;
 }
 
-/// Relative output noise power from the lowest output SQNR (0 when exact, huge when non-finite).
-double noise_of(const Quality& q) {
-  if (std::isnan(q.sqnr_db) || q.sqnr_db == -std::numeric_limits<double>::infinity()) return 1e6;
-  if (q.sqnr_db == std::numeric_limits<double>::infinity()) return 0.0;
-  return std::pow(10.0, -q.sqnr_db / 10.0);
-}
-
-double sqnr_of_noise(double noise) {
-  return noise > 0 ? -10.0 * std::log10(noise) : std::numeric_limits<double>::infinity();
-}
-
 bool pinned_by_user(const quant::WeightOnlyConfig& cfg, const quant::WeightOnlyLayer& l) {
   auto hit = [&](const std::string& pattern) {
     return quant::glob_match(pattern, l.node) || quant::glob_match(pattern, l.weight);

@@ -7,6 +7,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "budget_internal.h"
 #include "internal.h"
 #include "qtool/calib/ranges.h"
 #include "qtool/onnx_io/onnx_io.h"
@@ -14,6 +15,7 @@
 #include "qtool/pipeline/guard.h"
 #include "qtool/pipeline/sensitivity.h"
 #include "qtool/quant/bias_correction.h"
+#include "qtool/quant/budget.h"
 #include "qtool/quant/plan.h"
 
 namespace qtool::pipeline::detail {
@@ -192,6 +194,117 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
   }
 }
 
+/// --keep-int8-speed with --target-size / --target-bpw: each weight is int8 or int4 (W4A8, read as int8:
+/// the same INT8 kernels), chosen by the budget solver (quant/budget.h) from each layer's measured
+/// cost at 4 bits (its GPTQ int4 weights alone on the float model, on held-out samples; int8 counted
+/// as exact). A size target is corrected on the written model (at most three calibrated, guarded
+/// runs). Returns the run of the chosen plan; `cfg` gets its weight_bits, `w4_layers` every layer's
+/// int4 weights (for the raise below the floor).
+StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant::StaticQuantConfig& cfg,
+                      StaticSamples& samples, const QualityFloor& floor,
+                      const std::shared_ptr<quant::CalibrationStatsCache>& cache, std::vector<WeightSwap>& w4_layers,
+                      std::optional<report::BudgetSummary>& summary) {
+  QTOOL_CHECK(samples.guard && samples.held_out, ErrorCode::kConfig,
+              "--target-size / --target-bpw measure each layer on held-out samples: give --calib (and no --no-guard)");
+  const auto t0 = clock_type::now();
+  quant::StaticQuantConfig all4 = cfg;
+  all4.qdq.weight_bits = {{"*", 4}};
+  std::vector<std::string> ignored;
+  w4_gptq_model(reference, all4, samples.calib.get(), job.threads, ignored, &w4_layers, cache);
+  const size_t n = std::min<size_t>(samples.held_out->size(), kBudgetSamples);
+  const std::vector<Quality> q = score_weight_swaps(reference, w4_layers, *samples.held_out, n, job.threads);
+  std::vector<quant::BudgetLayer> layers;
+  int64_t params = 0, fp32_weights = 0;
+  for (size_t i = 0; i < w4_layers.size(); ++i) {
+    const Tensor& w = w4_layers[i].front().second;
+    const int64_t numel = w.numel(), scales = 4 * (w.rank() > 0 ? w.shape()[0] : 1);
+    quant::BudgetLayer l;
+    l.weight = w4_layers[i].front().first;
+    l.params = numel;
+    l.candidates = {{"int8", numel + scales, 0.0}, {"int4", (numel + 1) / 2 + scales, noise_of(q[i])}};
+    params += numel;
+    fp32_weights += 4 * numel;
+    layers.push_back(std::move(l));
+  }
+  QTOOL_CHECK(!layers.empty(), ErrorCode::kUnsupported, "--keep-int8-speed: no Conv/MatMul/Gemm weight of '{}' to plan",
+              job.model_path);
+  summary.emplace();
+  report::BudgetSummary& sum = *summary;
+  sum.target = job.budget.describe() + ", INT8 speed";
+  sum.candidates = {"int8 per channel", "int4 per channel (GPTQ), read as int8"};
+  sum.measurements = layers.size();
+  sum.samples = n;
+  for (const quant::BudgetPoint& p : quant::budget_curve(layers)) sum.curve.push_back({p.bytes, sqnr_of_noise(p.noise)});
+  auto rules_of = [&](const quant::BudgetPoint& p) {
+    std::vector<std::pair<std::string, int>> r;
+    for (size_t i = 0; i < layers.size(); ++i) r.emplace_back(layers[i].weight, p.choice[i] == 1 ? 4 : 8);
+    return r;
+  };
+  auto realize = [&](const quant::BudgetPoint& p, quant::StaticQuantConfig& c) {
+    c = cfg;
+    c.qdq.weight_bits = rules_of(p);
+    std::vector<std::string> actions;
+    const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), job.threads, actions, nullptr, cache);
+    StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
+    r.actions.insert(r.actions.begin(), actions.begin(), actions.end());
+    return r;
+  };
+  std::optional<StaticRun> best;
+  quant::BudgetPoint chosen;
+  quant::StaticQuantConfig best_cfg = cfg;
+  if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
+    sum.target_bits_per_weight = job.budget.value;
+    sum.weight_budget_bytes = static_cast<int64_t>(std::floor(job.budget.value * static_cast<double>(params) / 8.0));
+    chosen = quant::solve_budget(layers, sum.weight_budget_bytes);
+    best.emplace(realize(chosen, best_cfg));
+  } else {
+    const int64_t fp32_file = file_size(job.model_path);
+    const int64_t target = job.budget.file_bytes(fp32_file);
+    sum.target_file_bytes = target;
+    int64_t rest = fp32_file - fp32_weights, best_size = 0;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      const int64_t budget = target - rest;
+      QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
+                  "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
+                  job.budget.describe(), target, rest);
+      const quant::BudgetPoint p = quant::solve_budget(layers, budget);
+      quant::StaticQuantConfig c;
+      StaticRun r = realize(p, c);
+      const int64_t size = static_cast<int64_t>(onnx_io::serialize_model(r.emitted.model).size());
+      spdlog::info("budget search (INT8 speed): weights {} B -> file {} B (target {} B)", p.bytes, size, target);
+      const bool fits = size <= target;
+      if (fits && (!best || size > best_size)) {
+        best.emplace(std::move(r));
+        best_size = size;
+        chosen = p;
+        best_cfg = std::move(c);
+        sum.weight_budget_bytes = budget;
+      }
+      if (fits && size >= target - target / 50) break;
+      const int64_t next = size - p.bytes + (fits ? 0 : 1);
+      if (next == rest && fits) break;
+      rest = next;
+    }
+    QTOOL_CHECK(best.has_value(), ErrorCode::kConfig,
+                "--target-size {}: no mix of int8 and int4 weights gives a file within {} bytes (the smallest, every "
+                "weight at 4 bits, is larger)",
+                job.budget.describe(), target);
+  }
+  cfg = std::move(best_cfg);
+  sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
+  sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
+  for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];
+  sum.seconds = seconds_since(t0);
+  best->actions.insert(best->actions.begin(),
+                       fmt::format("budget search ({}): {} weights measured at 4 bits on {} held-out samples; chosen "
+                                   "{} B of weights, {:.2f} bits per weight ({} int4, {} int8), predicted output SQNR "
+                                   "{:.1f} dB ({:.1f} s)",
+                                   sum.target, layers.size(), n, chosen.bytes, sum.bits_per_weight,
+                                   sum.layers_by_format["int4"], sum.layers_by_format["int8"],
+                                   sum.chosen.predicted_sqnr_db, sum.seconds));
+  return std::move(*best);
+}
+
 /// The 16-bit twin of an 8-bit activation type.
 DataType widened(DataType t) { return t == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }
 
@@ -273,7 +386,8 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   std::optional<ir::Model> original;
   if (!plan && bits == 8 && job.guard) original.emplace(model.clone());
   const bool w4 = std::any_of(job.static_cfg.qdq.weight_bits.begin(), job.static_cfg.qdq.weight_bits.end(),
-                              [](const auto& r) { return r.second == 4; });
+                              [](const auto& r) { return r.second == 4; }) ||
+                        job.budget.active();
   const int64_t target_opset = bits == 16 || w4 ? 21 : 13;  // int4 levels need opset 21
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
@@ -299,15 +413,26 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   std::vector<std::string> w4_actions;
   std::vector<WeightSwap> w4_layers;
   const auto w4_cache = quant::make_stats_cache();  // the raise below quantizes again without calibrating again
-  const std::optional<ir::Model> w4_model =
-      w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions, &w4_layers, w4_cache);
-  StaticRun run = quantize_guarded(reference, cfg, samples, floor, planned, !plan, w4_model ? &*w4_model : nullptr);
-  run.actions.insert(run.actions.begin(), w4_actions.begin(), w4_actions.end());
+  std::optional<report::BudgetSummary> budget;
+  std::optional<StaticRun> first;
+  bool w4_run = false;
+  if (job.budget.active()) {
+    QTOOL_CHECK(!plan, ErrorCode::kConfig, "--target-size / --target-bpw choose the plan; --plan gives one: use one of them");
+    first.emplace(w4a8_budget(job, reference, cfg, samples, floor, w4_cache, w4_layers, budget));
+    w4_run = budget->layers_by_format.count("int4") > 0;
+  } else {
+    const std::optional<ir::Model> w4_model =
+        w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions, &w4_layers, w4_cache);
+    first.emplace(quantize_guarded(reference, cfg, samples, floor, planned, !plan, w4_model ? &*w4_model : nullptr));
+    first->actions.insert(first->actions.begin(), w4_actions.begin(), w4_actions.end());
+    w4_run = w4_model.has_value();
+  }
+  StaticRun run = std::move(*first);
   if (plan)
     run.actions.push_back(fmt::format("--plan: {} activations, {} at 16 bits, {} kept in float",
                                       dtype_name(plan->activation_type), planned.wide.size(),
                                       planned.keep_float.size()));
-  if (w4_model && run.guard && !plan)
+  if (w4_run && run.guard && !plan)
     raise_w4_weights(reference, cfg, samples, floor, job.threads, w4_layers, w4_cache, run);
   const int bits_before = bits;
   std::vector<report::Timing> phases = run.timings;
@@ -356,8 +481,10 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   const bool all4 = qdq.int4_weights > 0 && qdq.int4_weights == qdq.quantized_weights;
   std::string headline = fmt::format("W{}A{} {}", all4 ? 4 : 8, bits, job.qoperator && bits == 8 ? "QOperator" : "QDQ");
   if (qdq.int4_weights > 0 && !all4) headline += fmt::format(", {} weights at 4 bits", qdq.int4_weights);
+  if (budget) headline += " (" + job.budget.describe() + ")";
   if (!qdq.wide_activations.empty()) headline += fmt::format(", {} activations at 16 bits", qdq.wide_activations.size());
   QuantizeOutcome out{report::make_quantize_report(job.model_path, job.out_path, model, headline), std::nullopt};
+  out.report.budget = budget;
   if (write) report::measure_output_file(out.report);
   for (auto& l : out.report.layers)
     if (l.method.empty() && l.precision != "fp32" && l.precision != "fp16") l.method = cfg.method;

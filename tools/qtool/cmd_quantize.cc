@@ -81,6 +81,7 @@ struct QuantizeArgs {
   std::string sparsity_method = "auto";   ///< weight-only: auto | magnitude | wanda | sparsegpt
   std::string target_size;                ///< weight-only: --target-size BYTES|PCT (a budget search)
   double target_bpw = 0.0;                ///< weight-only: --target-bpw B (0 = none)
+  bool keep_int8_speed = false;           ///< --keep-int8-speed: the budget on the static path (W4/W8 A8)
   std::string report_path;  ///< --report: .json or .html
   std::string plan_path;    ///< --plan: per-layer formats (weight-only)
   std::string plan_out;     ///< --plan-out: write the plan the run carried out
@@ -92,7 +93,7 @@ struct QuantizeArgs {
 /// pruned (--sparsity: int8 weights, float activations) or palettized.
 bool is_static(const QuantizeArgs& a) {
   return quant::BitsChoice(a.bits).is_int8() && a.mode != "dynamic" && !quant::SparsitySpec::parse(a.sparsity).active() &&
-         a.palette == 0 && a.target_size.empty() && a.target_bpw <= 0;
+         a.palette == 0 && ((a.target_size.empty() && a.target_bpw <= 0) || a.keep_int8_speed);
 }
 /// --bits 8 --mode dynamic.
 bool is_dynamic(const QuantizeArgs& a) { return quant::BitsChoice(a.bits).is_int8() && a.mode == "dynamic"; }
@@ -121,8 +122,6 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
   } else if (is_dynamic(a)) {
     m["guard"] = a.no_guard ? "false" : "true";
   } else {
-    if (!a.target_size.empty()) m["target-size"] = a.target_size;
-    if (a.target_bpw > 0) m["target-bpw"] = fmt::format("{}", a.target_bpw);
     m["block-size"] = std::to_string(a.block_size);
     if (a.palette > 0) m["palette-group"] = std::to_string(a.palette_group);
     if (a.palette > 0 && a.palette_block >= 0) m["palette-block"] = std::to_string(a.palette_block);
@@ -157,6 +156,9 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
       m["tune"] = what.empty() ? "nothing" : what.substr(1);
     }
   }
+  if (!a.target_size.empty()) m["target-size"] = a.target_size;
+  if (a.target_bpw > 0) m["target-bpw"] = fmt::format("{}", a.target_bpw);
+  if (a.keep_int8_speed) m["keep-int8-speed"] = "true";
   if (a.data.samples > 0) m["samples"] = std::to_string(a.data.samples);
   if (!a.data.preprocess.empty()) m["preprocess"] = a.data.preprocess;
   if (!a.exclude_nodes.empty()) m["exclude-nodes"] = a.exclude_nodes;
@@ -180,6 +182,16 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.plan_out = a.plan_out;
   job.data = a.data;
   job.bits = quant::BitsChoice(a.bits);
+  QTOOL_CHECK(a.target_size.empty() || a.target_bpw <= 0, ErrorCode::kConfig,
+              "--target-size and --target-bpw are two budgets: give one");
+  if (!a.target_size.empty()) job.budget = pipeline::parse_target_size(a.target_size);
+  if (a.target_bpw > 0) job.budget = pipeline::target_bits_per_weight(a.target_bpw);
+  QTOOL_CHECK(!a.keep_int8_speed || job.budget.active(), ErrorCode::kConfig,
+              "--keep-int8-speed applies to a size budget (--target-size or --target-bpw)");
+  QTOOL_CHECK(!a.keep_int8_speed || quant::BitsChoice(a.bits).is_int8(), ErrorCode::kConfig,
+              "--keep-int8-speed plans int8 / int4 weights with 8-bit activations: it goes with --bits 8 (the default), "
+              "not --bits {}", a.bits);
+  job.keep_int8_speed = a.keep_int8_speed;
   if (a.palette > 0) {
     QTOOL_CHECK(a.bits == "8", ErrorCode::kConfig, "--palette {} replaces --bits (it is --bits pal{}); give one of them",
                 a.palette, a.palette);
@@ -258,10 +270,6 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
     return job;
   }
   quant::WeightOnlyConfig& cfg = job.weight_cfg;
-  QTOOL_CHECK(a.target_size.empty() || a.target_bpw <= 0, ErrorCode::kConfig,
-              "--target-size and --target-bpw are two budgets: give one");
-  if (!a.target_size.empty()) job.budget = pipeline::parse_target_size(a.target_size);
-  if (a.target_bpw > 0) job.budget = pipeline::target_bits_per_weight(a.target_bpw);
   cfg.bits = job.bits;
   cfg.block_size = a.block_size;
   cfg.palette_group = a.palette_group;
@@ -440,6 +448,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
                  "weight-only: average stored bits per weight over the quantizable weights, scales included (a budget "
                  "search as --target-size)")
       ->check(CLI::Range(0.5, 32.0));
+  cmd.add_flag("--keep-int8-speed", a.keep_int8_speed,
+               "with --target-size / --target-bpw: plan int8 or int4 weights (4-bit levels read as int8) with 8-bit "
+               "activations on the static path, so the model keeps ONNX Runtime's INT8 kernels");
   cmd.add_option("--threads", a.threads, "executor threads")->check(CLI::Range(1, 256));
   cmd.add_option("--block-size", a.block_size, "weight-only: block size (0 = per channel)")->check(CLI::Range(0, 65536));
   cmd.add_option("--palette", a.palette,

@@ -71,8 +71,9 @@ constexpr PathOption kPathOptions[] = {
     {"--palette-block", false, true, false},
     {"--sparsity", false, true, false},
     {"--sparsity-method", false, true, false},
-    {"--target-size", false, true, false},
-    {"--target-bpw", false, true, false},
+    {"--target-size", true, true, false},
+    {"--target-bpw", true, true, false},
+    {"--keep-int8-speed", true, false, false},
 };
 // clang-format on
 

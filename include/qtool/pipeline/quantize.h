@@ -58,6 +58,9 @@ struct QuantizeJob {
   int64_t matmulnbits_accuracy_level = 0;
   /// --target-size / --target-bpw: the per-layer plan is searched to fit it (pipeline/budget.h).
   SizeBudget budget;
+  /// --keep-int8-speed: the budget is met on the static path with int8 / int4 weights (W4A8 read as
+  /// int8) and 8-bit activations, so the model keeps ONNX Runtime's INT8 kernels.
+  bool keep_int8_speed = false;
 
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)
@@ -75,7 +78,9 @@ struct QuantizeJob {
   std::map<std::string, std::string> settings;      ///< the options as given, for the report
 
   /// The static W8A8 path: --bits 8 without pruning or a size budget (those are weight-only).
-  bool static_path() const { return bits.is_int8() && !dynamic && !weight_cfg.sparsity.active() && !budget.active(); }
+  bool static_path() const {
+    return bits.is_int8() && !dynamic && !weight_cfg.sparsity.active() && (!budget.active() || keep_int8_speed);
+  }
 };
 
 /// What one run produced: the report, and the quality-gate failure (if any).

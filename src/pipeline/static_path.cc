@@ -164,13 +164,27 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
   if (meets_floor(run.guard->comparison, floor, &why)) return;
   const std::vector<Quality> alone =
       score_weight_swaps(reference, layers, *samples.held_out, std::min<size_t>(samples.held_out->size(), 16), threads);
-  std::vector<size_t> order(layers.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  // Only the weights this plan has at 4 bits (the last rule naming a weight decides; a budget's
+  // plan names every weight, '*=4' all of them).
+  auto at4 = [&](const std::string& weight) {
+    std::vector<std::string> names{weight};
+    if (const ir::Value* v = reference.graph->find_value(weight))
+      for (const auto& u : v->uses()) names.push_back(u.node->name());
+    int bits = 8;
+    for (const auto& rule : cfg.qdq.weight_bits)
+      for (const std::string& n : names)
+        if (quant::glob_match(rule.first, n)) bits = rule.second;
+    return bits == 4;
+  };
+  std::vector<size_t> order;
+  for (size_t i = 0; i < layers.size(); ++i)
+    if (at4(layers[i].front().first)) order.push_back(i);
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return alone[a].sqnr_db < alone[b].sqnr_db; });  // noisiest first
+  if (order.empty()) return;
   run.actions.push_back(fmt::format("W4A8 below the quality floor ({}): raising the 4-bit weights that cost the most "
                                     "to 8 bits ({} candidates)",
-                                    why, layers.size()));
+                                    why, order.size()));
   for (size_t k = 1; !order.empty(); k = std::min(order.size(), 2 * k)) {
     quant::StaticQuantConfig c = cfg;
     for (size_t i = 0; i < k; ++i) c.qdq.weight_bits.emplace_back(layers[order[i]].front().first, 8);
@@ -178,7 +192,7 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
     const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), threads, actions, nullptr, cache);
     StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
     const bool ok = meets_floor(r.guard->comparison, floor, &why);
-    run.actions.push_back(fmt::format("{} of {} weights at 8 bits: {}{}", k, layers.size(),
+    run.actions.push_back(fmt::format("{} of {} weights at 8 bits: {}{}", k, order.size(),
                                       describe_outputs(r.guard->comparison), ok ? "" : " (below the floor)"));
     if (ok) {
       // The try's own "W4A8: N weights at 4 bits" line first, then the first run's story (without its

@@ -464,6 +464,18 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   if (job.qoperator && bits == 8) to_qoperator(model);
   if (job.qoperator && bits != 8)
     run.warnings.push_back("--format qoperator needs 8-bit activations: the 16-bit model is written as QDQ");
+  // A size budget is a hard limit too: when the quality floor took weights back to 8 bits past it,
+  // the budget and the floor cannot both hold (exit 3, no model unless --force).
+  if (budget && !floor_failure && budget->target_file_bytes > 0) {
+    const int64_t size = static_cast<int64_t>(onnx_io::serialize_model(model).size());
+    if (size > budget->target_file_bytes)
+      floor_failure = Error(ErrorCode::kQualityGate,
+                            fmt::format("--target-size {}: the quality floor needed {} B, over the budget of {} B (W8A8 "
+                                        "weights where the floor asked for them); raise the budget, or lower the floor "
+                                        "(--min-agreement, --min-sqnr){}",
+                                        job.budget.describe(), size, budget->target_file_bytes,
+                                        job.force ? "" : ": no model written"));
+  }
   const bool write = !floor_failure || job.force;
   t = clock_type::now();
   model.source_path.clear();

@@ -149,6 +149,14 @@ TEST(CliQuantizeBudget, KeepInt8SpeedMixesInt4AndInt8WeightsWithEightBitActivati
   EXPECT_NE(small.exit_code, 0);
   EXPECT_NE(small.err.find("smallest plan"), std::string::npos) << small.err;
   EXPECT_FALSE(std::filesystem::exists(d.file("s.onnx")));
+  // A floor that needs the 4-bit weight back at 8 bits, past the budget: exit 3, nothing written.
+  const auto over = testing::run_command(fmt::format(
+      "{} quantize {} --target-size 20% --keep-int8-speed --metric sqnr --min-sqnr 38 --calib {} --samples 64 -o {}",
+      testing::qtool_bin(), testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+      testing::source_path("calibration_samples/digits"), d.file("o.onnx")));
+  EXPECT_EQ(over.exit_code, 3) << over.err;
+  EXPECT_NE(over.err.find("over the budget"), std::string::npos) << over.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("o.onnx")));
   const BudgetRun no_budget = quantize(d, "--keep-int8-speed", "n.onnx");
   EXPECT_NE(no_budget.exit_code, 0);
   EXPECT_NE(no_budget.err.find("applies to a size budget"), std::string::npos) << no_budget.err;

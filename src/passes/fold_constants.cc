@@ -89,6 +89,7 @@ size_t run_on_graph(ir::Model& model, ir::Graph& g, const PassOptions& options) 
   size_t folded = 0;
   for (ir::Node* n : g.topo_order()) {
     if (!n->domain().empty() || kNonFoldable.count(n->op_type()) || !n->subgraphs().empty()) continue;
+    if (options.fold_only && !options.fold_only(*n)) continue;
     bool any_output = false, output_is_interface = false;
     for (const ir::Value* o : n->outputs()) {
       if (o == nullptr) continue;

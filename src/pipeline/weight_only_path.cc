@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <set>
+#include <functional>
 
 #include <spdlog/spdlog.h>
 
@@ -10,6 +12,8 @@
 #include "internal.h"
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
+#include "qtool/passes/fold_constants.h"
+#include "qtool/passes/remove_initializer_inputs.h"
 #include "qtool/quant/plan.h"
 
 namespace qtool::pipeline::detail {
@@ -141,7 +145,39 @@ std::string apply_defaults(const QuantizeJob& job, const ir::Model& model, quant
 
 }  // namespace
 
+/// Weights an exporter wrote as a layout op on a constant (CNTK's Reshape of the FC weight, a
+/// Transpose before MatMul): those ops are folded into initializers, so that the layer's weight is
+/// a constant the quantizer finds. Only layout ops whose every use is a weight input (or another
+/// such op) are folded; nothing else in the graph changes, except that an IR 3 model's initializers
+/// stop being listed as graph inputs (as the opset upgrade of any low-bit output does anyway).
+/// Returns how many were folded.
+size_t fold_weight_layout_ops(ir::Model& model) {
+  static const std::set<std::string> kLayout = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"};
+  std::function<bool(const ir::Value*)> feeds_weight = [&](const ir::Value* v) {
+    if (v == nullptr || v->uses().empty() || v->is_graph_output()) return false;
+    for (const ir::Use& u : v->uses()) {
+      const std::string& op = u.node->op_type();
+      const bool weight_input = u.index == 1 && (op == "MatMul" || op == "Gemm" || op == "Conv");
+      const bool layout = kLayout.count(op) && u.index == 0 && feeds_weight(u.node->output(0));
+      if (!weight_input && !layout) return false;
+    }
+    return true;
+  };
+  auto candidate = [&](const ir::Node& n) {
+    return n.domain().empty() && kLayout.count(n.op_type()) && n.outputs().size() == 1 && n.input(0) &&
+           n.input(0)->is_initializer() && feeds_weight(n.output(0));
+  };
+  const bool any = std::any_of(model.graph->nodes().begin(), model.graph->nodes().end(),
+                               [&](const auto& n) { return candidate(*n); });
+  if (!any) return 0;
+  passes::remove_initializer_inputs(model, {});
+  passes::PassOptions po;
+  po.fold_only = [&](const ir::Node& n) { return candidate(n); };
+  return passes::fold_constants(model, po);
+}
+
 QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::vector<report::Timing>& timings) {
+  const size_t folded_layout = fold_weight_layout_ops(model);
   quant::WeightOnlyConfig cfg = job.weight_cfg;
   cfg.threads = job.threads;
   if (!job.plan_path.empty()) cfg.plan = quant::load_plan(job.plan_path);
@@ -290,6 +326,9 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   out.report.warnings = rep.warnings;
   out.report.budget = budget;
   if (!defaults.empty()) out.report.actions.push_back(defaults);
+  if (folded_layout > 0)
+    out.report.actions.push_back(fmt::format(
+        "{} layout ops on constant weights (Reshape/Transpose/...) folded into the weights they produce", folded_layout));
   for (auto& a : actions_before) out.report.actions.push_back(std::move(a));
   if (rep.tune.steps > 0) {
     const quant::TuneReport& tr = rep.tune;

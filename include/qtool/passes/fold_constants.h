@@ -11,7 +11,8 @@
 // Result:  the node is gone; consumers read the initializer. Outputs with more than
 //          PassOptions::fold_max_elements elements that are also larger than the node's inputs
 //          (ConstantOfShape / Expand / Tile expansions) are left as nodes: folding them would only
-//          bloat the file. Recurses into subgraphs (values of an enclosing graph are not
+//          bloat the file. PassOptions::fold_only, when set, limits folding to the nodes it accepts.
+//          Recurses into subgraphs (values of an enclosing graph are not
 //          treated as constant there).
 #pragma once
 

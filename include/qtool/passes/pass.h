@@ -23,6 +23,8 @@ struct PassOptions {
   /// fold_constants: a folded output with more elements than this stays a node (ConstantOfShape,
   /// Expand, Tile expansions would otherwise bloat the file).
   int64_t fold_max_elements = int64_t{1} << 20;
+  /// fold_constants: when set, only the nodes it accepts are folded.
+  std::function<bool(const ir::Node&)> fold_only;
   /// upgrade_opset: the ai.onnx opset the model is brought to (no-op when it is already there).
   int64_t target_opset = 13;
 };

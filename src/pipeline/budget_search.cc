@@ -289,6 +289,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
     std::optional<int64_t> best_size;
     for (int attempt = 0; attempt < 5; ++attempt) {
       const int64_t budget = target - rest;
+      if (best_size && budget < curve.front().bytes) break;  // a fitting plan is kept; nothing smaller exists
       QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
                   "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
                   job.budget.describe(), target, rest);

@@ -276,8 +276,10 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
     const int64_t target = job.budget.file_bytes(fp32_file);
     sum.target_file_bytes = target;
     int64_t rest = fp32_file - fp32_weights, best_size = 0;
+    const int64_t smallest = quant::budget_curve(layers).front().bytes;
     for (int attempt = 0; attempt < 3; ++attempt) {
       const int64_t budget = target - rest;
+      if (best && budget < smallest) break;  // a fitting plan is kept; nothing smaller exists
       QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
                   "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
                   job.budget.describe(), target, rest);

@@ -68,6 +68,50 @@ SizeBudget target_bits_per_weight(double bits) {
 }
 
 namespace detail {
+
+int64_t bits_per_weight_budget(const SizeBudget& budget, int64_t params) {
+  return static_cast<int64_t>(std::floor(budget.value * static_cast<double>(params) / 8.0));
+}
+
+std::optional<quant::BudgetPoint> fit_file_size(const std::vector<quant::BudgetLayer>& layers, const SizeBudget& budget,
+                                                int64_t target, int64_t rest, int attempts,
+                                                const std::function<int64_t(const quant::BudgetPoint&)>& write,
+                                                const std::function<void(const quant::BudgetPoint&, int64_t)>& keep) {
+  const int64_t smallest = quant::budget_curve(layers).front().bytes;
+  std::optional<quant::BudgetPoint> kept;
+  int64_t kept_size = 0;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
+    const int64_t weights = target - rest;
+    if (kept && weights < smallest) break;  // a fitting plan is kept; nothing smaller exists
+    QTOOL_CHECK(weights > 0, ErrorCode::kConfig,
+                "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
+                budget.describe(), target, rest);
+    const quant::BudgetPoint p = quant::solve_budget(layers, weights);
+    const int64_t size = write(p);
+    spdlog::info("budget search: weights {} B -> file {} B (target {} B)", p.bytes, size, target);
+    const bool fits = size <= target;
+    if (fits && (!kept || size > kept_size)) {
+      kept = p;
+      kept_size = size;
+      keep(p, weights);
+    }
+    if (fits && size >= target - target / 50) break;  // within 2% of the budget
+    const int64_t next = size - p.bytes;
+    if (next == rest && fits) break;  // nothing left to correct: the menu's steps are too coarse
+    rest = next + (fits ? 0 : 1);
+  }
+  return kept;
+}
+
+void summarize_choice(report::BudgetSummary& sum, const std::vector<quant::BudgetLayer>& layers,
+                      const quant::BudgetPoint& chosen) {
+  int64_t params = 0;
+  for (const auto& l : layers) params += l.params;
+  sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
+  sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
+  for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];
+}
+
 namespace {
 
 /// One form of the menu: the rule-path settings that give it to every layer that can take it
@@ -105,9 +149,16 @@ bool pinned_by_user(const quant::WeightOnlyConfig& cfg, const quant::WeightOnlyL
 /// model, written and run on the held-out samples, keeps top-1 agreement within --max-drop points
 /// (binary search: predicted quality grows along the curve). Judged untuned. Returns `largest` when
 /// no smaller plan holds (the gate then judges it); `res` gets the winner's plan (and model).
-template <typename PlanOf>
+/// A plan written (untuned) by the search: its plan map, model and report.
+struct Written {
+  quant::LayerPlanMap plan;
+  ir::Model model;
+  quant::WeightOnlyReport report;
+};
+
+template <typename Write>
 quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const std::vector<quant::BudgetPoint>& curve,
-                                             const quant::BudgetPoint& largest, const PlanOf& plan_of,
+                                             const quant::BudgetPoint& largest, const Write& write,
                                              BudgetSearchResult& res) {
   std::vector<quant::BudgetPoint> pts;
   for (const quant::BudgetPoint& p : curve)
@@ -119,28 +170,17 @@ quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const
   struct Try {
     bool ok = false;
     double drop = 0;
-    quant::LayerPlanMap plan;
-    std::optional<ir::Model> model;
-    std::optional<quant::WeightOnlyReport> report;
+    std::optional<Written> written;
   };
   auto attempt = [&](const quant::BudgetPoint& p) {
     Try t;
-    quant::WeightOnlyConfig c = in.cfg;
-    c.plan = plan_of(p);
-    c.cast_dequant = res.cast_form;
-    c.tune.steps = 0;
-    ir::Model m = in.fp32.clone();
-    quant::WeightOnlyReport r = in.quantize(m, c);
+    t.written.emplace(write(p));
     double agree = 2.0;
-    for (const auto& o : report::to_output_quality(report::compare_models(in.fp32, m, sample_provider(*in.held_out), co)))
+    for (const auto& o : report::to_output_quality(
+             report::compare_models(in.fp32, t.written->model, sample_provider(*in.held_out), co)))
       if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
     t.drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
     t.ok = t.drop <= *in.job.max_drop;
-    t.plan = std::move(c.plan);
-    if (in.cfg.tune.steps == 0) {
-      t.model.emplace(std::move(m));
-      t.report.emplace(std::move(r));
-    }
     return t;
   };
   size_t lo = 0, hi = pts.size() - 1;
@@ -165,9 +205,11 @@ quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const
       *in.job.max_drop, best.ok ? fmt::format("{} B of weights", pts[hi].bytes) : "none, the budget's plan is kept",
       story));
   if (!best.ok) return largest;
-  res.plan = std::move(best.plan);
-  res.model = std::move(best.model);
-  res.report = std::move(best.report);
+  res.plan = std::move(best.written->plan);
+  if (in.cfg.tune.steps == 0) {  // else the final plan is quantized again, tuned
+    res.model.emplace(std::move(best.written->model));
+    res.report.emplace(std::move(best.written->report));
+  }
   return pts[hi];
 }
 
@@ -258,11 +300,8 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
   swaps.clear();
 
   // 3. The curve and the budget.
-  int64_t params = 0, fp32_weight_bytes = 0;
-  for (const auto& l : layers) {
-    params += l.params;
-    fp32_weight_bytes += 4 * l.params;
-  }
+  int64_t params = 0;
+  for (const auto& l : layers) params += l.params;
   const std::vector<quant::BudgetPoint> curve = quant::budget_curve(layers);
   for (const quant::BudgetPoint& p : curve) sum.curve.push_back({p.bytes, sqnr_of_noise(p.noise)});
   auto plan_of = [&](const quant::BudgetPoint& p) {
@@ -274,59 +313,50 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
     }
     return plan;
   };
-  const int64_t fp32_file = file_size(job.model_path);
+  // One plan written untuned (sizes and the --max-drop tries do not depend on tuning).
+  auto write = [&](const quant::BudgetPoint& p) {
+    Written w{plan_of(p), in.fp32.clone(), {}};
+    quant::WeightOnlyConfig c = in.cfg;
+    c.plan = w.plan;
+    c.cast_dequant = res.cast_form;
+    c.tune.steps = 0;
+    w.report = in.quantize(w.model, c);
+    w.model.source_path.clear();
+    return w;
+  };
   quant::BudgetPoint chosen;
   if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
     sum.target_bits_per_weight = job.budget.value;
-    sum.weight_budget_bytes = static_cast<int64_t>(std::floor(job.budget.value * static_cast<double>(params) / 8.0));
+    sum.weight_budget_bytes = bits_per_weight_budget(job.budget, params);
     chosen = quant::solve_budget(layers, sum.weight_budget_bytes);
     res.plan = plan_of(chosen);
   } else {
-    // A file size: what the rest of the file takes is measured on the written plan and corrected.
-    const int64_t target = job.budget.file_bytes(fp32_file);
-    sum.target_file_bytes = target;
-    int64_t rest = fp32_file - fp32_weight_bytes;  // first guess: the float model's non-weight bytes
-    std::optional<int64_t> best_size;
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      const int64_t budget = target - rest;
-      if (best_size && budget < curve.front().bytes) break;  // a fitting plan is kept; nothing smaller exists
-      QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
-                  "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
-                  job.budget.describe(), target, rest);
-      quant::BudgetPoint p = quant::solve_budget(layers, budget);
-      quant::WeightOnlyConfig c = in.cfg;
-      c.plan = plan_of(p);
-      c.cast_dequant = res.cast_form;
-      c.tune.steps = 0;  // sizes do not depend on tuning
-      ir::Model m = in.fp32.clone();
-      quant::WeightOnlyReport r = in.quantize(m, c);
-      m.source_path.clear();
-      const int64_t size = static_cast<int64_t>(onnx_io::serialize_model(m).size());
-      spdlog::info("budget search: weights {} B -> file {} B (target {} B)", p.bytes, size, target);
-      const bool fits = size <= target;
-      if (fits && (!best_size || size > *best_size)) {
-        best_size = size;
-        chosen = p;
-        sum.weight_budget_bytes = budget;
-        res.plan = c.plan;
-        if (in.cfg.tune.steps == 0) {
-          res.model.emplace(std::move(m));
-          res.report.emplace(std::move(r));
-        }
-      }
-      if (fits && size >= target - target / 50) break;  // within 2% of the budget
-      const int64_t next_rest = size - p.bytes;
-      if (next_rest == rest && fits) break;  // nothing left to correct: the menu's steps are too coarse
-      rest = next_rest + (fits ? 0 : 1);
-    }
-    QTOOL_CHECK(best_size.has_value(), ErrorCode::kConfig,
+    // A file size: what the rest of the file takes is measured on the written plan and corrected;
+    // the first guess is the float model's non-weight bytes.
+    const int64_t fp32_file = file_size(job.model_path);
+    sum.target_file_bytes = job.budget.file_bytes(fp32_file);
+    std::optional<Written> last;
+    const std::optional<quant::BudgetPoint> fit = fit_file_size(
+        layers, job.budget, sum.target_file_bytes, fp32_file - 4 * params, 5,
+        [&](const quant::BudgetPoint& p) {
+          last.emplace(write(p));
+          return static_cast<int64_t>(onnx_io::serialize_model(last->model).size());
+        },
+        [&](const quant::BudgetPoint&, int64_t weights) {
+          sum.weight_budget_bytes = weights;
+          res.plan = last->plan;
+          if (in.cfg.tune.steps == 0) {  // else the final plan is quantized again, tuned
+            res.model.emplace(std::move(last->model));
+            res.report.emplace(std::move(last->report));
+          }
+        });
+    QTOOL_CHECK(fit.has_value(), ErrorCode::kConfig,
                 "--target-size {}: no plan of the measured forms gives a file within {} bytes", job.budget.describe(),
-                target);
+                sum.target_file_bytes);
+    chosen = *fit;
   }
-  if (job.max_drop) chosen = smallest_meeting_max_drop(in, curve, chosen, plan_of, res);
-  sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
-  sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
-  for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];
+  if (job.max_drop) chosen = smallest_meeting_max_drop(in, curve, chosen, write, res);
+  summarize_choice(sum, layers, chosen);
   sum.seconds = seconds_since(t0);
   std::string formats;
   for (const auto& [f, n] : sum.layers_by_format) formats += fmt::format("{}{} {}", formats.empty() ? "" : ", ", n, f);

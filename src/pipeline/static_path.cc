@@ -162,8 +162,6 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
                       const std::shared_ptr<quant::CalibrationStatsCache>& cache, StaticRun& run) {
   std::string why;
   if (meets_floor(run.guard->comparison, floor, &why)) return;
-  const std::vector<Quality> alone =
-      score_weight_swaps(reference, layers, *samples.held_out, std::min<size_t>(samples.held_out->size(), 16), threads);
   // Only the weights this plan has at 4 bits (the last rule naming a weight decides; a budget's
   // plan names every weight, '*=4' all of them).
   auto at4 = [&](const std::string& weight) {
@@ -176,18 +174,21 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
         if (quant::glob_match(rule.first, n)) bits = rule.second;
     return bits == 4;
   };
-  std::vector<size_t> order;
-  for (size_t i = 0; i < layers.size(); ++i)
-    if (at4(layers[i].front().first)) order.push_back(i);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return alone[a].sqnr_db < alone[b].sqnr_db; });  // noisiest first
-  if (order.empty()) return;
+  std::vector<WeightSwap> at_4;  // measured alone, noisiest first
+  for (const WeightSwap& l : layers)
+    if (at4(l.front().first)) at_4.push_back(l);
+  if (at_4.empty()) return;
+  const std::vector<Quality> alone = score_weight_swaps(
+      reference, at_4, *samples.held_out, std::min(samples.held_out->size(), kBudgetSamples), threads);
+  std::vector<size_t> order(at_4.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return alone[a].sqnr_db < alone[b].sqnr_db; });
   run.actions.push_back(fmt::format("W4A8 below the quality floor ({}): raising the 4-bit weights that cost the most "
                                     "to 8 bits ({} candidates)",
                                     why, order.size()));
   for (size_t k = 1; !order.empty(); k = std::min(order.size(), 2 * k)) {
     quant::StaticQuantConfig c = cfg;
-    for (size_t i = 0; i < k; ++i) c.qdq.weight_bits.emplace_back(layers[order[i]].front().first, 8);
+    for (size_t i = 0; i < k; ++i) c.qdq.weight_bits.emplace_back(at_4[order[i]].front().first, 8);
     std::vector<std::string> actions;
     const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), threads, actions, nullptr, cache);
     StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
@@ -196,9 +197,10 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
                                       describe_outputs(r.guard->comparison), ok ? "" : " (below the floor)"));
     if (ok) {
       // The try's own "W4A8: N weights at 4 bits" line first, then the first run's story (without its
-      // line, which counted every weight at 4 bits), then the try's guard.
+      // own such line, whose count no longer holds), then the try's guard.
       std::vector<std::string> story = std::move(actions);
-      story.insert(story.end(), run.actions.begin() + std::min<size_t>(1, run.actions.size()), run.actions.end());
+      for (std::string& a : run.actions)
+        if (a.rfind("W4A8: ", 0) != 0) story.push_back(std::move(a));
       r.actions.insert(r.actions.begin(), story.begin(), story.end());
       run = std::move(r);
       cfg = std::move(c);
@@ -228,7 +230,7 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
   const size_t n = std::min<size_t>(samples.held_out->size(), kBudgetSamples);
   const std::vector<Quality> q = score_weight_swaps(reference, w4_layers, *samples.held_out, n, job.threads);
   std::vector<quant::BudgetLayer> layers;
-  int64_t params = 0, fp32_weights = 0;
+  int64_t params = 0;
   for (size_t i = 0; i < w4_layers.size(); ++i) {
     const Tensor& w = w4_layers[i].front().second;
     const int64_t numel = w.numel(), scales = 4 * (w.rank() > 0 ? w.shape()[0] : 1);
@@ -237,7 +239,6 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
     l.params = numel;
     l.candidates = {{"int8", numel + scales, 0.0}, {"int4", (numel + 1) / 2 + scales, noise_of(q[i])}};
     params += numel;
-    fp32_weights += 4 * numel;
     layers.push_back(std::move(l));
   }
   QTOOL_CHECK(!layers.empty(), ErrorCode::kUnsupported, "--keep-int8-speed: no Conv/MatMul/Gemm weight of '{}' to plan",
@@ -268,48 +269,33 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
   quant::StaticQuantConfig best_cfg = cfg;
   if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
     sum.target_bits_per_weight = job.budget.value;
-    sum.weight_budget_bytes = static_cast<int64_t>(std::floor(job.budget.value * static_cast<double>(params) / 8.0));
+    sum.weight_budget_bytes = bits_per_weight_budget(job.budget, params);
     chosen = quant::solve_budget(layers, sum.weight_budget_bytes);
     best.emplace(realize(chosen, best_cfg));
   } else {
     const int64_t fp32_file = file_size(job.model_path);
-    const int64_t target = job.budget.file_bytes(fp32_file);
-    sum.target_file_bytes = target;
-    int64_t rest = fp32_file - fp32_weights, best_size = 0;
-    const int64_t smallest = quant::budget_curve(layers).front().bytes;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      const int64_t budget = target - rest;
-      if (best && budget < smallest) break;  // a fitting plan is kept; nothing smaller exists
-      QTOOL_CHECK(budget > 0, ErrorCode::kConfig,
-                  "--target-size {}: {} bytes, but the model's other tensors and graph alone take about {} bytes",
-                  job.budget.describe(), target, rest);
-      const quant::BudgetPoint p = quant::solve_budget(layers, budget);
-      quant::StaticQuantConfig c;
-      StaticRun r = realize(p, c);
-      const int64_t size = static_cast<int64_t>(onnx_io::serialize_model(r.emitted.model).size());
-      spdlog::info("budget search (INT8 speed): weights {} B -> file {} B (target {} B)", p.bytes, size, target);
-      const bool fits = size <= target;
-      if (fits && (!best || size > best_size)) {
-        best.emplace(std::move(r));
-        best_size = size;
-        chosen = p;
-        best_cfg = std::move(c);
-        sum.weight_budget_bytes = budget;
-      }
-      if (fits && size >= target - target / 50) break;
-      const int64_t next = size - p.bytes + (fits ? 0 : 1);
-      if (next == rest && fits) break;
-      rest = next;
-    }
-    QTOOL_CHECK(best.has_value(), ErrorCode::kConfig,
+    sum.target_file_bytes = job.budget.file_bytes(fp32_file);
+    std::optional<StaticRun> last;
+    quant::StaticQuantConfig last_cfg;
+    const std::optional<quant::BudgetPoint> fit = fit_file_size(
+        layers, job.budget, sum.target_file_bytes, fp32_file - 4 * params, 3,  // each write is a guarded run
+        [&](const quant::BudgetPoint& p) {
+          last.emplace(realize(p, last_cfg));
+          return static_cast<int64_t>(onnx_io::serialize_model(last->emitted.model).size());
+        },
+        [&](const quant::BudgetPoint&, int64_t weights) {
+          best = std::move(last);
+          best_cfg = last_cfg;
+          sum.weight_budget_bytes = weights;
+        });
+    QTOOL_CHECK(fit.has_value(), ErrorCode::kConfig,
                 "--target-size {}: no mix of int8 and int4 weights gives a file within {} bytes (the smallest, every "
                 "weight at 4 bits, is larger)",
-                job.budget.describe(), target);
+                job.budget.describe(), sum.target_file_bytes);
+    chosen = *fit;
   }
   cfg = std::move(best_cfg);
-  sum.chosen = {chosen.bytes, sqnr_of_noise(chosen.noise)};
-  sum.bits_per_weight = params > 0 ? 8.0 * static_cast<double>(chosen.bytes) / static_cast<double>(params) : 0.0;
-  for (size_t i = 0; i < layers.size(); ++i) ++sum.layers_by_format[layers[i].candidates[chosen.choice[i]].format];
+  summarize_choice(sum, layers, chosen);
   sum.seconds = seconds_since(t0);
   best->actions.insert(best->actions.begin(),
                        fmt::format("budget search ({}): {} weights measured at 4 bits on {} held-out samples; chosen "

@@ -7,6 +7,7 @@
 // Used by tools/bench/executor_vs_ort.sh, which runs ONNX Runtime on the same inputs.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -33,7 +34,9 @@ class OpTimer : public qtool::runtime::Observer {
         if (n->attr_int("group", 1) > 1) key += " (grouped)";
         else if (!k.empty() && k[0] == 1) key += " (1x1)";
       }
-      ms_[key] += std::chrono::duration<double, std::milli>(now - last_).count();
+      const double ms = std::chrono::duration<double, std::milli>(now - last_).count();
+      ms_[key] += ms;
+      node_ms_[key + " " + value.name()] += ms;
       last_ = now;
     }
   }
@@ -42,11 +45,17 @@ class OpTimer : public qtool::runtime::Observer {
     for (const auto& [k, ms] : ms_) v.emplace_back(ms / runs, k);
     std::sort(v.rbegin(), v.rend());
     for (const auto& [ms, k] : v) std::fprintf(stderr, "  %-24s %9.3f ms/run\n", k.c_str(), ms);
+    v.clear();
+    for (const auto& [k, ms] : node_ms_) v.emplace_back(ms / runs, k);
+    std::sort(v.rbegin(), v.rend());
+    std::fprintf(stderr, "slowest nodes (op, output):\n");
+    const size_t top = std::getenv("QTOOL_BENCH_ALL_NODES") ? v.size() : 15;
+    for (size_t i = 0; i < v.size() && i < top; ++i) std::fprintf(stderr, "  %-40s %9.3f ms/run\n", v[i].second.c_str(), v[i].first);
   }
 
  private:
   std::chrono::steady_clock::time_point last_;
-  std::map<std::string, double> ms_;
+  std::map<std::string, double> ms_, node_ms_;
 };
 
 double ms_since(std::chrono::steady_clock::time_point t0) {

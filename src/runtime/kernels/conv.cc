@@ -238,11 +238,33 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
     else fn(0, n);
   };
   if (cin_g == 1) {
-    // Depthwise (or channel-multiplier) convolution: one output plane per work item.
+    // Depthwise (or channel-multiplier) convolution: one output plane per work item. 2-D 3×3
+    // planes go to the AVX2 kernel where the CPU has it (bias and activation fused, no padded copy).
+    const bool dw_simd = g.in[0] == 1 && g.kernel[0] == 1 && g.kernel[1] == 3 && g.kernel[2] == 3;
+    DepthwisePlane plane2d;
+    plane2d.ih = g.in[1];
+    plane2d.iw = g.in[2];
+    plane2d.oh = g.out[1];
+    plane2d.ow = g.out[2];
+    plane2d.sh = g.stride[1];
+    plane2d.sw = g.stride[2];
+    plane2d.dh = g.dilation[1];
+    plane2d.dw = g.dilation[2];
+    plane2d.pt = g.pad_begin[1];
+    plane2d.pl = g.pad_begin[2];
     run(n_batch * m_out, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = p / m_out, oc = p % m_out, ic = oc / cout_g;
         const T* xp = x + (n * c_in + ic) * in_sz;
+        if constexpr (std::is_same_v<T, float>) {
+          // Consecutive planes of one image (channel multiplier 1) go in one call.
+          const int64_t cnt = cout_g == 1 ? std::min(p1 - p, m_out - oc) : 1;
+          if (dw_simd && depthwise3x3_avx2(plane2d, cnt, xp, w + oc * ks, bias ? bias + oc : nullptr, y + p * out_sz,
+                                           act)) {
+            p += cnt - 1;
+            continue;
+          }
+        }
         const T b = bias ? bias[oc] : T(0);
         if (g.in[0] != 1 || g.kernel[0] != 1) depthwise_plane<T>(xp, w + oc * ks, b, g, y + p * out_sz);
         else if (g.stride[2] == 1) depthwise_plane_2d<T, 1>(xp, w + oc * ks, b, g, y + p * out_sz);
@@ -266,12 +288,29 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
     tiles = (out_sz + tile - 1) / tile;
   }
   const int64_t items = n_batch * group * tiles;
+  const bool direct = std::is_same_v<T, float> && sgemm_direct_available();
   auto do_item = [&](int64_t it, ThreadPool* gemm_pool) {
     const int64_t t = it % tiles, ng = it / tiles, grp = ng % group, n = ng / group;
     const int64_t j0 = t * tile, j1 = std::min(out_sz, j0 + tile);
     const T* xg = x + (n * c_in + grp * cin_g) * in_sz;
     const T* wg = w + grp * cout_g * kdim;
     T* yg = y + (n * m_out + grp * cout_g) * out_sz;
+    if constexpr (std::is_same_v<T, float>) {
+      if (direct) {
+        // The direct GEMM adds the bias and applies the activation as it stores each tile.
+        const T* bg = bias ? bias + grp * cout_g : nullptr;
+        if (pointwise) {
+          sgemm_direct(cout_g, j1 - j0, kdim, wg, kdim, xg + j0, in_sz, false, yg + j0, out_sz, bg, act, gemm_pool);
+        } else {
+          std::vector<T>& col = scratch<T>();
+          if (col.size() < static_cast<size_t>(kdim * (j1 - j0))) col.resize(kdim * (j1 - j0));
+          im2col_tile<T>(xg, g, cin_g, j0, j1, col.data());
+          sgemm_direct(cout_g, j1 - j0, kdim, wg, kdim, col.data(), j1 - j0, false, yg + j0, out_sz, bg, act,
+                       gemm_pool);
+        }
+        return;
+      }
+    }
     if (pointwise) {
       gemm_t<T>(cout_g, j1 - j0, kdim, wg, kdim, xg + j0, in_sz, yg + j0, out_sz, gemm_pool);
     } else {

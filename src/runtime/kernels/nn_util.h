@@ -90,6 +90,31 @@ void col2im_tile(const T* col, const WindowGeometry& g, int64_t cin_g, int64_t j
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool);
 
+/// True when sgemm_direct can run here (an x86-64 CPU with AVX2 and FMA).
+bool sgemm_direct_available();
+
+/// Row-major C[M,N] = A[M,K] · B[K,N] (+ C when `accumulate`) + bias[row] (optional, M values),
+/// then `act` (optional) on every element: the conv/MatMul GEMM with its epilogue fused, A read
+/// in place (no packing of the weights), C written once (sgemm_direct.cc). Only when
+/// sgemm_direct_available(); split over `pool` like sgemm.
+void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                  bool accumulate, float* c, int64_t ldc, const float* bias, const FusedActivation* act,
+                  ThreadPool* pool);
+
+/// The geometry of one 2-D depthwise plane: input ih × iw, output oh × ow, strides, dilations and
+/// the leading pads (the trailing ones follow from the sizes).
+struct DepthwisePlane {
+  int64_t ih = 0, iw = 0, oh = 0, ow = 0, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+};
+
+/// Depthwise 3×3 of `n_planes` consecutive unpadded planes x (each with its taps w[9p..9p+9) and
+/// bias[p], bias optional) with AVX2 (depthwise_avx2.cc): y[oh][ow] = act(bias + sum w[kb][kc] *
+/// x[oh*sh - pt + kb*dh][ow*sw - pl + kc*dw]), zero outside the plane. False (nothing written)
+/// when the CPU lacks AVX2/FMA, for stride > 2 or a dilated stride 2, or an activation other
+/// than ReLU/Clip.
+bool depthwise3x3_avx2(const DepthwisePlane& d, int64_t n_planes, const float* x, const float* w, const float* bias,
+                       float* y, const FusedActivation* act);
+
 #if defined(__x86_64__) && !defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
 #define QTOOL_HAVE_AVX2_GEMM 1
 /// sgemm's serial core compiled for AVX2 + FMA (gemm_avx2.cc); only called when the CPU has both.

@@ -1,0 +1,198 @@
+// The direct SGEMM for the shapes of convolutions and MatMuls (issue 18): C = A·B (+ C) + bias per
+// row, then a fused activation, with A and B row-major, neither transposed. Written with AVX2 + FMA
+// intrinsics in functions compiled for that target (the portable build runs them only on CPUs that
+// have both; nn::sgemm_direct_available()).
+//
+// Why not Eigen here: Eigen packs both operands on every call, zero-fills C before a `=` product
+// and knows nothing of the bias and the activation that follow, which together cost about as much
+// as the arithmetic on the thin products of CNNs (K = 16..96 or N = 49..196). This kernel:
+// - reads the weights (A) in place: no per-call repacking of the weights, and no per-executor copy
+//   to keep in step with them (six rows broadcast one value each per step of k);
+// - copies a strip of 16 columns × up to 256 rows of B into an aligned buffer (16 KB, in L1) that
+//   serves every 6-row panel of A, zero-padding the last strip's columns;
+// - keeps a 6×16 tile of C in 12 registers across the whole of k, starting from the bias (or from
+//   C when accumulating), and stores it once with the activation applied: C is written once.
+// The summation order of every C element is fixed (k ascending, in chunks of 256), whatever the
+// thread split, so results do not depend on the thread count.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "avx2_util.h"
+#include "nn_util.h"
+
+
+namespace qtool::runtime::nn {
+
+#if QTOOL_AVX2_KERNELS
+namespace {
+
+constexpr int kMr = 6;         // rows of A per micro-tile
+constexpr int kNr = 16;        // columns of B per micro-tile (two 8-float vectors)
+constexpr int64_t kKc = 256;   // rows of B per packed strip (16 KB)
+constexpr int64_t kBlockFloats = 24576;  // a packed block of B: kc × nc floats, about 96 KB
+
+
+using avx2::activate;
+using avx2::lane_mask;
+using avx2::VecAct;
+
+/// One R×16 tile of C (R <= 6): the sum over kc steps of a[r*lda + p] * bp[p*16 + 0..16) (the
+/// packed strip bp), accumulated from zero, then stored as C = sum (`first`) or C = C + sum; on the
+/// `last` chunk of k the bias (optional) is added and the activation applied. cols < 16 stores
+/// only the first cols columns. The roundings are those of ONNX Runtime's MLAS convolution:
+/// per chunk of 256 steps, a sum from zero added to C, then the bias.
+template <int R>
+QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc,
+                           int64_t cols, bool first, const float* bias, bool last, const VecAct& act) {
+  __m256 c0[R], c1[R];
+  const __m256i m0 = lane_mask(std::min<int64_t>(cols, 8)), m1 = lane_mask(std::max<int64_t>(cols - 8, 0));
+  const bool full = cols == kNr;
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+  const float* ar[kMr];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) ar[r] = a + r * lda;
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m256 b0 = _mm256_load_ps(bp + p * kNr), b1 = _mm256_load_ps(bp + p * kNr + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ar[r] + p);
+      c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    float* cr = c + r * ldc;
+    if (!first) {
+      c0[r] = _mm256_add_ps(full ? _mm256_loadu_ps(cr) : _mm256_maskload_ps(cr, m0), c0[r]);
+      c1[r] = _mm256_add_ps(full ? _mm256_loadu_ps(cr + 8) : _mm256_maskload_ps(cr + 8, m1), c1[r]);
+    }
+    if (last) {
+      if (bias) {
+        const __m256 bv = _mm256_set1_ps(bias[r]);
+        c0[r] = _mm256_add_ps(c0[r], bv);
+        c1[r] = _mm256_add_ps(c1[r], bv);
+      }
+      c0[r] = activate(c0[r], act);
+      c1[r] = activate(c1[r], act);
+    }
+    if (full) {
+      _mm256_storeu_ps(cr, c0[r]);
+      _mm256_storeu_ps(cr + 8, c1[r]);
+    } else {
+      _mm256_maskstore_ps(cr, m0, c0[r]);
+      _mm256_maskstore_ps(cr + 8, m1, c1[r]);
+    }
+  }
+}
+
+using TileFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, int64_t, bool, const float*,
+                        bool, const VecAct&);
+constexpr TileFn kTiles[kMr + 1] = {nullptr,         micro_tile<1>, micro_tile<2>, micro_tile<3>,
+                                    micro_tile<4>,   micro_tile<5>, micro_tile<6>};
+
+/// Copies rows [0, kc) × columns [0, cols) of B into a kc × 16 strip, zero-padding columns.
+QTOOL_AVX2 void pack_strip(const float* b, int64_t ldb, int64_t kc, int64_t cols, float* bp) {
+  if (cols == kNr) {
+    for (int64_t p = 0; p < kc; ++p) {
+      _mm256_store_ps(bp + p * kNr, _mm256_loadu_ps(b + p * ldb));
+      _mm256_store_ps(bp + p * kNr + 8, _mm256_loadu_ps(b + p * ldb + 8));
+    }
+    return;
+  }
+  const __m256i m0 = lane_mask(std::min<int64_t>(cols, 8)), m1 = lane_mask(std::max<int64_t>(cols - 8, 0));
+  for (int64_t p = 0; p < kc; ++p) {
+    _mm256_store_ps(bp + p * kNr, _mm256_maskload_ps(b + p * ldb, m0));
+    _mm256_store_ps(bp + p * kNr + 8, _mm256_maskload_ps(b + p * ldb + 8, m1));
+  }
+}
+
+/// Loop order: k in chunks of kKc; columns in blocks of nc (the block of B, packed into strips of
+/// 16, about 96 KB); then each 6-row panel of A walks the block's strips, so C is written along 6
+/// rows at a time (a few sequential streams) and the panel's A stays in L1.
+void serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, bool accumulate,
+            float* c, int64_t ldc, const float* bias, const VecAct& act) {
+  thread_local std::vector<float> storage;
+  for (int64_t k0 = 0; k0 < k; k0 += kKc) {
+    const int64_t kc = std::min(kKc, k - k0);
+    const bool first = k0 == 0 && !accumulate, last = k0 + kc == k;
+    const int64_t nc = std::max<int64_t>(kNr, std::min<int64_t>((n + kNr - 1) / kNr * kNr, kBlockFloats / kc / kNr * kNr));
+    if (storage.size() < static_cast<size_t>(kc * nc + 16)) storage.resize(static_cast<size_t>(kc * nc + 16));
+    // 64-byte aligned start (the strips are read with aligned loads).
+    float* packed = storage.data() + ((64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64) / sizeof(float);
+    for (int64_t j0 = 0; j0 < n; j0 += nc) {
+      const int64_t ncols = std::min(nc, n - j0);
+      for (int64_t j = 0; j < ncols; j += kNr) {
+        pack_strip(b + k0 * ldb + j0 + j, ldb, kc, std::min<int64_t>(kNr, ncols - j), packed + j * kc);
+      }
+      for (int64_t i = 0; i < m; i += kMr) {
+        const int rows = static_cast<int>(std::min<int64_t>(kMr, m - i));
+        const TileFn tile = kTiles[rows];
+        for (int64_t j = 0; j < ncols; j += kNr) {
+          tile(kc, a + i * lda + k0, lda, packed + j * kc, c + i * ldc + j0 + j, ldc,
+               std::min<int64_t>(kNr, ncols - j), first, bias && last ? bias + i : nullptr, last, act);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool sgemm_direct_available() {
+  // QTOOL_NO_AVX2_KERNELS=1 runs the portable kernels instead (before/after measurements).
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         std::getenv("QTOOL_NO_AVX2_KERNELS") == nullptr;
+  return ok;
+}
+
+void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                  bool accumulate, float* c, int64_t ldc, const float* bias, const FusedActivation* act,
+                  ThreadPool* pool) {
+  if (m <= 0 || n <= 0) return;
+  const VecAct va = VecAct::of(act);
+  if (k == 0) {
+    // No products: C = bias (or C) with the activation.
+    for (int64_t i = 0; i < m; ++i) {
+      float* row = c + i * ldc;
+      if (!accumulate) std::fill(row, row + n, bias ? bias[i] : 0.0f);
+      if (act) act->apply(row, n);
+    }
+    return;
+  }
+  const int threads = pool ? pool->threads() : 1;
+  const double flops = static_cast<double>(m) * n * k;
+  if (threads <= 1 || flops < 64.0 * 64 * 64) {
+    serial(m, n, k, a, lda, b, ldb, accumulate, c, ldc, bias, va);
+    return;
+  }
+  // Split the larger output dimension into one block per thread, in whole micro-tiles.
+  if (n >= m) {
+    const int64_t grain = std::max<int64_t>(kNr, ((n + threads - 1) / threads + kNr - 1) / kNr * kNr);
+    pool->parallel_for(n, grain, [&](int64_t j0, int64_t j1) {
+      serial(m, j1 - j0, k, a, lda, b + j0, ldb, accumulate, c + j0, ldc, bias, va);
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(kMr, ((m + threads - 1) / threads + kMr - 1) / kMr * kMr);
+    pool->parallel_for(m, grain, [&](int64_t i0, int64_t i1) {
+      serial(i1 - i0, n, k, a + i0 * lda, lda, b, ldb, accumulate, c + i0 * ldc, ldc, bias ? bias + i0 : nullptr, va);
+    });
+  }
+}
+
+#else
+
+bool sgemm_direct_available() { return false; }
+
+void sgemm_direct(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool, float*, int64_t,
+                  const float*, const FusedActivation*, ThreadPool*) {
+  fail(ErrorCode::kInternal, "sgemm_direct: not built for this target");
+}
+
+#endif
+
+}  // namespace qtool::runtime::nn

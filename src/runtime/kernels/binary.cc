@@ -13,6 +13,7 @@
 
 #include "kernel_util.h"
 #include "kernels.h"
+#include "nn_util.h"
 
 namespace qtool::runtime::kernels {
 
@@ -353,6 +354,13 @@ void where_row(const bool* c, int64_t sc, const U* x, int64_t sx, const U* y, in
   if ((sc | sx | sy) & ~int64_t{1}) {
     for (int64_t i = 0; i < n; ++i) o[i] = c[i * sc] ? x[i * sx] : y[i * sy];
     return;
+  }
+  if constexpr (sizeof(U) == 4) {
+    if (sc == 1 && n >= 8 &&
+        nn::where4_avx2(c, reinterpret_cast<const uint32_t*>(x), sx, reinterpret_cast<const uint32_t*>(y), sy,
+                        reinterpret_cast<uint32_t*>(o), n)) {
+      return;
+    }
   }
   switch (sc * 4 + sx * 2 + sy) {
     case 0: std::fill(o, o + n, *c ? *x : *y); return;

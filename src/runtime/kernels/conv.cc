@@ -57,8 +57,8 @@ inline void walk_tile(const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_
 }  // namespace
 
 template <typename T>
-void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col) {
-  const int64_t ld = j1 - j0;
+void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col, int64_t ld) {
+  if (ld <= 0) ld = j1 - j0;
   walk_tile(g, cin_g, j0, j1,
             [&](int64_t row, int64_t col_off, int64_t seg, int64_t ow, int64_t x_row, int64_t a, int64_t b, int64_t s,
                 int64_t xoff) {
@@ -96,8 +96,8 @@ void col2im_tile(const T* col, const WindowGeometry& g, int64_t cin_g, int64_t j
             });
 }
 
-template void im2col_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*);
-template void im2col_tile<double>(const double*, const WindowGeometry&, int64_t, int64_t, int64_t, double*);
+template void im2col_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*, int64_t);
+template void im2col_tile<double>(const double*, const WindowGeometry&, int64_t, int64_t, int64_t, double*, int64_t);
 template void col2im_tile<float>(const float*, const WindowGeometry&, int64_t, int64_t, int64_t, float*);
 template void col2im_tile<double>(const double*, const WindowGeometry&, int64_t, int64_t, int64_t, double*);
 
@@ -241,7 +241,7 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
     // Depthwise (or channel-multiplier) convolution: one output plane per work item. 2-D 3×3
     // planes go to the AVX2 kernel where the CPU has it (bias and activation fused, no padded copy).
     const bool dw_simd = g.in[0] == 1 && g.kernel[0] == 1 && g.kernel[1] == 3 && g.kernel[2] == 3;
-    DepthwisePlane plane2d;
+    Plane2d plane2d;
     plane2d.ih = g.in[1];
     plane2d.iw = g.in[2];
     plane2d.oh = g.out[1];
@@ -302,11 +302,13 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
         if (pointwise) {
           sgemm_direct(cout_g, j1 - j0, kdim, wg, kdim, xg + j0, in_sz, false, yg + j0, out_sz, bg, act, gemm_pool);
         } else {
+          // The tile's rows are padded to whole strips of 16 columns so the GEMM reads it in place.
+          const int64_t ld = (j1 - j0 + 15) / 16 * 16;
           std::vector<T>& col = scratch<T>();
-          if (col.size() < static_cast<size_t>(kdim * (j1 - j0))) col.resize(kdim * (j1 - j0));
-          im2col_tile<T>(xg, g, cin_g, j0, j1, col.data());
-          sgemm_direct(cout_g, j1 - j0, kdim, wg, kdim, col.data(), j1 - j0, false, yg + j0, out_sz, bg, act,
-                       gemm_pool);
+          if (col.size() < static_cast<size_t>(kdim * ld)) col.resize(kdim * ld);
+          im2col_tile<T>(xg, g, cin_g, j0, j1, col.data(), ld);
+          sgemm_direct(cout_g, j1 - j0, kdim, wg, kdim, col.data(), ld, false, yg + j0, out_sz, bg, act, gemm_pool,
+                       DirectB::kRowsPadded);
         }
         return;
       }

@@ -89,7 +89,7 @@ QTOOL_AVX2 inline __m256 block(const float* r0, const float* r1, const float* r2
 /// Planes [0, planes) of x (each ih × iw, consecutive) into y (each oh × ow), with their own
 /// taps w[9 p ..] and bias[p].
 template <int kStride>
-QTOOL_AVX2 void planes(const DepthwisePlane& d, int64_t planes, const float* x, const float* w, const float* bias,
+QTOOL_AVX2 void planes(const Plane2d& d, int64_t planes, const float* x, const float* w, const float* bias,
                        float* y, float lo, float hi) {
   const int64_t iw = d.iw, ow_n = d.ow, pl = d.pl, dw = d.dw;
   thread_local std::vector<float> zeros;
@@ -162,7 +162,7 @@ QTOOL_AVX2 void planes(const DepthwisePlane& d, int64_t planes, const float* x, 
 
 }  // namespace
 
-bool depthwise3x3_avx2(const DepthwisePlane& d, int64_t n_planes, const float* x, const float* w, const float* bias,
+bool depthwise3x3_avx2(const Plane2d& d, int64_t n_planes, const float* x, const float* w, const float* bias,
                        float* y, const FusedActivation* act) {
   if (!sgemm_direct_available()) return false;
   // ReLU and Clip are a clamp in the kernel; other activations are left to the caller.
@@ -179,7 +179,7 @@ bool depthwise3x3_avx2(const DepthwisePlane& d, int64_t n_planes, const float* x
 
 #else
 
-bool depthwise3x3_avx2(const DepthwisePlane&, int64_t, const float*, const float*, const float*, float*,
+bool depthwise3x3_avx2(const Plane2d&, int64_t, const float*, const float*, const float*, float*,
                        const FusedActivation*) {
   return false;
 }

@@ -113,15 +113,24 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using ConstMap = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
 using MutMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
-void sgemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+/// True when the portable build runs Eigen's AVX-512 GEMM here.
+bool avx512_gemm() {
 #if QTOOL_HAVE_AVX2_GEMM
-  // Portable build on an AVX-512 / AVX2 machine: the wider kernels are about 4x / 2x as fast.
   static const bool use_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
                                  __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                                  std::getenv("QTOOL_NO_AVX512") == nullptr;
-  if (use_avx512) {
+  return use_avx512;
+#else
+  return false;
+#endif
+}
+
+void sgemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+#if QTOOL_HAVE_AVX2_GEMM
+  // Portable build on an AVX-512 / AVX2 machine: the wider kernels are about 4x / 2x as fast.
+  if (avx512_gemm()) {
     sgemm_avx512_serial(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
@@ -159,6 +168,15 @@ void sgemm_serial(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha
 void sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool) {
   if (m <= 0 || n <= 0) return;
+  // A not transposed, alpha 1, beta 0 or 1 (MatMul, Gemm with or without C), at least a few rows
+  // (a single row is a matrix-vector product, Eigen's GEMV): the direct AVX2 GEMM, which rounds
+  // as ONNX Runtime's MLAS does. AVX-512 machines keep Eigen's AVX-512 build.
+  if (!ta && alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && m >= 4 && k > 0 && sgemm_direct_available() &&
+      !avx512_gemm()) {
+    sgemm_direct(m, n, k, a, lda, b, ldb, beta == 1.0f, c, ldc, nullptr, nullptr, pool,
+                 tb ? DirectB::kTransposed : DirectB::kRows);
+    return;
+  }
   const int threads = pool ? pool->threads() : 1;
   const double flops = static_cast<double>(m) * n * k;
   if (threads <= 1 || flops < 64.0 * 64 * 64) {

@@ -73,11 +73,12 @@ inline void valid_range(int64_t out, int64_t in, int64_t s, int64_t p, int64_t k
 }
 
 /// Writes columns [j0, j1) of the im2col matrix of `cin_g` channel planes of `x` (rows =
-/// cin_g * kernel_size in (channel, kd, kh, kw) order, row stride j1 - j0) into `col`:
+/// cin_g * kernel_size in (channel, kd, kh, kw) order, row stride j1 - j0 or `ld`) into `col`:
 /// col[(c, k)][j] = x[c][pos(j) * stride - pad + k * dilation], 0 in the padding.
 /// Instantiated for float and double (conv.cc).
+/// `ld` > 0 sets another row stride (>= j1 - j0; the columns beyond are left as they are).
 template <typename T>
-void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col);
+void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col, int64_t ld = 0);
 
 /// The adjoint of im2col_tile: dx[c][pos(j) * stride - pad + k * dilation] += col[(c, k)][j]
 /// for the columns [j0, j1) (padding positions dropped). `dx` must be initialised.
@@ -93,26 +94,47 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 /// True when sgemm_direct can run here (an x86-64 CPU with AVX2 and FMA).
 bool sgemm_direct_available();
 
-/// Row-major C[M,N] = A[M,K] · B[K,N] (+ C when `accumulate`) + bias[row] (optional, M values),
-/// then `act` (optional) on every element: the conv/MatMul GEMM with its epilogue fused, A read
-/// in place (no packing of the weights), C written once (sgemm_direct.cc). Only when
+/// How sgemm_direct reads B: row-major [K, N] (packed per block of columns), row-major with every
+/// row readable up to N rounded up to 16 columns (read in place; the extra columns are computed
+/// but never stored), or stored transposed as [N, K] (op(B) = B^T, packed per block).
+enum class DirectB { kRows, kRowsPadded, kTransposed };
+
+/// Row-major C[M,N] = A[M,K] · op(B)[K,N] (+ C when `accumulate`) + bias[row] (optional, M
+/// values), then `act` (optional) on every element: the conv/MatMul GEMM with its epilogue fused,
+/// A read in place (no packing of the weights), C written once (sgemm_direct.cc). Only when
 /// sgemm_direct_available(); split over `pool` like sgemm.
 void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                   bool accumulate, float* c, int64_t ldc, const float* bias, const FusedActivation* act,
-                  ThreadPool* pool);
+                  ThreadPool* pool, DirectB layout = DirectB::kRows);
 
-/// The geometry of one 2-D depthwise plane: input ih × iw, output oh × ow, strides, dilations and
-/// the leading pads (the trailing ones follow from the sizes).
-struct DepthwisePlane {
-  int64_t ih = 0, iw = 0, oh = 0, ow = 0, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+/// The geometry of a 2-D window over one plane (depthwise conv, pooling): input ih × iw, output
+/// oh × ow, kernel kh × kw, strides, dilations and the leading pads (the trailing ones follow
+/// from the sizes).
+struct Plane2d {
+  int64_t ih = 0, iw = 0, oh = 0, ow = 0, kh = 3, kw = 3, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
 };
+
+/// o[i] = c[i] ? x[i * sx] : y[i * sy] over 4-byte elements (sx, sy in {0, 1}; bools are 0/1
+/// bytes) with AVX2 (elementwise_avx2.cc). False (nothing written) when the CPU lacks AVX2.
+bool where4_avx2(const bool* c, const uint32_t* x, int64_t sx, const uint32_t* y, int64_t sy, uint32_t* o, int64_t n);
+
+/// Softmax of one contiguous row in place with AVX2 (softmax_avx2.cc): exp(x - max) / sum, with
+/// entries more than 87 below the maximum as exact 0 and an all -inf row uniform. False (nothing
+/// done) when the CPU lacks AVX2/FMA.
+bool softmax_row_avx2(float* r, int64_t len);
+
+/// MaxPool of `n_planes` consecutive planes (no dilation; stride 1 or 2 along the width) with
+/// AVX2 (pool_avx2.cc): y = the max over the window's positions inside the plane (NaN inputs are
+/// skipped, as the portable kernel does). False (nothing written) when the CPU lacks AVX2 or the
+/// geometry is not covered.
+bool maxpool2d_avx2(const Plane2d& d, int64_t n_planes, const float* x, float* y);
 
 /// Depthwise 3×3 of `n_planes` consecutive unpadded planes x (each with its taps w[9p..9p+9) and
 /// bias[p], bias optional) with AVX2 (depthwise_avx2.cc): y[oh][ow] = act(bias + sum w[kb][kc] *
 /// x[oh*sh - pt + kb*dh][ow*sw - pl + kc*dw]), zero outside the plane. False (nothing written)
 /// when the CPU lacks AVX2/FMA, for stride > 2 or a dilated stride 2, or an activation other
 /// than ReLU/Clip.
-bool depthwise3x3_avx2(const DepthwisePlane& d, int64_t n_planes, const float* x, const float* w, const float* bias,
+bool depthwise3x3_avx2(const Plane2d& d, int64_t n_planes, const float* x, const float* w, const float* bias,
                        float* y, const FusedActivation* act);
 
 #if defined(__x86_64__) && !defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)

@@ -45,8 +45,8 @@ using avx2::VecAct;
 /// only the first cols columns. The roundings are those of ONNX Runtime's MLAS convolution:
 /// per chunk of 256 steps, a sum from zero added to C, then the bias.
 template <int R>
-QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc,
-                           int64_t cols, bool first, const float* bias, bool last, const VecAct& act) {
+QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float* bp, int64_t ldbp, float* c,
+                           int64_t ldc, int64_t cols, bool first, const float* bias, bool last, const VecAct& act) {
   __m256 c0[R], c1[R];
   const __m256i m0 = lane_mask(std::min<int64_t>(cols, 8)), m1 = lane_mask(std::max<int64_t>(cols - 8, 0));
   const bool full = cols == kNr;
@@ -56,7 +56,7 @@ QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float*
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) ar[r] = a + r * lda;
   for (int64_t p = 0; p < kc; ++p) {
-    const __m256 b0 = _mm256_load_ps(bp + p * kNr), b1 = _mm256_load_ps(bp + p * kNr + 8);
+    const __m256 b0 = _mm256_loadu_ps(bp + p * ldbp), b1 = _mm256_loadu_ps(bp + p * ldbp + 8);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m256 av = _mm256_broadcast_ss(ar[r] + p);
@@ -90,8 +90,8 @@ QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float*
   }
 }
 
-using TileFn = void (*)(int64_t, const float*, int64_t, const float*, float*, int64_t, int64_t, bool, const float*,
-                        bool, const VecAct&);
+using TileFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool,
+                        const float*, bool, const VecAct&);
 constexpr TileFn kTiles[kMr + 1] = {nullptr,         micro_tile<1>, micro_tile<2>, micro_tile<3>,
                                     micro_tile<4>,   micro_tile<5>, micro_tile<6>};
 
@@ -111,29 +111,54 @@ QTOOL_AVX2 void pack_strip(const float* b, int64_t ldb, int64_t kc, int64_t cols
   }
 }
 
+/// The same strip from B stored transposed ([n, k] with row stride ldb: column j of op(B) is row j
+/// of b): bp[p*16 + jj] = b[jj*ldb + p], zero-padding columns.
+void pack_strip_t(const float* b, int64_t ldb, int64_t kc, int64_t cols, float* bp) {
+  for (int64_t jj = 0; jj < kNr; ++jj) {
+    if (jj < cols) {
+      const float* src = b + jj * ldb;
+      for (int64_t p = 0; p < kc; ++p) bp[p * kNr + jj] = src[p];
+    } else {
+      for (int64_t p = 0; p < kc; ++p) bp[p * kNr + jj] = 0.0f;
+    }
+  }
+}
+
 /// Loop order: k in chunks of kKc; columns in blocks of nc (the block of B, packed into strips of
 /// 16, about 96 KB); then each 6-row panel of A walks the block's strips, so C is written along 6
-/// rows at a time (a few sequential streams) and the panel's A stays in L1.
-void serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, bool accumulate,
-            float* c, int64_t ldc, const float* bias, const VecAct& act) {
+/// rows at a time (a few sequential streams) and the panel's A stays in L1. kRowsPadded: B's rows
+/// can be read up to n rounded up to 16 and are read in place (an im2col tile already in cache).
+void serial(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, DirectB layout,
+            bool accumulate, float* c, int64_t ldc, const float* bias, const VecAct& act) {
+  const bool b_padded = layout == DirectB::kRowsPadded;
   thread_local std::vector<float> storage;
   for (int64_t k0 = 0; k0 < k; k0 += kKc) {
     const int64_t kc = std::min(kKc, k - k0);
     const bool first = k0 == 0 && !accumulate, last = k0 + kc == k;
     const int64_t nc = std::max<int64_t>(kNr, std::min<int64_t>((n + kNr - 1) / kNr * kNr, kBlockFloats / kc / kNr * kNr));
-    if (storage.size() < static_cast<size_t>(kc * nc + 16)) storage.resize(static_cast<size_t>(kc * nc + 16));
-    // 64-byte aligned start (the strips are read with aligned loads).
-    float* packed = storage.data() + ((64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64) / sizeof(float);
+    float* packed = nullptr;
+    if (!b_padded) {
+      if (storage.size() < static_cast<size_t>(kc * nc + 16)) storage.resize(static_cast<size_t>(kc * nc + 16));
+      // 64-byte aligned start.
+      packed = storage.data() + ((64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64) / sizeof(float);
+    }
     for (int64_t j0 = 0; j0 < n; j0 += nc) {
       const int64_t ncols = std::min(nc, n - j0);
-      for (int64_t j = 0; j < ncols; j += kNr) {
-        pack_strip(b + k0 * ldb + j0 + j, ldb, kc, std::min<int64_t>(kNr, ncols - j), packed + j * kc);
+      if (!b_padded) {
+        for (int64_t j = 0; j < ncols; j += kNr) {
+          if (layout == DirectB::kTransposed) {
+            pack_strip_t(b + (j0 + j) * ldb + k0, ldb, kc, std::min<int64_t>(kNr, ncols - j), packed + j * kc);
+          } else {
+            pack_strip(b + k0 * ldb + j0 + j, ldb, kc, std::min<int64_t>(kNr, ncols - j), packed + j * kc);
+          }
+        }
       }
       for (int64_t i = 0; i < m; i += kMr) {
         const int rows = static_cast<int>(std::min<int64_t>(kMr, m - i));
         const TileFn tile = kTiles[rows];
         for (int64_t j = 0; j < ncols; j += kNr) {
-          tile(kc, a + i * lda + k0, lda, packed + j * kc, c + i * ldc + j0 + j, ldc,
+          const float* bs = b_padded ? b + k0 * ldb + j0 + j : packed + j * kc;
+          tile(kc, a + i * lda + k0, lda, bs, b_padded ? ldb : kNr, c + i * ldc + j0 + j, ldc,
                std::min<int64_t>(kNr, ncols - j), first, bias && last ? bias + i : nullptr, last, act);
         }
       }
@@ -152,7 +177,7 @@ bool sgemm_direct_available() {
 
 void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                   bool accumulate, float* c, int64_t ldc, const float* bias, const FusedActivation* act,
-                  ThreadPool* pool) {
+                  ThreadPool* pool, DirectB layout) {
   if (m <= 0 || n <= 0) return;
   const VecAct va = VecAct::of(act);
   if (k == 0) {
@@ -167,19 +192,19 @@ void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
   const int threads = pool ? pool->threads() : 1;
   const double flops = static_cast<double>(m) * n * k;
   if (threads <= 1 || flops < 64.0 * 64 * 64) {
-    serial(m, n, k, a, lda, b, ldb, accumulate, c, ldc, bias, va);
+    serial(m, n, k, a, lda, b, ldb, layout, accumulate, c, ldc, bias, va);
     return;
   }
   // Split the larger output dimension into one block per thread, in whole micro-tiles.
   if (n >= m) {
     const int64_t grain = std::max<int64_t>(kNr, ((n + threads - 1) / threads + kNr - 1) / kNr * kNr);
     pool->parallel_for(n, grain, [&](int64_t j0, int64_t j1) {
-      serial(m, j1 - j0, k, a, lda, b + j0, ldb, accumulate, c + j0, ldc, bias, va);
+      serial(m, j1 - j0, k, a, lda, layout == DirectB::kTransposed ? b + j0 * ldb : b + j0, ldb, layout, accumulate, c + j0, ldc, bias, va);
     });
   } else {
     const int64_t grain = std::max<int64_t>(kMr, ((m + threads - 1) / threads + kMr - 1) / kMr * kMr);
     pool->parallel_for(m, grain, [&](int64_t i0, int64_t i1) {
-      serial(i1 - i0, n, k, a + i0 * lda, lda, b, ldb, accumulate, c + i0 * ldc, ldc, bias ? bias + i0 : nullptr, va);
+      serial(i1 - i0, n, k, a + i0 * lda, lda, b, ldb, layout, accumulate, c + i0 * ldc, ldc, bias ? bias + i0 : nullptr, va);
     });
   }
 }
@@ -189,7 +214,7 @@ void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
 bool sgemm_direct_available() { return false; }
 
 void sgemm_direct(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool, float*, int64_t,
-                  const float*, const FusedActivation*, ThreadPool*) {
+                  const float*, const FusedActivation*, ThreadPool*, DirectB) {
   fail(ErrorCode::kInternal, "sgemm_direct: not built for this target");
 }
 

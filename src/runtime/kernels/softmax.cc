@@ -70,6 +70,8 @@ void soft_kernel(KernelContext& ctx, SoftKind kind) {
         a.maxCoeff(&arg);  // first maximum, like ONNX
         a.setZero();
         a[arg] = 1.0f;
+      } else if (kind == SoftKind::kSoftmax && nn::softmax_row_avx2(r, len)) {
+        // Done with AVX2 (the same rules as below, eight lanes at a time).
       } else {
         float mx = a.maxCoeff();
         if (std::isinf(mx) && mx < 0) mx = 0.0f;  // all -inf: avoid inf - inf

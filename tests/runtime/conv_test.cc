@@ -88,6 +88,60 @@ TEST(ConvKernel, MatchesNaiveAcrossGroupsStridesDilations) {
   }
 }
 
+TEST(ConvKernel, DepthwiseSweepMatchesNaive) {
+  // The AVX2 depthwise 3x3 kernel (where the CPU has AVX2) reads unpadded planes and masks the
+  // windows that cross an edge: every plane width around the 8-lane blocks (1..17, 31), both
+  // strides, dilation 2, asymmetric pads, odd heights (its two-row passes) and several planes.
+  uint32_t seed = 100;
+  for (int64_t w : {1, 2, 5, 7, 8, 9, 15, 16, 17, 31}) {
+    for (int64_t st : {1, 2}) {
+      for (int64_t dil : {1, 2}) {
+        if (st == 2 && dil == 2 && w < 5) continue;
+        for (std::array<int64_t, 4> p : {std::array<int64_t, 4>{1, 1, 1, 1}, {0, 0, 0, 0}, {2, 0, 1, 2}}) {
+          const int64_t h = w % 2 ? w : w + 1, c = 5;
+          if (h + p[0] + p[2] < 2 * dil + 1 || w + p[1] + p[3] < 2 * dil + 1) continue;
+          const Shape xs = {2, c, h, w}, ws = {c, 1, 3, 3};
+          std::vector<float> x = rnd(shape_numel(xs), seed++), wt = rnd(shape_numel(ws), seed++), b = rnd(c, seed++);
+          Shape ys;
+          const std::vector<float> want = naive_conv2d(x, xs, wt, ws, b, c, {st, st}, {dil, dil}, p, &ys);
+          auto y = run_node({.op = "Conv", .inputs = {ft(xs, x), ft(ws, wt), ft({c}, b)},
+                             .attrs = {ai("group", c), ais("strides", {st, st}), ais("dilations", {dil, dil}),
+                                       ais("pads", {p[0], p[1], p[2], p[3]})},
+                             .threads = 2});
+          SCOPED_TRACE("w " + std::to_string(w) + " stride " + std::to_string(st) + " dilation " + std::to_string(dil) +
+                       " pads " + std::to_string(p[0]) + std::to_string(p[1]) + std::to_string(p[2]) +
+                       std::to_string(p[3]));
+          ASSERT_EQ(y[0].shape(), ys);
+          EXPECT_VALUES_NEAR(y[0], want, 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST(ConvKernel, GemmShapesAroundTheTilesMatchNaive) {
+  // The direct GEMM's 6-row panels, 16-column strips, 256-step chunks of k (summed from zero and
+  // added to C) and bias epilogue: output channels 1..13, spatial sizes off the 16-column grid,
+  // input channels up to 300 (k beyond one chunk, for 1x1 and im2col 3x3).
+  uint32_t seed = 200;
+  for (int64_t m : {1, 5, 6, 7, 13}) {
+    for (int64_t cin : {3, 40, 300}) {
+      for (int64_t k : {1, 3}) {
+        const Shape xs = {1, cin, 5, 7}, ws = {m, cin, k, k};
+        std::vector<float> x = rnd(shape_numel(xs), seed++), wt = rnd(shape_numel(ws), seed++), b = rnd(m, seed++);
+        const std::array<int64_t, 4> p = k == 3 ? std::array<int64_t, 4>{1, 1, 1, 1} : std::array<int64_t, 4>{0, 0, 0, 0};
+        Shape ys;
+        const std::vector<float> want = naive_conv2d(x, xs, wt, ws, b, 1, {1, 1}, {1, 1}, p, &ys);
+        auto y = run_node({.op = "Conv", .inputs = {ft(xs, x), ft(ws, wt), ft({m}, b)},
+                           .attrs = {ais("pads", {p[0], p[1], p[2], p[3]})}});
+        SCOPED_TRACE("m " + std::to_string(m) + " cin " + std::to_string(cin) + " k " + std::to_string(k));
+        ASSERT_EQ(y[0].shape(), ys);
+        EXPECT_VALUES_NEAR(y[0], want, 2e-4);
+      }
+    }
+  }
+}
+
 TEST(ConvKernel, Conv1dAnd3d) {
   // 1-D: x [1,1,5] = 1..5, w [1,1,3] = [1,0,-1], pads 1 -> [-2,-2,-2,-2,4]
   auto y = run_node({.op = "Conv", .inputs = {ft({1, 1, 5}, {1, 2, 3, 4, 5}), ft({1, 1, 3}, {1, 0, -1})},

@@ -95,15 +95,16 @@ int64_t bcast_index(const Shape& shape, int64_t a, int64_t b, int64_t c) {
 
 TEST(Broadcast, WhereStridePatternsMatchNaiveIndexing) {
   // Every mix of full, scalar, last-axis row, column and middle broadcasts for cond, X and Y
-  // (covers each specialised 0/1 stride row and the generic one) against naive indexing.
-  const std::vector<Shape> shapes = {{2, 3, 5}, {}, {5}, {3, 1}, {2, 1, 5}, {1, 3, 5}};
+  // (covers each specialised 0/1 stride row, the AVX2 rows of 8 lanes and a tail, and the generic
+  // one) against naive indexing.
+  const std::vector<Shape> shapes = {{2, 3, 11}, {}, {11}, {3, 1}, {2, 1, 11}, {1, 3, 11}};
   for (const Shape& cs : shapes) {
     for (const Shape& xs : shapes) {
       for (const Shape& ys : shapes) {
         Shape full(3, 1);  // numpy broadcast of the three; only combinations reaching [2,3,5]
         for (const Shape* sh : {&cs, &xs, &ys})
           for (size_t d = 0; d < sh->size(); ++d) full[3 - sh->size() + d] = std::max(full[3 - sh->size() + d], (*sh)[d]);
-        if (full != Shape{2, 3, 5}) continue;
+        if (full != Shape{2, 3, 11}) continue;
         std::vector<uint8_t> cv(static_cast<size_t>(shape_numel(cs)));
         for (size_t i = 0; i < cv.size(); ++i) cv[i] = (i * 7 + 3) % 3 != 0;
         Tensor c = Tensor::empty(DataType::kBool, cs);
@@ -112,12 +113,12 @@ TEST(Broadcast, WhereStridePatternsMatchNaiveIndexing) {
         for (float& v : yv) v = -100.0f - v;
         OneNode where("Where", 16, {{"c", c}, {"x", f(xs, xv)}, {"y", f(ys, yv)}});
         const Tensor out = where.run()[0];
-        ASSERT_EQ(out.shape(), (Shape{2, 3, 5}));
+        ASSERT_EQ(out.shape(), (Shape{2, 3, 11}));
         for (int64_t a = 0; a < 2; ++a)
           for (int64_t b = 0; b < 3; ++b)
-            for (int64_t k = 0; k < 5; ++k) {
+            for (int64_t k = 0; k < 11; ++k) {
               const float want = cv[bcast_index(cs, a, b, k)] ? xv[bcast_index(xs, a, b, k)] : yv[bcast_index(ys, a, b, k)];
-              ASSERT_EQ(out.data<float>()[(a * 3 + b) * 5 + k], want)
+              ASSERT_EQ(out.data<float>()[(a * 3 + b) * 11 + k], want)
                   << shape_str(cs) << " " << shape_str(xs) << " " << shape_str(ys) << " at " << a << b << k;
             }
       }

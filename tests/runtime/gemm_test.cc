@@ -76,6 +76,31 @@ TEST(MatMulKernel, LargeThreadedMatchesNaive) {
   }
 }
 
+TEST(MatMulKernel, ShapesAroundTheTilesMatchNaive) {
+  // The direct GEMM behind MatMul and Gemm: rows 4..13 (panels of 6), columns off the 16-column
+  // strips, k across 256-step chunks; Gemm with transB and with a C added (beta 1).
+  uint32_t seed = 400;
+  for (int64_t m : {4, 5, 7, 13}) {
+    for (int64_t n : {1, 8, 15, 17, 33}) {
+      for (int64_t k : {1, 8, 255, 257, 600}) {
+        SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(k) + "x" + std::to_string(n));
+        const std::vector<float> a = rnd(m * k, seed++), b = rnd(k * n, seed++), c = rnd(n, seed++);
+        const std::vector<float> want = naive_mm(a, b, m, k, n);
+        auto y = run_node({.op = "MatMul", .inputs = {ft({m, k}, a), ft({k, n}, b)}});
+        EXPECT_VALUES_NEAR(y[0], want, 1e-4);
+        std::vector<float> bt(static_cast<size_t>(k * n));
+        for (int64_t p = 0; p < k; ++p)
+          for (int64_t j = 0; j < n; ++j) bt[j * k + p] = b[p * n + j];
+        std::vector<float> want_c = want;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) want_c[i * n + j] += c[j];
+        auto g = run_node({.op = "Gemm", .inputs = {ft({m, k}, a), ft({n, k}, bt), ft({n}, c)}, .attrs = {ai("transB", 1)}});
+        EXPECT_VALUES_NEAR(g[0], want_c, 1e-4);
+      }
+    }
+  }
+}
+
 TEST(MatMulKernel, IntegerAndFloat16KeepTheirType) {
   auto yi = run_node({.op = "MatMul", .inputs = {Tensor::from_vector<int64_t>({1, 2}, {3, -4}), Tensor::from_vector<int64_t>({2, 1}, {5, 6})}});
   EXPECT_EQ(yi[0].dtype(), DataType::kInt64);

@@ -1,6 +1,8 @@
 // Pooling kernels against hand-computed values.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "nn_test_util.h"
 
 namespace qtool::testing {
@@ -40,6 +42,52 @@ TEST(MaxPoolKernel, CeilModeDilationAndPads) {
   auto yp = run_node({.op = "MaxPool", .inputs = {ft({1, 1, 1, 2}, {-3, -5})},
                       .attrs = {ais("kernel_shape", {1, 3}), ais("pads", {0, 1, 0, 1})}, .opset = 12});
   EXPECT_VALUES_NEAR(yp[0], (std::vector<float>{-3, -3}), 0);
+}
+
+TEST(MaxPoolKernel, SweepMatchesNaive) {
+  // The AVX2 MaxPool (values only, float) around its 8-lane blocks: widths 1..19, kernels 2..3,
+  // strides 1..3, pads and ceil mode, against a direct maximum over the window.
+  uint32_t seed = 300;
+  for (int64_t w : {1, 3, 7, 8, 9, 16, 17, 19}) {
+    for (int64_t k : {2, 3}) {
+      for (int64_t st : {1, 2, 3}) {
+        for (int64_t pad : {0, 1}) {
+          for (int64_t ceil : {0, 1}) {
+            if (w + 2 * pad < k || pad >= k) continue;
+            const int64_t h = 5;
+            const std::vector<float> x = rnd(2 * 3 * h * w, seed++);
+            auto out_len = [&](int64_t in) {
+              const int64_t span = in + 2 * pad - k;
+              int64_t o = ceil ? (span + st - 1) / st + 1 : span / st + 1;
+              if (ceil && (o - 1) * st >= in + pad) --o;
+              return o;
+            };
+            const int64_t oh = out_len(h), ow = out_len(w);
+            std::vector<float> want;
+            for (int64_t pl = 0; pl < 6; ++pl)
+              for (int64_t y0 = 0; y0 < oh; ++y0)
+                for (int64_t x0 = 0; x0 < ow; ++x0) {
+                  float m = std::numeric_limits<float>::lowest();
+                  for (int64_t a = 0; a < k; ++a)
+                    for (int64_t b = 0; b < k; ++b) {
+                      const int64_t iy = y0 * st - pad + a, ix = x0 * st - pad + b;
+                      if (iy >= 0 && iy < h && ix >= 0 && ix < w) m = std::max(m, x[(pl * h + iy) * w + ix]);
+                    }
+                  want.push_back(m);
+                }
+            auto y = run_node({.op = "MaxPool", .inputs = {ft({2, 3, h, w}, x)},
+                               .attrs = {ais("kernel_shape", {k, k}), ais("strides", {st, st}),
+                                         ais("pads", {pad, pad, pad, pad}), ai("ceil_mode", ceil)},
+                               .opset = 12, .threads = 2});
+            SCOPED_TRACE("w " + std::to_string(w) + " k " + std::to_string(k) + " stride " + std::to_string(st) +
+                         " pad " + std::to_string(pad) + " ceil " + std::to_string(ceil));
+            ASSERT_EQ(y[0].shape(), (Shape{2, 3, oh, ow}));
+            EXPECT_VALUES_NEAR(y[0], want, 0);
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(MaxPoolKernel, Int8Input) {

@@ -41,6 +41,37 @@ TEST(SoftmaxKernel, MaskedEntriesAreExactZerosAndSmallOnesSurvive) {
   EXPECT_VALUES_NEAR(m[0], (std::vector<float>{0.5f, 0.5f}), 0);
 }
 
+TEST(SoftmaxKernel, RowLengthsAroundTheLanesMatchDouble) {
+  // The AVX2 row (8 lanes and a masked tail): lengths 1..33, masked (-inf) entries, an all -inf
+  // row (uniform) and large magnitudes, against exp in double.
+  const float ninf = -std::numeric_limits<float>::infinity();
+  uint32_t seed = 500;
+  for (int64_t len = 1; len <= 33; ++len) {
+    std::vector<float> x = rnd(3 * len, seed++);
+    for (int64_t i = 0; i < len; ++i) {
+      x[i] *= 40.0f;                     // row 0: spread over ±40
+      if (i % 3 == 1) x[len + i] = ninf;  // row 1: masked entries
+      x[2 * len + i] = ninf;             // row 2: all masked
+    }
+    auto y = run_node({.op = "Softmax", .inputs = {ft({3, len}, x)}, .attrs = {ai("axis", -1)}, .opset = 13});
+    std::vector<float> want;
+    for (int r = 0; r < 3; ++r) {
+      const float* row = x.data() + r * len;
+      float mx = ninf;
+      for (int64_t i = 0; i < len; ++i) mx = std::max(mx, row[i]);
+      double sum = 0;
+      std::vector<double> e(static_cast<size_t>(len));
+      for (int64_t i = 0; i < len; ++i) sum += e[i] = std::isinf(mx) ? 1.0 : std::exp(double(row[i]) - mx);
+      for (int64_t i = 0; i < len; ++i) want.push_back(static_cast<float>(e[i] / sum));
+    }
+    SCOPED_TRACE("len " + std::to_string(len));
+    EXPECT_VALUES_NEAR(y[0], want, 2e-7);
+    for (int64_t i = 0; i < len; ++i) {
+      if (i % 3 == 1) EXPECT_EQ(y[0].data<float>()[len + i], 0.0f);  // exact zeros, no denormals
+    }
+  }
+}
+
 TEST(SoftmaxKernel, LogSoftmaxAndHardmax) {
   auto l = run_node({.op = "LogSoftmax", .inputs = {ft({1, 2}, {0, 0})}, .opset = 13});
   EXPECT_VALUES_NEAR(l[0], (std::vector<float>{float(-std::log(2.0)), float(-std::log(2.0))}), 1e-6);

@@ -118,6 +118,13 @@ struct Plane2d {
 /// bytes) with AVX2 (elementwise_avx2.cc). False (nothing written) when the CPU lacks AVX2.
 bool where4_avx2(const bool* c, const uint32_t* x, int64_t sx, const uint32_t* y, int64_t sy, uint32_t* o, int64_t n);
 
+/// y[i] = saturate(nearbyint(x[i] / scale) + zp) into `out` (uint8, int8, uint16 or int16) with
+/// AVX2 (elementwise_avx2.cc), the portable kernel's roundings. False (nothing written) for other
+/// types or without AVX2.
+bool quantize_run_avx2(const float* x, int64_t n, float scale, int32_t zp, DataType out, void* y);
+/// y[i] = float(x[i] - zp) * scale for 8/16-bit levels `in` with AVX2. False as above.
+bool dequantize_run_avx2(const void* x, DataType in, int64_t n, float scale, int32_t zp, float* y);
+
 /// Softmax of one contiguous row in place with AVX2 (softmax_avx2.cc): exp(x - max) / sum, with
 /// entries more than 87 below the maximum as exact 0 and an all -inf row uniform. False (nothing
 /// done) when the CPU lacks AVX2/FMA.

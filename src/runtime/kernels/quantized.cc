@@ -114,6 +114,18 @@ void dequantize_linear_kernel(KernelContext& ctx) {
         yp[i] = (float8e4m3fn_to_float(xp[i]) - (zq ? float8e4m3fn_to_float(zq[s]) : 0.0f)) * sp[s];
       }
     });
+  } else if (l.block == 0 && dtype_bits(x.dtype()) >= 8 && dtype_bits(x.dtype()) <= 16 && x.dtype() != DataType::kFloat16 &&
+             x.dtype() != DataType::kBFloat16 && (l.per_tensor || l.inner >= 16) && nn::sgemm_direct_available()) {
+    // Runs of one scale over 8/16-bit levels: the AVX2 loop reads the levels in place.
+    const int64_t run_len = l.per_tensor ? n : l.inner;
+    const size_t esize = static_cast<size_t>(dtype_bits(x.dtype()) / 8);
+    const uint8_t* xp = x.raw();
+    ctx.pool().parallel_for((n + run_len - 1) / run_len, std::max<int64_t>(1, 65536 / run_len), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r * run_len, e = std::min(n, i + run_len), s = l.index(i);
+        nn::dequantize_run_avx2(xp + i * esize, x.dtype(), e - i, sp[s], zp.empty() ? 0 : zp[s], yp + i);
+      }
+    });
   } else {
     const std::vector<int32_t> xv = int_values(ctx, x, "x");
     ctx.pool().parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
@@ -173,7 +185,19 @@ void quantize_linear_kernel(KernelContext& ctx) {
   const float* xp = x.data<float>();
   const float* sp = scale.data<float>();
   const int64_t n = x.numel();
+  // Runs of one scale (the whole tensor, or `inner` values per-axis) go to the AVX2 loop.
+  const bool simd = l.block == 0 && !dtype_is_packed(out) && (l.per_tensor || l.inner >= 16);
+  const int64_t run_len = l.per_tensor ? n : l.inner;
+  const size_t esize = static_cast<size_t>(dtype_bits(out) / 8);
   auto run = [&](int64_t i0, int64_t i1) {
+    if (simd) {
+      for (int64_t i = i0; i < i1;) {
+        const int64_t s = l.index(i), e = std::min(i1, (i / run_len + 1) * run_len);
+        if (!nn::quantize_run_avx2(xp + i, e - i, sp[s], zp.empty() ? 0 : zp[s], out, yp + i * esize)) break;
+        i = e;
+        if (i == i1) return;
+      }
+    }
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t s = l.index(i);
       write_int(yp, out, i, quantize_one(xp[i], sp[s], zp.empty() ? 0 : zp[s], lo, hi));

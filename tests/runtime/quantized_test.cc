@@ -1,6 +1,12 @@
 // Quantized kernels against hand-computed values (ONNX operator doc examples where they exist).
 #include <gtest/gtest.h>
 
+#include <limits>
+
+#include <cmath>
+
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "nn_test_util.h"
@@ -23,6 +29,42 @@ TEST(QuantizeLinearKernel, RoundHalfToEvenAndSaturate) {
   auto u = run_node({.op = "QuantizeLinear", .inputs = {ft({3}, {-1, 1, 2}), Tensor::scalar<float>(0.5f)}, .opset = 13});
   EXPECT_EQ(u[0].dtype(), DataType::kUint8);
   EXPECT_EQ(iv(u[0]), (std::vector<int32_t>{0, 2, 4}));
+}
+
+TEST(QuantizeLinearKernel, VectorRunsMatchScalarRoundingForEveryType) {
+  // The AVX2 runs (8 lanes and a tail, per tensor and per axis with 19 values per channel) against
+  // the scalar definition: nearbyint(x / scale) + zp, NaN -> 0, saturated; then DequantizeLinear
+  // back: (q - zp) * scale. Values sit on .5 boundaries, beyond the range and at NaN.
+  std::vector<float> xv;
+  for (int i = 0; i < 2 * 3 * 19; ++i) xv.push_back(0.25f * static_cast<float>(i - 60) + (i % 7 == 0 ? 0.125f : 0.0f));
+  xv[5] = std::numeric_limits<float>::quiet_NaN();
+  xv[6] = 1e9f;
+  xv[7] = -1e9f;
+  const Tensor x = ft({2, 3, 19}, xv);
+  const std::vector<float> scales = {0.5f, 0.25f, 2.0f};
+  auto check = [&](auto zp_value, int per_axis) {
+    using T = decltype(zp_value);
+    const float lo = static_cast<float>(std::numeric_limits<T>::min()), hi = static_cast<float>(std::numeric_limits<T>::max());
+    Tensor scale = per_axis ? ft({3}, scales) : Tensor::scalar<float>(0.5f);
+    Tensor zp = per_axis ? Tensor::from_vector<T>({3}, {zp_value, T(0), zp_value}) : Tensor::scalar<T>(zp_value);
+    auto q = run_node({.op = "QuantizeLinear", .inputs = {x, scale, zp}, .attrs = {ai("axis", 1)}, .opset = 21});
+    auto d = run_node({.op = "DequantizeLinear", .inputs = {q[0], scale, zp}, .attrs = {ai("axis", 1)}, .opset = 21});
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t c = (i / 19) % 3;
+      const float s = per_axis ? scales[c] : 0.5f;
+      const int32_t z = per_axis ? (c == 1 ? 0 : zp_value) : zp_value;
+      const float r = std::nearbyint(xv[i] / s) + static_cast<float>(z);
+      const int32_t want = std::isnan(r) ? 0 : static_cast<int32_t>(std::clamp(r, lo, hi));
+      ASSERT_EQ(static_cast<int32_t>(q[0].get_as_double(i)), want) << i << " " << dtype_name(q[0].dtype()) << " axis " << per_axis;
+      ASSERT_EQ(d[0].data<float>()[i], static_cast<float>(want - z) * s) << i;
+    }
+  };
+  for (int per_axis : {0, 1}) {
+    check(uint8_t{128}, per_axis);
+    check(int8_t{-3}, per_axis);
+    check(uint16_t{30000}, per_axis);
+    check(int16_t{7}, per_axis);
+  }
 }
 
 TEST(QuantizeLinearKernel, PerAxisAndBlockedAndInt4Packing) {

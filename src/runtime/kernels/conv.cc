@@ -27,6 +27,19 @@ inline void walk_tile(const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_
   const int64_t hw = g.in[1] * g.in[2];
   const int64_t ohw = g.out[1] * g.out[2];
   const int64_t s = g.stride[2];
+  // The tile's output-row segments are the same for every im2col row: found once (no divisions
+  // per row and segment), as (column offset, length, first ow, od, oh).
+  struct Segment {
+    int64_t col_off, seg, ow, od, oh;
+  };
+  thread_local std::vector<Segment> segs;
+  segs.clear();
+  for (int64_t j = j0; j < j1;) {
+    const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
+    const int64_t seg = std::min(g.out[2] - ow, j1 - j);
+    segs.push_back({j - j0, seg, ow, od, oh});
+    j += seg;
+  }
   int64_t row = 0;
   for (int64_t ci = 0; ci < cin_g; ++ci) {
     const int64_t xc = ci * g.in_size();
@@ -36,17 +49,13 @@ inline void walk_tile(const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_
           int64_t lo, hi;
           valid_range(g.out[2], g.in[2], s, g.pad_begin[2], kc * g.dilation[2], &lo, &hi);
           const int64_t xoff = kc * g.dilation[2] - g.pad_begin[2];
-          int64_t j = j0;
-          while (j < j1) {
-            const int64_t od = j / ohw, oh = (j / g.out[2]) % g.out[1], ow = j % g.out[2];
-            const int64_t seg = std::min(g.out[2] - ow, j1 - j);
-            const int64_t id = od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
-            const int64_t ih = oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
+          for (const Segment& sg : segs) {
+            const int64_t id = sg.od * g.stride[0] - g.pad_begin[0] + ka * g.dilation[0];
+            const int64_t ih = sg.oh * g.stride[1] - g.pad_begin[1] + kb * g.dilation[1];
             const bool inside = id >= 0 && id < g.in[0] && ih >= 0 && ih < g.in[1];
-            const int64_t e = ow + seg;
-            const int64_t a = std::clamp(lo, ow, e), b = std::clamp(hi, a, e);
-            f(row, j - j0, seg, ow, inside ? xc + id * hw + ih * g.in[2] : int64_t{-1}, a, b, s, xoff);
-            j += seg;
+            const int64_t e = sg.ow + sg.seg;
+            const int64_t a = std::clamp(lo, sg.ow, e), b = std::clamp(hi, a, e);
+            f(row, sg.col_off, sg.seg, sg.ow, inside ? xc + id * hw + ih * g.in[2] : int64_t{-1}, a, b, s, xoff);
           }
         }
       }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "qtool/core/simd_clones.h"
 #include "nn_util.h"
 
 namespace qtool::runtime {
@@ -65,6 +66,11 @@ inline void walk_tile(const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_
 
 }  // namespace
 
+/// d[i] = s[2 i] for i < n: the stride-2 rows of im2col (a first conv's), built for AVX2 too.
+QTOOL_SIMD_CLONES void copy_stride2(float* __restrict d, const float* __restrict s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) d[i] = s[2 * i];
+}
+
 template <typename T>
 void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0, int64_t j1, T* col, int64_t ld) {
   if (ld <= 0) ld = j1 - j0;
@@ -80,6 +86,9 @@ void im2col_tile(const T* x, const WindowGeometry& g, int64_t cin_g, int64_t j0,
               std::fill(d, d + (a - ow), T(0));
               if (s == 1) {
                 std::memcpy(d + (a - ow), src + a + xoff, sizeof(T) * (b - a));
+              } else if (std::is_same_v<T, float> && s == 2) {
+                copy_stride2(reinterpret_cast<float*>(d + (a - ow)), reinterpret_cast<const float*>(src + 2 * a + xoff),
+                             b - a);
               } else {
                 for (int64_t o = a; o < b; ++o) d[o - ow] = src[o * s + xoff];
               }

@@ -55,6 +55,7 @@ QTOOL_AVX2 void micro_tile(int64_t kc, const float* a, int64_t lda, const float*
   const float* ar[kMr];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) ar[r] = a + r * lda;
+#pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(bp + p * ldbp), b1 = _mm256_loadu_ps(bp + p * ldbp + 8);
 #pragma GCC unroll 6

@@ -298,6 +298,19 @@ std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const st
   std::vector<double> y(static_cast<size_t>(nb * m * n));
   const size_t r = batch.size();
   const std::vector<int64_t> sa = nn::broadcast_strides(abatch, r), sb = nn::broadcast_strides(bbatch, r);
+  // Integer operands whose every partial sum stays below 2^24 in magnitude (k · max|a| · max|b|)
+  // multiply exactly in float32: the fast GEMM instead of the double one (8-bit MatMuls up to
+  // k = 258 with 255 · 255 products, or 1040 with 127 · 127).
+  double amax = 0.0, bmax = 0.0;
+  for (double v : a) amax = std::max(amax, std::fabs(v));
+  for (double v : b) bmax = std::max(bmax, std::fabs(v));
+  const bool exact_in_float = static_cast<double>(k) * amax * bmax < 16777216.0;
+  std::vector<float> af, bf, yf;
+  if (exact_in_float) {
+    af.assign(a.begin(), a.end());
+    bf.assign(b.begin(), b.end());
+    yf.resize(y.size());
+  }
   for (int64_t idx = 0; idx < nb; ++idx) {
     int64_t rem = idx, oa = 0, ob = 0;
     for (size_t i = r; i-- > 0;) {
@@ -306,8 +319,14 @@ std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const st
       oa += c * sa[i];
       ob += c * sb[i];
     }
-    nn::dgemm(false, false, m, n, k, a.data() + oa * m * k, k, b.data() + ob * k * n, n, y.data() + idx * m * n, n);
+    if (exact_in_float) {
+      nn::sgemm(false, false, m, n, k, 1.0f, af.data() + oa * m * k, k, bf.data() + ob * k * n, n, 0.0f,
+                yf.data() + idx * m * n, n, &ctx.pool());
+    } else {
+      nn::dgemm(false, false, m, n, k, a.data() + oa * m * k, k, b.data() + ob * k * n, n, y.data() + idx * m * n, n);
+    }
   }
+  if (exact_in_float) y.assign(yf.begin(), yf.end());
   return y;
 }
 

@@ -6,6 +6,8 @@
 // and the DequantizeLinear nodes nothing reads any more are then removed as dead code.
 #include "qtool/passes/qdq_to_qoperator.h"
 
+#include "qtool/passes/eliminate_identity.h"
+
 #include <algorithm>
 #include <unordered_map>
 
@@ -79,6 +81,7 @@ class Fuser {
       : g_(g), report_(report), record_aliases_(record_aliases) {}
 
   void run() {
+    drop_relu_before_q();
     std::vector<ir::Node*> order = g_.topo_order();
     for (ir::Node* n : order) {
       if (!n->domain().empty()) continue;
@@ -102,6 +105,27 @@ class Fuser {
     static const char* const kOps[] = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
                                        "Slice", "Gather", "Expand", "Tile", "SpaceToDepth", "DepthToSpace"};
     return std::any_of(std::begin(kOps), std::end(kOps), [&](const char* o) { return n->op_type() == o; });
+  }
+
+  /// ONNX Runtime's ReluQuantFusion: Relu -> QuantizeLinear whose zero point is its type's lowest
+  /// value (uint8 0, int8 -128) quantizes every negative input to that zero point with or without
+  /// the Relu, so the Relu goes and the op before it can fuse with the Q (PyTorch's QDQ exports
+  /// keep Conv -> Relu -> Q). Exact: the same integers either way.
+  void drop_relu_before_q() {
+    std::vector<ir::Node*> relus;
+    for (const auto& n : g_.nodes()) {
+      if (n->domain().empty() && n->op_type() == "Relu" && n->input(0) && n->output(0)) relus.push_back(n.get());
+    }
+    for (ir::Node* relu : relus) {
+      ir::Node* q = sole_q(relu->output(0));
+      if (!q) continue;
+      const Tensor* zp = constant(q->input(2));
+      const double lowest = zp->dtype() == DataType::kInt8 ? -128.0 : 0.0;
+      if (zp->get_as_double(0) != lowest) continue;
+      q->set_input(0, relu->input(0));
+      g_.remove_node(relu);
+      ++report_.fused["dropped Relu before Q"];
+    }
   }
 
   /// A zero point for an integer input that has none (QLinear* ops require one).
@@ -236,6 +260,9 @@ class Fuser {
 
 QOperatorReport fuse_qdq_to_qoperator(ir::Model& model) {
   QOperatorReport report;
+  // ONNX Runtime's level-1 optimizations run first: Identity nodes (on weights in PyTorch's QDQ
+  // exports) and Casts to the same type (between its Q and DQ) would otherwise hide the groups.
+  eliminate_identity(model);
   bool ms = false;
   for_each_graph(*model.graph, [&](ir::Graph& g) {
     Fuser f(g, report, &g == model.graph.get());

@@ -17,7 +17,7 @@ const std::vector<PassInfo>& registered_passes() {
       {"remove_initializer_inputs", "stop listing initializers as graph inputs (IR 3 models)",
        &remove_initializer_inputs},
       {"upgrade_opset", "convert ai.onnx ops to a newer opset (per-op IR rewrites)", &upgrade_opset},
-      {"eliminate_identity", "remove Identity and inference-mode Dropout", &eliminate_identity},
+      {"eliminate_identity", "remove Identity, inference-mode Dropout and Casts to the type the input has", &eliminate_identity},
       {"fold_constants", "evaluate nodes whose inputs are all constant into initializers", &fold_constants},
       {"fold_batchnorm", "fold BatchNormalization into the preceding Conv or Gemm", &fold_batchnorm},
       {"cross_layer_equalization", "equalize per-channel weight ranges of Conv -> (Relu) -> Conv pairs (DFQ)",

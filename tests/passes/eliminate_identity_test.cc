@@ -40,6 +40,34 @@ TEST(EliminateIdentity, KeepsDropoutWithUsedMaskOrTraining) {
   EXPECT_EQ(g.num_nodes(), 3u);
 }
 
+TEST(EliminateIdentity, RemovesCastsToTheTypeTheInputHas) {
+  // PyTorch's QDQ exports: Q (uint8 zero point) -> Cast(to=uint8) -> DQ. That Cast goes; a Cast
+  // that changes the type, one whose input type is unknown and one producing a graph output stay.
+  ir::Model m;
+  m.set_opset("", 13);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x");
+  ir::Value* s = g.add_initializer("s", Tensor::scalar<float>(0.5f));
+  ir::Value* z = g.add_initializer("z", Tensor::scalar<uint8_t>(3));
+  ir::Node* q = g.add_node("QuantizeLinear", {x, s, z}, {"q"});
+  ir::Node* same = g.add_node("Cast", {q->output(0)}, {"q2"});
+  same->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kUint8)));
+  ir::Node* dq = g.add_node("DequantizeLinear", {same->output(0), s, z}, {"d"});
+  ir::Node* widen = g.add_node("Cast", {q->output(0)}, {"f"});
+  widen->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+  ir::Node* unknown = g.add_node("Cast", {x}, {"u"});
+  unknown->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kFloat)));
+  ir::Node* out = g.add_node("Cast", {q->output(0)}, {"y"});
+  out->set_attr(ir::Attribute::make_int("to", static_cast<int64_t>(DataType::kUint8)));
+  g.add_output(dq->output(0));
+  g.add_output(widen->output(0));
+  g.add_output(unknown->output(0));
+  g.add_output(out->output(0));
+  EXPECT_EQ(eliminate_identity(m), 1u);
+  EXPECT_EQ(dq->input(0), q->output(0));  // DQ reads Q directly
+  EXPECT_EQ(g.num_nodes(), 5u);
+}
+
 TEST(RemoveInitializerInputs, InitializersStopBeingInputs) {
   ir::Model m;
   m.ir_version = 3;

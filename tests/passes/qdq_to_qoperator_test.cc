@@ -7,6 +7,7 @@
 #include <cmath>
 #include <map>
 
+#include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
 #include "qtool/runtime/executor.h"
 #include "test_util.h"
@@ -242,6 +243,61 @@ TEST(QdqToQOperator, ExecutorMatchesOnnxRuntimeBitForBit) {
     EXPECT_LT(testing::max_abs_error(ours, ort), 1e-5) << "seed " << seed;
     EXPECT_LT(testing::max_abs_error(ours, ort_qop), 1e-5) << "seed " << seed;
   }
+}
+
+TEST(QdqToQOperator, PyTorchMobileNetV3FusedEqualsOnnxRuntime) {
+  // PyTorch's QDQ export (Identity on every weight, uint8 -> uint8 Casts between Q and DQ, Conv ->
+  // Relu -> Q): qtool's fusion (`qtool run`'s default) must make the groups ONNX Runtime makes, so
+  // that both run the same integer kernels. The weights are moved to uint8 (w + 128, zero point
+  // + 128: the same integers) so that ONNX Runtime's kernels are exact on every CPU (its u8s8 ones
+  // saturate on AVX2 without VNNI); the scores must then be equal, and equal to qtool's on the
+  // int8 original.
+  QTOOL_REQUIRE_SHARED();
+  QTOOL_REQUIRE_ORT();
+  const std::string path = testing::shared_path("models/mobilenetv2/pytorch_mobilenet_v3_qdq.onnx");
+  const Tensor x = onnx_io::load_tensor_pb(testing::shared_path("models/mobilenetv2/test_data_set_0/input_0.pb"));
+  ir::Model original = onnx_io::load_model(path);
+  ir::Model u8 = original.clone();
+  int moved = 0;
+  for (const auto& n : u8.graph->nodes()) {
+    if (n->op_type() != "DequantizeLinear" || n->inputs().size() < 3) continue;
+    auto source = [](ir::Value* v) {
+      while (v && !v->is_initializer() && v->producer() && v->producer()->op_type() == "Identity") v = v->producer()->input(0);
+      return v && v->is_initializer() ? v : nullptr;
+    };
+    ir::Value* w = source(n->input(0));
+    ir::Value* z = source(n->input(2));
+    if (!w || !z || w->initializer()->dtype() != DataType::kInt8) continue;
+    for (ir::Value* v : {w, z}) {
+      const Tensor& t = *v->initializer();
+      if (t.dtype() == DataType::kUint8) continue;  // a zero point shared with a layer already moved
+      Tensor u(DataType::kUint8, t.shape());
+      for (int64_t i = 0; i < t.numel(); ++i) u.mutable_data<uint8_t>()[i] = static_cast<uint8_t>(t.data<int8_t>()[i] + 128);
+      v->set_initializer(std::move(u));
+    }
+    ++moved;
+  }
+  ASSERT_EQ(moved, 53);  // 52 convolutions and the classifier
+  testing::TempDir dir;
+  onnx_io::save_model(u8, dir.file("u8.onnx"));
+  write_npy(dir.file("x.npy"), x);
+  testing::CommandResult r = testing::run_command("node " + testing::source_path("tools/ort/run.js") + " " + dir.file("u8.onnx") + " " +
+                                dir.file("ort") + " image=" + dir.file("x.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Tensor ref = read_npy(dir.file("ort/0.npy"));
+  auto fused_run = [&](ir::Model m) {
+    const QOperatorReport rep = fuse_qdq_to_qoperator(m);
+    EXPECT_EQ(rep.fused.at("QLinearConv"), 52);
+    EXPECT_EQ(rep.fused.at("dropped Relu before Q"), 35);
+    runtime::Executor ex(m, {.threads = 2});
+    return ex.run({{"image", x}})[0];
+  };
+  const Tensor got_u8 = fused_run(u8.clone()), got_i8 = fused_run(original.clone());
+  ASSERT_EQ(got_u8.shape(), ref.shape());
+  // The classifier (QGemm in ONNX Runtime) ends in QuantizeLinear -> DequantizeLinear: equal
+  // integers give equal floats.
+  EXPECT_EQ(testing::max_abs_error(got_u8, ref), 0.0);
+  EXPECT_EQ(testing::max_abs_error(got_i8, got_u8), 0.0);
 }
 
 }  // namespace

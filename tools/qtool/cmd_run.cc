@@ -21,6 +21,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "commands.h"
 #include "qtool/core/error.h"
@@ -140,7 +141,10 @@ void run_command_impl(const RunOptions& o) {
                 o.output_dir);
   }
   // ONNX Runtime runs QDQ groups as fused integer kernels; so does `qtool run` unless told not to.
-  if (o.qdq == "fuse") passes::fuse_qdq_to_qoperator(model);
+  if (o.qdq == "fuse") {
+    const passes::QOperatorReport rep = passes::fuse_qdq_to_qoperator(model);
+    for (const auto& [op, count] : rep.fused) spdlog::debug("fused QDQ groups: {} x {}", count, op);
+  }
   runtime::Executor ex(model, {.threads = o.threads, .fold_constants = true});
   std::map<std::string, Tensor> feeds = bind_inputs(model, o.inputs);
   const auto t0 = std::chrono::steady_clock::now();

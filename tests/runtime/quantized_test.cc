@@ -250,9 +250,10 @@ TEST(QLinearAddKernel, BroadcastAndRequantize) {
 }
 
 TEST(QLinearAddKernel, RoundsLikeOnnxRuntime) {
-  // ONNX Runtime's 8-bit QLinearAdd computes (F + a*ra) + b*rb with ra = sa/sc, rb = sb/sc,
-  // F = zc - (ra*za + rb*zb), all in float. Here that gives 211.5000... -> 212 where the textbook
-  // (sa(a-za) + sb(b-zb))/sc + zc rounds to 213; qtool must give ONNX Runtime's 212.
+  // ONNX Runtime's 8-bit QLinearAdd (x86) computes fma(a, ra, fma(b, rb, F)) with ra = sa/sc,
+  // rb = sb/sc, F = zc - (ra*za + rb*zb), in float. Here that gives 212.5 -> 212 (ties to even)
+  // where the textbook (sa(a-za) + sb(b-zb))/sc + zc rounds to 213, and folding a one-element b
+  // into F unfused (F + b*rb) gives 212.50002 -> 213; qtool must give ONNX Runtime's 212.
   // ONNX Runtime 1.30 gives 212 for vector + vector, vector + one element and one element + vector.
   const Tensor sa = Tensor::scalar<float>(0.056282595f), za = Tensor::scalar<uint8_t>(112);
   const Tensor sb = Tensor::scalar<float>(0.03669841f), zb = Tensor::scalar<uint8_t>(244);

@@ -95,6 +95,7 @@ class Escalation {
     size_t k = first_round_size();
     double best = worst_output_sqnr(g_.comparison);
     for (size_t round = 1; round <= options_.max_rounds; ++round) {
+      auto t = detail::clock_type::now();
       decide(k);
       const quant::TensorChoices choices = choices_for(k);
       quant::StaticEmission again = quant::emit_static(calibrated_, choices, config_);
@@ -105,7 +106,10 @@ class Escalation {
       const std::string corrected =
           quant::correct_static_biases(calibrated_, again.model, calib_, config_, " (model with raised tensors)");
       if (!corrected.empty()) g_.actions.push_back(corrected);
+      g_.timings.push_back({fmt::format("quantize: guard: round {} emission and bias correction", round), detail::seconds_since(t)});
+      t = detail::clock_type::now();
       report::CompareResult outs = compare_on(reference_, again.model, held_out_, config_.threads, &cache_);
+      g_.timings.push_back({fmt::format("quantize: guard: round {} comparison", round), detail::seconds_since(t)});
       const bool ok = meets_floor(outs, options_.floor, nullptr);
       g_.actions.push_back(fmt::format("guard round {}: {} of {} tensors raised ({} at their observed range, {} at 16 "
                                        "bits, {} float): {}{}",
@@ -132,6 +136,11 @@ class Escalation {
   /// probe_samples (the rest keep their first score).
   void rank_tensors() {
     const auto t0 = detail::clock_type::now();
+    struct Timer {  // the probe's row of the timings, however rank_tensors returns
+      std::vector<report::Timing>& rows;
+      detail::clock_type::time_point t0;
+      ~Timer() { rows.push_back({"quantize: guard: probe", detail::seconds_since(t0)}); }
+    } timer{g_.timings, t0};
     std::vector<FakeQuantTensor> each;
     for (const auto& [name, p] : params_) each.push_back({name, p, type8_});
     std::sort(each.begin(), each.end(), [](const FakeQuantTensor& a, const FakeQuantTensor& b) { return a.name < b.name; });
@@ -457,7 +466,9 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
   GuardResult g;
   g.choices = choices;
   report::ReferenceCache held_out_cache, extended_cache;
+  auto t = detail::clock_type::now();
   g.comparison = compare_on(reference, emitted.model, held_out, config.threads, &held_out_cache);
+  g.timings.push_back({"quantize: guard: held-out comparison", detail::seconds_since(t)});
   spdlog::info("quality guard: {}", describe_outputs(g.comparison));
   // A classifier that meets the floor with disagreements is judged again on more rows: the
   // held-out ones and calibration samples, up to kJudgeRows (their ranges came from those
@@ -468,7 +479,9 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
   if (options.extend_with_calib && borderline(g.comparison, options.floor) && extended.size() > held_out.size()) {
     judge = &extended;
     judge_cache = &extended_cache;
+    t = detail::clock_type::now();
     g.comparison = compare_on(reference, emitted.model, extended, config.threads, judge_cache);
+    g.timings.push_back({"quantize: guard: judged on more rows", detail::seconds_since(t)});
     g.actions.push_back(fmt::format("guard: disagreements on the {} held-out rows: judged on {} rows (with calibration "
                                     "samples): {}",
                                     held_out.size(), extended.size(), describe_outputs(g.comparison)));

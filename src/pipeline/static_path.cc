@@ -102,6 +102,7 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
     run.actions.insert(run.actions.end(), run.guard->actions.begin(), run.guard->actions.end());
     run.warnings.insert(run.warnings.end(), run.guard->warnings.begin(), run.guard->warnings.end());
     run.timings.push_back({"quantize: guard", seconds_since(t)});
+    run.timings.insert(run.timings.end(), run.guard->timings.begin(), run.guard->timings.end());
   }
   if (std::string a = quant::subgraph_note(run.emitted); !a.empty()) run.actions.push_back(std::move(a));
   run.equalized_weights = std::move(calibrated.equalized_weights);

@@ -40,6 +40,7 @@
 #include "qtool/ir/graph.h"
 #include "qtool/quant/static_quant.h"
 #include "qtool/report/compare.h"
+#include "qtool/report/report.h"
 
 namespace qtool::pipeline {
 
@@ -116,6 +117,9 @@ struct GuardResult {
   std::vector<std::string> actions;   ///< probe decisions, in order
   std::vector<std::string> warnings;  ///< "THE QUANTIZED MODEL LOOKS BROKEN ..."
   bool looks_broken = false;
+  /// Where the guard's time went: its comparisons, the probe, each round's emission (with bias
+  /// correction) and comparison, in order ("quantize: guard: ..." rows of the report's timings).
+  std::vector<report::Timing> timings;
   /// Lowest top-1 agreement over classifier-like outputs (fraction), NaN when there is none.
   double min_top1_agreement() const;
 };

@@ -8,6 +8,7 @@
 #define QTOOL_AVX2_KERNELS 1
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "qtool/runtime/kernel.h"
@@ -65,6 +66,15 @@ inline float activate1(float v, const VecAct& act) {
 QTOOL_AVX2 inline __m256i lane_mask(int64_t n) {
   const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), idx);
+}
+
+/// A mask of the lanes i with lo <= i < hi (any lo, hi: clamped to [0, 8]).
+QTOOL_AVX2 inline __m256i range_mask(int64_t lo, int64_t hi) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  lo = std::clamp<int64_t>(lo, 0, 8);
+  hi = std::clamp<int64_t>(hi, 0, 8);
+  return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), idx),
+                          _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int>(lo) - 1)));
 }
 
 }  // namespace qtool::runtime::nn::avx2

@@ -16,14 +16,7 @@ namespace qtool::runtime::nn {
 #if QTOOL_AVX2_KERNELS
 namespace {
 
-/// Lanes i with lo <= i < hi.
-QTOOL_AVX2 inline __m256i range_mask(int64_t lo, int64_t hi) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  lo = std::clamp<int64_t>(lo, 0, 8);
-  hi = std::clamp<int64_t>(hi, 0, 8);
-  return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), idx),
-                          _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(static_cast<int>(lo) - 1)));
-}
+using avx2::range_mask;
 
 /// row[c0 + i], i in [0, 8); lanes whose column is outside [0, iw) hold the lowest float.
 template <bool kEdge>

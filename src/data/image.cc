@@ -271,8 +271,9 @@ Image resample_horizontal(const Image& in, int out_w) {
       const int xmin = c.bounds[2 * xx], xcnt = c.bounds[2 * xx + 1];
       const int32_t* k = &c.kk[static_cast<size_t>(xx) * c.ksize];
       for (int b = 0; b < ch; ++b) {
-        int64_t ss = 1 << (kPrecisionBits - 1);
-        for (int x = 0; x < xcnt; ++x) ss += static_cast<int64_t>(row[(x + xmin) * ch + b]) * k[x];
+        // int32 as in PIL: bilinear weights are >= 0 and sum to 2^22, so |ss| < 255 * 2^22 + 2^21.
+        int32_t ss = 1 << (kPrecisionBits - 1);
+        for (int x = 0; x < xcnt; ++x) ss += static_cast<int32_t>(row[(x + xmin) * ch + b]) * k[x];
         orow[xx * ch + b] = clip8(ss);
       }
     }
@@ -288,15 +289,20 @@ Image resample_vertical(const Image& in, int out_h) {
   out.channels = in.channels;
   const size_t stride = static_cast<size_t>(in.width) * in.channels;
   out.pixels.resize(stride * out_h);
+  std::vector<int32_t> acc;
   for (int yy = 0; yy < out_h; ++yy) {
     const int ymin = c.bounds[2 * yy], ycnt = c.bounds[2 * yy + 1];
     const int32_t* k = &c.kk[static_cast<size_t>(yy) * c.ksize];
     uint8_t* orow = out.pixels.data() + yy * stride;
-    for (size_t i = 0; i < stride; ++i) {
-      int64_t ss = 1 << (kPrecisionBits - 1);
-      for (int y = 0; y < ycnt; ++y) ss += static_cast<int64_t>(in.pixels[(y + ymin) * stride + i]) * k[y];
-      orow[i] = clip8(ss);
+    // Row by row over the taps (int32 sums as in PIL), so the inner loop runs along the row and
+    // vectorizes; the integer sums are the same in any order.
+    acc.assign(stride, 1 << (kPrecisionBits - 1));
+    for (int y = 0; y < ycnt; ++y) {
+      const uint8_t* src = in.pixels.data() + static_cast<size_t>(y + ymin) * stride;
+      const int32_t kv = k[y];
+      for (size_t i = 0; i < stride; ++i) acc[i] += static_cast<int32_t>(src[i]) * kv;
     }
+    for (size_t i = 0; i < stride; ++i) orow[i] = clip8(acc[i]);
   }
   return out;
 }

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "qtool/core/npy.h"
+#include "qtool/core/simd_clones.h"
 #include "qtool/passes/qdq_to_qoperator.h"
 #include "qtool/runtime/executor.h"
 
@@ -37,8 +38,66 @@ Tensor as_float(const Tensor& t) { return t.dtype() == DataType::kFloat ? t : t.
 // ---------------------------------------------------------------------------------------------
 // ErrorAccumulator
 
+namespace {
+
+/// The sums of ErrorAccumulator::add over finite values, in four interleaved lanes of doubles
+/// (four independent dependency chains instead of one; one AVX2 register per sum where the
+/// CPU has it). Returns false, with nothing added, when a value is not finite.
+struct Sums {
+  double rr = 0, tt = 0, rt = 0, ee = 0, ab = 0, mx = 0;
+};
+
+QTOOL_SIMD_CLONES bool finite_sums(const float* ref, const float* test, int64_t n, Sums* out) {
+  double rr[4] = {}, tt[4] = {}, rt[4] = {}, ee[4] = {}, ab[4] = {}, mx[4] = {};
+  bool finite = true;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) {
+      const double r = ref[i + k], t = test[i + k], e = r - t, a = std::fabs(e);
+      finite &= std::fabs(r) <= 1e300 && std::fabs(t) <= 1e300;  // false for inf and NaN
+      rr[k] += r * r;
+      tt[k] += t * t;
+      rt[k] += r * t;
+      ee[k] += e * e;
+      ab[k] += a;
+      mx[k] = a > mx[k] ? a : mx[k];
+    }
+  }
+  for (; i < n; ++i) {
+    const double r = ref[i], t = test[i], e = r - t, a = std::fabs(e);
+    finite &= std::fabs(r) <= 1e300 && std::fabs(t) <= 1e300;
+    rr[0] += r * r;
+    tt[0] += t * t;
+    rt[0] += r * t;
+    ee[0] += e * e;
+    ab[0] += a;
+    mx[0] = a > mx[0] ? a : mx[0];
+  }
+  if (!finite) return false;
+  out->rr = (rr[0] + rr[1]) + (rr[2] + rr[3]);
+  out->tt = (tt[0] + tt[1]) + (tt[2] + tt[3]);
+  out->rt = (rt[0] + rt[1]) + (rt[2] + rt[3]);
+  out->ee = (ee[0] + ee[1]) + (ee[2] + ee[3]);
+  out->ab = (ab[0] + ab[1]) + (ab[2] + ab[3]);
+  out->mx = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+  return true;
+}
+
+}  // namespace
+
 void ErrorAccumulator::add(const float* ref, const float* test, int64_t n) {
   // Per-call partial sums in double keep rounding error far below any SQNR of interest.
+  if (Sums s; finite_sums(ref, test, n, &s)) {
+    sum_rr_ += s.rr;
+    sum_tt_ += s.tt;
+    sum_rt_ += s.rt;
+    sum_ee_ += s.ee;
+    sum_abs_ += s.ab;
+    max_abs_ = std::max(max_abs_, s.mx);
+    count_ += n;
+    return;
+  }
+  // Some value is not finite: the one-by-one loop, which skips or counts them.
   double rr = 0, tt = 0, rt = 0, ee = 0, ab = 0, mx = max_abs_;
   int64_t skipped = 0, broken = 0;
   for (int64_t i = 0; i < n; ++i) {

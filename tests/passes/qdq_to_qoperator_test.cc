@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
+#include <vector>
 
 #include "qtool/core/npy.h"
 #include "qtool/onnx_io/onnx_io.h"
@@ -296,11 +299,19 @@ TEST(QdqToQOperator, PyTorchMobileNetV3FusedEqualsOnnxRuntime) {
     };
     const Tensor got_u8 = fused_run(u8.clone()), got_i8 = fused_run(original.clone());
     ASSERT_EQ(got_u8.shape(), ref.shape());
-    // The classifier (QGemm in ONNX Runtime) ends in QuantizeLinear -> DequantizeLinear: equal
-    // integers give equal floats. (Before the Relu and Cast handling 17 of 52 convs fused; before
-    // QLinearAdd followed ONNX Runtime's FMA order, test_data_set_1 differed by 2 steps.)
-    EXPECT_EQ(testing::max_abs_error(got_u8, ref), 0.0);
-    EXPECT_EQ(testing::max_abs_error(got_i8, got_u8), 0.0);
+    // The scores are a DequantizeLinear of uint8 levels, one step = its scale (0.153). Here (AMD
+    // Zen 3, AVX2) they are equal; the bar is one step, for CPUs whose MLAS kernels differ. Before
+    // the Relu and Cast handling 17 of 52 convs fused (4 steps off); before QLinearAdd followed
+    // ONNX Runtime's FMA order, test_data_set_1 was 2 steps off.
+    const float* pd = ref.data<float>();
+    float step = std::numeric_limits<float>::infinity();  // the smallest gap between two levels
+    std::vector<float> levels(pd, pd + ref.numel());
+    std::sort(levels.begin(), levels.end());
+    for (size_t i = 1; i < levels.size(); ++i)
+      if (levels[i] > levels[i - 1]) step = std::min(step, levels[i] - levels[i - 1]);
+    EXPECT_NEAR(step, 0.1531, 0.0005);
+    EXPECT_LE(testing::max_abs_error(got_u8, ref), 1.0001 * step);
+    EXPECT_EQ(testing::max_abs_error(got_i8, got_u8), 0.0);  // the same integers either way
   }
 }
 

@@ -14,6 +14,7 @@
 // Every problem a file can have becomes a qtool::Error naming the file, node and tensor.
 #include <climits>
 #include <filesystem>
+#include <unordered_map>
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
@@ -293,7 +294,61 @@ std::unique_ptr<onnx::ModelProto> inferred_copy(onnx::ModelProto& mp, const std:
   return copy;
 }
 
+/// ONNX's shape inference for convolutions and pooling indexes X's and W's dims and the
+/// kernel_shape/strides/dilations/pads lists by each other's lengths without checking them: a
+/// fuzzed model with a rank-10 weight on a rank-4 input crashed inside libonnx. Such nodes (ranks
+/// that differ, too few dims, lists of the wrong length) make the loader skip ONNX's inference;
+/// qtool's own checks then name the node. Subgraphs are checked too.
+bool window_ops_consistent(const onnx::GraphProto& g, std::unordered_map<std::string, int>& rank) {
+  for (const auto& vi : g.input())
+    if (vi.type().has_tensor_type() && vi.type().tensor_type().has_shape())
+      rank[vi.name()] = vi.type().tensor_type().shape().dim_size();
+  for (const auto& vi : g.value_info())
+    if (vi.type().has_tensor_type() && vi.type().tensor_type().has_shape())
+      rank[vi.name()] = vi.type().tensor_type().shape().dim_size();
+  for (const auto& t : g.initializer()) rank[t.name()] = t.dims_size();
+  static const std::unordered_map<std::string, int> kWeightInput = {
+      {"Conv", 1}, {"ConvTranspose", 1}, {"ConvInteger", 1}, {"QLinearConv", 3},
+      {"MaxPool", -1}, {"AveragePool", -1}, {"LpPool", -1}};
+  for (const auto& n : g.node()) {
+    for (const auto& a : n.attribute()) {
+      if (a.has_g() && !window_ops_consistent(a.g(), rank)) return false;
+      for (const auto& sg : a.graphs())
+        if (!window_ops_consistent(sg, rank)) return false;
+    }
+    if (!normal_domain(n.domain()).empty()) continue;
+    const auto it = kWeightInput.find(n.op_type());
+    if (it == kWeightInput.end()) continue;
+    auto rank_of = [&](int i) {
+      if (i < 0 || i >= n.input_size()) return -1;
+      const auto r = rank.find(n.input(i));
+      return r == rank.end() ? -1 : r->second;
+    };
+    const int rx = rank_of(0), rw = rank_of(it->second);
+    if (rx >= 0 && rw >= 0 && rx != rw) return false;
+    const int r = rx >= 0 ? rx : rw;
+    if (r < 0) continue;
+    if (r < 3) return false;
+    const int spatial = r - 2;
+    for (const auto& a : n.attribute()) {
+      if ((a.name() == "kernel_shape" || a.name() == "strides" || a.name() == "dilations" ||
+           a.name() == "output_padding") && a.ints_size() != spatial)
+        return false;
+      if (a.name() == "output_shape" && a.ints_size() != spatial && a.ints_size() != r) return false;
+      if (a.name() == "pads" && a.ints_size() != 2 * spatial) return false;
+    }
+  }
+  return true;
+}
+
 bool inference_supported(const onnx::ModelProto& mp) {
+  if (mp.has_graph()) {
+    std::unordered_map<std::string, int> rank;
+    if (!window_ops_consistent(mp.graph(), rank)) {
+      spdlog::debug("ONNX shape inference skipped: a convolution or pooling node has inconsistent ranks or lists");
+      return false;
+    }
+  }
   for (const auto& o : mp.opset_import()) {
     const std::string d = normal_domain(o.domain());
     if (d.empty() && o.version() > 17) return false;

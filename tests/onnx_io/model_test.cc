@@ -69,6 +69,35 @@ Error parse_error(const onnx::ModelProto& mp, const std::string& dir = ".") {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+TEST(LoadModel, ConvWithWeightRankUnlikeItsInputSkipsOnnxShapeInference) {
+  // Found by fuzz_model: a rank-10 weight on a rank-4 input, no kernel_shape. ONNX's own shape
+  // inference indexed one by the other and crashed (SEGV under ASan); the loader now skips ONNX's
+  // inference for such nodes and loads the graph as stated (qtool's checks refuse it at run time).
+  for (const bool with_kernel_shape : {false, true}) {
+    auto mp = base_model(13);
+    auto* g = mp.mutable_graph();
+    add_io(g->add_input(), "x", DataType::kFloat, {1, 1, 8, 8});
+    *g->add_initializer() = float_tensor("w", {2, 1, 3, 3, 1, 1, 1, 1, 1, 1}, std::vector<float>(18, 0.5f));
+    *g->add_initializer() = float_tensor("b", {2}, {0, 0});
+    auto* conv = add_node(g, "Conv", {"x", "w", "b"}, {"c"});
+    auto* pads = conv->add_attribute();
+    pads->set_name("pads");
+    pads->set_type(onnx::AttributeProto::INTS);
+    for (int i = 0; i < 4; ++i) pads->add_ints(1);
+    if (with_kernel_shape) {
+      auto* ks = conv->add_attribute();
+      ks->set_name("kernel_shape");
+      ks->set_type(onnx::AttributeProto::INTS);
+      for (int i = 0; i < 8; ++i) ks->add_ints(3);  // one per spatial dim of W, two more than X has
+    }
+    add_node(g, "Relu", {"c"}, {"y"});
+    add_io(g->add_output(), "y", DataType::kFloat, {1, 2, 8, 8});
+    const ir::Model m = parse(mp);
+    EXPECT_EQ(m.graph->num_nodes(), 2u);
+    EXPECT_EQ(m.graph->find_value("w")->initializer()->rank(), 10u);
+  }
+}
+
 TEST(LoadModel, Ir3InitializersListedAsInputs) {
   auto mp = base_model(8, 3);
   auto* g = mp.mutable_graph();

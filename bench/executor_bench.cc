@@ -3,7 +3,8 @@
 //
 //   executor_bench MODEL [--threads T] [--repeat R] [--warmup W] [--profile] name=x.npy ...
 //
-// --profile adds `repeat` observed runs and prints time per op type to stderr.
+// --profile adds `repeat` observed runs and prints time per op type to stderr, then the 15 slowest
+// nodes (all of them with QTOOL_BENCH_ALL_NODES=1).
 // Used by tools/bench/executor_vs_ort.sh, which runs ONNX Runtime on the same inputs.
 #include <algorithm>
 #include <chrono>

@@ -6,10 +6,10 @@
 // and the DequantizeLinear nodes nothing reads any more are then removed as dead code.
 #include "qtool/passes/qdq_to_qoperator.h"
 
-#include "qtool/passes/eliminate_identity.h"
-
 #include <algorithm>
 #include <unordered_map>
+
+#include "qtool/passes/eliminate_identity.h"
 
 namespace qtool::passes {
 namespace {

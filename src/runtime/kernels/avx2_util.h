@@ -1,4 +1,4 @@
-// Private helpers of the AVX2 + FMA kernels (sgemm_direct.cc, depthwise_avx2.cc): the target
+// Private helpers of the AVX2 + FMA kernels (sgemm_direct.cc and the *_avx2.cc files): the target
 // attribute, lane masks and the fused activations on eight lanes. Included only where
 // QTOOL_AVX2_KERNELS is set (x86-64 with GCC or Clang); the functions run only on CPUs with AVX2
 // and FMA (nn::sgemm_direct_available()).
@@ -41,23 +41,6 @@ QTOOL_AVX2 inline __m256 activate(__m256 v, const VecAct& act) {
       const __m256 t = _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(act.alpha)), _mm256_set1_ps(act.beta));
       return _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
     }
-  }
-  return v;
-}
-
-/// The same activation on one value (edges and tails), equal to FusedActivation::apply.
-inline float activate1(float v, const VecAct& act) {
-  switch (act.kind) {
-    case FusedActivation::Kind::kNone:
-      return v;
-    case FusedActivation::Kind::kRelu:
-      return v > 0.0f ? v : 0.0f;
-    case FusedActivation::Kind::kClip:
-      return std::min(std::max(v, act.alpha), act.beta);
-    case FusedActivation::Kind::kLeakyRelu:
-      return v < 0.0f ? act.alpha * v : v;
-    case FusedActivation::Kind::kHardSigmoid:
-      return std::max(0.0f, std::min(1.0f, act.alpha * v + act.beta));
   }
   return v;
 }

@@ -259,17 +259,7 @@ void conv_forward(const T* x, const Shape& xs, const T* w, const Shape& ws, cons
     // Depthwise (or channel-multiplier) convolution: one output plane per work item. 2-D 3×3
     // planes go to the AVX2 kernel where the CPU has it (bias and activation fused, no padded copy).
     const bool dw_simd = g.in[0] == 1 && g.kernel[0] == 1 && g.kernel[1] == 3 && g.kernel[2] == 3;
-    Plane2d plane2d;
-    plane2d.ih = g.in[1];
-    plane2d.iw = g.in[2];
-    plane2d.oh = g.out[1];
-    plane2d.ow = g.out[2];
-    plane2d.sh = g.stride[1];
-    plane2d.sw = g.stride[2];
-    plane2d.dh = g.dilation[1];
-    plane2d.dw = g.dilation[2];
-    plane2d.pt = g.pad_begin[1];
-    plane2d.pl = g.pad_begin[2];
+    const Plane2d plane2d = plane2d_of(g);
     run(n_batch * m_out, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n = p / m_out, oc = p % m_out, ic = oc / cout_g;

@@ -1,9 +1,10 @@
-// Depthwise 3×3 convolution of one channel plane with AVX2 + FMA (issue 18): eight outputs of a
-// row per step, the nine taps held in registers, the bias and the fused activation applied before
-// the one store. It reads the unpadded plane: a padding row is a shared row of zeros, and the few
-// outputs whose window crosses the left or right edge are computed one by one, so no padded copy
-// of the plane is made. Stride 2 loads sixteen inputs per eight outputs and splits them into even
-// and odd columns in registers. Run only on CPUs with AVX2 and FMA (nn::sgemm_direct_available()).
+// Depthwise 3×3 convolution of channel planes with AVX2 + FMA (issue 18): eight outputs of a row
+// per step, two rows per pass, the nine taps held in registers, the bias and the fused ReLU/Clip
+// applied before the one store. It reads the unpadded plane: a padding row is a shared row of
+// zeros, and the blocks whose window crosses the left or right edge load with lane masks
+// (computed once per call), so no padded copy of the plane is made. Stride 2 loads sixteen inputs
+// per eight outputs and splits them into even and odd columns in registers. Run only on CPUs with
+// AVX2 and FMA (nn::sgemm_direct_available()).
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -107,15 +108,14 @@ QTOOL_AVX2 void planes(const Plane2d& d, int64_t planes, const float* x, const f
   }
   const bool partial = ow_n % 8 != 0;
   const __m256i store_mask = avx2::lane_mask(ow_n % 8);
-  const float inf_lo = lo, inf_hi = hi;
   for (int64_t p = 0; p < planes; ++p) {
     const float* xp = x + p * d.ih * iw;
     float* yp = y + p * d.oh * ow_n;
     const float* wp = w + 9 * p;
     const Taps t{_mm256_set1_ps(wp[0]), _mm256_set1_ps(wp[1]), _mm256_set1_ps(wp[2]), _mm256_set1_ps(wp[3]),
                  _mm256_set1_ps(wp[4]), _mm256_set1_ps(wp[5]), _mm256_set1_ps(wp[6]), _mm256_set1_ps(wp[7]),
-                 _mm256_set1_ps(wp[8]), _mm256_set1_ps(bias ? bias[p] : 0.0f), _mm256_set1_ps(inf_lo),
-                 _mm256_set1_ps(inf_hi)};
+                 _mm256_set1_ps(wp[8]), _mm256_set1_ps(bias ? bias[p] : 0.0f), _mm256_set1_ps(lo),
+                 _mm256_set1_ps(hi)};
     // Two output rows per pass: their blocks are two independent chains the core overlaps.
     for (int64_t oh = 0; oh < d.oh; oh += 2) {
       const int64_t rows = std::min<int64_t>(2, d.oh - oh);

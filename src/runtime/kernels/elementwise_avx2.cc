@@ -45,17 +45,6 @@ bool where4_avx2(const bool* c, const uint32_t* x, int64_t sx, const uint32_t* y
   return true;
 }
 
-#else
-
-bool where4_avx2(const bool*, const uint32_t*, int64_t, const uint32_t*, int64_t, uint32_t*, int64_t) { return false; }
-
-#endif
-
-}  // namespace qtool::runtime::nn
-
-namespace qtool::runtime::nn {
-
-#if QTOOL_AVX2_KERNELS
 namespace {
 
 /// saturate(nearbyint(x / scale) + zp) for 8 lanes as int32 (NaN gives 0 before saturation, as
@@ -130,6 +119,7 @@ bool dequantize_run_avx2(const void* x, DataType in, int64_t n, float scale, int
 
 #else
 
+bool where4_avx2(const bool*, const uint32_t*, int64_t, const uint32_t*, int64_t, uint32_t*, int64_t) { return false; }
 bool quantize_run_avx2(const float*, int64_t, float, int32_t, DataType, void*) { return false; }
 bool dequantize_run_avx2(const void*, DataType, int64_t, float, int32_t, float*) { return false; }
 

@@ -114,6 +114,24 @@ struct Plane2d {
   int64_t ih = 0, iw = 0, oh = 0, ow = 0, kh = 3, kw = 3, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
 };
 
+/// The last two spatial dims of `g` as a Plane2d.
+inline Plane2d plane2d_of(const WindowGeometry& g) {
+  Plane2d d;
+  d.ih = g.in[1];
+  d.iw = g.in[2];
+  d.oh = g.out[1];
+  d.ow = g.out[2];
+  d.kh = g.kernel[1];
+  d.kw = g.kernel[2];
+  d.sh = g.stride[1];
+  d.sw = g.stride[2];
+  d.dh = g.dilation[1];
+  d.dw = g.dilation[2];
+  d.pt = g.pad_begin[1];
+  d.pl = g.pad_begin[2];
+  return d;
+}
+
 /// o[i] = c[i] ? x[i * sx] : y[i * sy] over 4-byte elements (sx, sy in {0, 1}; bools are 0/1
 /// bytes) with AVX2 (elementwise_avx2.cc). False (nothing written) when the CPU lacks AVX2.
 bool where4_avx2(const bool* c, const uint32_t* x, int64_t sx, const uint32_t* y, int64_t sy, uint32_t* o, int64_t n);

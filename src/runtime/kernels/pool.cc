@@ -73,17 +73,7 @@ void max_pool_typed(KernelContext& ctx, const Tensor& x, const nn::WindowGeometr
   const T* xp = x.data<T>();
   T* yp = y.mutable_data<T>();
   int64_t* ip = want_idx ? idx.mutable_data<int64_t>() : nullptr;
-  nn::Plane2d plane2d;
-  plane2d.ih = g.in[1];
-  plane2d.iw = g.in[2];
-  plane2d.oh = g.out[1];
-  plane2d.ow = g.out[2];
-  plane2d.kh = g.kernel[1];
-  plane2d.kw = g.kernel[2];
-  plane2d.sh = g.stride[1];
-  plane2d.sw = g.stride[2];
-  plane2d.pt = g.pad_begin[1];
-  plane2d.pl = g.pad_begin[2];
+  const nn::Plane2d plane2d = nn::plane2d_of(g);  // fast2d: no dilation
   ctx.pool().parallel_for(planes, 1, [&](int64_t p0, int64_t p1) {
     if constexpr (std::is_same_v<T, float>) {
       // Values only, float, 2-D: the AVX2 kernel where the CPU has it.

@@ -88,6 +88,11 @@ QuantLayout quant_layout(const KernelContext& ctx, const Shape& xs, const Tensor
   return l;
 }
 
+/// The level types the AVX2 Quantize/DequantizeLinear runs take (nn::quantize_run_avx2).
+bool is_int8_or_int16(DataType t) {
+  return t == DataType::kUint8 || t == DataType::kInt8 || t == DataType::kUint16 || t == DataType::kInt16;
+}
+
 /// DequantizeLinear (10 per-tensor, 13 axis, 19 float16 scales, 21 block_size + int4/int16,
 /// 23+ int2 and output_dtype): y = (x - zp) * scale, y typed like the scale (or output_dtype).
 void dequantize_linear_kernel(KernelContext& ctx) {
@@ -114,8 +119,8 @@ void dequantize_linear_kernel(KernelContext& ctx) {
         yp[i] = (float8e4m3fn_to_float(xp[i]) - (zq ? float8e4m3fn_to_float(zq[s]) : 0.0f)) * sp[s];
       }
     });
-  } else if (l.block == 0 && dtype_bits(x.dtype()) >= 8 && dtype_bits(x.dtype()) <= 16 && x.dtype() != DataType::kFloat16 &&
-             x.dtype() != DataType::kBFloat16 && (l.per_tensor || l.inner >= 16) && nn::sgemm_direct_available()) {
+  } else if (l.block == 0 && is_int8_or_int16(x.dtype()) && (l.per_tensor || l.inner >= 16) &&
+             nn::sgemm_direct_available()) {
     // Runs of one scale over 8/16-bit levels: the AVX2 loop reads the levels in place.
     const int64_t run_len = l.per_tensor ? n : l.inner;
     const size_t esize = static_cast<size_t>(dtype_bits(x.dtype()) / 8);
@@ -186,7 +191,7 @@ void quantize_linear_kernel(KernelContext& ctx) {
   const float* sp = scale.data<float>();
   const int64_t n = x.numel();
   // Runs of one scale (the whole tensor, or `inner` values per-axis) go to the AVX2 loop.
-  const bool simd = l.block == 0 && !dtype_is_packed(out) && (l.per_tensor || l.inner >= 16);
+  const bool simd = l.block == 0 && is_int8_or_int16(out) && (l.per_tensor || l.inner >= 16);
   const int64_t run_len = l.per_tensor ? n : l.inner;
   const size_t esize = static_cast<size_t>(dtype_bits(out) / 8);
   auto run = [&](int64_t i0, int64_t i1) {

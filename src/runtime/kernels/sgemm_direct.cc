@@ -1,17 +1,18 @@
-// The direct SGEMM for the shapes of convolutions and MatMuls (issue 18): C = A·B (+ C) + bias per
-// row, then a fused activation, with A and B row-major, neither transposed. Written with AVX2 + FMA
-// intrinsics in functions compiled for that target (the portable build runs them only on CPUs that
-// have both; nn::sgemm_direct_available()).
+// The direct SGEMM for the shapes of convolutions and MatMuls (issue 18): C = A·op(B) (+ C) + bias
+// per row, then a fused activation, A row-major, B row-major or transposed (nn::DirectB). Written
+// with AVX2 + FMA intrinsics in functions compiled for that target (the portable build runs them
+// only on CPUs that have both; nn::sgemm_direct_available()).
 //
 // Why not Eigen here: Eigen packs both operands on every call, zero-fills C before a `=` product
 // and knows nothing of the bias and the activation that follow, which together cost about as much
 // as the arithmetic on the thin products of CNNs (K = 16..96 or N = 49..196). This kernel:
 // - reads the weights (A) in place: no per-call repacking of the weights, and no per-executor copy
 //   to keep in step with them (six rows broadcast one value each per step of k);
-// - copies a strip of 16 columns × up to 256 rows of B into an aligned buffer (16 KB, in L1) that
-//   serves every 6-row panel of A, zero-padding the last strip's columns;
-// - keeps a 6×16 tile of C in 12 registers across the whole of k, starting from the bias (or from
-//   C when accumulating), and stores it once with the activation applied: C is written once.
+// - packs a block of B (up to 256 rows × about 96 KB of columns, in strips of 16 columns,
+//   zero-padded) that every 6-row panel of A then walks; an im2col tile is read in place;
+// - keeps a 6×16 tile of C in 12 registers across a chunk of 256 steps of k, summed from zero, and
+//   stores it once: added to C after the first chunk, with the bias and the activation after the
+//   last (MLAS's roundings).
 // The summation order of every C element is fixed (k ascending, in chunks of 256), whatever the
 // thread split, so results do not depend on the thread count.
 #include <algorithm>
@@ -23,7 +24,6 @@
 #include "avx2_util.h"
 #include "nn_util.h"
 
-
 namespace qtool::runtime::nn {
 
 #if QTOOL_AVX2_KERNELS
@@ -33,7 +33,6 @@ constexpr int kMr = 6;         // rows of A per micro-tile
 constexpr int kNr = 16;        // columns of B per micro-tile (two 8-float vectors)
 constexpr int64_t kKc = 256;   // rows of B per packed strip (16 KB)
 constexpr int64_t kBlockFloats = 24576;  // a packed block of B: kc × nc floats, about 96 KB
-
 
 using avx2::activate;
 using avx2::lane_mask;
@@ -182,10 +181,11 @@ void sgemm_direct(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
   if (m <= 0 || n <= 0) return;
   const VecAct va = VecAct::of(act);
   if (k == 0) {
-    // No products: C = bias (or C) with the activation.
+    // No products: C = (C or 0) + bias, with the activation.
     for (int64_t i = 0; i < m; ++i) {
       float* row = c + i * ldc;
-      if (!accumulate) std::fill(row, row + n, bias ? bias[i] : 0.0f);
+      if (!accumulate) std::fill(row, row + n, 0.0f);
+      if (bias) for (int64_t j = 0; j < n; ++j) row[j] += bias[i];
       if (act) act->apply(row, n);
     }
     return;

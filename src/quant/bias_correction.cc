@@ -6,12 +6,15 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "qtool/core/hash.h"
 #include "qtool/runtime/executor.h"
 
 namespace qtool::quant {
@@ -41,6 +44,14 @@ const Tensor* const_input(const ir::Node* n, size_t i) {
   return v == nullptr ? nullptr : v->initializer();
 }
 
+// A probe's sums.
+struct ProbeSums {
+  std::vector<double> sum;          // per channel: Σ (y_q - y)
+  int64_t per_channel_count = 0;    // elements per channel accumulated so far
+  double abs_sum = 0.0;             // Σ |y|
+  int64_t abs_count = 0;
+};
+
 // One layer: the probe model (quantized copy and float copy of the layer) and its sums.
 struct Probe {
   ir::Node* qnode = nullptr;
@@ -49,12 +60,58 @@ struct Probe {
   std::unique_ptr<runtime::Executor> exec;
   std::vector<std::string> inputs;  // FP32 value names the probe reads
   int64_t channels = 0;
-  std::vector<double> sum;          // per channel: Σ (y_q - y)
-  int64_t per_channel_count = 0;    // elements per channel accumulated so far
-  double abs_sum = 0.0;
-  int64_t abs_count = 0;
+  ProbeSums sums;
   size_t missing = 0;               // inputs not yet seen in the current sample
 };
+
+using ProbeKey = std::pair<uint64_t, uint64_t>;
+
+/// Two independent 64-bit hashes of everything a probe computes from its FP32 inputs: its nodes
+/// (op, domain, value names, attributes), its initializers (name, type, shape, bytes) and its
+/// inputs; nullopt for a probe holding something this does not cover (a subgraph attribute).
+std::optional<ProbeKey> probe_key(const ir::Model& m, uint64_t salt) {
+  uint64_t h[2] = {salt ^ 0x243f6a8885a308d3ull, salt ^ 0x13198a2e03707344ull};
+  auto str = [&](std::string_view v) {
+    for (uint64_t& x : h) x = hash_string(v, hash_value(v.size(), x));
+  };
+  auto num = [&](const auto& v) {
+    for (uint64_t& x : h) x = hash_value(v, x);
+  };
+  auto tensor = [&](const std::string& name, const Tensor& t) {
+    str(name);
+    num(static_cast<int>(t.dtype()));
+    num(t.rank());
+    for (int64_t d : t.shape()) num(d);
+    if (t.dtype() == DataType::kString || !t.raw()) return false;
+    for (uint64_t& x : h) x = hash_bytes(t.raw(), t.nbytes(), x);
+    return true;
+  };
+  const ir::Graph& g = *m.graph;
+  for (const ir::Value* v : g.inputs()) str(v->name());
+  for (const ir::Value* v : g.initializers())
+    if (!tensor(v->name(), *v->initializer())) return std::nullopt;
+  for (const auto& n : g.nodes()) {
+    str(n->op_type());
+    str(n->domain());
+    for (const ir::Value* v : n->inputs()) str(v ? v->name() : "");
+    for (const ir::Value* v : n->outputs()) str(v ? v->name() : "");
+    for (const ir::Attribute& a : n->attributes()) {
+      if (!a.graphs.empty() || !a.tensors.empty() || !a.opaque.empty() || !a.ref_attr_name.empty()) return std::nullopt;
+      str(a.name);
+      num(static_cast<int>(a.type));
+      num(a.f);
+      num(a.i);
+      str(a.s);
+      num(a.floats.size());
+      for (float f : a.floats) num(f);
+      num(a.ints.size());
+      for (int64_t i : a.ints) num(i);
+      num(a.strings.size());
+      for (const std::string& t : a.strings) str(t);
+    }
+  }
+  return ProbeKey{h[0], h[1]};
+}
 
 class ProbeBuilder {
  public:
@@ -158,16 +215,16 @@ class ProbeBuilder {
 /// grow in sample order: the result does not depend on the thread count.
 class ProbeObserver final : public runtime::Observer {
  public:
-  explicit ProbeObserver(std::vector<Probe>& probes) : probes_(probes) {
+  explicit ProbeObserver(const std::vector<Probe*>& probes) : probes_(probes) {
     for (size_t i = 0; i < probes_.size(); ++i)
-      for (const std::string& n : probes_[i].inputs) readers_[n].push_back(i);
+      for (const std::string& n : probes_[i]->inputs) readers_[n].push_back(i);
   }
 
   void start_sample() {
     held_.clear();
     remaining_.clear();
     queue_.clear();
-    for (auto& p : probes_) p.missing = p.inputs.size();
+    for (Probe* p : probes_) p->missing = p->inputs.size();
     for (const auto& [name, list] : readers_) remaining_[name] = list.size();
   }
 
@@ -178,7 +235,7 @@ class ProbeObserver final : public runtime::Observer {
     if (it == readers_.end() || held_.count(name)) return;
     held_.emplace(name, tensor.clone());
     for (size_t i : it->second)
-      if (--probes_[i].missing == 0) enqueue(probes_[i]);
+      if (--probes_[i]->missing == 0) enqueue(*probes_[i]);
   }
 
   /// Runs the probes queued during this sample, on up to `threads` threads.
@@ -234,14 +291,14 @@ class ProbeObserver final : public runtime::Observer {
           s += static_cast<double>(a[base + k]) - b[base + k];
           abs_s += std::fabs(static_cast<double>(b[base + k]));
         }
-        p.sum[ch] += s;
-        p.abs_sum += abs_s;
+        p.sums.sum[ch] += s;
+        p.sums.abs_sum += abs_s;
       }
-    p.per_channel_count += outer * inner;
-    p.abs_count += yq.numel();
+    p.sums.per_channel_count += outer * inner;
+    p.sums.abs_count += yq.numel();
   }
 
-  std::vector<Probe>& probes_;
+  const std::vector<Probe*>& probes_;
   std::unordered_map<std::string, std::vector<size_t>> readers_;
   std::unordered_map<std::string, Tensor> held_;
   std::unordered_map<std::string, size_t> remaining_;
@@ -332,6 +389,12 @@ bool apply_correction(ir::Graph& g, ir::Node* n, const std::vector<double>& e, b
 
 }  // namespace
 
+struct BiasCorrectionCache {
+  std::map<ProbeKey, ProbeSums> sums;
+};
+
+std::shared_ptr<BiasCorrectionCache> make_bias_correction_cache() { return std::make_shared<BiasCorrectionCache>(); }
+
 double BiasCorrectionResult::mean_relative_error_percent() const {
   if (layers.empty()) return 0.0;
   double total = 0;
@@ -408,38 +471,58 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
     p.qnode = n;
     p.label = label;
     p.channels = channels;
-    p.sum.assign(channels, 0.0);
-    p.exec = with_context(fmt::format("bias correction probe of '{}'", label),
-                          [&] { return std::make_unique<runtime::Executor>(*p.model, eo); });
+    p.sums.sum.assign(channels, 0.0);
     probes.push_back(std::move(p));
   }
   if (probes.empty() || samples.size() == 0) return result;
 
   const size_t n = samples.size();
   const size_t use = std::min(n, std::max<size_t>(1, options.max_samples));
+  // Layers measured before on the same samples (the cache) keep their sums; the others run.
+  std::vector<std::optional<ProbeKey>> keys(probes.size());
+  std::vector<Probe*> to_run;
+  for (size_t i = 0; i < probes.size(); ++i) {
+    Probe& p = probes[i];
+    if (options.cache && (keys[i] = probe_key(*p.model, hash_value(use, hash_value(n, 0))))) {
+      const auto hit = options.cache->sums.find(*keys[i]);
+      if (hit != options.cache->sums.end() && hit->second.sum.size() == p.sums.sum.size()) {
+        p.sums = hit->second;
+        ++result.reused;
+        continue;
+      }
+    }
+    p.exec = with_context(fmt::format("bias correction probe of '{}'", p.label),
+                          [&] { return std::make_unique<runtime::Executor>(*p.model, eo); });
+    to_run.push_back(&p);
+  }
   runtime::ExecutorOptions ref_options;
   ref_options.threads = options.threads;
-  runtime::Executor ref(fp32, ref_options);
-  ProbeObserver obs(probes);
-  for (size_t k = 0; k < use; ++k) {
+  std::optional<runtime::Executor> ref;
+  if (!to_run.empty()) ref.emplace(fp32, ref_options);
+  ProbeObserver obs(to_run);
+  for (size_t k = 0; k < use && !to_run.empty(); ++k) {
     const size_t idx = k * n / use;  // spread evenly over the source
     const data::Sample s = samples.load(idx);
     obs.start_sample();
     for (const auto& [name, t] : s) obs.offer(name, t);
-    ref.run(s, &obs);
+    ref->run(s, &obs);
     obs.finish_sample(options.threads);
   }
   result.samples = use;
+  if (options.cache)
+    for (size_t i = 0; i < probes.size(); ++i)
+      if (keys[i] && probes[i].exec)
+        options.cache->sums[*keys[i]] = probes[i].sums;
 
   for (Probe& p : probes) {
-    if (p.per_channel_count == 0) {
+    if (p.sums.per_channel_count == 0) {
       result.skipped.push_back(fmt::format("{}: its inputs were never computed", p.label));
       continue;
     }
     LayerBiasCorrection l;
     l.node = p.label;
-    l.mean_abs_output = p.abs_count ? p.abs_sum / static_cast<double>(p.abs_count) : 0.0;
-    for (double s : p.sum) l.mean_error.push_back(s / static_cast<double>(p.per_channel_count));
+    l.mean_abs_output = p.sums.abs_count ? p.sums.abs_sum / static_cast<double>(p.sums.abs_count) : 0.0;
+    for (double s : p.sums.sum) l.mean_error.push_back(s / static_cast<double>(p.sums.per_channel_count));
     std::string why;
     bool added = false;
     if (!apply_correction(qg, p.qnode, l.mean_error, &added, &why)) {

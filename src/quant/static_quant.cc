@@ -142,13 +142,16 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
   BiasCorrectionOptions bo;
   bo.max_samples = config.bias_correction_samples;
   bo.threads = config.threads;
+  bo.cache = calibrated.bias_cache.get();
   const BiasCorrectionResult br = correct_biases(calibrated.float_model, emitted, calib, bo);
   if (br.layers.empty())
     return fmt::format("bias correction{}: no layer to correct{}", what,
                        br.skipped.empty() ? "" : fmt::format(" ({} skipped, e.g. {})", br.skipped.size(), br.skipped.front()));
   return fmt::format(
-      "bias correction{}: {} layers corrected on {} calibration samples (mean |bias error| {:.2f}% of mean |output|){}",
-      what, br.layers.size(), br.samples, br.mean_relative_error_percent(),
+      "bias correction{}: {} layers corrected on {} calibration samples{} (mean |bias error| {:.2f}% of mean |output|){}",
+      what, br.layers.size(), br.samples,
+      br.reused > 0 ? fmt::format(" ({} of them unchanged since measured)", br.reused) : "",
+      br.mean_relative_error_percent(),
       br.skipped.empty() ? "" : fmt::format(", {} skipped ({})", br.skipped.size(), br.skipped.front()));
 }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <map>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -40,46 +41,62 @@ Tensor as_float(const Tensor& t) { return t.dtype() == DataType::kFloat ? t : t.
 
 namespace {
 
-/// The sums of ErrorAccumulator::add over finite values, in four interleaved lanes of doubles
-/// (four independent dependency chains instead of one; one AVX2 register per sum where the
-/// CPU has it). Returns false, with nothing added, when a value is not finite.
+/// The sums of ErrorAccumulator::add: per block of kBlock values in eight float lanes (one AVX2
+/// register per sum where the CPU has it), each block's lanes then added in double. A float sum of
+/// at most kBlock / 8 terms is within about 1e-5 of its exact value, far below any SQNR of
+/// interest. Returns false, with nothing added, when a sum is not finite: a value is infinite or
+/// NaN, or so large that its square overflows a float (the caller then sums one by one in double).
 struct Sums {
   double rr = 0, tt = 0, rt = 0, ee = 0, ab = 0, mx = 0;
 };
 
+/// Eight floats (GCC/Clang vector extension: one AVX2 register, or two SSE ones).
+typedef float Float8 __attribute__((vector_size(32)));
+
 QTOOL_SIMD_CLONES bool finite_sums(const float* ref, const float* test, int64_t n, Sums* out) {
-  double rr[4] = {}, tt[4] = {}, rt[4] = {}, ee[4] = {}, ab[4] = {}, mx[4] = {};
-  bool finite = true;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) {
-      const double r = ref[i + k], t = test[i + k], e = r - t, a = std::fabs(e);
-      finite &= std::fabs(r) <= 1e300 && std::fabs(t) <= 1e300;  // false for inf and NaN
+  constexpr int64_t kBlock = 1024;
+  constexpr int kLanes = 8;
+  Sums s;
+  const Float8 zero = {};
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t e = std::min(n, b + kBlock);
+    Float8 rr = zero, tt = zero, rt = zero, ee = zero, ab = zero, mx = zero;
+    int64_t i = b;
+    for (; i + kLanes <= e; i += kLanes) {
+      Float8 r, t;
+      std::memcpy(&r, ref + i, sizeof r);
+      std::memcpy(&t, test + i, sizeof t);
+      const Float8 d = r - t;
+      const Float8 a = d > zero ? d : -d;
+      rr += r * r;
+      tt += t * t;
+      rt += r * t;
+      ee += d * d;
+      ab += a;
+      mx = a > mx ? a : mx;
+    }
+    for (int k = 0; i < e; ++i, ++k) {  // the tail, in the first lanes
+      const float r = ref[i], t = test[i], d = r - t, a = std::fabs(d);
       rr[k] += r * r;
       tt[k] += t * t;
       rt[k] += r * t;
-      ee[k] += e * e;
+      ee[k] += d * d;
       ab[k] += a;
       mx[k] = a > mx[k] ? a : mx[k];
     }
+    float check = 0.0f;  // inf or NaN when a sum is
+    for (int k = 0; k < kLanes; ++k) {
+      check += rr[k] + tt[k] + ee[k] + ab[k];
+      s.rr += rr[k];
+      s.tt += tt[k];
+      s.rt += rt[k];
+      s.ee += ee[k];
+      s.ab += ab[k];
+      s.mx = std::max(s.mx, static_cast<double>(mx[k]));
+    }
+    if (!std::isfinite(check)) return false;
   }
-  for (; i < n; ++i) {
-    const double r = ref[i], t = test[i], e = r - t, a = std::fabs(e);
-    finite &= std::fabs(r) <= 1e300 && std::fabs(t) <= 1e300;
-    rr[0] += r * r;
-    tt[0] += t * t;
-    rt[0] += r * t;
-    ee[0] += e * e;
-    ab[0] += a;
-    mx[0] = a > mx[0] ? a : mx[0];
-  }
-  if (!finite) return false;
-  out->rr = (rr[0] + rr[1]) + (rr[2] + rr[3]);
-  out->tt = (tt[0] + tt[1]) + (tt[2] + tt[3]);
-  out->rt = (rt[0] + rt[1]) + (rt[2] + rt[3]);
-  out->ee = (ee[0] + ee[1]) + (ee[2] + ee[3]);
-  out->ab = (ab[0] + ab[1]) + (ab[2] + ab[3]);
-  out->mx = std::max(std::max(mx[0], mx[1]), std::max(mx[2], mx[3]));
+  *out = s;
   return true;
 }
 
@@ -459,8 +476,18 @@ class CaptureObserver final : public runtime::Observer {
 Tensor dequantize(const Tensor& q, float scale, int32_t zero_point) {
   Tensor f = Tensor::empty(DataType::kFloat, q.shape());
   float* fp = f.mutable_data<float>();
-  for (int64_t i = 0; i < q.numel(); ++i)
-    fp[i] = static_cast<float>(static_cast<int32_t>(q.get_as_double(i)) - zero_point) * scale;
+  auto run = [&](const auto* d) {
+    for (int64_t i = 0; i < q.numel(); ++i) fp[i] = static_cast<float>(static_cast<int32_t>(d[i]) - zero_point) * scale;
+  };
+  switch (q.dtype()) {
+    case DataType::kUint8: run(q.data<uint8_t>()); break;
+    case DataType::kInt8: run(q.data<int8_t>()); break;
+    case DataType::kUint16: run(q.data<uint16_t>()); break;
+    case DataType::kInt16: run(q.data<int16_t>()); break;
+    default:
+      for (int64_t i = 0; i < q.numel(); ++i)
+        fp[i] = static_cast<float>(static_cast<int32_t>(q.get_as_double(i)) - zero_point) * scale;
+  }
   return f;
 }
 
@@ -648,9 +675,9 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   LayerMatch match;
   if (options.per_layer) match = match_layers(test_model, fp32, aliases, result.layers);
   const bool observe = !match.names.empty();
-  // Without per-layer capture, and with threads to spare, samples run in parallel (below): each
-  // worker's executors then run on one thread.
-  const int workers = observe ? 1 : std::max(1, options.threads);
+  // With threads to spare, samples run in parallel (below): each worker's executors then run on
+  // one thread, and with per-layer drift each captures and compares its own samples.
+  const int workers = std::max(1, options.threads);
   runtime::ExecutorOptions exec_options;
   exec_options.fold_constants = true;  // neither model changes while it is compared
   exec_options.threads = workers > 1 ? 1 : std::max(1, options.threads);
@@ -699,11 +726,24 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
   if (workers > 1) {
     std::vector<std::unique_ptr<runtime::Executor>> extra_refs, extra_tests;
     std::vector<runtime::Executor*> refs{&ref_exec}, tests{&test_exec};
+    // Per-layer drift: worker w > 0 adds into its own copy of the layers, merged into worker 0's in
+    // worker order at the end (the sums depend on the thread count, never on timing).
+    std::vector<std::vector<LayerDrift>> extra_layers(observe ? workers - 1 : 0, result.layers);
+    std::vector<std::unique_ptr<CaptureObserver>> extra_captures;
+    std::vector<std::unique_ptr<DriftObserver>> extra_drifts;
+    std::vector<CaptureObserver*> captures{&capture};
+    std::vector<DriftObserver*> drifts{&drift};
     for (int w = 1; w < workers; ++w) {
       extra_refs.push_back(std::make_unique<runtime::Executor>(fp32, exec_options));
       extra_tests.push_back(std::make_unique<runtime::Executor>(test_model, exec_options));
       refs.push_back(extra_refs.back().get());
       tests.push_back(extra_tests.back().get());
+      if (!observe) continue;
+      extra_captures.push_back(std::make_unique<CaptureObserver>(match.names));
+      extra_drifts.push_back(std::make_unique<DriftObserver>(extra_captures.back()->captured(), match.index,
+                                                             extra_layers[w - 1], aliases));
+      captures.push_back(extra_captures.back().get());
+      drifts.push_back(extra_drifts.back().get());
     }
     bool more = true;
     while (more && (options.max_samples <= 0 || result.samples < options.max_samples)) {
@@ -726,9 +766,13 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
           with_context(fmt::format("on sample '{}'", batch[j].name), [&] {
             if (const std::vector<Tensor>* c = cached(base + j)) ref_out[j] = *c;
             else
-              ref_out[j] = with_context("while running the FP32 model", [&] { return refs[j]->run(batch[j].inputs); });
-            test_out[j] =
-                with_context("while running the quantized model", [&] { return tests[j]->run(batch[j].inputs); });
+              ref_out[j] = with_context("while running the FP32 model", [&] {
+                return refs[j]->run(batch[j].inputs, observe ? captures[j] : nullptr);
+              });
+            test_out[j] = with_context("while running the quantized model", [&] {
+              return tests[j]->run(batch[j].inputs, observe ? drifts[j] : nullptr);
+            });
+            if (observe) captures[j]->captured().clear();
             return 0;
           });
         } catch (...) {
@@ -745,6 +789,8 @@ CompareResult compare_models(const ir::Model& fp32, const ir::Model& quantized, 
         accumulate(batch[j], ref_out[j], test_out[j]);
       }
     }
+    for (const std::vector<LayerDrift>& layers : extra_layers)
+      for (size_t i = 0; i < layers.size(); ++i) result.layers[i].error.merge(layers[i].error);
   } else {
     CompareSample sample;
     while (options.max_samples <= 0 || result.samples < options.max_samples) {

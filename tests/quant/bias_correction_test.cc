@@ -65,10 +65,10 @@ ir::Model biased_model(bool with_bias) {
   return m;
 }
 
-ir::Model quantize(const ir::Model& fp32, bool quantize_bias) {
+ir::Model quantize(const ir::Model& fp32, bool quantize_bias, float x_max = 2.5f) {
   ir::Model q = fp32.clone();
   RangeMap ranges;
-  ranges[q.graph->find_value("x")] = Range{0.0f, 2.5f};
+  ranges[q.graph->find_value("x")] = Range{0.0f, x_max};
   QdqOptions o;
   o.quantize_bias = quantize_bias;
   emit_qdq(q, ranges, o);
@@ -133,6 +133,42 @@ TEST(BiasCorrection, RemovesKnownMeanErrorFromInt32FloatAndMissingBias) {
       EXPECT_NEAR(conv->input(2)->initializer()->get_as_double(0), 0.1 - r.layers[0].mean_error[0], 1e-6);
     }
   }
+}
+
+TEST(BiasCorrection, CacheReusesAnUnchangedLayerAndMeasuresAChangedOne) {
+  const ir::Model fp32 = biased_model(true);
+  VectorSource src(make_samples(16, 1));
+  const auto cache = make_bias_correction_cache();
+  BiasCorrectionOptions o;
+  o.cache = cache.get();
+  ir::Model first = quantize(fp32, true);
+  const BiasCorrectionResult a = correct_biases(fp32, first, src, o);
+  ASSERT_EQ(a.layers.size(), 1u);
+  EXPECT_EQ(a.reused, 0u);
+  // The same emission again: its layer is taken from the cache, with the very same correction.
+  ir::Model again = quantize(fp32, true);
+  const BiasCorrectionResult b = correct_biases(fp32, again, src, o);
+  ASSERT_EQ(b.layers.size(), 1u);
+  EXPECT_EQ(b.reused, 1u);
+  EXPECT_EQ(b.layers[0].mean_error, a.layers[0].mean_error);
+  auto bias_levels = [](const ir::Model& m) {
+    for (const auto& n : m.graph->nodes())
+      if (n->op_type() == "Conv") return n->input(2)->producer()->input(0)->initializer()->clone();
+    return Tensor();
+  };
+  const Tensor la = bias_levels(first), lb = bias_levels(again);
+  ASSERT_EQ(la.numel(), 3);
+  for (int64_t c = 0; c < 3; ++c) EXPECT_EQ(la.get_as_double(c), lb.get_as_double(c));
+  // Another input range changes the layer's probe: measured again, with another error.
+  ir::Model wider = quantize(fp32, true, 4.0f);
+  const BiasCorrectionResult c = correct_biases(fp32, wider, src, o);
+  ASSERT_EQ(c.layers.size(), 1u);
+  EXPECT_EQ(c.reused, 0u);
+  EXPECT_NE(c.layers[0].mean_error, a.layers[0].mean_error);
+  // Fewer samples: a different measurement, so not reused either.
+  VectorSource fewer(make_samples(8, 1));
+  ir::Model third = quantize(fp32, true);
+  EXPECT_EQ(correct_biases(fp32, third, fewer, o).reused, 0u);
 }
 
 TEST(BiasCorrection, UnmatchedLayersAreSkippedNotBroken) {

@@ -47,6 +47,26 @@ TEST(ErrorAccumulator, SqnrOfKnownUniformNoise) {
   EXPECT_NEAR(acc.mean_abs(), a / 2, 0.001);
 }
 
+TEST(ErrorAccumulator, ValuesWhoseSquaresOverflowAFloatAreSummedInDouble) {
+  // The fast path sums squares in float per block; 1e20² overflows a float, so such a stream is
+  // summed again in double: the same SQNR as the scaled-down stream (scale-free), not NaN or inf.
+  std::vector<float> r(3000), t(3000), rs(3000), ts(3000);
+  for (size_t i = 0; i < r.size(); ++i) {
+    rs[i] = std::sin(0.01f * static_cast<float>(i));
+    ts[i] = rs[i] + (i % 2 ? 0.01f : -0.01f);
+    r[i] = 1e20f * rs[i];
+    t[i] = 1e20f * ts[i];
+  }
+  ErrorAccumulator big, small;
+  big.add(r.data(), t.data(), 3000);
+  small.add(rs.data(), ts.data(), 3000);
+  EXPECT_EQ(big.non_finite(), 0);
+  ASSERT_TRUE(std::isfinite(big.sqnr_db()));
+  EXPECT_NEAR(big.sqnr_db(), small.sqnr_db(), 1e-3);
+  EXPECT_NEAR(small.sqnr_db(), 10.0 * std::log10(0.5 / 1e-4), 0.2);  // mean sin² ≈ 1/2 over many periods
+  EXPECT_NEAR(big.max_abs(), 1e18, 1e14);
+}
+
 TEST(ErrorAccumulator, IdenticalIsInfiniteAndMergeMatchesOnePass) {
   const std::vector<float> r{1, -2, 3};
   ErrorAccumulator same;

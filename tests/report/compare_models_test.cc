@@ -121,6 +121,27 @@ TEST(CompareModels, ParallelSamplesGiveTheSequentialResult) {
   }
 }
 
+TEST(CompareModels, ParallelPerLayerDriftGivesTheSequentialFigures) {
+  // With per-layer drift, each worker captures and compares its own samples; the per-layer sums
+  // are merged at the end, so each layer's SQNR equals the one-thread figure up to the order of
+  // the additions, the ranking finds the same planted layer, and the outputs are exactly equal.
+  const ir::Model fp32 = onnx_io::load_model(example_model());
+  const ir::Model qdq = make_qdq(example_model(), {{"conv2", 7.f}});
+  CompareOptions one, two;
+  two.threads = 2;
+  const CompareResult a = compare_models(fp32, qdq, eval_provider(41, false), one);
+  const CompareResult b = compare_models(fp32, qdq, eval_provider(41, false), two);
+  EXPECT_EQ(a.outputs[0].error.sqnr_db(), b.outputs[0].error.sqnr_db());
+  ASSERT_EQ(a.layers.size(), b.layers.size());
+  ASSERT_GE(a.layers.size(), 8u);
+  EXPECT_EQ(b.layers[0].tensor, "conv2");
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    EXPECT_EQ(a.layers[i].tensor, b.layers[i].tensor);
+    EXPECT_EQ(a.layers[i].error.count(), b.layers[i].error.count()) << a.layers[i].tensor;
+    EXPECT_NEAR(a.layers[i].error.sqnr_db(), b.layers[i].error.sqnr_db(), 1e-6) << a.layers[i].tensor;
+  }
+}
+
 /// The example model with the bias of logit `cls` set to `value` (NaN: that logit is NaN on every
 /// row, the nine others are exact).
 ir::Model with_logit_bias(float value, int64_t cls) {

@@ -29,6 +29,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,11 +38,20 @@
 
 namespace qtool::quant {
 
+/// The per-layer sums of earlier correct_biases calls, keyed by a 128-bit fingerprint of each
+/// layer's probe (its quantized Q/DQ cone with the weights, scales and attributes, its FP32 twin,
+/// the inputs it reads) and of the samples used. A cache belongs to one FP32 model and one sample
+/// source: a layer whose probe did not change since (the guard raised other tensors) is not
+/// measured again and gets the same correction, and when no layer changed the FP32 pass is skipped.
+struct BiasCorrectionCache;
+std::shared_ptr<BiasCorrectionCache> make_bias_correction_cache();
+
 /// Knobs of correct_biases.
 struct BiasCorrectionOptions {
   /// Samples used (spread evenly over the source); the estimate is a mean, so a few dozen suffice.
   size_t max_samples = 64;
   int threads = 1;
+  BiasCorrectionCache* cache = nullptr;  ///< see BiasCorrectionCache; nullptr: measure every layer
 };
 
 /// The correction of one layer.
@@ -55,6 +65,7 @@ struct LayerBiasCorrection {
 /// What correct_biases did.
 struct BiasCorrectionResult {
   size_t samples = 0;
+  size_t reused = 0;                         ///< layers whose sums came from the cache
   std::vector<LayerBiasCorrection> layers;   ///< corrected layers, in graph order
   std::vector<std::string> skipped;          ///< "node: reason" for quantized layers left alone
   /// Mean over layers of mean_c |e_c| / mean |y| (how biased the layers were), in percent.

@@ -29,6 +29,7 @@
 #include "qtool/calib/ranges.h"
 #include "qtool/data/sample_source.h"
 #include "qtool/ir/graph.h"
+#include "qtool/quant/bias_correction.h"
 #include "qtool/quant/qdq.h"
 
 namespace qtool::quant {
@@ -62,6 +63,9 @@ struct CalibratedModel {
   /// which the int8 weights approximate (the input model's weights no longer match them).
   std::map<std::string, Tensor> equalized_weights;
   std::vector<std::string> actions;  ///< CLE and ranges-file notes
+  /// Bias correction's per-layer sums on the calibration samples: an emission that changes a few
+  /// tensors measures only the layers those touch (quant/bias_correction.h).
+  std::shared_ptr<BiasCorrectionCache> bias_cache = make_bias_correction_cache();
 };
 
 /// A Q/DQ model emitted from a CalibratedModel.

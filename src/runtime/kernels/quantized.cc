@@ -255,22 +255,30 @@ std::vector<T> centered_values(const KernelContext& ctx, const Tensor& x, size_t
   }
   std::vector<T> out(static_cast<size_t>(n));
   T mx = 0;
-  auto fill = [&](auto value_at) {
-    for (int64_t i = 0; i < n; ++i) {
-      const T v = static_cast<T>(value_at(i) - (z.size() == 1 ? z[0] : z[(i / inner) % len]));
-      out[i] = v;
-      mx = std::max(mx, std::abs(v));
+  // Runs of `inner` values share one zero point (all n of them when it is per-tensor); each run
+  // is converted, and its integer min and max give max |x - zp| (both loops vectorize).
+  const int64_t run = z.size() == 1 ? n : inner;
+  auto fill = [&](const auto* p) {
+    for (int64_t r0 = 0, k = 0; r0 < n; r0 += run, k = (k + 1) % len) {
+      const int32_t zp = z.size() == 1 ? z[0] : z[k];
+      const int64_t r1 = std::min(n, r0 + run);
+      auto lo = p[r0], hi = p[r0];
+      for (int64_t i = r0; i < r1; ++i) {
+        out[i] = static_cast<T>(static_cast<int32_t>(p[i]) - zp);
+        lo = std::min(lo, p[i]);
+        hi = std::max(hi, p[i]);
+      }
+      if (r1 > r0)
+        mx = std::max({mx, static_cast<T>(static_cast<int64_t>(hi) - zp), static_cast<T>(zp - static_cast<int64_t>(lo))});
     }
   };
   if (x.dtype() == DataType::kUint8) {
-    const uint8_t* p = x.data<uint8_t>();
-    fill([p](int64_t i) { return static_cast<int32_t>(p[i]); });
+    fill(x.data<uint8_t>());
   } else if (x.dtype() == DataType::kInt8) {
-    const int8_t* p = x.data<int8_t>();
-    fill([p](int64_t i) { return static_cast<int32_t>(p[i]); });
+    fill(x.data<int8_t>());
   } else {
     const std::vector<int32_t> v = int_values(ctx, x, what);
-    fill([&v](int64_t i) { return v[i]; });
+    fill(v.data());
   }
   if (max_abs) *max_abs = static_cast<double>(mx);
   return out;
@@ -394,6 +402,19 @@ void dynamic_quantize_matmul_kernel(KernelContext& ctx) {
   ctx.set_output(0, std::move(y));
 }
 
+/// MLAS's requantization of n accumulators: clamp float(acc) · m to the range around the zero
+/// point, round half to even, add zp (a separate function so that the loop vectorizes).
+template <typename Q>
+void requantize_run(const double* __restrict acc, Q* __restrict dst, int64_t n, float m, float fmin, float fmax,
+                    int32_t zp) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = static_cast<float>(acc[i]) * m;
+    v = v < fmin ? fmin : v;
+    v = v > fmax ? fmax : v;
+    dst[i] = static_cast<Q>(static_cast<int32_t>(std::nearbyint(v)) + zp);
+  }
+}
+
 /// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = (i / inner) % channels.
 Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, const Shape& shape,
                   const std::vector<float>& mult, size_t y_zp_input, int64_t inner, int64_t channels) {
@@ -416,13 +437,15 @@ Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, cons
     for (int64_t c = 0; c < channels; ++c) {
       const float m = mult.size() == 1 ? mult[0] : mult[c];
       const int64_t i0 = base + c * inner, i1 = std::min(total, i0 + inner);
-      for (int64_t i = i0; i < i1; ++i) {
-        // MLAS: clamp float(acc) * m to the range around the zero point, round half to even, add zp.
-        const float v = std::clamp(static_cast<float>(acc[i]) * m, fmin, fmax);
-        const int32_t q = static_cast<int32_t>(std::nearbyint(v)) + zp;
-        if (out == DataType::kUint8) yp[i] = static_cast<uint8_t>(q);
-        else if (out == DataType::kInt8) reinterpret_cast<int8_t*>(yp)[i] = static_cast<int8_t>(q);
-        else write_int(yp, out, i, q);
+      if (out == DataType::kUint8) {
+        requantize_run(acc.data() + i0, yp + i0, i1 - i0, m, fmin, fmax, zp);
+      } else if (out == DataType::kInt8) {
+        requantize_run(acc.data() + i0, reinterpret_cast<int8_t*>(yp) + i0, i1 - i0, m, fmin, fmax, zp);
+      } else {
+        for (int64_t i = i0; i < i1; ++i) {
+          const float v = std::clamp(static_cast<float>(acc[i]) * m, fmin, fmax);
+          write_int(yp, out, i, static_cast<int32_t>(std::nearbyint(v)) + zp);
+        }
       }
     }
   }

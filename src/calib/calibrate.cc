@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <mutex>
+#include <thread>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -193,7 +196,15 @@ Tensor concat_batch(const std::vector<data::Sample>& samples, const std::string&
 
 RunSummary run_samples(runtime::Executor& executor, data::SampleSource& source, runtime::Observer& observer,
                        const RunOptions& options) {
-  const ir::Model& model = executor.model();
+  return run_samples(std::vector<runtime::Executor*>{&executor}, source, std::vector<runtime::Observer*>{&observer},
+                     options);
+}
+
+RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::SampleSource& source,
+                       const std::vector<runtime::Observer*>& observers, const RunOptions& options) {
+  QTOOL_CHECK(!executors.empty() && executors.size() == observers.size(), ErrorCode::kInternal,
+              "run_samples: {} executors for {} observers", executors.size(), observers.size());
+  const ir::Model& model = executors[0]->model();
   const std::vector<data::InputSpec> specs = data::input_specs(model);
   size_t batch = std::max<size_t>(options.batch_size, 1);
   if (batch > 1) {
@@ -207,51 +218,87 @@ RunSummary run_samples(runtime::Executor& executor, data::SampleSource& source, 
   std::vector<const ir::Value*> input_values;
   for (const auto& s : specs) input_values.push_back(model.graph->find_value(s.name));
 
-  auto* batch_observer = dynamic_cast<BatchObserver*>(&observer);
   const size_t n = source.size();
+  const size_t batches = (n + batch - 1) / batch;
+  const size_t workers = std::min(executors.size(), std::max<size_t>(batches, 1));
   RunSummary summary;
   SampleChecker checker;
   InterruptGuard guard;
   Progress progress(options.label, n, options.progress && spdlog::should_log(spdlog::level::info));
   const auto start = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < n; i += batch) {
-    if (interrupt_requested()) {
-      progress.finish(i);
-      fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", i, n);
-    }
-    const size_t k = std::min(batch, n - i);
-    std::vector<data::Sample> samples;
-    for (size_t j = i; j < i + k; ++j) {
-      samples.push_back(with_context(fmt::format("while loading sample '{}'", source.describe(j)),
-                                     [&] { return source.load(j); }));
-      if (options.check_samples) checker.add(samples.back());
-    }
-    data::Sample in;
-    if (k == 1) {
-      in = std::move(samples[0]);
-    } else {
-      for (const auto& s : specs) in[s.name] = concat_batch(samples, s.name);
-    }
-    samples.clear();
-    if (batch_observer) batch_observer->begin_batch(k);
-    if (options.observe_inputs) {
-      for (size_t q = 0; q < specs.size(); ++q) {
-        if (input_values[q]) observer.on_value(*input_values[q], in.at(specs[q].name));
-      }
-    }
-    const std::string what = k == 1 ? fmt::format("sample '{}'", source.describe(i))
-                                    : fmt::format("samples '{}' .. '{}'", source.describe(i), source.describe(i + k - 1));
+  std::mutex load_mutex;  // the source and the checker are not thread-safe: samples load one at a time
+  std::atomic<size_t> done{0}, batches_run{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::exception_ptr> errors(workers);
+  std::vector<size_t> failed_at(workers, batches);
+  // Worker w runs batches w, w + workers, ...: each executor with its own observer (which the
+  // caller merges; StatsObserver's statistics do not depend on how samples are split).
+  auto work = [&](size_t w) {
+    runtime::Observer& observer = *observers[w];
+    auto* batch_observer = dynamic_cast<BatchObserver*>(&observer);
+    size_t b = w;
     try {
-      with_context("while running " + what, [&] { executor.run(in, &observer); });
+      for (; b < batches && !stop; b += workers) {
+        if (interrupt_requested()) {
+          stop = true;
+          break;
+        }
+        const size_t i = b * batch, k = std::min(batch, n - i);
+        std::vector<data::Sample> samples;
+        {
+          std::lock_guard<std::mutex> lock(load_mutex);
+          for (size_t j = i; j < i + k; ++j) {
+            samples.push_back(with_context(fmt::format("while loading sample '{}'", source.describe(j)),
+                                           [&] { return source.load(j); }));
+            if (options.check_samples) checker.add(samples.back());
+          }
+        }
+        data::Sample in;
+        if (k == 1) {
+          in = std::move(samples[0]);
+        } else {
+          for (const auto& s : specs) in[s.name] = concat_batch(samples, s.name);
+        }
+        samples.clear();
+        if (batch_observer) batch_observer->begin_batch(k);
+        if (options.observe_inputs) {
+          for (size_t q = 0; q < specs.size(); ++q)
+            if (input_values[q]) observer.on_value(*input_values[q], in.at(specs[q].name));
+        }
+        const std::string what = k == 1 ? fmt::format("sample '{}'", source.describe(i))
+                                        : fmt::format("samples '{}' .. '{}'", source.describe(i), source.describe(i + k - 1));
+        with_context("while running " + what, [&] { executors[w]->run(in, &observer); });
+        if (batch_observer) batch_observer->end_batch();
+        done += k;
+        ++batches_run;
+        if (w == 0) progress.update(done);
+      }
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::kInterrupted) throw;
-      progress.finish(i);  // Ctrl-C inside a sample: report where calibration stopped
-      fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", i, n);
+      if (e.code() != ErrorCode::kInterrupted) {  // Ctrl-C inside a sample: reported below
+        errors[w] = std::current_exception();
+        failed_at[w] = b;
+      }
+      stop = true;
+    } catch (...) {
+      errors[w] = std::current_exception();
+      failed_at[w] = b;
+      stop = true;
     }
-    if (batch_observer) batch_observer->end_batch();
-    summary.samples += k;
-    ++summary.batches;
-    progress.update(summary.samples);
+  };
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+  work(0);
+  for (auto& t : pool) t.join();
+  // The error of the earliest failing batch (what a one-worker run would have met first).
+  size_t first = workers;
+  for (size_t w = 0; w < workers; ++w)
+    if (errors[w] && (first == workers || failed_at[w] < failed_at[first])) first = w;
+  if (first < workers) std::rethrow_exception(errors[first]);
+  summary.samples = done;
+  summary.batches = batches_run;
+  if (stop || interrupt_requested()) {
+    progress.finish(summary.samples);
+    fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", summary.samples, n);
   }
   progress.finish(summary.samples);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -313,14 +360,30 @@ RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model,
 
 CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, const CalibConfig& config) {
   const MethodInfo& method = find_method(config.method);
-  runtime::ExecutorOptions eo;
-  eo.threads = std::max(config.threads, 1);
-  runtime::Executor executor(model, eo);
   CalibrationResult res;
   ObserverOptions observe = config.observe;
   observe.histogram = observe.histogram && method.needs_histogram;  // minmax: no histogram to fill
   res.stats = std::make_unique<StatsObserver>(observe);
-  res.run = run_samples(executor, source, *res.stats, config.run);
+  // With several threads and several samples, whole samples run side by side (one single-threaded
+  // executor and observer each, merged below): the observers and the sample loading then run in
+  // parallel too, which intra-op threads leave serial. Same statistics (observers.h).
+  const size_t threads = static_cast<size_t>(std::max(config.threads, 1));
+  const size_t workers = source.size() >= 2 * threads ? threads : 1;
+  runtime::ExecutorOptions eo;
+  eo.threads = workers > 1 ? 1 : static_cast<int>(threads);
+  std::vector<std::unique_ptr<runtime::Executor>> executors;
+  std::vector<std::unique_ptr<StatsObserver>> extra;
+  std::vector<runtime::Executor*> exec_ptrs;
+  std::vector<runtime::Observer*> observer_ptrs{res.stats.get()};
+  for (size_t w = 0; w < workers; ++w) {
+    executors.push_back(std::make_unique<runtime::Executor>(model, eo));
+    exec_ptrs.push_back(executors.back().get());
+    if (w == 0) continue;
+    extra.push_back(std::make_unique<StatsObserver>(observe));
+    observer_ptrs.push_back(extra.back().get());
+  }
+  res.run = run_samples(exec_ptrs, source, observer_ptrs, config.run);
+  for (const auto& o : extra) res.stats->merge(*o);
   res.ranges = ranges_from_stats(*res.stats, model, config.method, config.range, res.run.samples);
   res.ranges.source = config.source;
   res.ranges.preprocess = config.preprocess;

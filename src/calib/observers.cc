@@ -213,6 +213,58 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
   }
 }
 
+void TensorStats::merge(const TensorStats& o) {
+  if (o.observations == 0) return;
+  if (observations == 0) {
+    *this = TensorStats(hist.max_bins());
+    value = o.value;
+    name = o.name;
+    dtype = o.dtype;
+    channel_axis = o.channel_axis;
+    channel_min = o.channel_min;
+    channel_max = o.channel_max;
+  } else if (channel_axis < 0 || o.channel_axis != channel_axis || o.channel_min.size() != channel_min.size()) {
+    channel_axis = -1;
+    channel_min.clear();
+    channel_max.clear();
+  } else {
+    for (size_t c = 0; c < channel_min.size(); ++c) {
+      channel_min[c] = std::min(channel_min[c], o.channel_min[c]);
+      channel_max[c] = std::max(channel_max[c], o.channel_max[c]);
+    }
+  }
+  shape = o.shape;
+  observations += o.observations;
+  if (o.count > 0) {
+    if (count == 0) {
+      min = o.min;
+      max = o.max;
+      mean = o.mean;
+      m2 = o.m2;
+    } else {
+      min = std::min(min, o.min);
+      max = std::max(max, o.max);
+      const double na = static_cast<double>(count), nb = static_cast<double>(o.count), nn = na + nb;
+      const double d = o.mean - mean;
+      mean += d * nb / nn;
+      m2 += o.m2 + d * d * na * nb / nn;
+    }
+    count += o.count;
+  }
+  hist.merge(o.hist);
+}
+
+void StatsObserver::merge(const StatsObserver& other) {
+  for (const auto& o : other.order_) {
+    TensorStats*& s = by_value_[o->value];
+    if (!s) {
+      order_.push_back(std::make_unique<TensorStats>(options_.bins));
+      s = order_.back().get();
+    }
+    s->merge(*o);
+  }
+}
+
 void StatsObserver::begin_batch(size_t) { ++batch_; }
 
 void StatsObserver::on_value(const ir::Value& value, const Tensor& tensor) {

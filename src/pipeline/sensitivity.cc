@@ -5,10 +5,12 @@
 #include <atomic>
 #include <cmath>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -79,18 +81,104 @@ Quality quality_of(const std::vector<report::OutputComparison>& outs) {
   return q;
 }
 
-/// Runs jobs on the float model against its FP32 outputs on the first samples of a source.
+/// Every value the FP32 run of one sample computes, copied (by value name).
+class CaptureAll final : public runtime::Observer {
+ public:
+  explicit CaptureAll(std::unordered_map<std::string, Tensor>& values) : values_(values) {}
+  void on_value(const ir::Value& value, const Tensor& tensor) override {
+    bytes_ += tensor.nbytes();
+    values_[value.name()] = tensor.clone();  // the executor's buffers return to its pool
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  std::unordered_map<std::string, Tensor>& values_;
+  size_t bytes_ = 0;
+};
+
+/// FakeQuant that, for the nodes no fake-quantized tensor or swapped weight reaches (the `dirty`
+/// set holds those that it does reach), hands the executor the FP32 values of the sample instead
+/// of running them: the same values, since those nodes see exactly the FP32 run's inputs.
+class FromLayerOn final : public FakeQuant {
+ public:
+  FromLayerOn(const std::unordered_map<std::string, ActQ>& acts, const std::unordered_set<const ir::Node*>& dirty,
+              const std::unordered_map<std::string, Tensor>& values)
+      : FakeQuant(acts), dirty_(dirty), values_(values) {}
+  bool provide(const ir::Node& node, std::vector<Tensor>& outputs) override {
+    if (dirty_.count(&node)) return false;
+    for (size_t i = 0; i < node.outputs().size() && i < outputs.size(); ++i) {
+      const ir::Value* v = node.outputs()[i];
+      if (v == nullptr) continue;
+      const auto it = values_.find(v->name());
+      if (it == values_.end()) return false;
+      outputs[i] = it->second;  // shares the storage: the executor never writes into a shared buffer
+    }
+    return true;
+  }
+
+ private:
+  const std::unordered_set<const ir::Node*>& dirty_;
+  const std::unordered_map<std::string, Tensor>& values_;
+};
+
+/// The main-graph nodes of `g` that a changed value among `changed` reaches, directly or through
+/// a value read inside an If/Loop/Scan body (the node holding the body is reached).
+std::unordered_set<const ir::Node*> reached_by(const ir::Graph& g, const std::vector<std::string>& changed) {
+  std::unordered_map<const ir::Graph*, const ir::Node*> holder;  // body (at any depth) -> main-graph node
+  std::function<void(const ir::Graph&, const ir::Node*)> index = [&](const ir::Graph& body, const ir::Node* top) {
+    holder[&body] = top;
+    for (const auto& n : body.nodes())
+      for (const ir::Graph* sub : n->subgraphs()) index(*sub, top);
+  };
+  for (const auto& n : g.nodes())
+    for (const ir::Graph* sub : n->subgraphs()) index(*sub, n.get());
+  std::unordered_set<const ir::Node*> dirty;
+  std::vector<const ir::Value*> todo;
+  for (const std::string& name : changed)
+    if (const ir::Value* v = g.find_value(name)) todo.push_back(v);
+  while (!todo.empty()) {
+    const ir::Value* v = todo.back();
+    todo.pop_back();
+    for (const auto& use : v->uses()) {
+      const ir::Node* n = use.node;
+      if (n->owner() != &g) {
+        const auto it = holder.find(n->owner());
+        if (it == holder.end()) continue;
+        n = it->second;
+      }
+      if (!dirty.insert(n).second) continue;
+      for (const ir::Value* out : n->outputs())
+        if (out) todo.push_back(out);
+    }
+  }
+  return dirty;
+}
+
+/// Runs jobs on the float model against its FP32 outputs on the first samples of a source. The
+/// FP32 values of every node are kept for the first samples (up to kMaxCachedBytes): a job then
+/// runs only the nodes downstream of what it changes (FromLayerOn), with the same results.
 class Probe {
  public:
+  static constexpr size_t kMaxCachedBytes = size_t{512} << 20;
+
   Probe(const ir::Model& model, data::SampleSource& source, size_t samples, int threads)
       : model_(model), threads_(std::max(1, threads)) {
     runtime::ExecutorOptions eo;
     eo.threads = threads_;
     runtime::Executor ex(model, eo);
     names_ = ex.output_names();
+    size_t cached = 0;
     for (size_t i = 0; i < std::min(samples, source.size()); ++i) {
       inputs_.push_back(source.load(i));
-      ref_.push_back(ex.run(inputs_.back()));
+      values_.emplace_back();
+      if (cached < kMaxCachedBytes) {
+        CaptureAll capture(values_.back());
+        ref_.push_back(ex.run(inputs_.back(), &capture));
+        cached += capture.bytes();
+        if (cached > kMaxCachedBytes) values_.back().clear();  // this one runs whole
+      } else {
+        ref_.push_back(ex.run(inputs_.back()));
+      }
     }
   }
 
@@ -126,17 +214,22 @@ class Probe {
  private:
   Quality run_one(ir::Model& copy, runtime::Executor& ex, const Job& job) const {
     std::vector<std::pair<ir::Value*, Tensor>> saved;
+    std::vector<std::string> changed;
     for (const auto& [name, t] : job.weights) {
       ir::Value* v = copy.graph->find_value(name);
       if (v == nullptr || !v->is_initializer()) continue;
       saved.emplace_back(v, *v->initializer());
       v->set_initializer(t);  // same Tensor object: the executor reads the new values
+      changed.push_back(name);
     }
+    for (const auto& entry : job.acts) changed.push_back(entry.first);
+    const std::unordered_set<const ir::Node*> dirty = reached_by(*copy.graph, changed);
     FakeQuant fq(job.acts);
     std::vector<report::OutputComparison> outs(names_.size());
     for (size_t k = 0; k < outs.size(); ++k) outs[k].name = names_[k];
     for (size_t i = 0; i < inputs_.size(); ++i) {
-      const std::vector<Tensor> got = ex.run(inputs_[i], &fq);
+      FromLayerOn from_layer(job.acts, dirty, values_[i]);
+      const std::vector<Tensor> got = ex.run(inputs_[i], values_[i].empty() ? static_cast<FakeQuant*>(&fq) : &from_layer);
       for (size_t k = 0; k < outs.size() && k < got.size(); ++k) outs[k].add(ref_[i][k], got[k]);
     }
     for (auto& [v, t] : saved) v->set_initializer(std::move(t));
@@ -148,6 +241,7 @@ class Probe {
   std::vector<std::string> names_;
   std::vector<data::Sample> inputs_;
   std::vector<std::vector<Tensor>> ref_;
+  std::vector<std::unordered_map<std::string, Tensor>> values_;  ///< per sample; empty: not cached
 };
 
 DataType wide_type(DataType t8) { return t8 == DataType::kInt8 ? DataType::kInt16 : DataType::kUint16; }

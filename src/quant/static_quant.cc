@@ -80,6 +80,7 @@ CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& 
   cc.range.symmetric = config.qdq.activation_symmetric;
   cc.range.percentile = config.percentile;
   cc.threads = config.threads;
+  cc.observe.per_channel = false;  // activations are quantized per tensor: per-channel extremes are not read
   cc.run.label = "calibrating";
   const calib::CalibrationResult cr = calib::calibrate(model, calib, cc);
   c.ranges = ranges_for_model(model, cr.ranges);

@@ -472,9 +472,19 @@ struct Executor::Impl : public SubgraphRunner {
         }
         continue;
       }
+      outs.assign(step.outputs.size(), Tensor());
+      if (top && observer && observer->provide(*step.node, outs)) {
+        for (size_t i = 0; i < step.outputs.size(); ++i)
+          if (step.outputs[i] >= 0 && (i >= outs.size() || !outs[i].defined())) {
+            current = saved;
+            fail(ErrorCode::kInternal, "the observer provided no value for output {} ('{}') of node '{}'", i,
+                 step.node->outputs()[i]->name(), step.node->name());
+          }
+        store_outputs(frame, step, outs, top);
+        continue;
+      }
       ins.clear();
       for (const SlotRef& r : step.inputs) ins.push_back(r.index < 0 ? nullptr : lookup(frame, r));
-      outs.assign(step.outputs.size(), Tensor());
       KernelContext ctx(*step.node, step.opset, ins, &outs, &pool, this);
       // Inputs that die here and whose storage nobody else holds may be written in place.
       reuse.assign(step.inputs.size(), nullptr);
@@ -518,23 +528,29 @@ struct Executor::Impl : public SubgraphRunner {
       for (size_t i = 0; i < reuse_buffers.size(); ++i) {
         if (reuse_buffers[i] && !frame.slots[step.inputs[i].index].buffer()) track_free_buffer(reuse_buffers[i]);
       }
-      for (size_t i = 0; i < step.outputs.size(); ++i) {
-        const int s = step.outputs[i];
-        if (s < 0) continue;
-        frame.slots[s] = std::move(outs[i]);
-        if (top && observer) {
-          Tensor replaced;
-          if (observer->replace(*step.node->outputs()[i], frame.slots[s], replaced)) frame.slots[s] = std::move(replaced);
-        }
-        track_alloc(frame.slots[s]);
-        if (top && observer) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
-      }
-      for (int s : step.release) {
-        track_free(frame.slots[s]);
-        frame.slots[s] = Tensor();
-      }
+      store_outputs(frame, step, outs, top);
     }
     current = saved;
+  }
+
+  /// Puts a step's outputs into their slots (through the observer's replace() and on_value()), and
+  /// releases the values whose last use it was.
+  void store_outputs(Frame& frame, const NodeStep& step, std::vector<Tensor>& outs, bool top) {
+    for (size_t i = 0; i < step.outputs.size(); ++i) {
+      const int s = step.outputs[i];
+      if (s < 0) continue;
+      frame.slots[s] = std::move(outs[i]);
+      if (top && observer) {
+        Tensor replaced;
+        if (observer->replace(*step.node->outputs()[i], frame.slots[s], replaced)) frame.slots[s] = std::move(replaced);
+      }
+      track_alloc(frame.slots[s]);
+      if (top && observer) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
+    }
+    for (int s : step.release) {
+      track_free(frame.slots[s]);
+      frame.slots[s] = Tensor();
+    }
   }
 
   std::vector<Tensor> run_subgraph(const ir::Graph& g, const std::vector<Tensor>& inputs) override {

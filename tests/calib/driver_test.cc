@@ -54,25 +54,28 @@ std::vector<Tensor> random_samples(size_t n, uint64_t seed) {
   return out;
 }
 
-TEST(Calibrate, RangesDoNotDependOnBatchSize) {
+TEST(Calibrate, RangesDoNotDependOnBatchSizeOrThreads) {
+  // Threads > 1 run whole batches side by side, each worker with its own observer, merged at the
+  // end: the same extremes and histograms as one worker.
   const ir::Model m = tiny_model();
   VectorSource src(random_samples(23, 1));
   std::map<std::string, RangesFile> by_batch;
-  for (size_t bs : {1, 4, 23}) {
+  for (auto [bs, threads] : {std::pair<size_t, int>{1, 1}, {4, 1}, {23, 1}, {1, 2}, {4, 3}}) {
     CalibConfig c;
     c.method = "entropy";  // a method that reads histograms: its statistics serve every method
     c.run.batch_size = bs;
     c.run.progress = false;
+    c.threads = threads;
     CalibrationResult r = calibrate(m, src, c);
     EXPECT_EQ(r.run.samples, 23u);
     EXPECT_EQ(r.run.batches, (23 + bs - 1) / bs);
     for (const auto& meth : range_methods()) {
-      by_batch[std::to_string(bs) + meth.name] = ranges_from_stats(*r.stats, m, meth.name, c.range, 23);
+      by_batch[fmt::format("{}x{}{}", bs, threads, meth.name)] = ranges_from_stats(*r.stats, m, meth.name, c.range, 23);
     }
   }
   for (const auto& meth : range_methods()) {
-    const RangesFile& a = by_batch["1" + meth.name];
-    for (const char* bs : {"4", "23"}) {
+    const RangesFile& a = by_batch["1x1" + meth.name];
+    for (const char* bs : {"4x1", "23x1", "1x2", "4x3"}) {
       const RangesFile& b = by_batch[bs + meth.name];
       ASSERT_EQ(a.tensors.size(), b.tensors.size());
       for (size_t i = 0; i < a.tensors.size(); ++i) {
@@ -87,7 +90,7 @@ TEST(Calibrate, RangesDoNotDependOnBatchSize) {
     }
   }
   // Graph input and every node output observed, in execution order.
-  const RangesFile& f = by_batch["1minmax"];
+  const RangesFile& f = by_batch["1x1minmax"];
   std::vector<std::string> names;
   for (const auto& t : f.tensors) names.push_back(t.name);
   EXPECT_EQ(names, (std::vector<std::string>{"x", "xw", "r", "y"}));

@@ -88,6 +88,81 @@ TEST(Sensitivity, CandidatesOrderAsPrecisionAndBytesAsStorage) {
   EXPECT_EQ(r.runs, (5 * 3 + 1 * 2 + 1) * 16u);
 }
 
+// Samples held in memory.
+class MemorySource final : public data::SampleSource {
+ public:
+  explicit MemorySource(std::vector<data::Sample> s) : samples_(std::move(s)) {}
+  size_t size() const override { return samples_.size(); }
+  data::Sample load(size_t i) override { return samples_.at(i); }
+  std::string describe(size_t i) const override { return "sample " + std::to_string(i); }
+  std::string kind() const override { return "memory"; }
+
+ private:
+  std::vector<data::Sample> samples_;
+};
+
+/// out = f(a) + Neg(x) with a = Relu(x), where f(a) = a · a is either a Mul in the main graph or
+/// the then-branch of an If that reads `a` from the outer scope.
+ir::Model square_plus_neg(bool through_if) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::TypeInfo ft;
+  ft.elem_type = DataType::kFloat;
+  ir::Value* x = g.add_input("x", ft);
+  ir::Value* a = g.add_node("Relu", {x}, {"a"}, "relu")->output(0);
+  ir::Value* b = g.add_node("Neg", {x}, {"b"}, "neg")->output(0);
+  ir::Value* y = nullptr;
+  if (through_if) {
+    ir::TypeInfo bt;
+    bt.elem_type = DataType::kBool;
+    ir::Value* c = g.add_input("c", bt);
+    ir::Node* n = g.add_node("If", {c}, {"y"}, "if");
+    auto then_g = std::make_unique<ir::Graph>("then", &g);
+    then_g->add_output(then_g->add_node("Mul", {a, a}, {"t"})->output(0));
+    auto else_g = std::make_unique<ir::Graph>("else", &g);
+    else_g->add_output(else_g->add_node("Identity", {a}, {"e"})->output(0));
+    for (auto [name, body] : {std::pair{"then_branch", &then_g}, std::pair{"else_branch", &else_g}}) {
+      ir::Attribute attr;
+      attr.name = name;
+      attr.type = ir::AttrType::kGraph;
+      attr.graphs.push_back(std::move(*body));
+      n->set_attr(std::move(attr));
+    }
+    y = n->output(0);
+  } else {
+    y = g.add_node("Mul", {a, a}, {"y"}, "square")->output(0);
+  }
+  ir::Node* add = g.add_node("Add", {y, b}, {"out"}, "add");
+  add->output(0)->type().elem_type = DataType::kFloat;
+  g.add_output(add->output(0));
+  return m;
+}
+
+TEST(Sensitivity, ProbeFromTheLayerOnFollowsValuesReadInsideIfBodies) {
+  // The probe hands the executor the FP32 values of the nodes a trial cannot reach. A tensor read
+  // only inside an If body still reaches the If: quantizing `a` must score the same through the
+  // If as through the plain Mul (were the If fed its FP32 output, the output would be exact).
+  std::vector<data::Sample> samples;
+  for (int s = 0; s < 4; ++s) {
+    std::vector<float> v(64);
+    for (int i = 0; i < 64; ++i) v[i] = std::sin(0.37f * static_cast<float>(i + 64 * s)) * 3.0f;
+    samples.push_back({{"x", Tensor::from_vector<float>({1, 64}, v)}, {"c", Tensor::scalar<bool>(true)}});
+  }
+  std::vector<data::Sample> plain_samples = samples;
+  for (auto& s : plain_samples) s.erase("c");
+  MemorySource with_if(samples), plain(plain_samples);
+  const std::vector<FakeQuantTensor> each = {{"a", {0.25f, 0}, DataType::kUint8}, {"b", {0.5f, 128}, DataType::kUint8}};
+  const std::vector<Quality> q_if = score_alone(square_plus_neg(true), each, with_if, 4, 2);
+  const std::vector<Quality> q_plain = score_alone(square_plus_neg(false), each, plain, 4, 2);
+  ASSERT_EQ(q_if.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_TRUE(std::isfinite(q_if[i].sqnr_db)) << each[i].name;
+    EXPECT_LT(q_if[i].sqnr_db, 40.0) << each[i].name;
+    EXPECT_DOUBLE_EQ(q_if[i].sqnr_db, q_plain[i].sqnr_db) << each[i].name;
+  }
+}
+
 TEST(Sensitivity, PrecisionListsParse) {
   EXPECT_EQ(parse_layer_precisions("W8A16,float"),
             (std::vector<LayerPrecision>{LayerPrecision::kW8A16, LayerPrecision::kFloat}));

@@ -91,6 +91,40 @@ TEST(Executor, ObserverSeesEveryProducedValueOnce) {
   EXPECT_EQ(obs.seen.count("x"), 0u);  // inputs are not produced by nodes
 }
 
+/// Provides the Relu's output (a fixed tensor, kept: the executor must not write into it) and
+/// counts what it sees.
+class ProvidingObserver : public Observer {
+ public:
+  Tensor given = Tensor::from_vector<float>({2, 3}, {1, 1, 1, 1, 1, 1});
+  std::vector<std::string> seen;
+  bool provide(const ir::Node& node, std::vector<Tensor>& outputs) override {
+    if (node.op_type() != "Relu") return false;
+    outputs[0] = given;
+    return true;
+  }
+  void on_value(const ir::Value& v, const Tensor&) override { seen.push_back(v.name()); }
+};
+
+TEST(Executor, ObserverCanProvideANodesOutputsInsteadOfRunningIt) {
+  ir::Model m;
+  m.set_opset("", 17);
+  ir::Graph& g = *m.graph;
+  ir::Value* x = g.add_input("x", float_type({2, 3}));
+  ir::Value* b = g.add_initializer("b", Tensor::from_vector<float>({3}, {10, 20, 30}));
+  ir::Node* relu = g.add_node("Relu", {x}, {"r"}, "relu");
+  ir::Node* add = g.add_node("Add", {relu->output(0), b}, {"y"}, "add");  // Add may run in place
+  g.add_output(add->output(0));
+  Executor ex(m);
+  ProvidingObserver obs;
+  const auto out = ex.run({{"x", Tensor::from_vector<float>({2, 3}, {-1, 2, -3, 4, -5, 6})}}, &obs);
+  EXPECT_EQ(values(out[0]), (std::vector<float>{11, 21, 31, 11, 21, 31}));  // from the provided ones, not Relu(x)
+  EXPECT_EQ(values(obs.given), (std::vector<float>{1, 1, 1, 1, 1, 1}));   // untouched by the in-place Add
+  EXPECT_EQ(obs.seen, (std::vector<std::string>{"r", "y"}));              // provided values are reported too
+  // Without the observer, the Relu runs again.
+  EXPECT_EQ(values(ex.run({{"x", Tensor::from_vector<float>({2, 3}, {-1, 2, -3, 4, -5, 6})}})[0]),
+            (std::vector<float>{10, 22, 30, 14, 20, 36}));
+}
+
 TEST(Executor, UnsupportedOpNamesNodeTypeDomainAndOpset) {
   ir::Model m;
   m.set_opset("", 13);

@@ -51,6 +51,11 @@ struct RunSummary {
 /// many samples ran); errors while loading or running a sample name the sample.
 RunSummary run_samples(runtime::Executor& executor, data::SampleSource& source, runtime::Observer& observer,
                        const RunOptions& options = {});
+/// The same on several executors of one model at once, executor w with observer w running batches
+/// w, w + W, ... (W = executors.size()) on its own thread; samples load one at a time. The caller
+/// merges the observers. The first error in sample order is rethrown.
+RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::SampleSource& source,
+                       const std::vector<runtime::Observer*>& observers, const RunOptions& options = {});
 
 /// Everything calibrate() needs besides the model and the samples.
 struct CalibConfig {

@@ -67,6 +67,10 @@ struct TensorStats {
   double absmax() const;
   /// Adds one observation of this tensor (float32 data).
   void observe(const Tensor& t, const ObserverOptions& options);
+  /// Adds the statistics of the same tensor observed elsewhere (another worker's samples): exact
+  /// extremes and histogram, moments by Chan's formula; per-channel statistics are kept only when
+  /// both sides have them on the same axis and channel count.
+  void merge(const TensorStats& other);
 };
 
 /// Collects TensorStats for every float value the executor produces.
@@ -79,6 +83,10 @@ class StatsObserver : public BatchObserver {
   /// (a graph input reported by both run_samples and the executor) counts once; initializers
   /// and integer tensors are ignored.
   void on_value(const ir::Value& value, const Tensor& tensor) override;
+
+  /// Adds another observer's statistics (same model, same options), tensor by tensor; tensors only
+  /// it saw are appended in its order.
+  void merge(const StatsObserver& other);
 
   /// Statistics in first-seen (execution) order.
   const std::vector<std::unique_ptr<TensorStats>>& stats() const { return order_; }

@@ -27,6 +27,15 @@ class Observer {
     (void)value, (void)tensor, (void)out;
     return false;
   }
+  /// Optionally supplies the outputs of a main-graph node instead of running it: returns true
+  /// with `outputs` (one per node output, defined where the output is used) set. The values then
+  /// go through replace() and on_value() as computed ones do. The sensitivity probe feeds the FP32
+  /// values of every node upstream of the tensor it quantizes this way, so a trial costs only the
+  /// part of the model after that tensor. Default: never.
+  virtual bool provide(const ir::Node& node, std::vector<Tensor>& outputs) {
+    (void)node, (void)outputs;
+    return false;
+  }
 };
 
 struct ExecutorOptions {

@@ -81,13 +81,13 @@ Quality quality_of(const std::vector<report::OutputComparison>& outs) {
   return q;
 }
 
-/// Every value the FP32 run of one sample computes, copied (by value name).
+/// Every value the FP32 run of one sample computes (by value name).
 class CaptureAll final : public runtime::Observer {
  public:
   explicit CaptureAll(std::unordered_map<std::string, Tensor>& values) : values_(values) {}
   void on_value(const ir::Value& value, const Tensor& tensor) override {
     bytes_ += tensor.nbytes();
-    values_[value.name()] = tensor.clone();  // the executor's buffers return to its pool
+    values_[value.name()] = tensor;  // shared: a held buffer is neither written in place nor recycled
   }
   size_t bytes() const { return bytes_; }
 

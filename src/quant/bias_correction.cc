@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -15,13 +16,13 @@
 #include <spdlog/spdlog.h>
 
 #include "qtool/core/hash.h"
+#include "qtool/core/simd_clones.h"
 #include "qtool/runtime/executor.h"
 
 namespace qtool::quant {
 namespace {
 
 constexpr const char* kQ = "bc_q/";  // names of the quantized copy inside a probe
-constexpr const char* kF = "bc_f/";  // names of the float copy
 
 bool is_qdq(const ir::Node* n) {
   return n != nullptr && n->domain().empty() &&
@@ -59,6 +60,7 @@ struct Probe {
   std::unique_ptr<ir::Model> model;
   std::unique_ptr<runtime::Executor> exec;
   std::vector<std::string> inputs;  // FP32 value names the probe reads
+  std::string reference;            // the FP32 layer's output, which the probe's output is compared with
   int64_t channels = 0;
   ProbeSums sums;
   size_t missing = 0;               // inputs not yet seen in the current sample
@@ -133,18 +135,11 @@ class ProbeBuilder {
     if (!why_.empty()) return *why = why_, false;
     ir::Node* qc = g_->add_node(qn->op_type(), qin, {std::string(kQ) + "y"}, "q", qn->domain());
     for (const ir::Attribute& a : qn->attributes()) qc->set_attr(a.clone());
-    // Float copy of the FP32 layer.
-    std::vector<ir::Value*> fin;
-    for (ir::Value* v : fn->inputs()) fin.push_back(v ? copy_float(v) : nullptr);
-    if (!why_.empty()) return *why = why_, false;
-    ir::Node* fc = g_->add_node(fn->op_type(), fin, {std::string(kF) + "y"}, "f", fn->domain());
-    for (const ir::Attribute& a : fn->attributes()) fc->set_attr(a.clone());
     qc->output(0)->type().elem_type = DataType::kFloat;
-    fc->output(0)->type().elem_type = DataType::kFloat;
     g_->add_output(qc->output(0));
-    g_->add_output(fc->output(0));
     p->model = std::move(m);
     p->inputs = inputs_;
+    p->reference = fn->output(0)->name();
     return true;
   }
 
@@ -197,8 +192,6 @@ class ProbeBuilder {
     return out;
   }
 
-  ir::Value* copy_float(ir::Value* v) { return v->initializer() != nullptr ? copy_init(kF, v) : feed(v->name()); }
-
   const ir::Model& fp32_;
   const ir::Model& quantized_;
   ir::Graph* g_ = nullptr;
@@ -206,6 +199,29 @@ class ProbeBuilder {
   std::vector<std::string> inputs_;
   std::string why_;
 };
+
+/// Σ (a - b) and Σ |b| over n values, in double, four lanes (one AVX2 register where the CPU has it).
+QTOOL_SIMD_CLONES void difference_sums(const float* a, const float* b, int64_t n, double* diff, double* abs_b) {
+  typedef float Float4 __attribute__((vector_size(16)));
+  typedef double Double4 __attribute__((vector_size(32)));
+  Double4 d = {}, m = {};
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    Float4 fa, fb;
+    std::memcpy(&fa, a + k, sizeof fa);
+    std::memcpy(&fb, b + k, sizeof fb);
+    const Double4 da = __builtin_convertvector(fa, Double4), db = __builtin_convertvector(fb, Double4);
+    d += da - db;
+    m += db < 0 ? -db : db;
+  }
+  double s = (d[0] + d[1]) + (d[2] + d[3]), t = (m[0] + m[1]) + (m[2] + m[3]);
+  for (; k < n; ++k) {
+    s += static_cast<double>(a[k]) - b[k];
+    t += std::fabs(static_cast<double>(b[k]));
+  }
+  *diff = s;
+  *abs_b = t;
+}
 
 // Streams FP32 values into the probes that wait for them (one sample at a time).
 /// Feeds each probe the FP32 values it reads, as the reference run produces them. A probe whose
@@ -216,15 +232,17 @@ class ProbeBuilder {
 class ProbeObserver final : public runtime::Observer {
  public:
   explicit ProbeObserver(const std::vector<Probe*>& probes) : probes_(probes) {
-    for (size_t i = 0; i < probes_.size(); ++i)
+    for (size_t i = 0; i < probes_.size(); ++i) {
       for (const std::string& n : probes_[i]->inputs) readers_[n].push_back(i);
+      readers_[probes_[i]->reference].push_back(i);
+    }
   }
 
   void start_sample() {
     held_.clear();
     remaining_.clear();
     queue_.clear();
-    for (Probe* p : probes_) p->missing = p->inputs.size();
+    for (Probe* p : probes_) p->missing = p->inputs.size() + 1;  // and its reference
     for (const auto& [name, list] : readers_) remaining_[name] = list.size();
   }
 
@@ -233,7 +251,10 @@ class ProbeObserver final : public runtime::Observer {
   void offer(const std::string& name, const Tensor& tensor) {
     auto it = readers_.find(name);
     if (it == readers_.end() || held_.count(name)) return;
-    held_.emplace(name, tensor.clone());
+    // Shares the executor's buffer: while held, the executor neither writes into it in place (it
+    // reuses only buffers nobody else holds) nor recycles it (a pooled buffer returns to its pool
+    // when its last holder lets go).
+    held_.emplace(name, tensor);
     for (size_t i : it->second)
       if (--probes_[i]->missing == 0) enqueue(*probes_[i]);
   }
@@ -245,7 +266,7 @@ class ProbeObserver final : public runtime::Observer {
     std::vector<std::exception_ptr> errors(workers);
     auto work = [&](size_t w) {
       try {
-        for (size_t k = w; k < n; k += workers) run_probe(*queue_[k].probe, queue_[k].inputs);
+        for (size_t k = w; k < n; k += workers) run_probe(*queue_[k].probe, queue_[k].inputs, queue_[k].reference);
       } catch (...) {
         errors[w] = std::current_exception();
       }
@@ -263,20 +284,23 @@ class ProbeObserver final : public runtime::Observer {
   struct Task {
     Probe* probe;
     std::map<std::string, Tensor> inputs;
+    Tensor reference;
   };
 
   void enqueue(Probe& p) {
-    Task t{&p, {}};
+    Task t{&p, {}, held_.at(p.reference)};
     for (const std::string& n : p.inputs) t.inputs.emplace(n, held_.at(n));
     queue_.push_back(std::move(t));
-    for (const std::string& n : p.inputs)
+    std::vector<std::string> read = p.inputs;
+    read.push_back(p.reference);
+    for (const std::string& n : read)
       if (--remaining_[n] == 0) held_.erase(n);  // nobody else waits for it: the task holds its copy
   }
 
-  static void run_probe(Probe& p, const std::map<std::string, Tensor>& in) {
+  static void run_probe(Probe& p, const std::map<std::string, Tensor>& in, const Tensor& reference) {
     const std::vector<Tensor> out = with_context(fmt::format("bias correction probe of '{}'", p.label),
                                                  [&] { return p.exec->run(in); });
-    const Tensor yq = out.at(0).to_float(), yf = out.at(1).to_float();
+    const Tensor yq = out.at(0).to_float(), yf = reference.to_float();
     QTOOL_CHECK(yq.shape() == yf.shape() && yq.rank() >= 2 && yq.dim(1) == p.channels, ErrorCode::kInternal,
                 "bias correction: layer '{}' gave outputs {} and {} (expected {} channels on axis 1)", p.label,
                 shape_str(yq.shape()), shape_str(yf.shape()), p.channels);
@@ -287,10 +311,7 @@ class ProbeObserver final : public runtime::Observer {
       for (int64_t ch = 0; ch < c; ++ch) {
         const int64_t base = (o * c + ch) * inner;
         double s = 0, abs_s = 0;
-        for (int64_t k = 0; k < inner; ++k) {
-          s += static_cast<double>(a[base + k]) - b[base + k];
-          abs_s += std::fabs(static_cast<double>(b[base + k]));
-        }
+        difference_sums(a + base, b + base, inner, &s, &abs_s);
         p.sums.sum[ch] += s;
         p.sums.abs_sum += abs_s;
       }
@@ -483,7 +504,7 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
   std::vector<Probe*> to_run;
   for (size_t i = 0; i < probes.size(); ++i) {
     Probe& p = probes[i];
-    if (options.cache && (keys[i] = probe_key(*p.model, hash_value(use, hash_value(n, 0))))) {
+    if (options.cache && (keys[i] = probe_key(*p.model, hash_string(p.reference, hash_value(use, hash_value(n, 0)))))) {
       const auto hit = options.cache->sums.find(*keys[i]);
       if (hit != options.cache->sums.end() && hit->second.sum.size() == p.sums.sum.size()) {
         p.sums = hit->second;

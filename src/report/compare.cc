@@ -459,7 +459,9 @@ class CaptureObserver final : public runtime::Observer {
   explicit CaptureObserver(const std::unordered_set<std::string>& names) : names_(names) {}
   void on_value(const ir::Value& value, const Tensor& tensor) override {
     if (!is_float_type(tensor.dtype()) || !names_.count(value.name())) return;
-    captured_[value.name()] = tensor.dtype() == DataType::kFloat ? tensor.clone() : tensor.to_float();
+    // A float tensor is shared, not copied: the executor never writes into or recycles a buffer
+    // somebody else holds.
+    captured_[value.name()] = tensor.dtype() == DataType::kFloat ? tensor : tensor.to_float();
   }
   std::unordered_map<std::string, Tensor>& captured() { return captured_; }
 

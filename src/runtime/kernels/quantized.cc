@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -473,36 +474,56 @@ void qlinear_matmul_kernel(KernelContext& ctx) {
 /// absolute values of any output's terms stays below this bound.
 constexpr double kExactFloatSum = 16777216.0;
 
-/// Exact integer convolution of (x - x_zp) with (w - w_zp[m]) (w_zp per-tensor or per output channel),
-/// plus `bias` when given. Runs in float32 (the fast im2col + GEMM path) in chunks of input channels
-/// small enough that every partial sum is an exactly representable integer (e.g. 514 channels of a
-/// 1x1 conv for uint8 x int8), summing the chunks in double; falls back to double when one chunk
-/// cannot be bounded (grouped convs with huge kernels).
-std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp_in, size_t w_in, size_t wzp_in,
-                                     const std::vector<double>* bias, Shape* ys) {
+/// The operands of an exact integer convolution of (x - x_zp) with (w - w_zp[m]) (w_zp per-tensor
+/// or per output channel) as floats, and how many input channels one float pass may sum exactly.
+struct IntegerConv {
+  std::vector<float> xv, wv;
+  nn::WindowGeometry g;
+  Shape ys;
+  int64_t group = 1, cin = 0, kspatial = 1;
+  /// Input channels per float pass (every partial sum an exactly representable integer); < 1 when
+  /// even one channel cannot be bounded.
+  int64_t chunk = 0;
+};
+
+IntegerConv integer_conv(KernelContext& ctx, size_t x_in, size_t xzp_in, size_t w_in, size_t wzp_in) {
   const Tensor& x = ctx.input(x_in);
   const Tensor& w = ctx.input(w_in);
-  const int64_t group = ctx.node().attr_int("group", 1);
+  IntegerConv c;
+  c.group = ctx.node().attr_int("group", 1);
   if (x.rank() < 3 || w.rank() != x.rank()) nn::bad_node(ctx, "x {} / w {} must be [N, C, spatial...]", shape_str(x.shape()), shape_str(w.shape()));
-  if (group <= 0 || w.dim(1) * group != x.dim(1) || w.dim(0) % group != 0) {
-    nn::bad_node(ctx, "channels do not match: x {} w {} group {}", shape_str(x.shape()), shape_str(w.shape()), group);
+  if (c.group <= 0 || w.dim(1) * c.group != x.dim(1) || w.dim(0) % c.group != 0) {
+    nn::bad_node(ctx, "channels do not match: x {} w {} group {}", shape_str(x.shape()), shape_str(w.shape()), c.group);
   }
   double xmax = 0, wmax = 0;
-  const std::vector<float> xv = centered_values<float>(ctx, x, xzp_in, 1, "x", &xmax);
-  const std::vector<float> wv = centered_values<float>(ctx, w, wzp_in, 0, "w", &wmax);
-  const nn::WindowGeometry g = nn::window_geometry(ctx, x.shape(), std::vector<int64_t>(w.shape().begin() + 2, w.shape().end()), false);
-  *ys = {x.dim(0), w.dim(0)};
-  for (int64_t d : g.out_shape()) ys->push_back(d);
-  std::vector<double> y(static_cast<size_t>(shape_numel(*ys)));
-
-  const int64_t cin = w.dim(1), kspatial = w.numel() / std::max<int64_t>(w.dim(0) * cin, 1);
+  c.xv = centered_values<float>(ctx, x, xzp_in, 1, "x", &xmax);
+  c.wv = centered_values<float>(ctx, w, wzp_in, 0, "w", &wmax);
+  c.g = nn::window_geometry(ctx, x.shape(), std::vector<int64_t>(w.shape().begin() + 2, w.shape().end()), false);
+  c.ys = {x.dim(0), w.dim(0)};
+  for (int64_t d : c.g.out_shape()) c.ys.push_back(d);
+  c.cin = w.dim(1);
+  c.kspatial = w.numel() / std::max<int64_t>(w.dim(0) * c.cin, 1);
   const double per_term = std::max(xmax * wmax, 1.0);
   const int64_t max_terms = static_cast<int64_t>((kExactFloatSum - 1) / per_term);
-  const int64_t chunk = max_terms / std::max<int64_t>(kspatial, 1);
+  c.chunk = max_terms / std::max<int64_t>(c.kspatial, 1);
+  return c;
+}
+
+/// Exact integer convolution plus `bias` when given (integer_conv's operands). Runs in float32
+/// (the fast im2col + GEMM path) in chunks of input channels small enough that every partial sum
+/// is an exactly representable integer (e.g. 514 channels of a 1x1 conv for uint8 x int8),
+/// summing the chunks in double; falls back to double when one chunk cannot be bounded (grouped
+/// convs with huge kernels).
+std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t w_in, const IntegerConv& c,
+                                     const std::vector<double>* bias) {
+  const Tensor& x = ctx.input(x_in);
+  const Tensor& w = ctx.input(w_in);
+  const int64_t group = c.group, cin = c.cin, kspatial = c.kspatial, chunk = c.chunk;
+  std::vector<double> y(static_cast<size_t>(shape_numel(c.ys)));
   if (chunk < 1 || (chunk < cin && group != 1)) {
-    const std::vector<double> xd(xv.begin(), xv.end()), wd(wv.begin(), wv.end());
-    nn::conv_forward<double>(xd.data(), x.shape(), wd.data(), w.shape(), bias ? bias->data() : nullptr, group, g, y.data(),
-                             &ctx.pool());
+    const std::vector<double> xd(c.xv.begin(), c.xv.end()), wd(c.wv.begin(), c.wv.end());
+    nn::conv_forward<double>(xd.data(), x.shape(), wd.data(), w.shape(), bias ? bias->data() : nullptr, group, c.g,
+                             y.data(), &ctx.pool());
     return y;
   }
   // Float path, one chunk of input channels at a time (all of them when they fit).
@@ -513,22 +534,22 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
     const int64_t c1 = std::min(cin, c0 + chunk), cc = c1 - c0;
     Shape xs = x.shape(), wsh = w.shape();
     std::vector<float> xf, wf;
-    const float* xp = xv.data();
-    const float* wp = wv.data();
+    const float* xp = c.xv.data();
+    const float* wp = c.wv.data();
     if (cc != cin) {  // group == 1: slice channels [c0, c1) of x and of w's input axis
       xs[1] = cc;
       wsh[1] = cc;
       xf.resize(static_cast<size_t>(n * cc * plane));
       for (int64_t b = 0; b < n; ++b)
-        std::copy(xv.begin() + (b * cx + c0) * plane, xv.begin() + (b * cx + c1) * plane, xf.begin() + b * cc * plane);
+        std::copy(c.xv.begin() + (b * cx + c0) * plane, c.xv.begin() + (b * cx + c1) * plane, xf.begin() + b * cc * plane);
       wf.resize(static_cast<size_t>(m * cc * kspatial));
       for (int64_t o = 0; o < m; ++o)
-        std::copy(wv.begin() + (o * cin + c0) * kspatial, wv.begin() + (o * cin + c1) * kspatial,
+        std::copy(c.wv.begin() + (o * cin + c0) * kspatial, c.wv.begin() + (o * cin + c1) * kspatial,
                   wf.begin() + o * cc * kspatial);
       xp = xf.data();
       wp = wf.data();
     }
-    nn::conv_forward<float>(xp, xs, wp, wsh, nullptr, group, g, part.data(), &ctx.pool());
+    nn::conv_forward<float>(xp, xs, wp, wsh, nullptr, group, c.g, part.data(), &ctx.pool());
     for (size_t i = 0; i < y.size(); ++i) y[i] += static_cast<double>(part[i]);
   }
   if (bias) {
@@ -540,6 +561,25 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
       }
   }
   return y;
+}
+
+std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp_in, size_t w_in, size_t wzp_in,
+                                     const std::vector<double>* bias, Shape* ys) {
+  const IntegerConv c = integer_conv(ctx, x_in, xzp_in, w_in, wzp_in);
+  *ys = c.ys;
+  return conv_integer_acc(ctx, x_in, w_in, c, bias);
+}
+
+/// requantize_run on exact integer accumulators held in floats, plus an int32 bias.
+template <typename Q>
+void requantize_float_run(const float* __restrict acc, int32_t bias, Q* __restrict dst, int64_t n, float m, float fmin,
+                          float fmax, int32_t zp) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = static_cast<float>(static_cast<int32_t>(acc[i]) + bias) * m;
+    v = v < fmin ? fmin : v;
+    v = v > fmax ? fmax : v;
+    dst[i] = static_cast<Q>(static_cast<int32_t>(std::nearbyint(v)) + zp);
+  }
 }
 
 /// ConvInteger (10): int32 conv of (x - x_zp) and (w - w_zp).
@@ -555,21 +595,48 @@ void conv_integer_kernel(KernelContext& ctx) {
 /// QLinearConv (10): x, x_scale, x_zp, w, w_scale (per-tensor or per output channel), w_zp,
 /// y_scale, y_zp, optional int32 bias B.
 void qlinear_conv_kernel(KernelContext& ctx) {
-  std::vector<double> bias;
-  if (ctx.has_input(8)) {
-    std::vector<int32_t> b = int_values(ctx, ctx.input(8), "B");
-    bias.assign(b.begin(), b.end());
-  }
-  Shape ys;
-  std::vector<double> acc = conv_integer_acc(ctx, 0, 2, 3, 5, bias.empty() ? nullptr : &bias, &ys);
+  std::vector<int32_t> bias32;
+  if (ctx.has_input(8)) bias32 = int_values(ctx, ctx.input(8), "B");
+  const IntegerConv c = integer_conv(ctx, 0, 2, 3, 5);
   const std::vector<float> sx = scale_values(ctx, 1), sw = scale_values(ctx, 4), sy = scale_values(ctx, 6);
   std::vector<float> mult(sw.size());
   for (size_t j = 0; j < sw.size(); ++j) mult[j] = sx[0] * sw[j] / sy[0];
-  const int64_t m = ys[1];
+  const int64_t m = c.ys[1];
   if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != m) nn::bad_node(ctx, "w_scale has {} values for {} channels", mult.size(), m);
+  if (!bias32.empty() && static_cast<int64_t>(bias32.size()) != m) nn::bad_node(ctx, "B has {} values for {} channels", bias32.size(), m);
   int64_t plane = 1;
-  for (size_t i = 2; i < ys.size(); ++i) plane *= ys[i];
-  ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, plane, m));
+  for (size_t i = 2; i < c.ys.size(); ++i) plane *= c.ys[i];
+  int64_t max_bias = 0;
+  for (int32_t b : bias32) max_bias = std::max<int64_t>(max_bias, std::abs(static_cast<int64_t>(b)));
+  const Tensor& y_zp = ctx.has_input(7) ? ctx.input(7) : Tensor();
+  const DataType out = ctx.has_input(7) ? y_zp.dtype() : DataType::kUint8;
+  if (c.chunk >= c.cin && max_bias < (int64_t{1} << 30) && (out == DataType::kUint8 || out == DataType::kInt8)) {
+    // One float pass holds every sum exactly (|sum| < 2^24), and with the bias it stays an int32:
+    // requantized straight from the float result, as MLAS does from its int32 accumulators.
+    Tensor acc = Tensor::empty(DataType::kFloat, c.ys);
+    nn::conv_forward<float>(c.xv.data(), ctx.input(0).shape(), c.wv.data(), ctx.input(3).shape(), nullptr, c.group, c.g,
+                            acc.mutable_data<float>(), &ctx.pool());
+    const int32_t zp = ctx.has_input(7) ? int_values(ctx, y_zp, "y zero point").at(0) : 0;
+    int64_t lo, hi;
+    dtype_int_range(out, &lo, &hi);
+    const float fmin = static_cast<float>(lo - zp), fmax = static_cast<float>(hi - zp);
+    Tensor y = Tensor::empty(out, c.ys);  // every element is written below
+    const float* ap = acc.data<float>();
+    const int64_t batches = c.ys[0];
+    for (int64_t b = 0; b < batches; ++b)
+      for (int64_t o = 0; o < m; ++o) {
+        const int64_t i0 = (b * m + o) * plane;
+        const float k = mult.size() == 1 ? mult[0] : mult[o];
+        const int32_t bo = bias32.empty() ? 0 : bias32[o];
+        if (out == DataType::kUint8) requantize_float_run(ap + i0, bo, y.mutable_data<uint8_t>() + i0, plane, k, fmin, fmax, zp);
+        else requantize_float_run(ap + i0, bo, y.mutable_data<int8_t>() + i0, plane, k, fmin, fmax, zp);
+      }
+    ctx.set_output(0, std::move(y));
+    return;
+  }
+  const std::vector<double> bias(bias32.begin(), bias32.end());
+  std::vector<double> acc = conv_integer_acc(ctx, 0, 3, c, bias.empty() ? nullptr : &bias);
+  ctx.set_output(0, requantize(ctx, acc, c.ys, mult, 7, plane, m));
 }
 
 /// com.microsoft MatMulNBits: Y = A @ dequant(B)^T (+ bias); accuracy_level 4 with 4 or 8 bits quantizes
@@ -684,6 +751,39 @@ DataType qoutput_dtype(const KernelContext& ctx, size_t zp_in, DataType fallback
 /// r_b = s_b/s_c and F = z_c - (r_a·z_a + r_b·z_b), a one-element operand taken as b (checked
 /// against ONNX Runtime 1.30 for vector+vector, vector+scalar and scalar+vector); for 16-bit data
 /// c = sat(rint((s_a(a - z_a) + s_b(b - z_b)) / s_c) + z_c).
+/// QLinearAdd of two 8-bit tensors of one shape: ONNX Runtime's x86 formula (below), vectorized.
+template <typename Q>
+void qadd_run(const Q* __restrict a, const Q* __restrict b, Q* __restrict y, int64_t n, float ra, float rb, float fixed,
+              float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = std::fma(static_cast<float>(a[i]), ra, std::fma(static_cast<float>(b[i]), rb, fixed));
+    v = std::nearbyint(v);
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    y[i] = static_cast<Q>(static_cast<int32_t>(v));
+  }
+}
+
+/// The same built for AVX2 and FMA (used where nn::sgemm_direct_available()): the FMAs inline.
+#if defined(__x86_64__)
+template <typename Q>
+__attribute__((target("avx2,fma"))) void qadd_run_fma(const Q* __restrict a, const Q* __restrict b, Q* __restrict y,
+                                                      int64_t n, float ra, float rb, float fixed, float lo, float hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = std::fma(static_cast<float>(a[i]), ra, std::fma(static_cast<float>(b[i]), rb, fixed));
+    v = std::nearbyint(v);
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    y[i] = static_cast<Q>(static_cast<int32_t>(v));
+  }
+}
+#else
+template <typename Q>
+void qadd_run_fma(const Q* a, const Q* b, Q* y, int64_t n, float ra, float rb, float fixed, float lo, float hi) {
+  qadd_run(a, b, y, n, ra, rb, fixed, lo, hi);
+}
+#endif
+
 void qlinear_add_kernel(KernelContext& ctx) {
   const Tensor* a = &ctx.input(0);
   const Tensor* b = &ctx.input(3);
@@ -694,7 +794,6 @@ void qlinear_add_kernel(KernelContext& ctx) {
   scalar_qparams(ctx, 6, 7, &sc, &zc);
   const Shape ys = nn::broadcast_shapes(ctx, a->shape(), b->shape());
   const DataType out = qoutput_dtype(ctx, 7, a->dtype());
-  const std::vector<int32_t> av = int_values(ctx, *a, "A"), bv = int_values(ctx, *b, "B");
   int64_t lo, hi;
   dtype_int_range(out, &lo, &hi);
   const size_t r = ys.size();
@@ -707,9 +806,25 @@ void qlinear_add_kernel(KernelContext& ctx) {
   // differed in one) and on vector + one element both ways (tests/runtime/quantized_test.cc).
   const float ra = sa / sc, rb = sb / sc;
   const float fixed = static_cast<float>(zc) - (ra * static_cast<float>(za) + rb * static_cast<float>(zb));
-  Tensor y(out, ys);
+  Tensor y = Tensor::empty(out, ys);  // every element is written below
   uint8_t* yp = y.mutable_raw();
   const int64_t n = y.numel();
+  if (eight_bit && a->shape() == b->shape() && a->dtype() == out && b->dtype() == out) {
+    const bool fma = nn::sgemm_direct_available();
+    auto run = [&](auto* dst) {
+      using Q = std::remove_pointer_t<decltype(dst)>;
+      const Q* ap = reinterpret_cast<const Q*>(a->raw());
+      const Q* bp = reinterpret_cast<const Q*>(b->raw());
+      const float flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+      if (fma) qadd_run_fma(ap, bp, dst, n, ra, rb, fixed, flo, fhi);
+      else qadd_run(ap, bp, dst, n, ra, rb, fixed, flo, fhi);
+    };
+    if (out == DataType::kUint8) run(reinterpret_cast<uint8_t*>(yp));
+    else run(reinterpret_cast<int8_t*>(yp));
+    ctx.set_output(0, std::move(y));
+    return;
+  }
+  const std::vector<int32_t> av = int_values(ctx, *a, "A"), bv = int_values(ctx, *b, "B");
   for (int64_t i = 0; i < n; ++i) {
     int64_t rem = i, ia = 0, ib = 0;
     for (size_t d = r; d-- > 0;) {

@@ -32,15 +32,25 @@ report::SampleProvider sample_provider(data::SampleSource& source) {
   };
 }
 
-/// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
-/// puts the result into the report: outputs (to_output_quality), eval_samples, and each layer's
-/// output SQNR (matched by the node that produces the layer's output in the quantized model).
 QualityFloor floor_of(const QuantizeJob& job) {
   QualityFloor f{job.floor_sqnr_db, job.floor_agreement, std::min(QualityFloor{}.min_classifier_sqnr_db, job.floor_sqnr_db),
                  job.floor_lm_nll_increase, job.floor_metric};
   f.min_mask_iou = job.floor_mask_iou;
   return f;
 }
+
+namespace {
+
+/// Each layer's output SQNR from a comparison with per-layer drift (matched by the node that
+/// produces the layer's output in the quantized model).
+void fill_layer_sqnr(report::QuantizeReport& rep, const report::CompareResult& result) {
+  rep.layer_samples = result.samples;
+  for (auto& l : rep.layers)
+    for (const auto& d : result.layers)
+      if (d.node == l.node) l.output_sqnr_db = d.error.sqnr_db();
+}
+
+}  // namespace
 
 report::CompareResult evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
                                     data::SampleSource& held_out, int threads) {
@@ -49,10 +59,16 @@ report::CompareResult evaluate_into(report::QuantizeReport& rep, const ir::Model
   report::CompareResult result = report::compare_models(fp32, quantized, sample_provider(held_out), options);
   rep.outputs = report::to_output_quality(result);
   rep.eval_samples = result.samples;
-  for (auto& l : rep.layers)
-    for (const auto& d : result.layers)
-      if (d.node == l.node) l.output_sqnr_db = d.error.sqnr_db();
+  fill_layer_sqnr(rep, result);
   return result;
+}
+
+void evaluate_layers_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                          data::SampleSource& held_out, int threads, size_t max_samples) {
+  report::CompareOptions options;
+  options.threads = threads;
+  options.max_samples = static_cast<int64_t>(max_samples);
+  fill_layer_sqnr(rep, report::compare_models(fp32, quantized, sample_provider(held_out), options));
 }
 
 /// The float weights of a model by name (Tensor copies share their buffers, so this is cheap),

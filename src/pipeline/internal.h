@@ -33,10 +33,17 @@ bool has_subgraphs(const ir::Graph& g);
 /// The samples of `source` in order, as report::compare_models takes them (`source` must outlive it).
 report::SampleProvider sample_provider(data::SampleSource& source);
 /// Runs the FP32 and quantized models on `held_out` (report/compare.h, with per-layer drift) and
-/// puts the result into the report: outputs, eval_samples, and each layer's output SQNR. Returns
-/// the comparison (its per-layer drift ranks where the noise enters).
+/// puts the result into the report: outputs, eval_samples, and each layer's output SQNR (with
+/// layer_samples). Returns the comparison (its per-layer drift ranks where the noise enters).
 report::CompareResult evaluate_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
                                     data::SampleSource& held_out, int threads);
+/// Samples behind the per-layer output SQNR of a report whose outputs were judged already (the
+/// guard's comparison): a layer's SQNR sums over every value of the tensor, so a few samples give
+/// it to a fraction of a dB, and the whole-model verdict keeps all the held-out samples.
+constexpr size_t kLayerEvalSamples = 16;
+/// Only each layer's output SQNR (and layer_samples), on the first `max_samples` of `held_out`.
+void evaluate_layers_into(report::QuantizeReport& rep, const ir::Model& fp32, const ir::Model& quantized,
+                          data::SampleSource& held_out, int threads, size_t max_samples);
 /// The float weights of a model by name (copies share their buffers).
 std::map<std::string, Tensor> float_weights(const ir::Model& model);
 /// Weight SQNR (dB) of each layer stored as DequantizeLinear of an integer initializer.

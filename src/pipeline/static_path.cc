@@ -510,7 +510,7 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
     // Per-layer output SQNR is only shown in --report/--json, so the extra held-out run is only paid for then.
     if (job.per_layer_eval && file_size(job.model_path) <= kMaxEvalModelBytes) {
       t = clock_type::now();
-      evaluate_into(out.report, reference, model, *samples.held_out, job.threads);
+      evaluate_layers_into(out.report, reference, model, *samples.held_out, job.threads, kLayerEvalSamples);
       timings.push_back({"evaluate", seconds_since(t)});
     }
   }

@@ -375,7 +375,7 @@ nlohmann::json report_to_json(const QuantizeReport& r) {
                            {"sparse_storage", l.sparse_storage},
                            {"note", l.note}});
   }
-  j["evaluation"] = {{"samples", r.eval_samples}, {"outputs", nlohmann::json::array()}};
+  j["evaluation"] = {{"samples", r.eval_samples}, {"layer_samples", r.layer_samples}, {"outputs", nlohmann::json::array()}};
   for (const auto& o : r.outputs) {
     j["evaluation"]["outputs"].push_back({{"name", o.name},
                                           {"samples", o.samples},

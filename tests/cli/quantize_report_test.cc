@@ -85,7 +85,7 @@ TEST(CliQuantizeReport, JsonReportHasSchemaAndLayers) {
   ASSERT_TRUE(fs::exists(rep));
   const auto j = nlohmann::json::parse(slurp(rep));
   EXPECT_EQ(j["schema"], "qtool.quantize_report");
-  EXPECT_EQ(j["schema_version"], "1.4");
+  EXPECT_EQ(j["schema_version"], "1.5");
   EXPECT_FALSE(j.contains("budget"));  // only a --target-size / --target-bpw run has one
   EXPECT_EQ(j["output_model"], out);
   EXPECT_EQ(j["settings"]["bits"], "4");
@@ -115,8 +115,9 @@ TEST(CliQuantizeReport, JsonReportWithCalibrationHasPerLayerOutputError) {
   testing::TempDir dir;
   for (const std::string bits : {"8", "4"}) {
     const std::string rep = dir.file("report" + bits + ".json");
-    const auto r = quantize(fmt::format("{} --bits {} --calib calibration_samples/digits/ --samples 48 -o {} --report {}",
-                                        kModel, bits, dir.file("q" + bits + ".onnx"), rep));
+    // 8 bits: 240 samples, 24 held out; the per-layer SQNR is measured on the first 16 of them.
+    const auto r = quantize(fmt::format("{} --bits {} --calib calibration_samples/digits/ --samples {} -o {} --report {}",
+                                        kModel, bits, bits == "8" ? 240 : 48, dir.file("q" + bits + ".onnx"), rep));
     ASSERT_EQ(r.exit_code, exit_code::kOk) << r.out << r.err;
     const auto j = read_json(rep);
     ASSERT_EQ(j["layers"].size(), 5u) << bits;
@@ -135,6 +136,14 @@ TEST(CliQuantizeReport, JsonReportWithCalibrationHasPerLayerOutputError) {
     EXPECT_GT(o["top1_agreement"].get<double>(), 0.9) << o.dump();
     EXPECT_GT(o["cosine"].get<double>(), 0.99) << o.dump();
     EXPECT_GT(j["evaluation"]["samples"].get<int64_t>(), 0);
+    // Static: the guard's verdict on every held-out sample, the per-layer figures on 16 of them;
+    // weight-only: one evaluation for both.
+    if (bits == "8") {
+      EXPECT_EQ(j["evaluation"]["samples"].get<int64_t>(), 24);
+      EXPECT_EQ(j["evaluation"]["layer_samples"].get<int64_t>(), 16);
+    } else {
+      EXPECT_EQ(j["evaluation"]["layer_samples"], j["evaluation"]["samples"]);
+    }
     bool evaluated = false;
     for (const auto& t : j["timings"]) evaluated |= t["phase"] == "evaluate";
     EXPECT_TRUE(evaluated) << j["timings"].dump();

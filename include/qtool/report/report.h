@@ -27,7 +27,7 @@
 namespace qtool::report {
 
 /// Version of the report JSON document ("major.minor"; minor bumps only add fields).
-inline constexpr const char* kQuantizeReportSchemaVersion = "1.4";  // 1.1: "actions"; 1.2: outputs' "mask_iou"; 1.3: layers' "sparsity", "pruning", "sparse_storage"; 1.4: "budget"
+inline constexpr const char* kQuantizeReportSchemaVersion = "1.5";  // 1.1: "actions"; 1.2: outputs' "mask_iou"; 1.3: layers' "sparsity", "pruning", "sparse_storage"; 1.4: "budget"; 1.5: evaluation "layer_samples"
 
 /// "Not measured" for the double fields below (written as JSON null, shown as "-").
 inline constexpr double kNotMeasured = std::numeric_limits<double>::quiet_NaN();
@@ -123,6 +123,7 @@ struct QuantizeReport {
   /// Output quality on held-out calibration data; empty when no data was given.
   std::vector<OutputQuality> outputs;
   int64_t eval_samples = 0;     ///< held-out samples behind `outputs`
+  int64_t layer_samples = 0;    ///< held-out samples behind the layers' output_sqnr_db (0: not measured)
   std::vector<Timing> timings;
   /// What the pipeline did beyond the plain quantization (CLE, bias correction, tuning, tensors the
   /// quality guard kept in float): text "action: ..." lines, JSON "actions".

@@ -311,12 +311,29 @@ void add_channel_sums(const Tensor& r, const Tensor& t, OutputComparison::Channe
   for (size_t d = static_cast<size_t>(c.axis) + 1; d < sh.size(); ++d) inner *= sh[d];
   const float* a = r.data<float>();
   const float* b = t.data<float>();
-  for (int64_t i = 0; i < r.numel(); ++i) {
-    if (!std::isfinite(a[i])) continue;
-    const int64_t k = (i / inner) % ch;
-    const double d = std::isfinite(b[i]) ? static_cast<double>(a[i]) - b[i] : 1e30;
-    c.signal[k] += static_cast<double>(a[i]) * a[i];
-    c.noise[k] += d * d;
+  const int64_t outer = r.numel() / std::max<int64_t>(1, ch * inner);
+  // A non-finite reference value is skipped; a non-finite test value is a maximal error.
+  auto term = [](float x, float y, double& sig, double& noise) {
+    if (!std::isfinite(x)) return;
+    const double d = std::isfinite(y) ? static_cast<double>(x) - y : 1e30;
+    sig += static_cast<double>(x) * x;
+    noise += d * d;
+  };
+  for (int64_t o = 0; o < outer; ++o) {
+    if (inner == 1) {  // channels along the last axis: one row at a time
+      const float* ra = a + o * ch;
+      const float* rb = b + o * ch;
+      for (int64_t k = 0; k < ch; ++k) term(ra[k], rb[k], c.signal[k], c.noise[k]);
+      continue;
+    }
+    for (int64_t k = 0; k < ch; ++k) {  // one contiguous run of `inner` values per channel
+      const float* ra = a + (o * ch + k) * inner;
+      const float* rb = b + (o * ch + k) * inner;
+      double sig = 0.0, noise = 0.0;
+      for (int64_t j = 0; j < inner; ++j) term(ra[j], rb[j], sig, noise);
+      c.signal[k] += sig;
+      c.noise[k] += noise;
+    }
   }
 }
 

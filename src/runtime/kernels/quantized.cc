@@ -291,9 +291,11 @@ std::vector<double> centered(const KernelContext& ctx, const Tensor& x, size_t z
   return centered_values<double>(ctx, x, zp_input, axis, what);
 }
 
-/// Batched numpy matmul of doubles (A [.., M, K], B [.., K, N], 1-D operands promoted).
-std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const std::vector<double>& a, const Shape& bs0,
-                            const std::vector<double>& b, Shape* out_shape, int64_t* m_out, int64_t* n_out) {
+/// Batched numpy matmul (A [.., M, K], B [.., K, N], 1-D operands promoted) in T: sgemm for
+/// float, dgemm for double.
+template <typename T>
+std::vector<T> batched_matmul(const KernelContext& ctx, const Shape& as0, const T* a, const Shape& bs0, const T* b,
+                              Shape* out_shape, int64_t* m_out, int64_t* n_out) {
   Shape as = as0, bs = bs0;
   const bool a_vec = as.size() == 1, b_vec = bs.size() == 1;
   if (as.empty() || bs.empty()) nn::bad_node(ctx, "operands must have rank >= 1");
@@ -309,22 +311,9 @@ std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const st
   *m_out = m;
   *n_out = n;
   const int64_t nb = shape_numel(batch);
-  std::vector<double> y(static_cast<size_t>(nb * m * n));
+  std::vector<T> y(static_cast<size_t>(nb * m * n));
   const size_t r = batch.size();
   const std::vector<int64_t> sa = nn::broadcast_strides(abatch, r), sb = nn::broadcast_strides(bbatch, r);
-  // Integer operands whose every partial sum stays below 2^24 in magnitude (k · max|a| · max|b|)
-  // multiply exactly in float32: the fast GEMM instead of the double one (8-bit MatMuls up to
-  // k = 258 with 255 · 255 products, or 1040 with 127 · 127).
-  double amax = 0.0, bmax = 0.0;
-  for (double v : a) amax = std::max(amax, std::fabs(v));
-  for (double v : b) bmax = std::max(bmax, std::fabs(v));
-  const bool exact_in_float = static_cast<double>(k) * amax * bmax < 16777216.0;
-  std::vector<float> af, bf, yf;
-  if (exact_in_float) {
-    af.assign(a.begin(), a.end());
-    bf.assign(b.begin(), b.end());
-    yf.resize(y.size());
-  }
   for (int64_t idx = 0; idx < nb; ++idx) {
     int64_t rem = idx, oa = 0, ob = 0;
     for (size_t i = r; i-- > 0;) {
@@ -333,15 +322,34 @@ std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const st
       oa += c * sa[i];
       ob += c * sb[i];
     }
-    if (exact_in_float) {
-      nn::sgemm(false, false, m, n, k, 1.0f, af.data() + oa * m * k, k, bf.data() + ob * k * n, n, 0.0f,
-                yf.data() + idx * m * n, n, &ctx.pool());
+    if constexpr (std::is_same_v<T, float>) {
+      nn::sgemm(false, false, m, n, k, 1.0f, a + oa * m * k, k, b + ob * k * n, n, 0.0f, y.data() + idx * m * n, n,
+                &ctx.pool());
     } else {
-      nn::dgemm(false, false, m, n, k, a.data() + oa * m * k, k, b.data() + ob * k * n, n, y.data() + idx * m * n, n);
+      nn::dgemm(false, false, m, n, k, a + oa * m * k, k, b + ob * k * n, n, y.data() + idx * m * n, n);
     }
   }
-  if (exact_in_float) y.assign(yf.begin(), yf.end());
   return y;
+}
+
+/// Float32 represents every integer below 2^24 exactly: integer operands whose every partial sum
+/// stays below it in magnitude (k · max|a| · max|b|) multiply exactly in float32, on the fast GEMM
+/// (8-bit MatMuls up to k = 258 with 255 · 255 products, or 1040 with 127 · 127).
+bool exact_in_float(int64_t k, double amax, double bmax) { return static_cast<double>(k) * amax * bmax < 16777216.0; }
+
+/// Batched numpy matmul of integer-valued doubles (exact: in float32 where exact_in_float).
+std::vector<double> dmatmul(const KernelContext& ctx, const Shape& as0, const std::vector<double>& a, const Shape& bs0,
+                            const std::vector<double>& b, Shape* out_shape, int64_t* m_out, int64_t* n_out) {
+  double amax = 0.0, bmax = 0.0;
+  for (double v : a) amax = std::max(amax, std::fabs(v));
+  for (double v : b) bmax = std::max(bmax, std::fabs(v));
+  const int64_t k = as0.empty() ? 0 : as0.back();
+  if (exact_in_float(k, amax, bmax)) {
+    const std::vector<float> af(a.begin(), a.end()), bf(b.begin(), b.end());
+    const std::vector<float> y = batched_matmul<float>(ctx, as0, af.data(), bs0, bf.data(), out_shape, m_out, n_out);
+    return std::vector<double>(y.begin(), y.end());
+  }
+  return batched_matmul<double>(ctx, as0, a.data(), bs0, b.data(), out_shape, m_out, n_out);
 }
 
 /// MatMulInteger (10): int32 (A - a_zp)(B - b_zp); a_zp per-tensor or per-row, b_zp per-tensor or per-column.
@@ -404,9 +412,9 @@ void dynamic_quantize_matmul_kernel(KernelContext& ctx) {
 }
 
 /// MLAS's requantization of n accumulators: clamp float(acc) · m to the range around the zero
-/// point, round half to even, add zp (a separate function so that the loop vectorizes).
-template <typename Q>
-void requantize_run(const double* __restrict acc, Q* __restrict dst, int64_t n, float m, float fmin, float fmax,
+/// point, round half to even, add zp (separate functions so that the loops vectorize).
+template <typename A, typename Q>
+void requantize_run(const A* __restrict acc, Q* __restrict dst, int64_t n, float m, float fmin, float fmax,
                     int32_t zp) {
   for (int64_t i = 0; i < n; ++i) {
     float v = static_cast<float>(acc[i]) * m;
@@ -416,9 +424,22 @@ void requantize_run(const double* __restrict acc, Q* __restrict dst, int64_t n, 
   }
 }
 
+/// The same with a multiplier per element of the run (per-column scales of a MatMul row).
+template <typename A, typename Q>
+void requantize_cols(const A* __restrict acc, Q* __restrict dst, int64_t n, const float* __restrict m, float fmin,
+                     float fmax, int32_t zp) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = static_cast<float>(acc[i]) * m[i];
+    v = v < fmin ? fmin : v;
+    v = v > fmax ? fmax : v;
+    dst[i] = static_cast<Q>(static_cast<int32_t>(std::nearbyint(v)) + zp);
+  }
+}
+
 /// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = (i / inner) % channels.
-Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, const Shape& shape,
-                  const std::vector<float>& mult, size_t y_zp_input, int64_t inner, int64_t channels) {
+template <typename A>
+Tensor requantize(const KernelContext& ctx, const std::vector<A>& acc, const Shape& shape, const std::vector<float>& mult,
+                  size_t y_zp_input, int64_t inner, int64_t channels) {
   DataType out = DataType::kUint8;
   int32_t zp = 0;
   if (ctx.has_input(y_zp_input)) {
@@ -428,26 +449,34 @@ Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, cons
   }
   int64_t lo, hi;
   dtype_int_range(out, &lo, &hi);
-  Tensor y(out, shape);
+  Tensor y = Tensor::empty(out, shape);  // every element is written below
   uint8_t* yp = y.mutable_raw();
-  // Element i belongs to channel (i / inner) % channels: walk [outer, channels, inner] blocks.
   const int64_t total = static_cast<int64_t>(acc.size());
-  const int64_t block = std::max<int64_t>(inner, 1) * std::max<int64_t>(channels, 1);
   const float fmin = static_cast<float>(lo - zp), fmax = static_cast<float>(hi - zp);
-  for (int64_t base = 0; base < total; base += block) {
-    for (int64_t c = 0; c < channels; ++c) {
-      const float m = mult.size() == 1 ? mult[0] : mult[c];
-      const int64_t i0 = base + c * inner, i1 = std::min(total, i0 + inner);
-      if (out == DataType::kUint8) {
-        requantize_run(acc.data() + i0, yp + i0, i1 - i0, m, fmin, fmax, zp);
-      } else if (out == DataType::kInt8) {
-        requantize_run(acc.data() + i0, reinterpret_cast<int8_t*>(yp) + i0, i1 - i0, m, fmin, fmax, zp);
-      } else {
-        for (int64_t i = i0; i < i1; ++i) {
-          const float v = std::clamp(static_cast<float>(acc[i]) * m, fmin, fmax);
-          write_int(yp, out, i, static_cast<int32_t>(std::nearbyint(v)) + zp);
+  auto run = [&](auto* dst) {
+    if (mult.size() == 1) {
+      requantize_run(acc.data(), dst, total, mult[0], fmin, fmax, zp);
+    } else if (inner == 1) {  // rows of `channels` values, one multiplier per column
+      for (int64_t r0 = 0; r0 < total; r0 += channels)
+        requantize_cols(acc.data() + r0, dst + r0, std::min(channels, total - r0), mult.data(), fmin, fmax, zp);
+    } else {  // element i belongs to channel (i / inner) % channels: walk [outer, channels, inner] blocks
+      const int64_t block = std::max<int64_t>(inner, 1) * std::max<int64_t>(channels, 1);
+      for (int64_t base = 0; base < total; base += block)
+        for (int64_t c = 0; c < channels; ++c) {
+          const int64_t i0 = base + c * inner, i1 = std::min(total, i0 + inner);
+          if (i1 > i0) requantize_run(acc.data() + i0, dst + i0, i1 - i0, mult[c], fmin, fmax, zp);
         }
-      }
+    }
+  };
+  if (out == DataType::kUint8) {
+    run(yp);
+  } else if (out == DataType::kInt8) {
+    run(reinterpret_cast<int8_t*>(yp));
+  } else {
+    for (int64_t i = 0; i < total; ++i) {
+      const float m = mult.size() == 1 ? mult[0] : mult[(i / std::max<int64_t>(inner, 1)) % channels];
+      const float v = std::clamp(static_cast<float>(acc[i]) * m, fmin, fmax);
+      write_int(yp, out, i, static_cast<int32_t>(std::nearbyint(v)) + zp);
     }
   }
   return y;
@@ -458,14 +487,24 @@ Tensor requantize(const KernelContext& ctx, const std::vector<double>& acc, cons
 void qlinear_matmul_kernel(KernelContext& ctx) {
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(3);
-  std::vector<double> av = centered(ctx, a, 2, -2, "A"), bv = centered(ctx, b, 5, -1, "B");
-  Shape ys;
-  int64_t m, n;
-  std::vector<double> acc = dmatmul(ctx, a.shape(), av, b.shape(), bv, &ys, &m, &n);
   const std::vector<float> sa = scale_values(ctx, 1), sb = scale_values(ctx, 4), sy = scale_values(ctx, 6);
   std::vector<float> mult(sb.size());
   for (size_t j = 0; j < sb.size(); ++j) mult[j] = sa[0] * sb[j] / sy[0];
-  if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != n) nn::bad_node(ctx, "b_scale has {} values for N={}", mult.size(), n);
+  const int64_t n_cols = b.rank() == 1 ? 1 : b.dim(-1);
+  if (mult.size() != 1 && static_cast<int64_t>(mult.size()) != n_cols)
+    nn::bad_node(ctx, "b_scale has {} values for N={}", mult.size(), n_cols);
+  double amax = 0.0, bmax = 0.0;
+  const std::vector<float> af = centered_values<float>(ctx, a, 2, -2, "A", &amax);
+  const std::vector<float> bf = centered_values<float>(ctx, b, 5, -1, "B", &bmax);
+  Shape ys;
+  int64_t m, n;
+  if (a.rank() >= 1 && exact_in_float(a.dim(-1), amax, bmax)) {
+    const std::vector<float> acc = batched_matmul<float>(ctx, a.shape(), af.data(), b.shape(), bf.data(), &ys, &m, &n);
+    ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, 1, n));
+    return;
+  }
+  const std::vector<double> av(af.begin(), af.end()), bv(bf.begin(), bf.end());
+  const std::vector<double> acc = batched_matmul<double>(ctx, a.shape(), av.data(), b.shape(), bv.data(), &ys, &m, &n);
   ctx.set_output(0, requantize(ctx, acc, ys, mult, 7, 1, n));
 }
 

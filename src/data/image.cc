@@ -270,6 +270,23 @@ Image resample_horizontal(const Image& in, int out_w) {
   for (int y = 0; y < in.height; ++y) {
     const uint8_t* row = in.pixels.data() + static_cast<size_t>(y) * in.width * ch;
     uint8_t* orow = out.pixels.data() + static_cast<size_t>(y) * out_w * ch;
+    if (ch == 3) {  // RGB: the three channels' sums side by side (the same int32 sums)
+      for (int xx = 0; xx < out_w; ++xx) {
+        const int xmin = c.bounds[2 * xx], xcnt = c.bounds[2 * xx + 1];
+        const int32_t* k = &c.kk[static_cast<size_t>(xx) * c.ksize];
+        const uint8_t* px = row + xmin * 3;
+        int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < xcnt; ++x) {
+          s0 += static_cast<int32_t>(px[3 * x]) * k[x];
+          s1 += static_cast<int32_t>(px[3 * x + 1]) * k[x];
+          s2 += static_cast<int32_t>(px[3 * x + 2]) * k[x];
+        }
+        orow[xx * 3] = clip8(s0);
+        orow[xx * 3 + 1] = clip8(s1);
+        orow[xx * 3 + 2] = clip8(s2);
+      }
+      continue;
+    }
     for (int xx = 0; xx < out_w; ++xx) {
       const int xmin = c.bounds[2 * xx], xcnt = c.bounds[2 * xx + 1];
       const int32_t* k = &c.kk[static_cast<size_t>(xx) * c.ksize];

@@ -172,6 +172,20 @@ Sample match_inputs(std::vector<std::pair<std::string, Tensor>> raw, const std::
 // ---------------------------------------------------------------------------------------------
 // Selection
 
+Sample SelectedSource::load(size_t i) {
+  if (const auto it = kept_.find(i); it != kept_.end()) return it->second;
+  Sample s = base_->load(indices_.at(i));
+  if (keep_bytes_ > 0) {
+    size_t bytes = 0;
+    for (const auto& entry : s) bytes += entry.second.nbytes();
+    if (kept_bytes_ + bytes <= keep_bytes_) {
+      kept_bytes_ += bytes;
+      kept_.emplace(i, s);
+    }
+  }
+  return s;
+}
+
 std::shared_ptr<SelectedSource> select_samples(std::shared_ptr<SampleSource> base, const SelectOptions& o) {
   std::vector<size_t> idx;
   const size_t n = base->size();

@@ -60,6 +60,7 @@ StaticSamples open_static_samples(const QuantizeJob& job, const ir::Model& model
   GuardSplit split = split_for_guard(s.all->size(), s.guard);
   s.calib = std::make_unique<data::SelectedSource>(s.all, std::move(split.calib));
   s.held_out = std::make_unique<data::SelectedSource>(s.all, std::move(split.held_out));
+  s.held_out->keep_loaded(size_t{256} << 20);  // the guard's comparisons, probe and evaluation read them again
   s.guard = s.guard && s.held_out->size() > 0;
   s.warning = std::move(split.warning);
   return s;

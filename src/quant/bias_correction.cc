@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string_view>
 #include <thread>
@@ -58,12 +60,10 @@ struct Probe {
   ir::Node* qnode = nullptr;
   std::string label;
   std::unique_ptr<ir::Model> model;
-  std::unique_ptr<runtime::Executor> exec;
   std::vector<std::string> inputs;  // FP32 value names the probe reads
   std::string reference;            // the FP32 layer's output, which the probe's output is compared with
   int64_t channels = 0;
   ProbeSums sums;
-  size_t missing = 0;               // inputs not yet seen in the current sample
 };
 
 using ProbeKey = std::pair<uint64_t, uint64_t>;
@@ -223,15 +223,33 @@ QTOOL_SIMD_CLONES void difference_sums(const float* a, const float* b, int64_t n
   *abs_b = t;
 }
 
-// Streams FP32 values into the probes that wait for them (one sample at a time).
-/// Feeds each probe the FP32 values it reads, as the reference run produces them. A probe whose
-/// inputs are all there is queued with copies of them (the reference executor reuses its buffers);
-/// finish_sample() runs the queue on `threads` threads and adds each probe's sums. A probe runs once
-/// per sample and owns its executor and sums, so the threads share nothing, and each probe's sums
-/// grow in sample order: the result does not depend on the thread count.
+/// One sample's terms of one probe, in the order they are added to its ProbeSums: per row o of the
+/// output and channel c, Σ_k (y_q - y) and Σ_k |y| over the channel's `inner` values.
+struct SampleTerms {
+  Probe* probe = nullptr;
+  std::vector<double> diff, abs;  // [outer * channels]
+  int64_t outer = 0, inner = 0, count = 0;
+
+  /// Adds the terms to the probe's sums in the order one pass over the samples would.
+  void commit() const {
+    ProbeSums& s = probe->sums;
+    const int64_t c = probe->channels;
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t ch = 0; ch < c; ++ch) {
+        s.sum[ch] += diff[o * c + ch];
+        s.abs_sum += abs[o * c + ch];
+      }
+    s.per_channel_count += outer * inner;
+    s.abs_count += count;
+  }
+};
+
+/// Feeds each probe the FP32 values it reads (and its reference, the FP32 layer's output) as one
+/// worker's reference run produces them; a probe whose values are all there is queued, and
+/// run_queue() runs the queue on the worker's thread with the worker's own probe executors.
 class ProbeObserver final : public runtime::Observer {
  public:
-  explicit ProbeObserver(const std::vector<Probe*>& probes) : probes_(probes) {
+  explicit ProbeObserver(const std::vector<Probe*>& probes) : probes_(probes), missing_(probes.size()) {
     for (size_t i = 0; i < probes_.size(); ++i) {
       for (const std::string& n : probes_[i]->inputs) readers_[n].push_back(i);
       readers_[probes_[i]->reference].push_back(i);
@@ -242,7 +260,7 @@ class ProbeObserver final : public runtime::Observer {
     held_.clear();
     remaining_.clear();
     queue_.clear();
-    for (Probe* p : probes_) p->missing = p->inputs.size() + 1;  // and its reference
+    for (size_t i = 0; i < probes_.size(); ++i) missing_[i] = probes_[i]->inputs.size() + 1;  // and its reference
     for (const auto& [name, list] : readers_) remaining_[name] = list.size();
   }
 
@@ -256,39 +274,27 @@ class ProbeObserver final : public runtime::Observer {
     // when its last holder lets go).
     held_.emplace(name, tensor);
     for (size_t i : it->second)
-      if (--probes_[i]->missing == 0) enqueue(*probes_[i]);
+      if (--missing_[i] == 0) enqueue(i);
   }
 
-  /// Runs the probes queued during this sample, on up to `threads` threads.
-  void finish_sample(int threads) {
-    const size_t n = queue_.size();
-    const size_t workers = std::min<size_t>(std::max(threads, 1), n);
-    std::vector<std::exception_ptr> errors(workers);
-    auto work = [&](size_t w) {
-      try {
-        for (size_t k = w; k < n; k += workers) run_probe(*queue_[k].probe, queue_[k].inputs, queue_[k].reference);
-      } catch (...) {
-        errors[w] = std::current_exception();
-      }
-    };
-    std::vector<std::thread> pool;
-    for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
-    if (workers > 0) work(0);
-    for (auto& t : pool) t.join();
+  /// Runs the probes queued during this sample (probe i on executors[i]) and returns their terms.
+  std::vector<SampleTerms> run_queue(const std::vector<std::unique_ptr<runtime::Executor>>& executors) {
+    std::vector<SampleTerms> out;
+    for (const Task& t : queue_) out.push_back(run_probe(*probes_[t.probe], *executors[t.probe], t.inputs, t.reference));
     queue_.clear();
-    for (auto& e : errors)
-      if (e) std::rethrow_exception(e);
+    return out;
   }
 
  private:
   struct Task {
-    Probe* probe;
+    size_t probe;
     std::map<std::string, Tensor> inputs;
     Tensor reference;
   };
 
-  void enqueue(Probe& p) {
-    Task t{&p, {}, held_.at(p.reference)};
+  void enqueue(size_t i) {
+    const Probe& p = *probes_[i];
+    Task t{i, {}, held_.at(p.reference)};
     for (const std::string& n : p.inputs) t.inputs.emplace(n, held_.at(n));
     queue_.push_back(std::move(t));
     std::vector<std::string> read = p.inputs;
@@ -297,29 +303,34 @@ class ProbeObserver final : public runtime::Observer {
       if (--remaining_[n] == 0) held_.erase(n);  // nobody else waits for it: the task holds its copy
   }
 
-  static void run_probe(Probe& p, const std::map<std::string, Tensor>& in, const Tensor& reference) {
+  static SampleTerms run_probe(Probe& p, runtime::Executor& exec, const std::map<std::string, Tensor>& in,
+                               const Tensor& reference) {
     const std::vector<Tensor> out = with_context(fmt::format("bias correction probe of '{}'", p.label),
-                                                 [&] { return p.exec->run(in); });
+                                                 [&] { return exec.run(in); });
     const Tensor yq = out.at(0).to_float(), yf = reference.to_float();
     QTOOL_CHECK(yq.shape() == yf.shape() && yq.rank() >= 2 && yq.dim(1) == p.channels, ErrorCode::kInternal,
                 "bias correction: layer '{}' gave outputs {} and {} (expected {} channels on axis 1)", p.label,
                 shape_str(yq.shape()), shape_str(yf.shape()), p.channels);
-    const int64_t outer = yq.dim(0), c = p.channels, inner = yq.numel() / std::max<int64_t>(1, outer * c);
+    SampleTerms t;
+    t.probe = &p;
+    const int64_t c = p.channels;
+    t.outer = yq.dim(0);
+    t.inner = yq.numel() / std::max<int64_t>(1, t.outer * c);
+    t.count = yq.numel();
+    t.diff.resize(static_cast<size_t>(t.outer * c));
+    t.abs.resize(static_cast<size_t>(t.outer * c));
     const float* a = yq.data<float>();
     const float* b = yf.data<float>();
-    for (int64_t o = 0; o < outer; ++o)
+    for (int64_t o = 0; o < t.outer; ++o)
       for (int64_t ch = 0; ch < c; ++ch) {
-        const int64_t base = (o * c + ch) * inner;
-        double s = 0, abs_s = 0;
-        difference_sums(a + base, b + base, inner, &s, &abs_s);
-        p.sums.sum[ch] += s;
-        p.sums.abs_sum += abs_s;
+        const int64_t base = (o * c + ch) * t.inner;
+        difference_sums(a + base, b + base, t.inner, &t.diff[o * c + ch], &t.abs[o * c + ch]);
       }
-    p.sums.per_channel_count += outer * inner;
-    p.sums.abs_count += yq.numel();
+    return t;
   }
 
   const std::vector<Probe*>& probes_;
+  std::vector<size_t> missing_;  // per probe: values not yet seen in the current sample
   std::unordered_map<std::string, std::vector<size_t>> readers_;
   std::unordered_map<std::string, Tensor> held_;
   std::unordered_map<std::string, size_t> remaining_;
@@ -412,7 +423,91 @@ bool apply_correction(ir::Graph& g, ir::Node* n, const std::vector<double>& e, b
 
 struct BiasCorrectionCache {
   std::map<ProbeKey, ProbeSums> sums;
+  /// The samples loaded (by index in the source), up to kMaxSampleBytes: a second call (the
+  /// guard's round) does not decode them again.
+  static constexpr size_t kMaxSampleBytes = size_t{128} << 20;
+  std::map<size_t, data::Sample> samples;
+  size_t sample_bytes = 0;
+
+  data::Sample load(data::SampleSource& source, size_t i) {
+    if (const auto it = samples.find(i); it != samples.end()) return it->second;
+    data::Sample s = source.load(i);
+    size_t bytes = 0;
+    for (const auto& entry : s) bytes += entry.second.nbytes();
+    if (sample_bytes + bytes <= kMaxSampleBytes) {
+      sample_bytes += bytes;
+      samples.emplace(i, s);
+    }
+    return s;
+  }
 };
+
+namespace {
+
+/// Runs the FP32 model on `use` samples spread evenly over the source, each probe on its layer's
+/// FP32 inputs, and adds the terms to the probes' sums. Samples run side by side on up to
+/// options.threads workers (each with its own single-threaded reference and probe executors); a
+/// sample's terms are committed in sample order, so every sum is what one worker would add, bit
+/// for bit, whatever the thread count.
+void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, size_t use,
+                const std::vector<Probe*>& probes, const BiasCorrectionOptions& options) {
+  if (probes.empty()) return;
+  const size_t workers = std::min<size_t>(std::max(options.threads, 1), use);
+  runtime::ExecutorOptions eo;
+  eo.threads = 1;
+  std::mutex load_mutex, commit_mutex;
+  std::condition_variable committed;
+  size_t next_commit = 0;
+  bool failed = false;
+  std::vector<std::exception_ptr> errors(workers);
+  std::vector<size_t> failed_at(workers, use);
+  auto work = [&](size_t w) {
+    size_t k = w;
+    try {
+      runtime::Executor ref(fp32, eo);
+      std::vector<std::unique_ptr<runtime::Executor>> execs;
+      for (Probe* p : probes)
+        execs.push_back(with_context(fmt::format("bias correction probe of '{}'", p->label),
+                                     [&] { return std::make_unique<runtime::Executor>(*p->model, eo); }));
+      ProbeObserver obs(probes);
+      for (; k < use; k += workers) {
+        const size_t idx = k * n / use;  // spread evenly over the source
+        data::Sample s;
+        {
+          std::lock_guard<std::mutex> lock(load_mutex);
+          if (failed) return;
+          s = options.cache ? options.cache->load(samples, idx) : samples.load(idx);
+        }
+        obs.start_sample();
+        for (const auto& [name, t] : s) obs.offer(name, t);
+        ref.run(s, &obs);
+        const std::vector<SampleTerms> terms = obs.run_queue(execs);
+        std::unique_lock<std::mutex> lock(commit_mutex);
+        committed.wait(lock, [&] { return next_commit == k || failed; });
+        if (failed) return;
+        for (const SampleTerms& t : terms) t.commit();
+        ++next_commit;
+        committed.notify_all();
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(commit_mutex);
+      errors[w] = std::current_exception();
+      failed_at[w] = k;
+      failed = true;
+      committed.notify_all();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+  work(0);
+  for (auto& t : pool) t.join();
+  size_t first = workers;  // the error of the earliest sample, as one worker would have met it
+  for (size_t w = 0; w < workers; ++w)
+    if (errors[w] && (first == workers || failed_at[w] < failed_at[first])) first = w;
+  if (first < workers) std::rethrow_exception(errors[first]);
+}
+
+}  // namespace
 
 std::shared_ptr<BiasCorrectionCache> make_bias_correction_cache() { return std::make_shared<BiasCorrectionCache>(); }
 
@@ -450,8 +545,6 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
 
   std::vector<Probe> probes;
   ProbeBuilder builder(fp32, quantized);
-  runtime::ExecutorOptions eo;  // the probes run side by side on one thread each (ProbeObserver)
-  eo.threads = 1;
   for (ir::Node* n : qg.topo_order()) {
     if (!n->domain().empty() || (n->op_type() != "Conv" && n->op_type() != "Gemm" && n->op_type() != "MatMul")) continue;
     const ir::Node* wdq = weight_dq(*n);
@@ -512,28 +605,15 @@ BiasCorrectionResult correct_biases(const ir::Model& fp32, ir::Model& quantized,
         continue;
       }
     }
-    p.exec = with_context(fmt::format("bias correction probe of '{}'", p.label),
-                          [&] { return std::make_unique<runtime::Executor>(*p.model, eo); });
     to_run.push_back(&p);
   }
-  runtime::ExecutorOptions ref_options;
-  ref_options.threads = options.threads;
-  std::optional<runtime::Executor> ref;
-  if (!to_run.empty()) ref.emplace(fp32, ref_options);
-  ProbeObserver obs(to_run);
-  for (size_t k = 0; k < use && !to_run.empty(); ++k) {
-    const size_t idx = k * n / use;  // spread evenly over the source
-    const data::Sample s = samples.load(idx);
-    obs.start_sample();
-    for (const auto& [name, t] : s) obs.offer(name, t);
-    ref->run(s, &obs);
-    obs.finish_sample(options.threads);
-  }
   result.samples = use;
+  run_probes(fp32, samples, n, use, to_run, options);
   if (options.cache)
-    for (size_t i = 0; i < probes.size(); ++i)
-      if (keys[i] && probes[i].exec)
-        options.cache->sums[*keys[i]] = probes[i].sums;
+    for (Probe* p : to_run) {
+      const size_t i = static_cast<size_t>(p - probes.data());
+      if (keys[i]) options.cache->sums[*keys[i]] = p->sums;
+    }
 
   for (Probe& p : probes) {
     if (p.sums.per_channel_count == 0) {

@@ -353,6 +353,33 @@ TEST(Select, SplitsShuffleCapAndRepeat) {
   EXPECT_NE(error_of([&] { select_samples(base, o); }).find("thirds"), std::string::npos);
 }
 
+/// Counts the loads that reach it.
+class CountingSource final : public SampleSource {
+ public:
+  size_t size() const override { return 4; }
+  Sample load(size_t i) override {
+    ++loads;
+    return {{"x", Tensor::from_vector<float>({256}, std::vector<float>(256, static_cast<float>(i)))}};
+  }
+  std::string describe(size_t i) const override { return "s" + std::to_string(i); }
+  std::string kind() const override { return "counting"; }
+  size_t loads = 0;
+};
+
+TEST(Select, KeepLoadedReturnsKeptSamplesUpToItsBudget) {
+  auto base = std::make_shared<CountingSource>();
+  SelectedSource sel(base, {3, 1, 2});
+  sel.keep_loaded(2 * 1024);  // room for two samples of 1 KiB
+  for (int round = 0; round < 3; ++round)
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(sel.load(i).at("x").data<float>()[0], static_cast<float>(sel.indices()[i]));
+  // The first two stay in memory; the third, over the budget, is loaded every time.
+  EXPECT_EQ(base->loads, 3u + 2u);
+  SelectedSource plain(base, {0});
+  plain.load(0);
+  plain.load(0);
+  EXPECT_EQ(base->loads, 7u);  // without keep_loaded every load reaches the source
+}
+
 TEST(Select, DefaultCapIs1000) {
   auto big = std::make_shared<SelectedSource>(nullptr, std::vector<size_t>(1500, 0));
   EXPECT_EQ(select_samples(big, {})->size(), kMaxDefaultSamples);

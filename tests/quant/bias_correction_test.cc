@@ -171,6 +171,30 @@ TEST(BiasCorrection, CacheReusesAnUnchangedLayerAndMeasuresAChangedOne) {
   EXPECT_EQ(correct_biases(fp32, third, fewer, o).reused, 0u);
 }
 
+TEST(BiasCorrection, ThreadsGiveTheSameCorrectionsBitForBit) {
+  // Samples run side by side on the workers, and each sample's terms are added in sample order:
+  // the corrections (and so the model's bytes) do not depend on the thread count.
+  const ir::Model fp32 = biased_model(true);
+  VectorSource src(make_samples(37, 5));
+  std::vector<std::vector<double>> errors;
+  std::vector<double> output_scale;
+  for (int threads : {1, 2, 3}) {
+    ir::Model q = quantize(fp32, true);
+    BiasCorrectionOptions o;
+    o.threads = threads;
+    o.max_samples = 37;
+    const BiasCorrectionResult r = correct_biases(fp32, q, src, o);
+    ASSERT_EQ(r.layers.size(), 1u);
+    EXPECT_EQ(r.samples, 37u);
+    errors.push_back(r.layers[0].mean_error);
+    output_scale.push_back(r.layers[0].mean_abs_output);
+  }
+  EXPECT_EQ(errors[0], errors[1]);
+  EXPECT_EQ(errors[0], errors[2]);
+  EXPECT_EQ(output_scale[0], output_scale[1]);
+  EXPECT_EQ(output_scale[0], output_scale[2]);
+}
+
 TEST(BiasCorrection, UnmatchedLayersAreSkippedNotBroken) {
   // A quantized model whose Conv output was renamed has no FP32 twin: nothing changes.
   const ir::Model fp32 = biased_model(true);

@@ -113,14 +113,20 @@ class SelectedSource final : public SampleSource {
   SelectedSource(std::shared_ptr<SampleSource> base, std::vector<size_t> indices)
       : base_(std::move(base)), indices_(std::move(indices)) {}
   size_t size() const override { return indices_.size(); }
-  Sample load(size_t i) override { return base_->load(indices_.at(i)); }
+  Sample load(size_t i) override;
   std::string describe(size_t i) const override { return base_->describe(indices_.at(i)); }
   std::string kind() const override { return base_->kind(); }
   const std::vector<size_t>& indices() const { return indices_; }
+  /// Keeps the samples it loads, up to `max_bytes` of tensors (the first ones loaded), and returns
+  /// them again without decoding: for a selection read many times (the guard's held-out samples).
+  /// The tensors are shared with the callers, which never modify an input.
+  void keep_loaded(size_t max_bytes) { keep_bytes_ = max_bytes; }
 
  private:
   std::shared_ptr<SampleSource> base_;
   std::vector<size_t> indices_;
+  size_t keep_bytes_ = 0, kept_bytes_ = 0;
+  std::map<size_t, Sample> kept_;
 };
 
 /// Applies `options` to `base` and returns the selection. Throws kConfig for a bad split name,

@@ -9,8 +9,22 @@
 #include <vector>
 
 #include "qtool/core/tensor.h"
+#include "qtool/data/sample_source.h"
 
 namespace qtool::testing {
+
+/// Samples held in memory (tests of the code that reads a SampleSource).
+class MemorySource final : public data::SampleSource {
+ public:
+  explicit MemorySource(std::vector<data::Sample> s) : samples_(std::move(s)) {}
+  size_t size() const override { return samples_.size(); }
+  data::Sample load(size_t i) override { return samples_.at(i); }
+  std::string describe(size_t i) const override { return "sample " + std::to_string(i); }
+  std::string kind() const override { return "memory"; }
+
+ private:
+  std::vector<data::Sample> samples_;
+};
 
 /// $QTOOL_SHARED, else <source>/../shared.
 std::string shared_dir();

@@ -172,19 +172,19 @@ Sample match_inputs(std::vector<std::pair<std::string, Tensor>> raw, const std::
 // ---------------------------------------------------------------------------------------------
 // Selection
 
-Sample SelectedSource::load(size_t i) {
+Sample SampleMemo::load(SampleSource& source, size_t i) {
   if (const auto it = kept_.find(i); it != kept_.end()) return it->second;
-  Sample s = base_->load(indices_.at(i));
-  if (keep_bytes_ > 0) {
-    size_t bytes = 0;
-    for (const auto& entry : s) bytes += entry.second.nbytes();
-    if (kept_bytes_ + bytes <= keep_bytes_) {
-      kept_bytes_ += bytes;
-      kept_.emplace(i, s);
-    }
+  Sample s = source.load(i);
+  size_t bytes = 0;
+  for (const auto& entry : s) bytes += entry.second.nbytes();
+  if (bytes_ + bytes <= max_bytes_) {
+    bytes_ += bytes;
+    kept_.emplace(i, s);
   }
   return s;
 }
+
+Sample SelectedSource::load(size_t i) { return memo_.load(*base_, indices_.at(i)); }
 
 std::shared_ptr<SelectedSource> select_samples(std::shared_ptr<SampleSource> base, const SelectOptions& o) {
   std::vector<size_t> idx;

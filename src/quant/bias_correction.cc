@@ -423,23 +423,8 @@ bool apply_correction(ir::Graph& g, ir::Node* n, const std::vector<double>& e, b
 
 struct BiasCorrectionCache {
   std::map<ProbeKey, ProbeSums> sums;
-  /// The samples loaded (by index in the source), up to kMaxSampleBytes: a second call (the
-  /// guard's round) does not decode them again.
-  static constexpr size_t kMaxSampleBytes = size_t{128} << 20;
-  std::map<size_t, data::Sample> samples;
-  size_t sample_bytes = 0;
-
-  data::Sample load(data::SampleSource& source, size_t i) {
-    if (const auto it = samples.find(i); it != samples.end()) return it->second;
-    data::Sample s = source.load(i);
-    size_t bytes = 0;
-    for (const auto& entry : s) bytes += entry.second.nbytes();
-    if (sample_bytes + bytes <= kMaxSampleBytes) {
-      sample_bytes += bytes;
-      samples.emplace(i, s);
-    }
-    return s;
-  }
+  /// The samples loaded, up to 128 MB: a second call (the guard's round) does not decode them again.
+  data::SampleMemo samples{size_t{128} << 20};
 };
 
 namespace {
@@ -476,7 +461,7 @@ void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, si
         {
           std::lock_guard<std::mutex> lock(load_mutex);
           if (failed) return;
-          s = options.cache ? options.cache->load(samples, idx) : samples.load(idx);
+          s = options.cache ? options.cache->samples.load(samples, idx) : samples.load(idx);
         }
         obs.start_sample();
         for (const auto& [name, t] : s) obs.offer(name, t);

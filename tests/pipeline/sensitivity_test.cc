@@ -88,19 +88,6 @@ TEST(Sensitivity, CandidatesOrderAsPrecisionAndBytesAsStorage) {
   EXPECT_EQ(r.runs, (5 * 3 + 1 * 2 + 1) * 16u);
 }
 
-// Samples held in memory.
-class MemorySource final : public data::SampleSource {
- public:
-  explicit MemorySource(std::vector<data::Sample> s) : samples_(std::move(s)) {}
-  size_t size() const override { return samples_.size(); }
-  data::Sample load(size_t i) override { return samples_.at(i); }
-  std::string describe(size_t i) const override { return "sample " + std::to_string(i); }
-  std::string kind() const override { return "memory"; }
-
- private:
-  std::vector<data::Sample> samples_;
-};
-
 /// out = f(a) + Neg(x) with a = Relu(x), where f(a) = a · a is either a Mul in the main graph or
 /// the then-branch of an If that reads `a` from the outer scope.
 ir::Model square_plus_neg(bool through_if) {
@@ -151,7 +138,7 @@ TEST(Sensitivity, ProbeFromTheLayerOnFollowsValuesReadInsideIfBodies) {
   }
   std::vector<data::Sample> plain_samples = samples;
   for (auto& s : plain_samples) s.erase("c");
-  MemorySource with_if(samples), plain(plain_samples);
+  testing::MemorySource with_if(samples), plain(plain_samples);
   const std::vector<FakeQuantTensor> each = {{"a", {0.25f, 0}, DataType::kUint8}, {"b", {0.5f, 128}, DataType::kUint8}};
   const std::vector<Quality> q_if = score_alone(square_plus_neg(true), each, with_if, 4, 2);
   const std::vector<Quality> q_plain = score_alone(square_plus_neg(false), each, plain, 4, 2);

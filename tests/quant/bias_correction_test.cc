@@ -9,22 +9,12 @@
 
 #include "qtool/quant/qdq.h"
 #include "qtool/runtime/executor.h"
+#include "test_util.h"
 
 namespace qtool::quant {
 namespace {
 
-// Samples held in memory.
-class VectorSource final : public data::SampleSource {
- public:
-  explicit VectorSource(std::vector<data::Sample> s) : samples_(std::move(s)) {}
-  size_t size() const override { return samples_.size(); }
-  data::Sample load(size_t i) override { return samples_.at(i); }
-  std::string describe(size_t i) const override { return "sample " + std::to_string(i); }
-  std::string kind() const override { return "memory"; }
-
- private:
-  std::vector<data::Sample> samples_;
-};
+using VectorSource = testing::MemorySource;
 
 // x [1,2,4,4]: channel 0 uniform in [0.5, 1.5] (mean 1), channel 1 in [1.5, 2.5] (mean 2).
 std::vector<data::Sample> make_samples(size_t n, uint32_t seed) {
@@ -94,7 +84,7 @@ TEST(BiasCorrection, RemovesKnownMeanErrorFromInt32FloatAndMissingBias) {
     bool bias, quantize_bias;
   };
   for (const Case k : {Case{true, true}, Case{true, false}, Case{false, true}}) {
-    SCOPED_TRACE(testing::Message() << "bias " << k.bias << " int32 " << k.quantize_bias);
+    SCOPED_TRACE(::testing::Message() << "bias " << k.bias << " int32 " << k.quantize_bias);
     const ir::Model fp32 = biased_model(k.bias);
     ir::Model q = quantize(fp32, k.quantize_bias);
     const std::vector<data::Sample> calib = make_samples(64, 1), fresh = make_samples(64, 2);

@@ -107,6 +107,20 @@ inline constexpr size_t kMaxDefaultSamples = 1000;
 /// Below this many samples a calibration set is warned about.
 inline constexpr size_t kRecommendedMinSamples = 500;
 
+/// Samples kept once loaded, up to a budget of tensor bytes (the first ones loaded), returned again
+/// without decoding; the tensors are shared with the callers, which never modify an input.
+class SampleMemo {
+ public:
+  explicit SampleMemo(size_t max_bytes = 0) : max_bytes_(max_bytes) {}
+  void set_budget(size_t max_bytes) { max_bytes_ = max_bytes; }
+  /// Sample i of `source`: kept, or loaded (and kept while the budget has room).
+  Sample load(SampleSource& source, size_t i);
+
+ private:
+  size_t max_bytes_ = 0, bytes_ = 0;
+  std::map<size_t, Sample> kept_;
+};
+
 /// A view of another source through a list of indices.
 class SelectedSource final : public SampleSource {
  public:
@@ -120,13 +134,12 @@ class SelectedSource final : public SampleSource {
   /// Keeps the samples it loads, up to `max_bytes` of tensors (the first ones loaded), and returns
   /// them again without decoding: for a selection read many times (the guard's held-out samples).
   /// The tensors are shared with the callers, which never modify an input.
-  void keep_loaded(size_t max_bytes) { keep_bytes_ = max_bytes; }
+  void keep_loaded(size_t max_bytes) { memo_.set_budget(max_bytes); }
 
  private:
   std::shared_ptr<SampleSource> base_;
   std::vector<size_t> indices_;
-  size_t keep_bytes_ = 0, kept_bytes_ = 0;
-  std::map<size_t, Sample> kept_;
+  SampleMemo memo_;
 };
 
 /// Applies `options` to `base` and returns the selection. Throws kConfig for a bad split name,

@@ -228,7 +228,14 @@ RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::S
   const auto start = std::chrono::steady_clock::now();
   std::mutex load_mutex;  // the source and the checker are not thread-safe: samples load one at a time
   std::atomic<size_t> done{0}, batches_run{0};
-  std::atomic<bool> stop{false};
+  // Batches from stop_at on are not started: lowered to a failing batch (the batches before it still
+  // run, so the earliest error is found whichever worker fails first), or to 0 on Ctrl-C.
+  std::atomic<size_t> stop_at{batches};
+  std::atomic<bool> interrupted{false};
+  auto stop_from = [&](size_t b) {
+    for (size_t cur = stop_at.load(); b < cur && !stop_at.compare_exchange_weak(cur, b);) {
+    }
+  };
   std::vector<std::exception_ptr> errors(workers);
   std::vector<size_t> failed_at(workers, batches);
   // Worker w runs batches w, w + workers, ...: each executor with its own observer (which the
@@ -238,9 +245,10 @@ RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::S
     auto* batch_observer = dynamic_cast<BatchObserver*>(&observer);
     size_t b = w;
     try {
-      for (; b < batches && !stop; b += workers) {
+      for (; b < stop_at.load(); b += workers) {
         if (interrupt_requested()) {
-          stop = true;
+          interrupted = true;
+          stop_from(0);
           break;
         }
         const size_t i = b * batch, k = std::min(batch, n - i);
@@ -274,15 +282,18 @@ RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::S
         if (w == 0) progress.update(done);
       }
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::kInterrupted) {  // Ctrl-C inside a sample: reported below
+      if (e.code() == ErrorCode::kInterrupted) {  // Ctrl-C inside a sample: reported below
+        interrupted = true;
+        stop_from(0);
+      } else {
         errors[w] = std::current_exception();
         failed_at[w] = b;
+        stop_from(b);
       }
-      stop = true;
     } catch (...) {
       errors[w] = std::current_exception();
       failed_at[w] = b;
-      stop = true;
+      stop_from(b);
     }
   };
   std::vector<std::thread> pool;
@@ -296,7 +307,7 @@ RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::S
   if (first < workers) std::rethrow_exception(errors[first]);
   summary.samples = done;
   summary.batches = batches_run;
-  if (stop || interrupt_requested()) {
+  if (interrupted || interrupt_requested()) {
     progress.finish(summary.samples);
     fail(ErrorCode::kInterrupted, "interrupted after {} of {} samples", summary.samples, n);
   }

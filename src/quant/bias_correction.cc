@@ -443,7 +443,7 @@ void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, si
   std::mutex load_mutex, commit_mutex;
   std::condition_variable committed;
   size_t next_commit = 0;
-  bool failed = false;
+  size_t stop_at = use;  // samples from here on are not run (lowered to a failing sample's index)
   std::vector<std::exception_ptr> errors(workers);
   std::vector<size_t> failed_at(workers, use);
   auto work = [&](size_t w) {
@@ -457,10 +457,13 @@ void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, si
       ProbeObserver obs(probes);
       for (; k < use; k += workers) {
         const size_t idx = k * n / use;  // spread evenly over the source
+        {
+          std::lock_guard<std::mutex> lock(commit_mutex);
+          if (k >= stop_at) return;
+        }
         data::Sample s;
         {
           std::lock_guard<std::mutex> lock(load_mutex);
-          if (failed) return;
           s = options.cache ? options.cache->samples.load(samples, idx) : samples.load(idx);
         }
         obs.start_sample();
@@ -468,8 +471,8 @@ void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, si
         ref.run(s, &obs);
         const std::vector<SampleTerms> terms = obs.run_queue(execs);
         std::unique_lock<std::mutex> lock(commit_mutex);
-        committed.wait(lock, [&] { return next_commit == k || failed; });
-        if (failed) return;
+        committed.wait(lock, [&] { return next_commit == k || k >= stop_at; });
+        if (k >= stop_at) return;
         for (const SampleTerms& t : terms) t.commit();
         ++next_commit;
         committed.notify_all();
@@ -478,7 +481,7 @@ void run_probes(const ir::Model& fp32, data::SampleSource& samples, size_t n, si
       std::lock_guard<std::mutex> lock(commit_mutex);
       errors[w] = std::current_exception();
       failed_at[w] = k;
-      failed = true;
+      stop_at = std::min(stop_at, k);  // the samples before k still run: the earliest error wins
       committed.notify_all();
     }
   };

@@ -175,6 +175,25 @@ TEST(Calibrate, ErrorsNameTheSample) {
   }
 }
 
+TEST(Calibrate, ParallelWorkersNameTheFirstBadSample) {
+  // Two workers run samples side by side; the error reported is the earliest bad sample's, as one
+  // worker would have met it (mem4 and mem7 are both bad; mem4 goes to worker 0, mem7 to worker 1).
+  const ir::Model m = tiny_model();
+  std::vector<Tensor> xs = random_samples(10, 4);
+  xs[4] = Tensor::from_vector<float>({1, 3, 2, 2}, std::vector<float>(12, 1.0f));
+  xs[7] = Tensor::from_vector<float>({1, 3, 2, 2}, std::vector<float>(12, 1.0f));
+  VectorSource src(xs);
+  CalibConfig c;
+  c.run.progress = false;
+  c.threads = 2;
+  try {
+    calibrate(m, src, c);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mem4"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Calibrate, MobileNetV2EntropyOnFourImages) {
   QTOOL_REQUIRE_SHARED();
   const ir::Model m = onnx_io::load_model(testing::shared_path("models/mobilenetv2/mobilenetv2_dequant_fp32.onnx"));

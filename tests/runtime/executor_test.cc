@@ -22,7 +22,8 @@ std::vector<float> values(const Tensor& t) {
   return std::vector<float>(p, p + t.numel());
 }
 
-TEST(Executor, ReluThenAddComputesValues) {
+/// y = Relu(x) + b, x [2, 3], b = (10, 20, 30).
+ir::Model relu_add_model() {
   ir::Model m;
   m.set_opset("", 17);
   ir::Graph& g = *m.graph;
@@ -31,7 +32,11 @@ TEST(Executor, ReluThenAddComputesValues) {
   ir::Node* relu = g.add_node("Relu", {x}, {"r"}, "relu");
   ir::Node* add = g.add_node("Add", {relu->output(0), b}, {"y"}, "add");
   g.add_output(add->output(0));
+  return m;
+}
 
+TEST(Executor, ReluThenAddComputesValues) {
+  const ir::Model m = relu_add_model();
   Executor ex(m);
   auto out = ex.run({{"x", Tensor::from_vector<float>({2, 3}, {-1, 2, -3, 4, -5, 6})}});
   ASSERT_EQ(out.size(), 1u);
@@ -106,14 +111,7 @@ class ProvidingObserver : public Observer {
 };
 
 TEST(Executor, ObserverCanProvideANodesOutputsInsteadOfRunningIt) {
-  ir::Model m;
-  m.set_opset("", 17);
-  ir::Graph& g = *m.graph;
-  ir::Value* x = g.add_input("x", float_type({2, 3}));
-  ir::Value* b = g.add_initializer("b", Tensor::from_vector<float>({3}, {10, 20, 30}));
-  ir::Node* relu = g.add_node("Relu", {x}, {"r"}, "relu");
-  ir::Node* add = g.add_node("Add", {relu->output(0), b}, {"y"}, "add");  // Add may run in place
-  g.add_output(add->output(0));
+  const ir::Model m = relu_add_model();  // the Add may run in place
   Executor ex(m);
   ProvidingObserver obs;
   const auto out = ex.run({{"x", Tensor::from_vector<float>({2, 3}, {-1, 2, -3, 4, -5, 6})}}, &obs);

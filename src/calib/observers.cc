@@ -104,6 +104,24 @@ QTOOL_SIMD_CLONES void minmax_rows(const float* p, int64_t rows, int64_t C, floa
   }
 }
 
+/// Adds n finite values with extremes [mn, mx], mean `mean_b` and M2 `m2_b` to s (Chan et al.).
+void add_moments(TensorStats& s, uint64_t n, double mn, double mx, double mean_b, double m2_b) {
+  if (s.count == 0) {
+    s.min = mn;
+    s.max = mx;
+    s.mean = mean_b;
+    s.m2 = m2_b;
+  } else {
+    s.min = std::min(s.min, mn);
+    s.max = std::max(s.max, mx);
+    const double na = static_cast<double>(s.count), nb = static_cast<double>(n), nn = na + nb;
+    const double d = mean_b - s.mean;
+    s.mean += d * nb / nn;
+    s.m2 += m2_b + d * d * na * nb / nn;
+  }
+  s.count += n;
+}
+
 }  // namespace
 
 void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
@@ -191,22 +209,8 @@ void TensorStats::observe(const Tensor& in, const ObserverOptions& o) {
 
   // Batch mean and M2 from the shifted sums, then Chan's merge.
   const double nb_d = static_cast<double>(total.n);
-  const double bmean = shift + total.s1 / nb_d;
-  const double bm2 = std::max(0.0, total.s2 - total.s1 * total.s1 / nb_d);
-  if (count == 0) {
-    min = total.mn;
-    max = total.mx;
-    mean = bmean;
-    m2 = bm2;
-  } else {
-    min = std::min<double>(min, total.mn);
-    max = std::max<double>(max, total.mx);
-    const double na = static_cast<double>(count), nb = static_cast<double>(total.n), nn = na + nb;
-    const double d = bmean - mean;
-    mean += d * nb / nn;
-    m2 += bm2 + d * d * na * nb / nn;
-  }
-  count += total.n;
+  add_moments(*this, total.n, total.mn, total.mx, shift + total.s1 / nb_d,
+              std::max(0.0, total.s2 - total.s1 * total.s1 / nb_d));
   if (o.histogram) {
     if (all_finite) hist.add_finite(data, static_cast<size_t>(n), total.mn, total.mx);
     else hist.add(data, static_cast<size_t>(n));
@@ -235,22 +239,7 @@ void TensorStats::merge(const TensorStats& o) {
   }
   shape = o.shape;
   observations += o.observations;
-  if (o.count > 0) {
-    if (count == 0) {
-      min = o.min;
-      max = o.max;
-      mean = o.mean;
-      m2 = o.m2;
-    } else {
-      min = std::min(min, o.min);
-      max = std::max(max, o.max);
-      const double na = static_cast<double>(count), nb = static_cast<double>(o.count), nn = na + nb;
-      const double d = o.mean - mean;
-      mean += d * nb / nn;
-      m2 += o.m2 + d * d * na * nb / nn;
-    }
-    count += o.count;
-  }
+  if (o.count > 0) add_moments(*this, o.count, o.min, o.max, o.mean, o.m2);
   hist.merge(o.hist);
 }
 

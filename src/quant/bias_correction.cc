@@ -55,7 +55,7 @@ struct ProbeSums {
   int64_t abs_count = 0;
 };
 
-// One layer: the probe model (quantized copy and float copy of the layer) and its sums.
+// One layer: the probe model (the quantized copy of the layer with its Q/DQ cone) and its sums.
 struct Probe {
   ir::Node* qnode = nullptr;
   std::string label;

@@ -82,7 +82,11 @@ void add_calibrate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--bins", a->bins, "histogram bins per tensor")->check(CLI::Range(16, 1 << 20))->capture_default_str();
   cmd->add_option("--channel-axis", a->channel_axis, "per-channel statistics axis (-1 = auto)")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "executor threads")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--threads", a->threads,
+                  "threads: with at least twice as many samples, that many samples run side by side (one "
+                  "single-threaded executor each; the same ranges), else intra-op threads")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   cmd->add_flag("--no-progress", a->no_progress, "no progress bar or progress lines");
   cmd->callback([a] { run_calibrate(*a); });
 }

@@ -153,7 +153,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--labels", a->labels_path,
                   "class labels: CSV with a file column and an integer label/class_index column, one label "
                   "per line in sample order, or an integer .npy");
-  cmd->add_option("--threads", a->threads, "executor threads")->check(CLI::Range(1, 256));
+  cmd->add_option("--threads", a->threads, "threads: samples run side by side, one single-threaded executor pair each")->check(CLI::Range(1, 256));
   cmd->add_option("--qdq", a->qdq,
                   "how the quantized model's QDQ groups run: fuse (default: as the integer kernels ONNX Runtime fuses "
                   "them into, QLinearConv, QLinearAdd, ...) or float (as written: dequantize, float op, quantize)")

@@ -10,15 +10,16 @@
 //   e_c = mean over samples and positions of (y_q - y) on output channel c,   b'_c = b_c - e_c.
 //
 // How it is measured: the FP32 model runs on the samples with an executor observer; for every
-// quantized Conv/Gemm of the quantized model, a probe model holds the layer twice: once as
-// quantized (its input QuantizeLinear -> DequantizeLinear, its weight and bias DequantizeLinear
-// copied from the quantized model) and once as in the FP32 model. As soon as the observer has the
-// layer's FP32 input(s) of a sample, the probe runs on them and the per-channel sums of y_q - y
-// are accumulated (bounded memory: a few doubles per channel, no tensor kept past the sample).
-// Each layer is therefore corrected for its own error given the FP32 input (the upstream error is
-// the upstream layers' to correct), so all layers are measured in one pass over the samples; this
-// is per-layer rather than sequential correction (NNCF's slower BiasCorrection re-runs the
-// corrected model layer by layer), chosen to cost one FP32 pass plus two evaluations of each layer.
+// quantized Conv/Gemm of the quantized model, a probe model holds the layer as quantized (its
+// input QuantizeLinear -> DequantizeLinear, its weight and bias DequantizeLinear copied from the
+// quantized model). As soon as the observer has the layer's FP32 input(s) and its FP32 output y of
+// a sample, the probe runs on the inputs and the per-channel sums of y_q - y are accumulated
+// (bounded memory: a few doubles per channel, no tensor kept past the sample). Samples run side by
+// side on the threads and their sums are added in sample order (the same result at any thread
+// count). Each layer is therefore corrected for its own error given the FP32 input (the upstream
+// error is the upstream layers' to correct), so all layers are measured in one pass over the
+// samples; this is per-layer rather than sequential correction (NNCF's slower BiasCorrection re-runs
+// the corrected model layer by layer), chosen to cost one FP32 pass plus one evaluation of each layer.
 //
 // Applying e_c: an int32 bias DequantizeLinear(b_q, s_b) gets b_q[c] -= round(e_c / s_b[c]) (the
 // scale s_x · s_w[c] is far finer than e_c); a float bias gets b[c] -= e_c (Gemm: / beta); a layer
@@ -39,8 +40,8 @@
 namespace qtool::quant {
 
 /// The per-layer sums of earlier correct_biases calls, keyed by a 128-bit fingerprint of each
-/// layer's probe (its quantized Q/DQ cone with the weights, scales and attributes, its FP32 twin,
-/// the inputs it reads) and of the samples used. A cache belongs to one FP32 model and one sample
+/// layer's probe (its quantized Q/DQ cone with the weights, scales and attributes, the FP32 output
+/// it is compared with, the inputs it reads) and of the samples used. A cache belongs to one FP32 model and one sample
 /// source: a layer whose probe did not change since (the guard raised other tensors) is not
 /// measured again and gets the same correction, and when no layer changed the FP32 pass is skipped.
 struct BiasCorrectionCache;

@@ -436,10 +436,11 @@ void requantize_cols(const A* __restrict acc, Q* __restrict dst, int64_t n, cons
   }
 }
 
-/// Requantizes exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with c = (i / inner) % channels.
+/// Requantizes `total` exact accumulators: y[i] = sat(nearbyint(acc * mult[c]) + zp) with
+/// c = (i / inner) % channels.
 template <typename A>
-Tensor requantize(const KernelContext& ctx, const std::vector<A>& acc, const Shape& shape, const std::vector<float>& mult,
-                  size_t y_zp_input, int64_t inner, int64_t channels) {
+Tensor requantize(const KernelContext& ctx, const A* acc, int64_t total, const Shape& shape,
+                  const std::vector<float>& mult, size_t y_zp_input, int64_t inner, int64_t channels) {
   DataType out = DataType::kUint8;
   int32_t zp = 0;
   if (ctx.has_input(y_zp_input)) {
@@ -451,20 +452,19 @@ Tensor requantize(const KernelContext& ctx, const std::vector<A>& acc, const Sha
   dtype_int_range(out, &lo, &hi);
   Tensor y = Tensor::empty(out, shape);  // every element is written below
   uint8_t* yp = y.mutable_raw();
-  const int64_t total = static_cast<int64_t>(acc.size());
   const float fmin = static_cast<float>(lo - zp), fmax = static_cast<float>(hi - zp);
   auto run = [&](auto* dst) {
     if (mult.size() == 1) {
-      requantize_run(acc.data(), dst, total, mult[0], fmin, fmax, zp);
+      requantize_run(acc, dst, total, mult[0], fmin, fmax, zp);
     } else if (inner == 1) {  // rows of `channels` values, one multiplier per column
       for (int64_t r0 = 0; r0 < total; r0 += channels)
-        requantize_cols(acc.data() + r0, dst + r0, std::min(channels, total - r0), mult.data(), fmin, fmax, zp);
+        requantize_cols(acc + r0, dst + r0, std::min(channels, total - r0), mult.data(), fmin, fmax, zp);
     } else {  // element i belongs to channel (i / inner) % channels: walk [outer, channels, inner] blocks
       const int64_t block = std::max<int64_t>(inner, 1) * std::max<int64_t>(channels, 1);
       for (int64_t base = 0; base < total; base += block)
         for (int64_t c = 0; c < channels; ++c) {
           const int64_t i0 = base + c * inner, i1 = std::min(total, i0 + inner);
-          if (i1 > i0) requantize_run(acc.data() + i0, dst + i0, i1 - i0, mult[c], fmin, fmax, zp);
+          if (i1 > i0) requantize_run(acc + i0, dst + i0, i1 - i0, mult[c], fmin, fmax, zp);
         }
     }
   };
@@ -480,6 +480,12 @@ Tensor requantize(const KernelContext& ctx, const std::vector<A>& acc, const Sha
     }
   }
   return y;
+}
+
+template <typename A>
+Tensor requantize(const KernelContext& ctx, const std::vector<A>& acc, const Shape& shape, const std::vector<float>& mult,
+                  size_t y_zp_input, int64_t inner, int64_t channels) {
+  return requantize(ctx, acc.data(), static_cast<int64_t>(acc.size()), shape, mult, y_zp_input, inner, channels);
 }
 
 /// QLinearMatMul (10, 21): a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp; b's scale and
@@ -609,18 +615,6 @@ std::vector<double> conv_integer_acc(KernelContext& ctx, size_t x_in, size_t xzp
   return conv_integer_acc(ctx, x_in, w_in, c, bias);
 }
 
-/// requantize_run on exact integer accumulators held in floats, plus an int32 bias.
-template <typename Q>
-void requantize_float_run(const float* __restrict acc, int32_t bias, Q* __restrict dst, int64_t n, float m, float fmin,
-                          float fmax, int32_t zp) {
-  for (int64_t i = 0; i < n; ++i) {
-    float v = static_cast<float>(static_cast<int32_t>(acc[i]) + bias) * m;
-    v = v < fmin ? fmin : v;
-    v = v > fmax ? fmax : v;
-    dst[i] = static_cast<Q>(static_cast<int32_t>(std::nearbyint(v)) + zp);
-  }
-}
-
 /// ConvInteger (10): int32 conv of (x - x_zp) and (w - w_zp).
 void conv_integer_kernel(KernelContext& ctx) {
   Shape ys;
@@ -647,30 +641,20 @@ void qlinear_conv_kernel(KernelContext& ctx) {
   for (size_t i = 2; i < c.ys.size(); ++i) plane *= c.ys[i];
   int64_t max_bias = 0;
   for (int32_t b : bias32) max_bias = std::max<int64_t>(max_bias, std::abs(static_cast<int64_t>(b)));
-  const Tensor& y_zp = ctx.has_input(7) ? ctx.input(7) : Tensor();
-  const DataType out = ctx.has_input(7) ? y_zp.dtype() : DataType::kUint8;
-  if (c.chunk >= c.cin && max_bias < (int64_t{1} << 30) && (out == DataType::kUint8 || out == DataType::kInt8)) {
+  if (c.chunk >= c.cin && max_bias < (int64_t{1} << 30)) {
     // One float pass holds every sum exactly (|sum| < 2^24), and with the bias it stays an int32:
-    // requantized straight from the float result, as MLAS does from its int32 accumulators.
+    // the int32 accumulators MLAS requantizes, without the double path's chunks.
     Tensor acc = Tensor::empty(DataType::kFloat, c.ys);
     nn::conv_forward<float>(c.xv.data(), ctx.input(0).shape(), c.wv.data(), ctx.input(3).shape(), nullptr, c.group, c.g,
                             acc.mutable_data<float>(), &ctx.pool());
-    const int32_t zp = ctx.has_input(7) ? int_values(ctx, y_zp, "y zero point").at(0) : 0;
-    int64_t lo, hi;
-    dtype_int_range(out, &lo, &hi);
-    const float fmin = static_cast<float>(lo - zp), fmax = static_cast<float>(hi - zp);
-    Tensor y = Tensor::empty(out, c.ys);  // every element is written below
+    Tensor acc32 = Tensor::empty(DataType::kInt32, c.ys);
     const float* ap = acc.data<float>();
-    const int64_t batches = c.ys[0];
-    for (int64_t b = 0; b < batches; ++b)
-      for (int64_t o = 0; o < m; ++o) {
-        const int64_t i0 = (b * m + o) * plane;
-        const float k = mult.size() == 1 ? mult[0] : mult[o];
-        const int32_t bo = bias32.empty() ? 0 : bias32[o];
-        if (out == DataType::kUint8) requantize_float_run(ap + i0, bo, y.mutable_data<uint8_t>() + i0, plane, k, fmin, fmax, zp);
-        else requantize_float_run(ap + i0, bo, y.mutable_data<int8_t>() + i0, plane, k, fmin, fmax, zp);
-      }
-    ctx.set_output(0, std::move(y));
+    int32_t* ip = acc32.mutable_data<int32_t>();
+    for (int64_t r = 0; r < c.ys[0] * m; ++r) {  // rows of one output channel
+      const int32_t bo = bias32.empty() ? 0 : bias32[r % m];
+      for (int64_t p = r * plane; p < (r + 1) * plane; ++p) ip[p] = static_cast<int32_t>(ap[p]) + bo;
+    }
+    ctx.set_output(0, requantize(ctx, ip, acc32.numel(), c.ys, mult, 7, plane, m));
     return;
   }
   const std::vector<double> bias(bias32.begin(), bias32.end());

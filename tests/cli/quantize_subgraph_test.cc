@@ -74,6 +74,25 @@ void write_vad_samples(const std::string& model_path, const std::string& dir, in
   }
 }
 
+// One quantization step of the DequantizeLinear that writes graph output `name`, or the largest of
+// those read by the float op that writes it (op15's stateN is an Add of a dequantized Concat);
+// 0 when no dequantized value reaches it directly.
+double output_step(const ir::Model& m, const std::string& name) {
+  const auto dq_step = [](const ir::Node* p) {
+    if (p == nullptr || p->op_type() != "DequantizeLinear" || p->input(1) == nullptr) return 0.0;
+    const Tensor* scale = p->input(1)->initializer();
+    if (scale == nullptr || scale->numel() != 1 || scale->dtype() != DataType::kFloat) return 0.0;
+    return static_cast<double>(scale->data<float>()[0]);
+  };
+  const ir::Value* v = m.graph->find_value(name);
+  const ir::Node* p = v ? v->producer() : nullptr;
+  if (p == nullptr) return 0.0;
+  double step = dq_step(p);
+  for (const ir::Value* in : p->inputs())
+    if (in != nullptr) step = std::max(step, dq_step(in->producer()));
+  return step;
+}
+
 TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
   QTOOL_REQUIRE_SHARED();
   QTOOL_REQUIRE_ORT();
@@ -121,10 +140,15 @@ TEST(CliQuantizeSubgraphs, SileroVadIfBodiesStayValidAndRunInOrt) {
       ASSERT_EQ(ort.count("output"), 1u);
       const std::vector<Tensor> ours = eq.run(in), ref = ef.run(in), ours_fused = efu.run(in);
       if (testing::ort_int8_exact()) {  // ORT's u8s8 kernels saturate on AVX2 CPUs without VNNI
-        EXPECT_LT(testing::max_abs_error(ours_fused[0], ort.at("output")), 1e-4) << "fused, sample " << s;
-        EXPECT_LT(testing::max_abs_error(ours_fused[1], ort.at("stateN")), 1e-4) << "fused, sample " << s;
-        EXPECT_LT(testing::max_abs_error(ours[0], ort.at("output")), 1e-4) << "sample " << s;
-        EXPECT_LT(testing::max_abs_error(ours[1], ort.at("stateN")), 1e-4) << "sample " << s;
+        // The 16-bit tensors are computed in float (DQ -> op -> Q) by both; the two float
+        // convolutions sum in different orders (MLAS's AVX-512 blocking is not its AVX2 one), so a
+        // value on a rounding edge may land one code apart: within one step of the output's own
+        // quantizer, not more.
+        for (const auto& [i, output] : {std::pair{0, "output"}, std::pair{1, "stateN"}}) {
+          const double tol = 1e-4 + 1.001 * output_step(q, output);
+          EXPECT_LT(testing::max_abs_error(ours_fused[i], ort.at(output)), tol) << output << ", fused, sample " << s;
+          EXPECT_LT(testing::max_abs_error(ours[i], ort.at(output)), tol) << output << ", sample " << s;
+        }
       }
       EXPECT_LT(testing::max_abs_error(ours[0], ref[0]), 0.05) << "sample " << s;  // speech probability
     }

@@ -72,6 +72,25 @@ TEST(SoftmaxKernel, RowLengthsAroundTheLanesMatchDouble) {
   }
 }
 
+TEST(SoftmaxKernel, WholeMaskedBlocksAreExactZeros) {
+  // A causal-attention row: whole blocks of eight -inf (and a block of entries more than 87 below
+  // the maximum) are written as zeros without the polynomial; the rest as in double.
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> x = rnd(64, 77);
+  for (int64_t i = 0; i < 8; ++i) x[i] = -100.0f + x[i];  // block 0: far below the maximum
+  for (int64_t i = 21; i < 64; ++i) x[i] = ninf;         // the mask from position 21 on
+  auto y = run_node({.op = "Softmax", .inputs = {ft({1, 64}, x)}, .attrs = {ai("axis", -1)}, .opset = 13});
+  float mx = ninf;
+  for (float v : x) mx = std::max(mx, v);
+  double sum = 0;
+  for (float v : x) sum += std::exp(double(v) - mx);
+  const float* got = y[0].data<float>();
+  for (int64_t i = 0; i < 64; ++i) {
+    if (i < 8 || i >= 21) EXPECT_EQ(got[i], 0.0f) << i;
+    else EXPECT_NEAR(got[i], std::exp(double(x[i]) - mx) / sum, 2e-7) << i;
+  }
+}
+
 TEST(SoftmaxKernel, LogSoftmaxAndHardmax) {
   auto l = run_node({.op = "LogSoftmax", .inputs = {ft({1, 2}, {0, 0})}, .opset = 13});
   EXPECT_VALUES_NEAR(l[0], (std::vector<float>{float(-std::log(2.0)), float(-std::log(2.0))}), 1e-6);

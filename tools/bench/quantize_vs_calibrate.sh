@@ -3,7 +3,10 @@
 # `qtool calibrate` on the same samples, run alternately (calibrate, quantize, calibrate, ...) so
 # that load from other processes hits both alike; prints each model's median times, the ratio of
 # the medians, and the phases of the last quantize report (BENCHMARKS.md, issues 14 and 18).
-# Usage: tools/bench/quantize_vs_calibrate.sh [RUNS] [MODEL ...]   (models: mobilenetv2 squeezenet stories)
+# Usage: tools/bench/quantize_vs_calibrate.sh [RUNS] [MODEL ...]
+#   models: mobilenetv2 squeezenet stories (200 windows, the BENCHMARKS command) stories-default
+#   (every window: the default --samples), mnist8, mnistcnn (the first 1000 MNIST test images),
+#   vad16, vad15, vad18 (200 chunks of test.wav written by tools/eval/vad_calib.js); "all" = every one.
 # Env: QTOOL (binary, default build/tools/qtool/qtool), QTOOL_SHARED (default ../shared),
 #      THREADS (default 2), OUT (default bench-out/quantize).
 set -euo pipefail
@@ -15,9 +18,16 @@ OUT=${OUT:-bench-out/quantize}
 RUNS=${1:-3}
 shift || true
 MODELS=${*:-mobilenetv2 squeezenet stories}
+[ "$MODELS" = all ] && MODELS="mobilenetv2 squeezenet stories stories-default mnist8 mnistcnn vad16 vad15 vad18"
 mkdir -p "$OUT"
 IMAGES=$SHARED/data/imagenet-sample/images
 TOKENS=$SHARED/data/stories260K-text/runc_samples_t1.0_p0.9_seed1-600.tok512.i32
+MNIST=$SHARED/data/mnist/t10k-images-idx3-ubyte.gz
+VAD=$SHARED/models/silero-vad
+vad_calib() {  # 200 streamed chunks of test.wav (every 3rd), with the state carried, once
+  [ -d "$OUT/vad-calib/input" ] ||
+    node tools/eval/vad_calib.js "$VAD/silero_vad.onnx" "$SHARED/data/speech/test.wav" "$OUT/vad-calib" --count 200 --every 3 > /dev/null
+}
 
 # wall SECONDS of a command (its output goes to $OUT/last.log)
 wall() {
@@ -45,6 +55,22 @@ for name in $MODELS; do
       model=$SHARED/models/stories260K/stories260K.onnx
       cal=(--calib "$TOKENS" --seq-len 256 --samples 200)
       quant=(--calib "$TOKENS" --seq-len 256 --samples 200) ;;
+    stories-default)
+      model=$SHARED/models/stories260K/stories260K.onnx
+      cal=(--calib "$TOKENS" --seq-len 256)
+      quant=("${cal[@]}") ;;
+    mnist8|mnistcnn)
+      [ $name = mnist8 ] && model=$SHARED/models/mnist-8/mnist-8.onnx pre=mnist-raw
+      [ $name = mnistcnn ] && model=$SHARED/models/mnist-cnn-pytorch/cnn_mnist_pytorch.onnx pre=mnist-pytorch
+      cal=(--calib "$MNIST" --samples 1000 --preprocess $pre)
+      quant=("${cal[@]}") ;;
+    vad16|vad15|vad18)
+      vad_calib
+      model=$VAD/silero_vad.onnx
+      [ $name = vad15 ] && model=$VAD/silero_vad_16k_op15.onnx
+      [ $name = vad18 ] && model=$VAD/silero_vad_op18_ifless.onnx
+      cal=(--calib "$OUT/vad-calib")
+      quant=("${cal[@]}") ;;
     *) echo "unknown model $name" >&2; exit 2 ;;
   esac
   c_all="" q_all=""

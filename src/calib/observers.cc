@@ -261,10 +261,12 @@ void StatsObserver::on_value(const ir::Value& value, const Tensor& tensor) {
   if (dt != DataType::kFloat && dt != DataType::kFloat16 && dt != DataType::kBFloat16 && dt != DataType::kDouble) return;
   if (value.is_initializer()) return;
   if (value.is_graph_input() && !options_.observe_inputs) return;
-  auto [it, fresh] = last_batch_.try_emplace(&value, batch_);
-  if (!fresh) {
-    if (it->second == batch_) return;  // already counted in this batch
-    it->second = batch_;
+  if (value.owner() == nullptr || value.owner()->parent() == nullptr) {
+    auto [it, fresh] = last_batch_.try_emplace(&value, batch_);
+    if (!fresh) {
+      if (it->second == batch_) return;  // already counted in this batch
+      it->second = batch_;
+    }
   }
   TensorStats*& s = by_value_[&value];
   if (!s) {

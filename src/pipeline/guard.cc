@@ -21,7 +21,7 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 /// Margins over the floor: the round's prediction aims at floor + kTargetMargin; a raised tensor
 /// must alone score floor + kAloneMargin.
-constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0, kUnclipGain = 6.0;
+constexpr double kTargetMargin = 6.0, kAloneMargin = 10.0, kUnclipGain = 6.0, kFloatGain = 1.0;
 /// Raised tensors named one by one in the actions (the rest are counted).
 constexpr size_t kMaxNamed = 12;
 /// The probe's first pass and the 16-bit / observed-range trials run on this many held-out
@@ -115,15 +115,19 @@ class Escalation {
                                        "bits, {} float): {}{}",
                                        round, k, order_.size(), count(k, Raise::kObserved), count(k, Raise::kWide),
                                        count(k, Raise::kFloat), describe_outputs(outs), verdict(outs, ok)));
-      if (ok || worst_output_sqnr(outs) > best) {
+      // A round that sent 16-bit tensors to float must gain a clear 1 dB: float costs their weights'
+      // compression, and a limit the tensors do not set moves by noise.
+      if (ok || worst_output_sqnr(outs) > best + (floated_ > 0 ? kFloatGain : 0.0)) {
         best = worst_output_sqnr(outs);
         emitted = std::move(again);
         g_.comparison = std::move(outs);
         g_.choices = choices;
       }
       if (ok) break;
-      if (k == order_.size()) {  // every tensor raised: those at 8 bits (observed range) go to 16 bits, once
-        if (promoted_ || !promote()) break;
+      if (k == order_.size()) {  // every tensor raised: those at 8 bits (observed range) go to 16 bits, once,
+        if (!promoted_ && promote()) continue;  // then the noisiest 16-bit ones to float
+        promoted_ = true;
+        if (!to_float()) break;
         continue;
       }
       k = std::min(order_.size(), 2 * k);
@@ -254,6 +258,7 @@ class Escalation {
       for (size_t j = 0; j < n8; ++j)
         if (trial[j].name == name) at8 = q[j].sqnr_db;
       const double at16 = q[n8 + i].sqnr_db;
+      at16_[name] = at16;
       const double alone = std::find_if(scored_.begin(), scored_.end(), [&](const auto& e) { return e.second == name; })->first;
       // The observed range at 8 bits only when un-clipping is what the tensor needed (6 dB better
       // than the method's range): mild clipping is not why 8 bits lose too much.
@@ -290,6 +295,23 @@ class Escalation {
     if (n > 0) g_.actions.push_back(fmt::format("guard: {} tensors at their observed range are not enough together: "
                                                 "raised to 16 bits", n));
     return n > 0;
+  }
+
+  /// Every tensor raised and 16 bits not enough together: the 16-bit tensors that score lowest
+  /// alone at 16 bits go to float, one more, then as many as already went; false when none is left.
+  bool to_float() {
+    std::vector<std::pair<double, std::string>> wide;
+    for (const auto& [name, r] : raise_)
+      if (r == Raise::kWide) wide.emplace_back(at16_.count(name) ? at16_.at(name) : kInf, name);
+    if (wide.empty()) return false;
+    std::stable_sort(wide.begin(), wide.end());
+    const size_t n = std::min(wide.size(), std::max<size_t>(1, floated_));
+    for (size_t i = 0; i < n; ++i) raise_[wide[i].second] = Raise::kFloat;
+    floated_ += n;
+    g_.actions.push_back(fmt::format("guard: 16 bits are not enough together: {} more tensors kept in float, from '{}' "
+                                     "(alone at 16 bits: {:.1f} dB)",
+                                     n, wide[0].second, wide[0].first));
+    return true;
   }
 
   size_t count(size_t k, Raise what) const {
@@ -337,6 +359,8 @@ class Escalation {
   std::vector<std::string> order_;                      ///< the tensors that lose anything, noisiest first
   std::map<std::string, Raise> raise_;
   bool promoted_ = false;
+  size_t floated_ = 0;                          ///< tensors sent to float by to_float()
+  std::map<std::string, double> at16_;          ///< each decided tensor's output SQNR alone at 16 bits
   size_t families_ = 0;
 };
 
@@ -496,6 +520,40 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
                         std::string(meets_floor(g.comparison, options.floor, nullptr) ? "target" : "floor") +
                         " at 8 bits (" + why + ")");
     Escalation(reference, calibrated, config, calib, *judge, aim, g, *judge_cache).run(emitted);
+  }
+  // Quantized activations inside If/Loop/Scan bodies that leave the model below the target (after
+  // the rounds, which raise body tensors as any other): the same choices with the bodies in float
+  // are judged on the same rows, and the better one is kept (an LSTM's state loop quantized at 16
+  // bits can cost a recurrent state 20 dB that float bodies keep).
+  if (options.search && emitted.qdq.body_activations > 0 && !g.choices.float_bodies &&
+      !meets_floor(g.comparison, aim.floor, nullptr)) {
+    t = detail::clock_type::now();
+    // The main graph's choices stay; those naming body tensors go with the bodies' quantization.
+    quant::TensorChoices flat;
+    flat.float_bodies = true;
+    const ir::Graph& main = *calibrated.float_model.graph;
+    auto in_main = [&](const std::set<std::string>& names) {
+      std::set<std::string> out;
+      for (const std::string& n : names)
+        if (main.find_value(n)) out.insert(n);
+      return out;
+    };
+    flat.keep_float = in_main(g.choices.keep_float);
+    flat.wide = in_main(g.choices.wide);
+    flat.observed = in_main(g.choices.observed);
+    quant::StaticEmission again = quant::emit_static(calibrated, flat, config);
+    const std::string corrected = quant::correct_static_biases(calibrated, again.model, calib, config, " (bodies in float)");
+    report::CompareResult outs = compare_on(reference, again.model, *judge, config.threads, judge_cache);
+    g.timings.push_back({"quantize: guard: bodies in float", detail::seconds_since(t)});
+    const bool better = meets_floor(outs, aim.floor, nullptr) || worst_output_sqnr(outs) > worst_output_sqnr(g.comparison);
+    g.actions.push_back(fmt::format("guard: with the activations inside If/Loop/Scan bodies in float: {}{}",
+                                    describe_outputs(outs), better ? " (kept)" : " (no better: kept quantized)"));
+    if (better) {
+      if (!corrected.empty()) g.actions.push_back(corrected);
+      emitted = std::move(again);
+      g.comparison = std::move(outs);
+      g.choices = flat;
+    }
   }
   g.looks_broken = looks_broken(g.comparison);
   if (g.looks_broken)

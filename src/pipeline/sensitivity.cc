@@ -37,11 +37,13 @@ struct Job {
 };
 
 /// Fake-quantizes the named activations as the executor produces them (ONNX QuantizeLinear then
-/// DequantizeLinear: q = saturate(round_half_even(x / s) + z), x' = (q - z) s).
+/// DequantizeLinear: q = saturate(round_half_even(x / s) + z), x' = (q - z) s), inside If/Loop/Scan
+/// bodies too (a name two sibling branches share: whichever runs).
 class FakeQuant : public runtime::Observer {
  public:
   explicit FakeQuant(const std::unordered_map<std::string, ActQ>& acts) : acts_(acts) {}
   void on_value(const ir::Value&, const Tensor&) override {}
+  bool observes_subgraphs() const override { return true; }
   bool replace(const ir::Value& value, const Tensor& t, Tensor& out) override {
     if (t.dtype() != DataType::kFloat) return false;
     const auto it = acts_.find(value.name());
@@ -122,20 +124,35 @@ class FromLayerOn final : public FakeQuant {
 };
 
 /// The main-graph nodes of `g` that a changed value among `changed` reaches, directly or through
-/// a value read inside an If/Loop/Scan body (the node holding the body is reached).
+/// a value read inside an If/Loop/Scan body (the node holding the body is reached); a changed
+/// value computed inside a body (by name, in every body that has it) reaches its holder too.
 std::unordered_set<const ir::Node*> reached_by(const ir::Graph& g, const std::vector<std::string>& changed) {
   std::unordered_map<const ir::Graph*, const ir::Node*> holder;  // body (at any depth) -> main-graph node
+  std::unordered_map<std::string, std::vector<const ir::Value*>> in_bodies;  // body value name -> values
   std::function<void(const ir::Graph&, const ir::Node*)> index = [&](const ir::Graph& body, const ir::Node* top) {
     holder[&body] = top;
-    for (const auto& n : body.nodes())
+    for (const auto& n : body.nodes()) {
+      for (const ir::Value* o : n->outputs())
+        if (o) in_bodies[o->name()].push_back(o);
       for (const ir::Graph* sub : n->subgraphs()) index(*sub, top);
+    }
   };
   for (const auto& n : g.nodes())
     for (const ir::Graph* sub : n->subgraphs()) index(*sub, n.get());
   std::unordered_set<const ir::Node*> dirty;
   std::vector<const ir::Value*> todo;
-  for (const std::string& name : changed)
-    if (const ir::Value* v = g.find_value(name)) todo.push_back(v);
+  for (const std::string& name : changed) {
+    if (const ir::Value* v = g.find_value(name)) {
+      todo.push_back(v);
+    } else if (const auto it = in_bodies.find(name); it != in_bodies.end()) {
+      for (const ir::Value* v : it->second) {
+        const ir::Node* top = holder.at(v->owner());
+        if (dirty.insert(top).second)
+          for (const ir::Value* out : top->outputs())
+            if (out) todo.push_back(out);
+      }
+    }
+  }
   while (!todo.empty()) {
     const ir::Value* v = todo.back();
     todo.pop_back();

@@ -93,20 +93,8 @@ class BodyWeights {
     for (ir::Value* v : dead_values_)
       if (v->producer() == nullptr && v->uses().empty() && !v->is_graph_output() && !v->is_graph_input())
         v->owner()->remove_initializer(v);
-    if (count_ > 0) sweep(main);
+    if (count_ > 0) remove_unread_float_initializers(main);
     return count_;
-  }
-
-  /// Float initializers nothing reads any more, in a model with bodies: constant folding inside a
-  /// body copies the parent's weights it slices (an LSTM export's gates), leaving the parent's unread.
-  static void sweep(ir::Graph& g) {
-    std::vector<ir::Value*> unread;
-    for (ir::Value* v : g.initializers())
-      if (v->uses().empty() && !v->is_graph_output() && !v->is_graph_input() && v->initializer()->dtype() == DataType::kFloat)
-        unread.push_back(v);
-    for (ir::Value* v : unread) g.remove_initializer(v);
-    for (const auto& n : g.nodes())
-      for (ir::Graph* sub : n->subgraphs()) sweep(*sub);
   }
 
  private:
@@ -198,6 +186,16 @@ class BodyWeights {
 };
 
 }  // namespace
+
+void remove_unread_float_initializers(ir::Graph& g) {
+  std::vector<ir::Value*> unread;
+  for (ir::Value* v : g.initializers())
+    if (v->uses().empty() && !v->is_graph_output() && !v->is_graph_input() && v->initializer()->dtype() == DataType::kFloat)
+      unread.push_back(v);
+  for (ir::Value* v : unread) g.remove_initializer(v);
+  for (const auto& n : g.nodes())
+    for (ir::Graph* sub : n->subgraphs()) remove_unread_float_initializers(*sub);
+}
 
 size_t quantize_body_weights(ir::Model& model, bool reduce_range, const std::set<std::string>& main_graph_ops,
                              bool cast_form) {

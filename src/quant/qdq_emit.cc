@@ -91,8 +91,12 @@ void set_type(ir::Value* v, DataType dt, const ir::Value* like) {
 
 class Emitter {
  public:
-  Emitter(ir::Model& model, const RangeMap& ranges, const QdqOptions& options)
-      : model_(model), g_(*model.graph), ranges_(ranges), opt_(options) {}
+  /// `g` is the main graph, or (body) an If/Loop/Scan body: its activations are quantized alike
+  /// (by name in the options and in activation_params: sibling branches may share a name, and one
+  /// choice then covers both; only one of them runs per sample), and its weights may be its
+  /// enclosing graphs' initializers.
+  Emitter(ir::Model& model, ir::Graph& g, const RangeMap& ranges, const QdqOptions& options, bool body)
+      : model_(model), g_(g), ranges_(ranges), opt_(options), body_(body) {}
 
   QdqSummary run() {
     check_options();
@@ -139,8 +143,17 @@ class Emitter {
 
   bool has_range(const ir::Value* v) const { return ranges_.count(v) != 0; }
 
+  /// A constant this graph may quantize: its own, or an enclosing graph's (a body's weights).
+  bool in_scope(const ir::Value* v) const {
+    for (const ir::Graph* s = &g_; s != nullptr; s = s->parent())
+      if (v->owner() == s) return true;
+    return false;
+  }
+
+  /// An activation of this graph, or (in a body) one it reads from an enclosing graph: quantized
+  /// by a Q/DQ pair inside the body, for the body's readers (ONNX Runtime fuses per graph).
   bool quantizable_activation(const ir::Value* v) const {
-    return v != nullptr && v->owner() == &g_ && !v->is_initializer() && is_float(v) && has_range(v) &&
+    return v != nullptr && in_scope(v) && !v->is_initializer() && is_float(v) && has_range(v) &&
            !opt_.keep_float.count(v) && !opt_.keep_float_names.count(v->name());
   }
 
@@ -342,9 +355,10 @@ class Emitter {
       u.node->set_input(u.index, dq->output(0));
     }
     dq_of_[v] = dq->output(0);
+    ++summary_.quantized_activations;
+    summary_.body_activations += body_;
     summary_.activation_params[v->name()] = p;
     if (type != opt_.activation_type) summary_.wide_activations.insert(v->name());
-    ++summary_.quantized_activations;
   }
 
   // Constant operand of Add/Mul quantized like an activation (own per-tensor range).
@@ -497,7 +511,7 @@ class Emitter {
     const ir::Value* x = quantized_source(n, 0);
     if (r.weight_input >= 0 && x != nullptr) {
       ir::Value* w = n->input(r.weight_input);
-      if (const Tensor* wt = float_const(w); wt && w->owner() == &g_ && !opt_.keep_float.count(w)) {
+      if (const Tensor* wt = float_const(w); wt && in_scope(w) && !opt_.keep_float.count(w)) {
         const int64_t axis = r.weight_axis ? r.weight_axis(*n, *wt) : -1;
         WeightDq wdq = quantize_weight_input(w, axis, weight_type_for(n, x), weight_bits_for(n, w));
         n->set_input(r.weight_input, wdq.out);
@@ -507,7 +521,7 @@ class Emitter {
         const int64_t channels = static_cast<int64_t>(wdq.scales.size());
         const bool gemm_ok = n->op_type() != "Gemm" ||
                              (n->attr_float("alpha", 1.0f) == 1.0f && n->attr_float("beta", 1.0f) == 1.0f);
-        if (opt_.quantize_bias && bt && bt->rank() == 1 && gemm_ok && b->owner() == &g_ &&
+        if (opt_.quantize_bias && bt && bt->rank() == 1 && gemm_ok && in_scope(b) &&
             (channels == 1 || bt->numel() == channels)) {
           const QParams px = params_of(x);
           Tensor qb = quantize_bias(*bt, px.scale, wdq.scales);
@@ -546,7 +560,7 @@ class Emitter {
       if (other_quantized) {
         for (size_t i = 0; i < n->inputs().size(); ++i) {
           ir::Value* c = n->input(i);
-          if (float_const(c) && c->owner() == &g_ && !opt_.keep_float.count(c)) {
+          if (float_const(c) && in_scope(c) && !opt_.keep_float.count(c)) {
             n->set_input(i, quantize_constant_as_activation(c, type));
             any = true;
           }
@@ -565,6 +579,7 @@ class Emitter {
   ir::Graph& g_;
   const RangeMap& ranges_;
   const QdqOptions& opt_;
+  bool body_ = false;
   QdqSummary summary_;
   std::map<ir::Node*, const OpRule*> rule_;
   std::vector<Fold> folds_;
@@ -580,8 +595,40 @@ class Emitter {
 
 }  // namespace
 
+namespace {
+
+/// Emits Q/DQ in every body below `g` (depth first, in node order), adding the counts to `sum`.
+void emit_bodies(ir::Model& model, ir::Graph& g, const RangeMap& ranges, const QdqOptions& options, QdqSummary& sum) {
+  std::vector<ir::Graph*> bodies;
+  for (const auto& n : g.nodes())
+    for (ir::Graph* b : n->subgraphs()) bodies.push_back(b);
+  for (ir::Graph* b : bodies) {
+    const bool calibrated = std::any_of(b->nodes().begin(), b->nodes().end(), [&](const auto& n) {
+      return std::any_of(n->outputs().begin(), n->outputs().end(), [&](const ir::Value* o) { return o && ranges.count(o); });
+    });
+    if (calibrated) {
+      const QdqSummary s = Emitter(model, *b, ranges, options, true).run();
+      sum.quantized_nodes += s.quantized_nodes;
+      sum.quantized_activations += s.quantized_activations;
+      sum.body_activations += s.body_activations;
+      sum.body_nodes += s.quantized_nodes;
+      sum.quantized_weights += s.quantized_weights;
+      sum.int4_weights += s.int4_weights;
+      sum.quantized_biases += s.quantized_biases;
+      sum.folded_activations += s.folded_activations;
+      sum.activation_params.insert(s.activation_params.begin(), s.activation_params.end());
+      sum.wide_activations.insert(s.wide_activations.begin(), s.wide_activations.end());
+    }
+    emit_bodies(model, *b, ranges, options, sum);
+  }
+}
+
+}  // namespace
+
 QdqSummary emit_qdq(ir::Model& model, const RangeMap& ranges, const QdqOptions& options) {
-  return Emitter(model, ranges, options).run();
+  QdqSummary sum = Emitter(model, *model.graph, ranges, options, false).run();
+  if (options.subgraphs) emit_bodies(model, *model.graph, ranges, options, sum);
+  return sum;
 }
 
 }  // namespace qtool::quant

@@ -40,6 +40,18 @@ size_t quantizable_in_bodies(const ir::Graph& g, bool is_body) {
   return n;
 }
 
+/// Each graph of `a` (the main graph and every body, at any depth) -> its counterpart in `b`, a
+/// clone of `a` (same nodes in the same order, same subgraph attributes).
+std::unordered_map<const ir::Graph*, const ir::Graph*> twin_graphs(const ir::Graph& a, const ir::Graph& b) {
+  std::unordered_map<const ir::Graph*, const ir::Graph*> out{{&a, &b}};
+  if (a.nodes().size() != b.nodes().size()) return out;
+  for (size_t i = 0; i < a.nodes().size(); ++i) {
+    const std::vector<ir::Graph*> sa = a.nodes()[i]->subgraphs(), sb = b.nodes()[i]->subgraphs();
+    for (size_t j = 0; j < sa.size() && j < sb.size(); ++j) out.merge(twin_graphs(*sa[j], *sb[j]));
+  }
+  return out;
+}
+
 }  // namespace
 
 size_t prepare_model(ir::Model& model, int64_t target_opset) {
@@ -81,15 +93,24 @@ CalibratedModel calibrate_static(const ir::Model& prepared, data::SampleSource& 
   cc.range.percentile = config.percentile;
   cc.threads = config.threads;
   cc.observe.per_channel = false;  // activations are quantized per tensor: per-channel extremes are not read
+  cc.observe.subgraphs = config.qdq.subgraphs;  // values inside If/Loop/Scan bodies too
   cc.run.label = "calibrating";
   const calib::CalibrationResult cr = calib::calibrate(model, calib, cc);
-  c.ranges = ranges_for_model(model, cr.ranges);
-  for (const calib::TensorRange& t : cr.ranges.tensors) {
-    const ir::Value* v = model.graph->find_value(t.name);
-    if (v == nullptr || !c.ranges.count(v)) continue;
+  // By value, not by name: a name may repeat between sibling If branches (ranges_from_stats keeps
+  // the observer's order, one range per statistic).
+  const auto& stats = cr.stats->stats();
+  QTOOL_CHECK(stats.size() == cr.ranges.tensors.size(), ErrorCode::kInternal, "{} statistics for {} ranges",
+              stats.size(), cr.ranges.tensors.size());
+  for (size_t i = 0; i < stats.size(); ++i) {
+    const ir::Value* v = stats[i]->value;
+    if (v == nullptr || v->is_initializer()) continue;
+    const calib::TensorRange& t = cr.ranges.tensors[i];
+    const Range used{static_cast<float>(t.range_min), static_cast<float>(t.range_max)};
+    c.ranges[v] = used;
+    // The observed extremes, where the method clipped (main-graph tensors: the guard's choices).
     const Range full{static_cast<float>(t.min), static_cast<float>(t.max)};
-    const Range used = c.ranges.at(v);
-    if (std::isfinite(full.min) && std::isfinite(full.max) && (full.min < used.min || full.max > used.max))
+    if (v->owner() == model.graph.get() && std::isfinite(full.min) && std::isfinite(full.max) &&
+        (full.min < used.min || full.max > used.max))
       c.observed[v] = full;
   }
   return c;
@@ -108,15 +129,22 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
       if ((a->op_type() == "Relu" || a->op_type() == "Clip") && a->output(0)) o.keep_float_names.insert(a->output(0)->name());
     }
   o.wide_names.insert(choices.wide.begin(), choices.wide.end());
+  o.subgraphs = o.subgraphs && !choices.float_bodies;
+  e.float_bodies = choices.float_bodies;
   if (!choices.wide.empty() && e.model.opset("") < 21) {  // 16-bit QuantizeLinear needs opset 21
     passes::PassOptions po;
     po.target_opset = 21;
     passes::upgrade_opset(e.model, po);
   }
-  // The ranges are keyed by the calibrated model's values: re-key them by name on the copy.
+  // The ranges are keyed by the calibrated model's values: re-key them on the copy, graph by graph
+  // (a body's values by name within that body).
   RangeMap r;
-  for (const auto& [v, rg] : calibrated.ranges)
-    if (const ir::Value* mv = e.model.graph->find_value(v->name())) r[mv] = rg;
+  const std::unordered_map<const ir::Graph*, const ir::Graph*> twin = twin_graphs(*calibrated.float_model.graph, *e.model.graph);
+  for (const auto& [v, rg] : calibrated.ranges) {
+    const auto it = twin.find(v->owner());
+    if (it == twin.end()) continue;
+    if (const ir::Value* mv = it->second->find_value(v->name())) r[mv] = rg;
+  }
   // A tensor chosen for its observed range takes it, and so does a Relu/Clip reading it (the
   // emitter folds that activation into the producer, with the activation's range).
   std::unordered_map<std::string, Range> observed;
@@ -134,6 +162,8 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
   }
   e.qdq = emit_qdq(e.model, r, o);
   e.body_weights = quantize_body_weights(e.model, o.reduce_range);
+  // Bodies that quantized the weights they read from an enclosing graph leave its float copies unread.
+  if (e.qdq.body_nodes > 0) remove_unread_float_initializers(*e.model.graph);
   return e;
 }
 
@@ -159,8 +189,15 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
 std::string subgraph_note(const StaticEmission& emission) {
   const size_t n = quantizable_in_bodies(*emission.model.graph, false);
   if (n == 0) return "";
+  if (emission.qdq.body_activations > 0)
+    return fmt::format("{} quantizable nodes inside If/Loop/Scan bodies: {} quantized, with {} activations calibrated "
+                       "inside the bodies{}",
+                       n, emission.qdq.body_nodes, emission.qdq.body_activations,
+                       emission.body_weights > 0 ? fmt::format("; {} more weights stored as int8", emission.body_weights) : "");
   return fmt::format("{} quantizable nodes inside If/Loop/Scan bodies: {} weights stored as int8, activations left in "
-                     "float (values inside subgraphs are not calibrated)", n, emission.body_weights);
+                     "float ({})",
+                     n, emission.body_weights,
+                     emission.float_bodies ? "the guard's choice: quantized, they scored lower" : "no body value was calibrated");
 }
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {

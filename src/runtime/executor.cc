@@ -449,7 +449,9 @@ struct Executor::Impl : public SubgraphRunner {
     std::vector<Tensor> outs;
     std::vector<Tensor*> reuse;
     std::vector<const Buffer*> reuse_buffers;
-    const bool fuse = !(top && observer);
+    // Observed values are the unfused ones: a Conv's output before the activation it would apply.
+    const bool watch = observer && (top || observer->observes_subgraphs());
+    const bool fuse = !watch;
     for (const NodeStep& step : p.steps) {
       if (step.constant && p.folded_ready) {  // computed once: its outputs were preloaded
         if (top && observer)
@@ -480,7 +482,7 @@ struct Executor::Impl : public SubgraphRunner {
             fail(ErrorCode::kInternal, "the observer provided no value for output {} ('{}') of node '{}'", i,
                  step.node->outputs()[i]->name(), step.node->name());
           }
-        store_outputs(frame, step, outs, top);
+        store_outputs(frame, step, outs, watch);
         continue;
       }
       ins.clear();
@@ -528,24 +530,24 @@ struct Executor::Impl : public SubgraphRunner {
       for (size_t i = 0; i < reuse_buffers.size(); ++i) {
         if (reuse_buffers[i] && !frame.slots[step.inputs[i].index].buffer()) track_free_buffer(reuse_buffers[i]);
       }
-      store_outputs(frame, step, outs, top);
+      store_outputs(frame, step, outs, watch);
     }
     current = saved;
   }
 
-  /// Puts a step's outputs into their slots (through the observer's replace() and on_value()), and
-  /// releases the values whose last use it was.
-  void store_outputs(Frame& frame, const NodeStep& step, std::vector<Tensor>& outs, bool top) {
+  /// Puts a step's outputs into their slots (through the observer's replace() and on_value() where
+  /// `watch`), and releases the values whose last use it was.
+  void store_outputs(Frame& frame, const NodeStep& step, std::vector<Tensor>& outs, bool watch) {
     for (size_t i = 0; i < step.outputs.size(); ++i) {
       const int s = step.outputs[i];
       if (s < 0) continue;
       frame.slots[s] = std::move(outs[i]);
-      if (top && observer) {
+      if (watch) {
         Tensor replaced;
         if (observer->replace(*step.node->outputs()[i], frame.slots[s], replaced)) frame.slots[s] = std::move(replaced);
       }
       track_alloc(frame.slots[s]);
-      if (top && observer) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
+      if (watch) observer->on_value(*step.node->outputs()[i], frame.slots[s]);
     }
     for (int s : step.release) {
       track_free(frame.slots[s]);

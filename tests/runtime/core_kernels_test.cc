@@ -352,8 +352,8 @@ TEST(ControlFlow, IfBranchesReadOuterScope) {
             (std::vector<float>{-1, -3}));
 }
 
-TEST(ControlFlow, LoopCarriesStateScansAndReadsOuterScope) {
-  // acc_{i+1} = acc_i + step (outer value), 4 trips; scan output collects acc each trip.
+// acc_{i+1} = acc_i + step (outer value), 4 trips; scan output collects acc each trip.
+ir::Model loop_model() {
   ir::Model m;
   m.set_opset("", 17);
   ir::Graph& g = *m.graph;
@@ -378,11 +378,53 @@ TEST(ControlFlow, LoopCarriesStateScansAndReadsOuterScope) {
   loop->set_attr(std::move(ba));
   g.add_output(loop->output(0));
   g.add_output(loop->output(1));
+  return m;
+}
+
+TEST(ControlFlow, LoopCarriesStateScansAndReadsOuterScope) {
+  const ir::Model m = loop_model();
   Executor ex(m);
   auto out = ex.run({{"step", f({2}, {1, 10})}, {"acc0", f({2}, {0, 0})}});
   EXPECT_EQ(vals<float>(out[0]), (std::vector<float>{4, 40}));
   EXPECT_EQ(out[1].shape(), (Shape{4, 2}));
   EXPECT_EQ(vals<float>(out[1]), (std::vector<float>{1, 10, 2, 20, 3, 30, 4, 40}));
+}
+
+/// Counts the values it sees; with `bodies`, inside Loop/If bodies too, where it also doubles "next".
+class BodyObserver : public Observer {
+ public:
+  explicit BodyObserver(bool bodies) : bodies_(bodies) {}
+  bool observes_subgraphs() const override { return bodies_; }
+  void on_value(const ir::Value& v, const Tensor&) override { ++seen[v.name()]; }
+  bool replace(const ir::Value& v, const Tensor& t, Tensor& out) override {
+    if (v.name() != "next") return false;
+    out = Tensor(DataType::kFloat, t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) out.mutable_data<float>()[i] = 2 * t.data<float>()[i];
+    return true;
+  }
+  std::map<std::string, int> seen;
+
+ private:
+  bool bodies_;
+};
+
+TEST(ControlFlow, ObserversOfBodiesSeeEachIterationAndMayReplaceBodyValues) {
+  const ir::Model m = loop_model();
+  Executor ex(m);
+  const std::map<std::string, Tensor> in = {{"step", f({2}, {1, 10})}, {"acc0", f({2}, {0, 0})}};
+  BodyObserver main_only(false), bodies(true);
+  // Main graph only (the default): the Loop's outputs, nothing computed inside the body, and the
+  // body's "next" is not replaced.
+  auto out = ex.run(in, &main_only);
+  EXPECT_EQ(main_only.seen, (std::map<std::string, int>{{"acc_final", 1}, {"accs", 1}}));
+  EXPECT_EQ(vals<float>(out[0]), (std::vector<float>{4, 40}));
+  // With bodies: each trip's values (4 trips), and "next" doubled before the body reads it on:
+  // acc = 2 (acc + step) four times.
+  out = ex.run(in, &bodies);
+  EXPECT_EQ(bodies.seen, (std::map<std::string, int>{
+                             {"acc_final", 1}, {"accs", 1}, {"cond_out", 4}, {"next", 4}, {"scan", 4}}));
+  EXPECT_EQ(vals<float>(out[0]), (std::vector<float>{30, 300}));
+  EXPECT_EQ(vals<float>(out[1]), (std::vector<float>{2, 20, 6, 60, 14, 140, 30, 300}));
 }
 
 TEST(ControlFlow, ScanReversedInputCumulativeSum) {

@@ -44,6 +44,9 @@ struct ObserverOptions {
   int bins = 4096;
   /// Also observe the model's graph inputs (run_samples reports them).
   bool observe_inputs = true;
+  /// Also observe the values computed inside If/Loop/Scan bodies (every time a body runs). Their
+  /// names may repeat between sibling branches: read them by value (TensorStats::value), not name.
+  bool subgraphs = false;
 };
 
 /// Statistics of one tensor across every sample seen.
@@ -79,10 +82,11 @@ class StatsObserver : public BatchObserver {
   explicit StatsObserver(ObserverOptions options = {}) : options_(std::move(options)) {}
 
   void begin_batch(size_t samples) override;
-  /// Observes float32/float16/bfloat16/float64 tensors; a value reported twice in one batch
-  /// (a graph input reported by both run_samples and the executor) counts once; initializers
-  /// and integer tensors are ignored.
+  /// Observes float32/float16/bfloat16/float64 tensors; a main-graph value reported twice in one
+  /// batch (a graph input reported by both run_samples and the executor) counts once (a Loop
+  /// body's value counts once per iteration); initializers and integer tensors are ignored.
   void on_value(const ir::Value& value, const Tensor& tensor) override;
+  bool observes_subgraphs() const override { return options_.subgraphs; }
 
   /// Adds another observer's statistics (same model, same options), tensor by tensor; tensors only
   /// it saw are appended in its order.

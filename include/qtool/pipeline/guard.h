@@ -23,7 +23,9 @@
 //     ONNX Runtime runs in float anyway);
 //  4. the model is emitted again with those choices, bias-corrected and compared as in 1; below
 //     the floor, the next round raises twice as many tensors (at most max_rounds, and never more
-//     than all; when all are raised and it still misses, those at 8 bits go to 16 bits once); the
+//     than all; when all are raised and it still misses, those at 8 bits go to 16 bits once, then
+//     the 16-bit ones that score lowest alone at 16 bits are kept in float, 1, 1, 2, 4, ... more
+//     per round: many tensors each fine alone at 16 bits can still add up below the floor); the
 //     best emission is kept (the first one that meets the floor, else the highest lowest output
 //     SQNR);
 //  5. the model kept looks broken when a classifier output agrees on < 50% of rows or an output's

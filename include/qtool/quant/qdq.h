@@ -131,6 +131,12 @@ struct QdqOptions {
   std::vector<std::pair<std::string, int>> weight_bits;
   /// Remove Relu/Clip made redundant by the output quantization (see the header comment).
   bool fold_activations = true;
+  /// Also place Q/DQ inside If/Loop/Scan bodies, on the body values `ranges` holds (calibrated
+  /// with calib::ObserverOptions::subgraphs), with the weights and biases the body's nodes read
+  /// (its own or an enclosing graph's). The name options apply there too (a name two sibling
+  /// branches share names both). A body value without a range (a branch the samples never took)
+  /// stays float.
+  bool subgraphs = true;
 };
 
 /// What the emitter did.
@@ -146,6 +152,8 @@ struct QdqSummary {
   std::unordered_map<std::string, QParams> activation_params;
   /// The activations quantized at 16 bits because of QdqOptions::wide_names (whole groups).
   std::set<std::string> wide_activations;
+  /// Of the counts above, inside If/Loop/Scan bodies.
+  size_t body_activations = 0, body_nodes = 0;
 };
 
 /// True if qtool knows how to place Q/DQ for this op type (the op table of qdq_ops.cc).

@@ -73,6 +73,7 @@ struct StaticEmission {
   ir::Model model;
   QdqSummary qdq;
   size_t body_weights = 0;  ///< weights inside If/Loop/Scan bodies stored as int8 (quantize_body_weights)
+  bool float_bodies = false;  ///< the bodies' activations were left float (TensorChoices::float_bodies)
 };
 
 /// What quantize_static did.
@@ -98,6 +99,10 @@ struct TensorChoices {
   std::set<std::string> keep_float;  ///< stay float (in addition to config.qdq's own exclusions)
   std::set<std::string> wide;        ///< quantized at 16 bits with their Q/DQ groups
   std::set<std::string> observed;    ///< the observed min/max instead of the method's range
+  /// Activations inside If/Loop/Scan bodies stay float (QdqOptions::subgraphs off): the guard's
+  /// last step when quantizing them costs more than it gives. Not a per-tensor choice (empty()
+  /// and size() count the sets only).
+  bool float_bodies = false;
   bool empty() const { return keep_float.empty() && wide.empty() && observed.empty(); }
   size_t size() const { return keep_float.size() + wide.size() + observed.size(); }
 };
@@ -116,9 +121,9 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
 /// Stores the weights of Conv, ConvTranspose, Gemm, MatMul, LSTM, GRU and RNN nodes inside
 /// If/Loop/Scan bodies (initializers or Constant nodes, at least 64 elements) as int8, symmetric
 /// per output channel, read through a DequantizeLinear in the body (the node then runs in float
-/// on the dequantized weight, in ONNX Runtime as in qtool). The activations there stay float:
-/// the executor's observers see main-graph values only. Returns the number of weights stored.
-/// emit_static calls it on every emission.
+/// on the dequantized weight, in ONNX Runtime as in qtool): the weights of the body nodes that
+/// emit_qdq left in float (a body without calibrated values, or a node whose input stays float).
+/// Returns the number of weights stored. emit_static calls it on every emission.
 /// `main_graph_ops`: op types whose weights are stored so in the main graph too (the dynamic path
 /// passes those it does not rewrite). `cast_form`: Cast(int8 levels) · scales instead of the
 /// DequantizeLinear: constants ONNX Runtime folds when it loads the model, so the node runs at
@@ -126,6 +131,11 @@ std::string correct_static_biases(const CalibratedModel& calibrated, ir::Model& 
 /// 2× slower than FP32 on MobileNetV2; the file is the same size).
 size_t quantize_body_weights(ir::Model& model, bool reduce_range, const std::set<std::string>& main_graph_ops = {},
                              bool cast_form = false);
+
+/// Removes the float initializers nothing reads any more (not graph inputs or outputs), in `g` and
+/// every body below it: a body that quantized the weights it reads from its parent, or folded the
+/// slices of them it reads, leaves the parent's float copies unread.
+void remove_unread_float_initializers(ir::Graph& g);
 
 /// The note for quantizable nodes inside If/Loop/Scan bodies: their weights int8, their
 /// activations float; "" when there are none.

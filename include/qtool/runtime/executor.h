@@ -13,15 +13,21 @@
 namespace qtool::runtime {
 
 /// Receives every value a node of the main graph produces, in execution order, exactly once per
-/// run(). Values computed inside If/Loop/Scan bodies are not reported (a body runs once per
-/// iteration); the control-flow node's own outputs are. The tensor reference is only valid during
-/// the call; observers must not keep it (copying the Tensor object, which shares storage, is fine).
+/// run(). Values computed inside If/Loop/Scan bodies are reported only to an observer that asks
+/// for them (observes_subgraphs(): each time the body runs, so a Loop body's values once per
+/// iteration); the control-flow node's own outputs always are. The tensor reference is only valid
+/// during the call; observers must not keep it (copying the Tensor object, which shares storage,
+/// is fine). A graph whose values are observed runs unfused (a Conv's output before its Relu).
 class Observer {
  public:
   virtual ~Observer() = default;
   virtual void on_value(const ir::Value& value, const Tensor& tensor) = 0;
-  /// Optionally replaces a main-graph value before any node reads it (and before on_value sees
-  /// it): returns true with `out` set. Called for the graph's runtime inputs too. The sensitivity
+  /// Whether on_value() and replace() also see the values of nodes inside If/Loop/Scan bodies
+  /// (calibration of body activations, the probe's fake quantization there); provide() stays
+  /// main-graph only. Default: no.
+  virtual bool observes_subgraphs() const { return false; }
+  /// Optionally replaces a main-graph value (or a body's, with observes_subgraphs()) before any
+  /// node reads it (and before on_value sees it): returns true with `out` set. Called for the graph's runtime inputs too. The sensitivity
   /// probe fake-quantizes tensors this way. Default: never.
   virtual bool replace(const ir::Value& value, const Tensor& tensor, Tensor& out) {
     (void)value, (void)tensor, (void)out;

@@ -233,12 +233,27 @@ void Graph::remove_initializer(Value* v) {
                 values_.end());
 }
 
+namespace {
+
+/// True when `g` or a graph nested in it (at any depth) has a value named `name`.
+bool used_below(const Graph& g, std::string_view name) {
+  if (g.find_value(name)) return true;
+  for (const auto& n : g.nodes())
+    for (const Graph* sub : n->subgraphs())
+      if (used_below(*sub, name)) return true;
+  return false;
+}
+
+}  // namespace
+
 std::string Graph::unique_name(std::string_view base) {
+  const Graph* root = this;
+  while (root->parent()) root = root->parent();
   std::string b(base.empty() ? "t" : base);
-  if (!lookup(b)) return b;
+  if (!used_below(*root, b)) return b;
   for (;;) {
     std::string n = fmt::format("{}_{}", b, ++name_counter_);
-    if (!lookup(n)) return n;
+    if (!used_below(*root, n)) return n;
   }
 }
 

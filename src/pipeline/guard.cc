@@ -90,6 +90,7 @@ class Escalation {
   /// Replaces `emitted` (and g's comparison and choices) by the best emission with raised tensors.
   void run(quant::StaticEmission& emitted) {
     params_ = emitted.qdq.activation_params;
+    float_bodies_ = g_.choices.float_bodies;  // the bodies went back to float before the rounds
     rank_tensors();
     if (order_.empty()) return;
     size_t k = first_round_size();
@@ -116,14 +117,15 @@ class Escalation {
                                        round, k, order_.size(), count(k, Raise::kObserved), count(k, Raise::kWide),
                                        count(k, Raise::kFloat), describe_outputs(outs), verdict(outs, ok)));
       // A round that sent 16-bit tensors to float must gain a clear 1 dB: float costs their weights'
-      // compression, and a limit the tensors do not set moves by noise.
-      if (ok || worst_output_sqnr(outs) > best + (floated_ > 0 ? kFloatGain : 0.0)) {
+      // compression, and a limit the tensors do not set moves by noise (no more such rounds then).
+      const bool gained = worst_output_sqnr(outs) > best + (floated_ > 0 ? kFloatGain : 0.0);
+      if (ok || gained) {
         best = worst_output_sqnr(outs);
         emitted = std::move(again);
         g_.comparison = std::move(outs);
         g_.choices = choices;
       }
-      if (ok) break;
+      if (ok || (floated_ > 0 && !gained)) break;
       if (k == order_.size()) {  // every tensor raised: those at 8 bits (observed range) go to 16 bits, once,
         if (!promoted_ && promote()) continue;  // then the noisiest 16-bit ones to float
         promoted_ = true;
@@ -323,6 +325,7 @@ class Escalation {
   /// The emission choices for the first k tensors (with the quantized inputs of a float Add/Mul).
   quant::TensorChoices choices_for(size_t k) const {
     quant::TensorChoices c;
+    c.float_bodies = float_bodies_;
     for (size_t i = 0; i < k; ++i) {
       const std::string& name = order_[i];
       switch (raise_.at(name)) {
@@ -359,6 +362,7 @@ class Escalation {
   std::vector<std::string> order_;                      ///< the tensors that lose anything, noisiest first
   std::map<std::string, Raise> raise_;
   bool promoted_ = false;
+  bool float_bodies_ = false;
   size_t floated_ = 0;                          ///< tensors sent to float by to_float()
   std::map<std::string, double> at16_;          ///< each decided tensor's output SQNR alone at 16 bits
   size_t families_ = 0;
@@ -484,6 +488,56 @@ std::string describe_outputs(const report::CompareResult& result) {
   return s;
 }
 
+namespace {
+
+/// What a guard step needs to emit and judge a model.
+struct GuardContext {
+  const ir::Model& reference;
+  const quant::CalibratedModel& calibrated;
+  const quant::StaticQuantConfig& config;
+  data::SampleSource& calib;
+  data::SampleSource& judge;
+  report::ReferenceCache* cache;
+  const QualityFloor& target;
+};
+
+/// With activations quantized inside If/Loop/Scan bodies: the same main-graph choices with the
+/// bodies in float, judged on the same rows; kept (true) when they meet the target or score a
+/// clear kFloatGain higher.
+bool try_float_bodies(const GuardContext& c, quant::StaticEmission& emitted, GuardResult& g) {
+  if (emitted.qdq.body_activations == 0 || g.choices.float_bodies) return false;
+  const auto t = detail::clock_type::now();
+  // The main graph's choices stay; those naming body tensors go with the bodies' quantization.
+  quant::TensorChoices flat;
+  flat.float_bodies = true;
+  const ir::Graph& main = *c.calibrated.float_model.graph;
+  auto in_main = [&](const std::set<std::string>& names) {
+    std::set<std::string> out;
+    for (const std::string& n : names)
+      if (main.find_value(n)) out.insert(n);
+    return out;
+  };
+  flat.keep_float = in_main(g.choices.keep_float);
+  flat.wide = in_main(g.choices.wide);
+  flat.observed = in_main(g.choices.observed);
+  quant::StaticEmission again = quant::emit_static(c.calibrated, flat, c.config);
+  const std::string corrected = quant::correct_static_biases(c.calibrated, again.model, c.calib, c.config, " (bodies in float)");
+  report::CompareResult outs = compare_on(c.reference, again.model, c.judge, c.config.threads, c.cache);
+  g.timings.push_back({"quantize: guard: bodies in float", detail::seconds_since(t)});
+  const bool better =
+      meets_floor(outs, c.target, nullptr) || worst_output_sqnr(outs) > worst_output_sqnr(g.comparison) + kFloatGain;
+  g.actions.push_back(fmt::format("guard: with the activations inside If/Loop/Scan bodies in float: {}{}",
+                                  describe_outputs(outs), better ? " (kept)" : " (no better: kept quantized)"));
+  if (!better) return false;
+  if (!corrected.empty()) g.actions.push_back(corrected);
+  emitted = std::move(again);
+  g.comparison = std::move(outs);
+  g.choices = flat;
+  return true;
+}
+
+}  // namespace
+
 GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& calibrated,
                       const quant::StaticQuantConfig& config, data::SampleSource& calib, data::SampleSource& held_out,
                       quant::StaticEmission& emitted, const GuardOptions& options, const quant::TensorChoices& choices) {
@@ -514,47 +568,20 @@ GuardResult run_guard(const ir::Model& reference, const quant::CalibratedModel& 
   GuardOptions aim = options;
   aim.floor.state_extra_db = std::max(options.floor.state_extra_db, options.state_target_extra_db);
   std::string why;
-  const bool below = !meets_floor(g.comparison, aim.floor, &why);
+  bool below = !meets_floor(g.comparison, aim.floor, &why);
+  GuardContext ctx{reference, calibrated, config, calib, *judge, judge_cache, aim.floor};
+  // Quantized activations inside If/Loop/Scan bodies that leave the model below the target: the
+  // same choices with the bodies in float are judged first (an LSTM state loop quantized even at 16
+  // bits can cost a recurrent state 20 dB that float bodies keep), and again after the rounds (which
+  // raise body tensors as any other) if those end below the target.
+  if (options.search && below && try_float_bodies(ctx, emitted, g)) below = !meets_floor(g.comparison, aim.floor, &why);
   if (options.search && below && choices.empty() && dtype_bits(config.qdq.activation_type) == 8) {
     g.actions.push_back("guard: below the quality " +
                         std::string(meets_floor(g.comparison, options.floor, nullptr) ? "target" : "floor") +
                         " at 8 bits (" + why + ")");
     Escalation(reference, calibrated, config, calib, *judge, aim, g, *judge_cache).run(emitted);
   }
-  // Quantized activations inside If/Loop/Scan bodies that leave the model below the target (after
-  // the rounds, which raise body tensors as any other): the same choices with the bodies in float
-  // are judged on the same rows, and the better one is kept (an LSTM's state loop quantized at 16
-  // bits can cost a recurrent state 20 dB that float bodies keep).
-  if (options.search && emitted.qdq.body_activations > 0 && !g.choices.float_bodies &&
-      !meets_floor(g.comparison, aim.floor, nullptr)) {
-    t = detail::clock_type::now();
-    // The main graph's choices stay; those naming body tensors go with the bodies' quantization.
-    quant::TensorChoices flat;
-    flat.float_bodies = true;
-    const ir::Graph& main = *calibrated.float_model.graph;
-    auto in_main = [&](const std::set<std::string>& names) {
-      std::set<std::string> out;
-      for (const std::string& n : names)
-        if (main.find_value(n)) out.insert(n);
-      return out;
-    };
-    flat.keep_float = in_main(g.choices.keep_float);
-    flat.wide = in_main(g.choices.wide);
-    flat.observed = in_main(g.choices.observed);
-    quant::StaticEmission again = quant::emit_static(calibrated, flat, config);
-    const std::string corrected = quant::correct_static_biases(calibrated, again.model, calib, config, " (bodies in float)");
-    report::CompareResult outs = compare_on(reference, again.model, *judge, config.threads, judge_cache);
-    g.timings.push_back({"quantize: guard: bodies in float", detail::seconds_since(t)});
-    const bool better = meets_floor(outs, aim.floor, nullptr) || worst_output_sqnr(outs) > worst_output_sqnr(g.comparison);
-    g.actions.push_back(fmt::format("guard: with the activations inside If/Loop/Scan bodies in float: {}{}",
-                                    describe_outputs(outs), better ? " (kept)" : " (no better: kept quantized)"));
-    if (better) {
-      if (!corrected.empty()) g.actions.push_back(corrected);
-      emitted = std::move(again);
-      g.comparison = std::move(outs);
-      g.choices = flat;
-    }
-  }
+  if (options.search && !meets_floor(g.comparison, aim.floor, nullptr)) try_float_bodies(ctx, emitted, g);
   g.looks_broken = looks_broken(g.comparison);
   if (g.looks_broken)
     g.warnings.push_back(fmt::format("THE QUANTIZED MODEL LOOKS BROKEN on {} samples: {}", judge->size(),

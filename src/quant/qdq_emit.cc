@@ -606,7 +606,14 @@ void emit_bodies(ir::Model& model, ir::Graph& g, const RangeMap& ranges, const Q
     const bool calibrated = std::any_of(b->nodes().begin(), b->nodes().end(), [&](const auto& n) {
       return std::any_of(n->outputs().begin(), n->outputs().end(), [&](const ir::Value* o) { return o && ranges.count(o); });
     });
-    if (calibrated) {
+    // Only a body with a node that runs in integer (a Conv, ConvTranspose, Gemm or MatMul) gains
+    // from Q/DQ; around data movement alone (an LSTM's Unsqueeze/Squeeze/Gather plumbing) they cost
+    // time, and ONNX Runtime 1.30 crashes on some of them (Silero op15's decoder body).
+    const bool computes = std::any_of(b->nodes().begin(), b->nodes().end(), [](const auto& n) {
+      const OpRule* r = n->domain().empty() ? find_op_rule(n->op_type()) : nullptr;
+      return r != nullptr && r->weight_input >= 0;
+    });
+    if (calibrated && computes) {
       const QdqSummary s = Emitter(model, *b, ranges, options, true).run();
       sum.quantized_nodes += s.quantized_nodes;
       sum.quantized_activations += s.quantized_activations;

@@ -197,7 +197,8 @@ std::string subgraph_note(const StaticEmission& emission) {
   return fmt::format("{} quantizable nodes inside If/Loop/Scan bodies: {} weights stored as int8, activations left in "
                      "float ({})",
                      n, emission.body_weights,
-                     emission.float_bodies ? "the guard's choice: quantized, they scored lower" : "no body value was calibrated");
+                     emission.float_bodies ? "the guard's choice: quantized, they scored lower"
+                                           : "no body holds a Conv, Gemm or MatMul with calibrated inputs");
 }
 
 StaticQuantResult quantize_static(ir::Model& model, data::SampleSource& samples, const StaticQuantConfig& config) {

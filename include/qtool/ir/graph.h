@@ -215,7 +215,8 @@ class Graph {
   const std::vector<Value*>& initializers() const { return initializers_; }
   /// Removes an initializer that has no uses and is not a graph output.
   void remove_initializer(Value* v);
-  /// A name unused in this graph and every enclosing graph: base, base_1, base_2...
+  /// A name unused anywhere in the model (this graph's root and every graph nested in it, so a
+  /// name made for a body never shadows or is shadowed by another graph's): base, base_1, base_2...
   std::string unique_name(std::string_view base);
 
   // ---- inputs / outputs ----

@@ -156,10 +156,13 @@ struct Written {
   quant::WeightOnlyReport report;
 };
 
+/// --max-drop and/or --min-sqnr with a budget: the smallest plan on the curve up to the budget's
+/// (`largest`) whose top-1 agreement drop and lowest output SQNR on the held-out samples keep them
+/// (bisection: quality grows along the curve), else `largest`.
 template <typename Write>
-quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const std::vector<quant::BudgetPoint>& curve,
-                                             const quant::BudgetPoint& largest, const Write& write,
-                                             BudgetSearchResult& res) {
+quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const std::vector<quant::BudgetPoint>& curve,
+                                           const quant::BudgetPoint& largest, const Write& write,
+                                           BudgetSearchResult& res) {
   std::vector<quant::BudgetPoint> pts;
   for (const quant::BudgetPoint& p : curve)
     if (p.bytes < largest.bytes) pts.push_back(p);
@@ -169,28 +172,37 @@ quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const
   co.per_layer = false;
   struct Try {
     bool ok = false;
-    double drop = 0;
+    double drop = 0, sqnr = std::numeric_limits<double>::infinity();
     std::optional<Written> written;
+    std::string describe(int64_t bytes) const {
+      std::string s = fmt::format("{} B:", bytes);
+      if (!std::isnan(drop)) s += fmt::format(" drop {:.2f}", drop);
+      if (!std::isinf(sqnr)) s += fmt::format(" SQNR {:.1f} dB", sqnr);
+      return s;
+    }
   };
   auto attempt = [&](const quant::BudgetPoint& p) {
     Try t;
     t.written.emplace(write(p));
     double agree = 2.0;
     for (const auto& o : report::to_output_quality(
-             report::compare_models(in.fp32, t.written->model, sample_provider(*in.held_out), co)))
+             report::compare_models(in.fp32, t.written->model, sample_provider(*in.held_out), co))) {
       if (!std::isnan(o.top1_agreement)) agree = std::min(agree, o.top1_agreement);
+      t.sqnr = std::min(t.sqnr, std::isnan(o.sqnr_db) ? -std::numeric_limits<double>::infinity() : o.sqnr_db);
+    }
     t.drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
-    t.ok = t.drop <= *in.job.max_drop;
+    t.ok = (!in.job.max_drop || t.drop <= *in.job.max_drop) && (!in.job.min_sqnr || t.sqnr >= *in.job.min_sqnr);
+    if (!in.job.max_drop) t.drop = std::nan("");  // not a target: not told
     return t;
   };
   size_t lo = 0, hi = pts.size() - 1;
   Try best = attempt(pts[hi]);
-  std::string story = fmt::format("{} B: drop {:.2f}", pts[hi].bytes, best.drop);
+  std::string story = best.describe(pts[hi].bytes);
   if (best.ok) {
     while (lo < hi) {
       const size_t mid = lo + (hi - lo) / 2;
       Try t = attempt(pts[mid]);
-      story += fmt::format("; {} B: drop {:.2f}", pts[mid].bytes, t.drop);
+      story += "; " + t.describe(pts[mid].bytes);
       if (t.ok) {
         hi = mid;
         best = std::move(t);
@@ -199,11 +211,12 @@ quant::BudgetPoint smallest_meeting_max_drop(const BudgetSearchInputs& in, const
       }
     }
   }
+  std::string target;
+  if (in.job.max_drop) target = fmt::format("--max-drop {:.2f}", *in.job.max_drop);
+  if (in.job.min_sqnr) target += fmt::format("{}--min-sqnr {:.1f}", target.empty() ? "" : " ", *in.job.min_sqnr);
   res.actions.push_back(fmt::format(
-      "--max-drop {:.2f} with a budget: the smallest plan on the curve that keeps it on the held-out samples "
-      "(untuned): {} ({})",
-      *in.job.max_drop, best.ok ? fmt::format("{} B of weights", pts[hi].bytes) : "none, the budget's plan is kept",
-      story));
+      "{} with a budget: the smallest plan on the curve that keeps it on the held-out samples (untuned): {} ({})",
+      target, best.ok ? fmt::format("{} B of weights", pts[hi].bytes) : "none, the budget's plan is kept", story));
   if (!best.ok) return largest;
   res.plan = std::move(best.written->plan);
   if (in.cfg.tune.steps == 0) {  // else the final plan is quantized again, tuned
@@ -355,7 +368,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
                 sum.target_file_bytes);
     chosen = *fit;
   }
-  if (job.max_drop) chosen = smallest_meeting_max_drop(in, curve, chosen, write, res);
+  if (job.max_drop || job.min_sqnr) chosen = smallest_meeting_target(in, curve, chosen, write, res);
   summarize_choice(sum, layers, chosen);
   sum.seconds = seconds_since(t0);
   std::string formats;

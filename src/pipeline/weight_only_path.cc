@@ -426,6 +426,17 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     timings.push_back({"save", seconds_since(t)});
     report::measure_output_file(out.report);
   }
+  if (job.min_sqnr && !out.gate_failure) {  // the budget's quality target (budget_search.cc): checked as a gate too
+    double sqnr = std::numeric_limits<double>::infinity();
+    for (const auto& o : out.report.outputs) sqnr = std::min(sqnr, std::isnan(o.sqnr_db) ? -sqnr : o.sqnr_db);
+    QTOOL_CHECK(fp32.has_value() && !out.report.outputs.empty(), ErrorCode::kConfig,
+                "--min-sqnr needs the evaluation on held-out calibration samples (--calib, not --no-guard)");
+    if (sqnr < *job.min_sqnr)
+      out.gate_failure.emplace(ErrorCode::kQualityGate,
+                               fmt::format("quality gate failed: output SQNR {:.1f} dB on the held-out samples (limit "
+                                           "--min-sqnr {:.1f}): no plan within the budget keeps it",
+                                           sqnr, *job.min_sqnr));
+  }
   if (job.max_drop && !out.gate_failure) {  // the same gate as the static path: top-1 agreement drop on held-out samples
     double agree = 2.0;
     for (const auto& o : out.report.outputs)

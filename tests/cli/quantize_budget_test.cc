@@ -121,6 +121,32 @@ TEST(CliQuantizeBudget, MaxDropWithABudgetGivesTheSmallestPlanThatKeepsIt) {
   EXPECT_TRUE(told) << small.report["actions"].dump();
 }
 
+TEST(CliQuantizeBudget, MinSqnrWithABudgetGivesTheSmallestPlanThatKeepsIt) {
+  testing::TempDir d;
+  const BudgetRun big = quantize(d, "--target-size 20%", "big.onnx");
+  ASSERT_EQ(big.exit_code, 0) << big.err;
+  const BudgetRun small = quantize(d, "--target-size 20% --min-sqnr 30", "small.onnx");
+  ASSERT_EQ(small.exit_code, 0) << small.err;
+  const int64_t b = big.report["size"]["output_file_bytes"], s = small.report["size"]["output_file_bytes"];
+  EXPECT_LT(s, b * 3 / 4) << s << " vs " << b;  // far below the budget: the quality target decides
+  const double sqnr = small.report["evaluation"]["outputs"][0]["sqnr_db"];
+  EXPECT_GE(sqnr, 30.0);
+  EXPECT_LT(sqnr, big.report["evaluation"]["outputs"][0]["sqnr_db"].get<double>());  // it gave quality for size
+  bool told = false;
+  for (const auto& a : small.report["actions"]) told = told || a.get<std::string>().rfind("--min-sqnr 30.0 with a budget", 0) == 0;
+  EXPECT_TRUE(told) << small.report["actions"].dump();
+  // A target no plan within the budget reaches: the budget's plan, and exit 3 naming the target.
+  const BudgetRun high = quantize(d, "--target-size 20% --min-sqnr 90", "high.onnx");
+  EXPECT_EQ(high.exit_code, 3) << high.err;
+  EXPECT_NE(high.err.find("--min-sqnr 90.0"), std::string::npos) << high.err;
+  // Without a budget the weight-only path has no search to aim: refused, naming what to add.
+  const auto bare = testing::run_command(fmt::format("{} quantize {} --bits 4 --min-sqnr 30 -o {}", testing::qtool_bin(),
+                                                     testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                                     d.file("bare.onnx")));
+  EXPECT_EQ(bare.exit_code, 2);
+  EXPECT_NE(bare.err.find("give --target-size or --target-bpw"), std::string::npos) << bare.err;
+}
+
 TEST(CliQuantizeBudget, KeepInt8SpeedMixesInt4AndInt8WeightsWithEightBitActivations) {
   testing::TempDir d;
   const BudgetRun r = quantize(d, "--target-size 20% --keep-int8-speed", "k.onnx");

@@ -54,6 +54,7 @@ struct QuantizeArgs {
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
   double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
+  bool min_sqnr_given = false;  ///< --min-sqnr on the command line (a weight-only budget's quality target)
   double min_iou = 0.9;                           ///< ... for one-channel probability maps
   double max_nll_increase = 1.0;                 ///< percent, for next-token logits
   std::string metric = "auto";                   ///< how the floor judges outputs
@@ -169,7 +170,15 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
 }
 
 /// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
-void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) { check_path_options(cmd, path_of(a), a.bits); }
+void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) {
+  check_path_options(cmd, path_of(a), a.bits);
+  QTOOL_CHECK(path_of(a) != QuantizePath::kWeightOnly || !cmd.count("--min-sqnr") || !a.target_size.empty() ||
+                  a.target_bpw > 0,
+              ErrorCode::kConfig,
+              "--min-sqnr on the weight-only path (--bits {}) is a size budget's quality target: give --target-size "
+              "or --target-bpw with it (on the static and dynamic paths it is the quality floor)",
+              a.bits);
+}
 
 /// The typed job for one run: every string option parsed and checked here, once.
 pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
@@ -201,6 +210,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   job.per_layer_eval = a.json || !a.report_path.empty();
   job.max_drop = a.max_drop;
   job.floor_sqnr_db = a.min_sqnr;
+  if (a.min_sqnr_given) job.min_sqnr = a.min_sqnr;
   job.floor_lm_nll_increase = a.max_nll_increase / 100.0;
   job.floor_metric = pipeline::parse_output_metric(a.metric);
   job.floor_agreement = a.min_agreement;
@@ -419,7 +429,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--min-sqnr", a.min_sqnr,
                  "static and dynamic paths: quality floor, output SQNR in dB for outputs that are not classifiers "
                  "(default 20); below it precision is raised (static: observed ranges, 16 bits, float; dynamic: nodes "
-                 "kept in float), then exit 3 with no model")
+                 "kept in float), then exit 3 with no model. Weight-only with --target-size / --target-bpw: the "
+                 "budget's quality target (the smallest plan within the budget whose output SQNR on held-out samples "
+                 "reaches it; exit 3 when none does)")
       ->check(CLI::Range(-1000.0, 1000.0));
   cmd.add_option("--min-iou", a.min_iou,
                  "static and dynamic paths: quality floor for a one-channel probability map (text, saliency, binary "
@@ -556,6 +568,7 @@ QuantizeArgs parse_setting(const QuantizeArgs& base, const report::ExperimentSet
   }
   if (a.threads == 1 && base.threads != 1) a.threads = base.threads;
   a.tune_given = app.count("--tune-steps") > 0;
+  a.min_sqnr_given = app.count("--min-sqnr") > 0;
   with_context(fmt::format("setting '{}'", setting.name), [&] { check_options_apply(app, a); });
   return a;
 }
@@ -659,6 +672,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->callback([a, cmd] {
     if (cmd->count("--plan") && !cmd->count("--bits")) a->bits = quant::plan_default_bits(a->plan_path);
     a->tune_given = cmd->count("--tune-steps") > 0;
+    a->min_sqnr_given = cmd->count("--min-sqnr") > 0;
     if (a->ladder.empty()) {
       check_options_apply(*cmd, *a);
     } else {  // every rung's path must accept the options given

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "qtool/core/error.h"
 #include "qtool/core/simd_clones.h"
@@ -85,19 +87,35 @@ void Histogram::add(const float* x, size_t n) {
 namespace {
 /// ++c[floor(v · scale) - off] for every v (exact in double; scale a power of two). Built for AVX2
 /// too (core/simd_clones.h): the portable baseline has no rounding instruction and calls floor().
-QTOOL_SIMD_CLONES void count_bins(const float* x, size_t n, double scale, double off, uint64_t* c) {
+/// Four interleaved counters when the tensor is large against the histogram (`bins`): a run of one
+/// value (a Relu's zeros) would otherwise chain every increment on the one before it. The counts are
+/// integers, so the sum of the four is exact.
+QTOOL_SIMD_CLONES void count_bins(const float* x, size_t n, double scale, double off, uint64_t* c, size_t bins) {
+  auto bin = [&](float v) { return static_cast<int64_t>(std::floor(static_cast<double>(v) * scale) - off); };
   size_t i = 0;
+  if (n >= 16 * bins && n < (size_t{1} << 32)) {
+    thread_local std::vector<uint32_t> sub;
+    sub.assign(3 * bins, 0);
+    uint32_t* c1 = sub.data();
+    uint32_t* c2 = c1 + bins;
+    uint32_t* c3 = c2 + bins;
+    for (; i + 4 <= n; i += 4) {
+      const int64_t k0 = bin(x[i]), k1 = bin(x[i + 1]), k2 = bin(x[i + 2]), k3 = bin(x[i + 3]);
+      ++c[k0];
+      ++c1[k1];
+      ++c2[k2];
+      ++c3[k3];
+    }
+    for (size_t b = 0; b < bins; ++b) c[b] += uint64_t{c1[b]} + c2[b] + c3[b];
+  }
   for (; i + 4 <= n; i += 4) {  // unrolled by 4 so the conversions overlap
-    const auto k0 = static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
-    const auto k1 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 1]) * scale) - off);
-    const auto k2 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 2]) * scale) - off);
-    const auto k3 = static_cast<int64_t>(std::floor(static_cast<double>(x[i + 3]) * scale) - off);
+    const int64_t k0 = bin(x[i]), k1 = bin(x[i + 1]), k2 = bin(x[i + 2]), k3 = bin(x[i + 3]);
     ++c[k0];
     ++c[k1];
     ++c[k2];
     ++c[k3];
   }
-  for (; i < n; ++i) ++c[static_cast<int64_t>(std::floor(static_cast<double>(x[i]) * scale) - off)];
+  for (; i < n; ++i) ++c[bin(x[i])];
 }
 }  // namespace
 
@@ -121,7 +139,7 @@ void Histogram::add_finite(const float* x, size_t n, float bmin, float bmax) {
     }
     if (kmax > last) counts_.resize(counts_.size() + static_cast<size_t>(kmax - last), 0);
   }
-  count_bins(x, n, std::ldexp(1.0, -exp_), static_cast<double>(first_), counts_.data());
+  count_bins(x, n, std::ldexp(1.0, -exp_), static_cast<double>(first_), counts_.data(), counts_.size());
   total_ += n;
 }
 

@@ -79,6 +79,24 @@ TEST(Histogram, WideningPreservesCountsAndIsOrderIndependent) {
   EXPECT_EQ(a.counts(), whole.counts());
 }
 
+TEST(Histogram, LargeTensorsCountOnInterleavedCountersExactly) {
+  // A Relu output much larger than its histogram (half exact zeros, then runs of one value): counted
+  // on four interleaved counters, the counts equal those of small chunks counted one by one.
+  std::vector<float> v = gaussian(300000, 7);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = v[i] < 0.0f ? 0.0f : (i % 1000 < 50 ? 1.5f : v[i]);
+  Histogram whole, chunked;
+  whole.add(v.data(), v.size());
+  ASSERT_GE(v.size(), 16 * whole.counts().size());  // the interleaved path
+  for (size_t i = 0; i < v.size(); i += 97) chunked.add(v.data() + i, std::min<size_t>(97, v.size() - i));
+  EXPECT_EQ(whole.counts(), chunked.counts());
+  EXPECT_EQ(whole.first_bin(), chunked.first_bin());
+  // Bin [0, width) holds the zeros and the values below one width.
+  const double width = std::ldexp(1.0, whole.exponent());
+  uint64_t first = 0;
+  for (float x : v) first += x >= 0.0f && x < width;
+  EXPECT_EQ(whole.counts()[static_cast<size_t>(-whole.first_bin())], first);
+}
+
 TEST(Histogram, NonFiniteSkippedAndConstantTensor) {
   std::vector<float> v = {1.0f, NAN, INFINITY, 1.0f, -INFINITY};
   Histogram h;

@@ -340,7 +340,7 @@ RunSummary run_samples(const std::vector<runtime::Executor*>& executors, data::S
 // calibrate
 
 RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model, const std::string& method,
-                             const RangeConfig& config, uint64_t samples) {
+                             const RangeConfig& config, uint64_t samples, int threads) {
   find_method(method);  // fail early on an unknown name
   RangesFile f;
   f.method = method;
@@ -355,12 +355,32 @@ RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model,
   } else {
     f.model_name = model.graph->name();
   }
+  // Each tensor's range alone (entropy's threshold search is O(bins²) per tensor): tensors on up to
+  // `threads` workers, each writing its own slot, so the file is the same at any thread count.
+  const auto& all = stats.stats();
+  std::vector<Range> ranges(all.size());
+  std::vector<std::exception_ptr> errors(all.size());
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < all.size(); i = next++) {
+      try {
+        ranges[i] = with_context(fmt::format("while computing the {} range of tensor '{}'", method, all[i]->name),
+                                 [&] { return compute_range(method, *all[i], config); });
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int w = 1; w < std::min<int>(std::max(threads, 1), static_cast<int>(all.size())); ++w) pool.emplace_back(work);
+  work();
+  for (std::thread& t : pool) t.join();
+  for (const std::exception_ptr& e : errors)  // the first tensor's error, as one worker would meet it
+    if (e) std::rethrow_exception(e);
   size_t with_nonfinite = 0;
-  for (const auto& s : stats.stats()) {
-    const Range r = with_context(fmt::format("while computing the {} range of tensor '{}'", method, s->name),
-                                 [&] { return compute_range(method, *s, config); });
-    f.tensors.push_back(make_tensor_range(*s, r));
-    with_nonfinite += s->hist.nonfinite() > 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    f.tensors.push_back(make_tensor_range(*all[i], ranges[i]));
+    with_nonfinite += all[i]->hist.nonfinite() > 0;
   }
   if (with_nonfinite > 0) {
     spdlog::warn("{} tensors held NaN or infinite values during calibration (ignored for their ranges)",
@@ -395,7 +415,7 @@ CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, 
   }
   res.run = run_samples(exec_ptrs, source, observer_ptrs, config.run);
   for (const auto& o : extra) res.stats->merge(*o);
-  res.ranges = ranges_from_stats(*res.stats, model, config.method, config.range, res.run.samples);
+  res.ranges = ranges_from_stats(*res.stats, model, config.method, config.range, res.run.samples, config.threads);
   res.ranges.source = config.source;
   res.ranges.preprocess = config.preprocess;
   return res;

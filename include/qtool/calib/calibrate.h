@@ -81,9 +81,10 @@ struct CalibrationResult {
 CalibrationResult calibrate(const ir::Model& model, data::SampleSource& source, const CalibConfig& config);
 
 /// Computes `method`'s range for every observed tensor and fills a RangesFile (model name and
-/// fingerprint from model.source_path when set).
+/// fingerprint from model.source_path when set); tensors on up to `threads` workers, the same file
+/// at any count.
 RangesFile ranges_from_stats(const StatsObserver& stats, const ir::Model& model, const std::string& method,
-                             const RangeConfig& config, uint64_t samples);
+                             const RangeConfig& config, uint64_t samples, int threads = 1);
 
 /// Makes sure the process-wide SIGINT/SIGTERM handler of core/interrupt.h is installed (the first
 /// signal sets interrupt_requested(); a second removes in-flight temporary files and exits 130).

@@ -593,10 +593,6 @@ class Emitter {
   size_t int4_weights_ = 0;  ///< weights written with 4-bit levels (the model needs opset 21)
 };
 
-}  // namespace
-
-namespace {
-
 /// Emits Q/DQ in every body below `g` (depth first, in node order), adding the counts to `sum`.
 void emit_bodies(ir::Model& model, ir::Graph& g, const RangeMap& ranges, const QdqOptions& options, QdqSummary& sum) {
   std::vector<ir::Graph*> bodies;

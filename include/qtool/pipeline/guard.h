@@ -7,8 +7,11 @@
 //  1. both models run on the held-out samples through report::compare_models (the one comparison,
 //     QDQ groups fused as ONNX Runtime runs them); each output is judged by the metric that fits
 //     it (QualityFloor below). A NaN/inf in the quantized output counts as maximal error;
+//  1b. below the target with activations quantized inside If/Loop/Scan bodies, the same choices
+//     with the bodies in float are judged on the same rows and kept when they meet the target or
+//     score 1 dB higher (again after step 4 when the rounds end below the target);
 //  2. below the floor, the sensitivity probe (pipeline/sensitivity.h): every quantized activation
-//     alone is fake-quantized on the float model (everything else float); its score is the lowest
+//     (body ones too) alone is fake-quantized on the float model (everything else float); its score is the lowest
 //     output SQNR. A tensor that a Reshape/Transpose/MaxPool moves unchanged from one with the same
 //     parameters is scored with it; each such group is screened on one held-out sample, and the
 //     48 noisiest again on probe_samples. Its noise power

@@ -108,7 +108,10 @@ class BodyWeights {
           ir::Value* w = n->input(index);
           const std::optional<Resolved> r = resolve(w);
           if (!r || r->tensor.numel() < kMinElements) continue;
-          n->set_input(index, dequantized(g, w, *r, axis));
+          // A MatMul's int8 weight lives in its own graph: ONNX Runtime rewrites DQ -> MatMul into
+          // MatMulNBits at load and then looks the weight up in the MatMul's graph only (1.30:
+          // "Missing required weight" for one read from the parent).
+          n->set_input(index, dequantized(g, w, *r, axis, body && n->op_type() == "MatMul" ? &g : main_));
           changed = true;
         }
       }
@@ -117,28 +120,29 @@ class BodyWeights {
     if (changed) g.topo_sort();
   }
 
-  /// DequantizeLinear in `g` of the int8 copy of `w`'s values. The int8 copies live in the main
-  /// graph (every body reads it as outer scope), once per distinct content: the branches of an If
-  /// often fold the same weights (an LSTM export's gates) to equal tensors.
-  ir::Value* dequantized(ir::Graph& g, ir::Value* w, const Resolved& r, int64_t axis) {
+  /// DequantizeLinear in `g` of the int8 copy of `w`'s values. The int8 copies live in `home` (the
+  /// main graph, which every body reads as outer scope, or `g` itself), once per distinct content
+  /// there: the branches of an If often fold the same weights (an LSTM export's gates) to equal
+  /// tensors.
+  ir::Value* dequantized(ir::Graph& g, ir::Value* w, const Resolved& r, int64_t axis, ir::Graph* home) {
     const Tensor& t = r.tensor;
     const bool per_channel = axis >= 0 && axis < static_cast<int64_t>(t.rank()) && t.shape()[axis] > 1;
     const int64_t key_axis = per_channel ? axis : -1;
     const Stored* found = nullptr;
     const uint64_t h = content_hash(t);
     for (auto [it, end] = stored_.equal_range(h); it != end; ++it)
-      if (it->second.axis == key_axis && it->second.source.shape() == t.shape() &&
+      if (it->second.home == home && it->second.axis == key_axis && it->second.source.shape() == t.shape() &&
           std::equal(t.data<float>(), t.data<float>() + t.numel(), it->second.source.data<float>()))
         found = &it->second;
     if (found == nullptr) {
       const QuantizedWeight q = quantize_weight(t, per_channel, axis, DataType::kInt8, reduce_range_);
-      ir::Value* values = main_->add_initializer(main_->unique_name(w->name() + "_quantized"), q.values);
+      ir::Value* values = home->add_initializer(home->unique_name(w->name() + "_quantized"), q.values);
       Shape sshape = per_channel ? Shape{static_cast<int64_t>(q.scales.size())} : Shape{};
       // The cast form multiplies by the scales with broadcasting: [C, 1, ...] for a channel axis.
       if (cast_form_ && per_channel)
         for (size_t d = static_cast<size_t>(axis) + 1; d < t.rank(); ++d) sshape.push_back(1);
-      ir::Value* scale = main_->add_initializer(main_->unique_name(w->name() + "_scale"), Tensor::from_vector<float>(sshape, q.scales));
-      found = &stored_.emplace(h, Stored{values, scale, key_axis, t})->second;
+      ir::Value* scale = home->add_initializer(home->unique_name(w->name() + "_scale"), Tensor::from_vector<float>(sshape, q.scales));
+      found = &stored_.emplace(h, Stored{values, scale, key_axis, t, home})->second;
       ++count_;
     }
     for (ir::Node* n : r.chain) remember(dead_nodes_, n);
@@ -174,6 +178,7 @@ class BodyWeights {
     ir::Value* scale;
     int64_t axis;
     Tensor source;  ///< the float values (to tell equal contents from a hash collision)
+    ir::Graph* home;  ///< the graph holding the int8 copy
   };
   bool reduce_range_;
   const std::set<std::string>& main_ops_;

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include <fmt/format.h>
@@ -75,17 +76,34 @@ void write_vad_samples(const std::string& model_path, const std::string& dir, in
   }
 }
 
+// A tensor of N(0, scale²) values.
+Tensor normal_tensor(std::mt19937& rng, Shape shape, float scale, float shift = 0.0f) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
+  for (float& x : v) x = shift + scale * d(rng);
+  return Tensor::from_vector<float>(shape, v);
+}
+
+// `count` calibration samples of `shape` written as DIR/NNN.npy (one-input models); sample i is
+// shifted by shift(i).
+std::vector<Tensor> write_normal_samples(const std::string& dir, const Shape& shape, int count, uint32_t seed,
+                                         const std::function<float(int)>& shift) {
+  std::mt19937 rng(seed);
+  std::filesystem::create_directories(dir);
+  std::vector<Tensor> samples;
+  for (int i = 0; i < count; ++i) {
+    samples.push_back(normal_tensor(rng, shape, 1.0f, shift(i)));
+    write_npy(fmt::format("{}/{:03d}.npy", dir, i), samples.back());
+  }
+  return samples;
+}
+
 // x [1,4,8,8] -> Conv 3x3 (4->8) -> Relu -> a; cond = ReduceMean(x) > 0;
 // If(cond) { then: Conv 3x3 (8->8, main-graph weights) -> Relu -> Conv 1x1 (8->4) -> t_out;
 //            else: Conv 1x1 (8->4, weights of the else body) -> e_out } -> y.
 ir::Model conv_if_model() {
   std::mt19937 rng(11);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  auto rnd = [&](Shape shape, float scale) {
-    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-    for (float& x : v) x = scale * d(rng);
-    return Tensor::from_vector<float>(shape, v);
-  };
+  auto rnd = [&](Shape shape, float scale) { return normal_tensor(rng, std::move(shape), scale); };
   ir::Model m;
   m.set_opset("", 13);
   ir::Graph& g = *m.graph;
@@ -152,16 +170,8 @@ TEST(CliQuantizeSubgraphs, ConvsInsideIfBodiesAreCalibratedAndQuantized) {
   const std::string fp32 = dir.file("if_convs.onnx"), out = dir.file("if_convs.int8.onnx");
   onnx_io::save_model(conv_if_model(), fp32);
   // 40 samples, half with a positive mean (then branch) and half negative (else branch).
-  std::mt19937 rng(5);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::filesystem::create_directories(dir.file("calib"));
-  std::vector<Tensor> samples;
-  for (int i = 0; i < 40; ++i) {
-    std::vector<float> v(256);
-    for (float& e : v) e = d(rng) + (i % 2 ? 0.4f : -0.4f);
-    samples.push_back(Tensor::from_vector<float>({1, 4, 8, 8}, v));
-    write_npy(fmt::format("{}/{:03d}.npy", dir.file("calib"), i), samples.back());
-  }
+  const std::vector<Tensor> samples =
+      write_normal_samples(dir.file("calib"), {1, 4, 8, 8}, 40, 5, [](int i) { return i % 2 ? 0.4f : -0.4f; });
   const auto r = testing::run_command(
       fmt::format("{} quantize {} --bits 8 --calib {} --json -o {}", testing::qtool_bin(), fp32, dir.file("calib"), out));
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -211,12 +221,7 @@ TEST(CliQuantizeSubgraphs, ConvsInsideIfBodiesAreCalibratedAndQuantized) {
 // read from the main graph inside the body.
 ir::Model loop_matmul_model() {
   std::mt19937 rng(3);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  auto rnd = [&](Shape shape, float scale) {
-    std::vector<float> v(static_cast<size_t>(shape_numel(shape)));
-    for (float& x : v) x = scale * d(rng);
-    return Tensor::from_vector<float>(shape, v);
-  };
+  auto rnd = [&](Shape shape, float scale) { return normal_tensor(rng, std::move(shape), scale); };
   ir::Model m;
   m.set_opset("", 17);
   ir::Graph& g = *m.graph;
@@ -269,16 +274,7 @@ TEST(CliQuantizeSubgraphs, MatMulInsideALoopBodyLoadsAndRunsInOrt) {
   testing::TempDir dir;
   const std::string fp32 = dir.file("loop.onnx");
   onnx_io::save_model(loop_matmul_model(), fp32);
-  std::mt19937 rng(9);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::filesystem::create_directories(dir.file("calib"));
-  std::vector<Tensor> samples;
-  for (int i = 0; i < 40; ++i) {
-    std::vector<float> v(16);
-    for (float& e : v) e = d(rng);
-    samples.push_back(Tensor::from_vector<float>({1, 16}, v));
-    write_npy(fmt::format("{}/{:03d}.npy", dir.file("calib"), i), samples.back());
-  }
+  const std::vector<Tensor> samples = write_normal_samples(dir.file("calib"), {1, 16}, 40, 9, [](int) { return 0.0f; });
   for (const char* extra : {"", " --no-guard"}) {
     SCOPED_TRACE(extra);
     const std::string out = dir.file(std::string("loop") + (*extra ? ".ng" : "") + ".int8.onnx");

@@ -173,16 +173,18 @@ quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const s
   struct Try {
     bool ok = false;
     double drop = 0, sqnr = std::numeric_limits<double>::infinity();
+    double min_sqnr = std::nan("");  ///< the target told, when there is one
     std::optional<Written> written;
     std::string describe(int64_t bytes) const {
       std::string s = fmt::format("{} B:", bytes);
       if (!std::isnan(drop)) s += fmt::format(" drop {:.2f}", drop);
-      if (!std::isinf(sqnr)) s += fmt::format(" SQNR {:.1f} dB", sqnr);
+      if (!std::isnan(min_sqnr)) s += std::isinf(sqnr) && sqnr > 0 ? " exact" : fmt::format(" SQNR {:.1f} dB", sqnr);
       return s;
     }
   };
   auto attempt = [&](const quant::BudgetPoint& p) {
     Try t;
+    if (in.job.min_sqnr) t.min_sqnr = *in.job.min_sqnr;
     t.written.emplace(write(p));
     double agree = 2.0;
     for (const auto& o : report::to_output_quality(
@@ -215,8 +217,11 @@ quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const s
   if (in.job.max_drop) target = fmt::format("--max-drop {:.2f}", *in.job.max_drop);
   if (in.job.min_sqnr) target += fmt::format("{}--min-sqnr {:.1f}", target.empty() ? "" : " ", *in.job.min_sqnr);
   res.actions.push_back(fmt::format(
-      "{} with a budget: the smallest plan on the curve that keeps it on the held-out samples (untuned): {} ({})",
-      target, best.ok ? fmt::format("{} B of weights", pts[hi].bytes) : "none, the budget's plan is kept", story));
+      "{} {}: the smallest plan on the curve that keeps it on the held-out samples (untuned): {} ({})", target,
+      in.job.budget.active() ? "with a budget" : "without a size budget",
+      best.ok ? fmt::format("{} B of weights", pts[hi].bytes)
+              : in.job.budget.active() ? "none, the budget's plan is kept" : "none, the least-noise quantized plan is kept",
+      story));
   if (!best.ok) return largest;
   res.plan = std::move(best.written->plan);
   if (in.cfg.tune.steps == 0) {  // else the final plan is quantized again, tuned
@@ -240,7 +245,8 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
               "--target-size / --target-bpw choose the plan; --plan gives one: use one of them");
   BudgetSearchResult res;
   report::BudgetSummary& sum = res.summary;
-  sum.target = job.budget.describe();
+  // --min-sqnr without a size budget: the smallest plan of the whole curve that keeps it.
+  sum.target = job.budget.active() ? job.budget.describe() : fmt::format("--min-sqnr {:.1f} (no size budget)", *job.min_sqnr);
 
   // 1. Every layer quantized at every form of the menu, from the float model each time.
   std::vector<quant::BudgetLayer> layers;
@@ -338,7 +344,12 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
     return w;
   };
   quant::BudgetPoint chosen;
-  if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
+  if (!job.budget.active()) {
+    // The least-noise plan that still quantizes something (the curve ends with every layer float):
+    // the quality target picks the smallest plan below it, or the gate refuses it.
+    chosen = curve.size() >= 2 ? curve[curve.size() - 2] : curve.back();
+    res.plan = plan_of(chosen);
+  } else if (job.budget.kind == SizeBudget::Kind::kBitsPerWeight) {
     sum.target_bits_per_weight = job.budget.value;
     sum.weight_budget_bytes = bits_per_weight_budget(job.budget, params);
     chosen = quant::solve_budget(layers, sum.weight_budget_bytes);

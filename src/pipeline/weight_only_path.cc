@@ -236,10 +236,13 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   // candidate is kept as the quantized model.
   std::optional<quant::WeightOnlyReport> chosen;
   std::optional<report::BudgetSummary> budget;
-  if (job.budget.active()) {  // --target-size / --target-bpw: the plan comes from the budget search
+  // --target-size / --target-bpw, or a --min-sqnr quality target alone: the plan comes from the
+  // budget search (the smallest plan that keeps the target).
+  const bool searched = job.budget.active() || job.min_sqnr.has_value();
+  if (searched) {
     QTOOL_CHECK(fp32.has_value() && held_out, ErrorCode::kConfig,
-                "--target-size / --target-bpw measure each layer's forms on held-out samples: give --calib (and no "
-                "--no-guard)");
+                "--target-size / --target-bpw / --min-sqnr measure each layer's forms on held-out samples: give --calib "
+                "(and no --no-guard)");
     if (cfg.palette_block < 0) cfg.palette_block = 0;
     calib.cache = quant::make_stats_cache();  // one calibration pass for every form and the final plan
     BudgetSearchResult b = search_budget({job, *fp32, cfg, held_out.get(), quantize_once});
@@ -307,7 +310,8 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
   const std::string& bits = job.bits.spelled();
   spdlog::info("weight-only {}: {} layers, weights {} -> {} bytes", bits, rep.layers.size(), rep.float_weight_bytes,
                rep.quant_weight_bytes);
-  std::string headline = job.budget.active()       ? "mixed (" + job.budget.describe() + ")"
+  std::string headline = job.budget.active() ? "mixed (" + job.budget.describe() + ")"
+                         : job.min_sqnr       ? fmt::format("mixed (--min-sqnr {:.1f})", *job.min_sqnr)
                          : job.bits.is_sign_scheme() ? bits
                                                      : "W" + bits;
   const bool blocked_type = job.bits.type() && job.bits.type()->qdq_blocks[1] >= 0;  // not int8/fp8
@@ -315,7 +319,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     headline += cfg.palette_group > 0   ? fmt::format(" (group {})", cfg.palette_group)
                 : cfg.palette_block > 0 ? fmt::format(" (scaled, block {})", cfg.palette_block)
                                         : std::string(" (per tensor)");
-  else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type && !job.budget.active())
+  else if (cfg.block_size > 0 && !job.bits.is_sign_scheme() && blocked_type && !searched)
     headline += fmt::format(" (block {})", cfg.block_size);
   if (cfg.sparsity.active()) headline += fmt::format(" sparse {}", cfg.sparsity.spelled());
   headline += job.matmulnbits_accuracy_level > 0 ? " A8 dynamic" : " A32";
@@ -422,7 +426,7 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     // A budget run's plan names every weight; its default bits only has to pick the weight-only path
     // when the plan is read back without --bits.
     if (!job.plan_out.empty())
-      write_file_atomic(job.plan_out, quant::plan_to_json(rep, job.budget.active() ? "4" : bits).dump(2) + "\n");
+      write_file_atomic(job.plan_out, quant::plan_to_json(rep, searched ? "4" : bits).dump(2) + "\n");
     timings.push_back({"save", seconds_since(t)});
     report::measure_output_file(out.report);
   }
@@ -434,8 +438,8 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     if (sqnr < *job.min_sqnr)
       out.gate_failure.emplace(ErrorCode::kQualityGate,
                                fmt::format("quality gate failed: output SQNR {:.1f} dB on the held-out samples (limit "
-                                           "--min-sqnr {:.1f}): no plan within the budget keeps it",
-                                           sqnr, *job.min_sqnr));
+                                           "--min-sqnr {:.1f}): no plan {}keeps it",
+                                           sqnr, *job.min_sqnr, job.budget.active() ? "within the budget " : ""));
   }
   if (job.max_drop && !out.gate_failure) {  // the same gate as the static path: top-1 agreement drop on held-out samples
     double agree = 2.0;

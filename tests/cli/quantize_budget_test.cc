@@ -121,7 +121,7 @@ TEST(CliQuantizeBudget, MaxDropWithABudgetGivesTheSmallestPlanThatKeepsIt) {
   EXPECT_TRUE(told) << small.report["actions"].dump();
 }
 
-TEST(CliQuantizeBudget, MinSqnrWithABudgetGivesTheSmallestPlanThatKeepsIt) {
+TEST(CliQuantizeBudget, MinSqnrGivesTheSmallestPlanThatKeepsIt) {
   testing::TempDir d;
   const BudgetRun big = quantize(d, "--target-size 20%", "big.onnx");
   ASSERT_EQ(big.exit_code, 0) << big.err;
@@ -139,12 +139,16 @@ TEST(CliQuantizeBudget, MinSqnrWithABudgetGivesTheSmallestPlanThatKeepsIt) {
   const BudgetRun high = quantize(d, "--target-size 20% --min-sqnr 90", "high.onnx");
   EXPECT_EQ(high.exit_code, 3) << high.err;
   EXPECT_NE(high.err.find("--min-sqnr 90.0"), std::string::npos) << high.err;
-  // Without a budget the weight-only path has no search to aim: refused, naming what to add.
-  const auto bare = testing::run_command(fmt::format("{} quantize {} --bits 4 --min-sqnr 30 -o {}", testing::qtool_bin(),
-                                                     testing::source_path("calibration_samples/digits/digits_cnn.onnx"),
-                                                     d.file("bare.onnx")));
-  EXPECT_EQ(bare.exit_code, 2);
-  EXPECT_NE(bare.err.find("give --target-size or --target-bpw"), std::string::npos) << bare.err;
+  // A quality target alone: the smallest plan of the whole curve that keeps it (here the same plan:
+  // the 20% budget did not bind), and exit 3 when not even the least-noise quantized plan does.
+  const BudgetRun alone = quantize(d, "--bits 4 --min-sqnr 30", "alone.onnx");
+  ASSERT_EQ(alone.exit_code, 0) << alone.err;
+  EXPECT_EQ(alone.report["size"]["output_file_bytes"].get<int64_t>(), s);
+  EXPECT_GE(alone.report["evaluation"]["outputs"][0]["sqnr_db"].get<double>(), 30.0);
+  EXPECT_EQ(alone.report["precision"], "mixed (--min-sqnr 30.0) A32");
+  const BudgetRun unreachable = quantize(d, "--bits 4 --min-sqnr 200", "unreachable.onnx");
+  EXPECT_EQ(unreachable.exit_code, 3) << unreachable.err;
+  EXPECT_NE(unreachable.err.find("no plan keeps it"), std::string::npos) << unreachable.err;
 }
 
 TEST(CliQuantizeBudget, KeepInt8SpeedMixesInt4AndInt8WeightsWithEightBitActivations) {

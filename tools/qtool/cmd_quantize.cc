@@ -170,15 +170,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
 }
 
 /// Refuses options that do not apply to the path --bits chose (kConfig, naming the option).
-void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) {
-  check_path_options(cmd, path_of(a), a.bits);
-  QTOOL_CHECK(path_of(a) != QuantizePath::kWeightOnly || !cmd.count("--min-sqnr") || !a.target_size.empty() ||
-                  a.target_bpw > 0,
-              ErrorCode::kConfig,
-              "--min-sqnr on the weight-only path (--bits {}) is a size budget's quality target: give --target-size "
-              "or --target-bpw with it (on the static and dynamic paths it is the quality floor)",
-              a.bits);
-}
+void check_options_apply(const CLI::App& cmd, const QuantizeArgs& a) { check_path_options(cmd, path_of(a), a.bits); }
 
 /// The typed job for one run: every string option parsed and checked here, once.
 pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
@@ -429,9 +421,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--min-sqnr", a.min_sqnr,
                  "static and dynamic paths: quality floor, output SQNR in dB for outputs that are not classifiers "
                  "(default 20); below it precision is raised (static: observed ranges, 16 bits, float; dynamic: nodes "
-                 "kept in float), then exit 3 with no model. Weight-only with --target-size / --target-bpw: the "
-                 "budget's quality target (the smallest plan within the budget whose output SQNR on held-out samples "
-                 "reaches it; exit 3 when none does)")
+                 "kept in float), then exit 3 with no model. Weight-only: a quality target, the smallest plan of the "
+                 "budget search's forms (int8, 4-bit, 2-bit, palettes, float; within --target-size / --target-bpw "
+                 "when given) whose output SQNR on held-out samples reaches it; exit 3 when none does")
       ->check(CLI::Range(-1000.0, 1000.0));
   cmd.add_option("--min-iou", a.min_iou,
                  "static and dynamic paths: quality floor for a one-channel probability map (text, saliency, binary "

@@ -65,8 +65,9 @@ struct QuantizeJob {
   bool guard = true;                    ///< held-out quality check / evaluation
   bool per_layer_eval = false;          ///< also per-layer output SQNR (for --json / --report)
   std::optional<double> max_drop;       ///< gate: top-1 agreement drop in points
-  /// --min-sqnr given on the weight-only path with a size budget: the smallest plan within the budget
-  /// whose lowest output SQNR on held-out samples reaches it (else the budget's plan, and exit 3).
+  /// --min-sqnr given on the weight-only path: the smallest plan of the budget search's forms (within
+  /// the size budget when there is one) whose lowest output SQNR on held-out samples reaches it (else
+  /// the budget's plan, or the least-noise one, and exit 3).
   std::optional<double> min_sqnr;
   /// The static path's quality floor (guard.h): below it precision is raised (16-bit activations);
   /// when even that cannot reach it the run exits 3 and writes no model unless `force`.

@@ -526,8 +526,9 @@ bool try_float_bodies(const GuardContext& c, quant::StaticEmission& emitted, Gua
   g.timings.push_back({"quantize: guard: bodies in float", detail::seconds_since(t)});
   const bool better =
       meets_floor(outs, c.target, nullptr) || worst_output_sqnr(outs) > worst_output_sqnr(g.comparison) + kFloatGain;
-  g.actions.push_back(fmt::format("guard: with the activations inside If/Loop/Scan bodies in float: {}{}",
-                                  describe_outputs(outs), better ? " (kept)" : " (no better: kept quantized)"));
+  g.actions.push_back(fmt::format("guard: with the activations inside If/Loop/Scan bodies quantized: {}; in float: {}{}",
+                                  describe_outputs(g.comparison), describe_outputs(outs),
+                                  better ? " (kept)" : " (no better: kept quantized)"));
   if (!better) return false;
   if (!corrected.empty()) g.actions.push_back(corrected);
   emitted = std::move(again);

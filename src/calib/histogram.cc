@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "qtool/core/error.h"
 #include "qtool/core/simd_clones.h"
 
@@ -85,37 +89,65 @@ void Histogram::add(const float* x, size_t n) {
 }
 
 namespace {
-/// ++c[floor(v · scale) - off] for every v (exact in double; scale a power of two). Built for AVX2
-/// too (core/simd_clones.h): the portable baseline has no rounding instruction and calls floor().
-/// Four interleaved counters when the tensor is large against the histogram (`bins`): a run of one
-/// value (a Relu's zeros) would otherwise chain every increment on the one before it. The counts are
-/// integers, so the sum of the four is exact.
-QTOOL_SIMD_CLONES void count_bins(const float* x, size_t n, double scale, double off, uint64_t* c, size_t bins) {
-  auto bin = [&](float v) { return static_cast<int64_t>(std::floor(static_cast<double>(v) * scale) - off); };
+/// k[i] = floor(x[i] · scale) - off for a run of values, exactly as the scalar expression (double
+/// products by a power of two, floor, difference; an integer in the histogram's range): four
+/// doubles at a time on CPUs with AVX2.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(QTOOL_NO_SIMD_CLONES)
+#define QTOOL_HIST_AVX2 1
+__attribute__((target("avx2"))) void bin_run_avx2(const float* x, size_t n, double scale, double off, int32_t* k) {
+  const __m256d s = _mm256_set1_pd(scale), o = _mm256_set1_pd(off);
   size_t i = 0;
-  if (n >= 16 * bins && n < (size_t{1} << 32)) {
-    thread_local std::vector<uint32_t> sub;
+  for (; i + 4 <= n; i += 4) {
+    const __m256d v = _mm256_sub_pd(_mm256_floor_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)), s)), o);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(k + i), _mm256_cvttpd_epi32(v));
+  }
+  for (; i < n; ++i) k[i] = static_cast<int32_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
+}
+#endif
+
+void bin_run(const float* x, size_t n, double scale, double off, int32_t* k) {
+#ifdef QTOOL_HIST_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) {
+    bin_run_avx2(x, n, scale, off, k);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; ++i) k[i] = static_cast<int32_t>(std::floor(static_cast<double>(x[i]) * scale) - off);
+}
+
+/// ++c[floor(v · scale) - off] for every v (exact in double; scale a power of two), the bin
+/// indices computed a run at a time (bin_run), counted on four interleaved counters when the tensor
+/// is large against the histogram (`bins`): a run of one value (a Relu's zeros) would otherwise
+/// chain every increment on the one before it. The counts are integers, so the sums are exact.
+void count_bins(const float* x, size_t n, double scale, double off, uint64_t* c, size_t bins) {
+  constexpr size_t kRun = 512;
+  int32_t k[kRun];
+  const bool interleave = n >= 16 * bins && n < (size_t{1} << 32);
+  thread_local std::vector<uint32_t> sub;
+  uint32_t *c1 = nullptr, *c2 = nullptr, *c3 = nullptr;
+  if (interleave) {
     sub.assign(3 * bins, 0);
-    uint32_t* c1 = sub.data();
-    uint32_t* c2 = c1 + bins;
-    uint32_t* c3 = c2 + bins;
-    for (; i + 4 <= n; i += 4) {
-      const int64_t k0 = bin(x[i]), k1 = bin(x[i + 1]), k2 = bin(x[i + 2]), k3 = bin(x[i + 3]);
-      ++c[k0];
-      ++c1[k1];
-      ++c2[k2];
-      ++c3[k3];
+    c1 = sub.data();
+    c2 = c1 + bins;
+    c3 = c2 + bins;
+  }
+  for (size_t start = 0; start < n; start += kRun) {
+    const size_t m = std::min(kRun, n - start);
+    bin_run(x + start, m, scale, off, k);
+    size_t i = 0;
+    if (interleave) {
+      for (; i + 4 <= m; i += 4) {
+        ++c[k[i]];
+        ++c1[k[i + 1]];
+        ++c2[k[i + 2]];
+        ++c3[k[i + 3]];
+      }
     }
+    for (; i < m; ++i) ++c[k[i]];
+  }
+  if (interleave)
     for (size_t b = 0; b < bins; ++b) c[b] += uint64_t{c1[b]} + c2[b] + c3[b];
-  }
-  for (; i + 4 <= n; i += 4) {  // unrolled by 4 so the conversions overlap
-    const int64_t k0 = bin(x[i]), k1 = bin(x[i + 1]), k2 = bin(x[i + 2]), k3 = bin(x[i + 3]);
-    ++c[k0];
-    ++c[k1];
-    ++c[k2];
-    ++c[k3];
-  }
-  for (; i < n; ++i) ++c[bin(x[i])];
 }
 }  // namespace
 

@@ -181,10 +181,11 @@ TEST(StaticQuant, OptionChecks) {
 namespace qtool::quant {
 namespace {
 
-/// If(c) { then: MatMul(x, Unsqueeze(Wp)) with Wp a main-graph initializer; else: MatMul(x,
-/// Unsqueeze(We)) with We an else-body initializer holding the same values } -> y: the two
-/// [1, 8, 16] weights are equal, as an LSTM export's folded gates are in both branches of an If.
-ir::Model if_with_weights(std::vector<float> w) {
+/// If(c) { then: OP(x, Reshape(Wp)) with Wp a main-graph initializer; else: OP(x, Reshape(We)) with We
+/// an else-body initializer holding the same values } -> y: the two weights are equal, as an LSTM
+/// export's folded gates are in both branches of an If. OP "MatMul" reads them through Unsqueeze
+/// ([1, 8, 16]), "Gemm" through Identity ([8, 16]).
+ir::Model if_with_weights(std::vector<float> w, const std::string& op) {
   ir::Model m;
   m.set_opset("", 17);
   ir::Graph& g = *m.graph;
@@ -192,15 +193,17 @@ ir::Model if_with_weights(std::vector<float> w) {
   ir::Value* x = g.add_input("x");
   ir::Value* wp = g.add_initializer("w_parent", Tensor::from_vector<float>({8, 16}, w));
   ir::Node* n = g.add_node("If", {c}, {"y"}, "if");
+  // The weight as the branch reads it: Unsqueeze to [1, 8, 16] for MatMul, Identity for Gemm.
+  auto reshaped = [&](ir::Graph& b, ir::Value* w0, const std::string& prefix) {
+    if (op == "Gemm") return b.add_node("Identity", {w0}, {prefix + "_w"}, prefix + "_identity")->output(0);
+    ir::Value* axes = b.add_initializer(prefix + "_axes", Tensor::from_vector<int64_t>({1}, {0}));
+    return b.add_node("Unsqueeze", {w0, axes}, {prefix + "_w"}, prefix + "_unsqueeze")->output(0);
+  };
   auto then_g = std::make_unique<ir::Graph>("then", &g);
-  ir::Value* taxes = then_g->add_initializer("then_axes", Tensor::from_vector<int64_t>({1}, {0}));
-  ir::Value* tu = then_g->add_node("Unsqueeze", {wp, taxes}, {"then_w"}, "then_unsqueeze")->output(0);
-  then_g->add_output(then_g->add_node("MatMul", {x, tu}, {"t"}, "mm_then")->output(0));
+  then_g->add_output(then_g->add_node(op, {x, reshaped(*then_g, wp, "then")}, {"t"}, "op_then")->output(0));
   auto else_g = std::make_unique<ir::Graph>("else", &g);
   ir::Value* we = else_g->add_initializer("w_else", Tensor::from_vector<float>({8, 16}, w));
-  ir::Value* eaxes = else_g->add_initializer("else_axes", Tensor::from_vector<int64_t>({1}, {0}));
-  ir::Value* eu = else_g->add_node("Unsqueeze", {we, eaxes}, {"else_w"}, "else_unsqueeze")->output(0);
-  else_g->add_output(else_g->add_node("MatMul", {x, eu}, {"e"}, "mm_else")->output(0));
+  else_g->add_output(else_g->add_node(op, {x, reshaped(*else_g, we, "else")}, {"e"}, "op_else")->output(0));
   for (auto [name, body] : {std::pair{"then_branch", &then_g}, std::pair{"else_branch", &else_g}}) {
     ir::Attribute a;
     a.name = name;
@@ -212,47 +215,59 @@ ir::Model if_with_weights(std::vector<float> w) {
   return m;
 }
 
-TEST(BodyWeights, StoredOnceAsInt8InTheMainGraphAndRunClose) {
+TEST(BodyWeights, StoredOnceAsInt8InTheMainGraphOrInTheMatMulsBodyAndRunClose) {
   std::mt19937 rng(3);
   std::normal_distribution<float> d(0.0f, 1.0f);
   std::vector<float> w(128);
   for (float& v : w) v = d(rng);
-  const ir::Model original = if_with_weights(w);
-  ir::Model m = original.clone();
-  // Both branches hold the same 128 values: one int8 copy (per tensor: a 3-D MatMul weight).
-  EXPECT_EQ(quantize_body_weights(m, false), 1u);
-  size_t int8 = 0, float_weights = 0;
-  for (const ir::Value* v : m.graph->initializers()) {
-    int8 += v->initializer()->dtype() == DataType::kInt8;
-    float_weights += v->initializer()->dtype() == DataType::kFloat && v->initializer()->numel() >= 64;
-  }
-  EXPECT_EQ(int8, 1u);
-  EXPECT_EQ(float_weights, 0u);  // the parent's float weight, unread now, is gone
-  for (const auto& n : m.graph->nodes())
-    for (const ir::Graph* body : n->subgraphs()) {
-      size_t dq = 0;
-      for (const auto& b : body->nodes()) {
-        dq += b->op_type() == "DequantizeLinear";
-        EXPECT_NE(b->op_type(), "Unsqueeze") << body->name();  // folded into the stored tensor
-      }
-      EXPECT_EQ(dq, 1u) << body->name();
-      for (const ir::Value* v : body->initializers()) EXPECT_NE(v->initializer()->dtype(), DataType::kFloat) << v->name();
-    }
-  // Both branches compute x·W with int8 weights: within 1% of the float result.
   std::vector<float> xv(8);
   for (float& v : xv) v = d(rng);
   const Tensor x = Tensor::from_vector<float>({1, 8}, xv);
-  runtime::Executor ref(original), q(m);
-  for (bool branch : {true, false}) {
-    const std::map<std::string, Tensor> in = {{"c", Tensor::scalar<bool>(branch)}, {"x", x}};
-    const Tensor a = ref.run(in)[0], b = q.run(in)[0];
-    ASSERT_EQ(b.numel(), 16) << branch;  // [1, 8] x [1, 8, 16] -> [1, 1, 16]
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < 16; ++i) {
-      num += std::pow(a.data<float>()[i] - b.data<float>()[i], 2);
-      den += std::pow(a.data<float>()[i], 2);
+  // Gemm: both branches hold the same 128 values, one int8 copy in the main graph. MatMul: one copy
+  // in each branch (ONNX Runtime rewrites DQ -> MatMul at load and looks the weight up in the
+  // MatMul's own graph).
+  for (const std::string op : {"Gemm", "MatMul"}) {
+    SCOPED_TRACE(op);
+    const bool matmul = op == "MatMul";
+    const ir::Model original = if_with_weights(w, op);
+    ir::Model m = original.clone();
+    EXPECT_EQ(quantize_body_weights(m, false), matmul ? 2u : 1u);
+    auto count = [](const ir::Graph& g, size_t* int8, size_t* float_weights) {
+      for (const ir::Value* v : g.initializers()) {
+        *int8 += v->initializer()->dtype() == DataType::kInt8;
+        *float_weights += v->initializer()->dtype() == DataType::kFloat && v->initializer()->numel() >= 64;
+      }
+    };
+    size_t int8 = 0, float_weights = 0;
+    count(*m.graph, &int8, &float_weights);
+    EXPECT_EQ(int8, matmul ? 0u : 1u);
+    EXPECT_EQ(float_weights, 0u);  // the parent's float weight, unread now, is gone
+    for (const auto& n : m.graph->nodes())
+      for (const ir::Graph* body : n->subgraphs()) {
+        size_t dq = 0;
+        for (const auto& b : body->nodes()) {
+          dq += b->op_type() == "DequantizeLinear";
+          EXPECT_NE(b->op_type(), "Unsqueeze") << body->name();  // folded into the stored tensor
+        }
+        EXPECT_EQ(dq, 1u) << body->name();
+        size_t body_int8 = 0, body_float = 0;
+        count(*body, &body_int8, &body_float);
+        EXPECT_EQ(body_int8, matmul ? 1u : 0u) << body->name();
+        EXPECT_EQ(body_float, 0u) << body->name();
+      }
+    // Both branches compute x·W with int8 weights: within 1% of the float result.
+    runtime::Executor ref(original), q(m);
+    for (bool branch : {true, false}) {
+      const std::map<std::string, Tensor> in = {{"c", Tensor::scalar<bool>(branch)}, {"x", x}};
+      const Tensor a = ref.run(in)[0], b = q.run(in)[0];
+      ASSERT_EQ(b.numel(), 16) << branch;  // [1, 8] x [(1,) 8, 16] -> [(1,) 1, 16]
+      double num = 0, den = 0;
+      for (int64_t i = 0; i < 16; ++i) {
+        num += std::pow(a.data<float>()[i] - b.data<float>()[i], 2);
+        den += std::pow(a.data<float>()[i], 2);
+      }
+      EXPECT_LT(std::sqrt(num / den), 0.01) << branch;
     }
-    EXPECT_LT(std::sqrt(num / den), 0.01) << branch;
   }
   // The main graph only: nothing to do.
   ir::Model plain = prepared_digits();

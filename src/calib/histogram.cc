@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -107,7 +108,8 @@ __attribute__((target("avx2"))) void bin_run_avx2(const float* x, size_t n, doub
 
 void bin_run(const float* x, size_t n, double scale, double off, int32_t* k) {
 #ifdef QTOOL_HIST_AVX2
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  // QTOOL_NO_AVX2_KERNELS=1 runs the portable loop, as for the executor's kernels (same bins).
+  static const bool avx2 = __builtin_cpu_supports("avx2") && std::getenv("QTOOL_NO_AVX2_KERNELS") == nullptr;
   if (avx2) {
     bin_run_avx2(x, n, scale, off, k);
     return;

@@ -145,10 +145,6 @@ bool pinned_by_user(const quant::WeightOnlyConfig& cfg, const quant::WeightOnlyL
   return false;
 }
 
-/// --max-drop with a budget: the smallest plan of the curve (up to the one the budget allows) whose
-/// model, written and run on the held-out samples, keeps top-1 agreement within --max-drop points
-/// (binary search: predicted quality grows along the curve). Judged untuned. Returns `largest` when
-/// no smaller plan holds (the gate then judges it); `res` gets the winner's plan (and model).
 /// A plan written (untuned) by the search: its plan map, model and report.
 struct Written {
   quant::LayerPlanMap plan;
@@ -156,9 +152,11 @@ struct Written {
   quant::WeightOnlyReport report;
 };
 
-/// --max-drop and/or --min-sqnr with a budget: the smallest plan on the curve up to the budget's
-/// (`largest`) whose top-1 agreement drop and lowest output SQNR on the held-out samples keep them
-/// (bisection: quality grows along the curve), else `largest`.
+/// --max-drop and/or --min-sqnr: the smallest plan on the curve up to `largest` (the budget's plan,
+/// or without a budget the least-noise one that quantizes anything) whose model, written and run
+/// untuned on the held-out samples, keeps the top-1 agreement drop and the lowest output SQNR
+/// (bisection: quality grows along the curve). Returns `largest` when none holds (the gate then
+/// judges it); `res` gets the winner's plan (and model).
 template <typename Write>
 quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const std::vector<quant::BudgetPoint>& curve,
                                            const quant::BudgetPoint& largest, const Write& write,
@@ -173,18 +171,17 @@ quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const s
   struct Try {
     bool ok = false;
     double drop = 0, sqnr = std::numeric_limits<double>::infinity();
-    double min_sqnr = std::nan("");  ///< the target told, when there is one
     std::optional<Written> written;
-    std::string describe(int64_t bytes) const {
-      std::string s = fmt::format("{} B:", bytes);
-      if (!std::isnan(drop)) s += fmt::format(" drop {:.2f}", drop);
-      if (!std::isnan(min_sqnr)) s += std::isinf(sqnr) && sqnr > 0 ? " exact" : fmt::format(" SQNR {:.1f} dB", sqnr);
-      return s;
-    }
+  };
+  // One try as the action tells it: the measures that are targets.
+  auto describe = [&](const Try& t, int64_t bytes) {
+    std::string s = fmt::format("{} B:", bytes);
+    if (in.job.max_drop) s += fmt::format(" drop {:.2f}", t.drop);
+    if (in.job.min_sqnr) s += std::isinf(t.sqnr) && t.sqnr > 0 ? " exact" : fmt::format(" SQNR {:.1f} dB", t.sqnr);
+    return s;
   };
   auto attempt = [&](const quant::BudgetPoint& p) {
     Try t;
-    if (in.job.min_sqnr) t.min_sqnr = *in.job.min_sqnr;
     t.written.emplace(write(p));
     double agree = 2.0;
     for (const auto& o : report::to_output_quality(
@@ -194,17 +191,16 @@ quant::BudgetPoint smallest_meeting_target(const BudgetSearchInputs& in, const s
     }
     t.drop = agree <= 1.0 ? 100.0 * (1.0 - agree) : 0.0;
     t.ok = (!in.job.max_drop || t.drop <= *in.job.max_drop) && (!in.job.min_sqnr || t.sqnr >= *in.job.min_sqnr);
-    if (!in.job.max_drop) t.drop = std::nan("");  // not a target: not told
     return t;
   };
   size_t lo = 0, hi = pts.size() - 1;
   Try best = attempt(pts[hi]);
-  std::string story = best.describe(pts[hi].bytes);
+  std::string story = describe(best, pts[hi].bytes);
   if (best.ok) {
     while (lo < hi) {
       const size_t mid = lo + (hi - lo) / 2;
       Try t = attempt(pts[mid]);
-      story += "; " + t.describe(pts[mid].bytes);
+      story += "; " + describe(t, pts[mid].bytes);
       if (t.ok) {
         hi = mid;
         best = std::move(t);

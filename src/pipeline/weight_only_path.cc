@@ -430,9 +430,10 @@ QuantizeOutcome run_weight_only(const QuantizeJob& job, ir::Model& model, std::v
     timings.push_back({"save", seconds_since(t)});
     report::measure_output_file(out.report);
   }
-  if (job.min_sqnr && !out.gate_failure) {  // the budget's quality target (budget_search.cc): checked as a gate too
-    double sqnr = std::numeric_limits<double>::infinity();
-    for (const auto& o : out.report.outputs) sqnr = std::min(sqnr, std::isnan(o.sqnr_db) ? -sqnr : o.sqnr_db);
+  if (job.min_sqnr && !out.gate_failure) {  // the search's quality target (budget_search.cc): checked as a gate too
+    double sqnr = std::numeric_limits<double>::infinity();  // the lowest output's; NaN counts as -inf
+    for (const auto& o : out.report.outputs)
+      sqnr = std::min(sqnr, std::isnan(o.sqnr_db) ? -std::numeric_limits<double>::infinity() : o.sqnr_db);
     QTOOL_CHECK(fp32.has_value() && !out.report.outputs.empty(), ErrorCode::kConfig,
                 "--min-sqnr needs the evaluation on held-out calibration samples (--calib, not --no-guard)");
     if (sqnr < *job.min_sqnr)

@@ -161,9 +161,9 @@ StaticEmission emit_static(const CalibratedModel& calibrated, const TensorChoice
       if (u.node->op_type() == "Relu" || u.node->op_type() == "Clip") take_observed(u.node->output(0));
   }
   e.qdq = emit_qdq(e.model, r, o);
-  e.body_weights = quantize_body_weights(e.model, o.reduce_range);
+  e.body_weights = quantize_body_weights(e.model, o.reduce_range);  // sweeps unread floats when it stores any
   // Bodies that quantized the weights they read from an enclosing graph leave its float copies unread.
-  if (e.qdq.body_nodes > 0) remove_unread_float_initializers(*e.model.graph);
+  if (e.qdq.body_nodes > 0 && e.body_weights == 0) remove_unread_float_initializers(*e.model.graph);
   return e;
 }
 

@@ -149,6 +149,11 @@ TEST(CliQuantizeBudget, MinSqnrGivesTheSmallestPlanThatKeepsIt) {
   const BudgetRun unreachable = quantize(d, "--bits 4 --min-sqnr 200", "unreachable.onnx");
   EXPECT_EQ(unreachable.exit_code, 3) << unreachable.err;
   EXPECT_NE(unreachable.err.find("no plan keeps it"), std::string::npos) << unreachable.err;
+  // A ladder's 4-bit rung is 4-bit: a quality target there would turn it into a mixed plan.
+  const BudgetRun ladder = quantize(d, "--ladder 8,4 --min-sqnr 30", "ladder");
+  EXPECT_EQ(ladder.exit_code, 2) << ladder.err;
+  EXPECT_NE(ladder.err.find("without --ladder"), std::string::npos) << ladder.err;
+  EXPECT_FALSE(std::filesystem::exists(d.file("ladder")));
 }
 
 TEST(CliQuantizeBudget, KeepInt8SpeedMixesInt4AndInt8WeightsWithEightBitActivations) {

@@ -54,7 +54,7 @@ struct QuantizeArgs {
   bool no_bias_correction = false;  ///< --no-bias-correction: not even the depthwise default
   std::optional<double> max_drop;
   double min_sqnr = 20.0, min_agreement = 0.97;  ///< the static path's quality floor
-  bool min_sqnr_given = false;  ///< --min-sqnr on the command line (a weight-only budget's quality target)
+  bool min_sqnr_given = false;  ///< --min-sqnr on the command line (weight-only: the quality target)
   double min_iou = 0.9;                           ///< ... for one-channel probability maps
   double max_nll_increase = 1.0;                 ///< percent, for next-token logits
   std::string metric = "auto";                   ///< how the floor judges outputs
@@ -669,7 +669,14 @@ void add_quantize_command(CLI::App& app) {
       check_options_apply(*cmd, *a);
     } else {  // every rung's path must accept the options given
       for (const QuantizeArgs& v : ladder_variants(*a))
-        with_context(fmt::format("--ladder rung --bits {}", v.bits), [&] { check_options_apply(*cmd, v); });
+        with_context(fmt::format("--ladder rung --bits {}", v.bits), [&] {
+          check_options_apply(*cmd, v);
+          // On a weight-only rung --min-sqnr would search a mixed plan, not the rung's bits.
+          QTOOL_CHECK(!a->min_sqnr_given || path_of(v) != QuantizePath::kWeightOnly, ErrorCode::kConfig,
+                      "--min-sqnr on a weight-only rung would write a mixed plan instead of {}-bit weights: give "
+                      "--min-sqnr without --ladder",
+                      v.bits);
+        });
     }
     run_quantize(*a);
   });

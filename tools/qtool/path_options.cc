@@ -27,7 +27,7 @@ constexpr PathOption kPathOptions[] = {
     {"--cle-relu6", true, false, false},
     {"--bias-correction", true, false, false},
     {"--no-bias-correction", true, false, false},
-    {"--min-sqnr", true, true, true},  // weight-only: with --target-size / --target-bpw only
+    {"--min-sqnr", true, true, true},  // weight-only: a quality target for the budget search
     {"--min-agreement", true, false, true},
     {"--force", true, true, true},
     {"--reduce-range", true, false, false},

@@ -11,8 +11,8 @@
 //     with the bodies in float are judged on the same rows and kept when they meet the target or
 //     score 1 dB higher (again after step 4 when the rounds end below the target);
 //  2. below the floor, the sensitivity probe (pipeline/sensitivity.h): every quantized activation
-//     (body ones too) alone is fake-quantized on the float model (everything else float); its score is the lowest
-//     output SQNR. A tensor that a Reshape/Transpose/MaxPool moves unchanged from one with the same
+//     (body ones too) alone is fake-quantized on the float model (everything else float); its
+//     score is the lowest output SQNR. A tensor that a Reshape/Transpose/MaxPool moves unchanged from one with the same
 //     parameters is scored with it; each such group is screened on one held-out sample, and the
 //     48 noisiest again on probe_samples. Its noise power
 //     10^(-score/10) ranks it, and the noise of the tensors not raised is taken as additive: the

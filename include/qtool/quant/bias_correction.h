@@ -41,9 +41,10 @@ namespace qtool::quant {
 
 /// The per-layer sums of earlier correct_biases calls, keyed by a 128-bit fingerprint of each
 /// layer's probe (its quantized Q/DQ cone with the weights, scales and attributes, the FP32 output
-/// it is compared with, the inputs it reads) and of the samples used. A cache belongs to one FP32 model and one sample
-/// source: a layer whose probe did not change since (the guard raised other tensors) is not
-/// measured again and gets the same correction, and when no layer changed the FP32 pass is skipped.
+/// it is compared with, the inputs it reads) and of the samples used. A cache belongs to one FP32
+/// model and one sample source: a layer whose probe did not change since (the guard raised other
+/// tensors) is not measured again and gets the same correction, and when no layer changed the FP32
+/// pass is skipped.
 struct BiasCorrectionCache;
 std::shared_ptr<BiasCorrectionCache> make_bias_correction_cache();
 

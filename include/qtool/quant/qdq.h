@@ -160,8 +160,9 @@ struct QdqSummary {
 bool is_quantizable_op(const std::string& op_type);
 
 /// Places Q/DQ pairs in the main graph of `model` (see the header comment), and with
-/// options.subgraphs in the If/Loop/Scan bodies that hold a Conv, ConvTranspose, Gemm or MatMul. `ranges` must hold a
-/// range for every activation that is to be quantized (values without one stay float). Raises
+/// options.subgraphs in the If/Loop/Scan bodies that hold a Conv, ConvTranspose, Gemm or MatMul.
+/// `ranges` must hold a range for every activation that is to be quantized (values without one
+/// stay float). Raises
 /// the default-domain opset to 13 (21 for 16-bit activation types); the model must already be at
 /// an opset whose ops are compatible (run passes::upgrade_opset first). Throws kUnsupported for
 /// bad option combinations, naming them.

@@ -100,8 +100,8 @@ struct TensorChoices {
   std::set<std::string> wide;        ///< quantized at 16 bits with their Q/DQ groups
   std::set<std::string> observed;    ///< the observed min/max instead of the method's range
   /// Activations inside If/Loop/Scan bodies stay float (QdqOptions::subgraphs off): the guard's
-  /// last step when quantizing them costs more than it gives. Not a per-tensor choice (empty()
-  /// and size() count the sets only).
+  /// choice when quantizing them costs the target (pipeline/guard.h, step 1b). Not a per-tensor
+  /// choice (empty() and size() count the sets only).
   bool float_bodies = false;
   bool empty() const { return keep_float.empty() && wide.empty() && observed.empty(); }
   size_t size() const { return keep_float.size() + wide.size() + observed.size(); }
@@ -137,8 +137,9 @@ size_t quantize_body_weights(ir::Model& model, bool reduce_range, const std::set
 /// slices of them it reads, leaves the parent's float copies unread.
 void remove_unread_float_initializers(ir::Graph& g);
 
-/// The note for quantizable nodes inside If/Loop/Scan bodies: their weights int8, their
-/// activations float; "" when there are none.
+/// The note for quantizable nodes inside If/Loop/Scan bodies: how many were quantized with their
+/// activations, or (bodies left float) how many weights went to int8 and why; "" when there are
+/// none.
 std::string subgraph_note(const StaticEmission& emission);
 
 /// Quantizes `model` (already prepared) in place: calibrates on all of `samples` and emits with

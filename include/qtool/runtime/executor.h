@@ -27,8 +27,9 @@ class Observer {
   /// main-graph only. Default: no.
   virtual bool observes_subgraphs() const { return false; }
   /// Optionally replaces a main-graph value (or a body's, with observes_subgraphs()) before any
-  /// node reads it (and before on_value sees it): returns true with `out` set. Called for the graph's runtime inputs too. The sensitivity
-  /// probe fake-quantizes tensors this way. Default: never.
+  /// node reads it (and before on_value sees it): returns true with `out` set. Called for the
+  /// graph's runtime inputs too. The sensitivity probe fake-quantizes tensors this way. Default:
+  /// never.
   virtual bool replace(const ir::Value& value, const Tensor& tensor, Tensor& out) {
     (void)value, (void)tensor, (void)out;
     return false;

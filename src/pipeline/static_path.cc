@@ -25,6 +25,13 @@ namespace {
 quant::StaticQuantConfig static_config(const QuantizeJob& job, const ir::Model& prepared) {
   quant::StaticQuantConfig cfg = job.static_cfg;
   cfg.threads = job.threads;
+  // int8 weights rounded (the default: GPTQ costs MobileNetV2 5 s for +0.3 dB at W8A8) or by GPTQ
+  // (--weight-algorithm gptq: SqueezeNet W8A16 28.6 -> 33 dB; BENCHMARKS.md).
+  QTOOL_CHECK(!job.algorithm || *job.algorithm == quant::WeightAlgorithm::kRtn ||
+                  *job.algorithm == quant::WeightAlgorithm::kGptq,
+              ErrorCode::kConfig, "--weight-algorithm {}: static quantization rounds its weights (rtn) or runs GPTQ (gptq)",
+              quant::weight_algorithm_name(*job.algorithm));
+  cfg.gptq_int8 = job.algorithm && *job.algorithm == quant::WeightAlgorithm::kGptq;
   // Bias correction: on by default for models with depthwise convs, where it raised top-1 and
   // agreement with FP32 on the shared models (MobileNetV2 per-tensor +0.8 points; per-channel +0.2
   // to +0.4 points and agreement +1.0 to +1.4 points; BENCHMARKS.md) and hurt nowhere it was tried.
@@ -110,47 +117,74 @@ StaticRun quantize_guarded(const ir::Model& reference, const quant::StaticQuantC
   return run;
 }
 
-/// W4A8 (QdqOptions::weight_bits): the model whose 4-bit layers hold GPTQ's int4 weights (per output
-/// channel, symmetric, fitted on the calibration samples' input Hessians), for calibration and
-/// emission (quantize_weight4 finds their grid exactly); the FP32 reference stays the guard's and
-/// the evaluation's. nullopt when no layer is at 4 bits or there are no samples (RTN then).
-std::optional<ir::Model> w4_gptq_model(const ir::Model& prepared, const quant::StaticQuantConfig& cfg,
-                                       data::SampleSource* calib, int threads, std::vector<std::string>& actions,
-                                       std::vector<WeightSwap>* layers = nullptr,
-                                       std::shared_ptr<quant::CalibrationStatsCache> cache = nullptr) {
+/// The model whose weights hold GPTQ's levels (per output channel, symmetric, fitted on the
+/// calibration samples' input Hessians), for calibration and emission; the FP32 reference stays the
+/// guard's and the evaluation's:
+/// - W4A8 (QdqOptions::weight_bits): the 4-bit layers' int4 weights (quantize_weight4 finds their
+///   grid exactly);
+/// - with cfg.gptq_int8, every other Conv/Gemm/MatMul weight's int8 levels, whose channel scales go
+///   to cfg.qdq.weight_scales (the emitter reproduces the levels exactly).
+/// nullopt when there is nothing to do or no samples (RTN then). `layers` gets the 4-bit layers.
+constexpr size_t kInt8GptqSamples = 128;
+
+std::optional<ir::Model> gptq_model(const ir::Model& prepared, quant::StaticQuantConfig& cfg, data::SampleSource* calib,
+                                    int threads, std::vector<std::string>& actions,
+                                    std::vector<WeightSwap>* layers = nullptr,
+                                    std::shared_ptr<quant::CalibrationStatsCache> cache = nullptr) {
+  cfg.qdq.weight_scales.clear();
   const bool any4 = std::any_of(cfg.qdq.weight_bits.begin(), cfg.qdq.weight_bits.end(),
                                 [](const auto& r) { return r.second == 4; });
-  if (!any4 || calib == nullptr || calib->size() == 0) return std::nullopt;
+  const bool int8 = cfg.gptq_int8 && cfg.qdq.per_channel && !cfg.qdq.reduce_range && !cfg.cle;
+  if ((!any4 && !int8) || calib == nullptr || calib->size() == 0) return std::nullopt;
   quant::WeightOnlyConfig w;
   w.bits = "int4";
-  w.layer_bits.push_back({"*", "float"});  // only the layers the rules put at 4 bits
+  w.layer_bits.push_back({"*", int8 ? "int8" : "float"});  // without int8: only the layers the rules put at 4 bits
   w.bits_first_last = "";
   w.bits_depthwise = "";
   w.block_size = 0;
   w.symmetric = true;
   w.algorithm = quant::WeightAlgorithm::kGptq;
+  w.gptq_int8 = int8;
   w.quantize_embedding = false;
   w.keep_dequantized = true;
   w.threads = threads;
-  for (const auto& [pattern, bits] : cfg.qdq.weight_bits) w.layer_bits.push_back({pattern, bits == 4 ? "int4" : "float"});
+  for (const auto& [pattern, bits] : cfg.qdq.weight_bits)
+    w.layer_bits.push_back({pattern, bits == 4 ? "int4" : int8 ? "int8" : "float"});
   for (const auto& x : cfg.qdq.exclude_nodes) w.exclude.push_back(x);
+  for (const auto& n : prepared.graph->nodes())
+    if (cfg.qdq.exclude_op_types.count(n->op_type()) && !n->name().empty()) w.exclude.push_back(n->name());
   ir::Model scratch = prepared.clone();
   quant::CalibrationInputs ci;
   ci.source = calib;
   ci.cache = std::move(cache);
+  // int8 alone: the Hessians of 128 samples (a conv sees thousands of rows per sample; SqueezeNet's
+  // output SQNR is the same to 0.1 dB from 32 samples on) keep the pass short.
+  if (!any4) ci.max_samples = kInt8GptqSamples;
   const quant::WeightOnlyReport rep = quant::apply_weight_only(scratch, w, &ci);
   ir::Model m = prepared.clone();
-  size_t replaced = 0;
+  size_t replaced4 = 0, replaced8 = 0;
   for (const quant::WeightOnlyLayer& l : rep.layers) {
     ir::Value* v = m.graph->find_value(l.weight);
     if (l.format == "float" || l.dequantized.numel() == 0 || v == nullptr || !v->is_initializer()) continue;
+    if (l.format == "int8") {
+      if (l.algorithm.rfind("gptq", 0) != 0 || l.channel_scales.empty()) continue;  // rounded: the emitter's own grid
+      cfg.qdq.weight_scales[l.weight] = l.channel_scales;
+      v->set_initializer(l.dequantized);
+      ++replaced8;
+      continue;
+    }
     v->set_initializer(l.dequantized);
     if (layers) layers->push_back({{l.weight, l.dequantized}});
-    ++replaced;
+    ++replaced4;
   }
-  actions.push_back(fmt::format("W4A8: {} weights at 4 bits (int4 per output channel, GPTQ on {} calibration samples; "
-                                "stored packed, read through Cast(to=int8) by the int8 DequantizeLinear)",
-                                replaced, calib->size()));
+  if (replaced4 > 0)
+    actions.push_back(fmt::format("W4A8: {} weights at 4 bits (int4 per output channel, GPTQ on {} calibration samples; "
+                                  "stored packed, read through Cast(to=int8) by the int8 DequantizeLinear)",
+                                  replaced4, calib->size()));
+  if (replaced8 > 0)
+    actions.push_back(fmt::format("int8 weights: GPTQ on {} calibration samples for {} weights (per output channel)",
+                                  any4 ? calib->size() : std::min(calib->size(), kInt8GptqSamples), replaced8));
+  if (replaced4 == 0 && replaced8 == 0) return std::nullopt;
   return m;
 }
 
@@ -192,7 +226,7 @@ void raise_w4_weights(const ir::Model& reference, quant::StaticQuantConfig& cfg,
     quant::StaticQuantConfig c = cfg;
     for (size_t i = 0; i < k; ++i) c.qdq.weight_bits.emplace_back(at_4[order[i]].front().first, 8);
     std::vector<std::string> actions;
-    const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), threads, actions, nullptr, cache);
+    const std::optional<ir::Model> m = gptq_model(reference, c, samples.calib.get(), threads, actions, nullptr, cache);
     StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
     const bool ok = meets_floor(r.guard->comparison, floor, &why);
     run.actions.push_back(fmt::format("{} of {} weights at 8 bits: {}{}", k, order.size(),
@@ -228,7 +262,7 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
   quant::StaticQuantConfig all4 = cfg;
   all4.qdq.weight_bits = {{"*", 4}};
   std::vector<std::string> ignored;
-  w4_gptq_model(reference, all4, samples.calib.get(), job.threads, ignored, &w4_layers, cache);
+  gptq_model(reference, all4, samples.calib.get(), job.threads, ignored, &w4_layers, cache);
   const size_t n = std::min<size_t>(samples.held_out->size(), kBudgetSamples);
   const std::vector<Quality> q = score_weight_swaps(reference, w4_layers, *samples.held_out, n, job.threads);
   std::vector<quant::BudgetLayer> layers;
@@ -261,7 +295,7 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
     c = cfg;
     c.qdq.weight_bits = rules_of(p);
     std::vector<std::string> actions;
-    const std::optional<ir::Model> m = w4_gptq_model(reference, c, samples.calib.get(), job.threads, actions, nullptr, cache);
+    const std::optional<ir::Model> m = gptq_model(reference, c, samples.calib.get(), job.threads, actions, nullptr, cache);
     StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
     r.actions.insert(r.actions.begin(), actions.begin(), actions.end());
     return r;
@@ -425,11 +459,14 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
     first.emplace(w4a8_budget(job, reference, cfg, samples, floor, w4_cache, w4_layers, budget));
     w4_run = budget->layers_by_format.count("int4") > 0;
   } else {
-    const std::optional<ir::Model> w4_model =
-        w4_gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions, &w4_layers, w4_cache);
-    first.emplace(quantize_guarded(reference, cfg, samples, floor, planned, !plan, w4_model ? &*w4_model : nullptr));
+    const auto t_gptq = clock_type::now();
+    const std::optional<ir::Model> gptq =
+        gptq_model(reference, cfg, samples.calib.get(), job.threads, w4_actions, &w4_layers, w4_cache);
+    const double gptq_seconds = seconds_since(t_gptq);
+    first.emplace(quantize_guarded(reference, cfg, samples, floor, planned, !plan, gptq ? &*gptq : nullptr));
     first->actions.insert(first->actions.begin(), w4_actions.begin(), w4_actions.end());
-    w4_run = w4_model.has_value();
+    if (gptq) first->timings.insert(first->timings.begin(), report::Timing{"quantize: GPTQ weights", gptq_seconds});
+    w4_run = !w4_layers.empty();
   }
   StaticRun run = std::move(*first);
   if (plan)

@@ -10,6 +10,7 @@
 
 #include "qtool/core/error.h"
 #include "qtool/quant/gptq.h"
+#include "qtool/runtime/kernel.h"
 
 namespace qtool::quant {
 
@@ -19,11 +20,12 @@ void HessianAccumulator::add(std::span<const float> x, int64_t n) {
   QTOOL_CHECK(static_cast<int64_t>(x.size()) == n * dim_, ErrorCode::kInternal, "Hessian: {} values for {} rows of {}",
               x.size(), n, dim_);
   if (n == 0) return;
-  // H += Xᵀ X via Eigen (rank-n update of the lower triangle).
-  Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> xm(x.data(), n, dim_);
-  const Eigen::MatrixXd xd = xm.cast<double>();
-  Eigen::Map<Eigen::MatrixXd> h(h_.data(), dim_, dim_);
-  h.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+  // H += Xᵀ X: one call's rows (a sample's) multiplied in float by the executor's GEMM (several
+  // times Eigen's double rank update), accumulated across calls in double.
+  std::vector<float> part(static_cast<size_t>(dim_ * dim_));
+  runtime::gemm_f32(true, false, dim_, dim_, n, 1.0f, x.data(), dim_, x.data(), dim_, 0.0f, part.data(), dim_);
+  for (int64_t j = 0; j < dim_; ++j)  // h_ is column-major: (i, j) with i >= j at j·dim + i; part is symmetric
+    for (int64_t i = j; i < dim_; ++i) h_[j * dim_ + i] += static_cast<double>(part[j * dim_ + i]);
   samples_ += n;
 }
 

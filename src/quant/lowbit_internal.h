@@ -103,8 +103,11 @@ void fold_awq_scales(ir::Graph& g, ir::Value* x, const std::vector<Target*>& gro
                      std::vector<Target>& targets, std::string* where);
 
 /// Whether GPTQ (and the Hessian it needs) runs for a layer in `f`: the low-bit integer formats and
-/// fp8 (its rounding error is worth compensating too); int8 layers (first/last) are rounded.
-inline bool gptq_eligible(const WeightFormat& f) { return f.bits < 8 || is_float_scheme(f.scheme); }
+/// fp8 (its rounding error is worth compensating too); int8 layers (first/last) are rounded unless
+/// cfg.gptq_int8.
+inline bool gptq_eligible(const WeightFormat& f, const WeightOnlyConfig& cfg) {
+  return f.bits < 8 || is_float_scheme(f.scheme) || (cfg.gptq_int8 && f.scheme == WeightScheme::kInt);
+}
 /// Whether layers of format `f` store float16 scales under `cfg` (DequantizeLinear below 8 bits).
 inline bool wants_fp16_scales(const WeightOnlyConfig& cfg, const WeightFormat& f) {
   return cfg.fp16_scales && f.layout == WeightLayout::kQdq && f.bits < 8;

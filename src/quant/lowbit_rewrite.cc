@@ -156,7 +156,7 @@ void WeightOnlyRun::collect_stats() {
   if (algo_.gptq || sparsegpt_ || any_palette || sparse_stats)
     for (const Target& t : targets_)
       if (t.format && t.patch_input &&
-          ((algo_.gptq && detail::gptq_eligible(*t.format)) || prunes(t) ||
+          ((algo_.gptq && detail::gptq_eligible(*t.format, cfg_)) || prunes(t) ||
            t.format->scheme == WeightScheme::kPalette)) {
         InputStats& s = patch_stats_[&t];
         s.k = t.shape[1] * t.taps;
@@ -331,8 +331,18 @@ QuantizedMatrix WeightOnlyRun::quantize_matrix(Target& t, QuantSpec& spec, const
     j.patch_stats = patch_stats_.count(&t) ? &patch_stats_.at(&t) : nullptr;
     j.have_hessian = st && st->want_hessian && st->hessian.samples() > 0 &&
                      (t.kind != Kind::kConv || t.channels_first) && t.kind != Kind::kGather &&
-                     (detail::gptq_eligible(*t.format) || adaptive.active());
+                     (detail::gptq_eligible(*t.format, cfg_) || adaptive.active());
     if (!algo_.gptq && !adaptive.active()) j.patch_stats = nullptr;  // im2col statistics: importance only
+    if (t.format->bits == 8 && t.format->scheme == WeightScheme::kInt && !adaptive.active()) {
+      // int8 GPTQ (gptq_int8) only on a Hessian of at least 2K rows: on fewer (a classifier's
+      // Gemm sees one row per sample) it fits the calibration rows, where rounding is already close.
+      const HessianAccumulator* h = j.patch_stats ? &j.patch_stats->hessian : st ? &st->hessian : nullptr;
+      const int64_t k = j.patch_stats ? t.shape[1] * t.taps : t.cols;
+      if (h == nullptr || h->samples() < 2 * k) {
+        j.have_hessian = false;
+        j.patch_stats = nullptr;
+      }
+    }
     j.pruned = mask.empty() ? nullptr : &mask;
     j.adaptive = adaptive;
     return j;
@@ -385,6 +395,12 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
       for (int64_t c = 0; c < t.cols; ++c)
         d[detail::storage_index(t, r, c)] = oc[static_cast<size_t>(c)] ? w_before[r * t.cols + c]
                                                                        : q.grid(r, c).dequantize(q.levels[r * t.cols + c]);
+    if (q.k_blocks() == 1 && t.format->scheme == WeightScheme::kInt && out_cols.empty()) {
+      bool symmetric = true;
+      for (const BlockGrid& g : q.grids) symmetric = symmetric && g.zero_point == 0;
+      if (symmetric)
+        for (int64_t r = 0; r < t.rows; ++r) L.channel_scales.push_back(q.grid(r, 0).scale);
+    }
   }
   L.sparsity = static_cast<double>(zeros) / static_cast<double>(t.rows * t.cols);
   // With palettes or pruning the compressed layers are folded by ONNX Runtime at load; the int8 layers
@@ -410,7 +426,7 @@ void WeightOnlyRun::emit_layer(Target& t, QuantizedMatrix& q, bool fp16, const s
 /// Phase 5 for one target: quantize, then write it (or keep it for tuning).
 void WeightOnlyRun::quantize_target(size_t ti) {
   Target& t = targets_[ti];
-  if (sequential_ && stale_ && t.format && (detail::gptq_eligible(*t.format) || prunes(t)) && t.input &&
+  if (sequential_ && stale_ && t.format && (detail::gptq_eligible(*t.format, cfg_) || prunes(t)) && t.input &&
       t.input != last_input_ && stats_.count(t.input))
     recollect_stats(ti);
   check_interrupt(fmt::format("before quantizing weight '{}'", t.weight->name()));  // Ctrl-C between layers

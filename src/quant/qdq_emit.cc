@@ -422,13 +422,25 @@ class Emitter {
     return bits;
   }
 
+  /// QdqOptions::weight_scales of w when they fit its channels along `axis`, else null.
+  const std::vector<float>* grid_scales(const ir::Value* w, bool per_channel, int64_t axis) const {
+    const auto it = opt_.weight_scales.find(w->name());
+    if (it == opt_.weight_scales.end() || !per_channel || opt_.reduce_range) return nullptr;
+    const Tensor& t = *w->initializer();
+    const int64_t a = axis < 0 ? axis + static_cast<int64_t>(t.rank()) : axis;
+    if (a < 0 || a >= static_cast<int64_t>(t.rank()) || t.dim(static_cast<int>(a)) != static_cast<int64_t>(it->second.size()))
+      return nullptr;
+    return &it->second;
+  }
+
   WeightDq quantize_weight_input(ir::Value* w, int64_t axis, DataType type, int bits = 8) {
     if (bits == 4) type = DataType::kInt8;  // |level| <= 8: no u8s8 pair of products can saturate
     const auto key = std::make_tuple(static_cast<const ir::Value*>(w), axis, type, bits);
     if (auto it = weight_dq_.find(key); it != weight_dq_.end()) return it->second;
     const bool per_channel = opt_.per_channel && axis >= 0;
     QuantizedWeight qw = bits == 4 ? quantize_weight4(*w->initializer(), per_channel ? axis : -1)
-                                   : quantize_weight(*w->initializer(), per_channel, axis, type, opt_.reduce_range);
+                                   : quantize_weight(*w->initializer(), per_channel, axis, type, opt_.reduce_range,
+                                                     grid_scales(w, per_channel, axis));
     ir::Value* qv = nullptr;
     if (bits == 4) {  // packed int4 levels -> Cast(to=int8) -> the int8 DequantizeLinear
       const int8_t* l = qw.values.data<int8_t>();

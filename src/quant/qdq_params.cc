@@ -42,7 +42,8 @@ int32_t quantize_value(float x, QParams p, DataType type) {
   return static_cast<int32_t>(std::clamp<double>(q, static_cast<double>(qmin), static_cast<double>(qmax)));
 }
 
-QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type, bool reduce_range) {
+QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type, bool reduce_range,
+                                const std::vector<float>* scales) {
   QTOOL_CHECK(w.dtype() == DataType::kFloat, ErrorCode::kUnsupported, "weight of type {} (expected float32)",
               dtype_name(w.dtype()));
   QTOOL_CHECK(dtype_bits(type) == 8 && dtype_is_integer(type), ErrorCode::kUnsupported,
@@ -75,6 +76,12 @@ QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis,
       }
   out.scales.resize(channels);
   for (int64_t c = 0; c < channels; ++c) out.scales[c] = absmax[c] > 0.0f ? absmax[c] / static_cast<float>(qmax) : 1.0f;
+  if (scales) {
+    QTOOL_CHECK(scales->size() == static_cast<size_t>(channels), ErrorCode::kInternal,
+                "{} weight scales for {} channels", scales->size(), channels);
+    for (int64_t c = 0; c < channels; ++c)
+      if (std::isfinite((*scales)[c]) && (*scales)[c] > 0.0f) out.scales[c] = (*scales)[c];
+  }
   out.values = Tensor(type, w.shape());
   out.zero_point = offset;
   uint8_t* q = out.values.mutable_raw();

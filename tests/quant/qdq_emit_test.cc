@@ -88,6 +88,23 @@ TEST(QdqParams, WeightPerChannelAndBias) {
   EXPECT_EQ(b.data<int32_t>()[1], -300);
 }
 
+TEST(QdqParams, GivenScalesReproduceTheLevelsOfAWeightAlreadyOnTheirGrid) {
+  // Channel 0 on the grid 0.01 with largest level 100 (GPTQ's output can stop short of 127):
+  // max|W| / 127 would round it again onto 1/127 and move every value; the given scale keeps them.
+  const Tensor w = Tensor::from_vector<float>({2, 3}, {1.00f, -0.37f, 0.05f, 0.5f, -0.25f, 0.0f});
+  const std::vector<float> scales = {0.01f, 0.5f / 127.0f};
+  const QuantizedWeight q = quantize_weight(w, true, 0, DataType::kInt8, false, &scales);
+  EXPECT_EQ(q.scales, scales);
+  EXPECT_EQ(q.values.data<int8_t>()[0], 100);
+  EXPECT_EQ(q.values.data<int8_t>()[1], -37);
+  EXPECT_EQ(q.values.data<int8_t>()[2], 5);
+  EXPECT_EQ(q.values.data<int8_t>()[3], 127);
+  const QuantizedWeight plain = quantize_weight(w, true, 0);
+  EXPECT_EQ(plain.values.data<int8_t>()[1], -47);  // -0.37 / (1/127) = -46.99: off the 0.01 grid
+  const std::vector<float> wrong = {0.01f};
+  EXPECT_THROW(quantize_weight(w, true, 0, DataType::kInt8, false, &wrong), Error);
+}
+
 TEST(QdqParams, Uint8WeightsAreTheSameLevelsPlus128) {
   const Tensor w = Tensor::from_vector<float>({2, 3}, {1.27f, -0.5f, 0.2f, 0.5f, -0.25f, 0.0f});
   const QuantizedWeight s = quantize_weight(w, true, 0, DataType::kInt8);

@@ -205,7 +205,7 @@ TEST(WeightGptq, HessianMatchesDirectSum) {
     for (int64_t j = 0; j < cols; ++j) {
       double s = 0;
       for (int64_t k = 0; k < n; ++k) s += static_cast<double>(x[k * cols + i]) * x[k * cols + j];
-      EXPECT_NEAR(h[i * cols + j], s / n, 1e-9);
+      EXPECT_NEAR(h[i * cols + j], s / n, 1e-6 * (1.0 + std::fabs(s / n)));  // one call's rows summed in float
     }
   EXPECT_NEAR(acc.channel_energy()[2], h[2 * cols + 2], 1e-6);
 }

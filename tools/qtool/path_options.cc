@@ -34,7 +34,7 @@ constexpr PathOption kPathOptions[] = {
     {"--max-nll-increase", true, false, true},
     {"--metric", true, false, true},
     {"--block-size", false, true, false},
-    {"--weight-algorithm", false, true, false},
+    {"--weight-algorithm", true, true, false},  // static: rtn or gptq int8 weights
     {"--gptq-act-order", false, true, false},
     {"--gptq-damp", false, true, false},
     {"--sequential", false, true, false},

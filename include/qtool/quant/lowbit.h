@@ -144,6 +144,11 @@ struct WeightOnlyConfig {
   /// weight's own layout: what the layer computes with once written (the budget search measures
   /// each layer's candidates with them on the float model).
   bool keep_dequantized = false;
+  /// GPTQ (and SparseGPT) also on the int8 layers (per output channel), not only below 8 bits. The
+  /// static path sets it: its int8 weights then compensate each other's rounding through the input
+  /// Hessian (SqueezeNet's output 28.6 -> 34.8 dB with float activations; BENCHMARKS.md). Off for
+  /// weight-only runs, whose int8 layers are the first/last/depthwise ones.
+  bool gptq_int8 = false;
 };
 
 /// Calibration inputs for GPTQ / AWQ / activation-weighted outliers: samples (graph input name ->
@@ -190,6 +195,9 @@ struct WeightOnlyLayer {
   /// WeightOnlyConfig::keep_dequantized: the weight's values as written (outlier columns exact), in
   /// the initializer's shape; empty otherwise.
   Tensor dequantized;
+  /// With keep_dequantized, for a per-output-channel integer format: each output channel's scale
+  /// (symmetric: `dequantized` = level × scale), so that another writer reproduces the levels.
+  std::vector<float> channel_scales;
 };
 
 struct WeightOnlyReport {

@@ -31,6 +31,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -75,8 +76,10 @@ struct QuantizedWeight {
 /// `reduce_range`: 7-bit levels in [-64, 63]), per slice along `axis` (negative counts from the
 /// end; pass per_channel = false for one scale). `type` kUint8 stores the same levels plus 128,
 /// zero point 128 (ONNX Runtime's u8u8 kernels, exact on every CPU).
+/// `scales` (one per slice along axis), when given, replaces max|W_c| / qmax: weights already on
+/// that grid (GPTQ's) keep their levels exactly.
 QuantizedWeight quantize_weight(const Tensor& w, bool per_channel, int64_t axis, DataType type = DataType::kInt8,
-                                bool reduce_range = false);
+                                bool reduce_range = false, const std::vector<float>* scales = nullptr);
 
 /// 4-bit symmetric levels in [-8, 7] per slice along `axis` (stored int8; W4A8): each slice's scale
 /// is the one of {max|W_c|/k, k = 1..8} ∪ {r·max|W_c|/7, r = 1, 0.975, ..., 0.5} with the least
@@ -129,6 +132,11 @@ struct QdqOptions {
   /// DequantizeLinear: ONNX Runtime folds the Cast at load and fuses DQ -> Conv -> Q into
   /// QLinearConv as for 8 bits, so the model runs at INT8 speed from a 4-bit file. Needs opset 21.
   std::vector<std::pair<std::string, int>> weight_bits;
+  /// 8-bit weights whose values already lie on a symmetric per-output-channel grid (the static
+  /// path's GPTQ weights), by initializer name: their channel scales, used instead of
+  /// max|W_c| / 127 so that the levels are reproduced exactly (a channel whose largest level is
+  /// below 127 would otherwise be rounded again onto another grid). Per-channel emission only.
+  std::map<std::string, std::vector<float>> weight_scales;
   /// Remove Relu/Clip made redundant by the output quantization (see the header comment).
   bool fold_activations = true;
   /// Also place Q/DQ inside If/Loop/Scan bodies, on the body values `ranges` holds (calibrated

@@ -48,6 +48,9 @@ struct StaticQuantConfig {
   /// Empirical per-layer bias correction after Q/DQ placement (quant/bias_correction.h).
   bool bias_correction = false;
   size_t bias_correction_samples = 64;  ///< calibration samples the correction averages over
+  /// int8 weights by GPTQ on the calibration samples (pipeline/static_path.cc; needs per-channel
+  /// weights without reduce_range or cle), else rounded to nearest.
+  bool gptq_int8 = false;
   int threads = 1;
 };
 

@@ -31,6 +31,12 @@ class ThreadPool {
   Impl* impl_ = nullptr;
 };
 
+/// Row-major C[M,N] = alpha·op(A)[M,K]·op(B)[K,N] + beta·C (beta 0 overwrites C) with the
+/// executor's float GEMM (the widest kernels this CPU has), on `pool` when given: for callers
+/// outside the executor, such as GPTQ's input Hessians.
+void gemm_f32(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool = nullptr);
+
 /// Runs subgraphs (If/Loop/Scan bodies) on behalf of a kernel; implemented by the executor.
 class SubgraphRunner {
  public:

@@ -231,3 +231,12 @@ Shape broadcast_shapes(const KernelContext& ctx, const Shape& a, const Shape& b)
 }
 
 }  // namespace qtool::runtime::nn
+
+namespace qtool::runtime {
+
+void gemm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+              const float* b, int64_t ldb, float beta, float* c, int64_t ldc, ThreadPool* pool) {
+  nn::sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, pool);
+}
+
+}  // namespace qtool::runtime

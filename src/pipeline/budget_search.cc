@@ -129,6 +129,9 @@ std::vector<Form> menu(const quant::WeightOnlyConfig& cfg) {
   if (cfg.tune.steps == 0) {
     forms.push_back({"pal3", 0});
     forms.push_back({"pal4", 0});
+    // Between 4 and 8 bits: a budget that holds more than 4 bits but not int8 everywhere fills with
+    // it (the digits-size CNN: 95-100% of each budget instead of 90-98%, 25%: 45.2 -> 53.7 dB).
+    forms.push_back({"pal6", 0});
   }
   forms.push_back({"8", 0});
   return forms;

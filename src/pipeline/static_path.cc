@@ -25,13 +25,15 @@ namespace {
 quant::StaticQuantConfig static_config(const QuantizeJob& job, const ir::Model& prepared) {
   quant::StaticQuantConfig cfg = job.static_cfg;
   cfg.threads = job.threads;
-  // int8 weights rounded (the default: GPTQ costs MobileNetV2 5 s for +0.3 dB at W8A8) or by GPTQ
-  // (--weight-algorithm gptq: SqueezeNet W8A16 28.6 -> 33 dB; BENCHMARKS.md).
+  // int8 weights by GPTQ (the default with 16-bit activations, where the weights' rounding is most
+  // of the error: SqueezeNet 28.6 -> 33.0 dB, MobileNetV2 31.4 -> 33.2 dB) or rounded (the default
+  // with 8-bit activations: GPTQ costs MobileNetV2 8 s there for +0.2 dB; BENCHMARKS.md).
   QTOOL_CHECK(!job.algorithm || *job.algorithm == quant::WeightAlgorithm::kRtn ||
                   *job.algorithm == quant::WeightAlgorithm::kGptq,
               ErrorCode::kConfig, "--weight-algorithm {}: static quantization rounds its weights (rtn) or runs GPTQ (gptq)",
               quant::weight_algorithm_name(*job.algorithm));
-  cfg.gptq_int8 = job.algorithm && *job.algorithm == quant::WeightAlgorithm::kGptq;
+  cfg.gptq_int8 = job.algorithm ? *job.algorithm == quant::WeightAlgorithm::kGptq : job.activation_bits == 16;
+  // (a --plan with 16-bit activations sets it too: run_static)
   // Bias correction: on by default for models with depthwise convs, where it raised top-1 and
   // agreement with FP32 on the shared models (MobileNetV2 per-tensor +0.8 points; per-channel +0.2
   // to +0.4 points and agreement +1.0 to +1.4 points; BENCHMARKS.md) and hurt nowhere it was tried.
@@ -365,7 +367,13 @@ std::optional<Error> apply_floor(const QuantizeJob& job, const ir::Model* origin
     quant::prepare_model(wide, 21);
     quant::StaticQuantConfig c16 = cfg;
     c16.qdq.activation_type = widened(cfg.qdq.activation_type);
-    StaticRun r16 = quantize_guarded(wide, c16, samples, floor);
+    // 16-bit activations leave the int8 weights' rounding in front: GPTQ's weights, as a run with
+    // --activation-bits 16 has them (unless --weight-algorithm rtn).
+    if (!job.algorithm) c16.gptq_int8 = true;
+    std::vector<std::string> gptq_actions;
+    const std::optional<ir::Model> gptq = gptq_model(wide, c16, samples.calib.get(), job.threads, gptq_actions);
+    StaticRun r16 = quantize_guarded(wide, c16, samples, floor, {}, true, gptq ? &*gptq : nullptr);
+    r16.actions.insert(r16.actions.begin(), gptq_actions.begin(), gptq_actions.end());
     std::string why16;
     const bool ok = meets_floor(r16.guard->comparison, floor, &why16);
     run.actions.push_back(fmt::format("quality floor: activations raised to 16 bits: {}{}",
@@ -430,6 +438,7 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
   quant::StaticQuantConfig cfg = static_config(job, model);
+  if (!job.algorithm) cfg.gptq_int8 = bits == 16;  // a plan replays a 16-bit floor run's GPTQ weights
   std::optional<calib::RangesFile> ranges;
   if (!job.ranges_path.empty()) {
     ranges = calib::load_ranges(job.ranges_path);

@@ -2,6 +2,7 @@
 // loads, and whose outputs qtool's executor reproduces.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 
@@ -49,18 +50,20 @@ double digits_eval_sqnr(const std::string& model) {
   return nlohmann::json::parse(c.out)["outputs"][0]["sqnr_db"].get<double>();
 }
 
-TEST(QuantizeA16W8, GptqInt8WeightsBeatRoundingAndRunInOrt) {
+TEST(QuantizeA16W8, GptqInt8WeightsAreTheDefaultBeatRoundingAndRunInOrt) {
   // With 16-bit activations the int8 weights' rounding is most of the error: GPTQ's levels (fitted
-  // through each conv's input Hessian, emitted on GPTQ's own grid) lower it on held-out images.
+  // through each conv's input Hessian, emitted on GPTQ's own grid; the default there) lower it on
+  // held-out images.
   testing::TempDir dir;
   double sqnr[2];
   for (int gptq = 0; gptq < 2; ++gptq) {
     const std::string out = dir.file(gptq ? "gptq.onnx" : "rtn.onnx");
-    auto q = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 --weight-algorithm {} --calib {} "
-                                     "--samples 64 -o {} --report {}",
+    // GPTQ is the default with 16-bit activations; rtn rounds.
+    auto q = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 {} --calib {} "
+                                     "--samples 64 -o {} --report {} --plan-out {}",
                                      qtool_bin(), source_path("calibration_samples/digits/digits_cnn.onnx"),
-                                     gptq ? "gptq" : "rtn", source_path("calibration_samples/digits/"), out,
-                                     dir.file("r.json")));
+                                     gptq ? "" : "--weight-algorithm rtn", source_path("calibration_samples/digits/"),
+                                     out, dir.file("r.json"), dir.file("plan.json")));
     ASSERT_EQ(q.exit_code, 0) << q.err;
     std::ifstream f(dir.file("r.json"));
     const std::string report((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -68,6 +71,14 @@ TEST(QuantizeA16W8, GptqInt8WeightsBeatRoundingAndRunInOrt) {
     sqnr[gptq] = digits_eval_sqnr(out);
   }
   EXPECT_GT(sqnr[1], sqnr[0] + 0.5) << "rtn " << sqnr[0] << " dB, gptq " << sqnr[1] << " dB";  // 40.5 -> 41.4 dB
+  // The plan (16-bit activations) replays the GPTQ weights byte for byte.
+  auto replay = run_command(fmt::format("{} -q quantize {} --plan {} --calib {} --samples 64 -o {}", qtool_bin(),
+                                        source_path("calibration_samples/digits/digits_cnn.onnx"), dir.file("plan.json"),
+                                        source_path("calibration_samples/digits/"), dir.file("replay.onnx")));
+  ASSERT_EQ(replay.exit_code, 0) << replay.err;
+  std::ifstream a(dir.file("gptq.onnx"), std::ios::binary), b(dir.file("replay.onnx"), std::ios::binary);
+  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), std::istreambuf_iterator<char>(),
+                         std::istreambuf_iterator<char>(b), std::istreambuf_iterator<char>()));
 
   auto awq = run_command(fmt::format("{} -q quantize {} --bits 8 --weight-algorithm awq --calib {} -o {}", qtool_bin(),
                                      source_path("calibration_samples/digits/digits_cnn.onnx"),

@@ -119,7 +119,7 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     if (a.reduce_range) m["reduce-range"] = "true";
     m["guard"] = a.no_guard ? "false" : "true";
     m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
-    m["weight-algorithm"] = a.weight_algorithm == "auto" ? "rtn" : a.weight_algorithm;
+    m["weight-algorithm"] = a.weight_algorithm != "auto" ? a.weight_algorithm : a.activation_bits == 16 ? "gptq" : "rtn";
     m["bias-correction"] = a.no_bias_correction ? "false" : a.bias_correction ? "true" : "auto (on for models with depthwise convs)";
   } else if (is_dynamic(a)) {
     m["guard"] = a.no_guard ? "false" : "true";
@@ -484,9 +484,9 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
   cmd.add_option("--weight-algorithm,--algorithm", a.weight_algorithm,
                  "weight-only: auto (default: with --calib GPTQ, or RTN + tuning for token models; without, RTN), " +
                      quant::weight_algorithms_help() +
-                     "; static --bits 8: rtn (default) or gptq (int8 weights per output channel fitted through the "
-                     "calibration samples' input Hessians: slower, better where 16-bit activations leave the weights' "
-                     "error in front)");
+                     "; static --bits 8: rtn or gptq (int8 weights per output channel fitted through the calibration "
+                     "samples' input Hessians: slower, better where 16-bit activations leave the weights' error in "
+                     "front); default: gptq with 16-bit activations (also the quality floor's 16-bit run), else rtn");
   cmd.add_flag("--gptq-act-order", a.gptq_act_order, "weight-only GPTQ: quantize columns by decreasing activation energy (act order)");
   cmd.add_flag("--sequential", a.sequential,
                "weight-only GPTQ/AWQ/SparseGPT/Wanda: layers in order, each one's input statistics re-collected from "

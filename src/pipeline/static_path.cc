@@ -137,6 +137,8 @@ std::optional<ir::Model> gptq_model(const ir::Model& prepared, quant::StaticQuan
   const bool any4 = std::any_of(cfg.qdq.weight_bits.begin(), cfg.qdq.weight_bits.end(),
                                 [](const auto& r) { return r.second == 4; });
   const bool int8 = cfg.gptq_int8 && cfg.qdq.per_channel && !cfg.qdq.reduce_range && !cfg.cle;
+  if (cfg.gptq_int8 && !int8)
+    actions.push_back("int8 weights: rounded (GPTQ's weights need per-channel scales, without --reduce-range or --cle)");
   if ((!any4 && !int8) || calib == nullptr || calib->size() == 0) return std::nullopt;
   quant::WeightOnlyConfig w;
   w.bits = "int4";

@@ -86,6 +86,14 @@ TEST(QuantizeA16W8, GptqInt8WeightsAreTheDefaultBeatRoundingAndRunInOrt) {
   EXPECT_EQ(awq.exit_code, 2) << awq.err;
   EXPECT_NE(awq.err.find("--weight-algorithm awq"), std::string::npos) << awq.err;
 
+  // Per-tensor weights have no channel scales to keep GPTQ's levels on: rounded, and said so.
+  auto pt = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 --per-tensor --calib {} --samples 64 "
+                                    "-o {} --json",
+                                    qtool_bin(), source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                    source_path("calibration_samples/digits/"), dir.file("pt.onnx")));
+  ASSERT_EQ(pt.exit_code, 0) << pt.err;
+  EXPECT_NE(pt.out.find("int8 weights: rounded (GPTQ"), std::string::npos) << pt.out;
+
   QTOOL_REQUIRE_ORT();
   const std::string x = source_path("calibration_samples/digits_eval/eval_0000.npy");
   auto ort = testing::ort_run(dir.file("gptq.onnx"), {{"image", read_npy(x)}});

@@ -2,7 +2,9 @@
 #include "qtool/quant/budget.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
+#include <optional>
 
 #include "qtool/core/error.h"
 
@@ -51,6 +53,46 @@ double efficiency(const BudgetCandidate& a, const BudgetCandidate& b) {
   return db > 0 ? (a.noise - b.noise) / db : (a.noise > b.noise ? 1e300 : 0.0);
 }
 
+/// Byte units of the knapsack's table: its capacity axis has at most this many cells.
+constexpr int64_t kKnapsackCells = 8192;
+
+/// The multiple-choice knapsack: one candidate per layer, the least total noise within `budget`
+/// bytes, exact on a grid of byte units (budget / kKnapsackCells, at least 1), each candidate's
+/// bytes rounded up to whole units so that the plan it gives always fits. nullopt when the rounding
+/// leaves no plan within the budget.
+std::optional<BudgetPoint> knapsack(const std::vector<BudgetLayer>& layers, int64_t budget) {
+  const int64_t unit = std::max<int64_t>(1, (budget + kKnapsackCells - 1) / kKnapsackCells);
+  const int64_t cap = budget / unit;
+  constexpr double kNone = std::numeric_limits<double>::infinity();
+  // best[c]: the least noise of the layers so far within c units; pick[i][c]: layer i's candidate there.
+  std::vector<double> best(static_cast<size_t>(cap + 1), 0.0), next(best.size());
+  std::vector<std::vector<uint16_t>> pick(layers.size(), std::vector<uint16_t>(best.size(), 0));
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& cands = layers[i].candidates;
+    QTOOL_CHECK(cands.size() < 65536, ErrorCode::kInternal, "budget: {} candidates", cands.size());
+    std::fill(next.begin(), next.end(), kNone);
+    for (size_t k = 0; k < cands.size(); ++k) {
+      const int64_t w = (cands[k].bytes + unit - 1) / unit;
+      for (int64_t c = w; c <= cap; ++c) {
+        const double v = best[static_cast<size_t>(c - w)] + cands[k].noise;
+        if (v < next[static_cast<size_t>(c)]) {
+          next[static_cast<size_t>(c)] = v;
+          pick[i][static_cast<size_t>(c)] = static_cast<uint16_t>(k);
+        }
+      }
+    }
+    best.swap(next);
+  }
+  if (!(best[static_cast<size_t>(cap)] < kNone)) return std::nullopt;
+  std::vector<size_t> choice(layers.size());
+  int64_t c = cap;
+  for (size_t i = layers.size(); i-- > 0;) {
+    choice[i] = pick[i][static_cast<size_t>(c)];
+    c -= (layers[i].candidates[choice[i]].bytes + unit - 1) / unit;
+  }
+  return budget_point(layers, std::move(choice));
+}
+
 }  // namespace
 
 BudgetPoint budget_point(const std::vector<BudgetLayer>& layers, std::vector<size_t> choice) {
@@ -96,6 +138,10 @@ BudgetPoint solve_budget(const std::vector<BudgetLayer>& layers, int64_t budget)
   BudgetPoint best = curve.front();
   for (const BudgetPoint& p : curve)
     if (p.bytes <= budget && p.noise <= best.noise) best = p;
+  // The exact solution on a grid of byte units: it may trade one layer down to raise another,
+  // which no point of the curve does (a 4-layer CNN left 10% of its budget unused on the curve).
+  if (const std::optional<BudgetPoint> k = knapsack(layers, budget); k && k->bytes <= budget && k->noise < best.noise)
+    best = *k;
   // Touch-up: single-layer moves that fit in the bytes left, most noise saved first.
   for (;;) {
     const int64_t left = budget - best.bytes;

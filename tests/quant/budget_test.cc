@@ -73,6 +73,28 @@ TEST(BudgetSolver, TouchUpUsesBytesTheHullLeaves) {
   EXPECT_EQ(p.bytes, 20);
 }
 
+TEST(BudgetSolver, KnapsackTradesOneLayerDownToRaiseAnother) {
+  // The curve upgrades "a" first (0.07 noise per byte against b's 0.05): (30 B, 1.3), then b to
+  // (50 B, 0.3). Within 40 bytes the curve stops at 1.3 and no single move fits; "a" small with
+  // "b" at int8 is 40 bytes and 1.0: only the knapsack finds it.
+  std::vector<BudgetLayer> layers{layer("a", {{"int2", 10, 1.0}, {"int4", 20, 0.3}}),
+                                  layer("b", {{"int2", 10, 1.0}, {"int8", 30, 0.0}})};
+  const BudgetPoint p = solve_budget(layers, 40);
+  EXPECT_EQ(layers[0].candidates[p.choice[0]].format, "int2");
+  EXPECT_EQ(layers[1].candidates[p.choice[1]].format, "int8");
+  EXPECT_EQ(p.bytes, 40);
+  EXPECT_DOUBLE_EQ(p.noise, 1.0);
+  // A budget far beyond the table's 8192 cells (units of 2 bytes here) still never overflows it.
+  std::vector<BudgetLayer> big;
+  for (int i = 0; i < 40; ++i)
+    big.push_back(layer("l" + std::to_string(i), {{"int2", 401, 1.0 + i}, {"int4", 803, 0.1}, {"int8", 1605, 0.0}}));
+  for (int64_t b : {16040, 16500, 30000, 64200, 64201}) {
+    const BudgetPoint r = solve_budget(big, b);
+    EXPECT_LE(r.bytes, b) << b;
+  }
+  EXPECT_DOUBLE_EQ(solve_budget(big, 64200).noise, 0.0);  // every layer at int8: 40 x 1605 bytes
+}
+
 TEST(BudgetSolver, TooSmallABudgetNamesTheSmallestPlan) {
   const auto layers = two_layers();
   try {

@@ -11,7 +11,9 @@
 //     its smallest candidate; upgrades along each layer's lower convex hull are taken in order of
 //     noise saved per byte added (the Lagrangian solutions: for every λ, each layer at
 //     argmin noise + λ·bytes), one curve point per upgrade.
-//   - solve_budget: the curve's last point within the budget, then a knapsack touch-up: while any
+//   - solve_budget: the better of the curve's last point within the budget and the exact
+//     multiple-choice knapsack (least total noise, one candidate per layer) on a grid of at most
+//     8192 byte units (candidates' bytes rounded up, so its plan fits); then a touch-up: while any
 //     single layer's move to another candidate (on the hull or off it) fits in the bytes left and
 //     lowers the noise, the move that lowers it most is made.
 // Result: deterministic choices (ties broken by layer order, then candidate order).

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -77,6 +78,29 @@ TEST(CliQuantizeCompress, PalettesRunInOnnxRuntimeAndReportTheirTables) {
   EXPECT_EQ(quantize(d, "--bits 4 --palette-block 32", "x.onnx").exit_code, 2);
   EXPECT_EQ(quantize(d, "--bits 4 --palette-group 4", "x.onnx").exit_code, 2);
   EXPECT_FALSE(std::filesystem::exists(d.file("x.onnx")));
+}
+
+TEST(CliQuantizeCompress, DefaultPaletteGranularityIsMeasured) {
+  // Without --palette-group / --palette-block the held-out samples choose: up to 4 bits scaled per
+  // block of 32 or tables per 4 channels; from 5 bits on scaled or one bare table per tensor.
+  testing::TempDir d;
+  for (const auto& [args, other, headline] :
+       {std::tuple<std::string, std::string, std::string>{"--palette 4", "tables per 4 output channels", "group 4"},
+        {"--palette 6", "one table per tensor", "per tensor"}}) {
+    SCOPED_TRACE(args);
+    const QuantizeRun r = quantize(d, args, "p.onnx");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    std::string action;
+    for (const auto& a : r.report["actions"])
+      if (a.get<std::string>().rfind("palette granularity measured", 0) == 0) action = a;
+    ASSERT_NE(action.find("scaled per block of 32 (SQNR "), std::string::npos) << r.report["actions"].dump();
+    EXPECT_NE(action.find("vs " + other + " (SQNR "), std::string::npos) << action;
+    // The headline names the form kept, as the action does.
+    const std::string precision = r.report["precision"];
+    const bool scaled = action.substr(action.rfind(':')) == ": scaled";
+    EXPECT_NE(precision.find(scaled ? "(scaled, block 32)" : "(" + headline + ")"), std::string::npos)
+        << precision << " / " << action;
+  }
 }
 
 TEST(CliQuantizeCompress, PrunedLayersKeepTheirPatternAndShrinkTheFile) {

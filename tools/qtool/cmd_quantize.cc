@@ -283,7 +283,7 @@ pipeline::QuantizeJob make_job(const QuantizeArgs& a) {
   // tensor); wider ones one table per tensor (pal6: MobileNetV2 within 0.8 points). BENCHMARKS.md
   // "Palettes and pruning".
   const int pal_bits = job.bits.is_palette() ? job.bits.type()->bits : 0;
-  cfg.palette_block = a.palette_block >= 0 ? a.palette_block : (pal_bits > 0 && pal_bits <= 4 && a.palette_group == 0 ? -1 : 0);
+  cfg.palette_block = a.palette_block >= 0 ? a.palette_block : (pal_bits > 0 && a.palette_group == 0 ? -1 : 0);
   QTOOL_CHECK(a.palette_group == 0 || a.palette_block <= 0, ErrorCode::kConfig,
               "--palette-group and --palette-block exclude each other (tables per group of output channels, or one "
               "table of values scaled per block of input channels)");

@@ -468,9 +468,10 @@ void add_quantize_options(CLI::App& cmd, QuantizeArgs& a) {
       ->check(CLI::IsMember({0, 1, 4, 8, 16}));
   cmd.add_option("--palette-block", a.palette_block,
                  "palettes: one table per tensor of values scaled by a float16 scale per block of 16, 32, 64 or 128 "
-                 "input channels (a learned non-uniform grid, like NF4 fitted to the layer), or 0 = no scales; default for "
-                 "palettes of 4 bits or fewer without --palette-group: block 32 or tables per 4 output channels, whichever "
-                 "the held-out calibration samples judge better (block 32 without --calib); else 0")
+                 "input channels (a learned non-uniform grid, like NF4 fitted to the layer), or 0 = no scales; default "
+                 "without --palette-group: block 32 or (4 bits or fewer) tables per 4 output channels / (5 bits and more) "
+                 "one bare table per tensor, whichever the held-out calibration samples judge better (block 32 without "
+                 "--calib)")
       ->check(CLI::IsMember({0, 16, 32, 64, 128}));
   cmd.add_option("--sparsity", a.sparsity,
                  "weight-only: prune before quantizing: a fraction of zeros per layer (0.5 or 50%) or N:M (2:4: at most "

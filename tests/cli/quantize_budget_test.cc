@@ -335,7 +335,8 @@ TEST(CliQuantizeWeightOnly, WeightsBehindALayoutOpAreFoldedAndQuantized) {
 
 // A four-layer CNN has few sums of layer sizes: the budget is filled by the exact knapsack over
 // forms whose bytes include the graph each form adds (6-bit palettes add ~900 bytes a layer on a
-// model this small). Every output lands within 2% under its budget, and quality grows with it.
+// model this small). Every output lands within 2% under its budget here (the test allows 3%), and
+// quality grows with it.
 TEST(CliQuantizeBudget, SmallCnnFillsEachBudgetWithinTwoPercent) {
   QTOOL_REQUIRE_SHARED();
   testing::TempDir d;
@@ -351,7 +352,9 @@ TEST(CliQuantizeBudget, SmallCnnFillsEachBudgetWithinTwoPercent) {
     const auto target = fp32 * pct / 100;
     const auto size = static_cast<int64_t>(std::filesystem::file_size(out));
     EXPECT_LE(size, target) << pct;
-    EXPECT_GE(size, target - target / 50) << pct << "%: " << size << " of " << target;  // 98-99.7% measured
+    // 98.4-99.7% measured (session 10's solver: 90-98%); 97% leaves room for another CPU's noise
+    // figures picking another plan.
+    EXPECT_GE(size, target - 3 * target / 100) << pct << "%: " << size << " of " << target;
     const double sqnr = nlohmann::json::parse(r.out)["evaluation"]["outputs"][0]["sqnr_db"].get<double>();
     EXPECT_GT(sqnr, last_sqnr) << pct;  // 27 / 37 / 44 / 52 dB
     last_sqnr = sqnr;

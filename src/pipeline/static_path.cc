@@ -30,7 +30,8 @@ quant::StaticQuantConfig static_config(const QuantizeJob& job, const ir::Model& 
   // with 8-bit activations: GPTQ costs MobileNetV2 8 s there for +0.2 dB; BENCHMARKS.md).
   QTOOL_CHECK(!job.algorithm || *job.algorithm == quant::WeightAlgorithm::kRtn ||
                   *job.algorithm == quant::WeightAlgorithm::kGptq,
-              ErrorCode::kConfig, "--weight-algorithm {}: static quantization rounds its weights (rtn) or runs GPTQ (gptq)",
+              ErrorCode::kConfig,
+              "--weight-algorithm {}: static quantization rounds its weights (rtn) or runs GPTQ (gptq)",
               quant::weight_algorithm_name(*job.algorithm));
   cfg.gptq_int8 = job.algorithm ? *job.algorithm == quant::WeightAlgorithm::kGptq : job.activation_bits == 16;
   // (a --plan with 16-bit activations sets it too: run_static)
@@ -300,7 +301,8 @@ StaticRun w4a8_budget(const QuantizeJob& job, const ir::Model& reference, quant:
     c = cfg;
     c.qdq.weight_bits = rules_of(p);
     std::vector<std::string> actions;
-    const std::optional<ir::Model> m = gptq_model(reference, c, samples.calib.get(), job.threads, actions, nullptr, cache);
+    const std::optional<ir::Model> m =
+        gptq_model(reference, c, samples.calib.get(), job.threads, actions, nullptr, cache);
     StaticRun r = quantize_guarded(reference, c, samples, floor, {}, true, m ? &*m : nullptr);
     r.actions.insert(r.actions.begin(), actions.begin(), actions.end());
     return r;

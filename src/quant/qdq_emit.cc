@@ -428,7 +428,8 @@ class Emitter {
     if (it == opt_.weight_scales.end() || !per_channel || opt_.reduce_range) return nullptr;
     const Tensor& t = *w->initializer();
     const int64_t a = axis < 0 ? axis + static_cast<int64_t>(t.rank()) : axis;
-    if (a < 0 || a >= static_cast<int64_t>(t.rank()) || t.dim(static_cast<int>(a)) != static_cast<int64_t>(it->second.size()))
+    if (a < 0 || a >= static_cast<int64_t>(t.rank()) ||
+        t.dim(static_cast<int>(a)) != static_cast<int64_t>(it->second.size()))
       return nullptr;
     return &it->second;
   }

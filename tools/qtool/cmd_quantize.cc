@@ -119,7 +119,9 @@ std::map<std::string, std::string> settings_of(const QuantizeArgs& a) {
     if (a.reduce_range) m["reduce-range"] = "true";
     m["guard"] = a.no_guard ? "false" : "true";
     m["cle"] = a.cle ? (a.cle_relu6 ? "true (ReLU6 -> Relu)" : "true") : "false";
-    m["weight-algorithm"] = a.weight_algorithm != "auto" ? a.weight_algorithm : a.activation_bits == 16 ? "gptq" : "rtn";
+    m["weight-algorithm"] = a.weight_algorithm != "auto" ? a.weight_algorithm
+                            : a.activation_bits == 16  ? "gptq"
+                                                       : "rtn";
     m["bias-correction"] = a.no_bias_correction ? "false" : a.bias_correction ? "true" : "auto (on for models with depthwise convs)";
   } else if (is_dynamic(a)) {
     m["guard"] = a.no_guard ? "false" : "true";

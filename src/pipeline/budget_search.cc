@@ -264,6 +264,10 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
   // stored bytes only.
   const bool file_budget = !(job.budget.active() && job.budget.kind == SizeBudget::Kind::kBitsPerWeight);
   const int64_t prepared_file = file_budget ? static_cast<int64_t>(onnx_io::serialize_model(in.fp32).size()) : 0;
+  auto params_of = [&](const quant::WeightOnlyLayer& l) {
+    const ir::Value* v = in.fp32.graph->find_value(l.weight);
+    return v && v->initializer() ? v->initializer()->numel() : l.rows * l.cols;
+  };
   for (const Form& f : forms) {
     quant::WeightOnlyConfig c = in.cfg;
     c.bits = quant::BitsChoice(f.bits);
@@ -291,8 +295,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
       int64_t stored = 0, n = 0;
       for (const quant::WeightOnlyLayer& l : r.layers)
         if (!l.weight.empty() && l.format != "float") {
-          const ir::Value* v = in.fp32.graph->find_value(l.weight);
-          stored += l.bytes - 4 * (v && v->initializer() ? v->initializer()->numel() : l.rows * l.cols);
+          stored += l.bytes - 4 * params_of(l);
           ++n;
         }
       const int64_t file = static_cast<int64_t>(onnx_io::serialize_model(m).size());
@@ -305,8 +308,7 @@ BudgetSearchResult search_budget(const BudgetSearchInputs& in) {
       if (fresh) {
         quant::BudgetLayer bl;
         bl.weight = l.weight;
-        const ir::Value* v = in.fp32.graph->find_value(l.weight);
-        bl.params = v && v->initializer() ? v->initializer()->numel() : l.rows * l.cols;
+        bl.params = params_of(l);
         pinned.push_back(pinned_by_user(in.cfg, l));
         if (!pinned.back() || l.format == "float") bl.candidates.push_back({"float", 4 * bl.params, 0.0});
         values.push_back(std::vector<Tensor>(bl.candidates.size()));

@@ -33,8 +33,7 @@ quant::StaticQuantConfig static_config(const QuantizeJob& job, const ir::Model& 
               ErrorCode::kConfig,
               "--weight-algorithm {}: static quantization rounds its weights (rtn) or runs GPTQ (gptq)",
               quant::weight_algorithm_name(*job.algorithm));
-  cfg.gptq_int8 = job.algorithm ? *job.algorithm == quant::WeightAlgorithm::kGptq : job.activation_bits == 16;
-  // (a --plan with 16-bit activations sets it too: run_static)
+  cfg.gptq_int8 = job.algorithm && *job.algorithm == quant::WeightAlgorithm::kGptq;  // default: run_static
   // Bias correction: on by default for models with depthwise convs, where it raised top-1 and
   // agreement with FP32 on the shared models (MobileNetV2 per-tensor +0.8 points; per-channel +0.2
   // to +0.4 points and agreement +1.0 to +1.4 points; BENCHMARKS.md) and hurt nowhere it was tried.
@@ -140,7 +139,9 @@ std::optional<ir::Model> gptq_model(const ir::Model& prepared, quant::StaticQuan
   const bool int8 = cfg.gptq_int8 && cfg.qdq.per_channel && !cfg.qdq.reduce_range && !cfg.cle;
   if (cfg.gptq_int8 && !int8)
     actions.push_back("int8 weights: rounded (GPTQ's weights need per-channel scales, without --reduce-range or --cle)");
-  if ((!any4 && !int8) || calib == nullptr || calib->size() == 0) return std::nullopt;
+  const bool samples = calib != nullptr && calib->size() > 0;
+  if (int8 && !samples) actions.push_back("int8 weights: rounded (GPTQ needs calibration samples: --calib)");
+  if ((!any4 && !int8) || !samples) return std::nullopt;
   quant::WeightOnlyConfig w;
   w.bits = "int4";
   w.layer_bits.push_back({"*", int8 ? "int8" : "float"});  // without int8: only the layers the rules put at 4 bits
@@ -443,7 +444,9 @@ QuantizeOutcome run_static(const QuantizeJob& job, ir::Model& model, std::vector
   const size_t rewrites = quant::prepare_model(model, target_opset);
   spdlog::info("prepared '{}': {} rewrites, opset {}", job.model_path, rewrites, model.opset(""));
   quant::StaticQuantConfig cfg = static_config(job, model);
-  if (!job.algorithm) cfg.gptq_int8 = bits == 16;  // a plan replays a 16-bit floor run's GPTQ weights
+  // Without --weight-algorithm: GPTQ with 16-bit activations, given or a --plan's (which replays a
+  // 16-bit floor run's GPTQ weights); see static_config.
+  if (!job.algorithm) cfg.gptq_int8 = bits == 16;
   std::optional<calib::RangesFile> ranges;
   if (!job.ranges_path.empty()) {
     ranges = calib::load_ranges(job.ranges_path);

@@ -93,6 +93,17 @@ TEST(QuantizeA16W8, GptqInt8WeightsAreTheDefaultBeatRoundingAndRunInOrt) {
                                     source_path("calibration_samples/digits/"), dir.file("pt.onnx")));
   ASSERT_EQ(pt.exit_code, 0) << pt.err;
   EXPECT_NE(pt.out.find("int8 weights: rounded (GPTQ"), std::string::npos) << pt.out;
+  // Ranges from a file bring no samples to fit on: rounded, and said so (not silently).
+  auto cal = run_command(fmt::format("{} -q calibrate {} --calib {} --samples 32 -o {}", qtool_bin(),
+                                     source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                     source_path("calibration_samples/digits/"), dir.file("ranges.json")));
+  ASSERT_EQ(cal.exit_code, 0) << cal.err;
+  auto rg = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 --weight-algorithm gptq --ranges {} "
+                                    "-o {} --json",
+                                    qtool_bin(), source_path("calibration_samples/digits/digits_cnn.onnx"),
+                                    dir.file("ranges.json"), dir.file("rg.onnx")));
+  ASSERT_EQ(rg.exit_code, 0) << rg.err;
+  EXPECT_NE(rg.out.find("int8 weights: rounded (GPTQ needs calibration samples"), std::string::npos) << rg.out;
 
   QTOOL_REQUIRE_ORT();
   const std::string x = source_path("calibration_samples/digits_eval/eval_0000.npy");

@@ -98,8 +98,8 @@ TEST(QuantizeA16W8, GptqInt8WeightsAreTheDefaultBeatRoundingAndRunInOrt) {
                                      source_path("calibration_samples/digits/digits_cnn.onnx"),
                                      source_path("calibration_samples/digits/"), dir.file("ranges.json")));
   ASSERT_EQ(cal.exit_code, 0) << cal.err;
-  auto rg = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 --weight-algorithm gptq --ranges {} "
-                                    "-o {} --json",
+  auto rg = run_command(fmt::format("{} -q quantize {} --bits 8 --activation-bits 16 --weight-algorithm gptq "
+                                    "--ranges {} -o {} --json",
                                     qtool_bin(), source_path("calibration_samples/digits/digits_cnn.onnx"),
                                     dir.file("ranges.json"), dir.file("rg.onnx")));
   ASSERT_EQ(rg.exit_code, 0) << rg.err;
